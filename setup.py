@@ -1,0 +1,25 @@
+"""Build the Cython core (fastgw/_core/*.pyx). A missing compiler or Cython is a build error:
+fastgw never ships a silently slow pure-Python fallback."""
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+extensions = [
+    Extension(f"fastgw._core.{p.stem}", [str(p.relative_to(HERE))], extra_compile_args=["-O2"])
+    for p in sorted((HERE / "fastgw" / "_core").glob("*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+    ),
+)
