@@ -1,0 +1,47 @@
+# Declarations of the sans-IO HTTP/1.1 request reader (see http1.pyx).
+
+cdef class RequestHead:
+    cdef public bytes method
+    cdef public bytes path
+    cdef public bytes query
+    cdef public bytes host
+    cdef public int minor
+    cdef public list lnames
+    cdef public list pieces
+    cdef public bytes request_id
+    cdef public bytes xff
+    cdef public bint keep_alive
+    cdef public bint chunked
+    cdef public long long content_length
+    cdef public bint expect_continue
+    cdef public object drop
+
+cdef class RequestReader:
+    cdef object _parser
+    cdef dict _actions
+    cdef Py_ssize_t _max_line
+    cdef Py_ssize_t _max_hbytes
+    cdef Py_ssize_t _max_headers
+    cdef int _state
+    cdef list _url
+    cdef Py_ssize_t _url_len
+    cdef Py_ssize_t _hbytes
+    cdef Py_ssize_t _nheaders
+    cdef Py_ssize_t _head_fed
+    cdef RequestHead _head
+    cdef bint _failed
+    cdef bint _host_seen
+    cdef bint _te_seen
+    cdef bytes _te
+    cdef long long _chunk_bytes
+    cdef long long _feed_acc
+    cdef long long _slack
+    cdef public bint upgraded
+
+    cpdef feed(self, bytes data)
+    cdef int _reject(self, int status, str slug, str detail) except -1
+    cdef void _fail(self, int status, str slug, str detail)
+    cpdef request_head(self, RequestHead head)
+    cpdef request_body(self, bytes data)
+    cpdef request_end(self)
+    cpdef request_error(self, int status, str slug, str detail)

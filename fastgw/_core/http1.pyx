@@ -1,0 +1,302 @@
+# cython: language_level=3
+"""Sans-IO HTTP/1.1 request reader: bytes in, events out.
+
+It wraps httptools (llhttp, strict mode; fastgw never enables its leniency switches) and adds the checks a
+gateway needs that llhttp does not make (DESIGN.md §5). Events are delivered to four overridable methods:
+``request_head(head)``, ``request_body(data)``, ``request_end()`` and ``request_error(status, slug, detail)``.
+After an error the reader is dead: the connection must answer and close (never forward an ambiguity).
+
+The reader never touches a transport, a clock or a logger; the tests feed it byte by byte.
+"""
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+from httptools import HttpRequestParser
+
+# Header actions. Everything not listed here is forwarded as received.
+DEFAULT_ACTIONS = {
+    b"host": 1,
+    b"content-length": 2,
+    b"transfer-encoding": 3,
+    b"connection": 4,
+    # Hop-by-hop (RFC 9110 §7.6.1) and legacy proxy headers: never cross.
+    b"keep-alive": 5,
+    b"proxy-connection": 5,
+    b"te": 5,
+    b"trailer": 5,
+    b"upgrade": 5,
+    b"proxy-authorization": 5,
+    # Rebuilt by fastgw.
+    b"x-forwarded-proto": 5,
+    b"x-forwarded-host": 5,
+    b"expect": 6,
+    b"x-request-id": 7,
+    b"x-forwarded-for": 8,
+    # Identity headers: only fastgw sets them (from verified credentials); a client's copy is dropped.
+    b"x-consumer": 5,
+    b"x-user-id": 5,
+    b"x-roles": 5,
+}
+
+DEF ST_IDLE = 0      # between messages, nothing pending
+DEF ST_HEAD = 1      # inside a request head
+DEF ST_BODY = 2      # head done, body (possibly empty) in progress
+DEF ST_DEAD = 3      # an error was reported
+
+# Bytes of chunk-size lines beyond "HEX CRLF" (extensions, padding) tolerated per request. llhttp parses
+# extensions without buffering them, and fastgw re-chunks bodies so they are never forwarded; the cap stops
+# a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class).
+DEF MAX_CHUNK_SLACK = 4096
+
+cdef bytes _HOST_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]"
+cdef bytes _RID_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"
+
+
+cdef inline bint _only(bytes value, bytes allowed):
+    return len(value.translate(None, allowed)) == 0
+
+
+cdef bint _bad_path(bytes path):
+    """Dot segments, encoded slashes/backslashes/NUL, raw backslashes and fragments are refused: a route
+    decision taken on one spelling of a path must hold for the upstream that decodes another."""
+    cdef bytes low
+    if b"#" in path or b"\\" in path:
+        return True
+    if b"%" in path:
+        low = path.lower()
+        if b"%2f" in low or b"%5c" in low or b"%00" in low:
+            return True
+        if b"%2e" in low:
+            path = low.replace(b"%2e", b".")
+    if b"/." not in path:
+        return False
+    for seg in path.split(b"/"):
+        if seg == b"." or seg == b"..":
+            return True
+    return False
+
+
+cdef class RequestHead:
+    """One parsed request head. ``pieces`` is the flat list [name, b": ", value, b"\\r\\n", ...] of the
+    headers that may be forwarded, ``lnames`` their lowercase names (same order)."""
+
+    def __repr__(self):
+        return f"<RequestHead {self.method!r} {self.path!r}{self.query!r} host={self.host!r}>"
+
+    def headers(self):
+        """(name, value) pairs of the forwardable headers (for tests and tooling)."""
+        p = self.pieces
+        return [(p[i], p[i + 2]) for i in range(0, len(p), 4)]
+
+
+cdef class RequestReader:
+    def __init__(self, Py_ssize_t max_request_line=8192, Py_ssize_t max_header_bytes=32768,
+                 Py_ssize_t max_headers=100, dict actions=None):
+        self._parser = HttpRequestParser(self)
+        self._actions = DEFAULT_ACTIONS if actions is None else actions
+        self._max_line = max_request_line
+        self._max_hbytes = max_header_bytes
+        self._max_headers = max_headers
+        self._state = ST_IDLE
+        self._failed = False
+        self.upgraded = False
+        self._slack = 0
+
+    # -- the events (override) -------------------------------------------------------------------------
+    cpdef request_head(self, RequestHead head):
+        pass
+
+    cpdef request_body(self, bytes data):
+        pass
+
+    cpdef request_end(self):
+        pass
+
+    cpdef request_error(self, int status, str slug, str detail):
+        pass
+
+    # -- input -----------------------------------------------------------------------------------------
+    cpdef feed(self, bytes data):
+        """Feed bytes from the client. Events fire synchronously, in order."""
+        cdef Py_ssize_t n = len(data)
+        if self._state == ST_DEAD or self.upgraded:
+            return
+        self._feed_acc = 0
+        if self._state == ST_HEAD or self._state == ST_IDLE:
+            self._head_fed += n
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError:
+            if self._state != ST_DEAD:          # an exception of ours that is not a rejection: a bug
+                raise
+            return
+        except HttpParserUpgrade:
+            # Upgrade/CONNECT: the message itself was parsed (and handled) normally with Upgrade
+            # stripped; the bytes after it belong to a protocol fastgw does not speak, so they are
+            # dropped and the connection closes after the response.
+            self.upgraded = True
+            return
+        except HttpParserError as exc:
+            if self._state != ST_DEAD:
+                self._state = ST_DEAD
+                self.request_error(400, "bad-request", f"malformed HTTP/1.1: {exc}")
+            return
+        if self._state == ST_HEAD:
+            # The head has not completed: bound what httptools is accumulating for us.
+            # (an over-long target is caught by on_url as 414 as it streams in)
+            if self._head_fed > self._max_line + self._max_hbytes:
+                self._fail(431, "header-too-large", "request head too large")
+            return
+        self._slack += n - self._feed_acc
+        if self._slack > MAX_CHUNK_SLACK and self._state == ST_BODY:
+            self._fail(400, "bad-request", "chunk extensions too large")
+        elif self._state == ST_IDLE:
+            if self._slack > MAX_CHUNK_SLACK:
+                self._fail(400, "bad-request", "chunk extensions too large")
+            else:
+                self._slack = 0
+
+    cdef void _fail(self, int status, str slug, str detail):
+        if self._state != ST_DEAD:
+            self._state = ST_DEAD
+            self.request_error(status, slug, detail)
+
+    cdef int _reject(self, int status, str slug, str detail) except -1:
+        """Reject from inside a parser callback: report, then stop llhttp by raising."""
+        self._fail(status, slug, detail)
+        raise ValueError(slug)
+
+    # -- httptools callbacks ---------------------------------------------------------------------------
+    def on_message_begin(self):
+        self._state = ST_HEAD
+        self._url = []
+        self._url_len = 0
+        self._hbytes = 0
+        self._nheaders = 0
+        self._host_seen = False
+        self._te_seen = False
+        self._te = None
+        self._chunk_bytes = 0
+        cdef RequestHead h = RequestHead.__new__(RequestHead)
+        h.lnames = []
+        h.pieces = []
+        h.content_length = -1
+        h.host = b""
+        self._head = h
+
+    def on_url(self, bytes url):
+        self._url.append(url)
+        self._url_len += len(url)
+        self._feed_acc += len(url)
+        if self._url_len > self._max_line:
+            self._reject(414, "uri-too-long", "request target too long")
+
+    def on_header(self, bytes name, bytes value):
+        cdef RequestHead h = self._head
+        cdef Py_ssize_t size = len(name) + len(value) + 4
+        if self._state == ST_BODY:
+            # llhttp hands trailer fields to the header callback; they must never become headers.
+            self._reject(400, "bad-request", "trailers are not accepted")
+        self._feed_acc += size
+        self._nheaders += 1
+        self._hbytes += size
+        if self._nheaders > self._max_headers:
+            self._reject(431, "header-too-large", "too many header fields")
+        if self._hbytes > self._max_hbytes:
+            self._reject(431, "header-too-large", "request header fields too large")
+        lname = name.lower()
+        action = self._actions.get(lname)
+        if action is None:
+            h.lnames.append(lname)
+            h.pieces += (name, b": ", value, b"\r\n")
+            return
+        code = <int>action
+        if code == 1:
+            if self._host_seen:
+                self._reject(400, "bad-request", "duplicate Host header")
+            if not _only(value, _HOST_OK):
+                self._reject(400, "bad-request", "invalid Host header")
+            self._host_seen = True
+            h.host = value
+        elif code == 2:
+            h.content_length = int(value)         # llhttp validated the digits and uniqueness
+        elif code == 3:
+            if self._te_seen:
+                self._reject(400, "bad-request", "duplicate Transfer-Encoding header")
+            self._te_seen = True
+            self._te = value
+        elif code == 4:
+            for tok in value.lower().split(b","):
+                tok = tok.strip()
+                if tok and tok != b"close" and tok != b"keep-alive":
+                    if h.drop is None:
+                        h.drop = set()
+                    h.drop.add(tok)
+        elif code == 6:
+            if value.lower() == b"100-continue":
+                h.expect_continue = True
+        elif code == 7:
+            if 0 < len(value) <= 128 and _only(value, _RID_OK):
+                h.request_id = value
+        elif code == 8:
+            h.xff = value if h.xff is None else h.xff + b", " + value
+        # code 5 (and the rest): dropped
+
+    def on_headers_complete(self):
+        cdef RequestHead h = self._head
+        cdef bytes url, version
+        cdef Py_ssize_t q
+        p = self._parser
+        h.method = p.get_method()
+        self._feed_acc += len(h.method) + 14
+        self._state = ST_BODY
+        self._head_fed = 0
+        version = p.get_http_version().encode()
+        if version == b"1.1":
+            h.minor = 1
+            if not self._host_seen:
+                self._reject(400, "bad-request", "missing Host header")
+        elif version == b"1.0":
+            h.minor = 0
+        else:
+            self._reject(400, "bad-request", "unsupported HTTP version")
+        if self._te_seen:
+            if h.minor == 0:
+                self._reject(400, "bad-request", "Transfer-Encoding is not allowed in HTTP/1.0")
+            if self._te.strip().lower() != b"chunked":
+                self._reject(400, "bad-request", "only 'Transfer-Encoding: chunked' is accepted")
+            h.chunked = True
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        if url == b"*":
+            if h.method != b"OPTIONS":
+                self._reject(400, "bad-request", "'*' target is only valid with OPTIONS")
+            h.path = url
+            h.query = b""
+        elif not url.startswith(b"/"):
+            self._reject(400, "bad-request", "request target must be origin-form ('/path')")
+        else:
+            q = url.find(b"?")
+            if q < 0:
+                h.path = url
+                h.query = b""
+            else:
+                h.path = url[:q]
+                h.query = url[q:]
+            if _bad_path(h.path) or b"#" in h.query:
+                self._reject(400, "bad-request", "request path is not in canonical form")
+        h.keep_alive = p.should_keep_alive()
+        self.request_head(h)
+
+    def on_body(self, bytes body):
+        self._feed_acc += len(body)
+        self._chunk_bytes += len(body)
+        self.request_body(body)
+
+    def on_chunk_header(self):
+        self._chunk_bytes = 0
+
+    def on_chunk_complete(self):
+        # "HEX CRLF" before the data and CRLF after it.
+        self._feed_acc += len(b"%x" % self._chunk_bytes) + 4
+
+    def on_message_complete(self):
+        self._state = ST_IDLE
+        self.request_end()

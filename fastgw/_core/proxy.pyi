@@ -1,0 +1,88 @@
+import asyncio
+from typing import Any
+
+from fastgw._core.http1 import RequestReader
+
+def json_bytes(raw: bytes) -> bytes: ...
+
+class Problem:
+    status: int
+    head: bytes
+    body_a: bytes
+    detail: bytes
+    body_b: bytes
+    body_c: bytes
+    body_d: bytes
+    extra: bytes
+    def render(self, instance: bytes, rid: bytes, date: bytes, detail: bytes | None = ...,
+               extra: bytes = ..., close: bool = ...) -> bytes: ...
+
+class UpstreamGroup:
+    name: str
+    targets: list[Target]
+    rr: int
+    connect_timeout: float
+    timeout: float
+    idle_timeout: float
+
+class Target:
+    host: str
+    port: int
+    keepalive: int
+    idle: list[Any]
+    group: UpstreamGroup
+    hostport: bytes
+    def __init__(self, host: str, port: int, keepalive: int, group: UpstreamGroup) -> None: ...
+    def close_idle(self) -> None: ...
+
+class RouteRT:
+    name: str
+    group: UpstreamGroup
+    max_body: int
+    strip: int
+    req_add: bytes
+    req_remove: frozenset[bytes] | None
+    resp_add: bytes
+    resp_remove: frozenset[bytes] | None
+
+class Runtime:
+    router: Any
+    problems: dict[str, Problem]
+    actions: dict[bytes, int]
+    max_body: int
+    header_timeout: float
+    idle_timeout: float
+    body_timeout: float
+    max_requests: int
+    max_pipelined: int
+    max_line: int
+    max_hbytes: int
+    max_headers: int
+    version: str
+
+class ClientConn(RequestReader):
+    transport: Any
+    closed: bool
+    batching: bool
+    draining: bool
+    def __init__(self, w: Worker) -> None: ...
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> bool: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+
+class Clock:
+    now: float
+    date: bytes
+
+class Worker:
+    rt: Runtime
+    loop: asyncio.AbstractEventLoop
+    clock: Clock
+    conns: set[ClientConn]
+    def __init__(self, rt: Runtime, loop: asyncio.AbstractEventLoop, id_prefix: bytes) -> None: ...
+    def protocol(self) -> ClientConn: ...
+    def sweep(self, now: float, date: bytes) -> None: ...
+    def drain(self) -> None: ...

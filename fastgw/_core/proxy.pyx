@@ -1,0 +1,995 @@
+# cython: language_level=3
+"""The HTTP/1.1 reverse proxy: the I/O shells around the sans-IO reader.
+
+  ClientConn   downstream asyncio protocol (one per client connection); a RequestReader subclass
+  Exchange     one request/response, from its head to the last byte of the response
+  UpstreamConn upstream asyncio protocol, pooled per Target, parsing responses with httptools
+  Target       one upstream address with its LIFO pool of idle keep-alive connections
+  Worker       the per-process state: current Runtime, coarse clock, live connections, the timeout sweep
+
+Rules kept here (and why):
+* Output produced while handling one read is written once, after the read (one syscall, not one per event).
+* Backpressure both ways: a side whose peer's write buffer is over its high-water mark stops reading.
+* Pipelined requests are served one at a time, in order; at most `max_pipelined` wait, beyond that the
+  connection answers the queued ones and closes (a client may always retry an unanswered request).
+* Timeouts are swept by the Worker every quarter second from a coarse clock: no timer per request.
+* A pooled connection that fails before any response byte is retried once on a fresh connection, and only
+  for a request without a body (nothing of it can have been processed twice); everything else is 502.
+* If the upstream fails after the response started, the client connection is closed: a truncated
+  response is never presented as a complete one.
+"""
+import asyncio
+
+from httptools import HttpParserError, HttpResponseParser
+
+from fastgw._core.http1 cimport RequestHead, RequestReader
+
+# Reasons to stop reading from the client (a bit each; reading resumes when none is left).
+DEF P_UPSTREAM = 1     # the upstream's write buffer is full
+DEF P_PENDING = 2      # request body is waiting for an upstream connection
+DEF P_PIPELINE = 4     # pipelined requests are queued
+DEF P_TERM = 8         # the connection is finishing (no more input wanted)
+
+DEF PENDING_LIMIT = 262144
+
+cdef class Target
+cdef class UpstreamConn
+cdef class Exchange
+cdef class ClientConn
+cdef class Worker
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compiled configuration (built by fastgw.compile, read-only on the request path)
+
+cdef class Problem:
+    """A problem+json (RFC 9457) response whose constant parts were serialised at config load."""
+    cdef public int status
+    cdef public bytes head        # status line + Content-Type
+    cdef public bytes body_a      # '{"type":..,"title":..,"status":N,"detail":"'
+    cdef public bytes detail      # default detail, JSON-escaped
+    cdef public bytes body_b      # '","instance":"'
+    cdef public bytes body_c      # '","request_id":"'
+    cdef public bytes body_d      # '"}'
+    cdef public bytes extra       # extra constant headers (e.g. Allow is per request; this is for Retry-After)
+
+    cpdef bytes render(self, bytes instance, bytes rid, bytes date, bytes detail=None, bytes extra=b"",
+                       bint close=False):
+        cdef bytes body = b"".join((self.body_a, self.detail if detail is None else detail, self.body_b,
+                                    json_bytes(instance), self.body_c, rid, self.body_d))
+        return b"".join((self.head, b"Content-Length: %d\r\n" % len(body), b"X-Request-ID: ", rid,
+                         b"\r\n", self.extra, extra, date,
+                         b"Connection: close\r\n\r\n" if close else b"\r\n", body))
+
+
+cpdef bytes json_bytes(bytes raw):
+    """Escape request-derived bytes for a JSON string (paths may hold '"' or non-ASCII bytes)."""
+    if raw.isascii() and b'"' not in raw and b"\\" not in raw:
+        return raw
+    import json
+    return json.dumps(raw.decode("latin-1"))[1:-1].encode()
+
+
+cdef class RouteRT:
+    cdef public str name
+    cdef public UpstreamGroup group
+    cdef public long long max_body
+    cdef public Py_ssize_t strip          # leading path bytes removed before forwarding (strip_prefix)
+    cdef public bytes req_add             # b"Name: value\r\n..." added to the upstream request
+    cdef public object req_remove         # frozenset of lowercase names, or None
+    cdef public bytes resp_add
+    cdef public object resp_remove
+
+
+cdef class Runtime:
+    """Everything the request path reads, compiled once per config (fastgw.compile.compile_config)."""
+    cdef public object router
+    cdef public dict problems
+    cdef public dict actions
+    cdef public long long max_body
+    cdef public double header_timeout
+    cdef public double idle_timeout
+    cdef public double body_timeout
+    cdef public int max_requests
+    cdef public int max_pipelined
+    cdef public Py_ssize_t max_line
+    cdef public Py_ssize_t max_hbytes
+    cdef public Py_ssize_t max_headers
+    cdef public str version
+
+
+# ---------------------------------------------------------------------------------------------------
+# Upstreams
+
+cdef class UpstreamGroup:
+    cdef public str name
+    cdef public list targets
+    cdef public Py_ssize_t rr
+    cdef public double connect_timeout
+    cdef public double timeout
+    cdef public double idle_timeout
+
+    cdef Target pick(self):
+        cdef Py_ssize_t n = len(self.targets)
+        cdef Target t
+        if n == 1:
+            return <Target>self.targets[0]
+        self.rr += 1
+        t = <Target>self.targets[self.rr % n]
+        return t
+
+
+cdef class Target:
+    cdef public str host
+    cdef public int port
+    cdef public int keepalive
+    cdef public list idle
+    cdef public UpstreamGroup group
+    cdef public bytes hostport
+
+    def __init__(self, str host, int port, int keepalive, UpstreamGroup group):
+        self.host = host
+        self.port = port
+        self.keepalive = keepalive
+        self.idle = []
+        self.group = group
+        self.hostport = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+    cdef UpstreamConn take(self, double now):
+        cdef UpstreamConn c
+        while self.idle:
+            c = <UpstreamConn>self.idle.pop()
+            if c.closed or now - c.idle_since > self.group.idle_timeout:
+                c.close()
+                continue
+            return c
+        return None
+
+    cdef void give(self, UpstreamConn c, double now):
+        if c.closed:
+            return
+        if len(self.idle) >= self.keepalive:
+            c.close()
+            return
+        c.ex = None
+        c.idle_since = now
+        c.reused = True
+        if c.rpaused:
+            c.rpaused = False
+            c.transport.resume_reading()
+        self.idle.append(c)
+
+    def close_idle(self):
+        cdef UpstreamConn c
+        for c in self.idle:
+            c.close()
+        self.idle.clear()
+
+
+# Response header actions: 1 content-length, 2 transfer-encoding, 3 connection, 4 drop (hop-by-hop).
+cdef dict RESP_ACTIONS = {
+    b"content-length": 1,
+    b"transfer-encoding": 2,
+    b"connection": 3,
+    b"keep-alive": 4,
+    b"proxy-connection": 4,
+    b"te": 4,
+    b"trailer": 4,
+    b"upgrade": 4,
+}
+
+
+cdef class UpstreamConn:
+    cdef object transport
+    cdef object parser
+    cdef Target target
+    cdef Exchange ex
+    cdef public bint closed
+    cdef bint reused
+    cdef bint got_bytes
+    cdef bint rpaused
+    cdef double idle_since
+    # the response being parsed
+    cdef list rlnames
+    cdef list rpieces
+    cdef bytes reason
+    cdef bint r_head_done
+    cdef bint r_chunked
+    cdef bint r_has_cl
+    cdef bytes r_cl
+    cdef object r_drop
+
+    def __init__(self, Target target):
+        self.target = target
+        self.parser = HttpResponseParser(self)
+
+    cdef void close(self):
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    cdef void abort(self):
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # asyncio protocol
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, bytes data):
+        cdef Exchange ex = self.ex
+        cdef ClientConn cl
+        if ex is None:
+            # Bytes on an idle connection: the upstream broke framing; never reuse it.
+            self.abort()
+            return
+        self.got_bytes = True
+        cl = ex.client
+        ex.up_last = cl.w.clock.now
+        cl.batching = True
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            if self.ex is ex:
+                self.abort()
+                ex.upstream_failed(502, "bad-gateway", b"invalid HTTP from upstream")
+        finally:
+            cl.batching = False
+            cl.flush()
+
+    def eof_received(self):
+        cdef Exchange ex = self.ex
+        self.closed = True
+        if ex is not None:
+            if self.r_head_done and not self.r_chunked and not self.r_has_cl:
+                ex.client.batching = True
+                ex.resp_end(False)          # close-delimited response: EOF is its end
+                ex.client.batching = False
+                ex.client.flush()
+            else:
+                ex.upstream_failed(502, "bad-gateway", b"upstream closed the connection")
+        return False
+
+    def connection_lost(self, exc):
+        cdef Exchange ex = self.ex
+        self.closed = True
+        self.transport = None
+        if ex is not None:
+            ex.upstream_failed(502, "bad-gateway", b"upstream connection lost")
+
+    def pause_writing(self):
+        if self.ex is not None:
+            self.ex.client.pause_reading(P_UPSTREAM)
+
+    def resume_writing(self):
+        if self.ex is not None:
+            self.ex.client.resume_reading(P_UPSTREAM)
+
+    # httptools callbacks
+    def on_message_begin(self):
+        self.rlnames = []
+        self.rpieces = []
+        self.reason = b""
+        self.r_head_done = False
+        self.r_chunked = False
+        self.r_has_cl = False
+        self.r_cl = None
+        self.r_drop = None
+
+    def on_status(self, bytes reason):
+        self.reason += reason
+
+    def on_header(self, bytes name, bytes value):
+        lname = name.lower()
+        action = RESP_ACTIONS.get(lname)
+        if action is None:
+            self.rlnames.append(lname)
+            self.rpieces += (name, b": ", value, b"\r\n")
+            return
+        code = <int>action
+        if code == 1:
+            self.r_has_cl = True
+            self.r_cl = value
+        elif code == 2:
+            self.r_chunked = value.strip().lower().endswith(b"chunked")
+        elif code == 3:
+            for tok in value.lower().split(b","):
+                tok = tok.strip()
+                if tok and tok != b"close" and tok != b"keep-alive":
+                    if self.r_drop is None:
+                        self.r_drop = set()
+                    self.r_drop.add(tok)
+
+    def on_headers_complete(self):
+        cdef int status = self.parser.get_status_code()
+        cdef Exchange ex = self.ex
+        if status < 200:
+            if status == 101:
+                raise HttpParserError("unexpected 101 Switching Protocols")
+            return                            # interim responses are not relayed
+        self.r_head_done = True
+        if ex is not None:
+            ex.resp_head(self, status)
+
+    def on_body(self, bytes body):
+        if self.ex is not None:
+            self.ex.resp_body(body)
+
+    def on_message_complete(self):
+        if self.ex is not None and self.r_head_done:
+            self.ex.resp_end(self.parser.should_keep_alive())
+
+
+async def _connect(Exchange ex, Target target):
+    loop = asyncio.get_running_loop()
+    try:
+        _, conn = await loop.create_connection(lambda: UpstreamConn(target), target.host, target.port)
+    except asyncio.CancelledError:
+        ex.connect_failed(b"upstream connect timed out")
+        return
+    except OSError as exc:
+        ex.connect_failed(f"cannot connect to upstream: {exc.strerror or exc}".encode())
+        return
+    ex.connected(<UpstreamConn>conn)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One request
+
+
+cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
+
+
+cdef class Exchange:
+    cdef ClientConn client
+    cdef Runtime rt
+    cdef RequestHead head
+    cdef RouteRT route
+    cdef bytes rid
+    cdef bytes up_head
+    cdef list pending
+    cdef Py_ssize_t pending_bytes
+    cdef list out
+    cdef UpstreamConn up
+    cdef Target target
+    cdef object connect_task
+    cdef double connect_deadline
+    cdef double up_last
+    cdef long long body_bytes
+    cdef bint body_done
+    cdef bint has_body
+    cdef bint sent
+    cdef bint resp_started
+    cdef bint resp_chunked
+    cdef bint resp_nobody
+    cdef bint done
+    cdef bint retried
+    cdef bint close_after
+    cdef int err_status
+    cdef str err_slug
+    cdef bytes err_detail
+    cdef bytes err_extra
+
+    # -- upstream request ------------------------------------------------------------------------------
+    cdef void to_upstream(self, bytes data):
+        if self.up is None or not self.sent:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_LIMIT:
+                self.client.pause_reading(P_PENDING)
+        elif self.client.batching:
+            self.out.append(data)
+        else:
+            self.up.transport.write(data)
+
+    cdef void acquire(self, bint fresh):
+        cdef ClientConn cl = self.client
+        cdef UpstreamConn c = None
+        cdef Target t = self.route.group.pick()
+        self.target = t
+        if not fresh:
+            c = t.take(cl.w.clock.now)
+        if c is not None:
+            self.attach(c)
+            return
+        self.connect_deadline = cl.w.clock.now + self.route.group.connect_timeout
+        self.connect_task = cl.loop.create_task(_connect(self, t))
+
+    cdef void connected(self, UpstreamConn c):
+        self.connect_task = None
+        if self.done or self.client.closed:
+            self.target.give(c, self.client.w.clock.now)
+            return
+        self.attach(c)
+        self.client.flush()
+
+    cdef void connect_failed(self, bytes detail):
+        self.connect_task = None
+        if not self.done:
+            self.fail(503, "upstream-unavailable", detail)
+
+    cdef void attach(self, UpstreamConn c):
+        self.up = c
+        c.ex = self
+        c.got_bytes = False
+        self.up_last = self.client.w.clock.now
+        self.sent = True
+        if self.client.wpaused and not c.rpaused:
+            c.rpaused = True
+            c.transport.pause_reading()
+        cdef list parts = self.pending
+        if parts:
+            parts.insert(0, self.up_head)
+            self.pending = []
+            self.pending_bytes = 0
+            c.transport.write(b"".join(parts))
+            self.client.resume_reading(P_PENDING)
+        else:
+            c.transport.write(self.up_head)
+
+    cdef void release_upstream(self, bint reusable):
+        cdef UpstreamConn c = self.up
+        if c is None:
+            return
+        self.up = None
+        c.ex = None
+        if reusable and self.body_done and not c.closed:
+            self.target.give(c, self.client.w.clock.now)
+        else:
+            c.close()
+
+    cdef void upstream_failed(self, int status, str slug, bytes detail):
+        cdef UpstreamConn c = self.up
+        if self.done:
+            return
+        if c is not None:
+            c.ex = None
+            c.abort()
+            self.up = None
+        if self.resp_started:
+            self.done = True
+            self.client.abort()              # never a silently truncated response
+            return
+        if (c is not None and c.reused and not c.got_bytes and not self.retried and not self.has_body
+                and status == 502 and (b" " + self.head.method + b" ") in IDEMPOTENT):
+            # A kept-alive connection the upstream closed just as we reused it: retry once, fresh.
+            self.retried = True
+            self.sent = False
+            self.acquire(True)
+            return
+        self.fail(status, slug, detail)
+
+    # -- response --------------------------------------------------------------------------------------
+    cdef void resp_head(self, UpstreamConn c, int status):
+        cdef ClientConn cl = self.client
+        cdef RouteRT route = self.route
+        cdef RequestHead h = self.head
+        cdef list parts
+        cdef list pieces = c.rpieces
+        cdef object drop = c.r_drop
+        cdef bint is_head = h.method == b"HEAD"
+        cdef Py_ssize_t i
+        self.resp_started = True
+        if drop is not None or route.resp_remove is not None:
+            pieces = filter_headers(c.rlnames, pieces, drop, route.resp_remove)
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, c.reason or b"Unknown")
+        parts = [line]
+        parts += pieces
+        if route.resp_add:
+            parts.append(route.resp_add)
+        parts += (b"X-Request-ID: ", self.rid, b"\r\n")
+        self.resp_nobody = is_head or status == 204 or status == 304
+        if self.resp_nobody:
+            if c.r_has_cl and status != 204:
+                parts += (b"Content-Length: ", c.r_cl, b"\r\n")
+        elif c.r_has_cl and not c.r_chunked:
+            parts += (b"Content-Length: ", c.r_cl, b"\r\n")
+        elif h.minor == 1:
+            self.resp_chunked = True
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.close_after = True          # HTTP/1.0 client: the end of the body is the close
+        if not self.body_done or cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests:
+            self.close_after = True
+        if self.close_after:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif h.minor == 0:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        cl.send(b"".join(parts))
+        if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
+            # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
+            # the connection (it would wait for body bytes that never come).
+            self.release_upstream(False)
+            self.complete()
+
+    cdef void resp_body(self, bytes data):
+        if self.resp_nobody:
+            return
+        if self.resp_chunked:
+            self.client.send(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            self.client.send(data)
+
+    cdef void resp_end(self, bint reusable):
+        if self.done:
+            return
+        if self.resp_chunked:
+            self.client.send(b"0\r\n\r\n")
+        self.release_upstream(reusable)
+        self.complete()
+
+    cdef void complete(self):
+        if not self.done:
+            self.done = True
+            self.client.finished(self)
+
+    cdef void fail(self, int status, str slug, bytes detail):
+        """A response made by fastgw (problem+json), before any upstream response byte."""
+        cdef ClientConn cl = self.client
+        if self.connect_task is not None:
+            t = self.connect_task
+            self.connect_task = None
+            t.cancel()
+        if self.up is not None:
+            self.release_upstream(False)
+        if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
+                or status == 414:
+            self.close_after = True
+        if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests:
+            self.close_after = True
+        cl.send(cl.render_problem(self.rt, slug, self.head, self.rid, detail, self.err_extra,
+                                  self.close_after))
+        self.complete()
+
+
+cdef list filter_headers(list lnames, list pieces, object drop, object remove):
+    cdef list out = []
+    cdef Py_ssize_t i
+    for i in range(len(lnames)):
+        name = lnames[i]
+        if (drop is not None and name in drop) or (remove is not None and name in remove):
+            continue
+        out += pieces[4 * i:4 * i + 4]
+    return out
+
+
+cdef dict STATUS_LINES = {}
+
+
+def _init_status_lines():
+    from http import HTTPStatus
+    for s in HTTPStatus:
+        STATUS_LINES[s.value] = b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
+
+
+_init_status_lines()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Downstream connection
+
+cdef class ClientConn(RequestReader):
+    cdef public object transport
+    cdef object loop
+    cdef Worker w
+    cdef bytes peer
+    cdef Exchange active
+    cdef Exchange rx
+    cdef list queue
+    cdef int rpause
+    cdef bint wpaused
+    cdef public bint closed
+    cdef public bint batching
+    cdef bint eof
+    cdef bint discard
+    cdef public bint draining
+    cdef list wbuf
+    cdef double last_rx
+    cdef double head_start
+    cdef int nreq
+    cdef Runtime rt0
+
+    def __init__(self, Worker w):
+        cdef Runtime rt = w.rt
+        RequestReader.__init__(self, rt.max_line, rt.max_hbytes, rt.max_headers, rt.actions)
+        self.w = w
+        self.loop = w.loop
+        self.rt0 = rt
+        self.queue = []
+        self.wbuf = []
+
+    # -- asyncio protocol ------------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0] if peer else "unknown").encode()
+        self.last_rx = self.w.clock.now
+        self.head_start = self.last_rx
+        self.w.conns.add(self)
+
+    def data_received(self, bytes data):
+        if self.closed:
+            return
+        self.last_rx = self.w.clock.now
+        if self.active is None and self._state == 0:
+            self.head_start = self.last_rx
+        self.batching = True
+        try:
+            self.feed(data)
+        finally:
+            self.batching = False
+        self.flush()
+
+    def eof_received(self):
+        self.eof = True
+        if self.active is None and not self.queue:
+            self.close()
+            return False
+        return True                         # keep writing the answers still owed
+
+    def connection_lost(self, exc):
+        cdef Exchange ex
+        self.closed = True
+        self.w.conns.discard(self)
+        for ex in ([self.active] if self.active is not None else []) + self.queue:
+            ex.done = True
+            if ex.connect_task is not None:
+                ex.connect_task.cancel()
+                ex.connect_task = None
+            if ex.up is not None:
+                ex.release_upstream(False)
+        self.active = None
+        self.queue = []
+
+    def pause_writing(self):
+        cdef UpstreamConn up
+        self.wpaused = True
+        if self.active is not None and self.active.up is not None:
+            up = self.active.up
+            if up.transport is not None and not up.rpaused:
+                up.rpaused = True
+                up.transport.pause_reading()
+
+    def resume_writing(self):
+        cdef UpstreamConn up
+        self.wpaused = False
+        if self.active is not None and self.active.up is not None:
+            up = self.active.up
+            if up.transport is not None and up.rpaused:
+                up.rpaused = False
+                up.transport.resume_reading()
+
+    # -- output ----------------------------------------------------------------------------------------
+    cdef void send(self, bytes data):
+        if self.batching:
+            self.wbuf.append(data)
+        elif not self.closed:
+            self.transport.write(data)
+
+    cdef void flush(self):
+        cdef Exchange ex = self.active
+        if self.wbuf and not self.closed:
+            if len(self.wbuf) == 1:
+                self.transport.write(self.wbuf[0])
+            else:
+                self.transport.write(b"".join(self.wbuf))
+            self.wbuf = []
+        if ex is not None and ex.out and ex.up is not None and ex.up.transport is not None:
+            ex.up.transport.write(b"".join(ex.out))
+            ex.out = []
+
+    cdef void close(self):
+        if not self.closed:
+            self.closed = True
+            self.flush_now()
+            self.transport.close()
+
+    cdef void abort(self):
+        if not self.closed:
+            self.closed = True
+            self.wbuf = []
+            self.transport.abort()
+
+    cdef void flush_now(self):
+        if self.wbuf:
+            self.transport.write(b"".join(self.wbuf))
+            self.wbuf = []
+
+    cdef void pause_reading(self, int why):
+        if self.rpause == 0 and not self.closed:
+            self.transport.pause_reading()
+        self.rpause |= why
+
+    cdef void resume_reading(self, int why):
+        if self.rpause & why:
+            self.rpause &= ~why
+            if self.rpause == 0 and not self.closed:
+                self.transport.resume_reading()
+
+    cdef bint reader_done(self):
+        return self._state == 3 or self.upgraded or self.eof or self.discard
+
+    cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail,
+                              bytes extra, bint close):
+        cdef Problem p = <Problem>rt.problems[slug]
+        return p.render(h.path if h is not None and h.path is not None else b"", rid, self.w.clock.date,
+                        json_bytes(detail) if detail is not None else None, extra or b"", close)
+
+    # -- reader events ---------------------------------------------------------------------------------
+    cdef Exchange new_exchange(self, RequestHead head):
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        ex.client = self
+        ex.head = head
+        ex.rt = self.w.rt
+        ex.pending = []
+        ex.out = []
+        if head is not None and head.request_id is not None:
+            ex.rid = head.request_id
+        else:
+            ex.rid = self.w.next_id()
+        return ex
+
+    cdef void enqueue(self, Exchange ex):
+        if self.active is None:
+            self.start(ex)
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= self.rt0.max_pipelined:
+                # Bounded: answer what is queued, then close; later requests are not read.
+                ex.close_after = True
+                self.discard = True
+                self.pause_reading(P_TERM)
+            else:
+                self.pause_reading(P_PIPELINE)
+
+    cpdef request_head(self, RequestHead head):
+        cdef Exchange ex
+        if self.discard:
+            self.rx = None
+            return
+        ex = self.new_exchange(head)
+        ex.has_body = head.chunked or head.content_length > 0
+        ex.body_done = not ex.has_body
+        self.rx = ex
+        self.enqueue(ex)
+
+    cpdef request_body(self, bytes data):
+        cdef Exchange ex = self.rx
+        if ex is None or ex.done:
+            return
+        ex.body_bytes += len(data)
+        if ex.route is not None and ex.body_bytes > ex.route.max_body:
+            self.body_too_large(ex)
+            return
+        if ex.head.chunked:
+            ex.to_upstream(b"%x\r\n" % len(data))
+            ex.to_upstream(data)
+            ex.to_upstream(b"\r\n")
+        else:
+            ex.to_upstream(data)
+
+    cdef void body_too_large(self, Exchange ex):
+        self.discard = True
+        self._state = 3                         # stop reading requests on this connection
+        ex.body_done = False
+        if ex.resp_started:
+            ex.done = True
+            self.abort()
+        else:
+            ex.err_extra = None
+            ex.fail(413, "payload-too-large", b"request body exceeds the route's limit")
+
+    cpdef request_end(self):
+        cdef Exchange ex = self.rx
+        self.rx = None
+        if ex is None:
+            return
+        ex.body_done = True
+        if ex.done:
+            return
+        if ex.head.chunked:
+            ex.to_upstream(b"0\r\n\r\n")
+
+    cpdef request_error(self, int status, str slug, str detail):
+        cdef Exchange ex = self.rx
+        self.rx = None
+        self.discard = True
+        if ex is not None and not ex.done:
+            # The request in progress turned bad (body framing, trailers, size): it must not complete
+            # upstream. Answer if nothing was answered yet, else drop the connection.
+            ex.body_done = False
+            ex.out = []
+            if ex.resp_started:
+                ex.done = True
+                self.abort()
+            elif ex is self.active or ex in self.queue:
+                if ex is not self.active:
+                    self.queue = self.queue[:self.queue.index(ex) + 1]
+                ex.close_after = True
+                if ex is self.active:
+                    ex.fail(status, slug, detail.encode())
+                else:
+                    ex.err_status = status
+                    ex.err_slug = slug
+                    ex.err_detail = detail.encode()
+            return
+        ex = self.new_exchange(None)
+        ex.err_status = status
+        ex.err_slug = slug
+        ex.err_detail = detail.encode()
+        ex.close_after = True
+        self.queue = self.queue[:]
+        self.enqueue(ex)
+
+    # -- running exchanges -----------------------------------------------------------------------------
+    cdef void start(self, Exchange ex):
+        cdef Runtime rt = ex.rt
+        cdef RequestHead h = ex.head
+        cdef RouteRT route
+        self.active = ex
+        if ex.err_status:
+            ex.fail(ex.err_status, ex.err_slug, ex.err_detail)
+            return
+        m = rt.router.match(h.method, h.host, h.path)
+        code = <int>m[0]
+        if code != 0:
+            if code == 404:
+                ex.fail(404, "not-found", None)
+            else:
+                ex.err_extra = b"Allow: " + <bytes>m[1] + b"\r\n"
+                ex.fail(405, "method-not-allowed", None)
+            return
+        route = <RouteRT>m[1]
+        ex.route = route
+        if h.content_length > route.max_body or ex.body_bytes > route.max_body:
+            self.body_too_large(ex)
+            return
+        ex.up_head = self.build_upstream_head(ex, route, h, m[2])
+        if h.expect_continue and ex.has_body and h.minor == 1 and ex.body_bytes == 0:
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        ex.acquire(False)
+
+    cdef bytes build_upstream_head(self, Exchange ex, RouteRT route, RequestHead h, object params):
+        cdef bytes path = h.path
+        cdef list parts
+        cdef list pieces = h.pieces
+        if route.strip:
+            path = path[route.strip:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+        if h.drop is not None or route.req_remove is not None:
+            pieces = filter_headers(h.lnames, pieces, h.drop, route.req_remove)
+        host = h.host if h.host else ex.route.group.pick().hostport
+        parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        parts += pieces
+        if route.req_add:
+            parts.append(route.req_add)
+        parts += (b"X-Forwarded-For: ",
+                  self.peer if h.xff is None else h.xff + b", " + self.peer,
+                  b"\r\nX-Forwarded-Proto: http\r\n")
+        if h.host:
+            parts += (b"X-Forwarded-Host: ", h.host, b"\r\n")
+        parts += (b"X-Request-ID: ", ex.rid, b"\r\n")
+        if h.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        elif h.content_length >= 0:
+            parts.append(b"Content-Length: %d\r\n\r\n" % h.content_length)
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
+
+    cdef void finished(self, Exchange ex):
+        """The response of `ex` (the active exchange) is complete."""
+        cdef Exchange nxt
+        if ex is not self.active:
+            return
+        self.active = None
+        self.nreq += 1
+        if self.nreq >= self.rt0.max_requests:
+            ex.close_after = True             # (its response already said so when it could)
+        if ex.close_after or self.closed:
+            self.discard = True
+            self.close()
+            return
+        self.last_rx = self.w.clock.now
+        if self.queue:
+            nxt = <Exchange>self.queue.pop(0)
+            self.start(nxt)
+            if not self.queue:
+                self.resume_reading(P_PIPELINE)
+        else:
+            self.resume_reading(P_PIPELINE)
+            if self.eof:
+                self.close()
+
+    # -- timeouts (called by Worker.sweep) -------------------------------------------------------------
+    cdef void check(self, double now):
+        cdef Exchange ex = self.active
+        cdef Runtime rt = self.rt0
+        if self.closed:
+            return
+        if ex is None:
+            if self._state == 0 and self.nreq == 0:
+                if now - self.head_start > rt.header_timeout:
+                    self.close()                  # connected, sent nothing: drop silently
+            elif self._state == 1 or self._state == 2:
+                if now - self.head_start > rt.header_timeout:
+                    self.timeout_response(408, "request-timeout", b"request head not received in time")
+            elif now - self.last_rx > rt.idle_timeout:
+                self.close()
+            return
+        if ex.connect_task is not None:
+            if now > ex.connect_deadline:
+                ex.connect_task.cancel()
+            return
+        if not ex.body_done and self.rx is ex and now - self.last_rx > rt.body_timeout:
+            self.discard = True
+            self._state = 3
+            if ex.resp_started:
+                self.abort()
+            else:
+                ex.fail(408, "request-timeout", b"request body not received in time")
+            return
+        if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+            ex.upstream_failed(504, "upstream-timeout", b"upstream did not answer in time")
+
+    cdef void timeout_response(self, int status, str slug, bytes detail):
+        cdef Exchange ex = self.new_exchange(None)
+        self.discard = True
+        self._state = 3
+        ex.close_after = True
+        self.active = ex
+        ex.fail(status, slug, detail)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The worker
+
+cdef class Clock:
+    cdef public double now
+    cdef public bytes date
+
+
+cdef class Worker:
+    cdef public Runtime rt
+    cdef public object loop
+    cdef public Clock clock
+    cdef public set conns
+    cdef bytes id_prefix
+    cdef unsigned long long id_counter
+
+    def __init__(self, Runtime rt, loop, bytes id_prefix):
+        self.rt = rt
+        self.loop = loop
+        self.clock = Clock()
+        self.conns = set()
+        self.id_prefix = id_prefix
+        self.id_counter = 0
+
+    def protocol(self):
+        return ClientConn(self)
+
+    cdef bytes next_id(self):
+        self.id_counter += 1
+        return self.id_prefix + b"%012x" % self.id_counter
+
+    def sweep(self, double now, bytes date):
+        """Advance the coarse clock and enforce every connection's timeouts."""
+        cdef ClientConn c
+        self.clock.now = now
+        self.clock.date = date
+        for c in list(self.conns):
+            c.check(now)
+
+    def drain(self):
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        cdef ClientConn c
+        for c in list(self.conns):
+            c.draining = True
+            if c.active is None and c._state == 0:
+                c.close()

@@ -1,0 +1,77 @@
+"""compile(Config) -> Runtime: everything the request path reads, built once per config load.
+
+The request path never looks at the Config structs: it reads the compiled router, the per-route
+RouteRT objects (with their header rules serialised to bytes), the upstream groups and the prebuilt
+problem bodies. A reload compiles a new Runtime and swaps one reference; requests in flight keep the
+Runtime they started with.
+"""
+from __future__ import annotations
+
+from fastgw import __version__
+from fastgw._core.http1 import DEFAULT_ACTIONS
+from fastgw._core.proxy import RouteRT, Runtime, Target, UpstreamGroup
+from fastgw._core.router import Router
+from fastgw.config import Config
+from fastgw.errors import build_problems
+
+
+def split_hostport(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _header_bytes(add: dict[str, str]) -> bytes:
+    return b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in add.items())
+
+
+def _remove_set(names: list[str]) -> frozenset[bytes] | None:
+    return frozenset(n.lower().encode("latin-1") for n in names) if names else None
+
+
+def build_groups(cfg: Config) -> dict[str, UpstreamGroup]:
+    groups: dict[str, UpstreamGroup] = {}
+    for name, up in cfg.upstreams.items():
+        g = UpstreamGroup()
+        g.name = name
+        g.rr = 0
+        g.connect_timeout = up.connect_timeout
+        g.timeout = up.timeout
+        g.idle_timeout = up.idle_timeout
+        g.targets = [Target(*split_hostport(t), up.keepalive, g) for t in up.targets]
+        groups[name] = g
+    return groups
+
+
+def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None) -> Runtime:
+    """Compile `cfg`. Pass the previous `groups` to keep pools of unchanged upstreams across a reload."""
+    limits = cfg.server.limits
+    groups = groups if groups is not None else build_groups(cfg)
+    specs = []
+    for r in cfg.routes:
+        rt = RouteRT()
+        rt.name = r.name
+        rt.group = groups[r.upstream]
+        rt.max_body = r.max_body if r.max_body is not None else limits.max_body
+        rt.strip = len(r.path[:-2].encode()) if (r.strip_prefix and r.path.endswith("/*")) else 0
+        rt.req_add = _header_bytes(r.request_headers.add)
+        # A route's added headers replace anything the client sent under those names.
+        rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add))
+        rt.resp_add = _header_bytes(r.response_headers.add)
+        rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
+        methods = tuple(r.methods) if r.methods else None
+        specs.append((r.host, r.path, methods, rt))
+    run = Runtime()
+    run.router = Router(specs)
+    run.problems = build_problems()
+    run.actions = dict(DEFAULT_ACTIONS)
+    run.max_body = limits.max_body
+    run.header_timeout = limits.header_timeout
+    run.idle_timeout = limits.idle_timeout
+    run.body_timeout = limits.body_timeout
+    run.max_requests = limits.max_requests_per_connection
+    run.max_pipelined = limits.max_pipelined
+    run.max_line = limits.max_request_line
+    run.max_hbytes = limits.max_header_bytes
+    run.max_headers = limits.max_headers
+    run.version = __version__
+    return run

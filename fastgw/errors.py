@@ -1,0 +1,66 @@
+"""The catalogue of responses fastgw makes itself: RFC 9457 problem+json, one stable slug each.
+
+Bodies are serialised here once per config load; per request only `instance`, `request_id` and (for
+malformed input) `detail` are filled in (see fastgw._core.proxy.Problem).
+"""
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from fastgw._core.proxy import Problem
+
+
+class Slug(NamedTuple):
+    status: int
+    title: str
+    detail: str
+
+
+PROBLEMS: dict[str, Slug] = {
+    "bad-request": Slug(400, "Bad Request", "The request is malformed."),
+    "unauthorized": Slug(401, "Unauthorized", "Valid credentials are required."),
+    "forbidden": Slug(403, "Forbidden", "The credentials do not grant access to this resource."),
+    "not-found": Slug(404, "Not Found", "No route matches this request."),
+    "method-not-allowed": Slug(405, "Method Not Allowed", "The route does not accept this method."),
+    "request-timeout": Slug(408, "Request Timeout", "The request was not received in time."),
+    "gone": Slug(410, "Gone", "This API version has been retired."),
+    "payload-too-large": Slug(413, "Content Too Large", "The request body exceeds the route's limit."),
+    "uri-too-long": Slug(414, "URI Too Long", "The request target is too long."),
+    "header-too-large": Slug(431, "Request Header Fields Too Large", "The request head is too large."),
+    "rate-limited": Slug(429, "Too Many Requests", "The rate limit for this consumer is exhausted."),
+    "quota-exceeded": Slug(429, "Too Many Requests", "The quota for this consumer is exhausted."),
+    "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
+    "upstream-unavailable": Slug(503, "Service Unavailable", "No upstream connection could be made."),
+    "service-draining": Slug(503, "Service Unavailable", "The gateway is shutting down."),
+    "upstream-timeout": Slug(504, "Gateway Timeout", "The upstream did not answer in time."),
+}
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
+            414: "URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _j(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=True).encode()
+
+
+def build_problem(slug: str) -> Problem:
+    s = PROBLEMS[slug]
+    p = Problem()
+    p.status = s.status
+    p.head = (f"HTTP/1.1 {s.status} {_REASONS[s.status]}\r\n"
+              "Content-Type: application/problem+json\r\nCache-Control: no-store\r\n").encode()
+    p.body_a = b'{"type":' + _j(f"urn:fastgw:problem:{slug}") + b',"title":' + _j(s.title) + \
+        b',"status":%d,"detail":"' % s.status
+    p.detail = _j(s.detail)[1:-1]
+    p.body_b = b'","instance":"'
+    p.body_c = b'","request_id":"'
+    p.body_d = b'"}'
+    p.extra = b""
+    return p
+
+
+def build_problems() -> dict[str, Problem]:
+    return {slug: build_problem(slug) for slug in PROBLEMS}
