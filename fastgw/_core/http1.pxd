@@ -6,7 +6,6 @@ cdef class RequestHead:
     cdef public bytes query
     cdef public bytes host
     cdef public int minor
-    cdef public list lnames
     cdef public list pieces
     cdef public bytes request_id
     cdef public bytes xff
@@ -39,8 +38,10 @@ cdef class RequestReader:
     cdef public bint upgraded
 
     cpdef feed(self, bytes data)
+    cdef int _feed1(self, bytes data) except -1
     cdef int _reject(self, int status, str slug, str detail) except -1
     cdef void _fail(self, int status, str slug, str detail)
+    cdef void _begin(self)
     cpdef request_head(self, RequestHead head)
     cpdef request_body(self, bytes data)
     cpdef request_end(self)

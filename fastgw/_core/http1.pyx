@@ -12,7 +12,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from httptools import HttpRequestParser
 
 # Header actions. Everything not listed here is forwarded as received.
-DEFAULT_ACTIONS = {
+_BASE_ACTIONS = {
     b"host": 1,
     b"content-length": 2,
     b"transfer-encoding": 3,
@@ -45,38 +45,84 @@ DEF ST_DEAD = 3      # an error was reported
 # extensions without buffering them, and fastgw re-chunks bodies so they are never forwarded; the cap stops
 # a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class).
 DEF MAX_CHUNK_SLACK = 4096
+DEF SLICE = 4096
 
-cdef bytes _HOST_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]"
-cdef bytes _RID_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"
-
-
-cdef inline bint _only(bytes value, bytes allowed):
-    return len(value.translate(None, allowed)) == 0
+cdef unsigned char HOST_OK[256]
+cdef unsigned char RID_OK[256]
+cdef unsigned char SPECIAL_LEN[64]   # lengths of the header names that have an action
 
 
-cdef bint _bad_path(bytes path):
-    """Dot segments, encoded slashes/backslashes/NUL, raw backslashes and fragments are refused: a route
-    decision taken on one spelling of a path must hold for the upstream that decodes another."""
-    cdef bytes low
-    if b"#" in path or b"\\" in path:
-        return True
-    if b"%" in path:
-        low = path.lower()
-        if b"%2f" in low or b"%5c" in low or b"%00" in low:
-            return True
-        if b"%2e" in low:
-            path = low.replace(b"%2e", b".")
-    if b"/." not in path:
-        return False
+cdef void _table(unsigned char* table, bytes allowed):
+    cdef int i
+    for i in range(256):
+        table[i] = 0
+    for i in range(len(allowed)):
+        table[<unsigned char>allowed[i]] = 1
+
+
+_table(HOST_OK, b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]")
+_table(RID_OK, b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+
+
+cdef inline bint _only(bytes value, unsigned char* table):
+    cdef const unsigned char* p = value
+    cdef Py_ssize_t i, n = len(value)
+    for i in range(n):
+        if not table[p[i]]:
+            return False
+    return True
+
+
+def with_case_variants(dict actions):
+    """Lookups try the name as sent first: adding the usual spellings avoids a lower() per header."""
+    out = {}
+    for k, v in actions.items():
+        out[k] = v
+        out[b"-".join(part.capitalize() for part in k.split(b"-"))] = v
+        out[k.upper()] = v
+    return out
+
+
+DEFAULT_ACTIONS = with_case_variants(_BASE_ACTIONS)
+
+
+cdef unsigned char PATH_CLASS[256]    # 1 refused outright, 2 '%', 4 '.'
+for _i in range(256):
+    PATH_CLASS[_i] = 0
+PATH_CLASS[ord("#")] = 1
+PATH_CLASS[ord("\\")] = 1
+PATH_CLASS[ord("%")] = 2
+PATH_CLASS[ord(".")] = 4
+
+
+cdef bint _has_dot_segment(bytes path):
     for seg in path.split(b"/"):
         if seg == b"." or seg == b"..":
             return True
     return False
 
 
+cdef bint _bad_path(bytes path, int flags):
+    """Dot segments, encoded slashes/backslashes/NUL, raw backslashes and fragments are refused: a route
+    decision taken on one spelling of a path must hold for the upstream that decodes another.
+    `flags` is the OR of PATH_CLASS over the path (one pass, done by the caller)."""
+    cdef bytes low
+    if flags & 1:
+        return True
+    if flags & 2:
+        low = path.lower()
+        if low.find(b"%2f") >= 0 or low.find(b"%5c") >= 0 or low.find(b"%00") >= 0:
+            return True
+        if low.find(b"%2e") >= 0:
+            return _has_dot_segment(low.replace(b"%2e", b"."))
+    if flags & 4:
+        return _has_dot_segment(path)
+    return False
+
+
 cdef class RequestHead:
     """One parsed request head. ``pieces`` is the flat list [name, b": ", value, b"\\r\\n", ...] of the
-    headers that may be forwarded, ``lnames`` their lowercase names (same order)."""
+    headers that may be forwarded."""
 
     def __repr__(self):
         return f"<RequestHead {self.method!r} {self.path!r}{self.query!r} host={self.host!r}>"
@@ -92,6 +138,9 @@ cdef class RequestReader:
                  Py_ssize_t max_headers=100, dict actions=None):
         self._parser = HttpRequestParser(self)
         self._actions = DEFAULT_ACTIONS if actions is None else actions
+        for k in self._actions:
+            if len(k) < 64:
+                SPECIAL_LEN[len(k)] = 1
         self._max_line = max_request_line
         self._max_hbytes = max_header_bytes
         self._max_headers = max_headers
@@ -115,10 +164,25 @@ cdef class RequestReader:
 
     # -- input -----------------------------------------------------------------------------------------
     cpdef feed(self, bytes data):
-        """Feed bytes from the client. Events fire synchronously, in order."""
+        """Feed bytes from the client. Events fire synchronously, in order.
+
+        Input is handed to llhttp in slices of at most SLICE bytes (except inside a Content-Length body),
+        so that the size checks below run before a request can complete: an oversized chunk extension is
+        rejected before the chunked body's end is ever reported."""
+        cdef Py_ssize_t n = len(data)
+        cdef Py_ssize_t i
+        if n <= SLICE or (self._state == ST_BODY and not self._head.chunked):
+            self._feed1(data)
+            return
+        for i in range(0, n, SLICE):
+            if self._state == ST_DEAD or self.upgraded:
+                return
+            self._feed1(data[i:i + SLICE])
+
+    cdef int _feed1(self, bytes data) except -1:
         cdef Py_ssize_t n = len(data)
         if self._state == ST_DEAD or self.upgraded:
-            return
+            return 0
         self._feed_acc = 0
         if self._state == ST_HEAD or self._state == ST_IDLE:
             self._head_fed += n
@@ -127,24 +191,24 @@ cdef class RequestReader:
         except HttpParserCallbackError:
             if self._state != ST_DEAD:          # an exception of ours that is not a rejection: a bug
                 raise
-            return
+            return 0
         except HttpParserUpgrade:
             # Upgrade/CONNECT: the message itself was parsed (and handled) normally with Upgrade
             # stripped; the bytes after it belong to a protocol fastgw does not speak, so they are
             # dropped and the connection closes after the response.
             self.upgraded = True
-            return
+            return 0
         except HttpParserError as exc:
             if self._state != ST_DEAD:
                 self._state = ST_DEAD
                 self.request_error(400, "bad-request", f"malformed HTTP/1.1: {exc}")
-            return
+            return 0
         if self._state == ST_HEAD:
             # The head has not completed: bound what httptools is accumulating for us.
             # (an over-long target is caught by on_url as 414 as it streams in)
             if self._head_fed > self._max_line + self._max_hbytes:
                 self._fail(431, "header-too-large", "request head too large")
-            return
+            return 0
         self._slack += n - self._feed_acc
         if self._slack > MAX_CHUNK_SLACK and self._state == ST_BODY:
             self._fail(400, "bad-request", "chunk extensions too large")
@@ -153,6 +217,7 @@ cdef class RequestReader:
                 self._fail(400, "bad-request", "chunk extensions too large")
             else:
                 self._slack = 0
+        return 0
 
     cdef void _fail(self, int status, str slug, str detail):
         if self._state != ST_DEAD:
@@ -165,7 +230,7 @@ cdef class RequestReader:
         raise ValueError(slug)
 
     # -- httptools callbacks ---------------------------------------------------------------------------
-    def on_message_begin(self):
+    cdef void _begin(self):
         self._state = ST_HEAD
         self._url = []
         self._url_len = 0
@@ -176,13 +241,14 @@ cdef class RequestReader:
         self._te = None
         self._chunk_bytes = 0
         cdef RequestHead h = RequestHead.__new__(RequestHead)
-        h.lnames = []
         h.pieces = []
         h.content_length = -1
         h.host = b""
         self._head = h
 
     def on_url(self, bytes url):
+        if self._state != ST_HEAD:
+            self._begin()
         self._url.append(url)
         self._url_len += len(url)
         self._feed_acc += len(url)
@@ -202,17 +268,22 @@ cdef class RequestReader:
             self._reject(431, "header-too-large", "too many header fields")
         if self._hbytes > self._max_hbytes:
             self._reject(431, "header-too-large", "request header fields too large")
-        lname = name.lower()
-        action = self._actions.get(lname)
+        action = self._actions.get(name)
         if action is None:
-            h.lnames.append(lname)
-            h.pieces += (name, b": ", value, b"\r\n")
-            return
+            if len(name) < 64 and SPECIAL_LEN[len(name)]:
+                action = self._actions.get(name.lower())
+            if action is None:
+                pieces = h.pieces
+                pieces.append(name)
+                pieces.append(b": ")
+                pieces.append(value)
+                pieces.append(b"\r\n")
+                return
         code = <int>action
         if code == 1:
             if self._host_seen:
                 self._reject(400, "bad-request", "duplicate Host header")
-            if not _only(value, _HOST_OK):
+            if not _only(value, HOST_OK):
                 self._reject(400, "bad-request", "invalid Host header")
             self._host_seen = True
             h.host = value
@@ -234,7 +305,7 @@ cdef class RequestReader:
             if value.lower() == b"100-continue":
                 h.expect_continue = True
         elif code == 7:
-            if 0 < len(value) <= 128 and _only(value, _RID_OK):
+            if 0 < len(value) <= 128 and _only(value, RID_OK):
                 h.request_id = value
         elif code == 8:
             h.xff = value if h.xff is None else h.xff + b", " + value
@@ -242,19 +313,22 @@ cdef class RequestReader:
 
     def on_headers_complete(self):
         cdef RequestHead h = self._head
-        cdef bytes url, version
-        cdef Py_ssize_t q
+        cdef bytes url
+        cdef str version
+        cdef Py_ssize_t q, i, n
+        cdef const unsigned char* u
+        cdef int flags
         p = self._parser
         h.method = p.get_method()
         self._feed_acc += len(h.method) + 14
         self._state = ST_BODY
         self._head_fed = 0
-        version = p.get_http_version().encode()
-        if version == b"1.1":
+        version = p.get_http_version()
+        if version == "1.1":
             h.minor = 1
             if not self._host_seen:
                 self._reject(400, "bad-request", "missing Host header")
-        elif version == b"1.0":
+        elif version == "1.0":
             h.minor = 0
         else:
             self._reject(400, "bad-request", "unsupported HTTP version")
@@ -265,22 +339,33 @@ cdef class RequestReader:
                 self._reject(400, "bad-request", "only 'Transfer-Encoding: chunked' is accepted")
             h.chunked = True
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        if url == b"*":
+        n = len(url)
+        u = url
+        if n == 1 and u[0] == 42:              # '*'
             if h.method != b"OPTIONS":
                 self._reject(400, "bad-request", "'*' target is only valid with OPTIONS")
             h.path = url
             h.query = b""
-        elif not url.startswith(b"/"):
+        elif n == 0 or u[0] != 47:             # not '/'
             self._reject(400, "bad-request", "request target must be origin-form ('/path')")
         else:
-            q = url.find(b"?")
-            if q < 0:
+            flags = 0
+            q = n
+            for i in range(n):
+                if u[i] == 63:                 # '?'
+                    q = i
+                    break
+                flags |= PATH_CLASS[u[i]]
+            for i in range(q, n):
+                if u[i] == 35:                 # '#' in the query
+                    flags |= 1
+            if q == n:
                 h.path = url
                 h.query = b""
             else:
                 h.path = url[:q]
                 h.query = url[q:]
-            if _bad_path(h.path) or b"#" in h.query:
+            if flags and _bad_path(h.path, flags):
                 self._reject(400, "bad-request", "request path is not in canonical form")
         h.keep_alive = p.should_keep_alive()
         self.request_head(h)

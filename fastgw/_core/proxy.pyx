@@ -22,7 +22,11 @@ import asyncio
 
 from httptools import HttpParserError, HttpResponseParser
 
+from libc.stdio cimport snprintf
+
 from fastgw._core.http1 cimport RequestHead, RequestReader
+
+from fastgw._core.http1 import with_case_variants
 
 # Reasons to stop reading from the client (a bit each; reading resumes when none is left).
 DEF P_UPSTREAM = 1     # the upstream's write buffer is full
@@ -64,7 +68,7 @@ cdef class Problem:
 
 cpdef bytes json_bytes(bytes raw):
     """Escape request-derived bytes for a JSON string (paths may hold '"' or non-ASCII bytes)."""
-    if raw.isascii() and b'"' not in raw and b"\\" not in raw:
+    if raw.isascii() and raw.find(b'"') < 0 and raw.find(b"\\") < 0:
         return raw
     import json
     return json.dumps(raw.decode("latin-1"))[1:-1].encode()
@@ -167,7 +171,7 @@ cdef class Target:
 
 
 # Response header actions: 1 content-length, 2 transfer-encoding, 3 connection, 4 drop (hop-by-hop).
-cdef dict RESP_ACTIONS = {
+cdef dict RESP_ACTIONS = with_case_variants({
     b"content-length": 1,
     b"transfer-encoding": 2,
     b"connection": 3,
@@ -176,7 +180,10 @@ cdef dict RESP_ACTIONS = {
     b"te": 4,
     b"trailer": 4,
     b"upgrade": 4,
-}
+})
+cdef unsigned char RESP_LEN[64]
+for _k in RESP_ACTIONS:
+    RESP_LEN[len(_k)] = 1
 
 
 cdef class UpstreamConn:
@@ -190,9 +197,7 @@ cdef class UpstreamConn:
     cdef bint rpaused
     cdef double idle_since
     # the response being parsed
-    cdef list rlnames
     cdef list rpieces
-    cdef bytes reason
     cdef bint r_head_done
     cdef bint r_chunked
     cdef bint r_has_cl
@@ -266,27 +271,29 @@ cdef class UpstreamConn:
         if self.ex is not None:
             self.ex.client.resume_reading(P_UPSTREAM)
 
-    # httptools callbacks
-    def on_message_begin(self):
-        self.rlnames = []
+    cdef void reset(self):
+        """Per-response state (there is no on_message_begin callback: one Python call less)."""
         self.rpieces = []
-        self.reason = b""
         self.r_head_done = False
         self.r_chunked = False
         self.r_has_cl = False
         self.r_cl = None
         self.r_drop = None
 
-    def on_status(self, bytes reason):
-        self.reason += reason
-
+    # httptools callbacks
     def on_header(self, bytes name, bytes value):
-        lname = name.lower()
-        action = RESP_ACTIONS.get(lname)
+        cdef list pieces
+        action = RESP_ACTIONS.get(name)
         if action is None:
-            self.rlnames.append(lname)
-            self.rpieces += (name, b": ", value, b"\r\n")
-            return
+            if len(name) < 64 and RESP_LEN[len(name)]:
+                action = RESP_ACTIONS.get(name.lower())
+            if action is None:
+                pieces = self.rpieces
+                pieces.append(name)
+                pieces.append(b": ")
+                pieces.append(value)
+                pieces.append(b"\r\n")
+                return
         code = <int>action
         if code == 1:
             self.r_has_cl = True
@@ -307,6 +314,7 @@ cdef class UpstreamConn:
         if status < 200:
             if status == 101:
                 raise HttpParserError("unexpected 101 Switching Protocols")
+            self.reset()
             return                            # interim responses are not relayed
         self.r_head_done = True
         if ex is not None:
@@ -413,6 +421,7 @@ cdef class Exchange:
         self.up = c
         c.ex = self
         c.got_bytes = False
+        c.reset()
         self.up_last = self.client.w.clock.now
         self.sent = True
         if self.client.wpaused and not c.rpaused:
@@ -452,7 +461,7 @@ cdef class Exchange:
             self.client.abort()              # never a silently truncated response
             return
         if (c is not None and c.reused and not c.got_bytes and not self.retried and not self.has_body
-                and status == 502 and (b" " + self.head.method + b" ") in IDEMPOTENT):
+                and status == 502 and IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0):
             # A kept-alive connection the upstream closed just as we reused it: retry once, fresh.
             self.retried = True
             self.sent = False
@@ -472,10 +481,10 @@ cdef class Exchange:
         cdef Py_ssize_t i
         self.resp_started = True
         if drop is not None or route.resp_remove is not None:
-            pieces = filter_headers(c.rlnames, pieces, drop, route.resp_remove)
+            pieces = filter_headers(pieces, drop, route.resp_remove)
         line = STATUS_LINES.get(status)
         if line is None:
-            line = b"HTTP/1.1 %d %s\r\n" % (status, c.reason or b"Unknown")
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
         parts = [line]
         parts += pieces
         if route.resp_add:
@@ -547,14 +556,15 @@ cdef class Exchange:
         self.complete()
 
 
-cdef list filter_headers(list lnames, list pieces, object drop, object remove):
+cdef list filter_headers(list pieces, object drop, object remove):
+    """Pieces without the headers named (lowercase) in `drop` or `remove`."""
     cdef list out = []
     cdef Py_ssize_t i
-    for i in range(len(lnames)):
-        name = lnames[i]
+    for i in range(0, len(pieces), 4):
+        name = (<bytes>pieces[i]).lower()
         if (drop is not None and name in drop) or (remove is not None and name in remove):
             continue
-        out += pieces[4 * i:4 * i + 4]
+        out += pieces[i:i + 4]
     return out
 
 
@@ -860,10 +870,10 @@ cdef class ClientConn(RequestReader):
         cdef list pieces = h.pieces
         if route.strip:
             path = path[route.strip:]
-            if not path.startswith(b"/"):
+            if len(path) == 0 or path[0] != 47:
                 path = b"/" + path
         if h.drop is not None or route.req_remove is not None:
-            pieces = filter_headers(h.lnames, pieces, h.drop, route.req_remove)
+            pieces = filter_headers(pieces, h.drop, route.req_remove)
         host = h.host if h.host else ex.route.group.pick().hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         parts += pieces
@@ -975,8 +985,11 @@ cdef class Worker:
         return ClientConn(self)
 
     cdef bytes next_id(self):
+        cdef char buf[64]
+        cdef int n
         self.id_counter += 1
-        return self.id_prefix + b"%012x" % self.id_counter
+        n = snprintf(buf, sizeof(buf), "%s%012llx", <char*>self.id_prefix, self.id_counter)
+        return buf[:n]
 
     def sweep(self, double now, bytes date):
         """Advance the coarse clock and enforce every connection's timeouts."""

@@ -1,0 +1,579 @@
+"""The config file: its schema (msgspec Structs), loading, and validation with errors that name the key.
+
+`load(path)` returns a frozen `Config` or raises `ConfigError`, whose `.errors` lists every problem found
+as "key.path: reason" (for example `routes[2].upstream: unknown upstream "acounts" (known: accounts,
+payments)`), so `fastgw check` in CI reports a whole broken file at once rather than one error per run.
+
+Loading has three passes:
+1. TOML -> plain dicts (tomllib); a syntax error names the line and column.
+2. A walk of the raw dicts against the Struct schema: unknown keys, missing keys, wrong types, and
+   duration/size strings turned into float seconds / int bytes. It collects every error with its key
+   path. (msgspec alone stops at the first error and cannot say which key of a table was wrong.)
+3. msgspec.convert builds the Structs, then semantic checks (route syntax, references between sections,
+   header rules, addresses, limits) run on the typed result, again collecting every error.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import tomllib
+import types
+from collections.abc import Callable
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import msgspec
+
+from fastgw.units import parse_duration, parse_size
+
+
+class _Unit:
+    """Marks a field (via Annotated) whose TOML value is a unit string converted by `parse`."""
+
+    def __init__(self, name: str, parse: Callable[[Any], Any], accepts: tuple[type, ...]) -> None:
+        self.name = name
+        self.parse = parse
+        self.accepts = accepts
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+# Durations must be strings: a bare number would leave the reader guessing between s and ms.
+# A size may also be a TOML integer, meaning bytes.
+Duration = Annotated[float, _Unit("duration", parse_duration, (str,))]
+Size = Annotated[int, _Unit("size", parse_size, (str, int))]
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-connection limits; defaults follow DESIGN.md §5 (nginx/Envoy-style edge defaults)."""
+
+    max_header_bytes: Size = 32 * 1024
+    max_headers: int = 100
+    max_request_line: Size = 8 * 1024
+    max_body: Size = 1024 * 1024
+    header_timeout: Duration = 10.0
+    idle_timeout: Duration = 60.0
+    body_timeout: Duration = 30.0
+    max_requests_per_connection: int = 1000
+    max_pipelined: int = 16
+
+
+class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    workers: int | Literal["auto"] = "auto"
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+
+class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    listen: str = "127.0.0.1:9901"
+
+
+class HeaderRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    add: dict[str, str] = msgspec.field(default_factory=dict)
+    remove: list[str] = msgspec.field(default_factory=list)
+
+
+class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    targets: list[str]
+    keepalive: int = 128
+    connect_timeout: Duration = 3.0
+    timeout: Duration = 15.0
+    idle_timeout: Duration = 60.0
+    balance: Literal["round_robin"] = "round_robin"
+
+
+class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    path: str
+    upstream: str
+    host: str | None = None
+    methods: list[str] | None = None
+    strip_prefix: bool = False
+    max_body: Size | None = None
+    request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
+    response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    server: Server = msgspec.field(default_factory=Server)
+    admin: Admin = msgspec.field(default_factory=Admin)
+    upstreams: dict[str, Upstream]
+    routes: list[Route]
+
+
+class ConfigError(Exception):
+    """An unusable config. `.errors` holds one "key.path: reason" line per problem."""
+
+    def __init__(self, errors: list[str] | str) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate the TOML file at `path`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 (byte {e.start})") from None
+    return loads(text, source=str(path))
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """Validate TOML `text`; `source` names it in syntax errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(_syntax_error(source, str(e), text)) from None
+    errors: list[str] = []
+    converted = _walk_struct(Config, raw, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        cfg = msgspec.convert(converted, Config)
+    except msgspec.ValidationError as e:  # the walk should have caught it; keep the key path anyway
+        raise ConfigError(_from_msgspec(str(e))) from None
+    errors = _validate(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return _normalise(cfg)
+
+
+def config_hash(path_or_bytes: str | Path | bytes) -> str:
+    """First 12 hex digits of the sha256 of the file's bytes: a short, stable config version label."""
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _syntax_error(source: str, message: str, text: str) -> str:
+    # tomllib ends its messages with "(at line N, column M)" or "(at end of document)"; put the position
+    # up front so the reader (or an editor) can jump to it.
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if m:
+        return f"{source}: line {m[1]}, column {m[2]}: TOML syntax error: {message[: m.start()]}"
+    m = re.search(r"\s*\(at end of document\)$", message)
+    if m:
+        line, col = text.count("\n") + 1, len(text) - text.rfind("\n")
+        return f"{source}: line {line}, column {col}: TOML syntax error: {message[: m.start()]} (at end of file)"
+    return f"{source}: TOML syntax error: {message}"
+
+
+def _from_msgspec(message: str) -> str:
+    """ "Expected `int`, got `str` - at `$.routes[0].foo`" -> "routes[0].foo: Expected `int`, got `str`"."""
+    reason, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return message
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    return f"{path or '<root>'}: {reason}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pass 2: raw TOML values against the schema.
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NONE = type(None)
+
+
+def _key(path: str, key: str) -> str:
+    """Append a TOML key to a path, quoting it as TOML would when it is not a bare key."""
+    part = key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+    return f"{path}.{part}" if path else part
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, datetime | date | time):
+        return "date-time"
+    return type(value).__name__
+
+
+def _got(value: object) -> str:
+    kind = _toml_type(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"{kind} {json.dumps(shown)}"
+    if isinstance(value, bool):
+        return f"{kind} {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"{kind} {value}"
+    return kind
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        unit = _unit_of(tp)
+        return f"a {unit.name}" if unit else _describe(get_args(tp)[0])
+    if origin is Literal:
+        return " or ".join(json.dumps(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp) if a is not _NONE)
+    if origin is list:
+        return "an array"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _unit_of(tp: Any) -> _Unit | None:
+    for meta in get_args(tp)[1:]:
+        if isinstance(meta, _Unit):
+            return meta
+    return None
+
+
+def _walk_struct(cls: type[msgspec.Struct], raw: object, path: str, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"{path}: expected a table, got {_got(raw)}")
+        return None
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = fields.get(key)
+        if field is None:
+            errors.append(f"{_key(path, key)}: unknown key")
+        else:
+            out[key] = _walk(field.type, value, _key(path, key), errors)
+    for name, field in fields.items():
+        if field.required and name not in raw:
+            errors.append(f"{_key(path, name)}: required key is missing")
+    return out
+
+
+def _walk(tp: Any, value: object, path: str, errors: list[str]) -> Any:
+    """Check `value` against `tp`, returning it with units converted; append errors with their path."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        arms = [a for a in get_args(tp) if a is not _NONE]
+        if len(arms) == 1:  # X | None: TOML has no null, so an absent key is the only way to get None
+            return _walk(arms[0], value, path, errors)
+    if origin is Annotated:
+        unit = _unit_of(tp)
+        if unit is None:
+            return _walk(get_args(tp)[0], value, path, errors)
+        if not isinstance(value, unit.accepts) or isinstance(value, bool):
+            errors.append(f"{path}: expected {_describe(tp)} such as {_UNIT_EXAMPLE[unit.name]}, got {_got(value)}")
+            return None
+        try:
+            return unit.parse(value)
+        except ValueError as e:
+            errors.append(f"{path}: {e}")
+            return None
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return _walk_struct(tp, value, path, errors)
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected an array, got {_got(value)}")
+            return None
+        (item,) = get_args(tp)
+        return [_walk(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a table, got {_got(value)}")
+            return None
+        _, item = get_args(tp)
+        return {k: _walk(item, v, _key(path, k), errors) for k, v in value.items()}
+    if _scalar_ok(tp, value):
+        return float(value) if tp is float else value  # type: ignore[arg-type]
+    errors.append(f"{path}: expected {_describe(tp)}, got {_got(value)}")
+    return None
+
+
+_UNIT_EXAMPLE = {"duration": '"10s" or "250ms"', "size": '"1MiB" or "512KiB"'}
+
+
+def _scalar_ok(tp: Any, value: object) -> bool:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_scalar_ok(a, value) for a in get_args(tp))
+    if origin is Literal:
+        # Compare types too: in Python True == 1, but TOML true is not the integer 1.
+        return any(type(a) is type(value) and a == value for a in get_args(tp))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pass 3: meaning.
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")            # route/upstream names: they become metric labels
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A literal path segment: RFC 3986 pchar minus "*", which is reserved for prefix routes.
+_LITERAL = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()+,;=:@]|%[0-9A-Fa-f]{2})+")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # RFC 9110 §5.6.2 token
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")        # a token without lowercase (methods are case-sensitive)
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # controls except HTAB (RFC 9110 §5.5)
+# Headers fastgw owns: framing is rebuilt per hop and hop-by-hop headers never cross (RFC 9110 §7.6.1),
+# so a route may neither add nor remove them; Host is set from the upstream target.
+MANAGED_HEADERS = frozenset({
+    "connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
+    "proxy-connection", "host",
+})
+
+
+def parse_hostport(text: str, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port" into (host, port), raising ValueError with the reason.
+
+    The host may be an IPv4 address, a bracketed IPv6 address or a DNS name. Port 0 (an ephemeral port
+    chosen by the kernel) is only meaningful for a listener.
+    """
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError('expected "[ipv6]:port", e.g. "[::1]:8080"')
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'"{host}" is not an IPv6 address') from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError('missing port, expected "host:port", e.g. "127.0.0.1:8080"')
+        if ":" in host:
+            raise ValueError('an IPv6 address must be in brackets, e.g. "[::1]:8080"')
+        if not host:
+            raise ValueError('missing host, expected "host:port" (use "0.0.0.0:PORT" for every IPv4 address)')
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f'"{host}" is not an IPv4 address') from None
+        elif not _HOSTNAME.fullmatch(host.lower()):
+            raise ValueError(f'"{host}" is not a valid host name')
+    if not port.isascii() or not port.isdigit() or len(port) > 5:
+        raise ValueError(f'port "{port}" is not a number')
+    number = int(port)
+    if number > 65535 or (number == 0 and not allow_port_zero):
+        raise ValueError(f"port {number} is out of range (1-65535)")
+    return host, number
+
+
+def path_errors(path: str) -> list[str]:
+    """Why `path` is not a valid route path (empty list if it is). See Route syntax in DESIGN.md."""
+    if not path.startswith("/"):
+        return ['must start with "/"']
+    segments = path[1:].split("/")
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "*":
+            if not last:
+                problems.append('"*" is only allowed as the last segment (prefix route, e.g. "/api/*")')
+        elif seg.startswith("{") and seg.endswith("}"):
+            m = _PARAM.fullmatch(seg)
+            if m is None:
+                problems.append(f'bad parameter name "{seg}" (use [A-Za-z_][A-Za-z0-9_]*, e.g. "{{id}}")')
+            elif m[1] in seen:
+                problems.append(f'parameter "{seg}" appears twice')
+            else:
+                seen.add(m[1])
+        elif seg == "":
+            # Only a trailing slash may make an empty segment; it is significant ("/a" != "/a/").
+            if not last:
+                problems.append('empty segment ("//")')
+        elif seg in (".", ".."):
+            problems.append(f'"{seg}" segments are not allowed (clients and proxies may collapse them)')
+        elif "{" in seg or "}" in seg:
+            problems.append(f'"{seg}": a parameter must be a whole segment, e.g. "/users/{{id}}"')
+        elif "*" in seg:
+            problems.append(f'"{seg}": "*" is only allowed as the whole last segment, e.g. "/api/*"')
+        elif not _LITERAL.fullmatch(seg):
+            problems.append(f'"{seg}" has characters not allowed in a path (percent-encode them)')
+    return problems
+
+
+def _shape(path: str) -> str:
+    """The path with parameter names erased: "/u/{id}" and "/u/{uid}" match the same requests."""
+    return _PARAM.sub("{}", path)
+
+
+def _validate(cfg: Config) -> list[str]:
+    errors: list[str] = []
+    _check_server(cfg, errors)
+    if not cfg.upstreams:
+        errors.append("upstreams: at least one upstream is required")
+    for name, up in cfg.upstreams.items():
+        _check_upstream(name, up, _key("upstreams", name), errors)
+    if not cfg.routes:
+        errors.append("routes: at least one route is required (with none, every request gets 404)")
+    known = ", ".join(sorted(cfg.upstreams)) or "none"
+    names: dict[str, int] = {}
+    claimed: dict[tuple[str | None, str], list[tuple[int, Route]]] = {}
+    for i, r in enumerate(cfg.routes):
+        p = f"routes[{i}]"
+        if not _NAME.fullmatch(r.name):
+            errors.append(f'{p}.name: invalid name "{r.name}" (use letters, digits, "_", ".", "-")')
+        elif r.name in names:
+            errors.append(f'{p}.name: duplicate route name "{r.name}" (also routes[{names[r.name]}])')
+        else:
+            names[r.name] = i
+        bad_path = path_errors(r.path)
+        if bad_path:
+            errors.append(f'{p}.path: invalid path "{r.path}": {"; ".join(bad_path)}')
+        if r.strip_prefix and not r.path.endswith("/*"):
+            errors.append(f'{p}.strip_prefix: only valid on a prefix route (a path ending in "/*"), not "{r.path}"')
+        if r.upstream not in cfg.upstreams:
+            errors.append(f'{p}.upstream: unknown upstream "{r.upstream}" (known: {known})')
+        if r.host is not None:
+            if ":" in r.host:
+                errors.append(f'{p}.host: "{r.host}" must not include a port (the request\'s port is ignored)')
+            elif not _HOSTNAME.fullmatch(r.host.lower()):
+                errors.append(f'{p}.host: "{r.host}" is not a valid host name')
+        if r.methods is not None:
+            _check_methods(r.methods, f"{p}.methods", errors)
+        if r.max_body is not None and r.max_body < 0:
+            errors.append(f"{p}.max_body: must not be negative")
+        _check_headers(r.request_headers, f"{p}.request_headers", errors)
+        _check_headers(r.response_headers, f"{p}.response_headers", errors)
+        if not bad_path:
+            host = r.host.lower() if r.host else None
+            for j, other in claimed.setdefault((host, _shape(r.path)), []):
+                overlap = _method_overlap(r.methods, other.methods)
+                if overlap:
+                    errors.append(
+                        f'{p}.path: routes "{other.name}" (routes[{j}]) and "{r.name}" (routes[{i}]) both '
+                        f'match host {host or "*"} path "{r.path}" for {overlap}')
+            claimed[(host, _shape(r.path))].append((i, r))
+    return errors
+
+
+def _method_overlap(a: list[str] | None, b: list[str] | None) -> str:
+    """Describe the methods two routes both accept ("" if none). A route allowing GET also serves HEAD."""
+    if a is None and b is None:
+        return "any method"
+    if a is None or b is None:
+        return ", ".join(sorted(set(b if a is None else a)))  # type: ignore[arg-type]
+
+    def expand(ms: list[str]) -> set[str]:
+        return set(ms) | ({"HEAD"} if "GET" in ms else set())
+
+    return ", ".join(sorted(expand(a) & expand(b)))
+
+
+def _check_methods(methods: list[str], path: str, errors: list[str]) -> None:
+    if not methods:
+        errors.append(f"{path}: must not be empty (omit the key to allow any method)")
+    seen: set[str] = set()
+    for i, m in enumerate(methods):
+        if not _METHOD.fullmatch(m):
+            hint = f' (methods are case-sensitive: "{m.upper()}")' if _METHOD.fullmatch(m.upper()) else ""
+            errors.append(f'{path}[{i}]: invalid method "{m}"{hint}')
+        elif m in seen:
+            errors.append(f'{path}[{i}]: duplicate method "{m}"')
+        seen.add(m)
+
+
+def _check_headers(rules: HeaderRules, path: str, errors: list[str]) -> None:
+    added: set[str] = set()
+    for name, value in rules.add.items():
+        kp = _key(f"{path}.add", name)
+        low = name.lower()
+        if not _TOKEN.fullmatch(name):
+            errors.append(f"{kp}: invalid header name (RFC 9110 token characters only)")
+        elif low in MANAGED_HEADERS:
+            errors.append(f"{kp}: cannot add {name}: fastgw manages framing and hop-by-hop headers itself")
+        elif low in added:
+            errors.append(f"{kp}: header added twice (names are case-insensitive)")
+        if _VALUE_BAD.search(value):
+            errors.append(f"{kp}: value contains a control character (CR, LF and NUL are never allowed)")
+        elif not value.isascii():
+            errors.append(f"{kp}: value must be ASCII (RFC 9110 §5.5: other bytes are not portable)")
+        added.add(low)
+    for i, name in enumerate(rules.remove):
+        kp = f"{path}.remove[{i}]"
+        if not _TOKEN.fullmatch(name):
+            errors.append(f'{kp}: invalid header name "{name}" (RFC 9110 token characters only)')
+        elif name.lower() in MANAGED_HEADERS:
+            errors.append(f"{kp}: cannot remove {name}: fastgw manages framing and hop-by-hop headers itself")
+        elif name.lower() in added:
+            errors.append(f"{kp}: {name} is both added and removed (an added header already replaces the client's)")
+
+
+def _check_server(cfg: Config, errors: list[str]) -> None:
+    s = cfg.server
+    if not s.listen:
+        errors.append("server.listen: at least one address is required")
+    bound: dict[tuple[str, int], int] = {}
+    for i, addr in enumerate(s.listen):
+        try:
+            hp = parse_hostport(addr, allow_port_zero=True)
+        except ValueError as e:
+            errors.append(f'server.listen[{i}]: invalid address "{addr}": {e}')
+            continue
+        if hp in bound and hp[1] != 0:
+            errors.append(f'server.listen[{i}]: "{addr}" is listed twice (also server.listen[{bound[hp]}])')
+        bound.setdefault(hp, i)
+    if not isinstance(s.workers, str) and s.workers < 1:
+        errors.append(f'server.workers: must be at least 1 or "auto", got {s.workers}')
+    lim = s.limits
+    positive = ("max_header_bytes", "max_headers", "max_request_line", "header_timeout", "idle_timeout",
+                "body_timeout", "max_requests_per_connection", "max_pipelined")
+    for name in positive:
+        if getattr(lim, name) <= 0:
+            errors.append(f"server.limits.{name}: must be greater than 0")
+    # A zero body limit is meaningful: such routes accept no request body at all.
+    if lim.max_body < 0:
+        errors.append("server.limits.max_body: must not be negative")
+    try:
+        admin = parse_hostport(cfg.admin.listen, allow_port_zero=True)
+    except ValueError as e:
+        errors.append(f'admin.listen: invalid address "{cfg.admin.listen}": {e}')
+        return
+    # The admin endpoints (/metrics, later /readyz) must never be reachable on the public listener.
+    wildcard = {"0.0.0.0", "::"}
+    for host, port in bound:
+        if port and port == admin[1] and (host == admin[0] or host in wildcard or admin[0] in wildcard):
+            errors.append(f'admin.listen: "{cfg.admin.listen}" overlaps a server.listen address')
+            break
+
+
+def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> None:
+    if not _NAME.fullmatch(name):
+        errors.append(f'{path}: invalid upstream name "{name}" (use letters, digits, "_", ".", "-")')
+    if not up.targets:
+        errors.append(f"{path}.targets: at least one target is required")
+    for i, target in enumerate(up.targets):
+        try:
+            parse_hostport(target)
+        except ValueError as e:
+            errors.append(f'{path}.targets[{i}]: invalid target "{target}": {e}')
+    if up.keepalive < 0:
+        errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
+    for field in ("connect_timeout", "timeout", "idle_timeout"):
+        if getattr(up, field) <= 0:
+            errors.append(f"{path}.{field}: must be greater than 0")
+
+
+def _normalise(cfg: Config) -> Config:
+    """Lower-case route hosts (host names are case-insensitive, RFC 4343) so the router compares bytes."""
+    if all(r.host is None or r.host == r.host.lower() for r in cfg.routes):
+        return cfg
+    routes = [msgspec.structs.replace(r, host=r.host.lower()) if r.host else r for r in cfg.routes]
+    return msgspec.structs.replace(cfg, routes=routes)
