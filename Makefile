@@ -5,7 +5,8 @@ PIP ?= $(PY) -m pip
 .PHONY: install compile run test lint bench bench-quick clean
 
 .stamp-install: pyproject.toml setup.py
-	$(PIP) install -q -e '.[test,dev]'
+	$(PIP) install -q 'Cython==3.3.0' 'setuptools>=77' wheel
+	$(PIP) install -q --no-build-isolation -e '.[test,dev]'
 	@touch $@
 
 install: .stamp-install

@@ -16,8 +16,9 @@ setup(
         extensions,
         language_level=3,
         compiler_directives={
-            "boundscheck": False,
-            "wraparound": False,
+            # Index checks stay on globally: config-load code uses Python idioms such as parts[-1],
+            # which wraparound=False silently turns into out-of-bounds reads. Hot loops use C
+            # pointers, or switch the checks off locally with a decorator.
             "cdivision": True,
             "embedsignature": True,
         },

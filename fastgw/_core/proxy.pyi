@@ -60,7 +60,7 @@ class Runtime:
     max_headers: int
     version: str
 
-class ClientConn(RequestReader):
+class ClientConn(RequestReader, asyncio.Protocol):
     transport: Any
     closed: bool
     batching: bool
