@@ -80,10 +80,14 @@ def cmd_run(path: str, workers: int | None) -> int:
     if cfg is None:
         return EXIT_CONFIG
     # Imported here so that the config commands never load the compiled core or uvloop.
-    from fastgw.worker import serve
+    from fastgw.supervisor import serve
 
     try:
-        rc = serve(cfg, path, workers)
+        rc = serve(path, workers)
+    except ConfigError as e:  # the file changed since it was checked above
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as e:  # e.g. the listen address is taken: a runtime failure, not a config error
         print(f"fastgw: {e}", file=sys.stderr)
         return EXIT_RUNTIME

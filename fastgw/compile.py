@@ -28,9 +28,15 @@ def _remove_set(names: list[str]) -> frozenset[bytes] | None:
     return frozenset(n.lower().encode("latin-1") for n in names) if names else None
 
 
-def build_groups(cfg: Config) -> dict[str, UpstreamGroup]:
+def build_groups(cfg: Config, old: Config | None = None,
+                 old_groups: dict[str, UpstreamGroup] | None = None) -> dict[str, UpstreamGroup]:
+    """One UpstreamGroup per upstream. On a reload, pass the previous config and groups: an upstream
+    whose settings did not change keeps its group, and so its warm keep-alive pools."""
     groups: dict[str, UpstreamGroup] = {}
     for name, up in cfg.upstreams.items():
+        if old is not None and old_groups is not None and old.upstreams.get(name) == up and name in old_groups:
+            groups[name] = old_groups[name]
+            continue
         g = UpstreamGroup()
         g.name = name
         g.rr = 0
@@ -42,14 +48,20 @@ def build_groups(cfg: Config) -> dict[str, UpstreamGroup]:
     return groups
 
 
-def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None) -> Runtime:
-    """Compile `cfg`. Pass the previous `groups` to keep pools of unchanged upstreams across a reload."""
+def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
+                   slots: dict[str, int] | None = None) -> Runtime:
+    """Compile `cfg`. Pass the previous `groups` to keep pools of unchanged upstreams across a reload.
+
+    `slots` maps route names to their metrics slots (assigned by the supervisor, stable across reloads);
+    without it route i counts in slot i + 1 (slot 0 counts requests that matched no route).
+    """
     limits = cfg.server.limits
     groups = groups if groups is not None else build_groups(cfg)
     specs = []
-    for r in cfg.routes:
+    for i, r in enumerate(cfg.routes):
         rt = RouteRT()
         rt.name = r.name
+        rt.mslot = slots.get(r.name, 0) if slots is not None else i + 1
         rt.group = groups[r.upstream]
         rt.max_body = r.max_body if r.max_body is not None else limits.max_body
         rt.strip = len(r.path[:-2].encode()) if (r.strip_prefix and r.path.endswith("/*")) else 0

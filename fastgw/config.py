@@ -62,14 +62,29 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_pipelined: int = 16
 
 
+class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """SIGTERM behaviour (DESIGN.md §2, Signals). accept_seconds matches the load balancer's
+    deregistration delay; timeout_seconds bounds the wait for requests in flight after that.
+
+    The default accepts nothing after SIGTERM: without a load balancer in front (a laptop, `docker stop`
+    with its 10 s grace) nobody else is about to send connections. Behind an NLB, set it (deploy/k8s/).
+    """
+
+    accept_seconds: Duration = 0.0
+    timeout_seconds: Duration = 20.0
+
+
 class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     workers: int | Literal["auto"] = "auto"
+    access_log: bool = False
     limits: Limits = msgspec.field(default_factory=Limits)
+    drain: Drain = msgspec.field(default_factory=Drain)
 
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: str = "127.0.0.1:9901"
+    metrics: bool = True
 
 
 class HeaderRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -541,6 +556,11 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
     # A zero body limit is meaningful: such routes accept no request body at all.
     if lim.max_body < 0:
         errors.append("server.limits.max_body: must not be negative")
+    # Zero is allowed for both drain durations (stop accepting at once / do not wait); a day is far beyond
+    # any load balancer's deregistration delay (AWS NLB: at most 3600 s) and surely a unit mistake.
+    for name in ("accept_seconds", "timeout_seconds"):
+        if getattr(s.drain, name) > 86400:
+            errors.append(f"server.drain.{name}: must be at most 24h")
     try:
         admin = parse_hostport(cfg.admin.listen, allow_port_zero=True)
     except ValueError as e:

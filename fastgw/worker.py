@@ -1,9 +1,28 @@
-"""One serving process: a uvloop event loop, the listening sockets, the Worker state and its sweep.
+"""One worker process: a uvloop event loop serving the listening sockets its supervisor handed it.
 
-Issue 2 serves from a single process; the supervisor with SO_REUSEPORT workers builds on `serve_sockets`.
+The supervisor (fastgw/supervisor.py) spawns `python -m fastgw.worker` with inherited descriptors: the
+listening sockets of its slot, one end of a control socket pair, and the shared-memory file. Over the
+control socket it sends JSON lines:
+
+  {"op": "config", "gen": N, "hash": H, "toml": TEXT, "slots": {route: metrics slot}}
+      the first one starts serving; later ones are reloads: the worker compiles the new config and swaps
+      one reference (Worker.rt). Each request keeps the Runtime it started with, so requests in flight
+      finish on the old config. Upstream groups whose settings did not change are carried over with their
+      warm keep-alive pools; pools of replaced groups are closed as their connections come back idle.
+  {"op": "drain", "accept": S, "timeout": T}
+      SIGTERM semantics (DESIGN.md §2): keep accepting for S seconds with keep-alive off, then close the
+      listeners, give requests in flight up to T seconds, exit 0.
+
+and the worker answers {"ev": "ready" | "applied" | "rejected", "gen": N, ...}. The supervisor validated
+the text before sending it, and the text travels with the message, so every worker compiles exactly the
+bytes the supervisor checked (not whatever the file holds by then).
+
+A worker stops at once on SIGINT, drains on SIGTERM with its config's drain settings (the supervisor
+normally sends "drain" instead), and exits when the control socket closes (its supervisor is gone).
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -11,78 +30,262 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
+from typing import Any
 
 import uvloop
 
 from fastgw import __version__
-from fastgw._core.proxy import Worker
-from fastgw.compile import compile_config, split_hostport
-from fastgw.config import Config
+from fastgw._core.proxy import UpstreamGroup, Worker
+from fastgw.compile import build_groups, compile_config, split_hostport
+from fastgw.config import Config, loads
+from fastgw.metrics import H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
+from fastgw.observe import AccessLog, log, set_context
 
-SWEEP_SECONDS = 0.25   # resolution of every timeout (header, idle, body, upstream, connect)
+SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
+BACKLOG = 4096            # listen(2) backlog; the kernel caps it at net.core.somaxconn
+MSG_LIMIT = 64 * 1024 * 1024
+RETIRE_SECONDS = 300.0    # how long the idle pools of a replaced upstream group are still swept
+FRESH_IDLE = 1.0          # after the listeners close, a connection silent this long since it opened is closed
 
 
-def log(event: str, **fields: object) -> None:
-    """Lifecycle events as JSON lines on stdout."""
-    fields = {"ts": round(time.time(), 3), "event": event, "pid": os.getpid(), **fields}
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
-def bind(addr: str, reuse_port: bool = True, backlog: int = 4096) -> socket.socket:
+def bind(addr: str, reuse_port: bool = True, backlog: int = BACKLOG) -> socket.socket:
     host, port = split_hostport(addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
-def _date_header(now: float) -> bytes:
+def date_header(now: float) -> bytes:
     return b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
 
 
-async def serve_sockets(cfg: Config, socks: list[socket.socket], stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    w = Worker(compile_config(cfg), loop, os.urandom(6).hex().encode())
-    w.sweep(loop.time(), _date_header(time.time()))
-    servers = [await loop.create_server(w.protocol, sock=s) for s in socks]
+async def send_msg(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
+    writer.write(json.dumps(msg).encode() + b"\n")
+    await writer.drain()
 
-    async def sweeper() -> None:
+
+async def read_msg(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    msg = json.loads(line)
+    assert isinstance(msg, dict)
+    return msg
+
+
+class WorkerProcess:
+    def __init__(self, slot: int, socks: list[socket.socket], ctl: socket.socket,
+                 shm: SharedMemory | None) -> None:
+        self.slot = slot
+        self.socks = socks
+        self.ctl = ctl
+        self.shm = shm
+        self.words: memoryview | None = shm.words(slot) if shm is not None else None
+        self.cfg: Config | None = None
+        self.groups: dict[str, UpstreamGroup] = {}
+        self.retired: list[tuple[float, UpstreamGroup]] = []
+        self.w: Worker | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.access: AccessLog | None = None
+        self.gen = 0
+        self.stop = asyncio.Event()
+        self.exit_code = 0
+        self.exit_reason = ""
+        self.drain_task: asyncio.Task[None] | None = None
+
+    # -- config ----------------------------------------------------------------------------------------
+    def apply(self, msg: dict[str, Any]) -> None:
+        """Compile the config in `msg` and make it current (raises on a config the worker cannot use)."""
+        loop = asyncio.get_running_loop()
+        cfg = loads(msg["toml"], source=f"config generation {msg['gen']}")
+        groups = build_groups(cfg, self.cfg, self.groups)
+        rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()})
+        if self.w is None:
+            self.w = Worker(rt, loop, os.urandom(5).hex().encode() + b"%x-" % self.slot)
+            self.w.sweep(loop.time(), date_header(time.time()))
+            if self.shm is not None and cfg.admin.metrics:
+                self.w.attach_metrics(self.shm.region(self.slot), ROUTE_SLOTS)
+        else:
+            self.w.rt = rt          # the swap: new requests read the new Runtime from here on
+        kept = {id(g) for g in groups.values()}
+        for g in self.groups.values():
+            if id(g) not in kept:   # replaced or removed upstream: close its pools as they go idle
+                self.retired.append((loop.time() + RETIRE_SECONDS, g))
+                for t in g.targets:
+                    t.close_idle()
+        self.cfg, self.groups, self.gen = cfg, groups, int(msg["gen"])
+        self.set_access_log(cfg.server.access_log)
+        if self.words is not None:
+            self.words[H_GEN] = self.gen
+
+    def set_access_log(self, on: bool) -> None:
+        assert self.w is not None
+        if on and self.w.access_log is None:
+            if self.access is None:
+                self.access = AccessLog(self.slot)
+            self.w.access_log = []
+        elif not on and self.w.access_log is not None:
+            self.flush_access_log()
+            self.w.access_log = None
+
+    def flush_access_log(self) -> None:
+        if self.w is not None and self.w.access_log and self.access is not None:
+            batch, self.w.access_log = self.w.access_log, []
+            self.access.submit(batch)
+
+    # -- periodic work ---------------------------------------------------------------------------------
+    async def sweeper(self) -> None:
+        loop = asyncio.get_running_loop()
+        w = self.w
+        assert w is not None
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            w.sweep(loop.time(), _date_header(time.time()))
+            now = loop.time()
+            w.sweep(now, date_header(time.time()))
+            if self.words is not None:
+                self.words[H_CONNS] = len(w.conns)
+            self.flush_access_log()
+            if self.retired:
+                self.retired = [(t, g) for t, g in self.retired if t > now]
+                for _, g in self.retired:
+                    for target in g.targets:
+                        target.close_idle()
 
-    task = loop.create_task(sweeper())
-    log("listening", listen=[f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in socks],
-        version=__version__)
-    try:
-        await stop.wait()
-    finally:
-        for srv in servers:
-            srv.close()
-        w.drain()
-        task.cancel()
+    # -- control channel -------------------------------------------------------------------------------
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            msg = await read_msg(reader)
+            if msg is None:
+                self.finish(1, "supervisor gone (control socket closed)")
+                return
+            op = msg.get("op")
+            if op == "config":
+                try:
+                    self.apply(msg)
+                except Exception as e:  # keep serving the previous config
+                    log("config_rejected", level="error", gen=msg.get("gen"), error=str(e))
+                    await send_msg(writer, {"ev": "rejected", "gen": msg.get("gen"), "error": str(e)})
+                else:
+                    log("config_applied", gen=self.gen, hash=msg.get("hash"))
+                    await send_msg(writer, {"ev": "applied", "gen": self.gen})
+            elif op == "drain":
+                self.start_drain(float(msg["accept"]), float(msg["timeout"]))
+            elif op == "stop":
+                self.finish(0, "stop requested")
 
+    def start_drain(self, accept: float, timeout: float) -> None:
+        if self.drain_task is None:
+            self.drain_task = asyncio.get_running_loop().create_task(self.drain(accept, timeout))
 
-def serve(cfg: Config, config_path: str | None = None, workers: int | None = None) -> int:
-    """`fastgw run`: serve `cfg` in this process until SIGTERM/SIGINT."""
-    socks = [bind(a) for a in cfg.server.listen]
-
-    async def main() -> None:
-        stop = asyncio.Event()
+    async def drain(self, accept: float, timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_sockets(cfg, socks, stop)
+        w = self.w
+        assert w is not None
+        log("draining", accept_seconds=accept, timeout_seconds=timeout, open_connections=len(w.conns))
+        w.drain()
+        end_accept = loop.time() + accept
+        while loop.time() < end_accept:
+            await asyncio.sleep(min(SWEEP_SECONDS, max(0.0, end_accept - loop.time())))
+            w.drain()
+        for srv in self.servers:
+            srv.close()
+        self.servers = []
+        log("listeners_closed", open_connections=len(w.conns))
+        end = loop.time() + timeout
+        while w.conns and loop.time() < end:
+            w.drain(FRESH_IDLE)
+            await asyncio.sleep(0.05)
+        left = len(w.conns)
+        self.finish(0, "drained" if not left else f"drain timeout with {left} connections open")
 
-    uvloop.run(main())
-    log("stopped")
-    return 0
+    def finish(self, code: int, reason: str) -> None:
+        if not self.stop.is_set():
+            self.exit_code, self.exit_reason = code, reason
+            self.stop.set()
+
+    # -- main ------------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.finish, 0, "SIGINT (fast stop)")
+        loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)   # reloads come from the supervisor
+        reader, writer = await asyncio.open_connection(sock=self.ctl, limit=MSG_LIMIT)
+        first = await read_msg(reader)
+        if first is None or first.get("op") != "config":
+            log("worker_exit", level="error", reason="no config from the supervisor")
+            return 1
+        self.apply(first)
+        assert self.w is not None
+        for s in self.socks:
+            self.servers.append(await loop.create_server(self.w.protocol, sock=s, backlog=BACKLOG))
+        if self.words is not None:
+            self.words[H_PID] = os.getpid()
+        sweeper = loop.create_task(self.sweeper())
+        ctl_task = loop.create_task(self.control(reader, writer))
+        log("worker_ready", gen=self.gen, version=__version__,
+            listen=[_addr(s) for s in self.socks])
+        await send_msg(writer, {"ev": "ready", "gen": self.gen})
+        await self.stop.wait()
+        for srv in self.servers:
+            srv.close()
+        sweeper.cancel()
+        ctl_task.cancel()
+        if self.drain_task is not None:
+            self.drain_task.cancel()
+        self.flush_access_log()
+        if self.access is not None:
+            self.access.close()
+        if self.words is not None:
+            self.words[H_CONNS] = 0
+        log("worker_exit", code=self.exit_code, reason=self.exit_reason)
+        writer.close()
+        return self.exit_code
+
+    def on_sigterm(self) -> None:
+        d = self.cfg.server.drain if self.cfg is not None else None
+        self.start_drain(d.accept_seconds if d else 0.0, d.timeout_seconds if d else 0.0)
+
+
+def _addr(s: socket.socket) -> str:
+    host, port = s.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fastgw.worker", description="internal: one fastgw worker process")
+    ap.add_argument("--slot", type=int, required=True)
+    ap.add_argument("--ctl-fd", type=int, required=True)
+    ap.add_argument("--listen-fds", required=True, help="comma-separated inherited listening sockets")
+    ap.add_argument("--shm-fd", type=int, default=-1)
+    ap.add_argument("--shm-layout", default="")
+    args = ap.parse_args(argv)
+    set_context(role="worker", worker=args.slot)
+    socks = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
+    for s in socks:
+        s.setblocking(False)
+    ctl = socket.socket(fileno=args.ctl_fd)
+    shm = (SharedMemory.attach(args.shm_fd, Layout.from_json(json.loads(args.shm_layout)))
+           if args.shm_fd >= 0 else None)
+    try:
+        return uvloop.run(WorkerProcess(args.slot, socks, ctl, shm).run())
+    except Exception as e:
+        log("worker_exit", level="error", code=1, reason=f"{type(e).__name__}: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,6 +44,7 @@ class RouteRT:
     req_remove: frozenset[bytes] | None
     resp_add: bytes
     resp_remove: frozenset[bytes] | None
+    mslot: int
 
 class Runtime:
     router: Any
@@ -82,7 +83,10 @@ class Worker:
     loop: asyncio.AbstractEventLoop
     clock: Clock
     conns: set[ClientConn]
+    draining: bool
+    access_log: list[tuple[Any, ...]] | None
     def __init__(self, rt: Runtime, loop: asyncio.AbstractEventLoop, id_prefix: bytes) -> None: ...
+    def attach_metrics(self, buf: Any, routes: int) -> None: ...
     def protocol(self) -> ClientConn: ...
     def sweep(self, now: float, date: bytes) -> None: ...
-    def drain(self) -> None: ...
+    def drain(self, fresh_idle: float = ...) -> None: ...

@@ -23,6 +23,8 @@ import asyncio
 from httptools import HttpParserError, HttpResponseParser
 
 from libc.stdio cimport snprintf
+from libc.stdint cimport uint64_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastgw._core.http1 cimport RequestHead, RequestReader
 
@@ -35,6 +37,51 @@ DEF P_PIPELINE = 4     # pipelined requests are queued
 DEF P_TERM = 8         # the connection is finishing (no more input wanted)
 
 DEF PENDING_LIMIT = 262144
+
+
+# Metrics region of one worker, in 64-bit words (mirrored by fastgw/metrics.py, which reads it):
+# M_HEADER words of per-worker gauges (written by fastgw/worker.py), then M_ROUTE words per route slot:
+# requests by method (8) x status class (5), the duration histogram (M_NBOUNDS bounds + overflow, not
+# cumulative), the duration sum in microseconds, and upstream errors (502, 503, 504).
+DEF M_HEADER = 8
+DEF M_ROUTE = 64
+DEF M_HIST = 40
+DEF M_NBOUNDS = 13
+DEF M_SUM_US = 54
+DEF M_UPERR = 55
+
+cdef long long HIST_NS[13]
+HIST_NS[:] = [1000000, 2500000, 5000000, 10000000, 25000000, 50000000, 100000000, 250000000,
+              500000000, 1000000000, 2500000000, 5000000000, 10000000000]
+
+
+cdef inline long long mono_ns() noexcept:
+    """CLOCK_MONOTONIC in ns (a vDSO call on Linux: no system call)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int method_index(bytes method):
+    """GET HEAD POST PUT DELETE PATCH OPTIONS, else 7 ("other"): a bounded metrics label."""
+    cdef Py_ssize_t n
+    cdef const char* s
+    if method is None:
+        return 7
+    n = len(method)
+    s = method
+    if n == 3:
+        return 0 if s[0] == b'G' and s[1] == b'E' and s[2] == b'T' else (
+            3 if s[0] == b'P' and s[1] == b'U' and s[2] == b'T' else 7)
+    if n == 4:
+        return 1 if method == b"HEAD" else (2 if method == b"POST" else 7)
+    if n == 6:
+        return 4 if method == b"DELETE" else 7
+    if n == 5:
+        return 5 if method == b"PATCH" else 7
+    if n == 7:
+        return 6 if method == b"OPTIONS" else 7
+    return 7
 
 cdef class Target
 cdef class UpstreamConn
@@ -83,6 +130,7 @@ cdef class RouteRT:
     cdef public object req_remove         # frozenset of lowercase names, or None
     cdef public bytes resp_add
     cdef public object resp_remove
+    cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
 
 
 cdef class Runtime:
@@ -378,6 +426,8 @@ cdef class Exchange:
     cdef str err_slug
     cdef bytes err_detail
     cdef bytes err_extra
+    cdef long long t0                    # monotonic ns at the request head (metrics)
+    cdef int status                      # response status sent to the client (metrics)
 
     # -- upstream request ------------------------------------------------------------------------------
     cdef void to_upstream(self, bytes data):
@@ -415,6 +465,7 @@ cdef class Exchange:
     cdef void connect_failed(self, bytes detail):
         self.connect_task = None
         if not self.done:
+            self.client.w.upstream_error(self, 503)
             self.fail(503, "upstream-unavailable", detail)
 
     cdef void attach(self, UpstreamConn c):
@@ -458,6 +509,7 @@ cdef class Exchange:
             self.up = None
         if self.resp_started:
             self.done = True
+            self.client.w.upstream_error(self, status)
             self.client.abort()              # never a silently truncated response
             return
         if (c is not None and c.reused and not c.got_bytes and not self.retried and not self.has_body
@@ -467,6 +519,7 @@ cdef class Exchange:
             self.sent = False
             self.acquire(True)
             return
+        self.client.w.upstream_error(self, status)
         self.fail(status, slug, detail)
 
     # -- response --------------------------------------------------------------------------------------
@@ -480,6 +533,7 @@ cdef class Exchange:
         cdef bint is_head = h.method == b"HEAD"
         cdef Py_ssize_t i
         self.resp_started = True
+        self.status = status
         if drop is not None or route.resp_remove is not None:
             pieces = filter_headers(pieces, drop, route.resp_remove)
         line = STATUS_LINES.get(status)
@@ -535,6 +589,7 @@ cdef class Exchange:
     cdef void complete(self):
         if not self.done:
             self.done = True
+            self.client.w.observe(self)
             self.client.finished(self)
 
     cdef void fail(self, int status, str slug, bytes detail):
@@ -551,6 +606,7 @@ cdef class Exchange:
             self.close_after = True
         if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests:
             self.close_after = True
+        self.status = status
         cl.send(cl.render_problem(self.rt, slug, self.head, self.rid, detail, self.err_extra,
                                   self.close_after))
         self.complete()
@@ -610,6 +666,7 @@ cdef class ClientConn(RequestReader):
         self.w = w
         self.loop = w.loop
         self.rt0 = rt
+        self.draining = w.draining
         self.queue = []
         self.wbuf = []
 
@@ -736,6 +793,7 @@ cdef class ClientConn(RequestReader):
         ex.client = self
         ex.head = head
         ex.rt = self.w.rt
+        ex.t0 = mono_ns()
         ex.pending = []
         ex.out = []
         if head is not None and head.request_id is not None:
@@ -972,6 +1030,11 @@ cdef class Worker:
     cdef public set conns
     cdef bytes id_prefix
     cdef unsigned long long id_counter
+    cdef public bint draining             # new connections answer with Connection: close
+    cdef public object access_log         # list of per-request tuples, or None (see observe)
+    cdef uint64_t* mbuf                   # this worker's metrics region (fastgw.metrics layout), or NULL
+    cdef Py_ssize_t mroutes               # route slots in the region
+    cdef object mkeep                     # keeps the buffer behind mbuf alive
 
     def __init__(self, Runtime rt, loop, bytes id_prefix):
         self.rt = rt
@@ -999,10 +1062,66 @@ cdef class Worker:
         for c in list(self.conns):
             c.check(now)
 
-    def drain(self):
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
+    def drain(self, double fresh_idle=-1.0):
+        """Stop keep-alive: idle connections close now, busy ones after their response.
+
+        A connection that has not sent its first request yet is only closed once it has been silent for
+        `fresh_idle` seconds (never if negative): while the listeners still accept, such a connection was
+        just opened by a client whose request is on its way, and closing it would fail that request.
+        """
         cdef ClientConn c
+        self.draining = True
         for c in list(self.conns):
             c.draining = True
-            if c.active is None and c._state == 0:
+            if c.active is None and c._state == 0 and (
+                    c.nreq > 0 or (fresh_idle >= 0 and self.clock.now - c.head_start > fresh_idle)):
                 c.close()
+
+    # -- metrics and access log (layout: fastgw/metrics.py) -------------------------------------------
+    def attach_metrics(self, buf, Py_ssize_t routes):
+        """Count into `buf` (a writable buffer: this worker's region of the shared metrics memory)."""
+        cdef unsigned char[::1] view = buf
+        if view.shape[0] < (M_HEADER + routes * M_ROUTE) * 8:
+            raise ValueError("metrics buffer too small")
+        self.mkeep = view
+        self.mroutes = routes
+        self.mbuf = <uint64_t*>&view[0]
+
+    cdef void observe(self, Exchange ex):
+        """One finished response: plain increments into this worker's own region (no lock: one writer;
+        the supervisor reads aligned 64-bit words), and a tuple for the access log when it is on."""
+        cdef uint64_t* m = self.mbuf
+        cdef long long dur
+        cdef int cls
+        cdef Py_ssize_t slot = 0
+        cdef int b = 0
+        if m == NULL and self.access_log is None:
+            return
+        dur = mono_ns() - ex.t0
+        if ex.route is not None:
+            slot = ex.route.mslot
+        if m != NULL:
+            if slot < 0 or slot >= self.mroutes:
+                slot = 0
+            m = m + M_HEADER + slot * M_ROUTE
+            cls = ex.status // 100 - 1
+            if cls < 0 or cls > 4:
+                cls = 4
+            m[method_index(ex.head.method if ex.head is not None else None) * 5 + cls] += 1
+            while b < M_NBOUNDS and dur > HIST_NS[b]:
+                b += 1
+            m[M_HIST + b] += 1
+            m[M_SUM_US] += <uint64_t>(dur // 1000)
+        if self.access_log is not None:
+            self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.rid,
+                                    ex.route.name if ex.route is not None else None))
+
+    cdef void upstream_error(self, Exchange ex, int status):
+        cdef uint64_t* m = self.mbuf
+        cdef Py_ssize_t slot = 0
+        if m == NULL:
+            return
+        if ex.route is not None and 0 <= ex.route.mslot < self.mroutes:
+            slot = ex.route.mslot
+        m[M_HEADER + slot * M_ROUTE + M_UPERR + (0 if status == 502 else 1 if status == 503 else 2)] += 1
+

@@ -1,0 +1,209 @@
+"""Per-host shared memory and the Prometheus view over all workers.
+
+The supervisor creates one shared-memory file (memfd: anonymous, gone when the last process holding it
+exits, nothing to clean up in /dev/shm) and hands its descriptor to every worker it spawns. The file is cut
+into named sections (`Layout`); today there is one, "metrics", and the rate-limit bucket table will add its
+own. Workers map it and write; the supervisor maps it and reads.
+
+Metrics section: one region per worker slot, each region a flat array of 64-bit counters. A worker only
+ever writes its own region (plain increments from the C data path, fastgw._core.proxy.Worker.observe: no
+lock, no system call, no allocation); the supervisor sums the regions when /metrics is scraped. Aligned
+64-bit loads and stores are atomic on the platforms we ship (x86-64, arm64), so a scrape may see a count a
+request old, never a torn one. A region outlives its worker: a restarted worker continues the counts of
+its slot, so counters never go backwards.
+
+Region layout, in words (kept in step with the DEF constants in proxy.pyx):
+  HEADER words   [0] open client connections (a gauge, written by the worker every sweep) [1] pid
+                 [2] config generation the worker serves; the rest reserved
+  then ROUTE words per route slot (slot 0: requests that matched no route; other slots are assigned to
+  route names by the supervisor, never reused, so a name keeps its counters across reloads):
+  [0..39]  responses by method (8) x status class (5): index method * 5 + class
+  [40..53] request duration histogram: counts per bucket (13 bounds + overflow), not cumulative
+  [54]     sum of durations in microseconds
+  [55..57] upstream errors: bad gateway (502), unavailable (503), timeout (504)
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+
+HEADER = 8
+ROUTE = 64
+H_CONNS, H_PID, H_GEN = 0, 1, 2
+HIST, NBOUNDS, SUM_US, UPERR = 40, 13, 54, 55
+BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+UPSTREAM_ERRORS = ("bad_gateway", "unavailable", "timeout")
+NO_ROUTE = "(none)"      # not a valid route name, so it cannot collide with one
+ROUTE_SLOTS = 1024       # route names one process lifetime can count; later ones count under slot 0
+
+assert len(BOUNDS) == NBOUNDS and HIST + NBOUNDS + 1 == SUM_US and UPERR + 3 <= ROUTE
+
+
+def region_bytes(routes: int = ROUTE_SLOTS) -> int:
+    return (HEADER + routes * ROUTE) * 8
+
+
+@dataclass
+class Layout:
+    """Named sections of the shared file: name -> (offset, size). Passed to workers as JSON."""
+
+    sections: dict[str, tuple[int, int]] = field(default_factory=dict)
+    size: int = 0
+
+    def add(self, name: str, size: int) -> None:
+        page = mmap.PAGESIZE
+        self.sections[name] = (self.size, size)
+        self.size += (size + page - 1) // page * page
+
+    def to_json(self) -> dict[str, object]:
+        return {"sections": {k: list(v) for k, v in self.sections.items()}, "size": self.size}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Layout:
+        sections = data["sections"]
+        assert isinstance(sections, dict)
+        size = data["size"]
+        assert isinstance(size, int)
+        return cls({k: (int(v[0]), int(v[1])) for k, v in sections.items()}, size)
+
+
+class SharedMemory:
+    """The per-host shared file. `create` in the supervisor, `attach` in a worker (by inherited fd)."""
+
+    def __init__(self, fd: int, layout: Layout) -> None:
+        self.fd = fd
+        self.layout = layout
+        self.map = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    @classmethod
+    def create(cls, workers: int, routes: int = ROUTE_SLOTS) -> SharedMemory:
+        layout = Layout()
+        layout.add("metrics", workers * region_bytes(routes))
+        fd = os.memfd_create("fastgw-shared", os.MFD_CLOEXEC)   # workers get it through pass_fds
+        os.ftruncate(fd, layout.size)
+        return cls(fd, layout)
+
+    @classmethod
+    def attach(cls, fd: int, layout: Layout) -> SharedMemory:
+        return cls(fd, layout)
+
+    def section(self, name: str) -> memoryview:
+        off, size = self.layout.sections[name]
+        return memoryview(self.map)[off:off + size]
+
+    def region(self, slot: int, routes: int = ROUTE_SLOTS) -> memoryview:
+        """The metrics region of worker `slot`, as raw bytes (for Worker.attach_metrics)."""
+        size = region_bytes(routes)
+        return self.section("metrics")[slot * size:(slot + 1) * size]
+
+    def words(self, slot: int, routes: int = ROUTE_SLOTS) -> memoryview:
+        return self.region(slot, routes).cast("Q")
+
+
+def _labels(**kv: str) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in kv.items())
+    return "{" + inner + "}"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+@dataclass
+class Snapshot:
+    """Sums over worker regions, for the route slots in use."""
+
+    requests: dict[tuple[int, int, int], int]      # (slot, method, class) -> count
+    hist: dict[int, list[int]]                     # slot -> per-bucket counts (NBOUNDS + 1)
+    sum_us: dict[int, int]
+    upstream_errors: dict[tuple[int, int], int]    # (slot, kind) -> count
+    connections: int
+
+
+def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -> Snapshot:
+    """Sum the first `used_slots` route slots of every worker region. Only workers in `live` contribute
+    to gauges (a dead worker's last gauge value is stale); counters come from every region."""
+    requests: dict[tuple[int, int, int], int] = {}
+    hist: dict[int, list[int]] = {}
+    sum_us: dict[int, int] = {}
+    uperr: dict[tuple[int, int], int] = {}
+    conns = 0
+    for w in range(workers):
+        words = shm.words(w)
+        if w in live:
+            conns += words[H_CONNS]
+        for slot in range(used_slots):
+            base = HEADER + slot * ROUTE
+            block = words[base:base + ROUTE].tolist()
+            if not any(block):
+                continue
+            for i in range(40):
+                if block[i]:
+                    key = (slot, i // 5, i % 5)
+                    requests[key] = requests.get(key, 0) + block[i]
+            h = hist.setdefault(slot, [0] * (NBOUNDS + 1))
+            for b in range(NBOUNDS + 1):
+                h[b] += block[HIST + b]
+            sum_us[slot] = sum_us.get(slot, 0) + block[SUM_US]
+            for k in range(3):
+                if block[UPERR + k]:
+                    uperr[(slot, k)] = uperr.get((slot, k), 0) + block[UPERR + k]
+        words.release()
+    return Snapshot(requests, hist, sum_us, uperr, conns)
+
+
+def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) -> str:
+    """Prometheus text format 0.0.4. `names[slot]` is the route label of each slot."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_: str) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+
+    if snap is not None:
+        family("fastgw_requests_total", "counter",
+               "Responses sent to clients, by route, method and status class.")
+        for (slot, m, c), n in sorted(snap.requests.items()):
+            out.append(f"fastgw_requests_total{_labels(route=names[slot], method=METHODS[m], status_class=CLASSES[c])} {n}")
+        family("fastgw_request_duration_seconds", "histogram",
+               "Time from the request head to the last response byte handed to the kernel, by route.")
+        for slot, h in sorted(snap.hist.items()):
+            route = names[slot]
+            acc = 0
+            for b, bound in enumerate(BOUNDS):
+                acc += h[b]
+                out.append(f"fastgw_request_duration_seconds_bucket{_labels(route=route, le=_num(bound))} {acc}")
+            acc += h[NBOUNDS]
+            out.append(f"fastgw_request_duration_seconds_bucket{_labels(route=route, le='+Inf')} {acc}")
+            out.append(f"fastgw_request_duration_seconds_sum{_labels(route=route)} {snap.sum_us[slot] / 1e6}")
+            out.append(f"fastgw_request_duration_seconds_count{_labels(route=route)} {acc}")
+        family("fastgw_upstream_errors_total", "counter",
+               "Requests that failed because of the upstream, by route and kind "
+               "(bad_gateway 502, unavailable 503, timeout 504).")
+        for (slot, k), n in sorted(snap.upstream_errors.items()):
+            out.append(f"fastgw_upstream_errors_total{_labels(route=names[slot], kind=UPSTREAM_ERRORS[k])} {n}")
+        family("fastgw_connections", "gauge", "Open client connections, over all workers.")
+        out.append(f'fastgw_connections{{state="open"}} {snap.connections}')
+
+    reloads = process["reloads"]
+    assert isinstance(reloads, dict)
+    family("fastgw_config_reloads_total", "counter", "Config reloads (SIGHUP), by result.")
+    for result in ("success", "error"):
+        out.append(f"fastgw_config_reloads_total{_labels(result=result)} {reloads.get(result, 0)}")
+    family("fastgw_config_version_info", "gauge", "The config being served: 12 hex digits of its sha256.")
+    out.append(f"fastgw_config_version_info{_labels(hash=str(process['hash']))} 1")
+    family("fastgw_workers", "gauge", "Worker processes: configured, running, and ready on the current config.")
+    for state in ("configured", "running", "ready"):
+        out.append(f"fastgw_workers{_labels(state=state)} {process[state]}")
+    family("fastgw_worker_restarts_total", "counter", "Workers restarted after they died.")
+    out.append(f"fastgw_worker_restarts_total {process['restarts']}")
+    family("fastgw_draining", "gauge", "1 after SIGTERM, while the gateway drains.")
+    out.append(f"fastgw_draining {1 if process['draining'] else 0}")
+    return "\n".join(out) + "\n"

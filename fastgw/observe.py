@@ -1,0 +1,108 @@
+"""Logs: lifecycle events and the access log, as JSON lines on stdout.
+
+Lifecycle events (startup, reload, worker exits) are rare and written at once. The access log is one line
+per request and must not cost a blocking write per request: the worker collects a small tuple per finished
+response (fastgw._core.proxy.Worker.observe), formats the batch every sweep (a quarter second), and hands
+the bytes to a writer thread, so a slow stdout (a full pipe to the log shipper) never stalls the event loop.
+If the writer falls more than ACCESS_BACKLOG batches behind, batches are dropped and counted rather than
+buffered without bound.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+ACCESS_BACKLOG = 256   # batches (of up to a quarter second each) waiting for the writer thread
+
+_static: dict[str, object] = {}
+
+
+def set_context(**fields: object) -> None:
+    """Fields added to every lifecycle line of this process (e.g. role, worker slot)."""
+    _static.update(fields)
+
+
+def log(event: str, level: str = "info", **fields: object) -> None:
+    """One lifecycle event as a JSON line on stdout (a single write: lines from processes sharing the
+    pipe do not interleave, as long as they stay under PIPE_BUF)."""
+    line = {"ts": round(time.time(), 3), "level": level, "event": event, "pid": os.getpid(), **_static,
+            **fields}
+    data = (json.dumps(line, default=str) + "\n").encode()
+    try:
+        os.write(sys.stdout.fileno(), data)
+    except (BlockingIOError, BrokenPipeError, ValueError, OSError):
+        pass
+
+
+def _text(b: bytes | None) -> str | None:
+    # Request-derived bytes; latin-1 keeps every byte (json.dumps escapes what needs it).
+    return b.decode("latin-1") if b is not None else None
+
+
+class AccessLog:
+    """Formats batches of Worker.access_log tuples and writes them from a thread."""
+
+    def __init__(self, worker_slot: int, fd: int | None = None) -> None:
+        self.slot = worker_slot
+        self.fd = sys.stdout.fileno() if fd is None else fd
+        self.q: queue.Queue[bytes | None] = queue.Queue(ACCESS_BACKLOG)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+        self.thread.start()
+
+    def format(self, batch: list[tuple[Any, ...]]) -> bytes:
+        mono_ns = time.monotonic_ns()
+        wall = time.time()
+        out = []
+        dumps = json.dumps
+        for end_ns, dur_ns, status, head, peer, rid, route in batch:
+            out.append(dumps({
+                "ts": round(wall - (mono_ns - end_ns) / 1e9, 6),
+                "type": "access",
+                "request_id": _text(rid),
+                "client": _text(peer),
+                "method": _text(head.method) if head is not None else None,
+                "host": _text(head.host) if head is not None else None,
+                "path": _text(head.path) if head is not None else None,  # the query string is never logged
+                "route": route,
+                "status": status,
+                "duration_ms": round(dur_ns / 1e6, 3),
+                "worker": self.slot,
+            }))
+        out.append("")
+        return "\n".join(out).encode()
+
+    def submit(self, batch: list[tuple[Any, ...]]) -> None:
+        if not batch:
+            return
+        try:
+            self.q.put_nowait(self.format(batch))
+        except queue.Full:
+            self.dropped += len(batch)
+
+    def close(self, timeout: float = 2.0) -> None:
+        try:
+            self.q.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            data = self.q.get()
+            if data is None:
+                return
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(self.fd, view)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+                view = view[n:]

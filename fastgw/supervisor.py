@@ -1,0 +1,356 @@
+"""The supervisor: owns the listening sockets, spawns and restarts workers, handles signals and reloads,
+and serves the admin listener. It never proxies a request.
+
+Sockets (DESIGN.md §3, principle 6). For every worker slot the supervisor binds its own SO_REUSEPORT socket
+per listen address and keeps it open for its whole life. A worker receives the sockets of its slot as
+inherited descriptors; when it dies, its sockets stay open in the supervisor, so connections the kernel
+already queued on them wait for the replacement instead of being reset (Linux resets the accept queue of a
+reuseport socket when its last descriptor closes). The replacement is spawned with the same sockets.
+
+Workers are spawned (`python -m fastgw.worker`: fork + exec through subprocess), never forked from a running
+event loop, and run in their own process group: a Ctrl-C on the terminal reaches the supervisor only, which
+decides what the workers do.
+
+Signals:
+  SIGHUP   reload: read and validate the file; if invalid, log every error, count result="error" and keep
+           serving; if valid, send the validated text to every worker, which swaps it in place.
+  SIGTERM  drain: /readyz answers 503 at once; workers keep accepting for server.drain.accept_seconds with
+           keep-alive off, then the listeners close (in the workers and here); requests in flight get
+           server.drain.timeout_seconds; exit 0.
+  SIGINT   fast stop: workers stop at once; exit 0.
+A worker that dies is restarted at once, then with backoff (0.25 s doubling to 10 s) while it keeps dying
+within 10 s of its start.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from fastgw import __version__
+from fastgw.admin import PROMETHEUS, TEXT, AdminServer
+from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
+from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, render, snapshot
+from fastgw.observe import log, set_context
+from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
+
+STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 10.0
+STOP_GRACE = 3.0             # fast stop: SIGKILL workers still running after this
+DRAIN_SLACK = 5.0            # drain: SIGKILL workers still running this long after accept + timeout
+
+
+@dataclass
+class Slot:
+    index: int
+    socks: list[socket.socket]
+    proc: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    gen: int = 0               # config generation the running worker confirmed
+    started: float = 0.0
+    quick_deaths: int = 0
+    task: asyncio.Task[None] | None = None
+    pids: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, path: str, cfg: Config, text: str, workers: int) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.text = text
+        self.hash = config_hash(text.encode())
+        self.nworkers = workers
+        self.gen = 1
+        self.route_names: list[str] = [NO_ROUTE]          # metrics slot -> route name
+        self.route_slots: dict[str, int] = {}
+        self.assign_slots(cfg)
+        self.slots: list[Slot] = []
+        self.shm: SharedMemory | None = None
+        self.admin: AdminServer | None = None
+        self.reloads = {"success": 0, "error": 0}
+        self.restarts = 0
+        self.draining = False
+        self.stopping = False
+        self.done = asyncio.Event()
+        self.reload_lock = asyncio.Lock()
+        self.exit_code = 0
+        self.announced = False
+        self.listen: list[str] = []
+        self.admin_addr = ""
+
+    # -- config ----------------------------------------------------------------------------------------
+    def assign_slots(self, cfg: Config) -> None:
+        for r in cfg.routes:
+            if r.name not in self.route_slots and len(self.route_names) < ROUTE_SLOTS:
+                self.route_slots[r.name] = len(self.route_names)
+                self.route_names.append(r.name)
+
+    def config_msg(self) -> dict[str, Any]:
+        return {"op": "config", "gen": self.gen, "hash": self.hash, "toml": self.text,
+                "slots": {r.name: self.route_slots.get(r.name, 0) for r in self.cfg.routes}}
+
+    async def reload(self) -> None:
+        async with self.reload_lock:
+            if self.draining or self.stopping:
+                return
+            try:
+                data = Path(self.path).read_bytes()
+                text = data.decode("utf-8")
+                cfg = loads(text, source=self.path)
+            except (OSError, UnicodeDecodeError, ConfigError) as e:
+                errors = e.errors if isinstance(e, ConfigError) else [f"{self.path}: cannot read: {e}"]
+                self.reloads["error"] += 1
+                log("config_reload_failed", level="error", path=self.path, errors=errors,
+                    serving=self.hash)
+                return
+            for what in _restart_only(self.cfg, cfg):
+                log("config_needs_restart", level="warning", key=what,
+                    detail="this setting only takes effect when fastgw restarts; the rest is reloaded")
+            self.cfg, self.text, self.hash = cfg, text, config_hash(data)
+            self.gen += 1
+            self.assign_slots(cfg)
+            msg = self.config_msg()
+            self.reloads["success"] += 1
+            log("config_reload", gen=self.gen, hash=self.hash, routes=len(cfg.routes))
+            for slot in self.slots:
+                await self.send(slot, msg)
+
+    async def send(self, slot: Slot, msg: dict[str, Any]) -> None:
+        if slot.writer is None:
+            return
+        try:
+            await send_msg(slot.writer, msg)
+        except (ConnectionError, OSError):
+            pass   # the worker is dying; its replacement gets the current config
+
+    # -- workers ---------------------------------------------------------------------------------------
+    async def spawn(self, slot: Slot) -> None:
+        slot.started = time.monotonic()
+        parent, child = socket.socketpair()
+        fds = [s.fileno() for s in slot.socks]
+        pass_fds = [*fds, child.fileno()]
+        cmd = [sys.executable, "-m", "fastgw.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
+               "--listen-fds", ",".join(map(str, fds))]
+        if self.shm is not None:
+            pass_fds.append(self.shm.fd)
+            cmd += ["--shm-fd", str(self.shm.fd), "--shm-layout", msgspec.json.encode(self.shm.layout.to_json()).decode()]
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=pass_fds, stdin=asyncio.subprocess.DEVNULL,
+                                                        process_group=0)
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_connection(sock=parent, limit=MSG_LIMIT)
+        slot.proc, slot.writer, slot.gen = proc, writer, 0
+        log("worker_started", worker=slot.index, worker_pid=proc.pid)
+        await self.send(slot, self.config_msg())
+        try:
+            while True:
+                msg = await read_msg(reader)
+                if msg is None:
+                    break
+                ev = msg.get("ev")
+                if ev in ("ready", "applied"):
+                    slot.gen = int(msg["gen"])
+                    if self.ready():
+                        log("ready", gen=self.gen, hash=self.hash, workers=self.nworkers)
+                        if not self.announced:
+                            self.announced = True
+                            log("listening", listen=self.listen, admin=self.admin_addr, workers=self.nworkers)
+                elif ev == "rejected":
+                    log("worker_rejected_config", level="error", worker=slot.index, gen=msg.get("gen"),
+                        error=msg.get("error"))
+        except (ConnectionError, OSError, ValueError):
+            pass
+        code = await proc.wait()
+        writer.close()
+        slot.proc, slot.writer, slot.gen = None, None, 0
+        if self.shm is not None:
+            self.shm.words(slot.index)[0] = 0     # its open-connections gauge is stale now
+        reason = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        expected = self.stopping or self.draining
+        log("worker_exit", level="info" if expected and code == 0 else "error", worker=slot.index,
+            worker_pid=proc.pid, code=code, reason=reason, lived_seconds=round(time.monotonic() - slot.started, 3))
+
+    async def keep_alive(self, slot: Slot) -> None:
+        """Run the worker of `slot`, restarting it (with backoff) until the supervisor stops."""
+        while not (self.stopping or self.draining):
+            try:
+                await self.spawn(slot)
+            except OSError as e:
+                log("worker_spawn_failed", level="error", worker=slot.index, error=str(e))
+            if self.stopping or self.draining:
+                break
+            lived = time.monotonic() - slot.started
+            slot.quick_deaths = 0 if lived >= STABLE_SECONDS else slot.quick_deaths + 1
+            delay = 0.0 if slot.quick_deaths <= 1 else min(BACKOFF_FIRST * 2 ** (slot.quick_deaths - 2), BACKOFF_MAX)
+            self.restarts += 1
+            log("worker_restart", worker=slot.index, delay_seconds=delay)
+            if delay:
+                await asyncio.sleep(delay)
+
+    def ready(self) -> bool:
+        return (not self.draining and not self.stopping
+                and all(s.proc is not None and s.gen == self.gen for s in self.slots))
+
+    # -- admin -----------------------------------------------------------------------------------------
+    def healthz(self) -> tuple[int, str, str]:
+        return 200, TEXT, "ok\n"
+
+    def readyz(self) -> tuple[int, str, str]:
+        if self.draining:
+            return 503, TEXT, "draining\n"
+        if self.ready():
+            return 200, TEXT, f"ready: {self.nworkers} workers on config {self.hash}\n"
+        up = sum(1 for s in self.slots if s.proc is not None and s.gen == self.gen)
+        return 503, TEXT, f"not ready: {up} of {self.nworkers} workers on config {self.hash}\n"
+
+    def metrics(self) -> tuple[int, str, str]:
+        live = {s.index for s in self.slots if s.proc is not None}
+        snap = (snapshot(self.shm, self.nworkers, len(self.route_names), live)
+                if self.shm is not None and self.cfg.admin.metrics else None)
+        process = {"reloads": self.reloads, "hash": self.hash, "configured": self.nworkers,
+                   "running": len(live), "ready": sum(1 for s in self.slots if s.proc is not None and s.gen == self.gen),
+                   "restarts": self.restarts, "draining": self.draining}
+        return 200, PROMETHEUS, render(snap, self.route_names, process)
+
+    # -- signals ---------------------------------------------------------------------------------------
+    def on_sighup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    def on_sigterm(self) -> None:
+        if self.draining or self.stopping:
+            return
+        self.draining = True
+        d = self.cfg.server.drain
+        log("drain_started", accept_seconds=d.accept_seconds, timeout_seconds=d.timeout_seconds)
+        asyncio.get_running_loop().create_task(self.drain(d.accept_seconds, d.timeout_seconds))
+
+    async def drain(self, accept: float, timeout: float) -> None:
+        for slot in self.slots:
+            await self.send(slot, {"op": "drain", "accept": accept, "timeout": timeout})
+        await asyncio.sleep(accept)
+        self.close_listeners()
+        await self.wait_workers(timeout + DRAIN_SLACK)
+        log("drained")
+        self.done.set()
+
+    def on_sigint(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log("stopping", reason="SIGINT (fast stop)")
+        asyncio.get_running_loop().create_task(self.fast_stop())
+
+    async def fast_stop(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                try:
+                    slot.proc.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        self.close_listeners()
+        await self.wait_workers(STOP_GRACE)
+        self.done.set()
+
+    async def wait_workers(self, limit: float) -> None:
+        tasks = [s.task for s in self.slots if s.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=limit)
+            if pending:
+                for slot in self.slots:
+                    if slot.proc is not None and slot.proc.returncode is None:
+                        log("worker_killed", level="error", worker=slot.index, reason=f"still running after {limit}s")
+                        slot.proc.kill()
+                await asyncio.wait(pending, timeout=2.0)
+
+    def close_listeners(self) -> None:
+        for slot in self.slots:
+            for s in slot.socks:
+                s.close()
+
+    # -- main ------------------------------------------------------------------------------------------
+    def bind_all(self) -> None:
+        """One socket per listen address per slot, all with SO_REUSEPORT. A port of 0 is resolved by the
+        first bind and reused for the other slots, so the slots still share one port."""
+        addrs = list(self.cfg.server.listen)
+        for i in range(self.nworkers):
+            socks = []
+            try:
+                for j, addr in enumerate(addrs):
+                    s = bind(addr)
+                    socks.append(s)
+                    if i == 0 and addr.endswith(":0"):
+                        host = addr.rsplit(":", 1)[0]
+                        addrs[j] = f"{host}:{s.getsockname()[1]}"
+            except OSError:
+                for s in socks:
+                    s.close()
+                self.close_listeners()
+                raise
+            self.slots.append(Slot(i, socks))
+        self.listen = addrs
+
+    async def run(self) -> int:
+        set_context(role="supervisor")
+        loop = asyncio.get_running_loop()
+        self.bind_all()
+        self.shm = SharedMemory.create(self.nworkers)
+        host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
+        self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
+        try:
+            admin_host, admin_port = await self.admin.start(host, port)
+        except OSError:
+            self.close_listeners()
+            raise
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, self.on_sigint)
+        self.admin_addr = f"[{admin_host}]:{admin_port}" if ":" in admin_host else f"{admin_host}:{admin_port}"
+        log("started", version=__version__, config=self.path, hash=self.hash, workers=self.nworkers,
+            listen=self.listen, admin=self.admin_addr)
+        for slot in self.slots:
+            slot.task = loop.create_task(self.keep_alive(slot))
+        await self.done.wait()
+        self.admin.close()
+        log("stopped", code=self.exit_code)
+        return self.exit_code
+
+
+def _restart_only(old: Config, new: Config) -> list[str]:
+    changed = []
+    if old.server.listen != new.server.listen:
+        changed.append("server.listen")
+    if old.server.workers != new.server.workers:
+        changed.append("server.workers")
+    if old.admin.listen != new.admin.listen:
+        changed.append("admin.listen")
+    if old.admin.metrics != new.admin.metrics:
+        changed.append("admin.metrics")
+    return changed
+
+
+def worker_count(cfg: Config, override: int | None) -> int:
+    if override is not None:
+        return override
+    if cfg.server.workers != "auto":
+        return int(cfg.server.workers)
+    # The CPUs this process may run on (taskset, cpusets), not every CPU of the host.
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def serve(path: str, workers: int | None = None) -> int:
+    """`fastgw run`: validate `path`, start the supervisor and its workers; return the exit code."""
+    data = Path(path).read_bytes()
+    text = data.decode("utf-8")
+    cfg = loads(text, source=path)
+    sup = Supervisor(path, cfg, text, worker_count(cfg, workers))
+    return asyncio.run(sup.run())
