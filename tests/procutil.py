@@ -42,7 +42,7 @@ ORIGIN = textwrap.dedent("""
                     return
                 self.buf = rest[length:]
                 path = head.split(b" ")[1]
-                delay = int(path.split(b"/")[2]) / 1000 if path.startswith(b"/slow/") else 0
+                delay = int(path.split(b"?")[0].split(b"/")[2]) / 1000 if path.startswith(b"/slow/") else 0
                 body = b"ok " + path + b"\\n"
                 resp = (b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\nX-Origin: %s\\r\\n\\r\\n" % (len(body), NAME)
                         + body)
