@@ -53,12 +53,12 @@ def problem_then_usable(gw, req: bytes, status: int, slug: str, instance: str) -
 
 
 def test_refused_connection(gw):
-    # fastgw's catalogue: no upstream connection could be made -> 503 upstream-unavailable
-    problem_then_usable(gw, request("GET", "/refused/x"), 503, "upstream-unavailable", "/refused/x")
+    # A refused connection is 502 bad-gateway (issue 2); 503 is kept for "no usable target".
+    problem_then_usable(gw, request("GET", "/refused/x"), 502, "bad-gateway", "/refused/x")
 
 
 def test_refused_connection_with_body(gw):
-    problem_then_usable(gw, request("POST", "/refused/y", body=b"a" * 1000), 503, "upstream-unavailable",
+    problem_then_usable(gw, request("POST", "/refused/y", body=b"a" * 1000), 502, "bad-gateway",
                         "/refused/y")
 
 

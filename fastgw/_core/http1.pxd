@@ -35,6 +35,7 @@ cdef class RequestReader:
     cdef long long _chunk_bytes
     cdef long long _feed_acc
     cdef long long _slack
+    cdef bytes _line               # the fed slice that began while idle: usually starts with the request line
     cdef public bint upgraded
 
     cpdef feed(self, bytes data)

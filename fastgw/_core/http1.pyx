@@ -8,6 +8,8 @@ After an error the reader is dead: the connection must answer and close (never f
 
 The reader never touches a transport, a clock or a logger; the tests feed it byte by byte.
 """
+from libc.string cimport memcmp
+
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 from httptools import HttpRequestParser
 
@@ -44,8 +46,13 @@ DEF ST_DEAD = 3      # an error was reported
 # Bytes of chunk-size lines beyond "HEX CRLF" (extensions, padding) tolerated per request. llhttp parses
 # extensions without buffering them, and fastgw re-chunks bodies so they are never forwarded; the cap stops
 # a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class).
+# Input is fed to llhttp in slices so that this bound is checked before a message can complete: a
+# chunked body is fed CHUNK_SLICE bytes at a time and rejected once its slack passes
+# MAX_CHUNK_SLACK - CHUNK_SLICE, so a message with more than MAX_CHUNK_SLACK bytes of slack never
+# completes, and one with up to MAX_CHUNK_SLACK - CHUNK_SLICE (3 KiB) always passes.
 DEF MAX_CHUNK_SLACK = 4096
 DEF SLICE = 4096
+DEF CHUNK_SLICE = 1024
 
 cdef unsigned char HOST_OK[256]
 cdef unsigned char RID_OK[256]
@@ -133,6 +140,31 @@ cdef class RequestHead:
         return [(p[i], p[i + 2]) for i in range(0, len(p), 4)]
 
 
+cdef int _version_from_line(bytes line, bytes method, bytes url):
+    """1 or 0 when `line` starts with exactly "METHOD SP URL SP HTTP/1.x CRLF" (x = 1 or 0), else -1.
+    llhttp has validated the head, and no header line can look like a request line, so a match is
+    this request's own line."""
+    cdef Py_ssize_t m, u, off
+    cdef const char* s
+    if line is None:
+        return -1
+    m = len(method)
+    u = len(url)
+    off = m + u + 2
+    if len(line) < off + 10:
+        return -1
+    s = line
+    if s[m] != b' ' or s[off - 1] != b' ' or memcmp(s, <const char*>method, m) != 0 \
+            or memcmp(s + m + 1, <const char*>url, u) != 0 or memcmp(s + off, b"HTTP/1.", 7) != 0 \
+            or s[off + 8] != b'\r' or s[off + 9] != b'\n':
+        return -1
+    if s[off + 7] == b'1':
+        return 1
+    if s[off + 7] == b'0':
+        return 0
+    return -1
+
+
 cdef class RequestReader:
     def __init__(self, Py_ssize_t max_request_line=8192, Py_ssize_t max_header_bytes=32768,
                  Py_ssize_t max_headers=100, dict actions=None):
@@ -170,20 +202,29 @@ cdef class RequestReader:
         so that the size checks below run before a request can complete: an oversized chunk extension is
         rejected before the chunked body's end is ever reported."""
         cdef Py_ssize_t n = len(data)
-        cdef Py_ssize_t i
-        if n <= SLICE or (self._state == ST_BODY and not self._head.chunked):
+        cdef Py_ssize_t i = 0, step
+        if n <= CHUNK_SLICE or (self._state == ST_BODY and not self._head.chunked):
             self._feed1(data)
             return
-        for i in range(0, n, SLICE):
+        while i < n:
             if self._state == ST_DEAD or self.upgraded:
                 return
-            self._feed1(data[i:i + SLICE])
+            if self._state != ST_BODY:
+                step = SLICE
+            elif self._head.chunked:
+                step = CHUNK_SLICE
+            else:
+                step = n - i                      # a Content-Length body: no framing bytes to bound
+            self._feed1(data[i:i + step] if i or step < n else data)
+            i += step
 
     cdef int _feed1(self, bytes data) except -1:
         cdef Py_ssize_t n = len(data)
         if self._state == ST_DEAD or self.upgraded:
             return 0
         self._feed_acc = 0
+        if self._state == ST_IDLE:
+            self._line = data
         if self._state == ST_HEAD or self._state == ST_IDLE:
             self._head_fed += n
         try:
@@ -210,7 +251,7 @@ cdef class RequestReader:
                 self._fail(431, "header-too-large", "request head too large")
             return 0
         self._slack += n - self._feed_acc
-        if self._slack > MAX_CHUNK_SLACK and self._state == ST_BODY:
+        if self._slack > MAX_CHUNK_SLACK - CHUNK_SLICE and self._state == ST_BODY:
             self._fail(400, "bad-request", "chunk extensions too large")
         elif self._state == ST_IDLE:
             if self._slack > MAX_CHUNK_SLACK:
@@ -315,6 +356,7 @@ cdef class RequestReader:
         cdef RequestHead h = self._head
         cdef bytes url
         cdef str version
+        cdef int minor
         cdef Py_ssize_t q, i, n
         cdef const unsigned char* u
         cdef int flags
@@ -323,12 +365,19 @@ cdef class RequestReader:
         self._feed_acc += len(h.method) + 14
         self._state = ST_BODY
         self._head_fed = 0
-        version = p.get_http_version()
-        if version == "1.1":
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        minor = _version_from_line(self._line, h.method, url)
+        self._line = None
+        if minor < 0:
+            # The request line is not at the start of a slice we kept (pipelining, a split read):
+            # ask llhttp (get_http_version formats a str: ~2k instructions, hence the fast path).
+            version = p.get_http_version()
+            minor = 1 if version == "1.1" else 0 if version == "1.0" else -1
+        if minor == 1:
             h.minor = 1
             if not self._host_seen:
                 self._reject(400, "bad-request", "missing Host header")
-        elif version == "1.0":
+        elif minor == 0:
             h.minor = 0
         else:
             self._reject(400, "bad-request", "unsupported HTTP version")
@@ -338,7 +387,6 @@ cdef class RequestReader:
             if self._te.strip().lower() != b"chunked":
                 self._reject(400, "bad-request", "only 'Transfer-Encoding: chunked' is accepted")
             h.chunked = True
-        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         n = len(url)
         u = url
         if n == 1 and u[0] == 42:              # '*'

@@ -25,10 +25,13 @@ from httptools import HttpParserError, HttpResponseParser
 from libc.stdio cimport snprintf
 from libc.stdint cimport uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from libc.string cimport memchr, memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+cdef const char* HEXDIGITS = b"0123456789abcdef"
 
 from fastgw._core.http1 cimport RequestHead, RequestReader
 
-from fastgw._core.http1 import with_case_variants
 
 # Reasons to stop reading from the client (a bit each; reading resumes when none is left).
 DEF P_UPSTREAM = 1     # the upstream's write buffer is full
@@ -218,20 +221,52 @@ cdef class Target:
         self.idle.clear()
 
 
-# Response header actions: 1 content-length, 2 transfer-encoding, 3 connection, 4 drop (hop-by-hop).
-cdef dict RESP_ACTIONS = with_case_variants({
-    b"content-length": 1,
-    b"transfer-encoding": 2,
-    b"connection": 3,
-    b"keep-alive": 4,
-    b"proxy-connection": 4,
-    b"te": 4,
-    b"trailer": 4,
-    b"upgrade": 4,
-})
-cdef unsigned char RESP_LEN[64]
-for _k in RESP_ACTIONS:
-    RESP_LEN[len(_k)] = 1
+# Upstream response heads. llhttp validates the head (CRLF line ends, no obs-fold, no bare CR, header
+# tokens, a single Content-Length, not both CL and TE); fastgw registers no per-header callback and
+# instead walks the validated head once in C, when it is complete: one Python call per response instead
+# of two per header. The walk classifies each line by name (case-insensitively) and keeps the rest as
+# slices of the received bytes.
+DEF MAX_RESP_HEAD = 65536     # bytes of one upstream response head; more is a 502
+DEF MAX_RESP_LINES = 256      # header lines of one upstream response head; more is a 502
+
+DEF H_KEEP = 0
+DEF H_CL = 1                  # Content-Length: re-emitted by fastgw
+DEF H_TE = 2                  # Transfer-Encoding: fastgw re-frames the body
+DEF H_CONN = 3                # Connection: its tokens name more hop-by-hop headers
+DEF H_HOP = 4                 # other hop-by-hop headers (RFC 9110 7.6.1): never relayed
+
+
+cdef inline bint _ieq(const char* s, Py_ssize_t n, const char* low, Py_ssize_t m) noexcept:
+    """ASCII case-insensitive equality of s[:n] with the lowercase literal low[:m]."""
+    cdef Py_ssize_t i
+    cdef char ch
+    if n != m:
+        return False
+    for i in range(n):
+        ch = s[i]
+        if b'A' <= ch <= b'Z':
+            ch = ch + 32
+        if ch != low[i]:
+            return False
+    return True
+
+
+cdef inline int _resp_header_kind(const char* s, Py_ssize_t n) noexcept:
+    if n == 14:
+        return H_CL if _ieq(s, n, b"content-length", 14) else H_KEEP
+    if n == 17:
+        return H_TE if _ieq(s, n, b"transfer-encoding", 17) else H_KEEP
+    if n == 10:
+        if _ieq(s, n, b"connection", 10):
+            return H_CONN
+        return H_HOP if _ieq(s, n, b"keep-alive", 10) else H_KEEP
+    if n == 2:
+        return H_HOP if _ieq(s, n, b"te", 2) else H_KEEP
+    if n == 7:
+        return H_HOP if (_ieq(s, n, b"trailer", 7) or _ieq(s, n, b"upgrade", 7)) else H_KEEP
+    if n == 16:
+        return H_HOP if _ieq(s, n, b"proxy-connection", 16) else H_KEEP
+    return H_KEEP
 
 
 cdef class UpstreamConn:
@@ -245,12 +280,12 @@ cdef class UpstreamConn:
     cdef bint rpaused
     cdef double idle_since
     # the response being parsed
-    cdef list rpieces
+    cdef list rpieces          # kept header lines of the response, as slices of the received bytes
+    cdef bytes hbuf            # the response head received so far (until it is complete)
     cdef bint r_head_done
     cdef bint r_chunked
     cdef bint r_has_cl
     cdef bytes r_cl
-    cdef object r_drop
 
     def __init__(self, Target target):
         self.target = target
@@ -281,8 +316,12 @@ cdef class UpstreamConn:
         cl = ex.client
         ex.up_last = cl.w.clock.now
         cl.batching = True
+        if not self.r_head_done:
+            self.hbuf = data if self.hbuf is None else self.hbuf + data
         try:
             self.parser.feed_data(data)
+            if not self.r_head_done and self.hbuf is not None and len(self.hbuf) > MAX_RESP_HEAD:
+                raise HttpParserError("response head too large")
         except HttpParserError as exc:
             if self.ex is ex:
                 self.abort()
@@ -321,52 +360,95 @@ cdef class UpstreamConn:
 
     cdef void reset(self):
         """Per-response state (there is no on_message_begin callback: one Python call less)."""
-        self.rpieces = []
+        self.rpieces = None
+        self.hbuf = None
         self.r_head_done = False
         self.r_chunked = False
         self.r_has_cl = False
         self.r_cl = None
-        self.r_drop = None
 
-    # httptools callbacks
-    def on_header(self, bytes name, bytes value):
-        cdef list pieces
-        action = RESP_ACTIONS.get(name)
-        if action is None:
-            if len(name) < 64 and RESP_LEN[len(name)]:
-                action = RESP_ACTIONS.get(name.lower())
-            if action is None:
-                pieces = self.rpieces
-                pieces.append(name)
-                pieces.append(b": ")
-                pieces.append(value)
-                pieces.append(b"\r\n")
-                return
-        code = <int>action
-        if code == 1:
-            self.r_has_cl = True
-            self.r_cl = value
-        elif code == 2:
-            self.r_chunked = value.strip().lower().endswith(b"chunked")
-        elif code == 3:
-            for tok in value.lower().split(b","):
-                tok = tok.strip()
-                if tok and tok != b"close" and tok != b"keep-alive":
-                    if self.r_drop is None:
-                        self.r_drop = set()
-                    self.r_drop.add(tok)
+    cdef int scan_head(self, bytes buf, Py_ssize_t end, object remove) except -1:
+        """Walk the validated head buf[:end] (status line and header lines, each ending in CRLF):
+        note the framing headers, drop hop-by-hop ones and those in `remove` (lowercase names), and
+        keep the rest in self.rpieces as slices of buf. Returns 0, or 1 for too many lines."""
+        cdef const char* s = buf
+        cdef Py_ssize_t ls[MAX_RESP_LINES]
+        cdef Py_ssize_t le[MAX_RESP_LINES]
+        cdef unsigned char kind[MAX_RESP_LINES]
+        cdef Py_ssize_t pos, eol, colon, vs, ve, n = 0, k, run
+        cdef const char* q
+        cdef object drop = None
+        cdef list pieces = []
+        pos = <const char*>memchr(s, b'\n', end) - s + 1        # skip the status line
+        while pos < end:
+            if n == MAX_RESP_LINES:
+                return 1
+            q = <const char*>memchr(s + pos, b'\n', end - pos)
+            eol = q - s + 1
+            colon = <const char*>memchr(s + pos, b':', eol - pos) - s
+            ls[n] = pos
+            le[n] = eol
+            kind[n] = _resp_header_kind(s + pos, colon - pos)
+            if kind[n] != H_KEEP:
+                vs = colon + 1
+                ve = eol - 2
+                while vs < ve and (s[vs] == b' ' or s[vs] == b'\t'):
+                    vs += 1
+                while ve > vs and (s[ve - 1] == b' ' or s[ve - 1] == b'\t'):
+                    ve -= 1
+                if kind[n] == H_CL:
+                    self.r_has_cl = True
+                    self.r_cl = buf[vs:ve]
+                elif kind[n] == H_TE:
+                    self.r_chunked = buf[vs:ve].rstrip(b" \t,").lower().endswith(b"chunked")
+                elif kind[n] == H_CONN and not (_ieq(s + vs, ve - vs, b"keep-alive", 10)
+                                                or _ieq(s + vs, ve - vs, b"close", 5)):
+                    for tok in buf[vs:ve].lower().split(b","):
+                        tok = tok.strip()
+                        if tok and tok != b"close" and tok != b"keep-alive":
+                            if drop is None:
+                                drop = set()
+                            drop.add(tok)
+            n += 1
+            pos = eol
+        if remove is not None or drop is not None:
+            for k in range(n):
+                if kind[k] == H_KEEP:
+                    colon = <const char*>memchr(s + ls[k], b':', le[k] - ls[k]) - s
+                    name = buf[ls[k]:colon].lower()
+                    if (drop is not None and name in drop) or (remove is not None and name in remove):
+                        kind[k] = H_HOP
+        # Consecutive kept lines become one slice.
+        k = 0
+        while k < n:
+            if kind[k] != H_KEEP:
+                k += 1
+                continue
+            run = k
+            while k < n and kind[k] == H_KEEP:
+                k += 1
+            pieces.append(buf[ls[run]:le[k - 1]])
+        self.rpieces = pieces
+        return 0
 
+    # httptools callbacks (no on_header: see scan_head)
     def on_headers_complete(self):
         cdef int status = self.parser.get_status_code()
         cdef Exchange ex = self.ex
+        cdef bytes buf = self.hbuf
+        cdef Py_ssize_t end = buf.find(b"\r\n\r\n") + 2   # llhttp accepted the head: it is there
+        if ex is None:
+            raise HttpParserError("response on an idle connection")
         if status < 200:
             if status == 101:
                 raise HttpParserError("unexpected 101 Switching Protocols")
-            self.reset()
-            return                            # interim responses are not relayed
+            self.hbuf = buf[end + 2:]             # interim responses are not relayed
+            return
+        if self.scan_head(buf, end, ex.route.resp_remove):
+            raise HttpParserError("too many response header lines")
+        self.hbuf = None
         self.r_head_done = True
-        if ex is not None:
-            ex.resp_head(self, status)
+        ex.resp_head(self, status)
 
     def on_body(self, bytes body):
         if self.ex is not None:
@@ -382,10 +464,10 @@ async def _connect(Exchange ex, Target target):
     try:
         _, conn = await loop.create_connection(lambda: UpstreamConn(target), target.host, target.port)
     except asyncio.CancelledError:
-        ex.connect_failed(b"upstream connect timed out")
+        ex.connect_failed(504, "upstream-timeout", b"upstream connect timed out")
         return
     except OSError as exc:
-        ex.connect_failed(f"cannot connect to upstream: {exc.strerror or exc}".encode())
+        ex.connect_failed(502, "bad-gateway", f"cannot connect to upstream: {exc.strerror or exc}".encode())
         return
     ex.connected(<UpstreamConn>conn)
 
@@ -462,11 +544,13 @@ cdef class Exchange:
         self.attach(c)
         self.client.flush()
 
-    cdef void connect_failed(self, bytes detail):
+    cdef void connect_failed(self, int status, str slug, bytes detail):
+        """Refused or unreachable: 502; no connection within connect_timeout: 504. (503 is kept for
+        "no usable target", e.g. every target's circuit open.)"""
         self.connect_task = None
         if not self.done:
-            self.client.w.upstream_error(self, 503)
-            self.fail(503, "upstream-unavailable", detail)
+            self.client.w.upstream_error(self, status)
+            self.fail(status, slug, detail)
 
     cdef void attach(self, UpstreamConn c):
         self.up = c
@@ -529,13 +613,10 @@ cdef class Exchange:
         cdef RequestHead h = self.head
         cdef list parts
         cdef list pieces = c.rpieces
-        cdef object drop = c.r_drop
         cdef bint is_head = h.method == b"HEAD"
         cdef Py_ssize_t i
         self.resp_started = True
         self.status = status
-        if drop is not None or route.resp_remove is not None:
-            pieces = filter_headers(pieces, drop, route.resp_remove)
         line = STATUS_LINES.get(status)
         if line is None:
             line = b"HTTP/1.1 %d Unknown\r\n" % status
@@ -555,7 +636,8 @@ cdef class Exchange:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.close_after = True          # HTTP/1.0 client: the end of the body is the close
-        if not self.body_done or cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests:
+        if not self.body_done or not h.keep_alive or cl.draining or cl.reader_done() \
+                or cl.nreq + 1 >= cl.rt0.max_requests:
             self.close_after = True
         if self.close_after:
             parts.append(b"Connection: close\r\n\r\n")
@@ -1048,11 +1130,20 @@ cdef class Worker:
         return ClientConn(self)
 
     cdef bytes next_id(self):
+        """id_prefix + the request counter as 12 hex digits (snprintf cost ~900 instructions)."""
         cdef char buf[64]
-        cdef int n
+        cdef Py_ssize_t plen = len(self.id_prefix)
+        cdef unsigned long long v
+        cdef int i
         self.id_counter += 1
-        n = snprintf(buf, sizeof(buf), "%s%012llx", <char*>self.id_prefix, self.id_counter)
-        return buf[:n]
+        v = self.id_counter
+        if plen > 40:
+            plen = 40
+        memcpy(buf, <char*>self.id_prefix, plen)
+        for i in range(11, -1, -1):
+            buf[plen + i] = HEXDIGITS[v & 15]
+            v >>= 4
+        return PyBytes_FromStringAndSize(buf, plen + 12)
 
     def sweep(self, double now, bytes date):
         """Advance the coarse clock and enforce every connection's timeouts."""
