@@ -30,15 +30,17 @@ PROBLEMS: dict[str, Slug] = {
     "header-too-large": Slug(431, "Request Header Fields Too Large", "The request head is too large."),
     "rate-limited": Slug(429, "Too Many Requests", "The rate limit for this consumer is exhausted."),
     "quota-exceeded": Slug(429, "Too Many Requests", "The quota for this consumer is exhausted."),
+    "internal-error": Slug(500, "Internal Server Error", "The gateway failed to process the request."),
     "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
-    "upstream-unavailable": Slug(503, "Service Unavailable", "No upstream connection could be made."),
+    "upstream-unavailable": Slug(503, "Service Unavailable", "No usable upstream target."),
+    "store-unavailable": Slug(503, "Service Unavailable", "The shared limit store is unavailable."),
     "service-draining": Slug(503, "Service Unavailable", "The gateway is shutting down."),
     "upstream-timeout": Slug(504, "Gateway Timeout", "The upstream did not answer in time."),
 }
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
-            414: "URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            414: "URI Too Long", 500: "Internal Server Error", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 

@@ -134,6 +134,7 @@ cdef class RouteRT:
     cdef public bytes resp_add
     cdef public object resp_remove
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
+    cdef public object gate               # None, or the route's policy chain: see Exchange "policy interface"
 
 
 cdef class Runtime:
@@ -459,6 +460,27 @@ cdef class UpstreamConn:
             self.ex.resp_end(self.parser.should_keep_alive())
 
 
+def _report_policy_error(where, exc):
+    import sys
+    import traceback
+    sys.stderr.write(f"fastgw: policy error in {where}: {exc!r}\n")
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+async def _await_gate(Exchange ex, aw):
+    try:
+        res = await aw
+    except asyncio.CancelledError:
+        return
+    except Exception as exc:
+        _report_policy_error(ex.route.name, exc)
+        res = (500, "internal-error", None, None)
+    ex.gate_task = None
+    if ex.done or ex.client.closed:
+        return
+    ex.client.gate_done(ex, res)
+
+
 async def _connect(Exchange ex, Target target):
     loop = asyncio.get_running_loop()
     try:
@@ -508,6 +530,11 @@ cdef class Exchange:
     cdef str err_slug
     cdef bytes err_detail
     cdef bytes err_extra
+    cdef object params                    # the route's {param} captures (dict) or None
+    cdef bytes up_extra                   # header lines added by policies to the upstream request
+    cdef bytes resp_extra                 # header lines added by policies to the response (any status)
+    cdef list after                       # callables run once when the exchange completes
+    cdef object gate_task
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
 
@@ -624,6 +651,8 @@ cdef class Exchange:
         parts += pieces
         if route.resp_add:
             parts.append(route.resp_add)
+        if self.resp_extra is not None:
+            parts.append(self.resp_extra)
         parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         self.resp_nobody = is_head or status == 204 or status == 304
         if self.resp_nobody:
@@ -671,8 +700,81 @@ cdef class Exchange:
     cdef void complete(self):
         if not self.done:
             self.done = True
+            if self.after is not None:
+                self.run_after()
             self.client.w.observe(self)
             self.client.finished(self)
+
+    cdef void run_after(self):
+        fns = self.after
+        self.after = None
+        for fn in fns:
+            try:
+                fn(self)
+            except Exception as exc:            # a policy bug must not take the connection down
+                _report_policy_error("on_complete", exc)
+
+    # -- policy interface ------------------------------------------------------------------------------
+    # A route's `gate` (compiled from its policies at config load) is called as gate(exchange) once the
+    # route is known and before any upstream work. It returns None to let the request through, a
+    # rejection tuple (status, slug, detail bytes or None, extra header lines bytes or None), or an
+    # awaitable resolving to one of those (only policies that must wait for I/O, e.g. Redis, do that).
+    # Everything a policy may read or add is below; nothing else of the exchange is public.
+    @property
+    def method(self):
+        return self.head.method
+
+    @property
+    def path(self):
+        return self.head.path
+
+    @property
+    def query(self):
+        return self.head.query
+
+    @property
+    def host(self):
+        return self.head.host
+
+    @property
+    def peer(self):
+        return self.client.peer
+
+    @property
+    def request_id(self):
+        return self.rid
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else None
+
+    @property
+    def route_params(self):
+        return self.params
+
+    def header(self, bytes lname):
+        """The value of the forwarded request header `lname` (lowercase), or None. Headers the gateway
+        owns (Host, framing, hop-by-hop, X-Forwarded-*, identity headers) are not visible here."""
+        cdef list pieces = self.head.pieces
+        cdef Py_ssize_t i
+        for i in range(0, len(pieces), 4):
+            if len(<bytes>pieces[i]) == len(lname) and (<bytes>pieces[i]).lower() == lname:
+                return pieces[i + 2]
+        return None
+
+    def add_upstream_header(self, bytes name, bytes value):
+        line = name + b": " + value + b"\r\n"
+        self.up_extra = line if self.up_extra is None else self.up_extra + line
+
+    def add_response_header(self, bytes name, bytes value):
+        line = name + b": " + value + b"\r\n"
+        self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
+
+    def on_complete(self, fn):
+        """Run fn(exchange) once when the exchange ends, whatever the outcome."""
+        if self.after is None:
+            self.after = []
+        self.after.append(fn)
 
     cdef void fail(self, int status, str slug, bytes detail):
         """A response made by fastgw (problem+json), before any upstream response byte."""
@@ -689,7 +791,10 @@ cdef class Exchange:
         if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests:
             self.close_after = True
         self.status = status
-        cl.send(cl.render_problem(self.rt, slug, self.head, self.rid, detail, self.err_extra,
+        extra = self.err_extra
+        if self.resp_extra is not None:
+            extra = self.resp_extra if extra is None else extra + self.resp_extra
+        cl.send(cl.render_problem(self.rt, slug, self.head, self.rid, detail, extra,
                                   self.close_after))
         self.complete()
 
@@ -790,6 +895,11 @@ cdef class ClientConn(RequestReader):
             if ex.connect_task is not None:
                 ex.connect_task.cancel()
                 ex.connect_task = None
+            if ex.gate_task is not None:
+                ex.gate_task.cancel()
+                ex.gate_task = None
+            if ex.after is not None:
+                ex.run_after()
             if ex.up is not None:
                 ex.release_upstream(False)
         self.active = None
@@ -999,10 +1109,45 @@ cdef class ClientConn(RequestReader):
         if h.content_length > route.max_body or ex.body_bytes > route.max_body:
             self.body_too_large(ex)
             return
-        ex.up_head = self.build_upstream_head(ex, route, h, m[2])
+        if route.gate is not None:
+            ex.params = m[2]
+            try:
+                res = route.gate(ex)
+            except Exception as exc:
+                _report_policy_error(route.name, exc)
+                res = (500, "internal-error", None, None)
+            if res is not None:
+                if type(res) is tuple:
+                    self.reject(ex, res)
+                else:
+                    ex.gate_task = self.loop.create_task(_await_gate(ex, res))
+                return
+        self.proceed(ex)
+
+    cdef void proceed(self, Exchange ex):
+        """The request passed its route's policies: build the upstream head and go."""
+        cdef RequestHead h = ex.head
+        ex.up_head = self.build_upstream_head(ex, ex.route, h, ex.params)
         if h.expect_continue and ex.has_body and h.minor == 1 and ex.body_bytes == 0:
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         ex.acquire(False)
+
+    cdef void reject(self, Exchange ex, tuple res):
+        status, slug, detail, extra = res
+        if extra is not None:
+            ex.err_extra = extra if ex.err_extra is None else ex.err_extra + extra
+        ex.fail(status, slug, detail)
+
+    cdef void gate_done(self, Exchange ex, object res):
+        self.batching = True
+        try:
+            if res is None:
+                self.proceed(ex)
+            else:
+                self.reject(ex, res)
+        finally:
+            self.batching = False
+            self.flush()
 
     cdef bytes build_upstream_head(self, Exchange ex, RouteRT route, RequestHead h, object params):
         cdef bytes path = h.path
@@ -1019,6 +1164,8 @@ cdef class ClientConn(RequestReader):
         parts += pieces
         if route.req_add:
             parts.append(route.req_add)
+        if ex.up_extra is not None:
+            parts.append(ex.up_extra)
         parts += (b"X-Forwarded-For: ",
                   self.peer if h.xff is None else h.xff + b", " + self.peer,
                   b"\r\nX-Forwarded-Proto: http\r\n")
