@@ -7,12 +7,15 @@ Runtime they started with.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from fastgw import __version__
 from fastgw._core.http1 import DEFAULT_ACTIONS
 from fastgw._core.proxy import RouteRT, Runtime, Target, UpstreamGroup
 from fastgw._core.router import Router
 from fastgw.config import Config
 from fastgw.errors import build_problems
+from fastgw.policies import build_route_policies, chain
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
@@ -49,7 +52,7 @@ def build_groups(cfg: Config, old: Config | None = None,
 
 
 def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
-                   slots: dict[str, int] | None = None) -> Runtime:
+                   slots: dict[str, int] | None = None, services: dict[str, Any] | None = None) -> Runtime:
     """Compile `cfg`. Pass the previous `groups` to keep pools of unchanged upstreams across a reload.
 
     `slots` maps route names to their metrics slots (assigned by the supervisor, stable across reloads);
@@ -70,6 +73,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add))
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
+        rt.gate = chain(build_route_policies(cfg, r, services if services is not None else {}))
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))
     run = Runtime()

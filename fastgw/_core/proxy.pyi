@@ -41,6 +41,7 @@ GateResult = Rejection | Awaitable[Rejection | None] | None
 
 class Exchange:
     """What a policy (route.gate) may read and add; see proxy.pyx "policy interface"."""
+    identity: Any
     @property
     def method(self) -> bytes: ...
     @property

@@ -535,6 +535,7 @@ cdef class Exchange:
     cdef bytes resp_extra                 # header lines added by policies to the response (any status)
     cdef list after                       # callables run once when the exchange completes
     cdef object gate_task
+    cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
 

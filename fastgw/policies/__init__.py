@@ -1,0 +1,75 @@
+"""Route policies: what runs between routing and the upstream (DESIGN.md §3, principle 3).
+
+A policy is an object with ``check(exchange)`` returning None (go on), a rejection tuple
+``(status, slug, detail bytes | None, extra header lines bytes | None)``, or an awaitable resolving to one
+of those; the exchange's interface is in fastgw/_core/proxy.pyx ("policy interface"). Policies are
+built once per config load by the builders in STAGES, in stage order (auth, then quota, then transform),
+and chained into the route's single ``gate`` callable. A route without policies has ``gate = None`` and
+pays nothing.
+
+A stage module exposes ``build(cfg, route, services) -> Policy | None``; ``services`` holds the worker's
+long-lived resources (shared memory, store clients), or is empty when compiling for ``fastgw check``.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from fastgw.config import Config, Route
+
+Rejection = tuple[int, str, bytes | None, bytes | None]
+Result = Rejection | Awaitable[Rejection | None] | None
+
+# Stage modules, in the order their policies run on a route.
+STAGES: tuple[str, ...] = ()
+
+
+class Policy(Protocol):
+    def check(self, ex: Any) -> Result: ...
+
+
+def build_route_policies(cfg: Config, route: Route, services: dict[str, Any]) -> list[Policy]:
+    out = []
+    for name in STAGES:
+        p = importlib.import_module(name).build(cfg, route, services)
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def chain(policies: Sequence[Policy]) -> Callable[[Any], Result] | None:
+    """One gate for the route: the policies in order; the first rejection wins. Synchronous until a
+    policy returns an awaitable; from there the rest of the chain runs in that coroutine."""
+    if not policies:
+        return None
+    if len(policies) == 1:
+        return policies[0].check
+    pols = tuple(policies)
+
+    def gate(ex: Any) -> Result:
+        for i, p in enumerate(pols):
+            r = p.check(ex)
+            if r is None:
+                continue
+            if type(r) is tuple:
+                return r
+            return _finish(ex, r, pols[i + 1:])  # type: ignore[arg-type]
+        return None
+
+    return gate
+
+
+async def _finish(ex: Any, pending: Awaitable[Rejection | None], rest: Sequence[Policy]) -> Rejection | None:
+    r = await pending
+    if r is not None:
+        return r
+    for p in rest:
+        res = p.check(ex)
+        if res is None:
+            continue
+        if type(res) is not tuple:
+            res = await res  # type: ignore[misc]
+        if res is not None:
+            return res  # type: ignore[return-value]
+    return None
