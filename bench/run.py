@@ -56,6 +56,10 @@ FASTGW_TOML = """# Written by bench/run.py: one worker, one catch-all route to t
 listen = ["127.0.0.1:{port}"]
 workers = 1
 {extra_server}
+[admin]
+listen = "127.0.0.1:{admin_port}"
+{extra_admin}
+
 [upstreams.origin]
 targets = ["127.0.0.1:{origin_port}"]
 keepalive = 128
@@ -278,12 +282,14 @@ def gateway_argv(cmd_template: str, config: str) -> list[str]:
 
 
 def start_fastgw(
-    env: Env, cmd_template: str = DEFAULT_GATEWAY_CMD, extra_server: str = "", timeout: float = 30.0
+    env: Env, cmd_template: str = DEFAULT_GATEWAY_CMD, extra_server: str = "", timeout: float = 30.0,
+    extra_admin: str = "",
 ) -> tuple[int, subprocess.Popen, list[str]]:
     port = free_port()
     config = os.path.join(env.tmp, "fastgw.toml")
     with open(config, "w") as f:
-        f.write(FASTGW_TOML.format(port=port, origin_port=env.origin_port, extra_server=extra_server))
+        f.write(FASTGW_TOML.format(port=port, origin_port=env.origin_port, extra_server=extra_server,
+                                   admin_port=free_port(), extra_admin=extra_admin))
     log = os.path.join(env.tmp, "fastgw.log")
     argv = gateway_argv(cmd_template, config)
     child_env = dict(os.environ)

@@ -30,14 +30,16 @@ TWO = "{python} -m fastgw run -c {config} --workers 2"
 
 CASES = {
     "workers": [("1 worker (core 0)", PLAIN, "", "0"), ("2 workers (cores 0,1)", TWO, "", "0,1")],
-    "metrics": [("metrics on", PLAIN, "", "0"), ("metrics off", PLAIN, "\n[admin]\nmetrics = false\n", "0")],
+    "metrics": [("metrics on", PLAIN, "", "0"), ("metrics off", PLAIN, "", "0")],
     "accesslog": [("access log off", PLAIN, "", "0"), ("access log on", PLAIN, "access_log = true\n", "0")],
 }
 
 
-def measure(env: run.Env, cmd: str, extra: str, cores: str, conns: int, duration: int) -> run.WrkResult:
+def measure(env: run.Env, label: str, cmd: str, extra: str, cores: str, conns: int,
+            duration: int) -> run.WrkResult:
     run.PROXY_CORE = cores
-    port, proc, _ = run.start_fastgw(env, cmd, extra_server=extra)
+    port, proc, _ = run.start_fastgw(env, cmd, extra_server=extra,
+                                     extra_admin="metrics = false" if label == "metrics off" else "")
     try:
         argv = run.wrk_argv(port, "3b", conns, "2s", None)
         run.run_wrk(argv, 30)                             # warm-up (pools, caches)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 results: dict[str, list[run.WrkResult]] = {label: [] for label, *_ in cases}
                 for _ in range(args.rounds):
                     for label, cmd, extra, cores in cases:
-                        results[label].append(measure(env, cmd, extra, cores, args.conns, args.duration))
+                        results[label].append(measure(env, label, cmd, extra, cores, args.conns, args.duration))
                 lines += [f"## {name}", "", "| variant | req/s | p50 ms | p99 ms | CPU s / 100k req | errors |",
                           "|---|---|---|---|---|---|"]
                 base = None
