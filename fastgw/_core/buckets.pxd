@@ -1,0 +1,47 @@
+# Declarations of the bucket table (see buckets.pyx for the arithmetic and the memory layout).
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef struct Slot:
+    uint64_t key        # 0: never used; otherwise the 64-bit hash of (limit, key value)
+    uint64_t lock       # 0: free; otherwise held (see _lock)
+    int64_t idle_at     # monotonic ns from which the slot is equivalent to a fresh one (evictable)
+    int64_t a           # rate: TAT (ns); quota: window end (wall ns); concurrency: in flight; lease: tokens
+    int64_t b           # quota: count in the window; lease: expiry (monotonic ns)
+    int64_t kind
+    int64_t spare0
+    int64_t spare1
+
+
+cdef struct Header:
+    uint64_t magic
+    uint64_t nslots
+    uint64_t instance       # random id of the host's gateway instance (written by the supervisor)
+    uint64_t evictions      # live (not yet idle) entries evicted because their bucket was full
+    uint64_t steals         # locks taken over after a holder died mid-update
+    uint64_t spare[3]
+
+
+cdef class Table:
+    cdef object buf
+    cdef Header* hdr
+    cdef Slot* slots
+    cdef uint64_t mask
+    cdef Slot* find(self, uint64_t key, int64_t now, bint create) noexcept nogil
+    cdef Slot* _bucket(self, uint64_t key) noexcept nogil
+
+
+cdef class Plan:
+    cdef Table table
+    cdef int n
+    cdef int64_t[16] kind, interval, tau, count, enforce, seed, keyidx
+    cdef public int tight           # limit reported in headers (the one with the least left), or -1
+    cdef public long long remaining
+    cdef public long long reset_s   # seconds until the tight limit resets (t=)
+    cdef public long long retry_s   # on rejection: seconds until a retry can succeed (Retry-After)
+    cdef public unsigned long long charged    # bit i: limit i was charged by the last check that passed
+    cdef public int shadowed        # limits over their budget but in shadow mode (enforce = false)
+    cdef uint64_t _key(self, tuple keys, int i) except? 0
+    cdef void _undo(self, tuple keys, uint64_t done, int64_t mono, int64_t wall) except *
+    cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2
+    cpdef void release(self, tuple keys, uint64_t charged) except *
