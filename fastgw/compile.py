@@ -16,6 +16,7 @@ from fastgw._core.router import Router
 from fastgw.config import Config
 from fastgw.errors import build_problems
 from fastgw.policies import build_route_policies, chain
+from fastgw.policies.auth import strip_headers
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
@@ -61,6 +62,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     limits = cfg.server.limits
     groups = groups if groups is not None else build_groups(cfg)
     specs = []
+    strip = strip_headers(cfg)
     for i, r in enumerate(cfg.routes):
         rt = RouteRT()
         rt.name = r.name
@@ -70,7 +72,9 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.strip = len(r.path[:-2].encode()) if (r.strip_prefix and r.path.endswith("/*")) else 0
         rt.req_add = _header_bytes(r.request_headers.add)
         # A route's added headers replace anything the client sent under those names.
-        rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add))
+        # Identity headers (claims_to_headers targets, X-Consumer, the API key header) never come from the
+        # client: the auth policy sets them from the verified identity (fastgw/policies/auth.py).
+        rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
         rt.gate = chain(build_route_policies(cfg, r, services if services is not None else {}))

@@ -74,12 +74,37 @@ class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     timeout_seconds: Duration = 20.0
 
 
+class TlsCert(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One certificate chain and its private key (PEM files)."""
+
+    cert: str
+    key: str
+
+
+class TlsListener(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A TLS listener ([[server.tls]]): fastgw/tls.py builds its SSLContext."""
+
+    listen: list[str]
+    cert: str
+    key: str
+    sni: list[TlsCert] = msgspec.field(default_factory=list)   # more certificates, chosen by SNI
+    client_ca: str | None = None
+    client_auth: Literal["required", "optional"] = "required"
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])
+
+
 class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     workers: int | Literal["auto"] = "auto"
     access_log: bool = False
     limits: Limits = msgspec.field(default_factory=Limits)
     drain: Drain = msgspec.field(default_factory=Drain)
+    proxy_protocol: bool = False
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    ip_allow: list[str] = msgspec.field(default_factory=list)
+    ip_deny: list[str] = msgspec.field(default_factory=list)
+    tls: list[TlsListener] = msgspec.field(default_factory=list)
 
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -111,6 +136,61 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     max_body: Size | None = None
     request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
     response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
+    auth: list[str] = msgspec.field(default_factory=list)
+    scopes: list[str] = msgspec.field(default_factory=list)
+    roles: list[str] = msgspec.field(default_factory=list)
+    ip_allow: list[str] = msgspec.field(default_factory=list)
+    ip_deny: list[str] = msgspec.field(default_factory=list)
+
+
+class ApiKeyAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[auth.api_key]: where the key is read and whether it travels on."""
+
+    header: str = "X-API-Key"
+    query: str | None = None
+    forward: bool = False
+
+
+class JwtIssuer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[auth.jwt.NAME]: one token issuer (fastgw/policies/auth.py)."""
+
+    issuer: str
+    algorithms: list[str]
+    audiences: list[str] = msgspec.field(default_factory=list)
+    required_claims: list[str] = msgspec.field(default_factory=list)
+    leeway: Duration = 30.0
+    max_lifetime: Duration | None = None
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    public_key: str | None = None           # inline PEM
+    secret: str | None = None               # HS*: inline shared secret
+    secret_env: str | None = None           # HS*: name of an environment variable holding it
+    refresh: Duration = 300.0
+    refetch_min_interval: Duration = 10.0
+    fetch_timeout: Duration = 5.0
+    header: str | None = None               # read the token from this header instead of Authorization
+    cookie: str | None = None               # or from this cookie
+    consumer_claim: str = "sub"
+    plan_claim: str | None = None
+    scopes_claim: str = "scope"
+    roles_claim: str = "roles"
+    claims_to_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    cache_size: int = 10000
+
+
+class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    api_key: ApiKeyAuth = msgspec.field(default_factory=ApiKeyAuth)
+    jwt: dict[str, JwtIssuer] = msgspec.field(default_factory=dict)
+
+
+class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[consumers.NAME]: identity fields (the traffic policy adds the consumer's plan here)."""
+
+    api_keys_sha256: list[str] = msgspec.field(default_factory=list)
+    jwt_subjects: list[str] = msgspec.field(default_factory=list)
+    cert_subjects: list[str] = msgspec.field(default_factory=list)
+    scopes: list[str] = msgspec.field(default_factory=list)
+    roles: list[str] = msgspec.field(default_factory=list)
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -118,6 +198,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     admin: Admin = msgspec.field(default_factory=Admin)
     upstreams: dict[str, Upstream]
     routes: list[Route]
+    auth: Auth = msgspec.field(default_factory=Auth)
+    consumers: dict[str, Consumer] = msgspec.field(default_factory=dict)
 
 
 class ConfigError(Exception):
@@ -432,6 +514,7 @@ def _shape(path: str) -> str:
 def _validate(cfg: Config) -> list[str]:
     errors: list[str] = []
     _check_server(cfg, errors)
+    _check_identity(cfg, errors)
     if not cfg.upstreams:
         errors.append("upstreams: at least one upstream is required")
     for name, up in cfg.upstreams.items():
@@ -597,3 +680,167 @@ def _normalise(cfg: Config) -> Config:
         return cfg
     routes = [msgspec.structs.replace(r, host=r.host.lower()) if r.host else r for r in cfg.routes]
     return msgspec.structs.replace(cfg, routes=routes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identity and TLS (issue 5): [auth.*], [consumers.*], route auth/scopes/roles/ip rules, [[server.tls]].
+
+# Algorithms a JWT issuer may pin. "none" is never accepted; HMAC and public-key algorithms may not be
+# mixed in one issuer (the classic confusion: an HS256 token "signed" with the RSA public key).
+JWT_HMAC = frozenset({"HS256", "HS384", "HS512"})
+JWT_PUBLIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+ALPN_KNOWN = ("h2", "http/1.1")
+
+
+def _check_cidrs(values: list[str], path: str, errors: list[str]) -> None:
+    for i, v in enumerate(values):
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            errors.append(f'{path}[{i}]: "{v}" is not an IP address or CIDR block (e.g. "10.0.0.0/8", "2001:db8::/32")')
+
+
+def _check_file(value: str, path: str, errors: list[str]) -> None:
+    if not Path(value).is_file():
+        errors.append(f'{path}: cannot read "{value}": no such file')
+
+
+def _check_identity(cfg: Config, errors: list[str]) -> None:
+    s = cfg.server
+    for key in ("trusted_proxies", "ip_allow", "ip_deny"):
+        _check_cidrs(getattr(s, key), f"server.{key}", errors)
+    plain = set()
+    for addr in s.listen:
+        try:
+            plain.add(parse_hostport(addr, allow_port_zero=True))
+        except ValueError:
+            pass
+    for i, t in enumerate(s.tls):
+        p = f"server.tls[{i}]"
+        if not t.listen:
+            errors.append(f"{p}.listen: at least one address is required")
+        for j, addr in enumerate(t.listen):
+            try:
+                hp = parse_hostport(addr, allow_port_zero=True)
+            except ValueError as e:
+                errors.append(f'{p}.listen[{j}]: invalid address "{addr}": {e}')
+                continue
+            if hp in plain and hp[1] != 0:
+                errors.append(f'{p}.listen[{j}]: "{addr}" is also a plain listener (server.listen)')
+            plain.add(hp)
+        _check_file(t.cert, f"{p}.cert", errors)
+        _check_file(t.key, f"{p}.key", errors)
+        for j, extra in enumerate(t.sni):
+            _check_file(extra.cert, f"{p}.sni[{j}].cert", errors)
+            _check_file(extra.key, f"{p}.sni[{j}].key", errors)
+        if t.client_ca is not None:
+            _check_file(t.client_ca, f"{p}.client_ca", errors)
+        if not t.alpn:
+            errors.append(f'{p}.alpn: must not be empty (default ["h2", "http/1.1"])')
+        for j, proto in enumerate(t.alpn):
+            if proto not in ALPN_KNOWN:
+                errors.append(f'{p}.alpn[{j}]: unknown protocol "{proto}" (known: {", ".join(ALPN_KNOWN)})')
+
+    ak = cfg.auth.api_key
+    if not _TOKEN.fullmatch(ak.header):
+        errors.append(f'auth.api_key.header: invalid header name "{ak.header}"')
+    elif ak.header.lower() in MANAGED_HEADERS or ak.header.lower() == "authorization":
+        errors.append(f"auth.api_key.header: {ak.header} cannot carry an API key")
+    if ak.query is not None and not re.fullmatch(r"[A-Za-z0-9_.~-]+", ak.query):
+        errors.append(f'auth.api_key.query: invalid query parameter name "{ak.query}"')
+
+    for name, iss in cfg.auth.jwt.items():
+        _check_issuer(name, iss, _key("auth.jwt", name), errors)
+
+    hashes: dict[str, str] = {}
+    subjects: dict[str, str] = {}
+    for name, c in cfg.consumers.items():
+        p = _key("consumers", name)
+        if not _NAME.fullmatch(name):
+            errors.append(f'{p}: invalid consumer name "{name}" (use letters, digits, "_", ".", "-")')
+        for i, h in enumerate(c.api_keys_sha256):
+            if not _SHA256_HEX.fullmatch(h):
+                errors.append(f"{p}.api_keys_sha256[{i}]: expected 64 lowercase hex digits (sha256 of the key)")
+            elif h in hashes:
+                errors.append(f'{p}.api_keys_sha256[{i}]: the same key hash is also held by consumer "{hashes[h]}"')
+            hashes.setdefault(h, name)
+        for i, sub in enumerate(c.jwt_subjects):
+            if sub in subjects:
+                errors.append(f'{p}.jwt_subjects[{i}]: "{sub}" is also mapped to consumer "{subjects[sub]}"')
+            subjects.setdefault(sub, name)
+
+    mtls = any(t.client_ca for t in s.tls)
+    for i, r in enumerate(cfg.routes):
+        p = f"routes[{i}]"
+        _check_cidrs(r.ip_allow, f"{p}.ip_allow", errors)
+        _check_cidrs(r.ip_deny, f"{p}.ip_deny", errors)
+        for j, method in enumerate(r.auth):
+            kind, _, ref = method.partition(":")
+            if method in ("api_key", "mtls"):
+                if method == "mtls" and not mtls:
+                    errors.append(f'{p}.auth[{j}]: "mtls" needs a [[server.tls]] listener with client_ca')
+            elif kind == "jwt" and ref:
+                if ref not in cfg.auth.jwt:
+                    known = ", ".join(sorted(cfg.auth.jwt)) or "none"
+                    errors.append(f'{p}.auth[{j}]: unknown JWT issuer "{ref}" (known: {known})')
+            else:
+                errors.append(f'{p}.auth[{j}]: unknown method "{method}" (use "api_key", "jwt:NAME" or "mtls")')
+        if (r.scopes or r.roles) and not r.auth:
+            errors.append(f"{p}.scopes: scopes and roles need auth methods on the route")
+
+
+def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str]) -> None:
+    if not _NAME.fullmatch(name):
+        errors.append(f'{p}: invalid issuer name "{name}" (use letters, digits, "_", ".", "-")')
+    if not iss.algorithms:
+        errors.append(f"{p}.algorithms: at least one algorithm is required (pin what the issuer signs with)")
+    for i, a in enumerate(iss.algorithms):
+        if a not in JWT_HMAC | JWT_PUBLIC:
+            errors.append(f'{p}.algorithms[{i}]: unsupported algorithm "{a}" '
+                          f'(known: {", ".join(sorted(JWT_HMAC | JWT_PUBLIC))})')
+    hmac = [a for a in iss.algorithms if a in JWT_HMAC]
+    public = [a for a in iss.algorithms if a in JWT_PUBLIC]
+    if hmac and public:
+        errors.append(f"{p}.algorithms: HMAC ({', '.join(hmac)}) and public-key algorithms "
+                      f"({', '.join(public)}) cannot be mixed in one issuer")
+    sources = [k for k in ("jwks_file", "jwks_url", "public_key", "secret", "secret_env") if getattr(iss, k)]
+    if len(sources) != 1:
+        errors.append(f"{p}: exactly one key source is required: jwks_file, jwks_url, public_key, secret or "
+                      f"secret_env (got {', '.join(sources) or 'none'})")
+    if (iss.secret or iss.secret_env) and public:
+        errors.append(f"{p}.algorithms: a shared secret only verifies HS256/384/512")
+    if iss.public_key and hmac:
+        errors.append(f"{p}.algorithms: a public key cannot verify {', '.join(hmac)}")
+    if iss.jwks_file is not None:
+        try:
+            doc = json.loads(Path(iss.jwks_file).read_bytes())
+            if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+                errors.append(f'{p}.jwks_file: "{iss.jwks_file}" is not a JWK Set (no "keys" array)')
+        except OSError as e:
+            errors.append(f'{p}.jwks_file: cannot read "{iss.jwks_file}": {e.strerror or e}')
+        except ValueError:
+            errors.append(f'{p}.jwks_file: "{iss.jwks_file}" is not JSON')
+    if iss.jwks_url is not None and not re.match(r"https?://[^/\s]+", iss.jwks_url):
+        errors.append(f'{p}.jwks_url: "{iss.jwks_url}" is not an http:// or https:// URL')
+    if iss.public_key is not None and "-----BEGIN" not in iss.public_key:
+        errors.append(f"{p}.public_key: expected a PEM block (-----BEGIN PUBLIC KEY-----)")
+    if not 0 <= iss.leeway <= 60:
+        errors.append(f"{p}.leeway: must be between 0s and 60s (clock skew, not a grace period)")
+    if iss.max_lifetime is not None and iss.max_lifetime <= 0:
+        errors.append(f"{p}.max_lifetime: must be greater than 0")
+    for key in ("refresh", "refetch_min_interval", "fetch_timeout"):
+        if getattr(iss, key) <= 0:
+            errors.append(f"{p}.{key}: must be greater than 0")
+    if iss.cache_size < 0:
+        errors.append(f"{p}.cache_size: must not be negative (0 disables the cache)")
+    if iss.header is not None and (not _TOKEN.fullmatch(iss.header) or iss.header.lower() in MANAGED_HEADERS):
+        errors.append(f'{p}.header: invalid header name "{iss.header}"')
+    if iss.cookie is not None and not _TOKEN.fullmatch(iss.cookie):
+        errors.append(f'{p}.cookie: invalid cookie name "{iss.cookie}"')
+    for claim, header in iss.claims_to_headers.items():
+        kp = _key(f"{p}.claims_to_headers", claim)
+        if not _TOKEN.fullmatch(header):
+            errors.append(f'{kp}: invalid header name "{header}"')
+        elif header.lower() in MANAGED_HEADERS or header.lower() == "authorization":
+            errors.append(f"{kp}: {header} cannot carry a claim")

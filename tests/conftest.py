@@ -66,8 +66,11 @@ def _toml(value: Any) -> str:
 
 
 def render_config(port: int, upstreams: dict[str, dict], routes: list[dict],
-                  limits: dict | None = None) -> str:
-    out = ["[server]", f'listen = ["127.0.0.1:{port}"]', "workers = 1", ""]
+                  limits: dict | None = None, server: dict | None = None, extra: str = "") -> str:
+    """`server` adds keys to [server]; `extra` is TOML text appended as is (other top-level tables)."""
+    out = ["[server]", f'listen = ["127.0.0.1:{port}"]', "workers = 1"]
+    out += [f"{k} = {_toml(v)}" for k, v in (server or {}).items()]
+    out.append("")
     if limits:
         out.append("[server.limits]")
         out += [f"{k} = {_toml(v)}" for k, v in limits.items()]
@@ -81,7 +84,7 @@ def render_config(port: int, upstreams: dict[str, dict], routes: list[dict],
         out.append("[[routes]]")
         out += [f"{k} = {_toml(v)}" for k, v in r.items()]
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + extra
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,10 +175,11 @@ class GatewayLauncher:
         self.directory = directory
         self.started: list[Gateway] = []
 
-    def start(self, upstreams: dict[str, dict], routes: list[dict], limits: dict | None = None) -> Gateway:
+    def start(self, upstreams: dict[str, dict], routes: list[dict], limits: dict | None = None,
+              server: dict | None = None, extra: str = "") -> Gateway:
         port = free_port()
         n = len(self.started)
-        text = render_config(port, upstreams, routes, limits)
+        text = render_config(port, upstreams, routes, limits, server, extra)
         cfg = self.directory / f"fastgw-{n}.toml"
         cfg.write_text(text)
         stderr_path = self.directory / f"fastgw-{n}.stderr"

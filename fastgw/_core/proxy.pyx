@@ -20,6 +20,8 @@ Rules kept here (and why):
 """
 import asyncio
 
+from fastgw import proxyproto
+
 from httptools import HttpParserError, HttpResponseParser
 
 from libc.stdio cimport snprintf
@@ -742,6 +744,17 @@ cdef class Exchange:
         return self.client.peer
 
     @property
+    def xff(self):
+        """The client's X-Forwarded-For (fields joined), or None: believe it only from a trusted proxy."""
+        return self.head.xff
+
+    @property
+    def peercert(self):
+        """The verified TLS client certificate (ssl getpeercert() form), or None."""
+        t = self.client.transport
+        return t.get_extra_info("peercert") if t is not None else None
+
+    @property
     def request_id(self):
         return self.rid
 
@@ -847,6 +860,9 @@ cdef class ClientConn(RequestReader):
     cdef double head_start
     cdef int nreq
     cdef Runtime rt0
+    cdef public bint want_proxy           # server.proxy_protocol: a PROXY v1/v2 header comes first
+    cdef public bytes proto               # b"http" | b"https", for X-Forwarded-Proto
+    cdef bytes pre                        # input held until the PROXY header is complete
 
     def __init__(self, Worker w):
         cdef Runtime rt = w.rt
@@ -863,6 +879,7 @@ cdef class ClientConn(RequestReader):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "unknown").encode()
+        self.proto = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self.last_rx = self.w.clock.now
         self.head_start = self.last_rx
         self.w.conns.add(self)
@@ -870,6 +887,10 @@ cdef class ClientConn(RequestReader):
     def data_received(self, bytes data):
         if self.closed:
             return
+        if self.want_proxy:
+            data = self.proxy_preface(data)
+            if not data:
+                return
         self.last_rx = self.w.clock.now
         if self.active is None and self._state == 0:
             self.head_start = self.last_rx
@@ -879,6 +900,24 @@ cdef class ClientConn(RequestReader):
         finally:
             self.batching = False
         self.flush()
+
+    cdef bytes proxy_preface(self, bytes data):
+        """Hold input until the PROXY header is parsed (fastgw.proxyproto), take the client address
+        from it, return the bytes after it (b"" while incomplete; a bad header aborts the connection)."""
+        buf = data if self.pre is None else self.pre + data
+        try:
+            res = proxyproto.parse(buf)
+        except proxyproto.ProxyProtocolError:
+            self.abort()
+            return b""
+        if res is None:
+            self.pre = buf
+            return b""
+        self.want_proxy = False
+        self.pre = None
+        if res.source is not None:
+            self.peer = res.source.encode()
+        return buf[res.consumed:]
 
     def eof_received(self):
         self.eof = True
@@ -1169,7 +1208,7 @@ cdef class ClientConn(RequestReader):
             parts.append(ex.up_extra)
         parts += (b"X-Forwarded-For: ",
                   self.peer if h.xff is None else h.xff + b", " + self.peer,
-                  b"\r\nX-Forwarded-Proto: http\r\n")
+                  b"\r\nX-Forwarded-Proto: ", self.proto, b"\r\n")
         if h.host:
             parts += (b"X-Forwarded-Host: ", h.host, b"\r\n")
         parts += (b"X-Request-ID: ", ex.rid, b"\r\n")

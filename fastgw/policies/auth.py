@@ -1,0 +1,671 @@
+"""Identity at the edge: IP rules, API keys, JWT (local verification, JWKS rotation), mTLS subjects,
+scopes and roles (issue 5). The route's auth policy runs first in the chain (fastgw.policies.STAGES).
+
+Order on a route: IP rules (403) -> credentials (`auth = [...]`, any one listed method suffices; none
+presented or all failing: 401) -> scopes/roles (403). On success `ex.identity` is an `Identity` (the rate
+limiter reads `consumer` and `plan`), and the identity headers (X-Consumer, claims_to_headers) are added
+for the upstream. The client's own copies of those headers never reach the upstream: the HTTP/1.1 reader
+drops X-Consumer/X-User-ID/X-Roles, and `strip_headers(cfg)` names the rest for the route's remove set
+(fastgw/compile.py).
+
+Costs on the request path: an API key is one sha256 and one dict lookup; a JWT already seen is one dict
+lookup keyed by the exact token bytes (bounded cache honouring exp; entries whose key left the JWKS are
+dropped). Only a token signed with a kid the gateway has not seen makes the policy await (a rate-limited
+JWKS refetch).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import os
+import ssl
+import time
+import urllib.parse
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from fastgw.config import Config, JwtIssuer, Route
+from fastgw.observe import log
+
+MAX_TOKEN = 8192                 # DESIGN.md §5: larger tokens are refused before any crypto
+MAX_JWKS = 1024 * 1024           # a JWK Set larger than this is not a JWK Set
+Rejection = tuple[int, str, bytes | None, bytes | None]
+
+_BEARER = b'WWW-Authenticate: Bearer realm="fastgw"\r\n'
+_INVALID = b'WWW-Authenticate: Bearer realm="fastgw", error="invalid_token"\r\n'
+_INSUFFICIENT = b'WWW-Authenticate: Bearer realm="fastgw", error="insufficient_scope"\r\n'
+_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+# Which key type (and curve) each algorithm needs: a token never chooses how its key is interpreted.
+_ALG_KEY: dict[str, tuple[str, str | None]] = {
+    **{a: ("oct", None) for a in ("HS256", "HS384", "HS512")},
+    **{a: ("RSA", None) for a in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")},
+    "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+}
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+class AuthError(Exception):
+    """A credential that was presented but does not verify; the message is the problem detail."""
+
+
+class Identity:
+    """The verified caller. `consumer` is the consumer name (or the token's consumer claim when no
+    [consumers.NAME] maps it), `plan` its rate plan if known, `method` how it authenticated."""
+
+    __slots__ = ("consumer", "plan", "method", "claims", "scopes", "roles", "headers")
+
+    def __init__(self, consumer: str, method: str, plan: str | None = None, claims: dict[str, Any] | None = None,
+                 scopes: frozenset[str] = frozenset(), roles: frozenset[str] = frozenset()) -> None:
+        self.consumer = consumer
+        self.method = method
+        self.plan = plan
+        self.claims = claims
+        self.scopes = scopes
+        self.roles = roles
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def __repr__(self) -> str:
+        return f"Identity({self.consumer!r}, {self.method!r}, plan={self.plan!r})"
+
+
+def _header_value(v: Any) -> bytes | None:
+    """A claim as a header value: strings, numbers, booleans and lists of those (comma-joined); visible
+    ASCII only, so a claim can never smuggle CR/LF or anything a downstream parser reads differently."""
+    if isinstance(v, bool):
+        s = "true" if v else "false"
+    elif isinstance(v, str | int | float):
+        s = str(v)
+    elif isinstance(v, list) and all(isinstance(x, str | int | float) and not isinstance(x, bool) for x in v):
+        s = ",".join(str(x) for x in v)
+    else:
+        return None
+    if len(s) > 4096 or not all(0x20 <= ord(c) < 0x7F for c in s):
+        return None
+    return s.encode()
+
+
+def _strset(v: Any) -> frozenset[str]:
+    if isinstance(v, str):
+        return frozenset(v.split())
+    if isinstance(v, list):
+        return frozenset(x for x in v if isinstance(x, str))
+    return frozenset()
+
+
+def consumer_plan(cfg: Config, name: str) -> str | None:
+    c = cfg.consumers.get(name)
+    plan = getattr(c, "plan", None) if c is not None else None   # `plan` belongs to the traffic policy
+    return plan if isinstance(plan, str) else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keys
+
+class Key:
+    __slots__ = ("kid", "kty", "crv", "alg", "key")
+
+    def __init__(self, kid: str | None, kty: str, crv: str | None, alg: str | None, key: Any) -> None:
+        self.kid, self.kty, self.crv, self.alg, self.key = kid, kty, crv, alg, key
+
+
+def _b64(s: Any) -> bytes:
+    if not isinstance(s, str) or not s or not set(s.encode()) <= _B64URL:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def parse_jwk(jwk: Any) -> Key:
+    """One JWK (RFC 7517) as a verification key; raises ValueError for anything unusable for signatures."""
+    if not isinstance(jwk, dict):
+        raise ValueError("a JWK must be an object")
+    kty, kid, alg, use = jwk.get("kty"), jwk.get("kid"), jwk.get("alg"), jwk.get("use")
+    if kid is not None and not isinstance(kid, str):
+        raise ValueError("kid must be a string")
+    if use is not None and use != "sig":
+        raise ValueError(f"use {use!r} is not sig")
+    if alg is not None and alg not in _ALG_KEY:
+        raise ValueError(f"unsupported alg {alg!r}")
+    if kty == "oct":
+        return Key(kid, "oct", None, alg, _b64(jwk.get("k")))
+    if kty not in ("RSA", "EC", "OKP"):
+        raise ValueError(f"unsupported kty {kty!r}")
+    pub = {k: v for k, v in jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}  # public part only
+    curve_alg = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}.get(jwk.get("crv", ""), "ES256")
+    pyjwk = jwt.PyJWK(pub, algorithm=alg or {"RSA": "RS256", "EC": curve_alg, "OKP": "EdDSA"}[kty])
+    crv = jwk.get("crv") if kty in ("EC", "OKP") else None
+    return Key(kid, kty, crv, alg, pyjwk.key)
+
+
+def parse_jwks(data: bytes) -> dict[str, Key]:
+    """A JWK Set as {kid or "#n": Key}; keys that are not signature keys (or unusable) are skipped."""
+    if len(data) > MAX_JWKS:
+        raise ValueError("JWK Set larger than 1 MiB")
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError('not a JWK Set (no "keys" array)')
+    out: dict[str, Key] = {}
+    for i, jwk in enumerate(doc["keys"]):
+        try:
+            k = parse_jwk(jwk)
+        except Exception:
+            continue
+        out[k.kid if k.kid is not None else f"#{i}"] = k
+    return out
+
+
+def pem_key(text: str) -> Key:
+    k = load_pem_public_key(text.encode())
+    if isinstance(k, rsa.RSAPublicKey):
+        return Key(None, "RSA", None, None, k)
+    if isinstance(k, ec.EllipticCurvePublicKey):
+        return Key(None, "EC", _CURVES.get(k.curve.name), None, k)
+    if isinstance(k, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return Key(None, "OKP", None, None, k)
+    raise ValueError("unsupported public key type")
+
+
+def key_fits(key: Key, alg: str) -> bool:
+    kty, crv = _ALG_KEY[alg]
+    if key.kty != kty or (key.alg is not None and key.alg != alg):
+        return False
+    return crv is None or key.crv == crv
+
+
+async def http_get(url: str, timeout: float) -> bytes:
+    """GET `url` (http or https, certificate verified), returning the body of a 200 response."""
+    u = urllib.parse.urlsplit(url)
+    https = u.scheme == "https"
+    host = u.hostname or ""
+    port = u.port or (443 if https else 80)
+    target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl.create_default_context() if https else None,
+            server_hostname=host if https else None, limit=MAX_JWKS + 65536)
+        try:
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: application/json\r\n"
+                         f"User-Agent: fastgw\r\nConnection: close\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = lines[0].split(" ", 2)
+            if len(status) < 2 or status[1] != "200":
+                raise ValueError(f"status {lines[0]!r}")
+            fields = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                fields[name.strip().lower()] = value.strip()
+            if "chunked" in fields.get("transfer-encoding", "").lower():
+                parts = []
+                size_total = 0
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    size_total += size
+                    if size_total > MAX_JWKS:
+                        raise ValueError("body too large")
+                    if size == 0:
+                        break
+                    parts.append(await reader.readexactly(size))
+                    await reader.readexactly(2)
+                return b"".join(parts)
+            if "content-length" in fields:
+                n = int(fields["content-length"])
+                if n > MAX_JWKS:
+                    raise ValueError("body too large")
+                return await reader.readexactly(n)
+            body = await reader.read(MAX_JWKS + 1)
+            if len(body) > MAX_JWKS:
+                raise ValueError("body too large")
+            return body
+        finally:
+            writer.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# JWT issuers
+
+class Issuer:
+    """One [auth.jwt.NAME]: its keys (static, or a JWKS kept fresh in the background with the last
+    known good set kept on failure) and its verified-token cache."""
+
+    def __init__(self, name: str, c: JwtIssuer, cfg: Config) -> None:
+        self.name = name
+        self.c = c
+        self.algorithms = frozenset(c.algorithms)
+        self.audience = list(c.audiences) or None
+        self.require = ["exp", *c.required_claims]
+        self.keys: dict[str, Key] = {}
+        self.cache: dict[bytes, tuple[float, str, Identity]] = {}
+        self.subjects = {s: n for n, cons in cfg.consumers.items() for s in cons.jwt_subjects}
+        self.cfg = cfg
+        self.fetching: asyncio.Future[None] | None = None
+        self.last_fetch = -1e18
+        self.loaded = False
+        self.task: asyncio.Task[None] | None = None
+        self.cookie = c.cookie.encode() + b"=" if c.cookie else None
+        self.header = c.header.lower().encode() if c.header else None
+        if c.jwks_file:
+            self.set_keys(parse_jwks(Path(c.jwks_file).read_bytes()))
+        elif c.public_key:
+            self.set_keys({"#pem": pem_key(c.public_key)})
+        elif c.secret is not None or c.secret_env:
+            secret = c.secret if c.secret is not None else os.environ.get(c.secret_env or "")
+            if secret is None:
+                raise ValueError(f"auth.jwt.{name}.secret_env: environment variable {c.secret_env} is not set")
+            self.set_keys({"#secret": Key(None, "oct", None, None, secret.encode())})
+
+    # -- keys ------------------------------------------------------------------------------------------
+    def set_keys(self, keys: dict[str, Key]) -> None:
+        """Install a key set; cached tokens whose key left it are dropped."""
+        self.keys = keys
+        self.loaded = True
+        if self.cache:
+            self.cache = {t: e for t, e in self.cache.items() if e[1] in keys}
+
+    def start(self) -> None:
+        """Begin background JWKS refreshes (jwks_url only) on the running loop, if there is one."""
+        if not self.c.jwks_url or (self.task is not None and not self.task.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.task = loop.create_task(self._refresher())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _refresher(self) -> None:
+        while True:
+            ok = await self.refetch()
+            # After a failure retry sooner, but never faster than refetch_min_interval.
+            await asyncio.sleep(self.c.refresh if ok else max(self.c.refetch_min_interval, min(self.c.refresh, 30.0)))
+
+    async def refetch(self) -> bool:
+        """Fetch the JWKS once (concurrent callers share the fetch). A failure keeps the current keys."""
+        if self.fetching is not None:
+            await asyncio.shield(self.fetching)
+            return True
+        loop = asyncio.get_running_loop()
+        self.fetching = loop.create_future()
+        self.last_fetch = time.monotonic()
+        ok = False
+        try:
+            assert self.c.jwks_url
+            keys = parse_jwks(await http_get(self.c.jwks_url, self.c.fetch_timeout))
+            if not keys:
+                raise ValueError("no usable signature keys")
+            if set(keys) != set(self.keys):
+                log("jwks_updated", issuer=self.name, kids=sorted(keys))
+            self.set_keys(keys)
+            ok = True
+        except Exception as e:
+            log("jwks_fetch_failed", level="warning", issuer=self.name, url=self.c.jwks_url,
+                error=f"{type(e).__name__}: {e}", keeping=len(self.keys))
+        finally:
+            fut, self.fetching = self.fetching, None
+            fut.set_result(None)
+        return ok
+
+    def may_refetch(self) -> bool:
+        """An unknown kid triggers a refetch at most once per refetch_min_interval (a flood of made-up
+        kids must not become a flood of requests to the IdP)."""
+        if not self.c.jwks_url:
+            return False
+        if self.fetching is not None or not self.loaded:
+            return True
+        return time.monotonic() - self.last_fetch >= self.c.refetch_min_interval
+
+    # -- tokens ----------------------------------------------------------------------------------------
+    def token(self, ex: Any) -> bytes | None:
+        if self.header is not None:
+            return ex.header(self.header)
+        if self.cookie is not None:
+            raw = ex.header(b"cookie")
+            if raw:
+                for part in raw.split(b";"):
+                    part = part.strip()
+                    if part.startswith(self.cookie):
+                        return part[len(self.cookie):]
+            return None
+        auth = ex.header(b"authorization")
+        if auth is None or len(auth) < 7 or auth[:7].lower() != b"bearer ":
+            return None
+        return auth[7:].strip()
+
+    def verify(self, token: bytes, allow_fetch: bool) -> Identity | None:
+        """The identity for `token`; None when its kid is unknown and a refetch may help (the caller
+        awaits `refetch()` and calls again with allow_fetch=False). Raises AuthError otherwise."""
+        hit = self.cache.get(token)
+        if hit is not None:
+            if time.time() < hit[0]:
+                return hit[2]
+            del self.cache[token]
+        if len(token) > MAX_TOKEN:
+            raise AuthError("token too large")
+        parts = token.split(b".")
+        if len(parts) != 3 or not all(parts) or not all(set(p) <= _B64URL for p in parts):
+            raise AuthError("malformed token")
+        try:
+            header = json.loads(_b64(parts[0].decode()))
+        except (ValueError, binascii.Error):
+            raise AuthError("malformed token header") from None
+        if not isinstance(header, dict):
+            raise AuthError("malformed token header")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise AuthError("algorithm not allowed")
+        if "crit" in header:
+            raise AuthError("unsupported critical header")   # RFC 7515 §4.1.11: we understand no extension
+        if "b64" in header:
+            raise AuthError("unsupported header")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("malformed kid")
+        # jku, x5u, jwk and x5c are never followed: keys come from configuration only.
+        if kid is not None and self.c.jwks_url is not None:
+            key = self.keys.get(kid)
+            if key is None:
+                if allow_fetch and self.may_refetch():
+                    return None
+                raise AuthError("unknown signing key")
+            candidates = [key]
+        elif kid is not None and kid in self.keys:
+            candidates = [self.keys[kid]]
+        else:
+            candidates = list(self.keys.values())
+            if not candidates and allow_fetch and self.may_refetch():
+                return None
+        candidates = [k for k in candidates if key_fits(k, alg)]
+        if not candidates:
+            raise AuthError("no key of the right type for this algorithm")
+        claims = None
+        used = ""
+        for k in candidates:
+            try:
+                claims = jwt.decode(token, k.key, algorithms=[alg], audience=self.audience, issuer=self.c.issuer,
+                                    leeway=self.c.leeway, options={"require": self.require, "verify_signature": True})
+                used = k.kid if k.kid is not None else next(n for n, v in self.keys.items() if v is k)
+                break
+            except jwt.ExpiredSignatureError:
+                raise AuthError("token expired") from None
+            except jwt.ImmatureSignatureError:
+                raise AuthError("token not yet valid") from None
+            except jwt.InvalidAudienceError:
+                raise AuthError("wrong audience") from None
+            except jwt.InvalidIssuerError:
+                raise AuthError("wrong issuer") from None
+            except jwt.MissingRequiredClaimError as e:
+                raise AuthError(f"missing claim {e.claim}") from None
+            except jwt.InvalidSignatureError:
+                continue
+            except Exception:
+                raise AuthError("invalid token") from None
+        if claims is None:
+            raise AuthError("invalid signature")
+        exp = self.check_claims(claims)
+        ident = self.identity(claims)
+        if self.c.cache_size:
+            if len(self.cache) >= self.c.cache_size:
+                del self.cache[next(iter(self.cache))]
+            self.cache[token] = (exp + self.c.leeway, used, ident)
+        return ident
+
+    def check_claims(self, claims: dict[str, Any]) -> float:
+        """Claim types (PyJWT accepts "exp": "123" because int() does) and the maximum lifetime."""
+        for name in ("exp", "nbf", "iat"):
+            v = claims.get(name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise AuthError(f"claim {name} is not a number")
+        for name in ("iss", "sub", "jti"):
+            if name in claims and not isinstance(claims[name], str):
+                raise AuthError(f"claim {name} is not a string")
+        aud = claims.get("aud")
+        if aud is not None and not (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
+            raise AuthError("claim aud is not a string or an array of strings")
+        exp = float(claims["exp"])
+        if self.c.max_lifetime is not None:
+            start = float(claims["iat"]) if "iat" in claims else time.time()
+            if exp - start > self.c.max_lifetime + self.c.leeway:
+                raise AuthError("token lifetime too long")
+        if "iat" in claims and float(claims["iat"]) > time.time() + self.c.leeway:
+            raise AuthError("token issued in the future")
+        return exp
+
+    def identity(self, claims: dict[str, Any]) -> Identity:
+        c = self.c
+        who = claims.get(c.consumer_claim)
+        if not isinstance(who, str | int) or isinstance(who, bool) or who == "":
+            raise AuthError(f"claim {c.consumer_claim} missing")
+        who = str(who)
+        consumer = self.subjects.get(who, who if who in self.cfg.consumers else None)
+        plan = claims.get(c.plan_claim) if c.plan_claim else None
+        if not isinstance(plan, str):
+            plan = consumer_plan(self.cfg, consumer) if consumer else None
+        cons = self.cfg.consumers.get(consumer) if consumer else None
+        scopes = _strset(claims.get(c.scopes_claim)) | (frozenset(cons.scopes) if cons else frozenset())
+        roles = _strset(claims.get(c.roles_claim)) | (frozenset(cons.roles) if cons else frozenset())
+        ident = Identity(consumer or who, f"jwt:{self.name}", plan, claims, scopes, roles)
+        hv = _header_value(ident.consumer)
+        if hv is not None:
+            ident.headers.append((b"X-Consumer", hv))
+        for claim, header in c.claims_to_headers.items():
+            v = _header_value(claims.get(claim)) if claim in claims else None
+            if v is not None:
+                ident.headers.append((header.encode(), v))
+        return ident
+
+
+# Issuers survive reloads while their settings do not change, so a reload keeps the fetched keys and
+# the token cache. Keyed by name; the stored settings (JSON) decide reuse.
+_ISSUERS: dict[str, tuple[bytes, Issuer]] = {}
+
+
+def issuer(cfg: Config, name: str) -> Issuer:
+    import msgspec
+    c = cfg.auth.jwt[name]
+    sig = msgspec.json.encode(c) + msgspec.json.encode(cfg.consumers)
+    old = _ISSUERS.get(name)
+    if old is not None and old[0] == sig and not c.jwks_file:
+        old[1].cfg = cfg
+        return old[1]
+    if old is not None:
+        old[1].stop()
+    iss = Issuer(name, c, cfg)
+    _ISSUERS[name] = (sig, iss)
+    iss.start()
+    return iss
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client address and IP rules
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _nets(values: list[str]) -> tuple[Net, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def _within(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[Net, ...]) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == n.version and addr in n for n in nets)
+
+
+class ClientAddress:
+    """The real client address: the TCP peer (already replaced by the PROXY protocol header on
+    listeners with server.proxy_protocol), or, when the peer is a trusted proxy, the right-most
+    X-Forwarded-For entry that is not itself a trusted proxy."""
+
+    def __init__(self, trusted: tuple[Net, ...]) -> None:
+        self.trusted = trusted
+
+    def __call__(self, ex: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            addr = ipaddress.ip_address(ex.peer.decode())
+        except ValueError:
+            return None
+        if not self.trusted or not _within(addr, self.trusted):
+            return addr
+        xff = ex.xff
+        if not xff:
+            return addr
+        for item in reversed(xff.split(b",")):
+            try:
+                hop = ipaddress.ip_address(item.strip().decode())
+            except (ValueError, UnicodeDecodeError):
+                return addr            # a malformed entry: stop at the last address we could trust
+            addr = hop
+            if not _within(hop, self.trusted):
+                return hop
+        return addr
+
+
+# ---------------------------------------------------------------------------------------------------
+# The route policy
+
+_FORBIDDEN_IP: Rejection = (403, "forbidden", b"client address not allowed", None)
+
+
+class AuthPolicy:
+    def __init__(self, cfg: Config, route: Route) -> None:
+        s = cfg.server
+        self.client = ClientAddress(_nets(s.trusted_proxies))
+        self.deny = _nets(s.ip_deny) + _nets(route.ip_deny)
+        self.allow = _nets(route.ip_allow) if route.ip_allow else _nets(s.ip_allow)
+        self.ip_rules = bool(self.deny or self.allow)
+        self.methods: list[tuple[str, Any]] = []
+        for m in route.auth:
+            if m.startswith("jwt:"):
+                self.methods.append(("jwt", issuer(cfg, m[4:])))
+            else:
+                self.methods.append((m, None))
+        self.keys = {h: name for name, c in cfg.consumers.items() for h in c.api_keys_sha256}
+        self.certs = {sub: name for name, c in cfg.consumers.items() for sub in c.cert_subjects}
+        self.cfg = cfg
+        ak = cfg.auth.api_key
+        self.key_header = ak.header.lower().encode()
+        self.key_query = ak.query.encode() + b"=" if ak.query else None
+        self.scopes = frozenset(route.scopes)
+        self.roles = frozenset(route.roles)
+        self.challenge = _BEARER if any(k == "jwt" for k, _ in self.methods) else \
+            b'WWW-Authenticate: ApiKey realm="fastgw"\r\n'
+
+    def check(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
+        if self.ip_rules:
+            addr = self.client(ex)
+            if addr is None or (self.deny and _within(addr, self.deny)) or (self.allow and not _within(addr, self.allow)):
+                return _FORBIDDEN_IP
+        if not self.methods:
+            return None
+        return self.authenticate(ex, True)
+
+    def authenticate(self, ex: Any, allow_fetch: bool) -> Rejection | Awaitable[Rejection | None] | None:
+        failure: str | None = None
+        for kind, iss in self.methods:
+            try:
+                if kind == "jwt":
+                    tok = iss.token(ex)
+                    if tok is None:
+                        continue
+                    ident = iss.verify(tok, allow_fetch)
+                    if ident is None:
+                        return self._after_fetch(ex, iss)
+                elif kind == "api_key":
+                    key = self._api_key(ex)
+                    if key is None:
+                        continue
+                    name = self.keys.get(hashlib.sha256(key).hexdigest())
+                    if name is None:
+                        raise AuthError("unknown API key")
+                    ident = Identity(name, "api_key", consumer_plan(self.cfg, name),
+                                     scopes=frozenset(self.cfg.consumers[name].scopes),
+                                     roles=frozenset(self.cfg.consumers[name].roles))
+                    ident.headers.append((b"X-Consumer", name.encode()))
+                else:  # mtls
+                    cert = ex.peercert
+                    if not cert:
+                        continue
+                    ident = self._cert_identity(cert)
+            except AuthError as e:
+                failure = failure or str(e)
+                continue
+            except Exception:    # a library surprise is still a failed credential, never a 500
+                failure = failure or "invalid credentials"
+                continue
+            return self.admit(ex, ident)
+        if failure is None:
+            return (401, "unauthorized", None, self.challenge)
+        return (401, "unauthorized", failure.encode(), _INVALID if self.challenge is _BEARER else self.challenge)
+
+    async def _after_fetch(self, ex: Any, iss: Issuer) -> Rejection | None:
+        await iss.refetch()
+        r = self.authenticate(ex, False)
+        return r  # type: ignore[return-value]  # allow_fetch=False never returns an awaitable
+
+    def admit(self, ex: Any, ident: Identity) -> Rejection | None:
+        if self.scopes and not self.scopes <= ident.scopes:
+            return (403, "forbidden", b"missing required scope", _INSUFFICIENT)
+        if self.roles and not (self.roles & ident.roles):
+            return (403, "forbidden", b"missing required role", None)
+        ex.identity = ident
+        for name, value in ident.headers:
+            ex.add_upstream_header(name, value)
+        return None
+
+    def _api_key(self, ex: Any) -> bytes | None:
+        v = ex.header(self.key_header)
+        if v is not None:
+            return v.strip()
+        if self.key_query is not None and ex.query:
+            for part in ex.query[1:].split(b"&"):
+                if part.startswith(self.key_query):
+                    return urllib.parse.unquote_to_bytes(part[len(self.key_query):])
+        return None
+
+    def _cert_identity(self, cert: dict[str, Any]) -> Identity:
+        names = []
+        for rdn in cert.get("subject", ()):
+            for k, v in rdn:
+                if k == "commonName":
+                    names.append(f"CN={v}")
+        for kind, v in cert.get("subjectAltName", ()):
+            names.append(f"{kind}:{v}")
+        for n in names:
+            name = self.certs.get(n)
+            if name is not None:
+                c = self.cfg.consumers[name]
+                ident = Identity(name, "mtls", consumer_plan(self.cfg, name), scopes=frozenset(c.scopes),
+                                 roles=frozenset(c.roles))
+                ident.headers.append((b"X-Consumer", name.encode()))
+                return ident
+        raise AuthError("client certificate not mapped to a consumer")
+
+
+def build(cfg: Config, route: Route, services: dict[str, Any]) -> AuthPolicy | None:
+    if not (route.auth or route.ip_allow or route.ip_deny or cfg.server.ip_allow or cfg.server.ip_deny):
+        return None
+    return AuthPolicy(cfg, route)
+
+
+def strip_headers(cfg: Config) -> list[str]:
+    """Header names the client may not send upstream: every claims_to_headers target, X-Consumer, and the
+    API key header unless auth.api_key.forward."""
+    names = ["X-Consumer"]
+    for iss in cfg.auth.jwt.values():
+        names += iss.claims_to_headers.values()
+    if not cfg.auth.api_key.forward:
+        names.append(cfg.auth.api_key.header)
+    return names
