@@ -121,6 +121,11 @@ def summary(cfg: Config, path: str) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if cfg.plans:
+        from fastgw.quota import overshoot_summary  # no compiled code: check works before a build
+
+        workers = cfg.server.workers if isinstance(cfg.server.workers, int) else len(os.sched_getaffinity(0))
+        lines += ["", f"plans ({len(cfg.plans)}):", *overshoot_summary(cfg, workers)]
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
-from fastgw.units import parse_duration, parse_size
+from fastgw.units import parse_duration, parse_quota, parse_rate, parse_size
 
 
 class _Unit:
@@ -136,6 +136,7 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     max_body: Size | None = None
     request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
     response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
+    plan: str | None = None                  # rate plan; a consumer's own plan overrides it
     auth: list[str] = msgspec.field(default_factory=list)
     scopes: list[str] = msgspec.field(default_factory=list)
     roles: list[str] = msgspec.field(default_factory=list)
@@ -191,6 +192,44 @@ class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cert_subjects: list[str] = msgspec.field(default_factory=list)
     scopes: list[str] = msgspec.field(default_factory=list)
     roles: list[str] = msgspec.field(default_factory=list)
+    plan: str | None = None                 # rate plan of this consumer ([plans.NAME]); overrides the route's
+
+
+class PlanLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One limit of a plan: exactly one of rate (token bucket), quota (UTC calendar window) or
+    concurrency (requests in flight). See docs/traffic-policy.md."""
+
+    rate: str | None = None              # "100/s", "6000/min": refill rate of a token bucket
+    burst: int | None = None             # bucket size (default: the rate's count; 1 = spike arrest)
+    quota: str | None = None             # "10000/day": count per UTC minute, hour, day or month
+    concurrency: int | None = None       # requests in flight at once (per host)
+    key: list[str] = msgspec.field(default_factory=lambda: ["consumer"])   # consumer|ip|route|header:NAME
+    enforce: bool = True                 # false: shadow mode, count and log only
+    name: str | None = None              # name in RateLimit-Policy (default: rate, minute, hour, day, month)
+
+
+class RatePlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    limits: list[PlanLimit]
+    sync: Literal["local", "lease", "strict"] = "local"
+    on_store_error: Literal["local", "open", "closed"] = "local"
+
+
+class RedisStore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[redis]: the store shared by every instance for sync = "lease" / "strict" plans."""
+
+    url: str                              # redis://[:password@]host:port[/db]
+    timeout: Duration = 0.02              # per command; then the circuit breaker opens
+    retry_interval: Duration = 0.2        # reconnect attempts while the breaker is open
+    lease_period: Duration = 0.1          # a lease covers about this much of a worker's traffic
+    lease_max: int = 50                   # most tokens one worker holds for one key
+    lease_ttl: Duration = 1.0             # unspent leased tokens expire after this
+    heartbeat: Duration = 1.0             # instance liveness (for on_store_error = "local")
+
+
+class RateLimitTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[ratelimit]: the per-host bucket table in shared memory."""
+
+    table_size: Size = 16 * 1024 * 1024
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -198,6 +237,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     admin: Admin = msgspec.field(default_factory=Admin)
     upstreams: dict[str, Upstream]
     routes: list[Route]
+    redis: RedisStore | None = None
+    plans: dict[str, RatePlan] = msgspec.field(default_factory=dict)
+    ratelimit: RateLimitTable = msgspec.field(default_factory=RateLimitTable)
     auth: Auth = msgspec.field(default_factory=Auth)
     consumers: dict[str, Consumer] = msgspec.field(default_factory=dict)
 
@@ -514,6 +556,7 @@ def _shape(path: str) -> str:
 def _validate(cfg: Config) -> list[str]:
     errors: list[str] = []
     _check_server(cfg, errors)
+    _check_traffic(cfg, errors)
     _check_identity(cfg, errors)
     if not cfg.upstreams:
         errors.append("upstreams: at least one upstream is required")
@@ -844,3 +887,83 @@ def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str]) -> None:
             errors.append(f'{kp}: invalid header name "{header}"')
         elif header.lower() in MANAGED_HEADERS or header.lower() == "authorization":
             errors.append(f"{kp}: {header} cannot carry a claim")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Traffic policy (issue 4): [plans.*], [redis], [ratelimit], routes[].plan, consumers.*.plan.
+
+_LIMIT_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
+
+
+def _check_traffic(cfg: Config, errors: list[str]) -> None:
+    known = ", ".join(sorted(cfg.plans)) or "none"
+    for pname, plan in cfg.plans.items():
+        pp = _key("plans", pname)
+        if not _NAME.fullmatch(pname):
+            errors.append(f'{pp}: invalid plan name "{pname}" (use letters, digits, "_", ".", "-")')
+        if not plan.limits:
+            errors.append(f"{pp}.limits: at least one limit is required")
+        if len(plan.limits) > 16:
+            errors.append(f"{pp}.limits: at most 16 limits per plan")
+        names: set[str] = set()
+        for i, lim in enumerate(plan.limits):
+            lp = f"{pp}.limits[{i}]"
+            given = [k for k in ("rate", "quota", "concurrency") if getattr(lim, k) is not None]
+            if len(given) != 1:
+                errors.append(f"{lp}: set exactly one of rate, quota or concurrency"
+                              + (f" (got {', '.join(given)})" if given else ""))
+            if lim.rate is not None:
+                try:
+                    parse_rate(lim.rate)
+                except ValueError as e:
+                    errors.append(f"{lp}.rate: {e}")
+            if lim.quota is not None:
+                try:
+                    parse_quota(lim.quota)
+                except ValueError as e:
+                    errors.append(f"{lp}.quota: {e}")
+            if lim.burst is not None:
+                if lim.rate is None:
+                    errors.append(f"{lp}.burst: only valid with rate")
+                elif lim.burst < 1:
+                    errors.append(f"{lp}.burst: must be at least 1 (1 is spike arrest)")
+            if lim.concurrency is not None and lim.concurrency < 1:
+                errors.append(f"{lp}.concurrency: must be at least 1")
+            if not lim.key:
+                errors.append(f'{lp}.key: must not be empty (e.g. ["consumer"])')
+            for j, part in enumerate(lim.key):
+                name = part[7:] if part.startswith("header:") else None
+                if part not in ("consumer", "ip", "route") and not (name and _TOKEN.fullmatch(name)):
+                    errors.append(f'{lp}.key[{j}]: invalid key part "{part}" '
+                                  '(use "consumer", "ip", "route" or "header:NAME")')
+            if lim.name is not None and not _LIMIT_NAME.fullmatch(lim.name):
+                errors.append(f'{lp}.name: invalid name "{lim.name}" (lowercase letters, digits, "_.-", at most 32)')
+            label = lim.name or _default_limit_name(lim)
+            if label in names and lim.concurrency is None:
+                errors.append(f'{lp}.name: two limits of the plan are called "{label}" (set name to tell them apart)')
+            names.add(label)
+    for i, r in enumerate(cfg.routes):
+        if r.plan is not None and r.plan not in cfg.plans:
+            errors.append(f'routes[{i}].plan: unknown plan "{r.plan}" (known: {known})')
+    for cname, consumer in getattr(cfg, "consumers", {}).items():
+        cplan = getattr(consumer, "plan", None)
+        if cplan is not None and cplan not in cfg.plans:
+            errors.append(f'{_key(_key("consumers", cname), "plan")}: unknown plan "{cplan}" (known: {known})')
+    if cfg.redis is not None:
+        rd = cfg.redis
+        if not re.fullmatch(r"redis://(?::[^@/]*@)?[^:/@]+(?::\d+)?(?:/\d+)?", rd.url):
+            errors.append(f'redis.url: invalid URL "{rd.url}" (use "redis://[:password@]host:port[/db]")')
+        for field in ("timeout", "retry_interval", "lease_period", "lease_ttl", "heartbeat"):
+            if getattr(rd, field) <= 0:
+                errors.append(f"redis.{field}: must be greater than 0")
+        if rd.lease_max < 1:
+            errors.append("redis.lease_max: must be at least 1")
+    # 64-byte slots; fewer than 64 slots would evict live keys constantly.
+    if cfg.ratelimit.table_size < 64 * 65:
+        errors.append("ratelimit.table_size: must be at least 4KiB")
+
+
+def _default_limit_name(lim: PlanLimit) -> str:
+    if lim.quota is not None:
+        return lim.quota.rpartition("/")[2]
+    return "rate" if lim.rate is not None else "concurrency"

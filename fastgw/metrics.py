@@ -2,8 +2,8 @@
 
 The supervisor creates one shared-memory file (memfd: anonymous, gone when the last process holding it
 exits, nothing to clean up in /dev/shm) and hands its descriptor to every worker it spawns. The file is cut
-into named sections (`Layout`); today there is one, "metrics", and the rate-limit bucket table will add its
-own. Workers map it and write; the supervisor maps it and reads.
+into named sections (`Layout`): "metrics", and the traffic policy's "ratelimit" (the per-host bucket table,
+fastgw/_core/buckets.pyx) and "rlstats" (its per-worker decision counters, fastgw/policies/ratelimit.py). Workers map it and write; the supervisor maps it and reads.
 
 Metrics section: one region per worker slot, each region a flat array of 64-bit counters. A worker only
 ever writes its own region (plain increments from the C data path, fastgw._core.proxy.Worker.observe: no
@@ -79,9 +79,11 @@ class SharedMemory:
         self.map = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     @classmethod
-    def create(cls, workers: int, routes: int = ROUTE_SLOTS) -> SharedMemory:
+    def create(cls, workers: int, routes: int = ROUTE_SLOTS, extra: dict[str, int] | None = None) -> SharedMemory:
         layout = Layout()
         layout.add("metrics", workers * region_bytes(routes))
+        for name, size in (extra or {}).items():      # e.g. "ratelimit": the per-host bucket table
+            layout.add(name, size)
         fd = os.memfd_create("fastgw-shared", os.MFD_CLOEXEC)   # workers get it through pass_fds
         os.ftruncate(fd, layout.size)
         return cls(fd, layout)

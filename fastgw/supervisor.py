@@ -40,6 +40,7 @@ from fastgw.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
 from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, render, snapshot
 from fastgw.observe import log, set_context
+from fastgw.policies import ratelimit
 from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
@@ -220,7 +221,11 @@ class Supervisor:
         process = {"reloads": self.reloads, "hash": self.hash, "configured": self.nworkers,
                    "running": len(live), "ready": sum(1 for s in self.slots if s.proc is not None and s.gen == self.gen),
                    "restarts": self.restarts, "draining": self.draining}
-        return 200, PROMETHEUS, render(snap, self.route_names, process)
+        text = render(snap, self.route_names, process)
+        if self.shm is not None and "rlstats" in self.shm.layout.sections:
+            regions = ratelimit.stats_regions(self.shm, self.nworkers)
+            text += "\n".join(ratelimit.render_metrics(regions, [regions[i] for i in sorted(live)], self.cfg)) + "\n"
+        return 200, PROMETHEUS, text
 
     # -- signals ---------------------------------------------------------------------------------------
     def on_sighup(self) -> None:
@@ -303,7 +308,8 @@ class Supervisor:
         set_context(role="supervisor")
         loop = asyncio.get_running_loop()
         self.bind_all()
-        self.shm = SharedMemory.create(self.nworkers)
+        self.shm = SharedMemory.create(self.nworkers, extra=ratelimit.shm_sections(self.cfg, self.nworkers))
+        ratelimit.init_shared(self.shm)
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
         try:

@@ -89,3 +89,38 @@ def _quote(text: str) -> str:
     """Show the user's text in double quotes, as it appears in TOML (escapes only if needed)."""
     r = repr(text)
     return '"' + r[1:-1].replace('"', '\\"') + '"' if r[0] == "'" else r
+
+
+# Rates and quotas: "<count>/<unit>". A rate is a token bucket refilled evenly ("100/s", "6000/min");
+# a quota is a count per UTC calendar window ("10000/day", "1000000/month").
+RATE_UNITS: dict[str, int] = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
+                              "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+QUOTA_WINDOWS = ("minute", "hour", "day", "month")
+_RATE = re.compile(r"(\d+)/([a-z]+)")
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """"100/s" -> (100, 1); "6000/min" -> (6000, 60): (count, period in seconds)."""
+    m = _RATE.fullmatch(text)
+    if m is None or m[2] not in RATE_UNITS:
+        raise ValueError(f'invalid rate {_quote(text)} (use "<count>/<s|min|h|day>", e.g. "100/s", "6000/min")')
+    count = int(m[1])
+    if count < 1:
+        raise ValueError(f"invalid rate {_quote(text)}: the count must be at least 1")
+    period = RATE_UNITS[m[2]]
+    if count > 1_000_000 * period:
+        raise ValueError(f"invalid rate {_quote(text)}: at most 1000000/s")
+    return count, period
+
+
+def parse_quota(text: str) -> tuple[int, str]:
+    """"10000/day" -> (10000, "day"): (count, UTC calendar window: minute, hour, day or month)."""
+    m = _RATE.fullmatch(text)
+    if m is None or m[2] not in QUOTA_WINDOWS:
+        raise ValueError(f'invalid quota {_quote(text)} (use "<count>/<minute|hour|day|month>", e.g. "10000/day")')
+    count = int(m[1])
+    if count < 1:
+        raise ValueError(f"invalid quota {_quote(text)}: the count must be at least 1")
+    if count >= 2**40:
+        raise ValueError(f"invalid quota {_quote(text)}: too large")
+    return count, m[2]

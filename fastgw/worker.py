@@ -42,6 +42,7 @@ from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
 from fastgw.metrics import H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
 from fastgw.observe import AccessLog, log, set_context
+from fastgw.policies import ratelimit
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
 BACKLOG = 4096            # listen(2) backlog; the kernel caps it at net.core.somaxconn
@@ -106,6 +107,7 @@ class WorkerProcess:
         self.exit_code = 0
         self.exit_reason = ""
         self.drain_task: asyncio.Task[None] | None = None
+        self.services: dict[str, Any] | None = None    # long-lived resources of policies (compile_config)
 
     # -- config ----------------------------------------------------------------------------------------
     def apply(self, msg: dict[str, Any]) -> None:
@@ -113,7 +115,9 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()
         cfg = loads(msg["toml"], source=f"config generation {msg['gen']}")
         groups = build_groups(cfg, self.cfg, self.groups)
-        rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()})
+        if self.services is None:
+            self.services = ratelimit.worker_services(self.shm, self.slot, loop)
+        rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()}, self.services)
         if self.w is None:
             self.w = Worker(rt, loop, os.urandom(5).hex().encode() + b"%x-" % self.slot)
             self.w.sweep(loop.time(), date_header(time.time()))

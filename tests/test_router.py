@@ -298,7 +298,7 @@ def requests(draw, routes):
     return draw(st.sampled_from(REQUEST_METHODS)), draw(st.sampled_from(REQUEST_HOSTS)), raw
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_router_agrees_with_reference(data):
     routes = data.draw(route_sets())

@@ -22,7 +22,7 @@ Rejection = tuple[int, str, bytes | None, bytes | None]
 Result = Rejection | Awaitable[Rejection | None] | None
 
 # Stage modules, in the order their policies run on a route.
-STAGES: tuple[str, ...] = ("fastgw.policies.auth",)
+STAGES: tuple[str, ...] = ("fastgw.policies.auth", "fastgw.policies.ratelimit")
 
 
 class Policy(Protocol):
