@@ -11,7 +11,7 @@ from typing import Any
 
 from fastgw import __version__
 from fastgw._core.http1 import DEFAULT_ACTIONS
-from fastgw._core.proxy import RouteRT, Runtime, Target, UpstreamGroup
+from fastgw._core.proxy import H2Limits, RouteRT, Runtime, Target, UpstreamGroup
 from fastgw._core.router import Router
 from fastgw.config import Config
 from fastgw.errors import build_problems
@@ -94,4 +94,6 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run.max_hbytes = limits.max_header_bytes
     run.max_headers = limits.max_headers
     run.version = __version__
+    h2 = cfg.server.http2
+    run.h2 = H2Limits(h2.max_concurrent_streams, h2.stream_window, h2.connection_window, h2.stall_timeout)
     return run

@@ -74,6 +74,16 @@ class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     timeout_seconds: Duration = 20.0
 
 
+class Http2(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Downstream HTTP/2 (h2c prior knowledge and TLS ALPN "h2"); docs/http2.md. Header limits are
+    server.limits' (max_header_bytes is the header list size, max_headers the field count)."""
+
+    max_concurrent_streams: int = 100
+    stream_window: Size = 65535
+    connection_window: Size = 1024 * 1024
+    stall_timeout: Duration = 30.0
+
+
 class TlsCert(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One certificate chain and its private key (PEM files)."""
 
@@ -100,6 +110,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     access_log: bool = False
     limits: Limits = msgspec.field(default_factory=Limits)
     drain: Drain = msgspec.field(default_factory=Drain)
+    http2: Http2 = msgspec.field(default_factory=Http2)
     proxy_protocol: bool = False
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     ip_allow: list[str] = msgspec.field(default_factory=list)
@@ -682,6 +693,18 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
     # A zero body limit is meaningful: such routes accept no request body at all.
     if lim.max_body < 0:
         errors.append("server.limits.max_body: must not be negative")
+    h2 = s.http2
+    # RFC 9113 6.5.2 asks for at least 100 concurrent streams; 1000 bounds what one connection may hold.
+    if not 1 <= h2.max_concurrent_streams <= 1000:
+        errors.append("server.http2.max_concurrent_streams: must be between 1 and 1000")
+    # Windows: 16 KiB (one frame) up to 2^31-1 (RFC 9113 6.9.1).
+    for name in ("stream_window", "connection_window"):
+        if not 16384 <= getattr(h2, name) <= 2**31 - 1:
+            errors.append(f"server.http2.{name}: must be between 16KiB and 2GiB-1")
+    if h2.connection_window < 65535:
+        errors.append("server.http2.connection_window: must be at least 65535 (the protocol's initial window)")
+    if h2.stall_timeout <= 0:
+        errors.append("server.http2.stall_timeout: must be greater than 0")
     # Zero is allowed for both drain durations (stop accepting at once / do not wait); a day is far beyond
     # any load balancer's deregistration delay (AWS NLB: at most 3600 s) and surely a unit mistake.
     for name in ("accept_seconds", "timeout_seconds"):

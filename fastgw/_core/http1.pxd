@@ -47,3 +47,6 @@ cdef class RequestReader:
     cpdef request_body(self, bytes data)
     cpdef request_end(self)
     cpdef request_error(self, int status, str slug, str detail)
+
+# Shared with the HTTP/2 engine (proxy.pyx h2.pxi), which applies the same path rules.
+cdef bint _bad_path(bytes path, int flags)

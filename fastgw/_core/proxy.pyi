@@ -93,6 +93,19 @@ class Runtime:
     max_hbytes: int
     max_headers: int
     version: str
+    h2: H2Limits | None
+
+class H2Encoder:
+    header_table_size: int
+    def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = True) -> bytes: ...
+
+class H2Limits:
+    max_streams: int
+    stream_window: int
+    conn_window: int
+    stall_timeout: float
+    def __init__(self, max_streams: int = 100, stream_window: int = 65535, conn_window: int = 1048576,
+                 stall_timeout: float = 30.0) -> None: ...
 
 class ClientConn(RequestReader, asyncio.Protocol):
     transport: Any
@@ -108,6 +121,7 @@ class ClientConn(RequestReader, asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None: ...
     def pause_writing(self) -> None: ...
     def resume_writing(self) -> None: ...
+    def start_h2(self, data: bytes) -> None: ...
 
 class Clock:
     now: float

@@ -32,7 +32,26 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
 
-from fastgw._core.http1 cimport RequestHead, RequestReader
+
+DEF GATHER_MIN = 16384
+
+
+cdef void write_parts(object transport, list parts):
+    """One write of the parts: small ones are copied together (one buffer, one syscall), large ones go to
+    writelines, which uvloop hands to writev without copying (a 64 KiB body is not copied twice)."""
+    cdef Py_ssize_t total = 0, k, n = len(parts)
+    if n == 1:
+        transport.write(parts[0])
+        return
+    for k in range(n):
+        total += len(parts[k])
+    if total >= GATHER_MIN:
+        transport.writelines(parts)
+    else:
+        transport.write(b"".join(parts))
+
+
+from fastgw._core.http1 cimport RequestHead, RequestReader, _bad_path
 
 
 # Reasons to stop reading from the client (a bit each; reading resumes when none is left).
@@ -93,6 +112,7 @@ cdef class UpstreamConn
 cdef class Exchange
 cdef class ClientConn
 cdef class Worker
+cdef class H2Conn
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,6 +174,7 @@ cdef class Runtime:
     cdef public Py_ssize_t max_hbytes
     cdef public Py_ssize_t max_headers
     cdef public str version
+    cdef public object h2                 # H2Limits ([server.http2]), or None for the defaults
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -638,46 +659,11 @@ cdef class Exchange:
 
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
-        cdef ClientConn cl = self.client
-        cdef RouteRT route = self.route
-        cdef RequestHead h = self.head
-        cdef list parts
-        cdef list pieces = c.rpieces
-        cdef bint is_head = h.method == b"HEAD"
-        cdef Py_ssize_t i
+        cdef bint is_head = self.head.method == b"HEAD"
         self.resp_started = True
         self.status = status
-        line = STATUS_LINES.get(status)
-        if line is None:
-            line = b"HTTP/1.1 %d Unknown\r\n" % status
-        parts = [line]
-        parts += pieces
-        if route.resp_add:
-            parts.append(route.resp_add)
-        if self.resp_extra is not None:
-            parts.append(self.resp_extra)
-        parts += (b"X-Request-ID: ", self.rid, b"\r\n")
         self.resp_nobody = is_head or status == 204 or status == 304
-        if self.resp_nobody:
-            if c.r_has_cl and status != 204:
-                parts += (b"Content-Length: ", c.r_cl, b"\r\n")
-        elif c.r_has_cl and not c.r_chunked:
-            parts += (b"Content-Length: ", c.r_cl, b"\r\n")
-        elif h.minor == 1:
-            self.resp_chunked = True
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            self.close_after = True          # HTTP/1.0 client: the end of the body is the close
-        if not self.body_done or not h.keep_alive or cl.draining or cl.reader_done() \
-                or cl.nreq + 1 >= cl.rt0.max_requests:
-            self.close_after = True
-        if self.close_after:
-            parts.append(b"Connection: close\r\n\r\n")
-        elif h.minor == 0:
-            parts.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
-        cl.send(b"".join(parts))
+        self.client.write_head(self, c, status)
         if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
             # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
             # the connection (it would wait for body bytes that never come).
@@ -687,16 +673,12 @@ cdef class Exchange:
     cdef void resp_body(self, bytes data):
         if self.resp_nobody:
             return
-        if self.resp_chunked:
-            self.client.send(b"%x\r\n" % len(data) + data + b"\r\n")
-        else:
-            self.client.send(data)
+        self.client.write_body(self, data)
 
     cdef void resp_end(self, bint reusable):
         if self.done:
             return
-        if self.resp_chunked:
-            self.client.send(b"0\r\n\r\n")
+        self.client.write_end(self)
         self.release_upstream(reusable)
         self.complete()
 
@@ -802,14 +784,14 @@ cdef class Exchange:
         if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
                 or status == 414:
             self.close_after = True
-        if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests:
+        if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests \
+                or (self.head is not None and not self.head.keep_alive):   # the client asked to close
             self.close_after = True
         self.status = status
         extra = self.err_extra
         if self.resp_extra is not None:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
-        cl.send(cl.render_problem(self.rt, slug, self.head, self.rid, detail, extra,
-                                  self.close_after))
+        cl.write_problem(self, slug, detail, extra)
         self.complete()
 
 
@@ -863,6 +845,9 @@ cdef class ClientConn(RequestReader):
     cdef public bint want_proxy           # server.proxy_protocol: a PROXY v1/v2 header comes first
     cdef public bytes proto               # b"http" | b"https", for X-Forwarded-Proto
     cdef bytes pre                        # input held until the PROXY header is complete
+    cdef H2Conn h2                        # set when the connection speaks HTTP/2 (h2.pxi)
+    cdef bint sniffed                     # the first bytes were checked for the h2c preface
+    cdef bytes sbuf                       # a partial preface-looking start, until 24 bytes are in
 
     def __init__(self, Worker w):
         cdef Runtime rt = w.rt
@@ -883,6 +868,9 @@ cdef class ClientConn(RequestReader):
         self.last_rx = self.w.clock.now
         self.head_start = self.last_rx
         self.w.conns.add(self)
+        ssl = transport.get_extra_info("ssl_object")
+        if ssl is not None and ssl.selected_alpn_protocol() == "h2":
+            self.start_h2(b"")
 
     def data_received(self, bytes data):
         if self.closed:
@@ -890,6 +878,13 @@ cdef class ClientConn(RequestReader):
         if self.want_proxy:
             data = self.proxy_preface(data)
             if not data:
+                return
+        if self.h2 is not None:
+            self.h2.feed(data)
+            return
+        if not self.sniffed:
+            data = self.sniff(data)
+            if data is None:
                 return
         self.last_rx = self.w.clock.now
         if self.active is None and self._state == 0:
@@ -921,6 +916,9 @@ cdef class ClientConn(RequestReader):
 
     def eof_received(self):
         self.eof = True
+        if self.h2 is not None:
+            self.h2.lost()
+            return False
         if self.active is None and not self.queue:
             self.close()
             return False
@@ -930,6 +928,8 @@ cdef class ClientConn(RequestReader):
         cdef Exchange ex
         self.closed = True
         self.w.conns.discard(self)
+        if self.h2 is not None:
+            self.h2.lost()
         for ex in ([self.active] if self.active is not None else []) + self.queue:
             ex.done = True
             if ex.connect_task is not None:
@@ -948,6 +948,8 @@ cdef class ClientConn(RequestReader):
     def pause_writing(self):
         cdef UpstreamConn up
         self.wpaused = True
+        if self.h2 is not None:
+            self.h2.pause_writing()
         if self.active is not None and self.active.up is not None:
             up = self.active.up
             if up.transport is not None and not up.rpaused:
@@ -957,11 +959,43 @@ cdef class ClientConn(RequestReader):
     def resume_writing(self):
         cdef UpstreamConn up
         self.wpaused = False
+        if self.h2 is not None:
+            self.h2.resume_writing()
         if self.active is not None and self.active.up is not None:
             up = self.active.up
             if up.transport is not None and up.rpaused:
                 up.rpaused = False
                 up.transport.resume_reading()
+
+    # -- HTTP/2 selection -----------------------------------------------------------------------------
+    cdef bytes sniff(self, bytes data):
+        """The connection's first bytes: an h2c prior-knowledge preface hands the connection to the
+        HTTP/2 engine (None returned); anything else is HTTP/1.1 (the bytes returned, to feed)."""
+        cdef Py_ssize_t n
+        if self.sbuf is not None:
+            data = self.sbuf + data
+            self.sbuf = None
+        n = len(data)
+        if n == 0:
+            return data
+        if n > 24:
+            n = 24
+        if (<const char*>data)[0] != b'P' or data[:n] != H2_PREFACE[:n]:
+            self.sniffed = True
+            return data
+        if n < 24:
+            self.sbuf = data
+            return None
+        self.start_h2(data)
+        return None
+
+    cpdef start_h2(self, bytes data):
+        """Speak HTTP/2 on this connection from now on (h2c preface seen, or ALPN chose "h2"); `data`
+        is what was received so far (the client preface included)."""
+        self.sniffed = True
+        self.h2 = H2Conn(self)
+        if data:
+            self.h2.feed(data)
 
     # -- output ----------------------------------------------------------------------------------------
     cdef void send(self, bytes data):
@@ -973,13 +1007,10 @@ cdef class ClientConn(RequestReader):
     cdef void flush(self):
         cdef Exchange ex = self.active
         if self.wbuf and not self.closed:
-            if len(self.wbuf) == 1:
-                self.transport.write(self.wbuf[0])
-            else:
-                self.transport.write(b"".join(self.wbuf))
+            write_parts(self.transport, self.wbuf)
             self.wbuf = []
         if ex is not None and ex.out and ex.up is not None and ex.up.transport is not None:
-            ex.up.transport.write(b"".join(ex.out))
+            write_parts(ex.up.transport, ex.out)
             ex.out = []
 
     cdef void close(self):
@@ -1012,6 +1043,65 @@ cdef class ClientConn(RequestReader):
 
     cdef bint reader_done(self):
         return self._state == 3 or self.upgraded or self.eof or self.discard
+
+    # -- response output (the downstream interface the Exchange writes through) ------------------------
+    # ClientConn serialises HTTP/1.1 here; H2Stream (h2.pxi) overrides these four for HTTP/2. The
+    # Exchange calls them and nothing protocol-specific: routing, policies and upstream handling are
+    # shared by both engines.
+    cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
+        cdef RouteRT route = ex.route
+        cdef RequestHead h = ex.head
+        cdef list parts
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        # Straight into the output batch when there is one (flush joins it once with the body).
+        parts = self.wbuf if self.batching else []
+        parts.append(line)
+        if c.rpieces:
+            parts.extend(c.rpieces)
+        if route.resp_add:
+            parts.append(route.resp_add)
+        if ex.resp_extra is not None:
+            parts.append(ex.resp_extra)
+        parts.append(b"X-Request-ID: ")
+        parts.append(ex.rid)
+        if ex.resp_nobody:
+            if c.r_has_cl and status != 204:
+                parts.append(b"\r\nContent-Length: ")
+                parts.append(c.r_cl)
+        elif c.r_has_cl and not c.r_chunked:
+            parts.append(b"\r\nContent-Length: ")
+            parts.append(c.r_cl)
+        elif h.minor == 1:
+            ex.resp_chunked = True
+            parts.append(b"\r\nTransfer-Encoding: chunked")
+        else:
+            ex.close_after = True            # HTTP/1.0 client: the end of the body is the close
+        if not ex.body_done or not h.keep_alive or self.draining or self.reader_done() \
+                or self.nreq + 1 >= self.rt0.max_requests:
+            ex.close_after = True
+        if ex.close_after:
+            parts.append(b"\r\nConnection: close\r\n\r\n")
+        elif h.minor == 0:
+            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n\r\n")
+        if not self.batching and not self.closed:
+            self.transport.write(b"".join(parts))
+
+    cdef void write_body(self, Exchange ex, bytes data):
+        if ex.resp_chunked:
+            self.send(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            self.send(data)
+
+    cdef void write_end(self, Exchange ex):
+        if ex.resp_chunked:
+            self.send(b"0\r\n\r\n")
+
+    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
+        self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after))
 
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail,
                               bytes extra, bint close):
@@ -1250,6 +1340,9 @@ cdef class ClientConn(RequestReader):
         cdef Runtime rt = self.rt0
         if self.closed:
             return
+        if self.h2 is not None:
+            self.h2.check(now)
+            return
         if ex is None:
             if self._state == 0 and self.nreq == 0:
                 if now - self.head_start > rt.header_timeout:
@@ -1351,6 +1444,9 @@ cdef class Worker:
         self.draining = True
         for c in list(self.conns):
             c.draining = True
+            if c.h2 is not None:
+                c.h2.drain()                  # GOAWAY; in-flight streams finish, then it closes
+                continue
             if c.active is None and c._state == 0 and (
                     c.nreq > 0 or (fresh_idle >= 0 and self.clock.now - c.head_start > fresh_idle)):
                 c.close()
@@ -1403,3 +1499,8 @@ cdef class Worker:
             slot = ex.route.mslot
         m[M_HEADER + slot * M_ROUTE + M_UPERR + (0 if status == 502 else 1 if status == 503 else 2)] += 1
 
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP/2 (downstream)
+
+include "h2.pxi"

@@ -1,0 +1,943 @@
+# The downstream HTTP/2 engine (included at the end of proxy.pyx: it shares the module's cdef classes).
+#
+#   H2Conn    one HTTP/2 client connection: an h2.H2Connection fed by the connection's ClientConn (which
+#             stays the asyncio protocol and the member of Worker.conns, and hands every read to H2Conn)
+#   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
+#             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
+#             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
+#
+# Rules kept here (and why; the precedent in brackets):
+# * Received DATA is acknowledged (WINDOW_UPDATE) only once the upstream transport has taken it and is not
+#   paused: a slow upstream slows the client through HTTP/2 flow control instead of gateway memory.
+# * DATA is sent only within the peer's windows; a stream that waits on a zero window longer than
+#   `stall_timeout` is reset (CANCEL) and its upstream released [nginx send_timeout].
+# * 100 concurrent streams [RFC 9113 recommends >= 100; nginx 128], 32 KiB header list (the H1 limit),
+#   the header count checked at decode (431, like H1) [Envoy max_headers_count], at most 64 CONTINUATION
+#   frames per header block (h2's bound, kept), at most `MAX_NEW_PER_READ` new streams in one read.
+# * Rapid Reset (CVE-2023-44487): when at least 500 streams were opened in a window and the client reset
+#   more than half of them before their response completed, GOAWAY ENHANCE_YOUR_CALM.
+# * Control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA) cost the client budget: more than
+#   `MAX_CONTROL` in a window, or more than `MAX_EMPTY_RUN` consecutive empty DATA frames, is
+#   ENHANCE_YOUR_CALM [Envoy max_outbound_control_frames 1000, max_consecutive_inbound_frames_with_empty_
+#   payload 1]; output the client does not read is bounded (`MAX_OUTQ` bytes in the transport): past it the
+#   connection is dropped [Envoy max_outbound_frames].
+# * Pseudo-headers validated (exactly one each of :method :scheme :path, :authority optional, none after a
+#   regular field, no unknown ones), names lowercase tokens, values without CR/LF/NUL or surrounding
+#   whitespace, no connection-specific fields, TE only "trailers" (RFC 9113 8.2, 8.3): a malformed request
+#   is reset with PROTOCOL_ERROR and never reaches an HTTP/1.1 upstream (no H2->H1 smuggling).
+# * Drain: GOAWAY NO_ERROR naming the last stream taken; streams in flight finish, then the connection
+#   closes.
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.settings import SettingCodes, Settings as H2SettingsTable
+from h2.events import (
+    ConnectionTerminated as EvConnectionTerminated,
+    DataReceived as EvDataReceived,
+    PingReceived as EvPingReceived,
+    PriorityUpdated as EvPriorityUpdated,
+    RemoteSettingsChanged as EvRemoteSettingsChanged,
+    RequestReceived as EvRequestReceived,
+    StreamEnded as EvStreamEnded,
+    StreamReset as EvStreamReset,
+    TrailersReceived as EvTrailersReceived,
+    WindowUpdated as EvWindowUpdated,
+)
+from hyperframe.frame import GoAwayFrame
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+DEF MAX_NEW_PER_READ = 100        # new streams opened by one read
+DEF RESET_MIN = 500               # Rapid Reset: streams opened in the window before the ratio counts
+DEF FLOOD_WINDOW = 10.0           # seconds over which reset and control-frame budgets are counted
+DEF MAX_CONTROL = 1000            # control frames per window
+DEF MAX_EMPTY_RUN = 10            # consecutive empty DATA frames without END_STREAM
+DEF MAX_OUTQ = 1048576            # bytes queued in the transport for a client that does not read
+DEF STREAM_OUTQ = 65536           # response bytes buffered per stream before its upstream is paused
+
+cdef int E_NO_ERROR = 0
+cdef int E_PROTOCOL = 1
+cdef int E_INTERNAL = 2
+cdef int E_REFUSED = 7
+cdef int E_CANCEL = 8
+cdef int E_CALM = 11
+
+cdef dict H2_STATUS = {}
+for _s in range(100, 600):
+    H2_STATUS[_s] = b"%d" % _s
+
+cdef unsigned char H2_TCHAR[256]      # lowercase token characters (field names)
+for _i in range(256):
+    H2_TCHAR[_i] = 0
+for _c in bytearray(b"abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~"):
+    H2_TCHAR[_c] = 1
+cdef unsigned char H2_PATHC[256]      # the H1 reader's path classes (http1.pyx PATH_CLASS)
+for _i in range(256):
+    H2_PATHC[_i] = 1 if _i <= 32 or _i >= 127 else 0
+H2_PATHC[ord("#")] = 1
+H2_PATHC[ord("\\")] = 1
+H2_PATHC[ord("%")] = 2
+H2_PATHC[ord(".")] = 4
+cdef unsigned char H2_HOSTC[256]
+for _i in range(256):
+    H2_HOSTC[_i] = 0
+for _c in bytearray(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]"):
+    H2_HOSTC[_c] = 1
+cdef unsigned char H2_RIDC[256]
+for _i in range(256):
+    H2_RIDC[_i] = 0
+for _c in bytearray(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"):
+    H2_RIDC[_c] = 1
+
+
+cdef inline bint _h2_only(bytes v, unsigned char* table):
+    cdef const unsigned char* p = v
+    cdef Py_ssize_t i
+    for i in range(len(v)):
+        if not table[p[i]]:
+            return False
+    return True
+
+
+cdef inline bint _h2_value_ok(bytes v):
+    """RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB."""
+    cdef const unsigned char* p = v
+    cdef Py_ssize_t i, n = len(v)
+    if n == 0:
+        return True
+    if p[0] == 32 or p[0] == 9 or p[n - 1] == 32 or p[n - 1] == 9:
+        return False
+    for i in range(n):
+        if p[i] == 0 or p[i] == 10 or p[i] == 13:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Response header encoding. h2's HPACK encoder (pure Python, with the dynamic table and Huffman) was the
+# largest single cost of an HTTP/2 response in the profile (~20% of the worker's CPU). fastgw encodes
+# response fields itself, never inserting into the dynamic table (RFC 7541 6.2.2, literal without
+# indexing; static-table names and full matches are still indexed), so the peer's table stays empty and
+# no encoder state must be kept in step with h2's. The encoded form of repeated fields is cached.
+
+from hpack.table import HeaderTable as _HpTable
+
+cdef dict HP_FULL = {}       # (name, value) -> static index
+cdef dict HP_NAME = {}       # name -> first static index
+for _i, (_n, _v) in enumerate(_HpTable.STATIC_TABLE, 1):
+    HP_FULL.setdefault((_n, _v), _i)
+    HP_NAME.setdefault(_n, _i)
+
+DEF HP_CACHE_MAX = 4096
+
+
+cdef bytes _hp_int(Py_ssize_t value, int prefix_bits, int first):
+    """An HPACK integer (RFC 7541 5.1) whose first byte carries the flag bits `first`."""
+    cdef Py_ssize_t limit = (1 << prefix_bits) - 1
+    cdef bytearray out
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+cdef class H2Encoder:
+    """Stands in for h2's hpack.Encoder (h2 calls encode(headers) and sets header_table_size)."""
+    cdef dict cache
+    cdef Py_ssize_t ncache
+    cdef bytes pending           # a dynamic table size update owed at the start of the next block
+
+    def __init__(self):
+        self.cache = {}
+
+    @property
+    def header_table_size(self):
+        return 0
+
+    @header_table_size.setter
+    def header_table_size(self, value):
+        # The peer changed SETTINGS_HEADER_TABLE_SIZE: acknowledge it with a size update (RFC 7541 4.2);
+        # fastgw's own use of the table stays zero whatever the size.
+        self.pending = _hp_int(min(int(value), 4096), 5, 0x20)
+
+    def encode(self, headers, huffman=True):
+        cdef list out = []
+        cdef dict byname
+        cdef bytes name, value, enc
+        if self.pending is not None:
+            out.append(self.pending)
+            self.pending = None
+        for name, value in headers:
+            byname = self.cache.get(name)
+            if byname is not None:
+                enc = byname.get(value)
+                if enc is not None:
+                    out.append(enc)
+                    continue
+            enc = self.encode1(name, value)
+            out.append(enc)
+            if name == b"x-request-id" or name == b"date":
+                continue                          # unique per response: not worth a cache slot
+            if self.ncache >= HP_CACHE_MAX:
+                self.cache = {}
+                self.ncache = 0
+            if byname is None:
+                byname = self.cache[name] = {}
+            byname[value] = enc
+            self.ncache += 1
+        return b"".join(out)
+
+    cdef bytes encode1(self, bytes name, bytes value):
+        idx = HP_FULL.get((name, value))
+        if idx is not None:
+            return _hp_int(<Py_ssize_t>idx, 7, 0x80)
+        idx = HP_NAME.get(name)
+        if idx is not None:
+            return _hp_int(<Py_ssize_t>idx, 4, 0) + _hp_int(len(value), 7, 0) + value
+        return b"\x00" + _hp_int(len(name), 7, 0) + name + _hp_int(len(value), 7, 0) + value
+
+
+cdef class H2Limits:
+    """The compiled [server.http2] settings (fastgw.compile puts one on Runtime.h2)."""
+    cdef public int max_streams
+    cdef public int stream_window
+    cdef public int conn_window
+    cdef public double stall_timeout
+
+    def __init__(self, int max_streams=100, int stream_window=65535, int conn_window=1048576,
+                 double stall_timeout=30.0):
+        self.max_streams = max_streams
+        self.stream_window = stream_window
+        self.conn_window = conn_window
+        self.stall_timeout = stall_timeout
+
+
+cdef H2Limits H2_DEFAULTS = H2Limits()
+
+
+cdef list _h2_lines(bytes block, list out):
+    """Append (lowercase name, value) for each "Name: value\\r\\n" line of an H1 header block."""
+    cdef Py_ssize_t pos = 0, n = len(block), eol, colon
+    while pos < n:
+        eol = block.find(b"\r\n", pos)
+        if eol < 0:
+            eol = n
+        colon = block.find(b":", pos, eol)
+        if colon > pos:
+            out.append((block[pos:colon].lower(), block[colon + 1:eol].strip(b" \t")))
+        pos = eol + 2
+    return out
+
+
+cdef class H2Stream(ClientConn):
+    cdef H2Conn conn
+    cdef int sid
+    cdef list outq                # response DATA waiting for flow-control window
+    cdef Py_ssize_t outq_bytes
+    cdef bint head_sent
+    cdef bint end_pending         # the response ended; END_STREAM goes with the last queued DATA
+    cdef bint ended               # END_STREAM sent (or the stream reset)
+    cdef bint rx_done             # the client's END_STREAM arrived
+    cdef bint counted             # still counts as "not yet answered" (for Rapid Reset accounting)
+    cdef bint dirty
+    cdef long long owed           # flow-controlled bytes received but not acknowledged yet
+    cdef double blocked_since
+
+    # -- the downstream interface --------------------------------------------------------------------
+    cdef void send(self, bytes data):
+        pass                                  # HTTP/1.1 bytes (100 Continue) have no HTTP/2 meaning
+
+    cdef void flush(self):
+        cdef Exchange ex = self.active
+        if ex is not None and ex.out and ex.up is not None and ex.up.transport is not None:
+            ex.up.transport.write(b"".join(ex.out))
+            ex.out = []
+        if not self.conn.batching:
+            self.conn.flush()
+
+    cdef void kick(self):
+        if not self.batching and not self.conn.batching:
+            self.conn.flush()
+
+    cdef bint reader_done(self):
+        return False
+
+    cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
+        cdef RouteRT route = ex.route
+        cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
+        cdef bytes piece
+        for piece in c.rpieces:
+            _h2_lines(piece, headers)
+        if route.resp_add:
+            _h2_lines(route.resp_add, headers)
+        if ex.resp_extra is not None:
+            _h2_lines(ex.resp_extra, headers)
+        headers.append((b"x-request-id", ex.rid))
+        if c.r_has_cl and status != 204 and (ex.resp_nobody or not c.r_chunked):
+            headers.append((b"content-length", c.r_cl))
+        self.send_head(headers, ex.resp_nobody)
+
+    cdef void send_head(self, list headers, bint end):
+        if self.ended or self.conn.closed:
+            return
+        self.conn.h2.send_headers(self.sid, headers, end_stream=end)
+        self.head_sent = True
+        if end:
+            self.ended = True
+            self.conn.stream_ended(self)
+        self.kick()
+
+    cdef void write_body(self, Exchange ex, bytes data):
+        if self.ended or not data:
+            return
+        self.outq.append(data)
+        self.outq_bytes += len(data)
+        if not self.dirty:
+            self.dirty = True
+            self.conn.dirty.append(self)
+        if self.outq_bytes > STREAM_OUTQ:
+            self.update_wpause()
+        self.kick()
+
+    cdef void write_end(self, Exchange ex):
+        if self.ended:
+            return
+        self.end_pending = True
+        if not self.dirty:
+            self.dirty = True
+            self.conn.dirty.append(self)
+        self.kick()
+
+    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
+        cdef Problem p = <Problem>ex.rt.problems[slug]
+        cdef RequestHead h = ex.head
+        cdef list headers
+        instance = h.path if h is not None and h.path is not None else b""
+        body = b"".join((p.body_a, p.detail if detail is None else json_bytes(detail), p.body_b,
+                         json_bytes(instance), p.body_c, ex.rid, p.body_d))
+        headers = [(b":status", H2_STATUS.get(p.status) or b"%d" % p.status),
+                   (b"content-type", b"application/problem+json"),
+                   (b"content-length", b"%d" % len(body)), (b"x-request-id", ex.rid)]
+        if p.extra:
+            _h2_lines(p.extra, headers)
+        if extra:
+            _h2_lines(extra, headers)
+        self.send_head(headers, False)
+        self.write_body(ex, body)
+        self.write_end(ex)
+
+    cdef void pause_reading(self, int why):
+        self.rpause |= why
+
+    cdef void resume_reading(self, int why):
+        if self.rpause & why:
+            self.rpause &= ~why
+            if self.rpause == 0 and self.owed:
+                self.conn.ack(self)
+
+    cdef void update_wpause(self):
+        """Pause the upstream's reading while this stream holds too much unsent response, or the client
+        connection's transport is full; resume when neither holds."""
+        cdef bint want = self.conn.wpaused or self.outq_bytes > STREAM_OUTQ
+        cdef Exchange ex = self.active
+        cdef UpstreamConn up
+        if want == self.wpaused:
+            return
+        self.wpaused = want
+        if ex is not None and ex.up is not None:
+            up = ex.up
+            if up.transport is not None and up.rpaused != want:
+                up.rpaused = want
+                if want:
+                    up.transport.pause_reading()
+                else:
+                    up.transport.resume_reading()
+
+    cdef void close(self):
+        self.reset(E_CANCEL)
+
+    cdef void abort(self):
+        self.reset(E_INTERNAL)
+
+    cdef void flush_now(self):
+        self.conn.flush()
+
+    cdef void reset(self, int code):
+        """RST_STREAM (unless the stream already ended) and drop the exchange."""
+        if not self.ended and not self.conn.closed:
+            self.ended = True
+            try:
+                self.conn.h2.reset_stream(self.sid, code)
+            except H2ProtocolError:
+                pass
+        self.ended = True
+        self.outq = []
+        self.outq_bytes = 0
+        self.drop_exchange()
+        self.conn.stream_ended(self)
+        self.kick()
+
+    cdef void drop_exchange(self):
+        cdef Exchange ex = self.active
+        self.closed = True
+        self.active = None
+        self.rx = None
+        if ex is None:
+            return
+        ex.done = True
+        if ex.connect_task is not None:
+            ex.connect_task.cancel()
+            ex.connect_task = None
+        if ex.gate_task is not None:
+            ex.gate_task.cancel()
+            ex.gate_task = None
+        if ex.after is not None:
+            ex.run_after()
+        if ex.up is not None:
+            ex.release_upstream(False)
+
+    cdef void finished(self, Exchange ex):
+        if ex is not self.active:
+            return
+        self.active = None
+        self.counted = False
+        if self.rx is ex:
+            self.rx = None
+        self.conn.nreq += 1
+        if not self.rx_done:
+            # Answered before the request body ended: the rest is not wanted (RFC 9113 8.1). The reset
+            # follows the response's END_STREAM (queued first).
+            self.rx_done = True
+            self.conn.after_end.append(self)
+        self.conn.stream_ended(self)
+
+
+cdef class H2Conn:
+    cdef ClientConn cl
+    cdef public object h2
+    cdef object transport
+    cdef Worker w
+    cdef H2Limits lim
+    cdef dict streams
+    cdef list dirty
+    cdef list after_end           # streams to reset (NO_ERROR) once their END_STREAM is out
+    cdef public bint batching
+    cdef public bint closed
+    cdef bint wpaused
+    cdef bint draining
+    cdef bint goaway
+    cdef int last_sid
+    cdef int nreq
+    cdef double last_active
+    cdef double win_start
+    cdef int win_opened
+    cdef int win_reset
+    cdef int win_ctrl
+    cdef int empty_run
+
+    def __init__(self, ClientConn cl):
+        cdef Runtime rt = cl.rt0
+        self.cl = cl
+        self.w = cl.w
+        self.transport = cl.transport
+        self.lim = rt.h2 if rt.h2 is not None else H2_DEFAULTS
+        self.streams = {}
+        self.dirty = []
+        self.after_end = []
+        self.last_active = self.w.clock.now
+        self.win_start = self.last_active
+        # fastgw validates request fields itself (below, in one pass that it needs anyway to build the
+        # upstream head) and builds response fields lowercase and clean: h2's own passes are skipped.
+        cfg = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                              normalize_inbound_headers=False, validate_outbound_headers=False,
+                              normalize_outbound_headers=False, split_outbound_cookies=False)
+        h = H2Connection(config=cfg)
+        h.local_settings = H2SettingsTable(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.lim.max_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.lim.stream_window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: rt.max_hbytes,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        h.decoder.max_header_list_size = rt.max_hbytes
+        h.encoder = H2Encoder()
+        h.decoder.max_allowed_table_size = 4096
+        h.initiate_connection()
+        if self.lim.conn_window > 65535:
+            h.increment_flow_control_window(self.lim.conn_window - 65535)
+        self.h2 = h
+        self.flush()
+
+    # -- input -------------------------------------------------------------------------------------------
+    cdef void feed(self, bytes data):
+        cdef int new = 0
+        cdef double now = self.w.clock.now
+        if self.closed:
+            return
+        self.last_active = now
+        if now - self.win_start > FLOOD_WINDOW:
+            self.win_start = now
+            self.win_opened = 0
+            self.win_reset = 0
+            self.win_ctrl = 0
+        try:
+            events = self.h2.receive_data(data)
+        except H2ProtocolError:
+            self.fatal()                       # h2 queued a GOAWAY with the error's code
+            return
+        self.batching = True
+        try:
+            for ev in events:
+                t = type(ev)
+                if t is EvRequestReceived:
+                    new += 1
+                    if new > MAX_NEW_PER_READ:
+                        self.calm()
+                        return
+                    self.on_request(ev)
+                elif t is EvDataReceived:
+                    self.on_data(ev)
+                elif t is EvStreamEnded:
+                    self.on_end((<object>ev).stream_id)
+                elif t is EvStreamReset:
+                    self.on_reset((<object>ev).stream_id)
+                elif t is EvWindowUpdated:
+                    self.win_ctrl += 1
+                    self.push_blocked()
+                elif t is EvPingReceived or t is EvPriorityUpdated:
+                    self.win_ctrl += 1
+                elif t is EvRemoteSettingsChanged:
+                    self.win_ctrl += 1
+                    self.push_blocked()
+                elif t is EvTrailersReceived:
+                    # Request trailers cannot be forwarded on an HTTP/1.1 upstream request fastgw framed
+                    # itself; they are dropped (their END_STREAM arrives as StreamEnded).
+                    pass
+                elif t is EvConnectionTerminated:
+                    self.goaway = True
+                    self.draining = True
+                if self.closed:
+                    return
+            if self.win_ctrl > MAX_CONTROL or self.empty_run > MAX_EMPTY_RUN:
+                self.calm()
+                return
+        finally:
+            self.batching = False
+        self.flush()
+        if self.draining and not self.streams:
+            self.close()
+
+    cdef void on_request(self, ev):
+        cdef int sid = ev.stream_id
+        cdef H2Stream st
+        cdef RequestHead h
+        cdef Exchange ex
+        cdef bint ended = ev.stream_ended is not None
+        self.win_opened += 1
+        if self.goaway or (self.draining and sid > self.last_sid):
+            self.h2.reset_stream(sid, E_REFUSED)
+            return
+        if sid > self.last_sid:
+            self.last_sid = sid
+        st = H2Stream.__new__(H2Stream)
+        st.conn = self
+        st.sid = sid
+        st.w = self.w
+        st.loop = self.cl.loop
+        st.rt0 = self.cl.rt0
+        st.peer = self.cl.peer
+        st.proto = self.cl.proto
+        st.outq = []
+        st.counted = True
+        st.last_rx = self.last_active
+        st.head_start = self.last_active
+        st.wpaused = self.wpaused
+        st.rx_done = ended
+        self.streams[sid] = st
+        h = RequestHead.__new__(RequestHead)
+        code = self.build_head(h, ev.headers, ended)
+        if code == 1:
+            st.reset(E_PROTOCOL)
+            return
+        ex = st.new_exchange(h)
+        if code == 431:
+            ex.err_status = 431
+            ex.err_slug = "header-too-large"
+            ex.err_detail = b"too many header fields"
+            ex.body_done = True
+            st.rx_done = True
+            st.start(ex)
+            return
+        ex.has_body = not ended
+        ex.body_done = ended
+        if not ended:
+            st.rx = ex
+        st.start(ex)
+
+    cdef int build_head(self, RequestHead h, list headers, bint ended):
+        """Validate the request's field list and fill `h` as the H1 reader would. Returns 0, 1 (malformed:
+        PROTOCOL_ERROR) or 431 (too many fields)."""
+        cdef Runtime rt = self.cl.rt0
+        cdef dict actions = rt.actions
+        cdef list pieces = []
+        cdef bytes name, value, method = None, path = None, scheme = None, authority = None
+        cdef bint regular = False
+        cdef Py_ssize_t n = 0, i, q, plen
+        cdef const unsigned char* u
+        cdef int flags = 0
+        cdef list cookies = None
+        h.content_length = -1
+        h.host = b""
+        h.minor = 1
+        h.keep_alive = True
+        for name, value in headers:
+            if not _h2_value_ok(value):
+                return 1
+            if len(name) and (<const unsigned char*>name)[0] == 58:      # ':'
+                if regular:
+                    return 1
+                if name == b":method":
+                    if method is not None or not value:
+                        return 1
+                    method = value
+                elif name == b":path":
+                    if path is not None or not value:
+                        return 1
+                    path = value
+                elif name == b":scheme":
+                    if scheme is not None:
+                        return 1
+                    scheme = value
+                elif name == b":authority":
+                    if authority is not None:
+                        return 1
+                    authority = value
+                else:
+                    return 1
+                continue
+            regular = True
+            if not name or not _h2_only(name, H2_TCHAR):
+                return 1
+            n += 1
+            if n > rt.max_headers:
+                return 431
+            action = actions.get(name)
+            if action is None:
+                if name == b"cookie":
+                    # Split cookie fields (RFC 9113 8.2.3) become one field for HTTP/1.1.
+                    if cookies is None:
+                        cookies = []
+                    cookies.append(value)
+                    continue
+                pieces.append(name)
+                pieces.append(b": ")
+                pieces.append(value)
+                pieces.append(b"\r\n")
+                continue
+            code = <int>action
+            if code == 1:                        # host: :authority wins when both are present
+                if authority is None:
+                    if h.host or not _h2_only(value, H2_HOSTC):
+                        return 1
+                    h.host = value
+            elif code == 2:
+                if h.content_length >= 0 or not value.isdigit() or len(value) > 18:
+                    return 1
+                h.content_length = int(value)
+            elif code == 3 or code == 4:         # transfer-encoding, connection
+                return 1
+            elif code == 5:
+                if name == b"te":
+                    if value != b"trailers":
+                        return 1
+                elif name in (b"keep-alive", b"proxy-connection", b"upgrade"):
+                    return 1
+            elif code == 7:
+                if 0 < len(value) <= 128 and _h2_only(value, H2_RIDC):
+                    h.request_id = value
+            elif code == 8:
+                h.xff = value if h.xff is None else h.xff + b", " + value
+            # code 6 (expect) and the rest: dropped
+        if method is None or method == b"CONNECT" or path is None or scheme is None:
+            return 1
+        if authority is not None:
+            if not _h2_only(authority, H2_HOSTC):
+                return 1
+            h.host = authority
+        if cookies is not None:
+            pieces += (b"cookie", b": ", b"; ".join(cookies), b"\r\n")
+        h.method = method
+        h.pieces = pieces
+        u = path
+        plen = len(path)
+        if plen == 1 and u[0] == 42:
+            if method != b"OPTIONS":
+                return 1
+            h.path = path
+            h.query = b""
+        elif u[0] != 47:
+            return 1
+        else:
+            q = plen
+            for i in range(plen):
+                if u[i] == 63:
+                    q = i
+                    break
+                flags |= H2_PATHC[u[i]]
+            for i in range(q, plen):
+                if u[i] == 35 or u[i] <= 32 or u[i] >= 127:
+                    return 1
+            if q == plen:
+                h.path = path
+                h.query = b""
+            else:
+                h.path = path[:q]
+                h.query = path[q:]
+            if flags and _bad_path(h.path, flags):
+                return 1
+        if h.content_length < 0 and not ended:
+            h.chunked = True                 # a body of unknown length: chunked to the upstream
+        elif h.content_length > 0 and ended:
+            return 1                          # content-length disagrees with the (empty) body
+        return 0
+
+    cdef void on_data(self, ev):
+        cdef int sid = ev.stream_id
+        cdef H2Stream st = self.streams.get(sid)
+        cdef long long n = ev.flow_controlled_length
+        cdef bytes data = ev.data
+        cdef Exchange ex
+        if not data:
+            if ev.stream_ended is None:
+                self.empty_run += 1
+                self.win_ctrl += 1
+        else:
+            self.empty_run = 0
+        if st is None or st.rx is None or st.active is None:
+            if n:
+                self.h2.acknowledge_received_data(n, sid)
+            return
+        ex = st.rx
+        st.last_rx = self.last_active
+        if data:
+            st.request_body(data)
+        if st.rx is not ex or ex.done:
+            if n:
+                self.h2.acknowledge_received_data(n, sid)
+            return
+        if ex.up is None or not ex.sent:
+            st.rpause |= P_PENDING           # held until attach() hands it to the upstream transport
+        st.owed += n
+        if st.rpause == 0:
+            self.ack(st)
+
+    cdef void ack(self, H2Stream st):
+        cdef long long n = st.owed
+        st.owed = 0
+        if n and not self.closed:
+            self.h2.acknowledge_received_data(n, st.sid)
+            if not self.batching:
+                self.flush()
+
+    cdef void on_end(self, int sid):
+        cdef H2Stream st = self.streams.get(sid)
+        if st is None:
+            return
+        st.rx_done = True
+        if st.rx is not None:
+            st.request_end()
+
+    cdef void on_reset(self, int sid):
+        cdef H2Stream st = self.streams.get(sid)
+        if st is None:
+            return
+        if st.counted:
+            self.win_reset += 1
+            if self.win_opened >= RESET_MIN and self.win_reset * 2 > self.win_opened:
+                self.calm()
+                return
+        st.ended = True
+        st.outq = []
+        st.outq_bytes = 0
+        st.drop_exchange()
+        self.stream_ended(st)
+
+    # -- output ------------------------------------------------------------------------------------------
+    cdef void push(self, H2Stream st):
+        """Send the stream's queued DATA within the windows; END_STREAM with the last frame."""
+        cdef object h = self.h2
+        cdef Py_ssize_t win, n, fmax
+        cdef bytes chunk
+        if st.ended:
+            st.outq = []
+            return
+        fmax = h.max_outbound_frame_size
+        while st.outq and not self.wpaused:
+            win = h.local_flow_control_window(st.sid)
+            if win <= 0:
+                break
+            chunk = st.outq[0]
+            n = len(chunk)
+            if n > win or n > fmax:
+                n = win if win < fmax else fmax
+                h.send_data(st.sid, chunk[:n])
+                st.outq[0] = chunk[n:]
+            else:
+                st.outq.pop(0)
+                last = st.end_pending and not st.outq
+                h.send_data(st.sid, chunk, end_stream=last)
+                if last:
+                    st.ended = True
+            st.outq_bytes -= n
+        if st.outq:
+            if st.blocked_since == 0:
+                st.blocked_since = self.w.clock.now
+        else:
+            st.blocked_since = 0
+            if st.end_pending and not st.ended:
+                st.ended = True
+                h.end_stream(st.sid)
+            if st.ended:
+                self.stream_ended(st)
+        if st.wpaused and st.outq_bytes <= STREAM_OUTQ and not self.wpaused:
+            st.update_wpause()
+
+    cdef void push_blocked(self):
+        cdef H2Stream st
+        for st in list(self.streams.values()):
+            if st.outq and not st.dirty:
+                st.dirty = True
+                self.dirty.append(st)
+
+    cdef void flush(self):
+        cdef H2Stream st
+        cdef list dirty
+        if self.closed:
+            return
+        while self.dirty:
+            dirty = self.dirty
+            self.dirty = []
+            for st in dirty:
+                st.dirty = False
+                self.push(st)
+        if self.after_end:
+            for st in self.after_end:
+                if st.ended and not st.outq:
+                    try:
+                        self.h2.reset_stream(st.sid, E_NO_ERROR)
+                    except H2ProtocolError:
+                        pass
+            self.after_end = [st for st in self.after_end if not st.ended]
+        data = self.h2.data_to_send()
+        if data:
+            self.transport.write(data)
+            if self.transport.get_write_buffer_size() > MAX_OUTQ:
+                self.abort()
+
+    cdef void stream_ended(self, H2Stream st):
+        """Forget a stream once its response is fully out (or it was reset) and no exchange holds it."""
+        if st.ended and st.active is None and not st.outq:
+            if st.owed:
+                n = st.owed
+                st.owed = 0
+                if not self.closed:
+                    self.h2.acknowledge_received_data(n, st.sid)     # the connection window
+            if self.streams.get(st.sid) is st:
+                del self.streams[st.sid]
+
+    # -- connection level --------------------------------------------------------------------------------
+    cdef void calm(self):
+        """A flood: GOAWAY ENHANCE_YOUR_CALM and close."""
+        if self.closed:
+            return
+        self.h2.close_connection(error_code=E_CALM, last_stream_id=self.last_sid)
+        self.fatal()
+
+    cdef void fatal(self):
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+        self.lost()
+        self.cl.close()
+
+    cdef void send_goaway(self):
+        """GOAWAY NO_ERROR naming the last stream taken; in-flight streams finish (h2's close_connection
+        would stop accepting their frames, so the frame is written directly, after h2's pending output)."""
+        cdef object f
+        if self.goaway or self.closed:
+            return
+        self.goaway = True
+        self.flush()
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.last_sid
+        f.error_code = 0
+        self.transport.write(f.serialize())
+
+    def drain(self):
+        self.draining = True
+        self.send_goaway()
+        if not self.streams:
+            self.close()
+
+    cdef void close(self):
+        if not self.closed:
+            self.flush()
+            self.lost()
+            self.cl.close()
+
+    cdef void abort(self):
+        self.lost()
+        self.cl.abort()
+
+    cdef void lost(self):
+        """The connection is gone (or going): every stream's exchange ends and releases its upstream."""
+        cdef H2Stream st
+        if self.closed:
+            return
+        self.closed = True
+        for st in list(self.streams.values()):
+            st.ended = True
+            st.outq = []
+            st.drop_exchange()
+        self.streams.clear()
+        self.dirty = []
+
+    def pause_writing(self):
+        cdef H2Stream st
+        self.wpaused = True
+        for st in list(self.streams.values()):
+            st.update_wpause()
+
+    def resume_writing(self):
+        cdef H2Stream st
+        self.wpaused = False
+        for st in list(self.streams.values()):
+            st.update_wpause()
+        self.push_blocked()
+        self.flush()
+
+    cdef void check(self, double now):
+        cdef H2Stream st
+        cdef Runtime rt = self.cl.rt0
+        if self.closed:
+            return
+        for st in list(self.streams.values()):
+            if st.active is not None:
+                ClientConn.check(st, now)
+            if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
+                st.reset(E_CANCEL)              # stalled on a zero window
+        if not self.streams:
+            if self.draining:
+                self.send_goaway()
+                self.close()
+            elif now - self.last_active > rt.idle_timeout:
+                self.send_goaway()
+                self.close()
+        if not self.batching:
+            self.flush()

@@ -1,0 +1,568 @@
+"""Downstream HTTP/2 end to end: a real gateway process, the real echo origin, real clients (httpx with
+http2, curl --http2-prior-knowledge, h2load) and raw frames (h2 as a client, hyperframe) for the limits
+and flood defences (docs/http2.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import httpx
+import pytest
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+)
+from upstreams import pattern
+
+CALM = 11          # ENHANCE_YOUR_CALM
+PROTOCOL_ERROR = 1
+CANCEL = 8
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_launcher, echo_origin):
+    routes = [
+        {"name": "echo", "path": "/echo/*", "upstream": "echo",
+         "response_headers": {"add": {"X-Resp": "yes"}}},
+        {"name": "small", "path": "/small/*", "upstream": "echo", "max_body": "1KiB"},
+    ]
+    return gateway_launcher.start({"echo": {"targets": [echo_origin.addr], "timeout": "10s"}}, routes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A raw HTTP/2 client: h2 for the ordinary frames, hyperframe for the ones h2 refuses to send.
+
+class Raw:
+    def __init__(self, port: int, window: int | None = None, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                        normalize_outbound_headers=False, validate_inbound_headers=False)
+        self.h2 = h2.connection.H2Connection(cfg)
+        if window is not None:
+            self.h2.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.h2.initiate_connection()
+        self.out()
+        self.events: list = []
+        self.closed = False
+
+    def out(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, path: str, method: str = "GET", headers: list | None = None, end: bool = True) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        hs = headers if headers is not None else [
+            (b":method", method.encode()), (b":scheme", b"http"), (b":authority", b"gw.test"),
+            (b":path", path.encode())]
+        self.h2.send_headers(sid, hs, end_stream=end)
+        self.out()
+        return sid
+
+    def pump(self, until, timeout: float = 5.0) -> bool:
+        """Read and handle events until until(self) is true, the connection closes, or the timeout."""
+        deadline = time.monotonic() + timeout
+        while not until(self):
+            if self.closed or time.monotonic() > deadline:
+                return bool(until(self))
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                self.closed = True
+                continue
+            if not data:
+                self.closed = True
+                continue
+            try:
+                evs = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                self.closed = True
+                continue
+            for ev in evs:
+                if isinstance(ev, h2.events.DataReceived) and ev.flow_controlled_length:
+                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            self.events += evs
+            try:
+                self.out()
+            except OSError:
+                self.closed = True
+        return bool(until(self))
+
+    def goaway(self) -> h2.events.ConnectionTerminated | None:
+        for ev in self.events:
+            if isinstance(ev, h2.events.ConnectionTerminated):
+                return ev
+        return None
+
+    def response(self, sid: int) -> tuple[dict, bytes, bool]:
+        head: dict = {}
+        body = b""
+        ended = False
+        for ev in self.events:
+            if getattr(ev, "stream_id", None) != sid:
+                continue
+            if isinstance(ev, h2.events.ResponseReceived):
+                head = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended = True
+        return head, body, ended
+
+    def reset_code(self, sid: int) -> int | None:
+        for ev in self.events:
+            if isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                return int(ev.error_code)
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def done(sid: int):
+    return lambda r: r.response(sid)[2] or r.reset_code(sid) is not None or r.closed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real clients
+
+def test_httpx_get_post_and_problem(gw):
+    with httpx.Client(base_url=gw.url, http2=True, http1=False, timeout=10) as c:
+        r = c.get("/echo/a?x=1", headers={"X-Thing": "v", "Cookie": "a=1"})
+        assert r.http_version == "HTTP/2"
+        assert r.status_code == 200
+        assert r.headers["x-resp"] == "yes"
+        rid = r.headers["x-request-id"]
+        rep = r.json()
+        assert rep["target"] == "/echo/a?x=1"
+        hdrs = {k.lower(): v for k, v in rep["headers"]}
+        assert hdrs["x-thing"] == "v"
+        assert hdrs["x-request-id"] == rid
+        assert hdrs["x-forwarded-for"] == "127.0.0.1"
+        assert rep["version"] == "HTTP/1.1"            # streams go to the HTTP/1.1 upstream pools
+        body = pattern(0, 300_000)
+        r = c.post("/echo/up", content=body)
+        assert r.status_code == 200
+        assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+        r = c.get("/nothing")
+        assert r.status_code == 404
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["type"] == "urn:fastgw:problem:not-found"
+        assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_streamed_upload_and_large_download(gw):
+    """A 1 MB upload of unknown length (chunked upstream) and a 4 MiB download: both exceed every
+    flow-control window many times over, so they only complete if acknowledgements and window updates
+    flow."""
+    body = pattern(0, 1_000_000)
+
+    def gen():
+        for i in range(0, len(body), 100_000):
+            yield body[i:i + 100_000]
+
+    with httpx.Client(base_url=gw.url, http2=True, http1=False, timeout=20) as c:
+        r = c.post("/echo/stream", content=gen())
+        rep = r.json()
+        assert rep["body_chunked"] is True
+        assert rep["body_sha256"] == hashlib.sha256(body).hexdigest()
+        r = c.get("/echo/big?size=4194304")
+        assert r.status_code == 200
+        assert len(r.content) == 4194304
+        assert r.content == pattern(0, 4194304)
+
+
+def test_multiplexed_streams_on_one_connection(gw):
+    async def main():
+        async with httpx.AsyncClient(base_url=gw.url, http2=True, http1=False, timeout=20) as c:
+            rs = await asyncio.gather(*(c.get(f"/echo/m{i}?delay=0.2") for i in range(40)))
+        return rs
+
+    t0 = time.monotonic()
+    rs = asyncio.run(main())
+    elapsed = time.monotonic() - t0
+    assert [r.status_code for r in rs] == [200] * 40
+    assert {r.json()["target"] for r in rs} == {f"/echo/m{i}?delay=0.2" for i in range(40)}
+    assert elapsed < 3.0, elapsed          # concurrent, not 40 x 0.2 s in sequence
+
+
+def test_curl_prior_knowledge(gw):
+    out = subprocess.run(["curl", "-sS", "-i", "--http2-prior-knowledge", gw.url + "/echo/curl"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("HTTP/2 200")
+    assert "x-request-id:" in out.stdout
+
+
+def test_h2load(gw):
+    out = subprocess.run(["h2load", "-n", "3000", "-c", "4", "-m", "10", gw.url + "/echo/load"],
+                         capture_output=True, text=True, timeout=60)
+    assert "3000 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout[-1500:]
+    assert "3000 2xx" in out.stdout
+
+
+def test_http1_still_served_and_upgrade_refused(gw):
+    r = httpx.get(gw.url + "/echo/h1", headers={"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+                                                  "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"})
+    assert r.http_version == "HTTP/1.1"
+    assert r.status_code == 200
+    names = {k.lower() for k, _ in r.json()["headers"]}
+    assert "upgrade" not in names and "http2-settings" not in names
+
+
+def test_body_limit_and_request_id(gw):
+    c = Raw(gw.port)
+    sid = c.request("/small/x", method="POST", end=False)
+    c.h2.send_data(sid, b"x" * 5000, end_stream=True)
+    c.out()
+    assert c.pump(done(sid))
+    head, body, _ = c.response(sid)
+    assert head[":status"] == "413"
+    assert json.loads(body)["type"] == "urn:fastgw:problem:payload-too-large"
+    # The connection stays usable.
+    sid2 = c.request("/echo/after", headers=[(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test"),
+                                             (b":path", b"/echo/after"), (b"x-request-id", b"my-id-1")])
+    assert c.pump(done(sid2))
+    head, body, _ = c.response(sid2)
+    assert head[":status"] == "200" and head["x-request-id"] == "my-id-1"
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Malformed requests: reset with PROTOCOL_ERROR, never forwarded
+
+BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test"), (b":path", b"/echo/bad")]
+
+
+@pytest.mark.parametrize("headers", [
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test")],           # no :path
+    BASE + [(b":path", b"/echo/twice")],                                                    # two :path
+    [(b":method", b"GET"), (b"x-a", b"1"), (b":scheme", b"http"), (b":path", b"/echo/x")],  # pseudo after regular
+    BASE + [(b":foo", b"bar")],                                                             # unknown pseudo
+    BASE + [(b"X-Upper", b"1")],                                                            # uppercase name
+    BASE + [(b"connection", b"keep-alive")],                                                # connection-specific
+    BASE + [(b"transfer-encoding", b"chunked")],
+    BASE + [(b"te", b"gzip")],
+    BASE + [(b"x-smuggle", b"a\r\nInjected: 1")],                                          # CRLF in a value
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test"), (b":path", b"/echo/../admin")],
+], ids=["no-path", "two-path", "pseudo-after", "unknown-pseudo", "uppercase", "connection", "te-chunked",
+        "te-gzip", "crlf", "dot-segment"])
+def test_malformed_requests_are_reset(gw, echo_origin, headers):
+    before = len(echo_origin.requests_for("/echo/"))
+    c = Raw(gw.port)
+    sid = c.request("", headers=headers)
+    assert c.pump(done(sid))
+    assert c.reset_code(sid) == PROTOCOL_ERROR
+    assert len(echo_origin.requests_for("/echo/")) == before
+    c.close()
+
+
+def test_too_many_headers_is_431(gw):
+    c = Raw(gw.port)
+    sid = c.request("", headers=BASE + [(b"x-h%d" % i, b"v") for i in range(101)])
+    assert c.pump(done(sid))
+    head, body, _ = c.response(sid)
+    assert head[":status"] == "431"
+    assert json.loads(body)["type"] == "urn:fastgw:problem:header-too-large"
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Floods: GOAWAY and the connection closed
+
+def headers_frame(sid: int, c: Raw, end: bool = True) -> bytes:
+    f = HeadersFrame(sid)
+    f.data = c.h2.encoder.encode(BASE)
+    f.flags.add("END_HEADERS")
+    if end:
+        f.flags.add("END_STREAM")
+    return f.serialize()
+
+
+def rst(sid: int) -> bytes:
+    f = RstStreamFrame(sid)
+    f.error_code = CANCEL
+    return f.serialize()
+
+
+def assert_calm(c: Raw) -> None:
+    assert c.pump(lambda r: r.goaway() is not None and r.closed, timeout=5)
+    assert int(c.goaway().error_code) == CALM
+
+
+def test_rapid_reset(gw):
+    c = Raw(gw.port)
+    c.pump(lambda r: False, timeout=0.2)
+    sid = 1
+    for _ in range(14):                          # 50 open-and-reset per write: under the per-read cap
+        try:
+            c.raw(b"".join(headers_frame(sid + 2 * i, c) + rst(sid + 2 * i) for i in range(50)))
+        except OSError:
+            break
+        sid += 100
+        time.sleep(0.02)
+        if c.closed:
+            break
+    assert_calm(c)
+    c.close()
+
+
+def test_new_streams_per_read(gw):
+    c = Raw(gw.port)
+    c.pump(lambda r: False, timeout=0.2)
+    c.raw(b"".join(headers_frame(1 + 2 * i, c) + rst(1 + 2 * i) for i in range(150)))
+    assert_calm(c)
+    c.close()
+
+
+def test_ping_flood(gw):
+    c = Raw(gw.port)
+    c.raw(b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize() for i in range(1200)))
+    assert_calm(c)
+    c.close()
+
+
+def test_empty_data_flood(gw):
+    c = Raw(gw.port)
+    sid = c.request("/echo/slow?delay=2", method="POST", end=False)
+    c.raw(b"".join(DataFrame(sid, data=b"").serialize() for _ in range(20)))
+    assert_calm(c)
+    c.close()
+
+
+def test_continuation_flood(gw):
+    c = Raw(gw.port)
+    f = HeadersFrame(1)
+    f.data = c.h2.encoder.encode(BASE)[:5]
+    frames = [f.serialize()]
+    for _ in range(100):
+        frames.append(ContinuationFrame(1, data=b"\x40\x01a\x01b").serialize())
+    c.raw(b"".join(frames))
+    assert c.pump(lambda r: r.closed, timeout=5)
+    assert c.goaway() is not None and int(c.goaway().error_code) != 0
+    c.close()
+
+
+def test_concurrent_stream_limit(gw):
+    c = Raw(gw.port)
+    c.pump(lambda r: r.h2.remote_settings.max_concurrent_streams == 100, timeout=2)
+    assert c.h2.remote_settings.max_concurrent_streams == 100
+    c.raw(b"".join(headers_frame(1 + 2 * i, c, end=False) for i in range(101)))
+    assert c.pump(lambda r: r.closed, timeout=5)
+    assert c.goaway() is not None and int(c.goaway().error_code) == PROTOCOL_ERROR
+    c.close()
+
+
+def test_output_not_read_is_bounded(gw):
+    """PINGs whose answers the client never reads: the gateway stops at its output bound or the control
+    budget and drops the connection instead of buffering without end."""
+    c = Raw(gw.port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ping = b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize() for i in range(900))
+    for _ in range(40):
+        try:
+            c.raw(ping)
+        except OSError:
+            break
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    assert c.pump(lambda r: r.closed, timeout=10)
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flow control: a stream stalled on a zero window is reset; other streams and the connection go on
+
+
+def test_stalled_stream_is_reset(gateway, echo_origin, monkeypatch):
+    import conftest
+    render = conftest.render_config
+    monkeypatch.setattr(conftest, "render_config",
+                        lambda *a, **k: render(*a, **k) + '\n[server.http2]\nstall_timeout = "1s"\n')
+    g = gateway.start({"echo": {"targets": [echo_origin.addr]}},
+                      [{"name": "echo", "path": "/echo/*", "upstream": "echo"}])
+    assert 'stall_timeout = "1s"' in g.config_text
+    port = g.port
+    c = Raw(port, window=16384)
+    sid = c.request("/echo/big?size=1000000")
+    # The client never acknowledges (pump would): read raw bytes only.
+    t0 = time.monotonic()
+    seen = b""
+    while time.monotonic() - t0 < 6:
+        c.sock.settimeout(0.5)
+        try:
+            data = c.sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        seen += data
+        evs = c.h2.receive_data(data)
+        c.events += evs
+        if c.reset_code(sid) is not None:
+            break
+    assert c.reset_code(sid) == CANCEL
+    assert 0.8 < time.monotonic() - t0 < 5
+    sid2 = c.request("/echo/next")
+    assert c.pump(done(sid2))
+    assert c.response(sid2)[0][":status"] == "200"
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Drain and ALPN
+
+
+def read_frames(sock: socket.socket, timeout: float) -> list:
+    """Every frame until the server closes (h2's client state machine stops at a GOAWAY, so frames after
+    it are parsed here with hyperframe)."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(0.2)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        buf += data
+    frames = []
+    while len(buf) >= 9:
+        f, length = Frame.parse_frame_header(memoryview(buf[:9]))
+        f.parse_body(memoryview(buf[9:9 + length]))
+        frames.append(f)
+        buf = buf[9 + length:]
+    return frames
+
+
+def test_drain_sends_goaway_and_finishes_streams(gateway, echo_origin):
+    g = gateway.start({"echo": {"targets": [echo_origin.addr]}},
+                      [{"name": "echo", "path": "/echo/*", "upstream": "echo"}])
+    c = Raw(g.port)
+    assert c.pump(lambda r: r.h2.remote_settings.max_concurrent_streams == 100, timeout=2)
+    sid = c.request("/echo/slow?delay=1")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    g.proc.send_signal(signal.SIGTERM)
+    frames = read_frames(c.sock, 8)
+    kinds = [(type(f).__name__, f.stream_id) for f in frames]
+    goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert goaway and goaway[0].error_code == 0 and goaway[0].last_stream_id == sid, kinds
+    # After the GOAWAY, the stream in flight is answered in full, then the connection closes.
+    heads = [f for f in frames if isinstance(f, HeadersFrame) and f.stream_id == sid]
+    assert heads and frames.index(goaway[0]) < frames.index(heads[0]), kinds
+    assert tuple(c.h2.decoder.decode(heads[0].data)[0]) == (":status", "200")
+    assert any("END_STREAM" in f.flags for f in frames if f.stream_id == sid), kinds
+    assert time.monotonic() - t0 < 5
+    c.close()
+    assert g.proc.wait(10) == 0
+    gateway.started.remove(g)          # it exited by design (drained): not a crash for the launcher
+    g.stop()
+
+
+def test_alpn_h2_over_tls(tmp_path):
+    """ALPN "h2" on a TLS transport selects the HTTP/2 engine (ClientConn.connection_made), "http/1.1"
+    keeps HTTP/1.1: a worker's protocol factory behind an SSLContext of the test's own."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", tmp_path / "k.pem",
+                    "-out", tmp_path / "c.pem", "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    script = tmp_path / "alpn_server.py"
+    script.write_text(ALPN_SERVER)
+    from upstreams import EchoOrigin
+    origin = EchoOrigin().start()
+    proc = subprocess.Popen(["python3", str(script), str(tmp_path), origin.addr], stdout=subprocess.PIPE,
+                            cwd=Path(__file__).parents[1], text=True)
+    try:
+        port = int(proc.stdout.readline())
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
+        with httpx.Client(http2=True, verify=ctx, timeout=10) as c:
+            r = c.get(f"https://localhost:{port}/echo/tls")
+            assert r.http_version == "HTTP/2"
+            assert r.status_code == 200
+            hdrs = {k.lower(): v for k, v in r.json()["headers"]}
+            assert hdrs["x-forwarded-proto"] == "https"
+        with httpx.Client(http2=False, verify=ctx, timeout=10) as c:
+            r = c.get(f"https://localhost:{port}/echo/tls1")
+            assert r.http_version == "HTTP/1.1" and r.status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
+        origin.stop()
+
+
+ALPN_SERVER = r'''
+import asyncio, ssl, sys
+import uvloop
+from fastgw.config import loads
+from fastgw.compile import compile_config
+from fastgw._core.proxy import Worker
+
+d, origin = sys.argv[1], sys.argv[2]
+cfg = loads(f"""
+[upstreams.echo]
+targets = ["{origin}"]
+[[routes]]
+name = "echo"
+path = "/echo/*"
+upstream = "echo"
+""")
+
+async def main():
+    loop = asyncio.get_running_loop()
+    w = Worker(compile_config(cfg), loop, b"t-")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    srv = await loop.create_server(w.protocol, "127.0.0.1", 0, ssl=ctx)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    import time
+    while True:
+        w.sweep(loop.time(), b"Date: x\r\n")
+        await asyncio.sleep(0.25)
+
+uvloop.run(main())
+'''
+
+
+def test_response_encoder_round_trips_through_hpack():
+    """fastgw's response field encoder (literal without indexing, static-table names) decodes with a
+    standard HPACK decoder, long names and values included, and acknowledges a table size change."""
+    import hpack
+
+    from fastgw._core.proxy import H2Encoder
+    enc = H2Encoder()
+    dec = hpack.Decoder()
+    fields = [(b":status", b"200"), (b":status", b"418"), (b"content-type", b"application/json"),
+              (b"x-long-" + b"n" * 200, b"v" * 5000), (b"x-request-id", b"abc"), (b"server", b"")]
+    for _ in range(3):                              # the second and third pass come from the cache
+        assert dec.decode(enc.encode(fields), raw=True) == fields
+    assert len(dec.header_table.dynamic_entries) == 0   # nothing was inserted into the dynamic table
+    enc.header_table_size = 0
+    block = enc.encode([(b":status", b"204")])
+    assert block[0] == 0x20                         # size update first (RFC 7541 4.2)
+    assert dec.decode(block, raw=True) == [(b":status", b"204")]
