@@ -292,6 +292,34 @@ def test_too_many_headers_is_431(gw):
     c.close()
 
 
+def test_oversized_header_list_is_refused(gw, echo_origin):
+    """More than server.limits.max_header_bytes (32 KiB) of decoded fields: the connection is closed with
+    GOAWAY before anything reaches the upstream (HPACK bomb class)."""
+    before = len(echo_origin.requests_for("/echo/big-head"))
+    c = Raw(gw.port)
+    c.pump(lambda r: False, timeout=0.2)
+    f = HeadersFrame(1)
+    f.data = c.h2.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test"),
+                                  (b":path", b"/echo/big-head")] + [(b"x-big%d" % i, b"v" * 8000)
+                                                                     for i in range(5)])
+    frames = []
+    data = f.data
+    first = HeadersFrame(1, data=data[:16000])
+    frames.append(first.serialize())
+    rest = data[16000:]
+    while rest:
+        cf = ContinuationFrame(1, data=rest[:16000])
+        rest = rest[16000:]
+        if not rest:
+            cf.flags.add("END_HEADERS")
+        frames.append(cf.serialize())
+    c.raw(b"".join(frames))
+    assert c.pump(lambda r: r.closed, timeout=5)
+    assert c.goaway() is not None and int(c.goaway().error_code) == CALM
+    assert len(echo_origin.requests_for("/echo/big-head")) == before
+    c.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Floods: GOAWAY and the connection closed
 
