@@ -594,3 +594,29 @@ def test_response_encoder_round_trips_through_hpack():
     block = enc.encode([(b":status", b"204")])
     assert block[0] == 0x20                         # size update first (RFC 7541 4.2)
     assert dec.decode(block, raw=True) == [(b":status", b"204")]
+
+
+def test_alpn_h2_on_the_gateway_tls_listener(gateway, echo_origin, tmp_path):
+    """The gateway's own [[server.tls]] listener (fastgw/tls.py) offers h2 by ALPN: httpx and curl get
+    HTTP/2, a client offering only http/1.1 gets HTTP/1.1, on the same port."""
+    from certs import CA, write_pair
+    from conftest import free_port
+    ca = CA("fastgw h2 test CA")
+    (tmp_path / "ca.pem").write_bytes(ca.pem())
+    cert, key = write_pair(tmp_path, "api", ca.issue("api.test", ["api.test"], ips=["127.0.0.1"]))
+    port = free_port()
+    g = gateway.start({"echo": {"targets": [echo_origin.addr]}},
+                      [{"name": "echo", "path": "/echo/*", "upstream": "echo"}],
+                      extra=f'\n[[server.tls]]\nlisten = ["127.0.0.1:{port}"]\ncert = "{cert}"\nkey = "{key}"\n')
+    assert g.alive()
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with httpx.Client(http2=True, verify=ctx, timeout=10) as c:
+        r = c.get(f"https://127.0.0.1:{port}/echo/alpn")
+        assert r.http_version == "HTTP/2" and r.status_code == 200
+        assert {k.lower(): v for k, v in r.json()["headers"]}["x-forwarded-proto"] == "https"
+    with httpx.Client(http2=False, verify=ctx, timeout=10) as c:
+        r = c.get(f"https://127.0.0.1:{port}/echo/alpn1")
+        assert r.http_version == "HTTP/1.1" and r.status_code == 200
+    out = subprocess.run(["curl", "-sS", "-i", "--http2", "--cacert", str(tmp_path / "ca.pem"),
+                          f"https://127.0.0.1:{port}/echo/curl-tls"], capture_output=True, text=True, timeout=20)
+    assert out.stdout.startswith("HTTP/2 200"), out.stdout + out.stderr
