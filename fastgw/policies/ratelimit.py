@@ -343,8 +343,31 @@ class PlanRT:
         self.lease_state: dict[bytes, list[float]] = {}   # redis tag -> [last refill mono, batch, deny until,
         #                                                   tight index, remaining, reset deadline]
         self.inflight: dict[bytes, asyncio.Future[Any]] = {}
+        self.waiting: dict[bytes, int] = {}             # requests waiting for the refill of a key
+        fast = self._fast_keys()
+        if fast is not None:
+            self.keys = fast  # type: ignore[method-assign]
 
     # -- keys ------------------------------------------------------------------------------------------
+    def _fast_keys(self) -> Any:
+        """The common case, one key of one part, without the general loop."""
+        if len(self.keyspecs) != 1 or len(self.keyspecs[0]) != 1:
+            return None
+        part = self.keyspecs[0][0]
+        hk = B.hash_key
+        if part.startswith("header:"):
+            name = part[7:].lower().encode()
+
+            def by_header(ex: Any, consumer: str | None) -> tuple[int, ...]:
+                v = ex.header(name)
+                return (hk(0, v if v is not None else b"ip:" + ex.peer),)
+            return by_header
+        if part == "consumer":
+            def by_consumer(ex: Any, consumer: str | None) -> tuple[int, ...]:
+                return (hk(0, consumer.encode() if consumer is not None else b"ip:" + ex.peer),)
+            return by_consumer
+        return None
+
     def keys(self, ex: Any, consumer: str | None) -> tuple[int, ...]:
         out = []
         for spec in self.keyspecs:
@@ -552,28 +575,36 @@ class RateLimitPolicy:
         return self.reject(ex, plan, tight, reset, retry, None)
 
     async def _lease_wait(self, ex: Any, plan: PlanRT, tag: bytes, rkeys: list[bytes], lk: int) -> Rejection | None:
-        for _ in range(8):
-            mono = time.monotonic_ns()
-            if plan.lease.lease_take(lk, mono):
-                self.count(plan, D_ALLOWED)
+        # Requests of one key that find the lease empty wait for the same refill; the refill asks for
+        # enough tokens for all of them. A waiter leaves with a token, or with the store's refusal.
+        plan.waiting[tag] = plan.waiting.get(tag, 0) + 1
+        try:
+            for _ in range(100):
+                mono = time.monotonic_ns()
+                if plan.lease.lease_take(lk, mono):
+                    self.count(plan, D_ALLOWED)
+                    st = plan.lease_state.get(tag)
+                    if st is not None:
+                        self.lease_headers(ex, plan, st, mono)
+                    return None
                 st = plan.lease_state.get(tag)
-                if st is not None:
-                    self.lease_headers(ex, plan, st, mono)
-                return None
-            st = plan.lease_state.get(tag)
-            if st is not None and st[2] > mono:
-                return self.lease_reject(ex, plan, st, mono)
-            fut = plan.inflight.get(tag)
-            if fut is None:
+                if st is not None and st[2] > mono:
+                    return self.lease_reject(ex, plan, st, mono)
+                fut = plan.inflight.get(tag)
+                if fut is None:
+                    try:
+                        fut = self.refill(plan, tag, rkeys, lk, mono)
+                    except StoreDown:
+                        return self.degraded(ex, plan, self._keys_of(ex, plan))
                 try:
-                    fut = self.refill(plan, tag, rkeys, lk, mono)
+                    await asyncio.shield(fut)
                 except StoreDown:
                     return self.degraded(ex, plan, self._keys_of(ex, plan))
-            try:
-                await asyncio.shield(fut)
-            except StoreDown:
-                return self.degraded(ex, plan, self._keys_of(ex, plan))
-        self.count(plan, D_RATE)
+        finally:
+            n = plan.waiting.pop(tag, 1) - 1
+            if n > 0:
+                plan.waiting[tag] = n
+        self.count(plan, D_RATE)         # 100 refills without a token for this request: give up
         return (429, "rate-limited", None, b"Retry-After: 1\r\n")
 
     def _keys_of(self, ex: Any, plan: PlanRT) -> tuple[int, ...]:
@@ -593,7 +624,7 @@ class RateLimitPolicy:
         if st[0] > 0:
             elapsed = max(1e-6, (mono - st[0]) / NS)
             batch = math.ceil(st[1] / elapsed * store.settings.lease_period)
-        batch = max(1, min(batch, plan.lease_cap))
+        batch = max(1, min(max(batch, plan.waiting.get(tag, 0)), plan.lease_cap))
         fut = store.client.run(TAKE, rkeys, [batch, 1, *plan.redis_args])
         plan.inflight[tag] = fut
         ttl = int(store.settings.lease_ttl * NS)
