@@ -171,3 +171,64 @@ def test_example_config_check_prints_plans() -> None:
     assert out.returncode == 0, out.stderr
     assert "demo: sync=local, on_store_error=local" in out.stdout
     assert json.dumps("demo")  # the example's plan is live without Redis
+
+
+def _sha(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+CONSUMER_ROUTES = '''
+[[routes]]
+name = "keyed"
+path = "/keyed/*"
+upstream = "origin"
+auth = ["api_key"]
+plan = "bronze"
+'''
+CONSUMER_PLANS = f'''
+[plans.bronze]
+limits = [{{ rate = "2/h" }}]
+
+[plans.gold]
+limits = [{{ rate = "5/h" }}, {{ concurrency = 10 }}]
+
+[consumers.partner-a]
+api_keys_sha256 = ["{_sha("key-a")}"]
+plan = "gold"
+
+[consumers.partner-b]
+api_keys_sha256 = ["{_sha("key-b")}"]
+
+[consumers.partner-c]
+api_keys_sha256 = ["{_sha("key-c")}"]
+'''
+
+
+def test_consumer_plan_overrides_route_plan_and_consumers_are_isolated(tmp_path: Path, echo_origin) -> None:
+    gw = rlutil.start(tmp_path, rlutil.config(echo_origin.addr, CONSUMER_ROUTES, CONSUMER_PLANS), workers=1)
+    try:
+        with httpx.Client(base_url=gw.base, timeout=5) as c:
+            a = [c.get("/keyed/x", headers={"X-API-Key": "key-a"}) for _ in range(6)]
+            b = [c.get("/keyed/x", headers={"X-API-Key": "key-b"}) for _ in range(3)]
+            cc = [c.get("/keyed/x", headers={"X-API-Key": "key-c"}) for _ in range(3)]
+            anon = c.get("/keyed/x")
+        # partner-a: its own plan (gold, 5/h; concurrency is not advertised), keyed by consumer.
+        assert [r.status_code for r in a] == [200] * 5 + [429]
+        assert a[0].headers["RateLimit-Policy"] == '"rate";q=5;w=3600'
+        assert a[0].headers["RateLimit"] == '"rate";r=4;t=720'
+        # partner-b and partner-c have no plan: the route's (bronze, 2/h), each with its own budget.
+        assert [r.status_code for r in b] == [200, 200, 429]
+        assert [r.status_code for r in cc] == [200, 200, 429]
+        assert b[0].headers["RateLimit-Policy"] == '"rate";q=2;w=3600'
+        assert b[2].headers["Retry-After"] == "1800"
+        # No key: the auth policy answers 401 first; the limiter never counts it.
+        assert anon.status_code == 401
+        assert "RateLimit" not in anon.headers
+        text = rlutil.metrics(gw)
+        assert metric(text, "fastgw_ratelimit_decisions_total", route="keyed", plan="gold", decision="allowed") == 5
+        assert metric(text, "fastgw_ratelimit_decisions_total", route="keyed", plan="bronze",
+                      decision="rate_limited") == 2
+    finally:
+        gw.close()
