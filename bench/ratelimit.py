@@ -2,6 +2,7 @@
 the reference proxy measured in the same run, rounds interleaved, medians).
 
 Scenarios:
+  plain    fastgw without auth or limits (the baseline the policy costs are added to).
   gateway  fastgw with an API key (auth) and a local rate limit that is never exceeded, vs nginx as a
            plain reverse proxy: req/s and the proxy's CPU seconds per 100k requests (ratio to nginx).
   lease    the same with the limit kept in Redis (sync = "lease"), plus Redis commands per request at
@@ -157,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     run.preflight()
     tmp = tempfile.mkdtemp(prefix="fastgw-rl-bench-")
     env = run.Env(tmp=tmp, procs=run.Procs())
-    rows: dict[str, list[dict]] = {"nginx": [], "gateway": [], "lease": []}
+    rows: dict[str, list[dict]] = {"nginx": [], "plain": [], "gateway": [], "lease": []}
     lease_cmds: list[float] = []
     redis = None
     try:
         env.origin_port = run.start_origin(env)
         nginx_port, nginx = run.start_nginx_proxy(env)
         redis, redis_port = start_redis(tmp)
+        os.makedirs(os.path.join(tmp, "plain"))
+        plain_port, plain, _ = run.start_fastgw(run.Env(tmp=os.path.join(tmp, "plain"), procs=env.procs,
+                                                        origin_port=env.origin_port))
         run.FASTGW_TOML = TEMPLATE     # the harness's config template, with auth and a plan
         run.wait_ready = wait_ready_with_key
         gw_port, gw, _ = run.start_fastgw(env, extra_admin=PLAN_LOCAL)
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(env2.tmp)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         lease_port, lease, _ = run.start_fastgw(env2, extra_admin=PLAN_LEASE + f'\n[redis]\nurl = "{redis_url}"\n')
-        order = [("nginx", nginx_port, nginx.pid, False), ("gateway", gw_port, gw.pid, True),
+        order = [("nginx", nginx_port, nginx.pid, False), ("plain", plain_port, plain.pid, False),
+                 ("gateway", gw_port, gw.pid, True),
                  ("lease", lease_port, lease.pid, True)]
         wrk(gw_port, a.conns, 1.0, True)          # warm-up (pools, lease sizes)
         wrk(lease_port, a.conns, 1.0, True)
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{a.rounds} rounds x {a.duration:g} s, wrk -t1 -c{a.conns}, path /3b; proxies 1 worker on core "
              f"{run.PROXY_CORE}; origin, wrk and redis on core {run.LOAD_CORE}. Medians.", "",
              "| system | req/s | p50 ms | p99 ms | CPU s/100k | CPU ratio to nginx |", "|---|---|---|---|---|---|"]
-    for k in ("nginx", "gateway", "lease"):
+    for k in ("nginx", "plain", "gateway", "lease"):
         m = med[k]
         lines.append(f"| {k} | {m['rps']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['cpu_per_100k']:.2f} "
                      f"| {m['cpu_per_100k'] / med['nginx']['cpu_per_100k']:.2f} |")

@@ -187,3 +187,20 @@ def test_redis_outage_fallbacks_and_recovery(tmp_path: Path, echo_origin, redis_
         assert metric(rlutil.metrics(gw), "fastgw_ratelimit_degraded") == 0
     finally:
         gw.close()
+
+
+def test_lease_crowd_on_one_key_under_the_limit_is_never_refused(tmp_path: Path, echo_origin, redis_server) -> None:
+    """64 connections on one key, far under the limit: requests that find the lease empty queue for the
+    refill and are served from it (they used to be starved by requests arriving meanwhile: 429s)."""
+    routes = '[[routes]]\nname = "l"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
+    plans = '[plans.p]\nlimits = [{ rate = "1000000/s", burst = 1000000, key = ["header:X-Key"] }]\nsync = "lease"\n'
+    gw = rlutil.start(tmp_path, rlutil.config(echo_origin.addr, routes, plans, redis_server.url), workers=1)
+    try:
+        before = _commands(redis_server, "evalsha", "eval")
+        res = rlutil.result(rlutil.load(2.0, "/crowd", "X-Key: k", [gw.listen], 64))
+        scripts = _commands(redis_server, "evalsha", "eval") - before
+        assert res["ok"] > 1000
+        assert res["limited"] == 0 and res["other"] == {} and res["degraded"] == 0
+        assert scripts / res["ok"] < 0.1          # leases, not one script per request
+    finally:
+        gw.close()

@@ -28,6 +28,7 @@ with the fewest requests left), in the form of draft-ietf-httpapi-ratelimit-head
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import os
 import time
@@ -343,7 +344,7 @@ class PlanRT:
         self.lease_state: dict[bytes, list[float]] = {}   # redis tag -> [last refill mono, batch, deny until,
         #                                                   tight index, remaining, reset deadline]
         self.inflight: dict[bytes, asyncio.Future[Any]] = {}
-        self.waiting: dict[bytes, int] = {}             # requests waiting for the refill of a key
+        self.waitq: dict[bytes, collections.deque[asyncio.Future[bool]]] = {}   # requests waiting for a refill
         fast = self._fast_keys()
         if fast is not None:
             self.keys = fast  # type: ignore[method-assign]
@@ -559,6 +560,8 @@ class RateLimitPolicy:
             return None
         if st is not None and st[2] > mono:        # the store said no until then: refuse locally
             return self.lease_reject(ex, plan, st, mono)
+        if plan.store is None or not plan.store.up:
+            return self.degraded(ex, plan, keys)
         return self._lease_wait(ex, plan, tag, rkeys, lk)
 
     def lease_headers(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> None:
@@ -575,44 +578,49 @@ class RateLimitPolicy:
         return self.reject(ex, plan, tight, reset, retry, None)
 
     async def _lease_wait(self, ex: Any, plan: PlanRT, tag: bytes, rkeys: list[bytes], lk: int) -> Rejection | None:
-        # Requests of one key that find the lease empty wait for the same refill; the refill asks for
-        # enough tokens for all of them. A waiter leaves with a token, or with the store's refusal.
-        plan.waiting[tag] = plan.waiting.get(tag, 0) + 1
+        # Requests of one key that find the lease empty queue up; a refill hands its tokens to the queue
+        # first (in arrival order), then banks the rest. So a waiter cannot be starved by requests that
+        # arrive while the refill is in flight, and the refill asks for enough tokens for the whole queue.
+        w: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        plan.waitq.setdefault(tag, collections.deque()).append(w)
+        if tag not in plan.inflight:
+            try:
+                self.refill(plan, tag, rkeys, lk, time.monotonic_ns())
+            except StoreDown:
+                self._release_queue(plan, tag, StoreDown("redis unavailable"))
         try:
-            for _ in range(100):
-                mono = time.monotonic_ns()
-                if plan.lease.lease_take(lk, mono):
-                    self.count(plan, D_ALLOWED)
-                    st = plan.lease_state.get(tag)
-                    if st is not None:
-                        self.lease_headers(ex, plan, st, mono)
-                    return None
-                st = plan.lease_state.get(tag)
-                if st is not None and st[2] > mono:
-                    return self.lease_reject(ex, plan, st, mono)
-                fut = plan.inflight.get(tag)
-                if fut is None:
-                    try:
-                        fut = self.refill(plan, tag, rkeys, lk, mono)
-                    except StoreDown:
-                        return self.degraded(ex, plan, self._keys_of(ex, plan))
-                try:
-                    await asyncio.shield(fut)
-                except StoreDown:
-                    return self.degraded(ex, plan, self._keys_of(ex, plan))
-        finally:
-            n = plan.waiting.pop(tag, 1) - 1
-            if n > 0:
-                plan.waiting[tag] = n
-        self.count(plan, D_RATE)         # 100 refills without a token for this request: give up
+            got = await w
+        except StoreDown:
+            return self.degraded(ex, plan, self._keys_of(ex, plan))
+        mono = time.monotonic_ns()
+        st = plan.lease_state.get(tag)
+        if got:
+            self.count(plan, D_ALLOWED)
+            if st is not None:
+                self.lease_headers(ex, plan, st, mono)
+            return None
+        if st is not None:
+            return self.lease_reject(ex, plan, st, mono)
+        self.count(plan, D_RATE)
         return (429, "rate-limited", None, b"Retry-After: 1\r\n")
+
+    def _release_queue(self, plan: PlanRT, tag: bytes, result: bool | BaseException) -> None:
+        q = plan.waitq.pop(tag, None)
+        while q:
+            w = q.popleft()
+            if not w.done():
+                if isinstance(result, BaseException):
+                    w.set_exception(result)
+                else:
+                    w.set_result(result)
 
     def _keys_of(self, ex: Any, plan: PlanRT) -> tuple[int, ...]:
         ident = ex.identity
         return plan.keys(ex, getattr(ident, "consumer", None) if ident is not None else None)
 
     def refill(self, plan: PlanRT, tag: bytes, rkeys: list[bytes], lk: int, mono: int) -> asyncio.Future[Any]:
-        """Take a batch of tokens from the global bucket; the batch follows this worker's spending rate."""
+        """Take a batch of tokens from the global bucket; the batch follows this worker's spending rate
+        (and covers the requests waiting for it)."""
         st = plan.lease_state.get(tag)
         if st is None:
             if len(plan.lease_state) > 100_000:      # bounded: forget idle keys wholesale
@@ -624,19 +632,23 @@ class RateLimitPolicy:
         if st[0] > 0:
             elapsed = max(1e-6, (mono - st[0]) / NS)
             batch = math.ceil(st[1] / elapsed * store.settings.lease_period)
-        batch = max(1, min(max(batch, plan.waiting.get(tag, 0)), plan.lease_cap))
+        q = plan.waitq.get(tag)
+        batch = max(1, min(max(batch, len(q) if q else 0), plan.lease_cap))
         fut = store.client.run(TAKE, rkeys, [batch, 1, *plan.redis_args])
         plan.inflight[tag] = fut
         ttl = int(store.settings.lease_ttl * NS)
 
         def done(f: asyncio.Future[Any]) -> None:
             plan.inflight.pop(tag, None)
-            if f.exception() is not None:
+            exc = f.exception()
+            if exc is not None:
+                self._release_queue(plan, tag, exc if isinstance(exc, StoreDown) else StoreDown(str(exc)))
                 return
             rep = f.result()
             now = time.monotonic_ns()
             if not isinstance(rep, list):
                 log("ratelimit_script_error", level="error", error=str(rep))
+                self._release_queue(plan, tag, StoreDown(str(rep)))
                 return
             granted = rep[0]
             if rep[1]:
@@ -644,11 +656,25 @@ class RateLimitPolicy:
             tight, remaining, reset_ms, retry_ms = self.tightest(plan, rep)
             st[0], st[1] = float(now), float(max(granted, 1))
             st[3], st[4], st[5] = float(tight), float(remaining), float(now + reset_ms * 1_000_000)
+            st[2] = 0.0 if granted > 0 else float(now + max(1, retry_ms) * 1_000_000)
+            waiting = plan.waitq.get(tag)
+            while waiting and granted > 0:
+                w = waiting.popleft()
+                if not w.done():
+                    w.set_result(True)
+                    granted -= 1
             if granted > 0:
                 plan.lease.lease_put(lk, now, granted, now + ttl)
-                st[2] = 0.0
+            if waiting:
+                if st[2] > now:                     # the store is empty for now: refuse the rest
+                    self._release_queue(plan, tag, False)
+                else:                               # a partial grant: ask again for the rest
+                    try:
+                        self.refill(plan, tag, rkeys, lk, now)
+                    except StoreDown as e:
+                        self._release_queue(plan, tag, e)
             else:
-                st[2] = float(now + max(1, retry_ms) * 1_000_000)
+                plan.waitq.pop(tag, None)
 
         fut.add_done_callback(done)
         return fut
