@@ -341,10 +341,11 @@ class PlanRT:
             # No worker holds more than one lease period of the whole limit.
             tight = min(lim.count / lim.period for lim in rates)
             self.lease_cap = max(1, min(self.lease_cap, int(tight * store.settings.lease_period)))
-        self.lease_state: dict[bytes, list[float]] = {}   # redis tag -> [last refill mono, batch, deny until,
+        self.lease_seed = B.hash_key(1, name.encode())
+        self.lease_state: dict[int, list[float]] = {}     # key hash -> [last refill mono, batch, deny until,
         #                                                   tight index, remaining, reset deadline]
-        self.inflight: dict[bytes, asyncio.Future[Any]] = {}
-        self.waitq: dict[bytes, collections.deque[asyncio.Future[bool]]] = {}   # requests waiting for a refill
+        self.inflight: dict[int, asyncio.Future[Any]] = {}
+        self.waitq: dict[int, collections.deque[asyncio.Future[bool]]] = {}   # requests waiting for a refill
         fast = self._fast_keys()
         if fast is not None:
             self.keys = fast  # type: ignore[method-assign]
@@ -549,8 +550,9 @@ class RateLimitPolicy:
             r = self.conc_only(ex, plan, keys)
             if r is not None:
                 return r
-        tag, rkeys = self.redis_keys(plan, keys)
-        lk = B.hash_key(plan.limits[0].seed, tag)
+        # Per request only integers: the Redis key names are built when a refill is needed.
+        tag = keys[0] if len(keys) == 1 else hash_tuple(keys)
+        lk = (tag ^ plan.lease_seed) or 1
         mono = time.monotonic_ns()
         st = plan.lease_state.get(tag)
         if plan.lease.lease_take(lk, mono):
@@ -562,7 +564,7 @@ class RateLimitPolicy:
             return self.lease_reject(ex, plan, st, mono)
         if plan.store is None or not plan.store.up:
             return self.degraded(ex, plan, keys)
-        return self._lease_wait(ex, plan, tag, rkeys, lk)
+        return self._lease_wait(ex, plan, tag, keys, lk)
 
     def lease_headers(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> None:
         tight = int(st[3])
@@ -577,7 +579,7 @@ class RateLimitPolicy:
         reset = max(0, math.ceil((st[5] - mono) / NS))
         return self.reject(ex, plan, tight, reset, retry, None)
 
-    async def _lease_wait(self, ex: Any, plan: PlanRT, tag: bytes, rkeys: list[bytes], lk: int) -> Rejection | None:
+    async def _lease_wait(self, ex: Any, plan: PlanRT, tag: int, keys: tuple[int, ...], lk: int) -> Rejection | None:
         # Requests of one key that find the lease empty queue up; a refill hands its tokens to the queue
         # first (in arrival order), then banks the rest. So a waiter cannot be starved by requests that
         # arrive while the refill is in flight, and the refill asks for enough tokens for the whole queue.
@@ -585,7 +587,7 @@ class RateLimitPolicy:
         plan.waitq.setdefault(tag, collections.deque()).append(w)
         if tag not in plan.inflight:
             try:
-                self.refill(plan, tag, rkeys, lk, time.monotonic_ns())
+                self.refill(plan, tag, keys, lk, time.monotonic_ns())
             except StoreDown:
                 self._release_queue(plan, tag, StoreDown("redis unavailable"))
         try:
@@ -604,7 +606,7 @@ class RateLimitPolicy:
         self.count(plan, D_RATE)
         return (429, "rate-limited", None, b"Retry-After: 1\r\n")
 
-    def _release_queue(self, plan: PlanRT, tag: bytes, result: bool | BaseException) -> None:
+    def _release_queue(self, plan: PlanRT, tag: int, result: bool | BaseException) -> None:
         q = plan.waitq.pop(tag, None)
         while q:
             w = q.popleft()
@@ -618,7 +620,7 @@ class RateLimitPolicy:
         ident = ex.identity
         return plan.keys(ex, getattr(ident, "consumer", None) if ident is not None else None)
 
-    def refill(self, plan: PlanRT, tag: bytes, rkeys: list[bytes], lk: int, mono: int) -> asyncio.Future[Any]:
+    def refill(self, plan: PlanRT, tag: int, keys: tuple[int, ...], lk: int, mono: int) -> asyncio.Future[Any]:
         """Take a batch of tokens from the global bucket; the batch follows this worker's spending rate
         (and covers the requests waiting for it)."""
         st = plan.lease_state.get(tag)
@@ -634,7 +636,7 @@ class RateLimitPolicy:
             batch = math.ceil(st[1] / elapsed * store.settings.lease_period)
         q = plan.waitq.get(tag)
         batch = max(1, min(max(batch, len(q) if q else 0), plan.lease_cap))
-        fut = store.client.run(TAKE, rkeys, [batch, 1, *plan.redis_args])
+        fut = store.client.run(TAKE, self.redis_keys(plan, keys)[1], [batch, 1, *plan.redis_args])
         plan.inflight[tag] = fut
         ttl = int(store.settings.lease_ttl * NS)
 
@@ -670,7 +672,7 @@ class RateLimitPolicy:
                     self._release_queue(plan, tag, False)
                 else:                               # a partial grant: ask again for the rest
                     try:
-                        self.refill(plan, tag, rkeys, lk, now)
+                        self.refill(plan, tag, keys, lk, now)
                     except StoreDown as e:
                         self._release_queue(plan, tag, e)
             else:
