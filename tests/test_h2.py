@@ -253,6 +253,30 @@ def test_body_limit_and_request_id(gw):
     c.close()
 
 
+def test_upstream_failures_on_streams(gateway, echo_origin, midbody_origin):
+    """The HTTP/1.1 upstream rules hold per stream: a refused upstream is a 502 problem on that stream; an
+    upstream that dies mid-body resets that stream (INTERNAL_ERROR: never a truncated response presented
+    as complete) while the connection and its other streams go on."""
+    from conftest import free_port
+    g = gateway.start({"echo": {"targets": [echo_origin.addr]}, "mid": {"targets": [midbody_origin.addr]},
+                       "dead": {"targets": [f"127.0.0.1:{free_port()}"]}},
+                      [{"name": "echo", "path": "/echo/*", "upstream": "echo"},
+                       {"name": "mid", "path": "/mid/*", "upstream": "mid"},
+                       {"name": "dead", "path": "/dead/*", "upstream": "dead"}])
+    c = Raw(g.port)
+    slow = c.request("/echo/slow?delay=0.5")
+    dead = c.request("/dead/x")
+    mid = c.request("/mid/x")
+    assert c.pump(lambda r: all(done(s)(r) for s in (slow, dead, mid)), timeout=10)
+    head, body, _ = c.response(dead)
+    assert head[":status"] == "502" and json.loads(body)["type"] == "urn:fastgw:problem:bad-gateway"
+    assert c.reset_code(mid) == 2                     # INTERNAL_ERROR
+    assert c.response(mid)[0][":status"] == "200" and not c.response(mid)[2]
+    assert c.response(slow)[0][":status"] == "200" and c.response(slow)[2]
+    assert not c.closed
+    c.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Malformed requests: reset with PROTOCOL_ERROR, never forwarded
 
