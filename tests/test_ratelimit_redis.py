@@ -204,3 +204,34 @@ def test_lease_crowd_on_one_key_under_the_limit_is_never_refused(tmp_path: Path,
         assert scripts / res["ok"] < 0.1          # leases, not one script per request
     finally:
         gw.close()
+
+
+def test_local_fallback_splits_the_limit_between_live_instances(tmp_path: Path, echo_origin, redis_server) -> None:
+    """on_store_error = "local": with Redis gone, each instance enforces limit / live instances, the count
+    of instances coming from their heartbeats in Redis (2 here: 20/h becomes 10/h per instance)."""
+    routes = '[[routes]]\nname = "s"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
+    plans = ('[plans.p]\nlimits = [{ rate = "20/h", key = ["header:X-Key"] }]\nsync = "strict"\n'
+             'on_store_error = "local"\n')
+    text = rlutil.config(echo_origin.addr, routes, plans, redis_server.url) + 'heartbeat = "200ms"\n'
+    gws = [rlutil.start(tmp_path, text, workers=1, name=f"hb{i}") for i in range(2)]
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            live = redis_server.command("ZCARD", "fgw:{hb}:instances")
+            if live.startswith(b":2"):
+                break
+            time.sleep(0.05)
+        assert live.startswith(b":2"), live
+        time.sleep(0.5)                          # every worker has seen the count of 2
+        redis_server.kill()
+        codes = []
+        for _ in range(15):
+            status, headers, _ = _get(gws[0].listen, "/split")
+            codes.append(status)
+            assert headers["ratelimit-degraded"] == "local"
+        assert codes.count(200) == 10 and codes.count(429) == 5
+        status, headers, _ = _get(gws[0].listen, "/split")
+        assert headers["ratelimit-policy"] == '"rate";q=20;w=3600'
+    finally:
+        for g in gws:
+            g.close()
