@@ -430,8 +430,8 @@ def overshoot_summary(cfg: Config, workers: int) -> list[str]:
                 tight = min(c / p for c, p in rates) if rates else count / period
                 cap = max(1, min(cap, int(tight * rd.lease_period)))
             per_host = cap * workers
-            out.append(f"    {limit_name(lim)} (limits[{i}]): lease worst-case overshoot {cap} per worker "
-                       f"key = {per_host} per instance ({workers} workers) x instances, for leased tokens "
-                       f"spent up to lease_ttl = {rd.lease_ttl:g}s after they were granted")
+            out.append(f"    {limit_name(lim)} (limits[{i}]): lease worst-case overshoot per key: {cap} requests "
+                       f"per worker = {per_host} per instance ({workers} workers), times the number of instances "
+                       f"(leased tokens spent up to lease_ttl = {rd.lease_ttl:g}s after they were granted)")
     return out
 
