@@ -428,7 +428,7 @@ class RateLimitPolicy:
         store = plan.store
         if store is None:
             return self.local(ex, plan, plan.local, keys, None)
-        if not store.up:
+        if not store.client.up:             # the breaker (the heartbeat loop updates gauges and logs)
             return self.degraded(ex, plan, keys)
         if plan.sync == "strict":
             return self.strict(ex, plan, keys)
@@ -562,7 +562,7 @@ class RateLimitPolicy:
             return None
         if st is not None and st[2] > mono:        # the store said no until then: refuse locally
             return self.lease_reject(ex, plan, st, mono)
-        if plan.store is None or not plan.store.up:
+        if plan.store is None or not plan.store.client.up:
             return self.degraded(ex, plan, keys)
         return self._lease_wait(ex, plan, tag, keys, lk)
 
