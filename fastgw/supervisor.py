@@ -86,6 +86,7 @@ class Supervisor:
         self.exit_code = 0
         self.announced = False
         self.listen: list[str] = []
+        self.kinds: list[str] = []
         self.admin_addr = ""
 
     # -- config ----------------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class Supervisor:
         fds = [s.fileno() for s in slot.socks]
         pass_fds = [*fds, child.fileno()]
         cmd = [sys.executable, "-m", "fastgw.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
-               "--listen-fds", ",".join(map(str, fds))]
+               "--listen-fds", ",".join(map(str, fds)), "--listen-kinds", ",".join(self.kinds)]
         if self.shm is not None:
             pass_fds.append(self.shm.fd)
             cmd += ["--shm-fd", str(self.shm.fd), "--shm-layout", msgspec.json.encode(self.shm.layout.to_json()).decode()]
@@ -286,7 +287,10 @@ class Supervisor:
     def bind_all(self) -> None:
         """One socket per listen address per slot, all with SO_REUSEPORT. A port of 0 is resolved by the
         first bind and reused for the other slots, so the slots still share one port."""
-        addrs = list(self.cfg.server.listen)
+        # Plain listeners, then the TLS listeners ([[server.tls]]); the worker is told which is which.
+        addrs = list(self.cfg.server.listen) + [a for t in self.cfg.server.tls for a in t.listen]
+        self.kinds = ["plain"] * len(self.cfg.server.listen) + [
+            f"tls:{i}" for i, t in enumerate(self.cfg.server.tls) for _ in t.listen]
         for i in range(self.nworkers):
             socks = []
             try:
@@ -335,6 +339,10 @@ def _restart_only(old: Config, new: Config) -> list[str]:
     changed = []
     if old.server.listen != new.server.listen:
         changed.append("server.listen")
+    if [t.listen for t in old.server.tls] != [t.listen for t in new.server.tls]:
+        changed.append("server.tls[].listen")
+    if old.server.proxy_protocol != new.server.proxy_protocol:
+        changed.append("server.proxy_protocol")
     if old.server.workers != new.server.workers:
         changed.append("server.workers")
     if old.admin.listen != new.admin.listen:

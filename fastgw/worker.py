@@ -107,6 +107,8 @@ class WorkerProcess:
         self.exit_code = 0
         self.exit_reason = ""
         self.drain_task: asyncio.Task[None] | None = None
+        self.kinds: list[str] = ["plain"] * len(socks)     # per socket: "plain" or "tls:<server.tls index>"
+        self.tls_servers: dict[int, asyncio.AbstractServer] = {}
         self.services: dict[str, Any] | None = None    # long-lived resources of policies (compile_config)
 
     # -- config ----------------------------------------------------------------------------------------
@@ -133,8 +135,66 @@ class WorkerProcess:
                     t.close_idle()
         self.cfg, self.groups, self.gen = cfg, groups, int(msg["gen"])
         self.set_access_log(cfg.server.access_log)
+        if self.tls_servers:
+            loop.create_task(self.reload_tls())
         if self.words is not None:
             self.words[H_GEN] = self.gen
+
+    # -- listeners (issue 5: PROXY protocol, TLS) -------------------------------------------------------
+    def protocol_factory(self) -> Any:
+        """Plain listeners: ClientConn, which first reads a PROXY header when server.proxy_protocol."""
+        w = self.w
+        assert w is not None and self.cfg is not None
+        if not self.cfg.server.proxy_protocol:
+            return w.protocol
+
+        def make() -> Any:
+            c = w.protocol()
+            c.want_proxy = True
+            return c
+        return make
+
+    async def serve_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.w is not None and self.cfg is not None
+        contexts = self.tls_contexts()
+        for i, (s, kind) in enumerate(zip(self.socks, self.kinds, strict=True)):
+            if kind == "plain":
+                self.servers.append(await loop.create_server(self.protocol_factory(), sock=s, backlog=BACKLOG))
+            else:
+                # A dup: closing this server on a TLS reload must leave the inherited socket open.
+                srv = await loop.create_server(self.w.protocol, sock=s.dup(), backlog=BACKLOG,
+                                               ssl=contexts[int(kind[4:])], ssl_handshake_timeout=10.0)
+                self.tls_servers[i] = srv
+                self.servers.append(srv)
+
+    def tls_contexts(self) -> list[Any]:
+        assert self.cfg is not None
+        if not self.cfg.server.tls:
+            return []
+        from fastgw.tls import build_context  # (cryptography is a slow import: only when TLS is used)
+        return [build_context(t) for t in self.cfg.server.tls]
+
+    async def reload_tls(self) -> None:
+        """Certificates are read again on every reload: new TLS connections get the new contexts (a new
+        server on the same socket replaces the old one); established connections are not touched."""
+        if not self.tls_servers or self.drain_task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        assert self.w is not None
+        try:
+            contexts = self.tls_contexts()
+        except Exception as e:
+            log("tls_reload_failed", level="error", error=f"{type(e).__name__}: {e}")
+            return
+        for i, old in list(self.tls_servers.items()):
+            kind = self.kinds[i]
+            srv = await loop.create_server(self.w.protocol, sock=self.socks[i].dup(), backlog=BACKLOG,
+                                           ssl=contexts[int(kind[4:])], ssl_handshake_timeout=10.0)
+            self.tls_servers[i] = srv
+            self.servers = [srv if x is old else x for x in self.servers]
+            old.close()
+        log("tls_reloaded", listeners=len(contexts))
 
     def set_access_log(self, on: bool) -> None:
         assert self.w is not None
@@ -234,8 +294,7 @@ class WorkerProcess:
             return 1
         self.apply(first)
         assert self.w is not None
-        for s in self.socks:
-            self.servers.append(await loop.create_server(self.w.protocol, sock=s, backlog=BACKLOG))
+        await self.serve_listeners()
         if self.words is not None:
             self.words[H_PID] = os.getpid()
         sweeper = loop.create_task(self.sweeper())
@@ -274,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--slot", type=int, required=True)
     ap.add_argument("--ctl-fd", type=int, required=True)
     ap.add_argument("--listen-fds", required=True, help="comma-separated inherited listening sockets")
+    ap.add_argument("--listen-kinds", default="", help='per socket "plain" or "tls:N" (server.tls[N])')
     ap.add_argument("--shm-fd", type=int, default=-1)
     ap.add_argument("--shm-layout", default="")
     args = ap.parse_args(argv)
@@ -285,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     shm = (SharedMemory.attach(args.shm_fd, Layout.from_json(json.loads(args.shm_layout)))
            if args.shm_fd >= 0 else None)
     try:
-        return uvloop.run(WorkerProcess(args.slot, socks, ctl, shm).run())
+        proc = WorkerProcess(args.slot, socks, ctl, shm)
+        if args.listen_kinds:
+            proc.kinds = args.listen_kinds.split(",")
+        return uvloop.run(proc.run())
     except Exception as e:
         log("worker_exit", level="error", code=1, reason=f"{type(e).__name__}: {e}")
         return 1

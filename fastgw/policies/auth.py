@@ -29,12 +29,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from fastgw.config import Config, JwtIssuer, Route
 from fastgw.observe import log
+
+# PyJWT and cryptography are imported when an issuer is built, not with this module: the worker (which
+# imports it through fastgw.compile) starts faster when no route uses JWT, and a restarted worker is back
+# sooner.
 
 MAX_TOKEN = 8192                 # DESIGN.md §5: larger tokens are refused before any crypto
 MAX_JWKS = 1024 * 1024           # a JWK Set larger than this is not a JWK Set
@@ -138,6 +138,7 @@ def parse_jwk(jwk: Any) -> Key:
         raise ValueError(f"unsupported alg {alg!r}")
     if kty == "oct":
         return Key(kid, "oct", None, alg, _b64(jwk.get("k")))
+    import jwt
     if kty not in ("RSA", "EC", "OKP"):
         raise ValueError(f"unsupported kty {kty!r}")
     pub = {k: v for k, v in jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}  # public part only
@@ -165,6 +166,8 @@ def parse_jwks(data: bytes) -> dict[str, Key]:
 
 
 def pem_key(text: str) -> Key:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
     k = load_pem_public_key(text.encode())
     if isinstance(k, rsa.RSAPublicKey):
         return Key(None, "RSA", None, None, k)
@@ -239,6 +242,8 @@ class Issuer:
     known good set kept on failure) and its verified-token cache."""
 
     def __init__(self, name: str, c: JwtIssuer, cfg: Config) -> None:
+        import jwt
+        self.jwt = jwt
         self.name = name
         self.c = c
         self.algorithms = frozenset(c.algorithms)
@@ -394,21 +399,21 @@ class Issuer:
         used = ""
         for k in candidates:
             try:
-                claims = jwt.decode(token, k.key, algorithms=[alg], audience=self.audience, issuer=self.c.issuer,
+                claims = self.jwt.decode(token, k.key, algorithms=[alg], audience=self.audience, issuer=self.c.issuer,
                                     leeway=self.c.leeway, options={"require": self.require, "verify_signature": True})
                 used = k.kid if k.kid is not None else next(n for n, v in self.keys.items() if v is k)
                 break
-            except jwt.ExpiredSignatureError:
+            except self.jwt.ExpiredSignatureError:
                 raise AuthError("token expired") from None
-            except jwt.ImmatureSignatureError:
+            except self.jwt.ImmatureSignatureError:
                 raise AuthError("token not yet valid") from None
-            except jwt.InvalidAudienceError:
+            except self.jwt.InvalidAudienceError:
                 raise AuthError("wrong audience") from None
-            except jwt.InvalidIssuerError:
+            except self.jwt.InvalidIssuerError:
                 raise AuthError("wrong issuer") from None
-            except jwt.MissingRequiredClaimError as e:
+            except self.jwt.MissingRequiredClaimError as e:
                 raise AuthError(f"missing claim {e.claim}") from None
-            except jwt.InvalidSignatureError:
+            except self.jwt.InvalidSignatureError:
                 continue
             except Exception:
                 raise AuthError("invalid token") from None

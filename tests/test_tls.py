@@ -1,0 +1,205 @@
+"""TLS termination with real certificates (made here with cryptography) and real clients (ssl, httpx,
+curl): SNI, ALPN, TLS 1.2 floor, mTLS required/optional with a consumer mapped from the certificate,
+and certificate reload on SIGHUP."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from certs import CA, write_pair
+from conftest import Gateway, GatewayLauncher, free_port
+
+
+class Pki:
+    def __init__(self, d: Path) -> None:
+        self.dir = d
+        self.ca = CA("fastgw test CA")
+        self.other_ca = CA("someone else")
+        (d / "ca.pem").write_bytes(self.ca.pem())
+        self.ca_file = str(d / "ca.pem")
+        self.api = write_pair(d, "api", self.ca.issue("api.test", ["api.test"], ips=["127.0.0.1"]))
+        self.partners = write_pair(d, "partners", self.ca.issue("partners.test", ["*.partners.test"]))
+        self.client = write_pair(d, "client", self.ca.issue("partner-a", client=True))
+        self.stranger = write_pair(d, "stranger", self.other_ca.issue("partner-a", client=True))
+        self.unmapped = write_pair(d, "unmapped", self.ca.issue("nobody", client=True))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_gw(gateway_launcher: GatewayLauncher, echo_origin: Any, pki: Pki) -> Iterator[tuple[Gateway, int, int]]:
+    p_req, p_opt = free_port(), free_port()
+    extra = f"""
+[[server.tls]]
+listen = ["127.0.0.1:{p_req}"]
+cert = "{pki.api[0]}"
+key = "{pki.api[1]}"
+sni = [{{ cert = "{pki.partners[0]}", key = "{pki.partners[1]}" }}]
+client_ca = "{pki.ca_file}"
+client_auth = "required"
+
+[[server.tls]]
+listen = ["127.0.0.1:{p_opt}"]
+cert = "{pki.api[0]}"
+key = "{pki.api[1]}"
+client_ca = "{pki.ca_file}"
+client_auth = "optional"
+alpn = ["http/1.1"]
+
+[consumers.partner-a]
+cert_subjects = ["CN=partner-a"]
+"""
+    routes = [{"name": "open", "path": "/open", "upstream": "echo"},
+              {"name": "mtls", "path": "/mtls", "upstream": "echo", "auth": ["mtls"]}]
+    gw = gateway_launcher.start({"echo": {"targets": [echo_origin.addr]}}, routes, extra=extra)
+    yield gw, p_req, p_opt
+
+
+def client_ctx(pki: Pki, cert: tuple[str, str] | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=pki.ca_file)
+    if cert:
+        ctx.load_cert_chain(*cert)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def handshake(port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname=name)
+
+
+def get(s: ssl.SSLSocket, path: str, host: str = "api.test") -> bytes:
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    out = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return out
+        out += data
+
+
+def test_sni_picks_the_certificate(tls_gw: tuple, pki: Pki) -> None:
+    _, p_req, _ = tls_gw
+    for name, want in (("api.test", "api.test"), ("x.partners.test", "partners.test"), ("other.test", "api.test")):
+        ctx = client_ctx(pki, pki.client)
+        if name == "other.test":
+            ctx.check_hostname = False     # the default certificate does not name it; we only look at it
+        with handshake(p_req, ctx, name) as s:
+            subject = dict(x[0] for x in s.getpeercert()["subject"])
+            assert subject["commonName"] == want, name
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_alpn_and_tls_versions(tls_gw: tuple, pki: Pki) -> None:
+    _, p_req, p_opt = tls_gw
+    with handshake(p_req, client_ctx(pki, pki.client, ["h2", "http/1.1"]), "api.test") as s:
+        assert s.selected_alpn_protocol() == "h2"
+        assert s.version() in ("TLSv1.2", "TLSv1.3")
+    with handshake(p_req, client_ctx(pki, pki.client, ["http/1.1"]), "api.test") as s:
+        assert s.selected_alpn_protocol() == "http/1.1"
+    with handshake(p_opt, client_ctx(pki, None, ["h2", "http/1.1"]), "api.test") as s:
+        assert s.selected_alpn_protocol() == "http/1.1"     # that listener advertises http/1.1 only
+    old = client_ctx(pki, pki.client)
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")      # the client would speak TLS 1.1; the server must not
+    with pytest.raises((ssl.SSLError, OSError)):
+        handshake(p_req, old, "api.test").close()
+    weak = client_ctx(pki, pki.client)
+    weak.maximum_version = ssl.TLSVersion.TLSv1_2
+    weak.set_ciphers("AES128-SHA")          # RSA key exchange, CBC: not offered by fastgw
+    with pytest.raises((ssl.SSLError, OSError)):
+        handshake(p_req, weak, "api.test").close()
+    strong = client_ctx(pki, pki.client)
+    strong.maximum_version = ssl.TLSVersion.TLSv1_2
+    with handshake(p_req, strong, "api.test") as s:
+        assert s.version() == "TLSv1.2" and "ECDHE" in s.cipher()[0] and ("GCM" in s.cipher()[0] or "CHACHA" in s.cipher()[0])
+
+
+def _refused(port: int, ctx: ssl.SSLContext) -> bool:
+    """True if the server refuses: at the handshake (TLS 1.2) or with an alert at the first read (1.3)."""
+    try:
+        with handshake(port, ctx, "api.test") as s:
+            return not get(s, "/open").startswith(b"HTTP/1.1 200")
+    except (ssl.SSLError, OSError):
+        return True
+
+
+def test_mtls_required(tls_gw: tuple, pki: Pki) -> None:
+    gw, p_req, _ = tls_gw
+    assert _refused(p_req, client_ctx(pki))                    # no client certificate
+    assert _refused(p_req, client_ctx(pki, pki.stranger))      # signed by another CA
+    with httpx.Client(verify=client_ctx(pki, pki.client), timeout=5) as c:
+        r = c.get(f"https://127.0.0.1:{p_req}/mtls", headers={"Host": "api.test", "X-Consumer": "forged"})
+        assert r.status_code == 200, r.text
+        h = {n.lower(): v for n, v in r.json()["headers"]}
+        assert h["x-consumer"] == "partner-a" and h["x-forwarded-proto"] == "https"
+
+
+def test_mtls_optional(tls_gw: tuple, pki: Pki) -> None:
+    _, _, p_opt = tls_gw
+    with httpx.Client(verify=client_ctx(pki), timeout=5) as c:
+        assert c.get(f"https://127.0.0.1:{p_opt}/open", headers={"Host": "api.test"}).status_code == 200
+        r = c.get(f"https://127.0.0.1:{p_opt}/mtls", headers={"Host": "api.test"})
+        assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+    with httpx.Client(verify=client_ctx(pki, pki.unmapped), timeout=5) as c:
+        r = c.get(f"https://127.0.0.1:{p_opt}/mtls", headers={"Host": "api.test"})
+        assert r.status_code == 401 and r.json()["detail"] == "client certificate not mapped to a consumer"
+    with httpx.Client(verify=client_ctx(pki, pki.client), timeout=5) as c:
+        r = c.get(f"https://127.0.0.1:{p_opt}/mtls", headers={"Host": "api.test"})
+        assert r.status_code == 200
+        assert {n.lower(): v for n, v in r.json()["headers"]}["x-consumer"] == "partner-a"
+
+
+def test_curl_client(tls_gw: tuple, pki: Pki) -> None:
+    _, p_req, _ = tls_gw
+    out = subprocess.run(
+        ["curl", "-sS", "--http1.1", "--cacert", pki.ca_file, "--cert", pki.client[0], "--key", pki.client[1],
+         "--resolve", f"api.test:{p_req}:127.0.0.1", "-w", "\n%{http_code} %{ssl_verify_result}",
+         f"https://api.test:{p_req}/mtls"], capture_output=True, text=True, timeout=20)
+    body, _, tail = out.stdout.rpartition("\n")
+    assert tail == "200 0", (out.stdout, out.stderr)
+    assert ["X-Consumer", "partner-a"] in json.loads(body)["headers"]
+    out = subprocess.run(["curl", "-sS", "--http1.1", "--cacert", pki.ca_file, "--resolve",
+                          f"api.test:{p_req}:127.0.0.1", f"https://api.test:{p_req}/open"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode != 0                                 # no client certificate: refused
+
+
+def test_certificates_reload_on_sighup(gateway: GatewayLauncher, echo_origin: Any, pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    cert, key = write_pair(tmp_path, "live", pki.ca.issue("api.test", ["api.test"]))
+    extra = f'\n[[server.tls]]\nlisten = ["127.0.0.1:{port}"]\ncert = "{cert}"\nkey = "{key}"\n'
+    gw = gateway.start({"echo": {"targets": [echo_origin.addr]}}, [{"name": "open", "path": "/open", "upstream": "echo"}],
+                       extra=extra)
+
+    def serial() -> int:
+        with handshake(port, client_ctx(pki), "api.test") as s:
+            der = s.getpeercert(binary_form=True)
+        from cryptography import x509
+        return x509.load_der_x509_certificate(der).serial_number
+
+    first = serial()
+    kept = handshake(port, client_ctx(pki), "api.test")          # an established connection survives
+    write_pair(tmp_path, "live", pki.ca.issue("api.test", ["api.test"]))
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(e.get("event") == "tls_reloaded" for e in gw.events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(e.get("event") == "tls_reloaded" for e in gw.events), gw.events[-5:]
+    assert serial() != first
+    assert get(kept, "/open", "api.test").startswith(b"HTTP/1.1 200")
+    kept.close()
