@@ -59,6 +59,12 @@ targets = ["127.0.0.1:{origin_port}"]
 keepalive = 128
 
 [[routes]]
+name = "plain"
+path = "/plain/*"
+upstream = "origin"
+strip_prefix = true
+
+[[routes]]
 name = "all"
 path = "/*"
 upstream = "origin"
@@ -215,8 +221,10 @@ def throughput(a: argparse.Namespace) -> list[str]:
                     raise RuntimeError(B.tail(os.path.join(tmp, "fastgw.log"))) from None
                 time.sleep(0.2)
         hdr = ["-H", f"Authorization: Bearer {tok}"]
-        systems = {"nginx": (nginx_port, nginx.pid, []), "fastgw+jwt": (port, gw.pid, hdr)}
-        out += ["## Throughput (path /3b)", "", f"- fastgw: `{' '.join(shlex.quote(x) for x in argv)}`",
+        # The same fastgw process without auth (/plain/3b -> /3b) isolates what JWT costs.
+        systems = {"nginx": (nginx_port, nginx.pid, [], "/3b"), "fastgw": (port, gw.pid, [], "/plain/3b"),
+                   "fastgw+jwt": (port, gw.pid, hdr, "/3b")}
+        out += ["## Throughput (3-byte responses; fastgw+jwt on /3b, plain fastgw on /plain/3b, same process)", "", f"- fastgw: `{' '.join(shlex.quote(x) for x in argv)}`",
                 f"- wrk: `taskset -c {B.LOAD_CORE} wrk -t1 -cN -d{a.duration}s --latency` (+ `-H 'Authorization: "
                 f"Bearer <RS256 token>'` for fastgw); {a.rounds} rounds interleaved, medians", "",
                 "| conns | system | req/s | p50 ms | p99 ms | CPU s/100k | errors |", "|---|---|---|---|---|---|---|"]
@@ -225,11 +233,11 @@ def throughput(a: argparse.Namespace) -> list[str]:
             res: dict[str, list] = {s: [] for s in systems}
             for rnd in range(a.rounds):
                 for s in (list(systems) if rnd % 2 == 0 else list(reversed(systems))):
-                    p, pid, extra = systems[s]
+                    p, pid, extra, path = systems[s]
                     base = ["taskset", "-c", B.LOAD_CORE, "wrk", "-t1", f"-c{conns}"]
-                    B.run_wrk(base + ["-d2s", *extra, f"http://127.0.0.1:{p}/3b"], 40)
+                    B.run_wrk(base + ["-d2s", *extra, f"http://127.0.0.1:{p}{path}"], 40)
                     c0 = B.tree_cpu_seconds(pid)
-                    o = B.run_wrk(base + [f"-d{a.duration}s", "--latency", *extra, f"http://127.0.0.1:{p}/3b"],
+                    o = B.run_wrk(base + [f"-d{a.duration}s", "--latency", *extra, f"http://127.0.0.1:{p}{path}"],
                                   a.duration + 60)
                     r = B.parse_wrk(o)
                     r.cpu_s = B.tree_cpu_seconds(pid) - c0
@@ -244,10 +252,12 @@ def throughput(a: argparse.Namespace) -> list[str]:
                 med[s] = m
                 out.append(f"| {conns} | {s} | {m['rps']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | "
                            f"{m['cpu']:.3f} | {m['err']} |")
-            ratios.append(f"| {conns} | {med['fastgw+jwt']['rps'] / med['nginx']['rps']:.2f} | "
-                          f"{med['fastgw+jwt']['cpu'] / med['nginx']['cpu']:.2f} |")
+            j, n, f = med["fastgw+jwt"], med["nginx"], med["fastgw"]
+            ratios.append(f"| {conns} | {j['rps'] / n['rps']:.2f} | {j['cpu'] / n['cpu']:.2f} | "
+                          f"{f['cpu'] / n['cpu']:.2f} | {j['cpu'] / f['cpu']:.2f} |")
         out += ["", "Ratios fastgw+jwt / nginx plain proxy (req/s higher is better; CPU lower is better):", "",
-                "| conns | req/s ratio | CPU/100k ratio |", "|---|---|---|", *ratios]
+                "| conns | jwt/nginx req/s | jwt/nginx CPU/100k | plain fastgw/nginx CPU/100k | jwt/plain fastgw CPU |",
+                "|---|---|---|---|---|", *ratios]
         out += ["", "```toml", Path(cfg).read_text(), "```"]
     finally:
         procs.stop_all()
