@@ -446,6 +446,23 @@ def test_output_not_read_is_bounded(gw):
     c.close()
 
 
+def test_slow_reader_with_huge_windows_is_served(gw):
+    """A client that opens its windows wide (2 GiB) but reads slowly gets every byte of 6 concurrent
+    1 MB responses: the output bound counts only what is written while the client is not reading (when
+    no DATA goes out), so a legitimate slow reader is never mistaken for a flood."""
+    c = Raw(gw.port, window=2**31 - 1)
+    c.h2.increment_flow_control_window(2**31 - 1 - 65535)
+    c.out()
+    sids = [c.request(f"/echo/wide{i}?size=1000000") for i in range(6)]
+    time.sleep(0.5)                                  # let the gateway fill the socket buffers first
+    assert c.pump(lambda r: all(done(s)(r) for s in sids), timeout=30)
+    for s in sids:
+        head, body, ended = c.response(s)
+        assert head[":status"] == "200" and ended and len(body) == 1000000
+    assert not c.closed
+    c.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Flow control: a stream stalled on a zero window is reset; other streams and the connection go on
 

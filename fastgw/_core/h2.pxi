@@ -19,8 +19,9 @@
 # * Control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA) cost the client budget: more than
 #   `MAX_CONTROL` in a window, or more than `MAX_EMPTY_RUN` consecutive empty DATA frames, is
 #   ENHANCE_YOUR_CALM [Envoy max_outbound_control_frames 1000, max_consecutive_inbound_frames_with_empty_
-#   payload 1]; output the client does not read is bounded (`MAX_OUTQ` bytes in the transport): past it the
-#   connection is dropped [Envoy max_outbound_frames].
+#   payload 1]; output the client does not read is bounded (`MAX_OUTQ` bytes written while the transport
+#   is paused, when only control answers and heads go out): past it the connection is dropped
+#   [Envoy max_outbound_frames].
 # * Pseudo-headers validated (exactly one each of :method :scheme :path, :authority optional, none after a
 #   regular field, no unknown ones), names lowercase tokens, values without CR/LF/NUL or surrounding
 #   whitespace, no connection-specific fields, TE only "trailers" (RFC 9113 8.2, 8.3): a malformed request
@@ -54,7 +55,7 @@ DEF RESET_MIN = 500               # Rapid Reset: streams opened in the window be
 DEF FLOOD_WINDOW = 10.0           # seconds over which reset and control-frame budgets are counted
 DEF MAX_CONTROL = 1000            # control frames per window
 DEF MAX_EMPTY_RUN = 10            # consecutive empty DATA frames without END_STREAM
-DEF MAX_OUTQ = 1048576            # bytes queued in the transport for a client that does not read
+DEF MAX_OUTQ = 1048576            # bytes written while the transport is paused (the client does not read)
 DEF STREAM_OUTQ = 65536           # response bytes buffered per stream before its upstream is paused
 
 cdef int E_NO_ERROR = 0
@@ -441,6 +442,7 @@ cdef class H2Conn:
     cdef int win_reset
     cdef int win_ctrl
     cdef int empty_run
+    cdef Py_ssize_t paused_out    # bytes written since the transport paused (DATA is not sent then)
 
     def __init__(self, ClientConn cl):
         cdef Runtime rt = cl.rt0
@@ -836,9 +838,14 @@ cdef class H2Conn:
             self.after_end = [st for st in self.after_end if not st.ended]
         data = self.h2.data_to_send()
         if data:
+            if self.wpaused:
+                # No DATA is sent while the transport is paused: what still comes is control-frame
+                # answers and response heads. Past MAX_OUTQ the client is not reading: drop it.
+                self.paused_out += len(data)
+                if self.paused_out > MAX_OUTQ:
+                    self.abort()
+                    return
             self.transport.write(data)
-            if self.transport.get_write_buffer_size() > MAX_OUTQ:
-                self.abort()
 
     cdef void stream_ended(self, H2Stream st):
         """Forget a stream once its response is fully out (or it was reset) and no exchange holds it."""
@@ -917,6 +924,7 @@ cdef class H2Conn:
     def resume_writing(self):
         cdef H2Stream st
         self.wpaused = False
+        self.paused_out = 0
         for st in list(self.streams.values()):
             st.update_wpause()
         self.push_blocked()
