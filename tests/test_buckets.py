@@ -208,3 +208,15 @@ def test_hash_key_is_stable() -> None:
     assert B.hash_key(1, b"partner-a") == B.hash_key(1, b"partner-a")
     assert B.hash_key(1, b"partner-a") != B.hash_key(2, b"partner-a")
     assert B.hash_key(0, b"") != 0
+
+
+def test_zeroed_table_is_formatted_without_touching_slots() -> None:
+    """The supervisor formats its fresh (all-zero) shared section with zeroed=True: only the header is
+    written, so the table's pages stay unallocated until keys use them (idle memory of a host)."""
+    buf = bytearray(B.table_bytes(64))
+    buf[B.HEADER_BYTES + 40] = 0xAB                  # a byte of slot 0 (its `kind` field)
+    t = B.Table(buf, init=True, zeroed=True)
+    assert t.nslots == 64
+    assert buf[B.HEADER_BYTES + 40] == 0xAB          # slots left as they were
+    B.Table(buf, init=True)
+    assert buf[B.HEADER_BYTES + 40] == 0             # a full format clears them

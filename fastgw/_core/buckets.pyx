@@ -215,10 +215,11 @@ cdef inline void _conc(Slot* s, int64_t limit, Outcome* o) noexcept nogil:
 
 
 cdef class Table:
-    """A bucket table over a writable buffer (bytearray, mmap, memoryview). `init=True` formats it; a
-    worker attaching to the supervisor's shared section passes init=False."""
+    """A bucket table over a writable buffer (bytearray, mmap, memoryview). `init=True` formats it
+    (`zeroed=True`: the buffer is known to be all zero, only the header is written); a worker attaching to
+    the supervisor's shared section passes init=False."""
 
-    def __init__(self, buf, bint init=True):
+    def __init__(self, buf, bint init=True, bint zeroed=False):
         cdef unsigned char[::1] view = buf
         cdef Py_ssize_t size = view.shape[0]
         cdef uint64_t n = WAYS
@@ -231,7 +232,8 @@ cdef class Table:
         self.hdr = <Header*>base
         self.slots = <Slot*>(base + HDR)
         if init or self.hdr.magic != MAGIC:
-            memset(base, 0, HDR + SLOTB * n)
+            # A fresh memfd/mmap is already zero: writing it would make every page resident at start.
+            memset(base, 0, HDR if zeroed else HDR + SLOTB * n)
             self.hdr.magic = MAGIC
             self.hdr.nslots = n
         elif self.hdr.nslots != n:

@@ -210,7 +210,7 @@ def shm_sections(cfg: Config, workers: int) -> dict[str, int]:
 
 def init_shared(shm: Any) -> None:
     """Supervisor side: format the host's bucket table and give this instance its random id."""
-    table = B.Table(shm.section("ratelimit"), init=True)
+    table = B.Table(shm.section("ratelimit"), init=True, zeroed=True)   # a fresh memfd: untouched pages
     table.instance = int.from_bytes(os.urandom(8), "big") or 1
 
 
