@@ -51,8 +51,10 @@ def gw(gateway_launcher, echo_origin):
 # A raw HTTP/2 client: h2 for the ordinary frames, hyperframe for the ones h2 refuses to send.
 
 class Raw:
-    def __init__(self, port: int, window: int | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, port: int, window: int | None = None, timeout: float = 5.0, prefix: bytes = b"") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if prefix:
+            self.sock.sendall(prefix)
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
                                         normalize_outbound_headers=False, validate_inbound_headers=False)
         self.h2 = h2.connection.H2Connection(cfg)
@@ -661,3 +663,18 @@ def test_alpn_h2_on_the_gateway_tls_listener(gateway, echo_origin, tmp_path):
     out = subprocess.run(["curl", "-sS", "-i", "--http2", "--cacert", str(tmp_path / "ca.pem"),
                           f"https://127.0.0.1:{port}/echo/curl-tls"], capture_output=True, text=True, timeout=20)
     assert out.stdout.startswith("HTTP/2 200"), out.stdout + out.stderr
+
+
+def test_h2c_after_a_proxy_protocol_header(gateway, echo_origin):
+    """server.proxy_protocol: the PROXY header is read first, then the h2c preface selects HTTP/2, and the
+    client address from the header is the one forwarded."""
+    g = gateway.start({"echo": {"targets": [echo_origin.addr]}},
+                      [{"name": "echo", "path": "/echo/*", "upstream": "echo"}], server={"proxy_protocol": True})
+    c = Raw(g.port, prefix=b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n")
+    sid = c.request("/echo/pp")
+    assert c.pump(done(sid))
+    head, body, _ = c.response(sid)
+    assert head[":status"] == "200"
+    hdrs = {k.lower(): v for k, v in json.loads(body)["headers"]}
+    assert hdrs["x-forwarded-for"] == "203.0.113.7"
+    c.close()
