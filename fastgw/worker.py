@@ -188,9 +188,11 @@ class WorkerProcess:
             log("tls_reload_failed", level="error", error=f"{type(e).__name__}: {e}")
             return
         for i, old in list(self.tls_servers.items()):
-            kind = self.kinds[i]
+            n = int(self.kinds[i][4:])
+            if n >= len(contexts):      # [[server.tls]] tables removed: that takes a restart (logged)
+                continue
             srv = await loop.create_server(self.w.protocol, sock=self.socks[i].dup(), backlog=BACKLOG,
-                                           ssl=contexts[int(kind[4:])], ssl_handshake_timeout=10.0)
+                                           ssl=contexts[n], ssl_handshake_timeout=10.0)
             self.tls_servers[i] = srv
             self.servers = [srv if x is old else x for x in self.servers]
             old.close()

@@ -203,3 +203,17 @@ def test_certificates_reload_on_sighup(gateway: GatewayLauncher, echo_origin: An
     assert serial() != first
     assert get(kept, "/open", "api.test").startswith(b"HTTP/1.1 200")
     kept.close()
+    # A reload that drops the [[server.tls]] table: the address change needs a restart (logged), the
+    # listener keeps serving its last certificate, nothing crashes.
+    path = gateway.directory / f"fastgw-{len(gateway.started) - 1}.toml"
+    path.write_text(gw.config_text.replace(extra, "\n"))
+    n = len(gw.events)
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(e.get("event") == "config_applied" for e in gw.events[n:]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(e.get("event") == "config_needs_restart" and e.get("key") == "server.tls[].listen"
+               for e in gw.events[n:]), gw.events[n:]
+    time.sleep(0.3)
+    with handshake(port, client_ctx(pki), "api.test") as s:
+        assert get(s, "/open").startswith(b"HTTP/1.1 200")
