@@ -28,7 +28,7 @@ from libc.stdio cimport snprintf
 from libc.stdint cimport uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from libc.string cimport memchr, memcpy
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
 
@@ -48,8 +48,29 @@ cdef void write_parts(object transport, list parts):
     if total >= GATHER_MIN:
         transport.writelines(parts)
     else:
-        transport.write(b"".join(parts))
+        transport.write(concat(parts))
 
+
+cdef bytes concat(list parts):
+    """b"".join(parts) for a list of bytes, in C: one size pass, one allocation, one memcpy per part
+    (bytes.join costs ~150 instructions per part through the sequence and buffer protocols)."""
+    cdef Py_ssize_t total = 0, k, n = len(parts), size
+    cdef bytes out
+    cdef char* dst
+    cdef object part
+    for k in range(n):
+        part = parts[k]
+        if type(part) is not bytes:
+            return b"".join(parts)              # bytearray/memoryview parts: the general path
+        total += PyBytes_GET_SIZE(<bytes>part)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    dst = PyBytes_AS_STRING(out)
+    for k in range(n):
+        part = parts[k]
+        size = PyBytes_GET_SIZE(<bytes>part)
+        memcpy(dst, PyBytes_AS_STRING(<bytes>part), size)
+        dst += size
+    return out
 
 from fastgw._core.http1 cimport RequestHead, RequestReader, _bad_path
 
@@ -618,7 +639,7 @@ cdef class Exchange:
             parts.insert(0, self.up_head)
             self.pending = []
             self.pending_bytes = 0
-            c.transport.write(b"".join(parts))
+            c.transport.write(concat(parts))
             self.client.resume_reading(P_PENDING)
         else:
             c.transport.write(self.up_head)
@@ -1027,7 +1048,7 @@ cdef class ClientConn(RequestReader):
 
     cdef void flush_now(self):
         if self.wbuf:
-            self.transport.write(b"".join(self.wbuf))
+            self.transport.write(concat(self.wbuf))
             self.wbuf = []
 
     cdef void pause_reading(self, int why):
@@ -1088,7 +1109,7 @@ cdef class ClientConn(RequestReader):
         else:
             parts.append(b"\r\n\r\n")
         if not self.batching and not self.closed:
-            self.transport.write(b"".join(parts))
+            self.transport.write(concat(parts))
 
     cdef void write_body(self, Exchange ex, bytes data):
         if ex.resp_chunked:
@@ -1291,24 +1312,31 @@ cdef class ClientConn(RequestReader):
             pieces = filter_headers(pieces, h.drop, route.req_remove)
         host = h.host if h.host else ex.route.group.pick().hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        parts += pieces
+        if pieces:
+            parts.extend(pieces)
         if route.req_add:
             parts.append(route.req_add)
         if ex.up_extra is not None:
             parts.append(ex.up_extra)
-        parts += (b"X-Forwarded-For: ",
-                  self.peer if h.xff is None else h.xff + b", " + self.peer,
-                  b"\r\nX-Forwarded-Proto: ", self.proto, b"\r\n")
+        parts.append(b"X-Forwarded-For: ")
+        if h.xff is not None:
+            parts.append(h.xff)
+            parts.append(b", ")
+        parts.append(self.peer)
+        parts.append(b"\r\nX-Forwarded-Proto: ")
+        parts.append(self.proto)
         if h.host:
-            parts += (b"X-Forwarded-Host: ", h.host, b"\r\n")
-        parts += (b"X-Request-ID: ", ex.rid, b"\r\n")
+            parts.append(b"\r\nX-Forwarded-Host: ")
+            parts.append(h.host)
+        parts.append(b"\r\nX-Request-ID: ")
+        parts.append(ex.rid)
         if h.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+            parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         elif h.content_length >= 0:
-            parts.append(b"Content-Length: %d\r\n\r\n" % h.content_length)
+            parts.append(b"\r\nContent-Length: %d\r\n\r\n" % h.content_length)
         else:
-            parts.append(b"\r\n")
-        return b"".join(parts)
+            parts.append(b"\r\n\r\n")
+        return concat(parts)
 
     cdef void finished(self, Exchange ex):
         """The response of `ex` (the active exchange) is complete."""
