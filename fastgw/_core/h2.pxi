@@ -261,11 +261,11 @@ cdef class H2Stream(ClientConn):
             ex.up.transport.write(b"".join(ex.out))
             ex.out = []
         if not self.conn.batching:
-            self.conn.flush()
+            self.conn.schedule()
 
     cdef void kick(self):
         if not self.batching and not self.conn.batching:
-            self.conn.flush()
+            self.conn.schedule()
 
     cdef bint reader_done(self):
         return False
@@ -443,6 +443,7 @@ cdef class H2Conn:
     cdef int win_ctrl
     cdef int empty_run
     cdef Py_ssize_t paused_out    # bytes written since the transport paused (DATA is not sent then)
+    cdef bint flush_soon          # a flush is scheduled for the end of this loop iteration
 
     def __init__(self, ClientConn cl):
         cdef Runtime rt = cl.rt0
@@ -846,6 +847,18 @@ cdef class H2Conn:
                     self.abort()
                     return
             self.transport.write(data)
+
+    cdef void schedule(self):
+        """Output produced outside a client read (upstream responses, connects, policy results) is
+        written once per event-loop iteration: the responses of many streams share one h2 serialisation
+        pass and one write() instead of one each."""
+        if not self.flush_soon and not self.closed:
+            self.flush_soon = True
+            self.cl.loop.call_soon(self.flush_later)
+
+    def flush_later(self):
+        self.flush_soon = False
+        self.flush()
 
     cdef void stream_ended(self, H2Stream st):
         """Forget a stream once its response is fully out (or it was reset) and no exchange holds it."""
