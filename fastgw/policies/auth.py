@@ -558,6 +558,7 @@ class AuthPolicy:
             else:
                 self.methods.append((m, None))
         self.keys = {h: name for name, c in cfg.consumers.items() for h in c.api_keys_sha256}
+        self.key_idents: dict[str, Identity] = {}
         self.certs = {sub: name for name, c in cfg.consumers.items() for sub in c.cert_subjects}
         self.cfg = cfg
         ak = cfg.auth.api_key
@@ -595,10 +596,14 @@ class AuthPolicy:
                     name = self.keys.get(hashlib.sha256(key).hexdigest())
                     if name is None:
                         raise AuthError("unknown API key")
-                    ident = Identity(name, "api_key", consumer_plan(self.cfg, name),
-                                     scopes=frozenset(self.cfg.consumers[name].scopes),
-                                     roles=frozenset(self.cfg.consumers[name].roles))
-                    ident.headers.append((b"X-Consumer", name.encode()))
+                    # An API key's identity depends on the config only: built once, shared read-only.
+                    ident = self.key_idents.get(name)
+                    if ident is None:
+                        ident = Identity(name, "api_key", consumer_plan(self.cfg, name),
+                                         scopes=frozenset(self.cfg.consumers[name].scopes),
+                                         roles=frozenset(self.cfg.consumers[name].roles))
+                        ident.headers.append((b"X-Consumer", name.encode()))
+                        self.key_idents[name] = ident
                 else:  # mtls
                     cert = ex.peercert
                     if not cert:
