@@ -75,7 +75,7 @@ class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class Http2(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Downstream HTTP/2 (h2c prior knowledge and TLS ALPN "h2"); docs/http2.md. Header limits are
+    """Downstream HTTP/2 (h2c prior knowledge and TLS ALPN "h2"); README "HTTP/2". Header limits are
     server.limits' (max_header_bytes is the header list size, max_headers the field count)."""
 
     max_concurrent_streams: int = 100
@@ -208,7 +208,7 @@ class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class PlanLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One limit of a plan: exactly one of rate (token bucket), quota (UTC calendar window) or
-    concurrency (requests in flight). See docs/traffic-policy.md."""
+    concurrency (requests in flight). See README "Traffic policy"."""
 
     rate: str | None = None              # "100/s", "6000/min": refill rate of a token bucket
     burst: int | None = None             # bucket size (default: the rate's count; 1 = spike arrest)
