@@ -82,6 +82,7 @@ DEF P_PIPELINE = 4     # pipelined requests are queued
 DEF P_TERM = 8         # the connection is finishing (no more input wanted)
 
 DEF PENDING_LIMIT = 262144
+DEF CLIENT_WRITE_HIGH = 262144
 
 
 # Metrics region of one worker, in 64-bit words (mirrored by fastgw/metrics.py, which reads it):
@@ -883,6 +884,10 @@ cdef class ClientConn(RequestReader):
     # -- asyncio protocol ------------------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        # Up to 256 KiB may wait in the client's write buffer before the upstream is paused (uvloop's
+        # default, 64 KiB, paused and resumed the upstream on every 64 KiB response; nginx buffers 128 KiB
+        # per request with the benchmark's proxy_buffers).
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "unknown").encode()
         self.proto = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
