@@ -48,6 +48,12 @@ def build_groups(cfg: Config, old: Config | None = None,
         g.timeout = up.timeout
         g.idle_timeout = up.idle_timeout
         g.targets = [Target(*split_hostport(t), up.keepalive, g) for t in up.targets]
+        g.ssl = None
+        g.server_name = None
+        if up.tls is not None:
+            from fastgw.tls import upstream_context  # ssl setup only when an upstream uses TLS
+            g.ssl = upstream_context(up.tls)
+            g.server_name = up.tls.server_name
         groups[name] = g
     return groups
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import tomllib
 import types
@@ -128,6 +129,16 @@ class HeaderRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     remove: list[str] = msgspec.field(default_factory=list)
 
 
+class UpstreamTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """TLS to the upstream: verified by default (the system trust store, or `ca`)."""
+    verify: bool = True
+    ca: str | None = None                 # PEM bundle of trusted CAs; None = the system store
+    server_name: str | None = None        # SNI and the name verified; default: each target's host
+    cert: str | None = None               # client certificate (PEM) for upstreams that require one
+    key: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[str]
     keepalive: int = 128
@@ -135,6 +146,7 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     timeout: Duration = 15.0
     idle_timeout: Duration = 60.0
     balance: Literal["round_robin"] = "round_robin"
+    tls: UpstreamTLS | None = None
 
 
 class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -738,6 +750,20 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
     for field in ("connect_timeout", "timeout", "idle_timeout"):
         if getattr(up, field) <= 0:
             errors.append(f"{path}.{field}: must be greater than 0")
+    if up.tls is not None:
+        t = up.tls
+        if (t.cert is None) != (t.key is None):
+            errors.append(f"{path}.tls: cert and key go together (a client certificate needs its key)")
+        for field in ("ca", "cert", "key"):
+            f = getattr(t, field)
+            if f is not None and not os.path.isfile(f):
+                errors.append(f'{path}.tls.{field}: no such file "{f}"')
+        if not any(e.startswith(f"{path}.tls") for e in errors):
+            from fastgw.tls import upstream_context
+            try:
+                upstream_context(t)                   # the files must load, not just exist
+            except (OSError, ValueError) as e:        # ssl.SSLError is an OSError
+                errors.append(f"{path}.tls: unusable certificate or key: {e}")
 
 
 def _normalise(cfg: Config) -> Config:

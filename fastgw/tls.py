@@ -19,7 +19,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from fastgw.config import TlsListener
+from fastgw.config import TlsListener, UpstreamTLS
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
 
@@ -85,3 +85,21 @@ def negotiated_protocol(transport: Any) -> str | None:
     ALPN from the client: HTTP/1.1)."""
     obj = transport.get_extra_info("ssl_object")
     return obj.selected_alpn_protocol() if obj is not None else None
+
+
+def upstream_context(t: UpstreamTLS) -> ssl.SSLContext:
+    """Client context for an upstream: certificate and host name verified unless `verify = false`."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if t.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    if t.verify:
+        if t.ca is not None:
+            ctx.load_verify_locations(cafile=t.ca)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if t.cert is not None and t.key is not None:
+        ctx.load_cert_chain(t.cert, t.key)
+    return ctx

@@ -21,6 +21,8 @@ class Problem:
 class UpstreamGroup:
     name: str
     targets: list[Target]
+    ssl: Any
+    server_name: str | None
     rr: int
     connect_timeout: float
     timeout: float

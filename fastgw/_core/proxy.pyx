@@ -19,6 +19,7 @@ Rules kept here (and why):
   response is never presented as a complete one.
 """
 import asyncio
+import ssl
 
 from fastgw import proxyproto
 
@@ -205,6 +206,8 @@ cdef class Runtime:
 cdef class UpstreamGroup:
     cdef public str name
     cdef public list targets
+    cdef public object ssl                 # ssl.SSLContext for TLS upstreams, else None
+    cdef public str server_name            # SNI / verified name override (None: the target's host)
     cdef public Py_ssize_t rr
     cdef public double connect_timeout
     cdef public double timeout
@@ -529,9 +532,17 @@ async def _await_gate(Exchange ex, aw):
 async def _connect(Exchange ex, Target target):
     loop = asyncio.get_running_loop()
     try:
-        _, conn = await loop.create_connection(lambda: UpstreamConn(target), target.host, target.port)
+        g = target.group
+        if g.ssl is None:
+            _, conn = await loop.create_connection(lambda: UpstreamConn(target), target.host, target.port)
+        else:
+            _, conn = await loop.create_connection(lambda: UpstreamConn(target), target.host, target.port,
+                                                   ssl=g.ssl, server_hostname=g.server_name or target.host)
     except asyncio.CancelledError:
         ex.connect_failed(504, "upstream-timeout", b"upstream connect timed out")
+        return
+    except ssl.SSLError as exc:
+        ex.connect_failed(502, "bad-gateway", f"upstream TLS handshake failed: {exc.reason or exc}".encode())
         return
     except OSError as exc:
         ex.connect_failed(502, "bad-gateway", f"cannot connect to upstream: {exc.strerror or exc}".encode())
