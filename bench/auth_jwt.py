@@ -79,7 +79,7 @@ jwks_file = "{jwks}"
 claims_to_headers = {{ sub = "X-User-ID" }}
 """
     if ratelimit:
-        text += '\n[plans.bench]\nlimits = [{ rate = "10000000/s", burst = 1000000 }]\n'
+        text += '\n[plans.bench]\nlimits = [{ rate = "1000000/s", burst = 1000000 }]\n'
     return text
 
 
