@@ -257,9 +257,8 @@ cdef class H2Stream(ClientConn):
 
     cdef void flush(self):
         cdef Exchange ex = self.active
-        if ex is not None and ex.out and ex.up is not None and ex.up.transport is not None:
-            ex.up.transport.write(b"".join(ex.out))
-            ex.out = []
+        if ex is not None:
+            ex.flush_upstream()
         if not self.conn.batching:
             self.conn.schedule()
 

@@ -607,6 +607,12 @@ cdef class Exchange:
         else:
             self.up.transport.write(data)
 
+    cdef void flush_upstream(self):
+        """Write the request bytes batched during one client read (see to_upstream) in one go."""
+        if self.out and self.up is not None and self.up.transport is not None:
+            write_parts(self.up.transport, self.out)
+            self.out = []
+
     cdef void acquire(self, bint fresh):
         cdef ClientConn cl = self.client
         cdef UpstreamConn c = None
@@ -651,7 +657,7 @@ cdef class Exchange:
             parts.insert(0, self.up_head)
             self.pending = []
             self.pending_bytes = 0
-            c.transport.write(concat(parts))
+            write_parts(c.transport, parts)
             self.client.resume_reading(P_PENDING)
         else:
             c.transport.write(self.up_head)
@@ -1046,9 +1052,8 @@ cdef class ClientConn(RequestReader):
         if self.wbuf and not self.closed:
             write_parts(self.transport, self.wbuf)
             self.wbuf = []
-        if ex is not None and ex.out and ex.up is not None and ex.up.transport is not None:
-            write_parts(ex.up.transport, ex.out)
-            ex.out = []
+        if ex is not None:
+            ex.flush_upstream()
 
     cdef void close(self):
         if not self.closed:
@@ -1064,7 +1069,7 @@ cdef class ClientConn(RequestReader):
 
     cdef void flush_now(self):
         if self.wbuf:
-            self.transport.write(concat(self.wbuf))
+            write_parts(self.transport, self.wbuf)
             self.wbuf = []
 
     cdef void pause_reading(self, int why):
