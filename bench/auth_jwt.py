@@ -103,6 +103,9 @@ def micro(rounds: int = 200) -> list[tuple[str, float, float]]:
         def add_upstream_header(self, n: bytes, v: bytes) -> None:
             pass
 
+        def add_upstream_lines(self, lines: bytes) -> None:
+            pass
+
     out = []
     specs = [("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
              ("PS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)),

@@ -83,7 +83,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
-        rt.gate = chain(build_route_policies(cfg, r, services if services is not None else {}))
+        rt.gate = chain(build_route_policies(cfg, r, services if services is not None else {}, rt.mslot))
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))
     run = Runtime()

@@ -21,6 +21,7 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
   [40..53] request duration histogram: counts per bucket (13 bounds + overflow), not cumulative
   [54]     sum of durations in microseconds
   [55..57] upstream errors: bad gateway (502), unavailable (503), timeout (504)
+  [58..62] auth failures by AUTH_REASONS (written by the auth policy, fastgw._core.gates.AuthGate)
 """
 from __future__ import annotations
 
@@ -31,15 +32,19 @@ from dataclasses import dataclass, field
 HEADER = 8
 ROUTE = 64
 H_CONNS, H_PID, H_GEN = 0, 1, 2
-HIST, NBOUNDS, SUM_US, UPERR = 40, 13, 54, 55
+HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 UPSTREAM_ERRORS = ("bad_gateway", "unavailable", "timeout")
+# Why an auth policy refused: no credential (401), a credential that failed (401), an expired token (401),
+# authenticated without the route's scope or role (403), the client address refused by IP rules (403).
+AUTH_REASONS = ("missing", "invalid", "expired", "forbidden", "ip")
 NO_ROUTE = "(none)"      # not a valid route name, so it cannot collide with one
 ROUTE_SLOTS = 1024       # route names one process lifetime can count; later ones count under slot 0
 
-assert len(BOUNDS) == NBOUNDS and HIST + NBOUNDS + 1 == SUM_US and UPERR + 3 <= ROUTE
+assert len(BOUNDS) == NBOUNDS and HIST + NBOUNDS + 1 == SUM_US and UPERR + 3 <= AUTHF
+assert AUTHF + len(AUTH_REASONS) <= ROUTE
 
 
 def region_bytes(routes: int = ROUTE_SLOTS) -> int:
@@ -127,6 +132,7 @@ class Snapshot:
     sum_us: dict[int, int]
     upstream_errors: dict[tuple[int, int], int]    # (slot, kind) -> count
     connections: int
+    auth_failures: dict[tuple[int, int], int] = field(default_factory=dict)   # (slot, reason) -> count
 
 
 def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -> Snapshot:
@@ -136,6 +142,7 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     hist: dict[int, list[int]] = {}
     sum_us: dict[int, int] = {}
     uperr: dict[tuple[int, int], int] = {}
+    authf: dict[tuple[int, int], int] = {}
     conns = 0
     for w in range(workers):
         words = shm.words(w)
@@ -157,8 +164,11 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
             for k in range(3):
                 if block[UPERR + k]:
                     uperr[(slot, k)] = uperr.get((slot, k), 0) + block[UPERR + k]
+            for k in range(len(AUTH_REASONS)):
+                if block[AUTHF + k]:
+                    authf[(slot, k)] = authf.get((slot, k), 0) + block[AUTHF + k]
         words.release()
-    return Snapshot(requests, hist, sum_us, uperr, conns)
+    return Snapshot(requests, hist, sum_us, uperr, conns, authf)
 
 
 def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) -> str:
@@ -191,6 +201,11 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
                "(bad_gateway 502, unavailable 503, timeout 504).")
         for (slot, k), n in sorted(snap.upstream_errors.items()):
             out.append(f"fastgw_upstream_errors_total{_labels(route=names[slot], kind=UPSTREAM_ERRORS[k])} {n}")
+        family("fastgw_auth_failures_total", "counter",
+               "Requests refused by a route's auth policy, by route and reason (missing, invalid, expired "
+               "credentials: 401; forbidden scope or role, ip rules: 403).")
+        for (slot, k), n in sorted(snap.auth_failures.items()):
+            out.append(f"fastgw_auth_failures_total{_labels(route=names[slot], reason=AUTH_REASONS[k])} {n}")
         family("fastgw_connections", "gauge", "Open client connections, over all workers.")
         out.append(f'fastgw_connections{{state="open"}} {snap.connections}')
 

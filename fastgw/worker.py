@@ -36,7 +36,7 @@ from typing import Any
 
 import uvloop
 
-from fastgw import __version__
+from fastgw import __version__, proxyproto
 from fastgw._core.proxy import UpstreamGroup, Worker
 from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
@@ -88,6 +88,90 @@ async def read_msg(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return msg
 
 
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+PROXY_TLS_PEEK = proxyproto.V2_MAX     # the longest PROXY header we accept (v1 is shorter)
+
+
+class ProxiedTLS:
+    """A TLS listener behind PROXY protocol (server.proxy_protocol with [[server.tls]]): the balancer's
+    header comes before the TLS handshake, so connections are accepted here, the header is read with
+    MSG_PEEK and then consumed to its exact length (the ClientHello after it stays in the kernel buffer),
+    and the socket is handed to the TLS server machinery (loop.connect_accepted_socket) with the client
+    address from the header. A connection without a valid header within server.limits.header_timeout is
+    closed, as on plain listeners."""
+
+    def __init__(self, wp: WorkerProcess, sock: socket.socket, n: int) -> None:
+        self.wp = wp
+        self.sock = sock
+        self.n = n
+        self.sock.setblocking(False)
+        self.task = asyncio.get_running_loop().create_task(self.accept())
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.sock.close()
+
+    async def accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as e:                  # EMFILE and the like: back off, keep the listener
+                log("accept_failed", level="warning", error=str(e))
+                await asyncio.sleep(0.1)
+                continue
+            t = loop.create_task(self.serve(conn))
+            self.pending.add(t)
+            t.add_done_callback(self.pending.discard)
+
+    async def serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        cfg, w = self.wp.cfg, self.wp.w
+        assert cfg is not None and w is not None
+        conn.setblocking(False)
+        try:
+            hdr = await asyncio.wait_for(self.read_header(conn), cfg.server.limits.header_timeout)
+        except (TimeoutError, proxyproto.ProxyProtocolError, OSError):
+            conn.close()
+            return
+        source = hdr.source.encode() if hdr.source is not None else None
+
+        def make() -> Any:
+            c = w.protocol()
+            c.proxied_peer = source
+            return c
+        try:
+            await loop.connect_accepted_socket(make, conn, ssl=self.wp.tls_contexts_now[self.n],
+                                               ssl_handshake_timeout=10.0)
+        except (OSError, TimeoutError):         # ssl.SSLError is an OSError
+            conn.close()
+
+    @staticmethod
+    async def read_header(conn: socket.socket) -> proxyproto.Header:
+        loop = asyncio.get_running_loop()
+        fd = conn.fileno()
+        while True:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _wake, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+            data = conn.recv(PROXY_TLS_PEEK, socket.MSG_PEEK)
+            if not data:
+                raise OSError("connection closed before the PROXY header")
+            res = proxyproto.parse(data)
+            if res is not None:
+                conn.recv(res.consumed)             # exactly the header; the TLS bytes stay queued
+                return res
+            await asyncio.sleep(0.005)              # incomplete: the socket stays readable until more arrives
+
 class WorkerProcess:
     def __init__(self, slot: int, socks: list[socket.socket], ctl: socket.socket,
                  shm: SharedMemory | None) -> None:
@@ -100,7 +184,7 @@ class WorkerProcess:
         self.groups: dict[str, UpstreamGroup] = {}
         self.retired: list[tuple[float, UpstreamGroup]] = []
         self.w: Worker | None = None
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Any] = []               # asyncio servers and ProxiedTLS loops (all have close())
         self.access: AccessLog | None = None
         self.gen = 0
         self.stop = asyncio.Event()
@@ -109,6 +193,7 @@ class WorkerProcess:
         self.drain_task: asyncio.Task[None] | None = None
         self.kinds: list[str] = ["plain"] * len(socks)     # per socket: "plain" or "tls:<server.tls index>"
         self.tls_servers: dict[int, asyncio.AbstractServer] = {}
+        self.tls_contexts_now: list[Any] = []         # current [[server.tls]] contexts (ProxiedTLS reads them)
         self.services: dict[str, Any] | None = None    # long-lived resources of policies (compile_config)
 
     # -- config ----------------------------------------------------------------------------------------
@@ -119,6 +204,8 @@ class WorkerProcess:
         groups = build_groups(cfg, self.cfg, self.groups)
         if self.services is None:
             self.services = ratelimit.worker_services(self.shm, self.slot, loop)
+            if self.shm is not None:
+                self.services["metrics_words"] = self.shm.words(self.slot, ROUTE_SLOTS)
         rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()}, self.services)
         if self.w is None:
             self.w = Worker(rt, loop, os.urandom(5).hex().encode() + b"%x-" % self.slot)
@@ -157,10 +244,12 @@ class WorkerProcess:
     async def serve_listeners(self) -> None:
         loop = asyncio.get_running_loop()
         assert self.w is not None and self.cfg is not None
-        contexts = self.tls_contexts()
+        contexts = self.tls_contexts_now = self.tls_contexts()
         for i, (s, kind) in enumerate(zip(self.socks, self.kinds, strict=True)):
             if kind == "plain":
                 self.servers.append(await loop.create_server(self.protocol_factory(), sock=s, backlog=BACKLOG))
+            elif self.cfg.server.proxy_protocol:
+                self.servers.append(ProxiedTLS(self, s.dup(), int(kind[4:])))
             else:
                 # A dup: closing this server on a TLS reload must leave the inherited socket open.
                 srv = await loop.create_server(self.w.protocol, sock=s.dup(), backlog=BACKLOG,
@@ -178,7 +267,7 @@ class WorkerProcess:
     async def reload_tls(self) -> None:
         """Certificates are read again on every reload: new TLS connections get the new contexts (a new
         server on the same socket replaces the old one); established connections are not touched."""
-        if not self.tls_servers or self.drain_task is not None:
+        if not self.tls_contexts_now or self.drain_task is not None:
             return
         loop = asyncio.get_running_loop()
         assert self.w is not None
@@ -187,6 +276,7 @@ class WorkerProcess:
         except Exception as e:
             log("tls_reload_failed", level="error", error=f"{type(e).__name__}: {e}")
             return
+        self.tls_contexts_now = contexts             # ProxiedTLS listeners use them from the next connection
         for i, old in list(self.tls_servers.items()):
             n = int(self.kinds[i][4:])
             if n >= len(contexts):      # [[server.tls]] tables removed: that takes a restart (logged)

@@ -40,6 +40,14 @@ class Ex:
     def add_upstream_header(self, name: bytes, value: bytes) -> None:
         self.up.append((name, value))
 
+    def set_query(self, query: bytes) -> None:
+        self.query = query
+
+    def add_upstream_lines(self, lines: bytes) -> None:
+        for line in lines.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b": ")
+            self.up.append((name, value))
+
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -254,6 +262,9 @@ def test_api_key_from_query_when_configured(tmp_path: Path, keys: dict) -> None:
     pol = make_policy(tmp_path, keys, issuer_extra='\n[auth.api_key]\nquery = "api_key"\n')
     ex = Ex(query=b"?a=1&api_key=key-a")
     assert pol.check(ex) is None and ex.identity.consumer == "partner-a"
+    assert ex.query == b"?a=1"                      # the key is not forwarded upstream
+    ex = Ex(query=b"?api_key=key-a")
+    assert pol.check(ex) is None and ex.query == b""
     assert pol.check(Ex(query=b"?api_key=nope"))[0] == 401  # type: ignore[index]
 
 

@@ -103,6 +103,9 @@ refetch_min_interval = "200ms"
 fetch_timeout = "1s"
 claims_to_headers = {{ sub = "X-User-ID", roles = "X-Roles", tenant = "X-Tenant" }}
 
+[auth.api_key]
+query = "api_key"
+
 [consumers.partner-a]
 api_keys_sha256 = ["{hashlib.sha256(b'secret-key-a').hexdigest()}"]
 jwt_subjects = ["client-7"]
@@ -131,6 +134,14 @@ def test_api_keys_jwt_and_identity_headers_cannot_be_forged(gateway: GatewayLaun
         h = headers_of(r)
         assert h["x-consumer"] == ["partner-a"]
         assert "x-api-key" not in h and "x-user-id" not in h and "x-roles" not in h and "x-tenant" not in h
+        # The same key in the query string: accepted, and removed from the target sent upstream.
+        r = c.get("/keys?a=1&api_key=secret-key-a&b=2")
+        assert r.status_code == 200, r.text
+        assert r.json()["target"] == "/keys?a=1&b=2" and headers_of(r)["x-consumer"] == ["partner-a"]
+        # Repeated requests take the compiled path (verified-key cache): same identity, same headers.
+        for _ in range(3):
+            h = headers_of(c.get("/keys", headers={"X-API-Key": "secret-key-a", **forged}))
+            assert h["x-consumer"] == ["partner-a"] and "x-user-id" not in h
         # JWT: claims become headers; the client's copies are gone.
         r = c.get("/any", headers={"Authorization": f"Bearer {token(k1, 'k1', tenant='t1')}", **forged})
         assert r.status_code == 200, r.text

@@ -217,3 +217,88 @@ def test_certificates_reload_on_sighup(gateway: GatewayLauncher, echo_origin: An
     time.sleep(0.3)
     with handshake(port, client_ctx(pki), "api.test") as s:
         assert get(s, "/open").startswith(b"HTTP/1.1 200")
+
+
+def _complete(resp: bytes) -> bool:
+    head, sep, body = resp.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def test_proxy_protocol_before_tls(gateway: GatewayLauncher, echo_origin: Any, pki: Pki) -> None:
+    """Behind an NLB with proxy protocol on a TLS target group: the PROXY header precedes the handshake.
+    The client address comes from it (also for HTTP/2 via ALPN), sent in one segment with the
+    ClientHello or alone; a connection without a header is closed without a handshake."""
+    port = free_port()
+    extra = f"""
+[[server.tls]]
+listen = ["127.0.0.1:{port}"]
+cert = "{pki.api[0]}"
+key = "{pki.api[1]}"
+"""
+    gw = gateway.start({"echo": {"targets": [echo_origin.addr]}}, [{"name": "open", "path": "/open", "upstream": "echo"}],
+                       server={"proxy_protocol": True}, extra=extra)
+
+    def xff_over_tls(preface: bytes, together: bool) -> str:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        ctx = client_ctx(pki)
+        if together:
+            # The header and the ClientHello in one write, as a balancer may coalesce them.
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = ctx.wrap_bio(inc, out, server_hostname="api.test")
+            with pytest.raises(ssl.SSLWantReadError):
+                obj.do_handshake()
+            raw.sendall(preface + out.read())
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if out.pending:
+                        raw.sendall(out.read())
+                    inc.write(raw.recv(65536))
+            if out.pending:
+                raw.sendall(out.read())
+            obj.write(b"GET /open HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+            raw.sendall(out.read())
+            data = b""
+            while not _complete(data):
+                d = raw.recv(65536)
+                if not d:
+                    break
+                inc.write(d)
+                try:
+                    while chunk := obj.read(65536):
+                        data += chunk
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    pass
+            raw.close()
+        else:
+            raw.sendall(preface)
+            time.sleep(0.05)                        # the header alone first
+            with ctx.wrap_socket(raw, server_hostname="api.test") as s:
+                data = get(s, "/open")
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return dict((n.lower(), v) for n, v in json.loads(body)["headers"])["x-forwarded-for"]
+
+    assert xff_over_tls(b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n", together=False) == "203.0.113.7"
+    assert xff_over_tls(b"PROXY TCP4 198.51.100.9 10.0.0.1 51000 443\r\n", together=True) == "198.51.100.9"
+    # HTTP/2 over the same listener (ALPN h2), with httpx on a socket that already sent the header is not
+    # possible; curl can: --haproxy-protocol sends a v1 header with the real peer (127.0.0.1).
+    out = subprocess.run(["curl", "-s", "--http2", "--haproxy-protocol", "--cacert", pki.ca_file,
+                          "--resolve", f"api.test:{port}:127.0.0.1", f"https://api.test:{port}/open",
+                          "-w", "\n%{http_version}"], capture_output=True, text=True, timeout=10)
+    body, _, version = out.stdout.rpartition("\n")
+    assert version == "2", out
+    assert dict((n.lower(), v) for n, v in json.loads(body)["headers"])["x-forwarded-for"] == "127.0.0.1"
+    # No PROXY header: closed without a TLS handshake.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            client_ctx(pki).wrap_socket(raw, server_hostname="api.test").do_handshake()
+    assert gw.worker_exits() == []

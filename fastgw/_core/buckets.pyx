@@ -68,22 +68,7 @@ def table_bytes(nslots):
 
 
 # -- hashing -------------------------------------------------------------------------------------------
-# Keys must hash the same in every worker process (Python's hash() of bytes is salted per process), so
-# this is FNV-1a followed by the splitmix64 finaliser, seeded.
-
-cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
-    z = (z ^ (z >> 30)) * <uint64_t>0xbf58476d1ce4e5b9ULL
-    z = (z ^ (z >> 27)) * <uint64_t>0x94d049bb133111ebULL
-    return z ^ (z >> 31)
-
-
-cdef inline uint64_t _hash(uint64_t seed, const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = <uint64_t>0xcbf29ce484222325ULL ^ _mix(seed)
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * <uint64_t>0x100000001b3ULL
-    h = _mix(h)
-    return h if h != 0 else 1
+# _mix and _hash are inline functions in buckets.pxd (gates.pyx hashes keys with them too).
 
 
 def hash_key(uint64_t seed, bytes data):

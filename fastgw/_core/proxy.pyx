@@ -805,6 +805,20 @@ cdef class Exchange:
         line = name + b": " + value + b"\r\n"
         self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
 
+    def set_query(self, bytes query):
+        """Replace the query forwarded upstream (b"" or b"?..."), e.g. without a credential parameter."""
+        if query and query[0] != 63:
+            raise ValueError("a query starts with '?'")
+        self.head.query = query
+
+    def add_upstream_lines(self, bytes lines):
+        """Complete header lines (b"Name: value\\r\\n"...), prebuilt by a policy, for the upstream request."""
+        self.up_extra = lines if self.up_extra is None else self.up_extra + lines
+
+    def add_response_lines(self, bytes lines):
+        """Complete header lines for the response, whatever its status."""
+        self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
+
     def on_complete(self, fn):
         """Run fn(exchange) once when the exchange ends, whatever the outcome."""
         if self.after is None:
@@ -882,6 +896,7 @@ cdef class ClientConn(RequestReader):
     cdef int nreq
     cdef Runtime rt0
     cdef public bint want_proxy           # server.proxy_protocol: a PROXY v1/v2 header comes first
+    cdef public bytes proxied_peer        # the client address from a PROXY header read before TLS (worker.py)
     cdef public bytes proto               # b"http" | b"https", for X-Forwarded-Proto
     cdef bytes pre                        # input held until the PROXY header is complete
     cdef H2Conn h2                        # set when the connection speaks HTTP/2 (h2.pxi)
@@ -905,8 +920,11 @@ cdef class ClientConn(RequestReader):
         # default, 64 KiB, paused and resumed the upstream on every 64 KiB response; nginx buffers 128 KiB
         # per request with the benchmark's proxy_buffers).
         transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
-        peer = transport.get_extra_info("peername")
-        self.peer = (peer[0] if peer else "unknown").encode()
+        if self.proxied_peer is not None:
+            self.peer = self.proxied_peer
+        else:
+            peer = transport.get_extra_info("peername")
+            self.peer = (peer[0] if peer else "unknown").encode()
         self.proto = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self.last_rx = self.w.clock.now
         self.head_start = self.last_rx

@@ -7,15 +7,17 @@ built once per config load by the builders in STAGES, in stage order (auth, then
 and chained into the route's single ``gate`` callable. A route without policies has ``gate = None`` and
 pays nothing.
 
-A stage module exposes ``build(cfg, route, services) -> Policy | None``; ``services`` holds the worker's
-long-lived resources (shared memory, store clients), or is empty when compiling for ``fastgw check``.
+A stage module exposes ``build(cfg, route, services, mslot) -> Policy | None``; ``services`` holds the
+worker's long-lived resources (shared memory, store clients, "metrics_words": the worker's metrics region),
+or is empty when compiling for ``fastgw check``; ``mslot`` is the route's metrics slot (-1: none).
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
+from fastgw._core.gates import Chain, Gate
 from fastgw.config import Config, Route
 
 Rejection = tuple[int, str, bytes | None, bytes | None]
@@ -25,14 +27,14 @@ Result = Rejection | Awaitable[Rejection | None] | None
 STAGES: tuple[str, ...] = ("fastgw.policies.auth", "fastgw.policies.ratelimit")
 
 
-class Policy(Protocol):
-    def check(self, ex: Any) -> Result: ...
+# A stage policy derives from fastgw._core.gates.Gate (its `check` is called from C by the Chain).
+Policy = Gate
 
 
-def build_route_policies(cfg: Config, route: Route, services: dict[str, Any]) -> list[Policy]:
+def build_route_policies(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> list[Policy]:
     out = []
     for name in STAGES:
-        p = importlib.import_module(name).build(cfg, route, services)
+        p = importlib.import_module(name).build(cfg, route, services, mslot)
         if p is not None:
             out.append(p)
     return out
@@ -40,24 +42,13 @@ def build_route_policies(cfg: Config, route: Route, services: dict[str, Any]) ->
 
 def chain(policies: Sequence[Policy]) -> Callable[[Any], Result] | None:
     """One gate for the route: the policies in order; the first rejection wins. Synchronous until a
-    policy returns an awaitable; from there the rest of the chain runs in that coroutine."""
+    policy returns an awaitable; from there the rest of the chain runs in that coroutine (`_finish`).
+    Stage policies derive from fastgw._core.gates.Gate, so the compiled Chain calls them from C."""
     if not policies:
         return None
     if len(policies) == 1:
         return policies[0].check
-    pols = tuple(policies)
-
-    def gate(ex: Any) -> Result:
-        for i, p in enumerate(pols):
-            r = p.check(ex)
-            if r is None:
-                continue
-            if type(r) is tuple:
-                return r
-            return _finish(ex, r, pols[i + 1:])  # type: ignore[arg-type]
-        return None
-
-    return gate
+    return Chain(policies, _finish)
 
 
 async def _finish(ex: Any, pending: Awaitable[Rejection | None], rest: Sequence[Policy]) -> Rejection | None:

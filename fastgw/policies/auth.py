@@ -8,10 +8,12 @@ for the upstream. The client's own copies of those headers never reach the upstr
 drops X-Consumer/X-User-ID/X-Roles, and `strip_headers(cfg)` names the rest for the route's remove set
 (fastgw/compile.py).
 
-Costs on the request path: an API key is one sha256 and one dict lookup; a JWT already seen is one dict
-lookup keyed by the exact token bytes (bounded cache honouring exp; entries whose key left the JWKS are
-dropped). Only a token signed with a kid the gateway has not seen makes the policy await (a rate-limited
-JWKS refetch).
+Costs on the request path: the policy derives from fastgw._core.gates.AuthGate, whose compiled `check`
+admits, without entering Python, a request whose first method's credential is already known: an API key
+in the verified-key cache (exact header value -> identity; filled after one sha256 and one dict lookup by
+digest), or a bearer JWT in its issuer's verified-token cache (exact token bytes; bounded, honouring exp;
+entries whose key left the JWKS are dropped). Everything else runs `slow` below. Only a token signed with
+a kid the gateway has not seen makes the policy await (a rate-limited JWKS refetch).
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
 from fastgw.config import Config, JwtIssuer, Route
+from fastgw.metrics import AUTH_REASONS, AUTHF, HEADER, ROUTE
 from fastgw.observe import log
 
 # PyJWT and cryptography are imported when an issuer is built, not with this module: the worker (which
@@ -42,7 +46,10 @@ Rejection = tuple[int, str, bytes | None, bytes | None]
 
 _BEARER = b'WWW-Authenticate: Bearer realm="fastgw"\r\n'
 _INVALID = b'WWW-Authenticate: Bearer realm="fastgw", error="invalid_token"\r\n'
-_INSUFFICIENT = b'WWW-Authenticate: Bearer realm="fastgw", error="insufficient_scope"\r\n'
+_INSUFFICIENT = INSUFFICIENT_SCOPE
+_EXPIRED = "token expired"
+F_MISSING, F_INVALID, F_EXPIRED, F_IP = (AUTH_REASONS.index(r) for r in ("missing", "invalid", "expired", "ip"))
+KEY_CACHE = 4096                 # verified API keys remembered by exact header value (per route policy)
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 # Which key type (and curve) each algorithm needs: a token never chooses how its key is interpreted.
@@ -59,24 +66,7 @@ class AuthError(Exception):
     """A credential that was presented but does not verify; the message is the problem detail."""
 
 
-class Identity:
-    """The verified caller. `consumer` is the consumer name (or the token's consumer claim when no
-    [consumers.NAME] maps it), `plan` its rate plan if known, `method` how it authenticated."""
-
-    __slots__ = ("consumer", "plan", "method", "claims", "scopes", "roles", "headers")
-
-    def __init__(self, consumer: str, method: str, plan: str | None = None, claims: dict[str, Any] | None = None,
-                 scopes: frozenset[str] = frozenset(), roles: frozenset[str] = frozenset()) -> None:
-        self.consumer = consumer
-        self.method = method
-        self.plan = plan
-        self.claims = claims
-        self.scopes = scopes
-        self.roles = roles
-        self.headers: list[tuple[bytes, bytes]] = []
-
-    def __repr__(self) -> str:
-        return f"Identity({self.consumer!r}, {self.method!r}, plan={self.plan!r})"
+# Identity (the verified caller) is fastgw._core.gates.Identity, read by the compiled rate gate.
 
 
 def _header_value(v: Any) -> bytes | None:
@@ -274,8 +264,9 @@ class Issuer:
         """Install a key set; cached tokens whose key left it are dropped."""
         self.keys = keys
         self.loaded = True
-        if self.cache:
-            self.cache = {t: e for t, e in self.cache.items() if e[1] in keys}
+        # In place: the compiled gate reads this dict through the issuer.
+        for t in [t for t, e in self.cache.items() if e[1] not in keys]:
+            del self.cache[t]
 
     def start(self) -> None:
         """Begin background JWKS refreshes (jwks_url only) on the running loop, if there is one."""
@@ -404,7 +395,7 @@ class Issuer:
                 used = k.kid if k.kid is not None else next(n for n, v in self.keys.items() if v is k)
                 break
             except self.jwt.ExpiredSignatureError:
-                raise AuthError("token expired") from None
+                raise AuthError(_EXPIRED) from None
             except self.jwt.ImmatureSignatureError:
                 raise AuthError("token not yet valid") from None
             except self.jwt.InvalidAudienceError:
@@ -544,13 +535,14 @@ class ClientAddress:
 _FORBIDDEN_IP: Rejection = (403, "forbidden", b"client address not allowed", None)
 
 
-class AuthPolicy:
+class AuthPolicy(AuthGate):
     def __init__(self, cfg: Config, route: Route) -> None:
         s = cfg.server
         self.client = ClientAddress(_nets(s.trusted_proxies))
         self.deny = _nets(s.ip_deny) + _nets(route.ip_deny)
         self.allow = _nets(route.ip_allow) if route.ip_allow else _nets(s.ip_allow)
         self.ip_rules = bool(self.deny or self.allow)
+        self.key_cache: dict[bytes, Identity] = {}
         self.methods: list[tuple[str, Any]] = []
         for m in route.auth:
             if m.startswith("jwt:"):
@@ -564,15 +556,25 @@ class AuthPolicy:
         ak = cfg.auth.api_key
         self.key_header = ak.header.lower().encode()
         self.key_query = ak.query.encode() + b"=" if ak.query else None
+        self.forward_key = ak.forward
         self.scopes = frozenset(route.scopes)
         self.roles = frozenset(route.roles)
         self.challenge = _BEARER if any(k == "jwt" for k, _ in self.methods) else \
             b'WWW-Authenticate: ApiKey realm="fastgw"\r\n'
+        # The compiled fast path (AuthGate.check) for the route's first method.
+        self.first = 0
+        if self.methods and self.methods[0][0] == "api_key":
+            self.first = 1
+        elif self.methods and self.methods[0][0] == "jwt":
+            iss = self.methods[0][1]
+            if iss.header is None and iss.cookie is None:
+                self.first, self.issuer = 2, iss
 
-    def check(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
+    def slow(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
         if self.ip_rules:
             addr = self.client(ex)
             if addr is None or (self.deny and _within(addr, self.deny)) or (self.allow and not _within(addr, self.allow)):
+                self.fail(F_IP)
                 return _FORBIDDEN_IP
         if not self.methods:
             return None
@@ -596,6 +598,7 @@ class AuthPolicy:
                     name = self.keys.get(hashlib.sha256(key).hexdigest())
                     if name is None:
                         raise AuthError("unknown API key")
+                    raw = ex.header(self.key_header)
                     # An API key's identity depends on the config only: built once, shared read-only.
                     ident = self.key_idents.get(name)
                     if ident is None:
@@ -604,6 +607,12 @@ class AuthPolicy:
                                          roles=frozenset(self.cfg.consumers[name].roles))
                         ident.headers.append((b"X-Consumer", name.encode()))
                         self.key_idents[name] = ident
+                    if raw is not None:                 # remember the exact header value (AuthGate.check)
+                        if len(self.key_cache) >= KEY_CACHE:
+                            del self.key_cache[next(iter(self.key_cache))]
+                        self.key_cache[raw] = ident
+                    elif not self.forward_key:          # from the query string: not sent upstream
+                        ex.set_query(self._without_key(ex.query))
                 else:  # mtls
                     cert = ex.peercert
                     if not cert:
@@ -617,23 +626,15 @@ class AuthPolicy:
                 continue
             return self.admit(ex, ident)
         if failure is None:
+            self.fail(F_MISSING)
             return (401, "unauthorized", None, self.challenge)
+        self.fail(F_EXPIRED if failure == _EXPIRED else F_INVALID)
         return (401, "unauthorized", failure.encode(), _INVALID if self.challenge is _BEARER else self.challenge)
 
     async def _after_fetch(self, ex: Any, iss: Issuer) -> Rejection | None:
         await iss.refetch()
         r = self.authenticate(ex, False)
         return r  # type: ignore[return-value]  # allow_fetch=False never returns an awaitable
-
-    def admit(self, ex: Any, ident: Identity) -> Rejection | None:
-        if self.scopes and not self.scopes <= ident.scopes:
-            return (403, "forbidden", b"missing required scope", _INSUFFICIENT)
-        if self.roles and not (self.roles & ident.roles):
-            return (403, "forbidden", b"missing required role", None)
-        ex.identity = ident
-        for name, value in ident.headers:
-            ex.add_upstream_header(name, value)
-        return None
 
     def _api_key(self, ex: Any) -> bytes | None:
         v = ex.header(self.key_header)
@@ -644,6 +645,11 @@ class AuthPolicy:
                 if part.startswith(self.key_query):
                     return urllib.parse.unquote_to_bytes(part[len(self.key_query):])
         return None
+
+    def _without_key(self, query: bytes) -> bytes:
+        assert self.key_query is not None
+        rest = [p for p in query[1:].split(b"&") if not p.startswith(self.key_query)]
+        return b"?" + b"&".join(rest) if rest else b""
 
     def _cert_identity(self, cert: dict[str, Any]) -> Identity:
         names = []
@@ -664,10 +670,14 @@ class AuthPolicy:
         raise AuthError("client certificate not mapped to a consumer")
 
 
-def build(cfg: Config, route: Route, services: dict[str, Any]) -> AuthPolicy | None:
+def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> AuthPolicy | None:
     if not (route.auth or route.ip_allow or route.ip_deny or cfg.server.ip_allow or cfg.server.ip_deny):
         return None
-    return AuthPolicy(cfg, route)
+    pol = AuthPolicy(cfg, route)
+    words = services.get("metrics_words")
+    if words is not None and mslot >= 0 and HEADER + (mslot + 1) * ROUTE <= len(words):
+        pol.count_failures(words, HEADER + mslot * ROUTE + AUTHF)
+    return pol
 
 
 def strip_headers(cfg: Config) -> list[str]:

@@ -21,6 +21,9 @@ When Redis fails (`on_store_error`): "local" enforces limit / live instances in 
 beat in Redis every `redis.heartbeat`; the last count seen is used), "open" admits, "closed" answers 503
 store-unavailable. Responses say so in `RateLimit-Degraded: <mode>`, and the worker's degraded gauge is 1.
 
+The policy derives from fastgw._core.gates.RateGate: a local plan is decided in one compiled call (key
+hash, bucket check, decision counter, header lines); plans kept in Redis come back to `shared` here.
+
 Responses on limited routes carry `RateLimit-Policy` (every limit of the plan) and `RateLimit` (the limit
 with the fewest requests left), in the form of draft-ietf-httpapi-ratelimit-headers-10; a 429 also carries
 `Retry-After`. Rejected requests are not charged (a plan is checked all-or-nothing).
@@ -36,6 +39,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from fastgw._core import buckets as B
+from fastgw._core import gates as G
 from fastgw.config import Config, PlanLimit, RatePlan, Route
 from fastgw.observe import log
 from fastgw.quota import HEARTBEAT, HEARTBEAT_KEY, SCRIPTS, TAKE, RedisClient, StoreDown, limit_name
@@ -74,7 +78,7 @@ STATS_REGION_BYTES = (STAT_HEADER + STAT_ENTRIES * STAT_WORDS) * 8
 
 class Stats:
     def __init__(self, words: Any) -> None:
-        self.words = words                   # memoryview cast to "Q" (or a list in tests)
+        self.words = words                   # memoryview cast to "Q" (gates.Counter writes it)
         self.index: dict[int, int] = {}
         for i in range(STAT_ENTRIES):
             k = words[STAT_HEADER + i * STAT_WORDS]
@@ -93,9 +97,7 @@ class Stats:
             self.index[key] = base
         return base
 
-    def count(self, base: int, decision: int) -> None:
-        if base >= 0:
-            self.words[base + 1 + decision] += 1
+# Counting is gates.Counter (one C increment per decision).
 
 
 def decisions_snapshot(regions: list[Any]) -> dict[int, list[int]]:
@@ -282,6 +284,7 @@ class Limit:
             self.period = 0
             self.slug = "rate-limited"
             self.decision = D_RATE
+        self.is_conc = self.kind == B.CONCURRENCY
 
     def spec(self, keyidx: int, divide: int = 1) -> tuple[int, int, int, bool, int, int]:
         """The buckets.Plan entry; `divide` splits the limit between live instances (fallback)."""
@@ -323,6 +326,7 @@ class PlanRT:
         items = [it for it in (lim.policy_item() for lim in self.limits if lim.enforce) if it]
         self.policy_header = ", ".join(items).encode() if items else None
         self.rl_prefix = [f'"{lim.name}";r='.encode() for lim in self.limits]
+        self.hdrs = G.Headers(self.policy_header, self.rl_prefix)
         self.has_quota = any(lim.window for lim in self.limits)
         self.has_conc = any(lim.kind == B.CONCURRENCY for lim in self.limits)
         # Limits kept in Redis (concurrency stays per host) and the script arguments describing them.
@@ -346,48 +350,11 @@ class PlanRT:
         #                                                   tight index, remaining, reset deadline]
         self.inflight: dict[int, asyncio.Future[Any]] = {}
         self.waitq: dict[int, collections.deque[asyncio.Future[bool]]] = {}   # requests waiting for a refill
-        fast = self._fast_keys()
-        if fast is not None:
-            self.keys = fast  # type: ignore[method-assign]
-
-    # -- keys ------------------------------------------------------------------------------------------
-    def _fast_keys(self) -> Any:
-        """The common case, one key of one part, without the general loop."""
-        if len(self.keyspecs) != 1 or len(self.keyspecs[0]) != 1:
-            return None
-        part = self.keyspecs[0][0]
-        hk = B.hash_key
-        if part.startswith("header:"):
-            name = part[7:].lower().encode()
-
-            def by_header(ex: Any, consumer: str | None) -> tuple[int, ...]:
-                v = ex.header(name)
-                return (hk(0, v if v is not None else b"ip:" + ex.peer),)
-            return by_header
-        if part == "consumer":
-            def by_consumer(ex: Any, consumer: str | None) -> tuple[int, ...]:
-                return (hk(0, consumer.encode() if consumer is not None else b"ip:" + ex.peer),)
-            return by_consumer
-        return None
-
-    def keys(self, ex: Any, consumer: str | None) -> tuple[int, ...]:
-        out = []
-        for spec in self.keyspecs:
-            h = 0
-            for part in spec:
-                if part == "consumer":
-                    v = consumer.encode() if consumer is not None else b"ip:" + ex.peer
-                elif part == "ip":
-                    v = ex.peer
-                elif part == "route":
-                    v = (ex.route_name or "").encode()
-                else:
-                    v = ex.header(part[7:].lower().encode())
-                    if v is None:                # no header: the client's address, never one shared bucket
-                        v = b"ip:" + ex.peer
-                h = B.hash_key(h, v)
-            out.append(h)
-        return tuple(out)
+        keys = G.Keys(self.keyspecs)
+        self.keys = keys.of                  # (ex, consumer) -> tuple of key hashes
+        # What the compiled RateGate needs; no local bucket plan when the plan is kept in Redis.
+        self.gate = G.PlanGate(self, self.local if self.store is None else None, keys, self.hdrs,
+                               self.has_quota, self.has_conc, self.limits)
 
     def fallback_plan(self) -> B.Plan:
         n = self.store.instances if self.store is not None else 1
@@ -398,88 +365,45 @@ class PlanRT:
         return p
 
 
-class RateLimitPolicy:
+class RateLimitPolicy(G.RateGate):
+    """RateGate.check picks the plan (the identity's, else the route's) and decides local plans; the
+    methods below are the paths through Redis and the store's failure modes."""
+
     def __init__(self, route: Route, default: PlanRT | None, plans: dict[str, PlanRT], stats: Stats | None) -> None:
         self.route = route.name
-        self.default = default
-        self.plans = plans
-        self.stats = stats
-        self.slots: dict[str, int] = {}
+        self.default = default.gate if default is not None else None
+        self.by_name = {name: p.gate for name, p in plans.items()}
+        self.counters = {}
         if stats is not None:
             for name in plans:
-                self.slots[name] = stats.slot(route.name, name)
+                self.counters[name] = G.Counter(stats.words, stats.slot(route.name, name))
 
-    def count(self, plan: PlanRT, decision: int) -> None:
-        if self.stats is not None:
-            self.stats.count(self.slots.get(plan.name, -1), decision)
+    def shadow(self, ex: Any, plan: PlanRT) -> None:
+        self.count(plan.name, D_SHADOW)
+        log("ratelimit_shadow", route=self.route, plan=plan.name, request_id=ex.request_id.decode())
 
-    def check(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
-        ident = ex.identity
-        consumer = None
-        plan = self.default
-        if ident is not None:
-            consumer = getattr(ident, "consumer", None)
-            pname = getattr(ident, "plan", None)
-            if pname is not None:
-                plan = self.plans.get(pname, plan)
-        if plan is None:
-            return None
-        keys = plan.keys(ex, consumer)
-        store = plan.store
-        if store is None:
-            return self.local(ex, plan, plan.local, keys, None)
-        if not store.client.up:             # the breaker (the heartbeat loop updates gauges and logs)
+    def shared(self, ex: Any, plan: PlanRT, keys: tuple[int, ...]) -> Rejection | Awaitable[Rejection | None] | None:
+        if plan.store is None or not plan.store.client.up:    # the breaker (the heartbeat loop updates gauges and logs)
             return self.degraded(ex, plan, keys)
         if plan.sync == "strict":
             return self.strict(ex, plan, keys)
         return self.leased(ex, plan, keys)
 
-    # -- local -----------------------------------------------------------------------------------------
-    def local(self, ex: Any, plan: PlanRT, bp: B.Plan, keys: tuple[int, ...], degraded: bytes | None) -> Rejection | None:
-        mono = time.monotonic_ns()
-        r = bp.check(keys, mono, time.time_ns() if plan.has_quota else 0)
-        if bp.shadowed:
-            self.count(plan, D_SHADOW)
-            log("ratelimit_shadow", route=self.route, plan=plan.name, request_id=ex.request_id.decode())
-        if r >= 0:
-            lim = plan.limits[r]
-            self.count(plan, lim.decision)
-            return self.reject(ex, plan, r, bp.reset_s, bp.retry_s, degraded)
-        self.count(plan, D_DEGRADED if degraded else D_ALLOWED)
-        if plan.has_conc:
-            charged = bp.charged
-            ex.on_complete(lambda _ex: bp.release(keys, charged))
-        self.headers(ex, plan, bp.tight, bp.remaining, bp.reset_s, degraded)
-        return None
-
     def headers(self, ex: Any, plan: PlanRT, tight: int, remaining: int, reset_s: int, degraded: bytes | None) -> None:
-        if plan.policy_header is not None:
-            ex.add_response_header(b"RateLimit-Policy", plan.policy_header)
-        if tight >= 0:
-            ex.add_response_header(b"RateLimit", plan.rl_prefix[tight] + b"%d;t=%d" % (remaining, reset_s))
-        if degraded is not None:
-            ex.add_response_header(b"RateLimit-Degraded", degraded)
-
-    def reject(self, ex: Any, plan: PlanRT, idx: int, reset_s: int, retry_s: int, degraded: bytes | None) -> Rejection:
-        lim = plan.limits[idx]
-        if lim.kind != B.CONCURRENCY:
-            self.headers(ex, plan, idx, 0, reset_s, degraded)
-        elif degraded is not None:
-            ex.add_response_header(b"RateLimit-Degraded", degraded)
-        return (429, lim.slug, None, b"Retry-After: %d\r\n" % max(1, retry_s))
+        ex.add_response_lines(plan.hdrs.lines(tight, remaining, reset_s, degraded))
 
     # -- store unavailable -----------------------------------------------------------------------------
     def degraded(self, ex: Any, plan: PlanRT, keys: tuple[int, ...]) -> Rejection | None:
         mode = plan.on_error
         if mode == "closed":
-            self.count(plan, D_UNAVAILABLE)
+            self.count(plan.name, D_UNAVAILABLE)
             ex.add_response_header(b"RateLimit-Degraded", b"closed")
             return (503, "store-unavailable", None, b"Retry-After: 1\r\n")
         if mode == "open":
-            self.count(plan, D_DEGRADED)
+            self.count(plan.name, D_DEGRADED)
             ex.add_response_header(b"RateLimit-Degraded", b"open")
             return None
-        return self.local(ex, plan, plan.fallback_plan(), keys, b"local")
+        return self.local(ex, plan.gate, plan.fallback_plan(), keys, b"local")
 
     # -- strict ----------------------------------------------------------------------------------------
     def redis_keys(self, plan: PlanRT, keys: tuple[int, ...]) -> tuple[bytes, list[bytes]]:
@@ -512,12 +436,12 @@ class RateLimitPolicy:
             return self.degraded(ex, plan, keys)
         granted, shadow = rep[0], rep[1]
         if shadow:
-            self.count(plan, D_SHADOW)
+            self.count(plan.name, D_SHADOW)
         tight, remaining, reset_ms, retry_ms = self.tightest(plan, rep)
         if granted < 1:
-            self.count(plan, plan.limits[tight].decision)
-            return self.reject(ex, plan, tight, _ceil_s(reset_ms), _ceil_s(retry_ms), None)
-        self.count(plan, D_ALLOWED)
+            self.count(plan.name, plan.limits[tight].decision)
+            return self.reject(ex, plan.gate, tight, _ceil_s(reset_ms), _ceil_s(retry_ms), None)
+        self.count(plan.name, D_ALLOWED)
         self.headers(ex, plan, tight, remaining, _ceil_s(reset_ms), None)
         return None
 
@@ -538,7 +462,7 @@ class RateLimitPolicy:
         conc_specs = [lim.spec(plan.keyidx[i]) for i, lim in enumerate(plan.limits) if lim.kind == B.CONCURRENCY]
         bp = B.Plan(plan.table, conc_specs)
         if bp.check(keys, time.monotonic_ns(), 0) >= 0:
-            self.count(plan, D_RATE)
+            self.count(plan.name, D_RATE)
             return (429, "rate-limited", None, b"Retry-After: 1\r\n")
         charged = bp.charged
         ex.on_complete(lambda _ex: bp.release(keys, charged))
@@ -556,7 +480,7 @@ class RateLimitPolicy:
         mono = time.monotonic_ns()
         st = plan.lease_state.get(tag)
         if plan.lease.lease_take(lk, mono):
-            self.count(plan, D_ALLOWED)
+            self.count(plan.name, D_ALLOWED)
             if st is not None:
                 self.lease_headers(ex, plan, st, mono)
             return None
@@ -574,10 +498,10 @@ class RateLimitPolicy:
 
     def lease_reject(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> Rejection:
         tight = int(st[3])
-        self.count(plan, plan.limits[tight].decision)
+        self.count(plan.name, plan.limits[tight].decision)
         retry = max(1, math.ceil((st[2] - mono) / NS))
         reset = max(0, math.ceil((st[5] - mono) / NS))
-        return self.reject(ex, plan, tight, reset, retry, None)
+        return self.reject(ex, plan.gate, tight, reset, retry, None)
 
     async def _lease_wait(self, ex: Any, plan: PlanRT, tag: int, keys: tuple[int, ...], lk: int) -> Rejection | None:
         # Requests of one key that find the lease empty queue up; a refill hands its tokens to the queue
@@ -597,13 +521,13 @@ class RateLimitPolicy:
         mono = time.monotonic_ns()
         st = plan.lease_state.get(tag)
         if got:
-            self.count(plan, D_ALLOWED)
+            self.count(plan.name, D_ALLOWED)
             if st is not None:
                 self.lease_headers(ex, plan, st, mono)
             return None
         if st is not None:
             return self.lease_reject(ex, plan, st, mono)
-        self.count(plan, D_RATE)
+        self.count(plan.name, D_RATE)
         return (429, "rate-limited", None, b"Retry-After: 1\r\n")
 
     def _release_queue(self, plan: PlanRT, tag: int, result: bool | BaseException) -> None:
@@ -654,7 +578,7 @@ class RateLimitPolicy:
                 return
             granted = rep[0]
             if rep[1]:
-                self.count(plan, D_SHADOW)
+                self.count(plan.name, D_SHADOW)
             tight, remaining, reset_ms, retry_ms = self.tightest(plan, rep)
             st[0], st[1] = float(now), float(max(granted, 1))
             st[3], st[4], st[5] = float(tight), float(remaining), float(now + reset_ms * 1_000_000)
@@ -693,7 +617,7 @@ def _ceil_s(ms: int) -> int:
     return max(0, -(-ms // 1000))
 
 
-def build(cfg: Config, route: Route, services: dict[str, Any]) -> RateLimitPolicy | None:
+def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> RateLimitPolicy | None:
     consumers = getattr(cfg, "consumers", {}) or {}
     consumer_plans = {getattr(c, "plan", None) for c in consumers.values()} - {None}
     if route.plan is None and not consumer_plans and not cfg.plans:

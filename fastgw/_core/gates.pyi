@@ -1,0 +1,73 @@
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastgw._core.buckets import Plan
+
+Rejection = tuple[int, str, bytes | None, bytes | None]
+Result = Rejection | Awaitable[Rejection | None] | None
+
+INSUFFICIENT_SCOPE: bytes
+
+class Identity:
+    consumer: str
+    method: str
+    plan: str | None
+    claims: dict[str, Any] | None
+    scopes: frozenset[str]
+    roles: frozenset[str]
+    headers: list[tuple[bytes, bytes]]
+    def __init__(self, consumer: str, method: str, plan: str | None = ..., claims: dict[str, Any] | None = ...,
+                 scopes: frozenset[str] = ..., roles: frozenset[str] = ...) -> None: ...
+
+class Gate:
+    def check(self, ex: Any) -> Result: ...
+
+class Chain:
+    def __init__(self, pols: Sequence[Gate], finish: Callable[[Any, Awaitable[Rejection | None], Sequence[Gate]],
+                                                               Awaitable[Rejection | None]]) -> None: ...
+    def __call__(self, ex: Any) -> Result: ...
+
+class AuthGate(Gate):
+    ip_rules: bool
+    first: int
+    key_header: bytes
+    key_cache: dict[bytes, Identity]
+    issuer: Any
+    scopes: frozenset[str]
+    roles: frozenset[str]
+    def slow(self, ex: Any) -> Result: ...
+    def count_failures(self, words: Any, base: int) -> None: ...
+    def fail(self, reason: int) -> None: ...
+    def admit(self, ex: Any, ident: Identity) -> Rejection | None: ...
+
+class Keys:
+    def __init__(self, specs: Sequence[Sequence[str]]) -> None: ...
+    def of(self, ex: Any, consumer: str | None) -> tuple[int, ...]: ...
+
+class Headers:
+    def __init__(self, policy: bytes | None, prefix: Sequence[bytes]) -> None: ...
+    def lines(self, tight: int, remaining: int, reset_s: int, degraded: bytes | None) -> bytes: ...
+
+class Counter:
+    def __init__(self, words: Any, base: int) -> None: ...
+    def count(self, decision: int) -> None: ...
+
+class PlanGate:
+    rt: Any
+    bp: Plan | None
+    keys: Keys
+    headers: Headers
+    has_quota: bool
+    has_conc: bool
+    def __init__(self, rt: Any, bp: Plan | None, keys: Keys, headers: Headers, has_quota: bool, has_conc: bool,
+                 limits: Sequence[Any]) -> None: ...
+
+class RateGate(Gate):
+    default: PlanGate | None
+    by_name: dict[str, PlanGate]
+    counters: dict[str, Counter]
+    def shared(self, ex: Any, rt: Any, keys: tuple[int, ...]) -> Result: ...
+    def shadow(self, ex: Any, rt: Any) -> None: ...
+    def count(self, plan_name: str, decision: int) -> None: ...
+    def local(self, ex: Any, pg: PlanGate, bp: Plan, keys: tuple[int, ...], degraded: bytes | None) -> Rejection | None: ...
+    def reject(self, ex: Any, pg: PlanGate, idx: int, reset_s: int, retry_s: int, degraded: bytes | None) -> Rejection: ...

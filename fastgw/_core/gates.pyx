@@ -1,0 +1,444 @@
+# cython: boundscheck=False, wraparound=False
+"""The compiled hot path of the route policies (fastgw/policies; README "Traffic policy", "Identity").
+
+The policies are Python classes (config compilation, JWT verification, Redis, logging) deriving from the
+cdef classes here, whose `check` answers the common request in C and calls back into the Python subclass
+for everything else. The split is by frequency, not by feature: each fast path gives exactly the answer
+the Python path would, and falls back to it whenever it cannot tell.
+
+  Chain      a route's gate: its policies in stage order, the first rejection wins.
+  AuthGate   auth: the route's first method is an API key found in the verified-key cache, or a bearer
+             JWT found (unexpired) in its issuer's verified-token cache -> admit; else the Python
+             `authenticate` (every method in order, the full verification, the error answers).
+  RateGate   rate limits on a plan kept in the host bucket table (sync = "local", or no [redis]): key
+             hash, the bucket check, the decision counter and the RateLimit headers in one call; plans
+             kept in Redis go to the Python `shared` (strict, lease, failure modes).
+
+Measured with callgrind on the gateway scenario (bench/ratelimit.py): the Python policies cost ~33k
+instructions per request on top of the ~32k of plain proxying; see the README's benchmark section.
+"""
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+
+from fastgw._core.buckets cimport Plan, _hash
+
+# Decision counters, in the order of fastgw.policies.ratelimit.DECISIONS.
+DEF D_ALLOWED = 0
+DEF D_RATE = 1
+DEF D_QUOTA = 2
+DEF D_SHADOW = 3
+
+# Key parts (a limit's `key`): fastgw.policies.ratelimit.KeySpec.
+DEF P_CONSUMER = 0
+DEF P_IP = 1
+DEF P_ROUTE = 2
+DEF P_HEADER = 3
+
+
+cdef inline int64_t _now(int clock) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline char* _itoa(char* out, long long v) noexcept nogil:
+    """Write v in decimal at out; return the end."""
+    cdef char tmp[24]
+    cdef int n = 0
+    cdef unsigned long long u
+    if v < 0:
+        out[0] = b'-'
+        out += 1
+        u = <unsigned long long>(-v)
+    else:
+        u = <unsigned long long>v
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    while n > 0:
+        n -= 1
+        out[0] = tmp[n]
+        out += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identity
+
+cdef class Identity:
+    """The verified caller. `consumer` is the consumer name (or the token's consumer claim when no
+    [consumers.NAME] maps it), `plan` its rate plan if known, `method` how it authenticated, `headers`
+    the (name, value) pairs set on the upstream request. Built once per API key or verified token and
+    shared read-only by the requests that present it."""
+    cdef public str consumer
+    cdef public str method
+    cdef public object plan
+    cdef public object claims
+    cdef public frozenset scopes
+    cdef public frozenset roles
+    cdef public list headers
+    cdef bytes lines                 # headers as header lines, built on first use
+
+    def __init__(self, str consumer, str method, plan=None, claims=None, frozenset scopes=frozenset(),
+                 frozenset roles=frozenset()):
+        self.consumer = consumer
+        self.method = method
+        self.plan = plan
+        self.claims = claims
+        self.scopes = scopes
+        self.roles = roles
+        self.headers = []
+
+    def __repr__(self):
+        return f"Identity({self.consumer!r}, {self.method!r}, plan={self.plan!r})"
+
+    cdef bytes header_lines(self):
+        if self.lines is None:
+            self.lines = b"".join([n + b": " + v + b"\r\n" for n, v in self.headers])
+        return self.lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# The chain
+
+cdef class Gate:
+    """A route policy: check(exchange) -> None (go on), a rejection tuple, or an awaitable of either."""
+    cpdef object check(self, object ex):
+        return None
+
+
+cdef class Chain:
+    """A route's gate over several policies. Synchronous until a policy returns an awaitable; `finish`
+    (a coroutine function: exchange, awaitable, remaining policies) runs the rest from there."""
+    cdef tuple pols
+    cdef object finish
+
+    def __init__(self, pols, finish):
+        for p in pols:
+            if not isinstance(p, Gate):
+                raise TypeError(f"{type(p).__name__} is not a fastgw._core.gates.Gate")
+        self.pols = tuple(pols)
+        self.finish = finish
+
+    def __call__(self, ex):
+        cdef Py_ssize_t i, n = len(self.pols)
+        for i in range(n):
+            r = (<Gate>self.pols[i]).check(ex)
+            if r is None:
+                continue
+            if type(r) is tuple:
+                return r
+            return self.finish(ex, r, self.pols[i + 1:])
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Auth
+
+cdef inline bint _space(char c) noexcept nogil:
+    return c == b' ' or c == b'\t'
+
+
+cdef object _bearer(bytes v):
+    """The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, surrounding blanks
+    dropped, as Issuer.token does), or None; one copy of the token, no intermediate slices."""
+    cdef const char* p = PyBytes_AS_STRING(v)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(v), i, start, end
+    cdef const char* scheme = b"bearer "
+    if n <= 7:
+        return None
+    for i in range(7):
+        if (p[i] | 0x20 if b'A' <= p[i] <= b'Z' else p[i]) != scheme[i]:
+            return None
+    start, end = 7, n
+    while start < end and _space(p[start]):
+        start += 1
+    while end > start and _space(p[end - 1]):
+        end -= 1
+    return PyBytes_FromStringAndSize(p + start, end - start)
+
+
+cdef class AuthGate(Gate):
+    """Fast path of fastgw.policies.auth.AuthPolicy (set up by its __init__)."""
+    cdef public bint ip_rules            # IP allow/deny lists apply: always the Python path
+    cdef public int first                # the route's first method: 0 other, 1 api_key, 2 bearer JWT
+    cdef public bytes key_header         # lowercase API-key header name
+    cdef public dict key_cache           # exact header value -> Identity, for keys that verified
+    cdef public object issuer            # first == 2: the Issuer (its .cache: token -> (exp, kid, Identity))
+    cdef public frozenset scopes
+    cdef public frozenset roles
+    cdef unsigned long long[::1] mwords   # the worker's metrics region (fastgw.metrics), if counted
+    cdef Py_ssize_t mbase                 # index of this route's first auth-failure word, or -1
+
+    def __cinit__(self):
+        self.mbase = -1
+
+    def count_failures(self, words, Py_ssize_t base):
+        """Count refusals in words[base + reason] (fastgw.metrics.AUTH_REASONS order)."""
+        self.mwords = words
+        self.mbase = base
+
+    cpdef void fail(self, int reason):
+        if self.mbase >= 0:
+            self.mwords[self.mbase + reason] += 1
+
+    cpdef object check(self, object ex):
+        cdef object hit
+        cdef bytes v
+        if not self.ip_rules:
+            if self.first == 1:
+                v = ex.header(self.key_header)
+                if v is not None:
+                    hit = self.key_cache.get(v)
+                    if hit is not None:
+                        return self.admit(ex, <Identity>hit)
+            elif self.first == 2:
+                v = ex.header(b"authorization")
+                if v is not None:
+                    tok = _bearer(v)
+                    if tok is not None:
+                        hit = self.issuer.cache.get(tok)
+                        if hit is not None and _now(CLOCK_REALTIME) < <double>(<tuple>hit)[0] * 1e9:
+                            return self.admit(ex, <Identity>(<tuple>hit)[2])
+        return self.slow(ex)
+
+    def slow(self, ex):
+        """The full check (Python subclass)."""
+        raise NotImplementedError
+
+    cpdef object admit(self, object ex, Identity ident):
+        if self.scopes and not self.scopes <= ident.scopes:
+            self.fail(3)
+            return (403, "forbidden", b"missing required scope", INSUFFICIENT_SCOPE)
+        if self.roles and not (self.roles & ident.roles):
+            self.fail(3)
+            return (403, "forbidden", b"missing required role", None)
+        ex.identity = ident
+        lines = ident.header_lines()
+        if lines:
+            ex.add_upstream_lines(lines)
+        return None
+
+
+INSUFFICIENT_SCOPE = b'WWW-Authenticate: Bearer realm="fastgw", error="insufficient_scope"\r\n'
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rate limits
+
+cdef class KeySpec:
+    """How one limit key is made from a request: its parts, hashed in order (FNV-1a + splitmix64 of
+    each value, chained). A missing consumer or header counts as the client's address ("ip:" + peer),
+    never as one bucket shared by everyone."""
+    cdef tuple kinds
+    cdef tuple names
+
+    def __init__(self, parts):
+        kinds, names = [], []
+        for part in parts:
+            if part == "consumer":
+                kinds.append(P_CONSUMER)
+                names.append(None)
+            elif part == "ip":
+                kinds.append(P_IP)
+                names.append(None)
+            elif part == "route":
+                kinds.append(P_ROUTE)
+                names.append(None)
+            elif part.startswith("header:"):
+                kinds.append(P_HEADER)
+                names.append(part[7:].lower().encode())
+            else:
+                raise ValueError(f"unknown key part {part!r}")
+        self.kinds = tuple(kinds)
+        self.names = tuple(names)
+
+    cdef uint64_t hash(self, object ex, object consumer) except? 0:
+        cdef uint64_t h = 0
+        cdef Py_ssize_t i
+        cdef int kind
+        cdef bytes v
+        for i in range(len(self.kinds)):
+            kind = <int>self.kinds[i]
+            if kind == P_CONSUMER:
+                v = (<str>consumer).encode() if consumer is not None else b"ip:" + ex.peer
+            elif kind == P_IP:
+                v = ex.peer
+            elif kind == P_ROUTE:
+                name = ex.route_name
+                v = (<str>name).encode() if name is not None else b""
+            else:
+                v = ex.header(self.names[i])
+                if v is None:
+                    v = b"ip:" + ex.peer
+            h = _hash(h, <const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+        return h
+
+
+cdef class Keys:
+    """A plan's distinct limit keys (a tuple of KeySpec); `of(ex, consumer)` -> tuple of 64-bit hashes."""
+    cdef tuple specs
+
+    def __init__(self, specs):
+        self.specs = tuple(KeySpec(s) for s in specs)
+
+    cpdef tuple of(self, object ex, object consumer):
+        cdef Py_ssize_t n = len(self.specs)
+        if n == 1:
+            return ((<KeySpec>self.specs[0]).hash(ex, consumer),)
+        return tuple([(<KeySpec>s).hash(ex, consumer) for s in self.specs])
+
+
+cdef class Headers:
+    """A plan's response header lines: RateLimit-Policy (every enforced limit) and RateLimit (the limit
+    with the fewest requests left), prebuilt up to the numbers."""
+    cdef bytes policy          # b"RateLimit-Policy: ...\r\n" or b""
+    cdef tuple prefix          # per limit: b'RateLimit: "name";r='
+
+    def __init__(self, policy, prefix):
+        self.policy = b"RateLimit-Policy: " + policy + b"\r\n" if policy is not None else b""
+        self.prefix = tuple(b"RateLimit: " + p for p in prefix)
+
+    cpdef bytes lines(self, int tight, long long remaining, long long reset_s, bytes degraded):
+        """The header lines for an outcome (tight < 0: no RateLimit line)."""
+        cdef char buf[512]
+        cdef char* p = buf
+        cdef bytes pre
+        cdef Py_ssize_t n
+        if tight < 0 or tight >= len(self.prefix):
+            out = self.policy
+        else:
+            pre = <bytes>self.prefix[tight]
+            n = PyBytes_GET_SIZE(pre)
+            if n > 400:
+                out = self.policy + pre + b"%d;t=%d\r\n" % (remaining, reset_s)
+            else:
+                memcpy(p, PyBytes_AS_STRING(pre), n)
+                p = _itoa(p + n, remaining)
+                memcpy(p, b";t=", 3)
+                p = _itoa(p + 3, reset_s)
+                p[0] = b'\r'
+                p[1] = b'\n'
+                out = self.policy + PyBytes_FromStringAndSize(buf, p + 2 - buf)
+        if degraded is not None:
+            out = out + b"RateLimit-Degraded: " + degraded + b"\r\n"
+        return out
+
+
+cdef class Release:
+    """on_complete callback: give back the concurrency slots a request took."""
+    cdef Plan bp
+    cdef tuple keys
+    cdef unsigned long long charged
+
+    def __call__(self, ex):
+        self.bp.release(self.keys, self.charged)
+
+
+cdef class Counter:
+    """Decision counters of one (route, plan) in the worker's stats region (words: a "Q" memoryview)."""
+    cdef unsigned long long[::1] words
+    cdef Py_ssize_t base          # -1: not counted (the region is full)
+
+    def __init__(self, words, Py_ssize_t base):
+        self.words = words
+        self.base = base
+
+    cpdef void count(self, int decision):
+        if self.base >= 0:
+            self.words[self.base + 1 + decision] += 1
+
+
+cdef class PlanGate:
+    """One plan as the rate gate sees it. `bp` is None when the plan is kept in Redis (Python path)."""
+    cdef public object rt             # the Python PlanRT
+    cdef public Plan bp
+    cdef public Keys keys
+    cdef public Headers headers
+    cdef public bint has_quota, has_conc
+    cdef tuple slugs                  # per limit: problem slug of a rejection
+    cdef int[16] decision             # per limit: decision counted on rejection
+    cdef int[16] conc                 # per limit: 1 for a concurrency limit
+
+    def __init__(self, rt, Plan bp, Keys keys, Headers headers, bint has_quota, bint has_conc, limits):
+        cdef int i
+        self.rt = rt
+        self.bp = bp
+        self.keys = keys
+        self.headers = headers
+        self.has_quota = has_quota
+        self.has_conc = has_conc
+        self.slugs = tuple(lim.slug for lim in limits)
+        for i, lim in enumerate(limits[:16]):
+            self.decision[i] = lim.decision
+            self.conc[i] = 1 if lim.is_conc else 0
+
+
+cdef class RateGate(Gate):
+    """Fast path of fastgw.policies.ratelimit.RateLimitPolicy (set up by its __init__)."""
+    cdef public PlanGate default             # the route's plan, or None
+    cdef public dict by_name                 # plan name -> PlanGate (a consumer's or token's plan)
+    cdef public dict counters                # plan name -> Counter (absent: not counted)
+
+    cpdef object check(self, object ex):
+        cdef PlanGate pg = self.default
+        consumer = None
+        ident = ex.identity
+        if ident is not None:
+            consumer = (<Identity>ident).consumer
+            pname = (<Identity>ident).plan
+            if pname is not None:
+                hit = self.by_name.get(pname)
+                if hit is not None:
+                    pg = <PlanGate>hit
+        if pg is None:
+            return None
+        keys = pg.keys.of(ex, consumer)
+        if pg.bp is None:
+            return self.shared(ex, pg.rt, keys)
+        return self.local(ex, pg, pg.bp, keys, None)
+
+    def shared(self, ex, rt, keys):
+        """Plans kept in Redis (Python subclass)."""
+        raise NotImplementedError
+
+    def shadow(self, ex, rt):
+        """A shadow limit was over its budget (Python subclass: count and log)."""
+
+    cpdef void count(self, object plan_name, int decision):
+        c = self.counters.get(plan_name)
+        if c is not None:
+            (<Counter>c).count(decision)
+
+    cpdef object local(self, object ex, PlanGate pg, Plan bp, tuple keys, bytes degraded):
+        """Check `keys` against the host table with `bp` (the plan, or its share in a fallback)."""
+        cdef int r = bp.check(keys, _now(CLOCK_MONOTONIC), _now(CLOCK_REALTIME) if pg.has_quota else 0)
+        name = pg.rt.name
+        if bp.shadowed:
+            self.shadow(ex, pg.rt)
+        if r >= 0:
+            self.count(name, pg.decision[r])
+            return self.reject(ex, pg, r, bp.reset_s, bp.retry_s, degraded)
+        self.count(name, 5 if degraded is not None else D_ALLOWED)    # 5: "degraded"
+        if pg.has_conc:
+            rel = Release.__new__(Release)
+            (<Release>rel).bp = bp
+            (<Release>rel).keys = keys
+            (<Release>rel).charged = bp.charged
+            ex.on_complete(rel)
+        ex.add_response_lines(pg.headers.lines(bp.tight, bp.remaining, bp.reset_s, degraded))
+        return None
+
+    cpdef object reject(self, object ex, PlanGate pg, int idx, long long reset_s, long long retry_s,
+                        bytes degraded):
+        """The 429 for limit `idx` (with the RateLimit lines, except for a concurrency limit)."""
+        if not pg.conc[idx]:
+            ex.add_response_lines(pg.headers.lines(idx, 0, reset_s, degraded))
+        elif degraded is not None:
+            ex.add_response_lines(b"RateLimit-Degraded: " + degraded + b"\r\n")
+        return (429, pg.slugs[idx], None, b"Retry-After: %d\r\n" % (retry_s if retry_s > 1 else 1))
