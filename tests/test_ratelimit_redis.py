@@ -238,3 +238,36 @@ def test_local_fallback_splits_the_limit_between_live_instances(tmp_path: Path, 
     finally:
         for g in gws:
             g.close()
+
+
+def test_lease_headers_from_the_store_and_mostly_local(tmp_path: Path, echo_origin, redis_server) -> None:
+    """Sequential requests on one key of a lease plan: every answer carries the exact RateLimit-Policy
+    and a RateLimit reporting what the store said at the worker's last refill (`r` within the burst,
+    `t` within the window), and most requests are served from the worker's lease (the compiled path,
+    RateGate.spend_lease), not by a script each. (A slow rate would not show it: no worker may hold more
+    than `lease_period` of the whole limit, so at 10/s every request asks the store.)"""
+    routes = '[[routes]]\nname = "l"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
+    plans = '[plans.p]\nlimits = [{ rate = "6000/s", burst = 6000, key = ["header:X-Key"] }]\nsync = "lease"\n'
+    text = rlutil.config(echo_origin.addr, routes, plans, redis_server.url) + 'timeout = "250ms"\n'
+    gw = rlutil.start(tmp_path, text, workers=1)
+    try:
+        key = uuid.uuid4().hex
+        before = _commands(redis_server, "evalsha", "eval")
+        host, port = gw.listen.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        seen = []
+        for i in range(300):
+            conn.request("GET", f"/lease-hdr/{i}", headers={"X-Key": key})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            assert r.getheader("RateLimit-Policy") == '"rate";q=6000;w=1'
+            name, r_part, t_part = r.getheader("RateLimit").split(";")
+            assert name == '"rate"' and r_part.startswith("r=") and t_part.startswith("t=")
+            seen.append((int(r_part[2:]), int(t_part[2:])))
+        conn.close()
+        scripts = _commands(redis_server, "evalsha", "eval") - before
+        assert all(0 <= r < 6000 and 0 <= t <= 1 for r, t in seen), seen
+        assert scripts < 60, scripts                      # the lease serves most requests locally
+    finally:
+        gw.close()

@@ -323,7 +323,7 @@ cdef class Table:
         _unlock(first)
 
     # Lease mode: tokens taken from the shared store, spent locally (Slot.a tokens, Slot.b expiry).
-    def lease_take(self, uint64_t key, int64_t now):
+    cpdef bint lease_take(self, uint64_t key, int64_t now):
         """Spend one leased token if one is left and the lease has not expired: True, else False."""
         cdef Slot* first = self._bucket(key)
         cdef Slot* s

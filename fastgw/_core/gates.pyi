@@ -1,7 +1,7 @@
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastgw._core.buckets import Plan
+from fastgw._core.buckets import Plan, Table
 
 Rejection = tuple[int, str, bytes | None, bytes | None]
 Result = Rejection | Awaitable[Rejection | None] | None
@@ -59,6 +59,10 @@ class PlanGate:
     headers: Headers
     has_quota: bool
     has_conc: bool
+    lease: Table | None
+    lease_seed: int
+    lease_state: dict[int, list[float]]
+    client: Any
     def __init__(self, rt: Any, bp: Plan | None, keys: Keys, headers: Headers, has_quota: bool, has_conc: bool,
                  limits: Sequence[Any]) -> None: ...
 

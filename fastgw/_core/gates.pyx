@@ -22,7 +22,7 @@ from libc.string cimport memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
-from fastgw._core.buckets cimport Plan, _hash
+from fastgw._core.buckets cimport Plan, Table, _hash
 
 # Decision counters, in the order of fastgw.policies.ratelimit.DECISIONS.
 DEF D_ALLOWED = 0
@@ -361,6 +361,10 @@ cdef class PlanGate:
     cdef public Keys keys
     cdef public Headers headers
     cdef public bint has_quota, has_conc
+    cdef public Table lease           # sync = "lease" (without concurrency limits): the worker's lease table
+    cdef public uint64_t lease_seed
+    cdef public dict lease_state      # key hash -> [.., .., .., tight, remaining, reset deadline] (ratelimit.py)
+    cdef public object client         # the plan's RedisClient (.up: the breaker)
     cdef tuple slugs                  # per limit: problem slug of a rejection
     cdef int[16] decision             # per limit: decision counted on rejection
     cdef int[16] conc                 # per limit: 1 for a concurrency limit
@@ -399,9 +403,32 @@ cdef class RateGate(Gate):
         if pg is None:
             return None
         keys = pg.keys.of(ex, consumer)
-        if pg.bp is None:
-            return self.shared(ex, pg.rt, keys)
-        return self.local(ex, pg, pg.bp, keys, None)
+        if pg.bp is not None:
+            return self.local(ex, pg, pg.bp, keys, None)
+        if pg.lease is not None and len(keys) == 1 and pg.client.up:
+            if self.spend_lease(ex, pg, <uint64_t>keys[0]):
+                return None
+        return self.shared(ex, pg.rt, keys)
+
+    cdef bint spend_lease(self, object ex, PlanGate pg, uint64_t tag) except -1:
+        """Lease mode, the common case: a token of this worker's lease is left. Same answer and headers
+        as RateLimitPolicy.leased (RateLimit from the store's reply at the last refill)."""
+        cdef uint64_t lk = tag ^ pg.lease_seed
+        cdef int64_t mono = _now(CLOCK_MONOTONIC), left
+        cdef int tight
+        if lk == 0:
+            lk = 1
+        if not pg.lease.lease_take(lk, mono):
+            return False
+        self.count(pg.rt.name, D_ALLOWED)
+        st = pg.lease_state.get(tag)
+        if st is not None:
+            tight = <int>(<double>(<list>st)[3])
+            if tight >= 0:
+                left = <int64_t>(<double>(<list>st)[5]) - mono
+                ex.add_response_lines(pg.headers.lines(
+                    tight, <long long>(<double>(<list>st)[4]), (left + 999999999) // 1000000000 if left > 0 else 0, None))
+        return True
 
     def shared(self, ex, rt, keys):
         """Plans kept in Redis (Python subclass)."""

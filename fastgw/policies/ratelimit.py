@@ -355,6 +355,10 @@ class PlanRT:
         # What the compiled RateGate needs; no local bucket plan when the plan is kept in Redis.
         self.gate = G.PlanGate(self, self.local if self.store is None else None, keys, self.hdrs,
                                self.has_quota, self.has_conc, self.limits)
+        if self.sync == "lease" and self.store is not None and not self.has_conc:
+            # Spending a token of this worker's lease is compiled too (RateGate.spend_lease).
+            g = self.gate
+            g.lease, g.lease_seed, g.lease_state, g.client = lease, self.lease_seed, self.lease_state, self.store.client
 
     def fallback_plan(self) -> B.Plan:
         n = self.store.instances if self.store is not None else 1
