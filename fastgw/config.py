@@ -244,7 +244,7 @@ class RedisStore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     timeout: Duration = 0.02              # per command; then the circuit breaker opens
     retry_interval: Duration = 0.2        # reconnect attempts while the breaker is open
     lease_period: Duration = 0.1          # a lease covers about this much of a worker's traffic
-    lease_max: int = 50                   # most tokens one worker holds for one key
+    lease_max: int = 1000                 # most tokens one worker takes per refill, for one key
     lease_ttl: Duration = 1.0             # unspent leased tokens expire after this
     heartbeat: Duration = 1.0             # instance liveness (for on_store_error = "local")
 

@@ -429,9 +429,11 @@ def overshoot_summary(cfg: Config, workers: int) -> list[str]:
                 rates = [parse_rate(x.rate) for x in plan.limits if x.rate is not None and x.enforce]
                 tight = min(c / p for c, p in rates) if rates else count / period
                 cap = max(1, min(cap, int(tight * rd.lease_period)))
-            per_host = cap * workers
-            out.append(f"    {limit_name(lim)} (limits[{i}]): lease worst-case overshoot per key: {cap} requests "
-                       f"per worker = {per_host} per instance ({workers} workers), times the number of instances "
+            held = 2 * cap                  # the rest of the batch being spent + the next one (prefetched)
+            per_host = held * workers
+            out.append(f"    {limit_name(lim)} (limits[{i}]): lease worst-case overshoot per key: {held} requests "
+                       f"per worker (2 batches of at most {cap}) = {per_host} per instance ({workers} workers), "
+                       f"times the number of instances "
                        f"(leased tokens spent up to lease_ttl = {rd.lease_ttl:g}s after they were granted)")
     return out
 

@@ -70,8 +70,9 @@ def test_check_prints_lease_overshoot(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "fastgw", "check", "-c", str(cfg)], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
-    # Cap per worker and key: min(lease_max = 80, tightest enforced rate 1000/s x lease_period 0.1 s = 100).
+    # Batch cap per worker and key: min(lease_max = 80, tightest enforced rate 1000/s x lease_period 0.1 s
+    # = 100); a worker holds at most two batches (the rest of one, and the next, fetched at half).
     assert "gold: sync=lease, on_store_error=local" in out.stdout
-    assert ("rate (limits[0]): lease worst-case overshoot per key: 80 requests per worker = 320 per instance "
-            "(4 workers), times the number of instances") in out.stdout
+    assert ("rate (limits[0]): lease worst-case overshoot per key: 160 requests per worker (2 batches of at "
+            "most 80) = 640 per instance (4 workers), times the number of instances") in out.stdout
     assert "local: sync=strict, on_store_error=local" in out.stdout

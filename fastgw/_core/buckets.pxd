@@ -46,7 +46,7 @@ cdef class Table:
     cdef uint64_t mask
     cdef Slot* find(self, uint64_t key, int64_t now, bint create) noexcept nogil
     cdef Slot* _bucket(self, uint64_t key) noexcept nogil
-    cpdef bint lease_take(self, uint64_t key, int64_t now)
+    cpdef long long lease_take(self, uint64_t key, int64_t now)
 
 
 cdef class Plan:

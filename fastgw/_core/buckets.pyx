@@ -323,20 +323,21 @@ cdef class Table:
         _unlock(first)
 
     # Lease mode: tokens taken from the shared store, spent locally (Slot.a tokens, Slot.b expiry).
-    cpdef bint lease_take(self, uint64_t key, int64_t now):
-        """Spend one leased token if one is left and the lease has not expired: True, else False."""
+    cpdef long long lease_take(self, uint64_t key, int64_t now):
+        """Spend one leased token if one is left and the lease has not expired: the tokens left after it,
+        or -1 when there was none."""
         cdef Slot* first = self._bucket(key)
         cdef Slot* s
-        cdef bint ok = False
+        cdef long long left = -1
         _lock(self.hdr, first)
         s = self.find(key, now, False)
         if s != NULL and s.a > 0 and s.b > now:
             s.a -= 1
-            ok = True
+            left = s.a
             if s.a == 0:
                 s.idle_at = 0
         _unlock(first)
-        return ok
+        return left
 
     def lease_left(self, uint64_t key, int64_t now):
         cdef Slot* first = self._bucket(key)

@@ -363,7 +363,8 @@ cdef class PlanGate:
     cdef public bint has_quota, has_conc
     cdef public Table lease           # sync = "lease" (without concurrency limits): the worker's lease table
     cdef public uint64_t lease_seed
-    cdef public dict lease_state      # key hash -> [.., .., .., tight, remaining, reset deadline] (ratelimit.py)
+    cdef public dict lease_state      # key hash -> [last refill, batch, deny until, tight, remaining, reset]
+    cdef public dict inflight         # key hash -> the refill in flight
     cdef public object client         # the plan's RedisClient (.up: the breaker)
     cdef tuple slugs                  # per limit: problem slug of a rejection
     cdef int[16] decision             # per limit: decision counted on rejection
@@ -406,29 +407,39 @@ cdef class RateGate(Gate):
         if pg.bp is not None:
             return self.local(ex, pg, pg.bp, keys, None)
         if pg.lease is not None and len(keys) == 1 and pg.client.up:
-            if self.spend_lease(ex, pg, <uint64_t>keys[0]):
+            if self.spend_lease(ex, pg, keys):
                 return None
         return self.shared(ex, pg.rt, keys)
 
-    cdef bint spend_lease(self, object ex, PlanGate pg, uint64_t tag) except -1:
+    cdef bint spend_lease(self, object ex, PlanGate pg, tuple keys) except -1:
         """Lease mode, the common case: a token of this worker's lease is left. Same answer and headers
-        as RateLimitPolicy.leased (RateLimit from the store's reply at the last refill)."""
-        cdef uint64_t lk = tag ^ pg.lease_seed
-        cdef int64_t mono = _now(CLOCK_MONOTONIC), left
+        as RateLimitPolicy.leased (RateLimit from the store's reply at the last refill); when half of the
+        last batch is spent, the next refill starts (RateLimitPolicy.prefetch) without anyone waiting."""
+        cdef object tag = keys[0]
+        cdef uint64_t lk = (<uint64_t>tag) ^ pg.lease_seed
+        cdef int64_t mono = _now(CLOCK_MONOTONIC), until
+        cdef long long left
         cdef int tight
         if lk == 0:
             lk = 1
-        if not pg.lease.lease_take(lk, mono):
+        left = pg.lease.lease_take(lk, mono)
+        if left < 0:
             return False
         self.count(pg.rt.name, D_ALLOWED)
         st = pg.lease_state.get(tag)
         if st is not None:
             tight = <int>(<double>(<list>st)[3])
             if tight >= 0:
-                left = <int64_t>(<double>(<list>st)[5]) - mono
+                until = <int64_t>(<double>(<list>st)[5]) - mono
                 ex.add_response_lines(pg.headers.lines(
-                    tight, <long long>(<double>(<list>st)[4]), (left + 999999999) // 1000000000 if left > 0 else 0, None))
+                    tight, <long long>(<double>(<list>st)[4]), (until + 999999999) // 1000000000 if until > 0 else 0,
+                    None))
+            if left * 2 <= <double>(<list>st)[1] and <double>(<list>st)[2] <= mono and tag not in pg.inflight:
+                self.prefetch(pg.rt, tag, keys, mono)
         return True
+
+    def prefetch(self, rt, tag, keys, mono):
+        """Start the next refill of a lease (Python subclass)."""
 
     def shared(self, ex, rt, keys):
         """Plans kept in Redis (Python subclass)."""

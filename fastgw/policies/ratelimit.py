@@ -359,6 +359,7 @@ class PlanRT:
             # Spending a token of this worker's lease is compiled too (RateGate.spend_lease).
             g = self.gate
             g.lease, g.lease_seed, g.lease_state, g.client = lease, self.lease_seed, self.lease_state, self.store.client
+            g.inflight = self.inflight
 
     def fallback_plan(self) -> B.Plan:
         n = self.store.instances if self.store is not None else 1
@@ -483,16 +484,29 @@ class RateLimitPolicy(G.RateGate):
         lk = (tag ^ plan.lease_seed) or 1
         mono = time.monotonic_ns()
         st = plan.lease_state.get(tag)
-        if plan.lease.lease_take(lk, mono):
+        left = plan.lease.lease_take(lk, mono)
+        if left >= 0:
             self.count(plan.name, D_ALLOWED)
             if st is not None:
                 self.lease_headers(ex, plan, st, mono)
+                if left * 2 <= st[1] and st[2] <= mono and tag not in plan.inflight:
+                    self.prefetch(plan, tag, keys, mono)
             return None
         if st is not None and st[2] > mono:        # the store said no until then: refuse locally
             return self.lease_reject(ex, plan, st, mono)
         if plan.store is None or not plan.store.client.up:
             return self.degraded(ex, plan, keys)
         return self._lease_wait(ex, plan, tag, keys, lk)
+
+    def prefetch(self, plan: PlanRT, tag: int, keys: tuple[int, ...], mono: int) -> None:
+        """Half of the last batch is spent: take the next one now, so that requests keep spending local
+        tokens while it is in flight instead of queueing for it (a worker holds at most two batches)."""
+        if plan.store is None or not plan.store.client.up:
+            return
+        try:
+            self.refill(plan, tag, keys, (tag ^ plan.lease_seed) or 1, mono)
+        except StoreDown:
+            pass
 
     def lease_headers(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> None:
         tight = int(st[3])
