@@ -296,8 +296,9 @@ BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test")
     BASE + [(b"te", b"gzip")],
     BASE + [(b"x-smuggle", b"a\r\nInjected: 1")],                                          # CRLF in a value
     [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"gw.test"), (b":path", b"/echo/../admin")],
+    BASE + [(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")],              # two credentials
 ], ids=["no-path", "two-path", "pseudo-after", "unknown-pseudo", "uppercase", "connection", "te-chunked",
-        "te-gzip", "crlf", "dot-segment"])
+        "te-gzip", "crlf", "dot-segment", "two-authorization"])
 def test_malformed_requests_are_reset(gw, echo_origin, headers):
     before = len(echo_origin.requests_for("/echo/"))
     c = Raw(gw.port)

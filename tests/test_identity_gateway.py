@@ -148,6 +148,7 @@ def test_api_keys_jwt_and_identity_headers_cannot_be_forged(gateway: GatewayLaun
         h = headers_of(r)
         assert h["x-consumer"] == ["partner-a"] and h["x-user-id"] == ["client-7"]
         assert h["x-roles"] == ["teller,auditor"] and h["x-tenant"] == ["t1"]
+        assert len(h["authorization"]) == 1 and h["authorization"][0].startswith("Bearer ")   # forwarded, once
         # An open route forwards none of the identity headers a client made up either.
         h = headers_of(c.get("/open", headers=forged))
         assert not {"x-consumer", "x-user-id", "x-roles", "x-tenant"} & set(h)

@@ -589,7 +589,7 @@ cdef class H2Conn:
         cdef dict actions = rt.actions
         cdef list pieces = []
         cdef bytes name, value, method = None, path = None, scheme = None, authority = None
-        cdef bint regular = False
+        cdef bint regular = False, auth_seen = False
         cdef Py_ssize_t n = 0, i, q, plen
         cdef const unsigned char* u
         cdef int flags = 0
@@ -665,6 +665,14 @@ cdef class H2Conn:
                     h.request_id = value
             elif code == 8:
                 h.xff = value if h.xff is None else h.xff + b", " + value
+            elif code == 9:                      # authorization: forwarded, never twice
+                if auth_seen:
+                    return 1
+                auth_seen = True
+                pieces.append(name)
+                pieces.append(b": ")
+                pieces.append(value)
+                pieces.append(b"\r\n")
             # code 6 (expect) and the rest: dropped
         if method is None or method == b"CONNECT" or path is None or scheme is None:
             return 1

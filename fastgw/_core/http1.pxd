@@ -31,6 +31,7 @@ cdef class RequestReader:
     cdef bint _failed
     cdef bint _host_seen
     cdef bint _te_seen
+    cdef bint _auth_seen
     cdef bytes _te
     cdef long long _chunk_bytes
     cdef long long _feed_acc

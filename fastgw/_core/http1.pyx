@@ -32,6 +32,8 @@ _BASE_ACTIONS = {
     b"expect": 6,
     b"x-request-id": 7,
     b"x-forwarded-for": 8,
+    # Forwarded, but only one: a second credential is an ambiguity (which one did the gateway check?).
+    b"authorization": 9,
     # Identity headers: only fastgw sets them (from verified credentials); a client's copy is dropped.
     b"x-consumer": 5,
     b"x-user-id": 5,
@@ -279,6 +281,7 @@ cdef class RequestReader:
         self._nheaders = 0
         self._host_seen = False
         self._te_seen = False
+        self._auth_seen = False
         self._te = None
         self._chunk_bytes = 0
         cdef RequestHead h = RequestHead.__new__(RequestHead)
@@ -350,6 +353,15 @@ cdef class RequestReader:
                 h.request_id = value
         elif code == 8:
             h.xff = value if h.xff is None else h.xff + b", " + value
+        elif code == 9:
+            if self._auth_seen:
+                self._reject(400, "bad-request", "duplicate Authorization header")
+            self._auth_seen = True
+            pieces = h.pieces
+            pieces.append(name)
+            pieces.append(b": ")
+            pieces.append(value)
+            pieces.append(b"\r\n")
         # code 5 (and the rest): dropped
 
     def on_headers_complete(self):
