@@ -250,6 +250,8 @@ cdef class H2Stream(ClientConn):
     cdef bint dirty
     cdef long long owed           # flow-controlled bytes received but not acknowledged yet
     cdef double blocked_since
+    cdef GrpcCall grpc            # the upstream HTTP/2 stream of a grpc route (grpc.pxi), or None
+    cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
 
     # -- the downstream interface --------------------------------------------------------------------
     cdef void send(self, bytes data):
@@ -319,6 +321,9 @@ cdef class H2Stream(ClientConn):
         cdef Problem p = <Problem>ex.rt.problems[slug]
         cdef RequestHead h = ex.head
         cdef list headers
+        if ex.route is not None and ex.route.grpc:
+            grpc_problem(self, ex, p, detail, extra)       # a gRPC status, not problem+json
+            return
         instance = h.path if h is not None and h.path is not None else b""
         body = b"".join((p.body_a, p.detail if detail is None else json_bytes(detail), p.body_b,
                          json_bytes(instance), p.body_c, ex.rid, p.body_d))
@@ -351,6 +356,8 @@ cdef class H2Stream(ClientConn):
         if want == self.wpaused:
             return
         self.wpaused = want
+        if self.grpc is not None:
+            self.grpc.set_paused(want)
         if ex is not None and ex.up is not None:
             up = ex.up
             if up.transport is not None and up.rpaused != want:
@@ -389,6 +396,8 @@ cdef class H2Stream(ClientConn):
         self.closed = True
         self.active = None
         self.rx = None
+        if self.grpc is not None:
+            self.grpc.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
         if ex is None:
             return
         ex.done = True
@@ -721,6 +730,10 @@ cdef class H2Conn:
                 self.win_ctrl += 1
         else:
             self.empty_run = 0
+        if st is not None and st.grpc is not None:
+            st.last_rx = self.last_active
+            st.grpc.request_data(data, n)     # acknowledged once the upstream stream took it
+            return
         if st is None or st.rx is None or st.active is None:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
@@ -752,7 +765,9 @@ cdef class H2Conn:
         if st is None:
             return
         st.rx_done = True
-        if st.rx is not None:
+        if st.grpc is not None:
+            st.grpc.request_end()
+        elif st.rx is not None:
             st.request_end()
 
     cdef void on_reset(self, int sid):
@@ -792,7 +807,7 @@ cdef class H2Conn:
                 st.outq[0] = chunk[n:]
             else:
                 st.outq.pop(0)
-                last = st.end_pending and not st.outq
+                last = st.end_pending and not st.outq and st.trailers is None
                 h.send_data(st.sid, chunk, end_stream=last)
                 if last:
                     st.ended = True
@@ -804,7 +819,10 @@ cdef class H2Conn:
             st.blocked_since = 0
             if st.end_pending and not st.ended:
                 st.ended = True
-                h.end_stream(st.sid)
+                if st.trailers is not None:
+                    h.send_headers(st.sid, st.trailers, end_stream=True)
+                else:
+                    h.end_stream(st.sid)
             if st.ended:
                 self.stream_ended(st)
         if st.wpaused and st.outq_bytes <= STREAM_OUTQ and not self.wpaused:
@@ -948,7 +966,9 @@ cdef class H2Conn:
         if self.closed:
             return
         for st in list(self.streams.values()):
-            if st.active is not None:
+            if st.grpc is not None:
+                st.grpc.check(now)
+            elif st.active is not None:
                 ClientConn.check(st, now)
             if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
                 st.reset(E_CANCEL)              # stalled on a zero window

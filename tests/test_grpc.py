@@ -1,0 +1,279 @@
+"""gRPC passthrough end to end (README "gRPC"): a real grpcio server on loopback (generic handlers, raw
+bytes, no generated code), a real gateway process with grpc routes, and a real grpcio client speaking
+h2c prior knowledge to the gateway.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import httpx
+import pytest
+from conftest import free_port
+
+SECRET = b"grpc-key-1"
+
+
+class Origin:
+    """A grpcio server with a handful of raw-bytes methods; it remembers the peers it saw."""
+
+    def __init__(self) -> None:
+        self.peers: set[str] = set()
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
+                                  options=[("grpc.max_receive_message_length", 16 << 20),
+                                           ("grpc.max_send_message_length", 16 << 20)])
+        h = {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+            "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+            "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+            "Meta": grpc.unary_unary_rpc_method_handler(self.meta),
+            "Peer": grpc.unary_unary_rpc_method_handler(self.peer),
+            "Sum": grpc.stream_unary_rpc_method_handler(self.sum),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
+            "Forever": grpc.unary_stream_rpc_method_handler(self.forever),
+        }
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", h),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def see(self, ctx) -> None:
+        with self.lock:
+            self.peers.add(ctx.peer())
+
+    def unary(self, req: bytes, ctx) -> bytes:
+        self.see(ctx)
+        return req
+
+    def stream(self, req: bytes, ctx):
+        for i in range(int(req)):
+            yield b"msg-%d" % i
+
+    def fail(self, req: bytes, ctx):
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: caf\u00e9 100%")
+
+    def slow(self, req: bytes, ctx) -> bytes:
+        time.sleep(float(req))
+        return b"late"
+
+    def meta(self, req: bytes, ctx) -> bytes:
+        ctx.set_trailing_metadata((("x-extra-trailer", "t1"),))
+        return json.dumps(sorted(ctx.invocation_metadata())).encode()
+
+    def peer(self, req: bytes, ctx) -> bytes:
+        self.see(ctx)
+        time.sleep(0.3)
+        return ctx.peer().encode()
+
+    def sum(self, reqs, ctx) -> bytes:
+        total = 0
+        h = hashlib.sha256()
+        for r in reqs:
+            total += len(r)
+            h.update(r)
+        return b"%d:%s" % (total, h.hexdigest().encode())
+
+    def bidi(self, reqs, ctx):
+        for r in reqs:
+            yield r[::-1]
+
+    def forever(self, req: bytes, ctx):
+        i = 0
+        while ctx.is_active():
+            yield b"tick-%d" % i
+            i += 1
+            time.sleep(0.05)
+        self.cancelled.set()
+
+    def start(self) -> Origin:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def origin():
+    o = Origin().start()
+    yield o
+    o.stop()
+
+
+EXTRA = f"""
+[auth.api_key]
+header = "X-API-Key"
+
+[consumers.svc]
+api_keys_sha256 = ["{hashlib.sha256(SECRET).hexdigest()}"]
+
+[plans.tiny]
+limits = [{{ rate = "2/min", burst = 2, key = ["header:x-who"] }}]
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_launcher, origin):
+    down = f"127.0.0.1:{free_port()}"
+    routes = [
+        {"name": "echo", "path": "/test.Echo/*", "upstream": "grpc", "protocol": "grpc", "max_body": "8MiB",
+         "request_headers": {"add": {"X-Route": "echo"}}, "response_headers": {"add": {"X-Resp": "yes"}}},
+        {"name": "authed", "path": "/authed/*", "upstream": "grpc", "protocol": "grpc", "strip_prefix": True,
+         "auth": ["api_key"]},
+        {"name": "limited", "path": "/limited/*", "upstream": "grpc", "protocol": "grpc", "strip_prefix": True,
+         "plan": "tiny"},
+        {"name": "small", "path": "/small/*", "upstream": "grpc", "protocol": "grpc", "strip_prefix": True,
+         "max_body": "1KiB"},
+        {"name": "quick", "path": "/quick/*", "upstream": "quick", "protocol": "grpc", "strip_prefix": True},
+        {"name": "down", "path": "/down/*", "upstream": "down", "protocol": "grpc", "strip_prefix": True},
+    ]
+    ups = {"grpc": {"targets": [origin.addr]},
+           "quick": {"targets": [origin.addr], "timeout": "1s"},
+           "down": {"targets": [down], "connect_timeout": "1s"}}
+    return gateway_launcher.start(ups, routes, extra=EXTRA)
+
+
+@pytest.fixture
+def chan(gw):
+    ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}", options=[("grpc.max_receive_message_length", 16 << 20),
+                                                                ("grpc.max_send_message_length", 16 << 20),
+                                                                ("grpc.enable_retries", 0)])
+    yield ch
+    ch.close()
+
+
+def call(ch, method: str, req: bytes = b"", **kw):
+    return ch.unary_unary(method)(req, timeout=kw.pop("timeout", 10), **kw)
+
+
+def test_unary_echo_and_headers(chan):
+    assert call(chan, "/test.Echo/Unary", b"hello \x00\xff") == b"hello \x00\xff"
+    resp, c = chan.unary_unary("/test.Echo/Meta").with_call(b"", timeout=10, metadata=(("x-client", "c1"),))
+    meta = dict(tuple(x) for x in json.loads(resp))
+    assert meta["x-client"] == "c1"
+    assert meta["x-route"] == "echo"
+    assert meta["x-forwarded-proto"] == "http"
+    assert meta["x-forwarded-for"] == "127.0.0.1"
+    assert meta["x-request-id"]
+    initial = dict(c.initial_metadata())
+    assert initial["x-resp"] == "yes"
+    assert initial["x-request-id"] == meta["x-request-id"]
+    assert dict(c.trailing_metadata())["x-extra-trailer"] == "t1"
+    assert c.code() == grpc.StatusCode.OK
+
+
+def test_server_streaming_in_order(chan):
+    got = list(chan.unary_stream("/test.Echo/Stream")(b"200", timeout=10))
+    assert got == [b"msg-%d" % i for i in range(200)]
+
+
+def test_upstream_status_and_message_pass_through(chan):
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/test.Echo/Fail")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.details() == "no such thing: caf\u00e9 100%"
+
+
+def test_upstream_down_is_unavailable(chan):
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/down/test.Echo/Unary", b"x")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "cannot connect to upstream" in e.value.details()
+
+
+def test_upstream_timeout_is_deadline_exceeded(chan):
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/quick/test.Echo/Slow", b"3")
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not answer in time" in e.value.details()
+    assert time.monotonic() - t0 < 2.9
+    assert call(chan, "/quick/test.Echo/Slow", b"0.1") == b"late"
+
+
+def test_auth_required(chan):
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/authed/test.Echo/Unary", b"x")
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/authed/test.Echo/Unary", b"x", metadata=(("x-api-key", "wrong"),))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call(chan, "/authed/test.Echo/Unary", b"x", metadata=(("x-api-key", SECRET.decode()),)) == b"x"
+
+
+def test_rate_limited_is_resource_exhausted(chan):
+    md = (("x-who", "rl-test"),)
+    assert call(chan, "/limited/test.Echo/Unary", b"1", metadata=md) == b"1"
+    assert call(chan, "/limited/test.Echo/Unary", b"2", metadata=md) == b"2"
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/limited/test.Echo/Unary", b"3", metadata=md)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "retry-after" in dict(e.value.trailing_metadata())
+
+
+def test_large_messages_both_ways(chan):
+    big = bytes(range(256)) * (3 * 4096 + 7)          # ~3 MiB
+    assert call(chan, "/test.Echo/Unary", big, timeout=30) == big
+    parts = [bytes([i]) * (1 << 20) for i in range(4)]    # client streaming, 4 MiB
+    res = chan.stream_unary("/test.Echo/Sum")(iter(parts), timeout=30)
+    h = hashlib.sha256(b"".join(parts)).hexdigest().encode()
+    assert res == b"%d:%s" % (4 << 20, h)
+
+
+def test_bidi_streaming(chan):
+    reqs = [b"abc%d" % i for i in range(50)]
+    got = list(chan.stream_stream("/test.Echo/Bidi")(iter(reqs), timeout=10))
+    assert got == [r[::-1] for r in reqs]
+
+
+def test_message_over_max_body_is_resource_exhausted(chan):
+    assert call(chan, "/small/test.Echo/Unary", b"a" * 1000) == b"a" * 1000
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/small/test.Echo/Unary", b"a" * 2000)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_concurrent_calls_share_one_upstream_connection(gw, origin):
+    origin.peers.clear()
+    chans = [grpc.insecure_channel(f"127.0.0.1:{gw.port}") for _ in range(3)]
+    try:
+        with futures.ThreadPoolExecutor(24) as pool:
+            fs = [pool.submit(call, chans[i % 3], "/test.Echo/Peer", b"") for i in range(24)]
+            peers = {f.result() for f in fs}
+    finally:
+        for ch in chans:
+            ch.close()
+    assert len(peers) == 1, peers                # 24 overlapping calls (0.3 s each), one upstream connection
+    assert origin.peers == {p.decode() for p in peers}
+
+
+def test_client_cancel_resets_upstream(chan, origin):
+    origin.cancelled.clear()
+    it = chan.unary_stream("/test.Echo/Forever")(b"", timeout=10)
+    assert next(it) == b"tick-0"
+    assert next(it) == b"tick-1"
+    it.cancel()
+    assert origin.cancelled.wait(5), "the upstream stream was not cancelled"
+
+
+def test_http1_to_grpc_route_is_505(gw):
+    r = httpx.post(gw.url + "/test.Echo/Unary", content=b"\x00\x00\x00\x00\x01x",
+                   headers={"content-type": "application/grpc"})
+    assert r.status_code == 505
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"] == "urn:fastgw:problem:http2-required"
+
+
+def test_protocol_is_validated():
+    from fastgw.config import ConfigError, loads
+    text = ('[server]\nlisten = ["127.0.0.1:1"]\n[upstreams.a]\ntargets = ["127.0.0.1:2"]\n'
+            '[[routes]]\nname = "r"\npath = "/*"\nupstream = "a"\nprotocol = "grpcs"\n')
+    with pytest.raises(ConfigError) as e:
+        loads(text)
+    assert 'routes[0].protocol: expected "http" or "grpc"' in str(e.value)
