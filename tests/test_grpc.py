@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import ssl
 import threading
 import time
 from concurrent import futures
@@ -13,6 +15,7 @@ from concurrent import futures
 import grpc
 import httpx
 import pytest
+from certs import CA, write_pair
 from conftest import free_port
 
 SECRET = b"grpc-key-1"
@@ -21,7 +24,7 @@ SECRET = b"grpc-key-1"
 class Origin:
     """A grpcio server with a handful of raw-bytes methods; it remembers the peers it saw."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, creds: grpc.ServerCredentials | None = None) -> None:
         self.peers: set[str] = set()
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
@@ -40,7 +43,10 @@ class Origin:
             "Forever": grpc.unary_stream_rpc_method_handler(self.forever),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", h),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if creds is None:
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", creds)
         self.addr = f"127.0.0.1:{self.port}"
 
     def see(self, ctx) -> None:
@@ -277,3 +283,126 @@ def test_protocol_is_validated():
     with pytest.raises(ConfigError) as e:
         loads(text)
     assert 'routes[0].protocol: expected "http" or "grpc"' in str(e.value)
+
+
+def test_upstream_restart_reconnects(gateway):
+    port = free_port()
+    a = Origin(port).start()
+    gw = gateway.start({"g": {"targets": [f"127.0.0.1:{port}"]}},
+                       [{"name": "g", "path": "/*", "upstream": "g", "protocol": "grpc"}])
+    ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}")
+    try:
+        assert call(ch, "/test.Echo/Unary", b"one") == b"one"
+        it = ch.unary_stream("/test.Echo/Forever")(b"", timeout=10)
+        assert next(it) == b"tick-0"
+        a.stop()                                   # the upstream goes away mid-stream
+        with pytest.raises(grpc.RpcError) as e:
+            list(it)
+        assert e.value.code() != grpc.StatusCode.OK
+        b = Origin(port).start()
+        try:
+            assert call(ch, "/test.Echo/Unary", b"two") == b"two"
+        finally:
+            b.stop()
+    finally:
+        ch.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grpc-pki")
+    ca = CA("grpc-upstream-ca")
+    (d / "ca.pem").write_bytes(ca.pem())
+    cert, key = write_pair(d, "server", ca.issue("origin.internal", dns=["origin.internal"], ips=["127.0.0.1"]))
+    return {"ca": str(d / "ca.pem"), "cert": cert, "key": key}
+
+
+def test_tls_upstream_with_alpn_h2(gateway, pki):
+    with open(pki["cert"], "rb") as c, open(pki["key"], "rb") as k:
+        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+    o = Origin(0, creds).start()
+    try:
+        gw = gateway.start({"g": {"targets": [o.addr], "tls": {"ca": pki["ca"]}}},
+                           [{"name": "g", "path": "/*", "upstream": "g", "protocol": "grpc"}])
+        ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}")
+        try:
+            assert call(ch, "/test.Echo/Unary", b"over tls") == b"over tls"
+            assert list(ch.unary_stream("/test.Echo/Stream")(b"3", timeout=10)) == [b"msg-0", b"msg-1", b"msg-2"]
+        finally:
+            ch.close()
+    finally:
+        o.stop()
+
+
+def test_tls_upstream_without_h2_is_unavailable(gateway, pki):
+    """A TLS upstream that only offers http/1.1: the ALPN check refuses it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["cert"], pki["key"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            try:
+                conn.settimeout(2)
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1024)
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        gw = gateway.start({"g": {"targets": [f"127.0.0.1:{port}"], "tls": {"ca": pki["ca"]}}},
+                           [{"name": "g", "path": "/*", "upstream": "g", "protocol": "grpc"}])
+        ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}")
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, "/test.Echo/Unary", b"x")
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "ALPN h2" in e.value.details()
+        finally:
+            ch.close()
+    finally:
+        stop.set()
+        t.join(2)
+        lsock.close()
+
+
+def test_body_held_while_an_async_policy_runs(gateway, origin, redis_server):
+    """A Redis-backed (strict) limit answers asynchronously: the request DATA that arrives meanwhile is
+    held unacknowledged and then sent upstream; the limit still applies."""
+    extra = f"""
+[redis]
+url = "{redis_server.url}"
+
+[plans.shared]
+limits = [{{ rate = "5/min", burst = 5, key = ["header:x-who"] }}]
+sync = "strict"
+"""
+    gw = gateway.start({"g": {"targets": [origin.addr]}},
+                       [{"name": "g", "path": "/*", "upstream": "g", "protocol": "grpc", "plan": "shared",
+                         "max_body": "4MiB"}], extra=extra)
+    ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}", options=[("grpc.max_send_message_length", 8 << 20),
+                                                                ("grpc.max_receive_message_length", 8 << 20)])
+    md = (("x-who", "async"),)
+    try:
+        big = b"z" * (2 << 20)
+        assert call(ch, "/test.Echo/Unary", big, metadata=md, timeout=30) == big
+        parts = [b"p" * 300000, b"q" * 300000]
+        res = ch.stream_unary("/test.Echo/Sum")(iter(parts), metadata=md, timeout=30)
+        assert res.startswith(b"600000:")
+        for _ in range(3):
+            assert call(ch, "/test.Echo/Unary", b"s", metadata=md) == b"s"
+        with pytest.raises(grpc.RpcError) as e:
+            call(ch, "/test.Echo/Unary", b"s", metadata=md)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        ch.close()
