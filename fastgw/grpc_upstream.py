@@ -68,9 +68,21 @@ class Stream:
         self.resp_done = False         # the response ended (trailers or END_STREAM)
         self.held = 0                  # downstream acknowledgements held while the transport is paused
 
+    def settle(self) -> None:
+        """The stream is done: request bytes it still holds will never be sent; acknowledge them to the
+        client (on a closed client stream that only returns the connection window)."""
+        self.done = True
+        n = self.held + sum(item[1] for item in self.outq)
+        self.outq = []
+        self.held = 0
+        if n:
+            self.call.ack_request(n)
+
     # -- called by the downstream call -------------------------------------------------------------------
     def send(self, data: bytes, owed: int) -> None:
         if self.done:
+            if owed:
+                self.call.ack_request(owed)
             return
         self.outq.append([data, owed])
         if self.sid:
@@ -86,8 +98,7 @@ class Stream:
     def cancel(self) -> None:
         if self.done:
             return
-        self.done = True
-        self.outq = []
+        self.settle()
         conn = self.conn
         if conn is None:
             self.pool.forget(self)
@@ -187,7 +198,7 @@ class Conn(asyncio.Protocol):
         self.streams = {}
         for s in queued + streams:
             if not s.done:
-                s.done = True
+                s.settle()
                 s.call.on_error(status, slug, detail, code)
         if self.transport is not None:
             self.transport.abort()
@@ -254,7 +265,7 @@ class Conn(asyncio.Protocol):
                 if s is not None:
                     self.blocked.discard(s)
                     if not s.done:
-                        s.done = True
+                        s.settle()
                         s.call.on_reset(ev.error_code)
                     self.released()
             elif t is WindowUpdated or t is RemoteSettingsChanged:
@@ -314,10 +325,10 @@ class Conn(asyncio.Protocol):
                     s.end_sent = True
                     h.end_stream(sid)
         except StreamClosedError:
-            s.outq = []
             self.blocked.discard(s)
+            s.settle()
         if acks:
-            if self.paused:
+            if self.paused and not s.done:
                 s.held += acks
             else:
                 s.call.ack_request(acks)
@@ -347,7 +358,7 @@ class Conn(asyncio.Protocol):
                 self.h2.reset_stream(s.sid, CANCEL)
             except (ProtocolError, StreamClosedError):
                 pass
-        s.done = True
+        s.settle()
         self.released()
 
     def released(self) -> None:
@@ -373,7 +384,7 @@ class Conn(asyncio.Protocol):
             s = self.streams.pop(sid)
             self.blocked.discard(s)
             if not s.done:
-                s.done = True
+                s.settle()
                 s.call.on_error(502, "bad-gateway", b"upstream refused the stream (GOAWAY)", UNAVAILABLE)
 
     def lost_all(self, status: int, detail: bytes) -> None:
@@ -385,7 +396,7 @@ class Conn(asyncio.Protocol):
         self.blocked.clear()
         for s in streams:
             if not s.done:
-                s.done = True
+                s.settle()
                 s.call.on_error(status, "bad-gateway", detail, UNAVAILABLE)
         if self.transport is not None:
             self.transport.abort()

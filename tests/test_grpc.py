@@ -30,7 +30,8 @@ class Origin:
         self.cancelled = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
                                   options=[("grpc.max_receive_message_length", 16 << 20),
-                                           ("grpc.max_send_message_length", 16 << 20)])
+                                           ("grpc.max_send_message_length", 16 << 20),
+                                           ("grpc.http2.bdp_probe", 0)])
         h = {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
@@ -41,6 +42,7 @@ class Origin:
             "Sum": grpc.stream_unary_rpc_method_handler(self.sum),
             "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
             "Forever": grpc.unary_stream_rpc_method_handler(self.forever),
+            "Hold": grpc.stream_unary_rpc_method_handler(self.hold),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", h),))
         if creds is None:
@@ -96,6 +98,11 @@ class Origin:
             i += 1
             time.sleep(0.05)
         self.cancelled.set()
+
+    def hold(self, reqs, ctx) -> bytes:
+        while ctx.is_active():                     # reads nothing: the upload stalls on the windows
+            time.sleep(0.05)
+        return b""
 
     def start(self) -> Origin:
         self.server.start()
@@ -406,3 +413,19 @@ sync = "strict"
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         ch.close()
+
+
+def test_cancelled_uploads_return_the_connection_window(chan):
+    """Calls cancelled while their request DATA waits for the upstream's window: the bytes the gateway
+    held are acknowledged to the client, so the connection's window does not leak (the client connection
+    window is 1 MiB; 30 x ~64 KiB would exhaust it)."""
+    def gen():
+        for _ in range(64):
+            yield b"u" * 16384
+
+    for _ in range(30):
+        fut = chan.stream_unary("/test.Echo/Hold").future(gen(), timeout=10)
+        time.sleep(0.05)
+        fut.cancel()
+    big = b"w" * (2 << 20)
+    assert call(chan, "/test.Echo/Unary", big, timeout=10) == big
