@@ -55,7 +55,7 @@ class Stream:
     __slots__ = ("pool", "conn", "call", "sid", "headers", "outq", "req_end", "end_sent", "done",
                  "resp_done", "held")
 
-    def __init__(self, pool: Pool, call: Any, headers: list) -> None:
+    def __init__(self, pool: Pool, call: Any, headers: list | None) -> None:
         self.pool = pool
         self.conn: Conn | None = None
         self.call = call
@@ -151,6 +151,7 @@ class Conn(asyncio.Protocol):
     def open(self, s: Stream) -> None:
         h = self.h2
         sid = h.get_next_available_stream_id()
+        assert s.headers is not None
         try:
             h.send_headers(sid, s.headers, end_stream=False)
         except TooManyStreamsError:
@@ -177,7 +178,7 @@ class Conn(asyncio.Protocol):
                 coro = loop.create_connection(lambda: self, t.host, t.port, ssl=self.pool.ssl,
                                               server_hostname=g.server_name or t.host)
             await asyncio.wait_for(coro, g.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.failed(504, "upstream-timeout", b"upstream connect timed out", UNAVAILABLE)
         except asyncio.CancelledError:
             self.failed(502, "bad-gateway", b"upstream connect cancelled", UNAVAILABLE)
@@ -232,6 +233,7 @@ class Conn(asyncio.Protocol):
             self.lost_all(502, b"upstream broke the HTTP/2 protocol")
             return
         streams = self.streams
+        ev: Any
         for ev in events:
             t = type(ev)
             if t is DataReceived:
