@@ -429,3 +429,102 @@ def test_cancelled_uploads_return_the_connection_window(chan):
         fut.cancel()
     big = b"w" * (2 << 20)
     assert call(chan, "/test.Echo/Unary", big, timeout=10) == big
+
+
+class RawH2Origin:
+    """A minimal HTTP/2 server (h2, server side) whose behaviour the path chooses: /ok answers one gRPC
+    message and OK trailers, /reset/N resets the stream with error code N, /goaway sends GOAWAY naming
+    the previous stream (so this one was not processed) and closes."""
+
+    def __init__(self) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+        self.h2 = h2
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.connections = 0
+        self.stop_flag = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        self.lsock.settimeout(0.2)
+        while not self.stop_flag.is_set():
+            try:
+                sock, _ = self.lsock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(sock,), daemon=True).start()
+
+    def serve(self, sock: socket.socket) -> None:
+        h2 = self.h2
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        paths: dict[int, bytes] = {}
+        sock.settimeout(0.5)
+        try:
+            while not self.stop_flag.is_set():
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        paths[ev.stream_id] = dict(ev.headers)[b":path"]
+                        path = paths[ev.stream_id]
+                        if path.startswith(b"/reset/"):
+                            conn.reset_stream(ev.stream_id, int(path[7:]))
+                        elif path == b"/goaway":
+                            conn.close_connection(last_stream_id=ev.stream_id - 2)
+                            sock.sendall(conn.data_to_send())
+                            return
+                    elif isinstance(ev, h2.events.StreamEnded) and paths.get(ev.stream_id) == b"/ok":
+                        sid = ev.stream_id
+                        conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+                        conn.send_data(sid, b"\x00\x00\x00\x00\x02ok")
+                        conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                sock.sendall(conn.data_to_send())
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.lsock.close()
+
+
+def test_upstream_reset_and_goaway(gateway):
+    o = RawH2Origin()
+    try:
+        gw = gateway.start({"raw": {"targets": [o.addr]}},
+                           [{"name": "raw", "path": "/*", "upstream": "raw", "protocol": "grpc"}])
+        ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}", options=[("grpc.enable_retries", 0)])
+        try:
+            assert call(ch, "/ok") == b"ok"
+            # The upstream's RST_STREAM code reaches the client, which maps it (ENHANCE_YOUR_CALM ->
+            # RESOURCE_EXHAUSTED, CANCEL -> CANCELLED).
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, "/reset/11")
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, "/reset/8")
+            assert e.value.code() == grpc.StatusCode.CANCELLED
+            assert call(ch, "/ok") == b"ok"
+            assert o.connections == 1                 # resets leave the connection in use
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, "/goaway")
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "GOAWAY" in e.value.details()
+            assert call(ch, "/ok") == b"ok"           # on a new connection
+            assert o.connections == 2
+        finally:
+            ch.close()
+    finally:
+        o.stop()
