@@ -480,6 +480,15 @@ cdef class H2Conn:
         h.encoder = H2Encoder()
         h.decoder.max_allowed_table_size = 4096
         h.initiate_connection()
+        # The SETTINGS frame above advertises max_streams. A stream beyond it is refused on its own
+        # (RST_STREAM REFUSED_STREAM, in on_request: RFC 9113 5.1.2), so h2's own check, which fails the
+        # whole connection, is moved to twice the limit; the other settings stay as advertised.
+        h.local_settings = H2SettingsTable(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2 * self.lim.max_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.lim.stream_window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: rt.max_hbytes,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
         if self.lim.conn_window > 65535:
             h.increment_flow_control_window(self.lim.conn_window - 65535)
         self.h2 = h
@@ -551,7 +560,7 @@ cdef class H2Conn:
         cdef Exchange ex
         cdef bint ended = ev.stream_ended is not None
         self.win_opened += 1
-        if self.goaway or (self.draining and sid > self.last_sid):
+        if self.goaway or (self.draining and sid > self.last_sid) or len(self.streams) >= self.lim.max_streams:
             self.h2.reset_stream(sid, E_REFUSED)
             return
         if sid > self.last_sid:
