@@ -5,13 +5,16 @@
 #   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
 #             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
 #             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
+#             On a grpc route the stream is joined to an upstream HTTP/2 stream instead (grpc.pxi: the
+#             `grpc` field, the `trailers` sent after the last DATA).
 #
 # Rules kept here (and why; the precedent in brackets):
 # * Received DATA is acknowledged (WINDOW_UPDATE) only once the upstream transport has taken it and is not
 #   paused: a slow upstream slows the client through HTTP/2 flow control instead of gateway memory.
 # * DATA is sent only within the peer's windows; a stream that waits on a zero window longer than
 #   `stall_timeout` is reset (CANCEL) and its upstream released [nginx send_timeout].
-# * 100 concurrent streams [RFC 9113 recommends >= 100; nginx 128], 32 KiB header list (the H1 limit),
+# * 100 concurrent streams [RFC 9113 recommends >= 100; nginx 128]; a stream beyond them is refused alone
+#   (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2), 32 KiB header list (the H1 limit),
 #   the header count checked at decode (431, like H1) [Envoy max_headers_count], at most 64 CONTINUATION
 #   frames per header block (h2's bound, kept), at most `MAX_NEW_PER_READ` new streams in one read.
 # * Rapid Reset (CVE-2023-44487): when at least 500 streams were opened in a window and the client reset
