@@ -149,7 +149,7 @@ def gw(gateway_launcher, origin):
     ups = {"grpc": {"targets": [origin.addr]},
            "quick": {"targets": [origin.addr], "timeout": "1s"},
            "down": {"targets": [down], "connect_timeout": "1s"}}
-    return gateway_launcher.start(ups, routes, extra=EXTRA)
+    return gateway_launcher.start(ups, routes, server={"access_log": True}, extra=EXTRA)
 
 
 @pytest.fixture
@@ -442,7 +442,7 @@ class RawH2Origin:
         import h2.events
         self.h2 = h2
         self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.lsock.getsockname()[1]}"
         self.connections = 0
         self.stop_flag = threading.Event()
         threading.Thread(target=self.accept, daemon=True).start()
@@ -528,3 +528,22 @@ def test_upstream_reset_and_goaway(gateway):
             ch.close()
     finally:
         o.stop()
+
+
+def test_access_log_has_grpc_status(gw, chan):
+    assert call(chan, "/test.Echo/Unary", b"x", metadata=(("x-request-id", "grpc-log-ok"),)) == b"x"
+    for rid, method in (("grpc-log-fail", "/test.Echo/Fail"), ("grpc-log-down", "/down/test.Echo/Unary")):
+        with pytest.raises(grpc.RpcError):
+            call(chan, method, b"x", metadata=(("x-request-id", rid),))
+    httpx.post(gw.url + "/test.Echo/Unary", content=b"", headers={"x-request-id": "grpc-log-h1"})
+    want = {"grpc-log-ok": (200, 0), "grpc-log-fail": (200, 5), "grpc-log-down": (502, 14),
+            "grpc-log-h1": (505, None)}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = {e["request_id"]: e for e in gw.events if e.get("type") == "access" and e.get("request_id") in want}
+        if len(lines) == 4:
+            break
+        time.sleep(0.1)
+    assert {rid: (e["status"], e.get("grpc_status")) for rid, e in lines.items()} == want
+    assert all(e["route"] in ("echo", "down") for e in lines.values())
+    assert "grpc_status" not in lines["grpc-log-h1"]          # not a gRPC answer: the field is left out

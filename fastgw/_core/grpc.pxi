@@ -71,6 +71,7 @@ cdef void grpc_problem(H2Stream st, Exchange ex, Problem p, bytes detail, bytes 
         code = call.code
     else:
         code = GRPC_STATUS.get(p.status, 2)          # 2 UNKNOWN
+    ex.grpc_code = code + 1
     headers = [(b":status", b"200"), (b"content-type", b"application/grpc"),
                (b"grpc-status", b"%d" % code),
                (b"grpc-message", grpc_pct(p.detail if detail is None else detail)),
@@ -205,6 +206,7 @@ cdef class GrpcCall:
             self.ex.fail(413, "payload-too-large", detail)
             return
         st.trailers = [(b"grpc-status", b"8"), (b"grpc-message", grpc_pct(detail))]
+        self.ex.grpc_code = 9
         self.over = True
         st.write_end(self.ex)
         self.ex.status = 413
@@ -269,6 +271,8 @@ cdef class GrpcCall:
             elif name in GRPC_HOP or (remove is not None and name in remove) or name[:1] == b":":
                 continue
             else:
+                if end and name == b"grpc-status":
+                    self.note_status(value)
                 out.append((name, value))
         if route.resp_add:
             _h2_lines(route.resp_add, out)
@@ -300,6 +304,8 @@ cdef class GrpcCall:
         for name, value in headers:
             if name[:1] != b":" and name not in GRPC_HOP:
                 out.append((name, value))
+                if name == b"grpc-status":
+                    self.note_status(value)
         self.st.trailers = out
         self.st.write_end(self.ex)
         self.finish()
@@ -323,6 +329,10 @@ cdef class GrpcCall:
     def on_error(self, int status, str slug, bytes detail, int code):
         """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream)."""
         self.fail(status, slug, detail, code)
+
+    cdef void note_status(self, bytes value):
+        if value.isdigit() and len(value) <= 3:
+            self.ex.grpc_code = int(value) + 1
 
     cdef void finish(self):
         self.over = True

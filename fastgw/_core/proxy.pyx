@@ -598,6 +598,7 @@ cdef class Exchange:
     cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
+    cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
 
     # -- upstream request ------------------------------------------------------------------------------
     cdef void to_upstream(self, bytes data):
@@ -1549,7 +1550,8 @@ cdef class Worker:
             m[M_SUM_US] += <uint64_t>(dur // 1000)
         if self.access_log is not None:
             self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.rid,
-                                    ex.route.name if ex.route is not None else None))
+                                    ex.route.name if ex.route is not None else None,
+                                    ex.grpc_code - 1 if ex.grpc_code else None))
 
     cdef void upstream_error(self, Exchange ex, int status):
         cdef uint64_t* m = self.mbuf
