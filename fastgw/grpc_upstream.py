@@ -8,9 +8,10 @@
           back: on_headers, on_data, on_trailers, on_end, on_reset, on_error, ack_request
 
 Rules kept here:
-* A connection takes at most the server's SETTINGS_MAX_CONCURRENT_STREAMS streams (100 until its
-  SETTINGS arrive, never more than MAX_STREAMS); with every connection full and MAX_CONNS open, new
-  streams wait in the pool for a slot.
+* A connection takes at most the server's SETTINGS_MAX_CONCURRENT_STREAMS streams (never more than
+  MAX_STREAMS). Streams are opened only once the server's SETTINGS arrived; until then up to
+  FIRST_STREAMS wait on the new connection, and those over the server's limit then move to another
+  connection. With every connection full and MAX_CONNS open, new streams wait in the pool for a slot.
 * Request DATA is sent within the upstream's windows; the downstream acknowledgement (ack_request) is
   given only for bytes handed to the transport while it is not paused.
 * Response DATA is acknowledged by the call (Stream.ack) once the client side took it.
@@ -216,12 +217,21 @@ class Conn(asyncio.Protocol):
             SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         h.initiate_connection()
         h.increment_flow_control_window(CONN_WINDOW - 65535)
+        self.flush()
+        # Streams are opened once the server's SETTINGS arrived (data_received): its stream limit is
+        # known then, so no stream is opened only to be refused.
+
+    def settings_arrived(self) -> None:
         self.ready = True
         queued, self.queued = self.queued, []
         for s in queued:
-            if not s.done:
+            if s.done:
+                continue
+            if self.room():
                 self.open(s)
-        self.flush()
+            else:
+                s.conn = None
+                self.pool.place(s)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -270,6 +280,8 @@ class Conn(asyncio.Protocol):
                         s.settle()
                         s.call.on_reset(ev.error_code)
                     self.released()
+            elif t is RemoteSettingsChanged and not self.ready:
+                self.settings_arrived()
             elif t is WindowUpdated or t is RemoteSettingsChanged:
                 for s in list(self.blocked):
                     self.pump(s)
@@ -449,10 +461,15 @@ class Pool:
 
     def open(self, call: Any, headers: list) -> Stream:
         s = Stream(self, call, headers)
+        self.place(s)
+        return s
+
+    def place(self, s: Stream) -> None:
+        """The first connection with room, else a new one (up to MAX_CONNS), else wait for a slot."""
         for c in self.conns:
             if c.room():
                 c.take(s)
-                return s
+                return
         if len(self.conns) < MAX_CONNS:
             c = Conn(self)
             self.conns.append(c)
@@ -460,7 +477,6 @@ class Pool:
             c.connect()
         else:
             self.waiting.append(s)
-        return s
 
     def drop(self, c: Conn) -> None:
         """`c` takes no new streams; streams waiting for a slot get a new connection."""
@@ -470,18 +486,7 @@ class Pool:
         self.waiting.clear()
         for s in waiting:
             s.conn = None
-            for c2 in self.conns:
-                if c2.room():
-                    c2.take(s)
-                    break
-            else:
-                if len(self.conns) < MAX_CONNS:
-                    c2 = Conn(self)
-                    self.conns.append(c2)
-                    c2.take(s)
-                    c2.connect()
-                else:
-                    self.waiting.append(s)
+            self.place(s)
 
     def forget(self, s: Stream) -> None:
         try:

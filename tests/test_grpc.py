@@ -436,11 +436,15 @@ class RawH2Origin:
     message and OK trailers, /reset/N resets the stream with error code N, /goaway sends GOAWAY naming
     the previous stream (so this one was not processed) and closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int | None = None, settings_delay: float = 0.0) -> None:
         import h2.config
         import h2.connection
         import h2.events
+        import h2.exceptions
+        import h2.settings
         self.h2 = h2
+        self.max_streams = max_streams
+        self.settings_delay = settings_delay
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.addr = f"127.0.0.1:{self.lsock.getsockname()[1]}"
         self.connections = 0
@@ -460,6 +464,10 @@ class RawH2Origin:
     def serve(self, sock: socket.socket) -> None:
         h2 = self.h2
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        if self.max_streams is not None:
+            conn.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        time.sleep(self.settings_delay)
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
         paths: dict[int, bytes] = {}
@@ -472,7 +480,12 @@ class RawH2Origin:
                     continue
                 if not data:
                     return
-                for ev in conn.receive_data(data):
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.ProtocolError:     # e.g. more streams than allowed: GOAWAY
+                    sock.sendall(conn.data_to_send())
+                    return
+                for ev in events:
                     if isinstance(ev, h2.events.RequestReceived):
                         paths[ev.stream_id] = dict(ev.headers)[b":path"]
                         path = paths[ev.stream_id]
@@ -547,3 +560,48 @@ def test_access_log_has_grpc_status(gw, chan):
     assert {rid: (e["status"], e.get("grpc_status")) for rid, e in lines.items()} == want
     assert all(e["route"] in ("echo", "down") for e in lines.values())
     assert "grpc_status" not in lines["grpc-log-h1"]          # not a gRPC answer: the field is left out
+
+
+def test_server_stream_limit_is_respected(gateway):
+    """An upstream allowing 2 concurrent streams: 12 overlapping calls are spread over up to 4 connections
+    and the rest wait for a slot; none is refused."""
+    o = Origin()
+    o.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=[("grpc.max_concurrent_streams", 2)])
+    o.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Echo", {"Peer": grpc.unary_unary_rpc_method_handler(o.peer)}),))
+    o.port = o.server.add_insecure_port("127.0.0.1:0")
+    o.start()
+    try:
+        gw = gateway.start({"g": {"targets": [f"127.0.0.1:{o.port}"]}},
+                           [{"name": "g", "path": "/*", "upstream": "g", "protocol": "grpc"}])
+        ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}", options=[("grpc.enable_retries", 0)])
+        try:
+            with futures.ThreadPoolExecutor(12) as pool:
+                fs = [pool.submit(call, ch, "/test.Echo/Peer", b"") for _ in range(12)]
+                peers = [f.result() for f in fs]
+        finally:
+            ch.close()
+        assert 2 <= len(set(peers)) <= 4, peers
+        assert max(peers.count(p) for p in set(peers)) >= 3        # some calls waited for a slot
+    finally:
+        o.stop()
+
+
+def test_streams_wait_for_the_servers_settings(gateway):
+    """A server allowing one stream per connection, which treats an excess stream as a connection error:
+    calls that arrive before its SETTINGS (sent 0.5 s late) are opened only once they arrived,
+    one per connection, and the others wait; all succeed."""
+    o = RawH2Origin(max_streams=1, settings_delay=0.5)
+    try:
+        gw = gateway.start({"raw": {"targets": [o.addr]}},
+                           [{"name": "raw", "path": "/*", "upstream": "raw", "protocol": "grpc"}])
+        ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}", options=[("grpc.enable_retries", 0)])
+        try:
+            with futures.ThreadPoolExecutor(8) as pool:
+                res = list(pool.map(lambda _: call(ch, "/ok"), range(8)))
+        finally:
+            ch.close()
+        assert res == [b"ok"] * 8
+        assert o.connections <= 4
+    finally:
+        o.stop()
