@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -50,6 +50,24 @@ CONN_WINDOW = 4194304      # and per connection
 UNAVAILABLE = 14
 CANCEL = 8
 INTERNAL_ERROR = 2
+
+
+class ClientH2(H2Connection):
+    """h2's client connection, except for a received GOAWAY. h2 moves the whole connection to CLOSED then,
+    refusing every later frame: those of the streams the GOAWAY lets finish (RFC 9113 6.8) and the PING a
+    gracefully stopping server (grpc among them) sends after its first GOAWAY; it also drops output already
+    queued. Here the connection stays open for the streams in flight (Conn.goaway keeps new ones off it)
+    and the queued output is kept (Conn.flush sends it first)."""
+
+    kept = b""
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        self.kept += self.data_to_send()
+        state = self.state_machine.state
+        result = super()._receive_goaway_frame(frame)
+        if state != ConnectionState.CLOSED:
+            self.state_machine.state = state
+        return result
 
 
 class Stream:
@@ -119,7 +137,7 @@ class Conn(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         cfg = H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = H2Connection(config=cfg)
+        self.h2 = ClientH2(config=cfg)
         self.transport: Any = None
         self.streams: dict[int, Stream] = {}
         self.queued: list[Stream] = []        # taken before the connection is up
@@ -394,6 +412,11 @@ class Conn(asyncio.Protocol):
     def on_goaway(self, last_sid: int) -> None:
         self.goaway = True
         self.pool.drop(self)
+        queued, self.queued = self.queued, []
+        for s in queued:                       # not opened yet: another connection takes them
+            if not s.done:
+                s.conn = None
+                self.pool.place(s)
         for sid in [sid for sid in self.streams if sid > last_sid]:
             s = self.streams.pop(sid)
             self.blocked.discard(s)
@@ -445,7 +468,11 @@ class Conn(asyncio.Protocol):
     def flush(self) -> None:
         if self.transport is None or self.closed:
             return
-        data = self.h2.data_to_send()
+        h = self.h2
+        data = h.data_to_send()
+        if h.kept:
+            data = h.kept + data
+            h.kept = b""
         if data:
             self.transport.write(data)
 

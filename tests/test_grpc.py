@@ -605,3 +605,28 @@ def test_streams_wait_for_the_servers_settings(gateway):
         assert o.connections <= 4
     finally:
         o.stop()
+
+
+def test_graceful_upstream_stop_lets_calls_in_flight_finish(gateway):
+    """grpcio's graceful stop sends GOAWAY, a PING, then a final GOAWAY, and lets calls in flight finish:
+    they finish through the gateway too, and the next call goes to the new server on a new connection."""
+    port = free_port()
+    a = Origin(port).start()
+    gw = gateway.start({"g": {"targets": [f"127.0.0.1:{port}"]}},
+                       [{"name": "g", "path": "/*", "upstream": "g", "protocol": "grpc"}])
+    ch = grpc.insecure_channel(f"127.0.0.1:{gw.port}")
+    try:
+        assert call(ch, "/test.Echo/Unary", b"warm") == b"warm"
+        slow = ch.unary_unary("/test.Echo/Slow").future(b"1.0", timeout=10)
+        stream = ch.unary_stream("/test.Echo/Stream")
+        time.sleep(0.3)
+        stopped = a.server.stop(grace=5)
+        assert slow.result() == b"late"
+        stopped.wait(5)
+        b = Origin(port).start()
+        try:
+            assert list(stream(b"3", timeout=10)) == [b"msg-0", b"msg-1", b"msg-2"]
+        finally:
+            b.stop()
+    finally:
+        ch.close()
