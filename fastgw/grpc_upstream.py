@@ -47,8 +47,11 @@ FIRST_STREAMS = 100        # streams per connection before the server's SETTINGS
 STREAM_WINDOW = 262144     # our receive window per stream (response DATA in flight)
 CONN_WINDOW = 4194304      # and per connection
 
+REPLAY_MAX = 65536         # request bytes kept for a retry of a refused stream
+
 UNAVAILABLE = 14
 CANCEL = 8
+REFUSED_STREAM = 7
 INTERNAL_ERROR = 2
 
 
@@ -72,7 +75,7 @@ class ClientH2(H2Connection):
 
 class Stream:
     __slots__ = ("pool", "conn", "call", "sid", "headers", "outq", "req_end", "end_sent", "done",
-                 "resp_done", "held")
+                 "resp_done", "held", "replay", "replay_bytes", "retried")
 
     def __init__(self, pool: Pool, call: Any, headers: list | None) -> None:
         self.pool = pool
@@ -86,6 +89,29 @@ class Stream:
         self.done = False              # reset, failed or finished: nothing more goes either way
         self.resp_done = False         # the response ended (trailers or END_STREAM)
         self.held = 0                  # downstream acknowledgements held while the transport is paused
+        # A copy of the request DATA sent, kept until the response starts (at most REPLAY_MAX bytes): a
+        # stream the server refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream) is sent
+        # again, once, on another stream (RFC 9113 8.7).
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
+        self.retried = False
+
+    def can_retry(self) -> bool:
+        return self.replay is not None and not self.retried and not self.done
+
+    def retry(self) -> None:
+        """Send the request again on a new stream (any connection with room)."""
+        assert self.replay is not None
+        self.retried = True
+        if self.held:
+            n, self.held = self.held, 0
+            self.call.ack_request(n)
+        self.outq = [[d, 0] for d in self.replay] + self.outq
+        self.replay = None
+        self.sid = 0
+        self.conn = None
+        self.end_sent = False
+        self.pool.place(self)
 
     def settle(self) -> None:
         """The stream is done: request bytes it still holds will never be sent; acknowledge them to the
@@ -96,6 +122,13 @@ class Stream:
         self.held = 0
         if n:
             self.call.ack_request(n)
+
+    def keep(self, data: bytes) -> None:
+        self.replay_bytes += len(data)
+        if self.replay_bytes > REPLAY_MAX:
+            self.replay = None
+        else:
+            self.replay.append(data)   # type: ignore[union-attr]
 
     # -- called by the downstream call -------------------------------------------------------------------
     def send(self, data: bytes, owed: int) -> None:
@@ -178,7 +211,6 @@ class Conn(asyncio.Protocol):
             self.pool.waiting.appendleft(s)
             return
         s.sid = sid
-        s.headers = None
         self.streams[sid] = s
         self.pump(s)
 
@@ -274,6 +306,7 @@ class Conn(asyncio.Protocol):
             elif t is ResponseReceived:
                 s = streams.get(ev.stream_id)
                 if s is not None and not s.done:
+                    s.replay = None
                     end = ev.stream_ended is not None
                     if end:
                         s.resp_done = True
@@ -294,7 +327,9 @@ class Conn(asyncio.Protocol):
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
                     self.blocked.discard(s)
-                    if not s.done:
+                    if ev.error_code == REFUSED_STREAM and s.can_retry():
+                        s.retry()
+                    elif not s.done:
                         s.settle()
                         s.call.on_reset(ev.error_code)
                     self.released()
@@ -343,10 +378,15 @@ class Conn(asyncio.Protocol):
                     if win <= 0:
                         break
                     if len(data) > win:
-                        h.send_data(sid, data[:win])
-                        item[0] = data[win:]
+                        data = data[:win]
+                        item[0] = item[0][win:]
+                        h.send_data(sid, data)
+                        if s.replay is not None:
+                            s.keep(data)
                         continue
                     h.send_data(sid, data)
+                    if s.replay is not None:
+                        s.keep(data)
                 s.outq.pop(0)
                 acks += item[1]
             if s.outq:
@@ -420,7 +460,9 @@ class Conn(asyncio.Protocol):
         for sid in [sid for sid in self.streams if sid > last_sid]:
             s = self.streams.pop(sid)
             self.blocked.discard(s)
-            if not s.done:
+            if s.can_retry():
+                s.retry()
+            elif not s.done:
                 s.settle()
                 s.call.on_error(502, "bad-gateway", b"upstream refused the stream (GOAWAY)", UNAVAILABLE)
 

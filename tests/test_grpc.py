@@ -455,6 +455,7 @@ class RawH2Origin:
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.addr = f"127.0.0.1:{self.lsock.getsockname()[1]}"
         self.connections = 0
+        self.seen: list[bytes] = []
         self.stop_flag = threading.Event()
         threading.Thread(target=self.accept, daemon=True).start()
 
@@ -496,10 +497,14 @@ class RawH2Origin:
                     if isinstance(ev, h2.events.RequestReceived):
                         paths[ev.stream_id] = dict(ev.headers)[b":path"]
                         path = paths[ev.stream_id]
-                        if path.startswith(b"/reset/"):
-                            conn.reset_stream(ev.stream_id, int(path[7:]))
-                        elif path == b"/goaway":
-                            conn.close_connection(last_stream_id=ev.stream_id - 2)
+                        first = path not in self.seen
+                        self.seen.append(path)
+                        if path.endswith(b"-once") and not first:
+                            paths[ev.stream_id] = b"/ok"
+                        elif path.startswith(b"/reset/"):
+                            conn.reset_stream(ev.stream_id, int(path[7:].split(b"-")[0]))
+                        elif path.startswith(b"/goaway"):
+                            conn.close_connection(last_stream_id=max(0, ev.stream_id - 2))
                             sock.sendall(conn.data_to_send())
                             return
                     elif isinstance(ev, h2.events.StreamEnded) and paths.get(ev.stream_id) == b"/ok":
@@ -538,12 +543,25 @@ def test_upstream_reset_and_goaway(gateway):
             assert e.value.code() == grpc.StatusCode.CANCELLED
             assert call(ch, "/ok") == b"ok"
             assert o.connections == 1                 # resets leave the connection in use
+            # REFUSED_STREAM: the server did not process the stream; the gateway sends it again, once.
+            assert call(ch, "/reset/7-once", b"body") == b"ok"
+            assert o.seen.count(b"/reset/7-once") == 2
             with pytest.raises(grpc.RpcError) as e:
-                call(ch, "/goaway")
+                call(ch, "/reset/7")
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert o.seen.count(b"/reset/7") == 2
+            assert o.connections == 1
+            # A stream above the GOAWAY's last stream id is sent again on a new connection.
+            assert call(ch, "/goaway-once") == b"ok"
+            assert o.connections == 2
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, "/goaway")                # refused again after the retry: UNAVAILABLE
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "GOAWAY" in e.value.details()
+            assert o.connections == 3
+            assert o.seen.count(b"/goaway") == 2
             assert call(ch, "/ok") == b"ok"           # on a new connection
-            assert o.connections == 2
+            assert o.connections == 4
         finally:
             ch.close()
     finally:
