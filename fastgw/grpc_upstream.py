@@ -48,6 +48,8 @@ STREAM_WINDOW = 262144     # our receive window per stream (response DATA in fli
 CONN_WINDOW = 4194304      # and per connection
 
 REPLAY_MAX = 65536         # request bytes kept for a retry of a refused stream
+MAX_RETRIES = 3            # retries of one refused stream
+REFUSED_PAUSE = 0.05       # after a REFUSED_STREAM, no new stream on that connection for this long
 
 UNAVAILABLE = 14
 CANCEL = 8
@@ -75,7 +77,7 @@ class ClientH2(H2Connection):
 
 class Stream:
     __slots__ = ("pool", "conn", "call", "sid", "headers", "outq", "req_end", "end_sent", "done",
-                 "resp_done", "held", "replay", "replay_bytes", "retried")
+                 "resp_done", "held", "replay", "replay_bytes", "retries")
 
     def __init__(self, pool: Pool, call: Any, headers: list | None) -> None:
         self.pool = pool
@@ -91,27 +93,35 @@ class Stream:
         self.held = 0                  # downstream acknowledgements held while the transport is paused
         # A copy of the request DATA sent, kept until the response starts (at most REPLAY_MAX bytes): a
         # stream the server refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream) is sent
-        # again, once, on another stream (RFC 9113 8.7).
+        # again on another stream (RFC 9113 8.7), at most MAX_RETRIES times.
         self.replay: list[bytes] | None = []
         self.replay_bytes = 0
-        self.retried = False
+        self.retries = 0
 
     def can_retry(self) -> bool:
-        return self.replay is not None and not self.retried and not self.done
+        return self.replay is not None and self.retries < MAX_RETRIES and not self.done
 
-    def retry(self) -> None:
-        """Send the request again on a new stream (any connection with room)."""
+    def retry(self, delay: float) -> None:
+        """Send the request again on a new stream (any connection with room), after `delay` seconds."""
         assert self.replay is not None
-        self.retried = True
+        self.retries += 1
         if self.held:
             n, self.held = self.held, 0
             self.call.ack_request(n)
         self.outq = [[d, 0] for d in self.replay] + self.outq
-        self.replay = None
+        self.replay = []
+        self.replay_bytes = 0
         self.sid = 0
         self.conn = None
         self.end_sent = False
-        self.pool.place(self)
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self.replace)
+        else:
+            self.replace()
+
+    def replace(self) -> None:
+        if not self.done:
+            self.pool.place(self)
 
     def settle(self) -> None:
         """The stream is done: request bytes it still holds will never be sent; acknowledge them to the
@@ -182,11 +192,14 @@ class Conn(asyncio.Protocol):
         self.flush_soon = False
         self.idle_timer: Any = None
         self.task: Any = None
+        self.full_until = 0.0
 
     # -- capacity ----------------------------------------------------------------------------------------
     def room(self) -> bool:
         if self.closed or self.goaway:
             return False
+        if self.full_until and asyncio.get_running_loop().time() < self.full_until:
+            return False                       # it just refused a stream: its count runs behind ours
         limit = self.h2.remote_settings.max_concurrent_streams if self.ready else FIRST_STREAMS
         return len(self.streams) + len(self.queued) < min(limit, MAX_STREAMS)
 
@@ -328,7 +341,10 @@ class Conn(asyncio.Protocol):
                 if s is not None:
                     self.blocked.discard(s)
                     if ev.error_code == REFUSED_STREAM and s.can_retry():
-                        s.retry()
+                        # The server counts more open streams than we do (e.g. ones it has not
+                        # forgotten yet): keep new streams off this connection for a moment, retry.
+                        self.full_until = asyncio.get_running_loop().time() + REFUSED_PAUSE
+                        s.retry(0.01 * (1 << s.retries))
                     elif not s.done:
                         s.settle()
                         s.call.on_reset(ev.error_code)
@@ -461,7 +477,7 @@ class Conn(asyncio.Protocol):
             s = self.streams.pop(sid)
             self.blocked.discard(s)
             if s.can_retry():
-                s.retry()
+                s.retry(0)
             elif not s.done:
                 s.settle()
                 s.call.on_error(502, "bad-gateway", b"upstream refused the stream (GOAWAY)", UNAVAILABLE)
