@@ -93,11 +93,14 @@ class Origin:
 
     def forever(self, req: bytes, ctx):
         i = 0
-        while ctx.is_active():
-            yield b"tick-%d" % i
-            i += 1
-            time.sleep(0.05)
-        self.cancelled.set()
+        try:
+            while ctx.is_active():
+                yield b"tick-%d" % i
+                i += 1
+                time.sleep(0.05)
+        finally:                               # (a cancel seen while sending closes the generator)
+            if not ctx.is_active():
+                self.cancelled.set()
 
     def hold(self, reqs, ctx) -> bytes:
         while ctx.is_active():                     # reads nothing: the upload stalls on the windows
