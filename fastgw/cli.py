@@ -116,7 +116,7 @@ def summary(cfg: Config, path: str) -> str:
     lines += ["", f"routes ({len(cfg.routes)}):"]
     rows = [("NAME", "HOST", "METHODS", "PATH", "UPSTREAM")]
     for r in cfg.routes:
-        path_shown = r.path + ("  (strip prefix)" if r.strip_prefix else "")
+        path_shown = r.path + ("  (strip prefix)" if r.strip_prefix else "") + ("  (grpc)" if r.protocol == "grpc" else "")
         rows.append((r.name, r.host or "*", ",".join(r.methods) if r.methods else "*", path_shown, r.upstream))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:

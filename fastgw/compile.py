@@ -58,6 +58,21 @@ def build_groups(cfg: Config, old: Config | None = None,
     return groups
 
 
+def _attach_h2_pools(group: UpstreamGroup, up: Any) -> None:
+    """Give each target of a grpc route's upstream its HTTP/2 connection pool (kept across reloads
+    with the group). TLS upstreams get their own context offering ALPN "h2"."""
+    if all(t.h2pool is not None for t in group.targets):
+        return
+    from fastgw.grpc_upstream import Pool
+    ctx = None
+    if up.tls is not None:
+        from fastgw.tls import upstream_context
+        ctx = upstream_context(up.tls, alpn=("h2",))
+    for t in group.targets:
+        if t.h2pool is None:
+            t.h2pool = Pool(t, ctx)
+
+
 def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
                    slots: dict[str, int] | None = None, services: dict[str, Any] | None = None) -> Runtime:
     """Compile `cfg`. Pass the previous `groups` to keep pools of unchanged upstreams across a reload.
@@ -84,6 +99,9 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
         rt.gate = chain(build_route_policies(cfg, r, services if services is not None else {}, rt.mslot))
+        rt.grpc = r.protocol == "grpc"
+        if rt.grpc:
+            _attach_h2_pools(rt.group, cfg.upstreams[r.upstream])
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))
     run = Runtime()

@@ -156,6 +156,7 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     host: str | None = None
     methods: list[str] | None = None
     strip_prefix: bool = False
+    protocol: Literal["http", "grpc"] = "http"   # grpc: HTTP/2 to the upstream, trailers relayed
     max_body: Size | None = None
     request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
     response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)

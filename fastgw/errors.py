@@ -36,12 +36,15 @@ PROBLEMS: dict[str, Slug] = {
     "store-unavailable": Slug(503, "Service Unavailable", "The shared limit store is unavailable."),
     "service-draining": Slug(503, "Service Unavailable", "The gateway is shutting down."),
     "upstream-timeout": Slug(504, "Gateway Timeout", "The upstream did not answer in time."),
+    "http2-required": Slug(505, "HTTP Version Not Supported",
+                           "This route serves gRPC, which needs HTTP/2 (prior knowledge, or ALPN h2 over TLS)."),
 }
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
             414: "URI Too Long", 500: "Internal Server Error", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+            505: "HTTP Version Not Supported"}
 
 
 def _j(value: object) -> bytes:

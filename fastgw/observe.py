@@ -47,7 +47,7 @@ def _text(b: bytes | None) -> str | None:
     return b.decode("latin-1") if b is not None else None
 
 
-class AccessLine(msgspec.Struct):
+class AccessLine(msgspec.Struct, omit_defaults=True):
     """One access-log line (field order is the output order)."""
     ts: float
     type: str
@@ -60,6 +60,7 @@ class AccessLine(msgspec.Struct):
     status: int
     duration_ms: float
     worker: int
+    grpc_status: int | None = None    # calls on grpc routes only (omitted on other lines)
 
 
 class AccessLog:
@@ -85,13 +86,13 @@ class AccessLog:
         wall = time.time()
         slot = self.slot
         lines = []
-        for end_ns, dur_ns, status, head, peer, rid, route in batch:
+        for end_ns, dur_ns, status, head, peer, rid, route, grpc_status in batch:
             lines.append(AccessLine(
                 round(wall - (mono_ns - end_ns) / 1e9, 6), "access", _text(rid), _text(peer),
                 _text(head.method) if head is not None else None,
                 _text(head.host) if head is not None else None,
                 _text(head.path) if head is not None else None,
-                route, status, round(dur_ns / 1e6, 3), slot))
+                route, status, round(dur_ns / 1e6, 3), slot, grpc_status))
         return self.encoder.encode_lines(lines)
 
     def submit(self, batch: list[tuple[Any, ...]]) -> None:

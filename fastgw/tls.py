@@ -87,11 +87,11 @@ def negotiated_protocol(transport: Any) -> str | None:
     return obj.selected_alpn_protocol() if obj is not None else None
 
 
-def upstream_context(t: UpstreamTLS) -> ssl.SSLContext:
+def upstream_context(t: UpstreamTLS, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     """Client context for an upstream: certificate and host name verified unless `verify = false`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if t.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     if t.verify:
         if t.ca is not None:
             ctx.load_verify_locations(cafile=t.ca)

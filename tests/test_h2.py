@@ -34,6 +34,7 @@ from upstreams import pattern
 CALM = 11          # ENHANCE_YOUR_CALM
 PROTOCOL_ERROR = 1
 CANCEL = 8
+REFUSED_STREAM = 7
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -427,7 +428,27 @@ def test_concurrent_stream_limit(gw):
     c = Raw(gw.port)
     c.pump(lambda r: r.h2.remote_settings.max_concurrent_streams == 100, timeout=2)
     assert c.h2.remote_settings.max_concurrent_streams == 100
-    c.raw(b"".join(headers_frame(1 + 2 * i, c, end=False) for i in range(101)))
+    # Stream 101 is one too many: it alone is refused (RST_STREAM REFUSED_STREAM, safe to retry), the
+    # connection and the 100 open streams go on (RFC 9113 5.1.2).
+    c.raw(b"".join(headers_frame(1 + 2 * i, c, end=False) for i in range(100)))
+    time.sleep(0.3)                     # (separate reads: more than 100 new streams in one read is a flood)
+    c.raw(headers_frame(201, c, end=False) + DataFrame(1, b"", flags=["END_STREAM"]).serialize())
+    frames = read_frames(c.sock, 1.5)
+    assert {f.stream_id: f.error_code for f in frames if isinstance(f, RstStreamFrame)} == {201: REFUSED_STREAM}
+    assert not [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [f for f in frames if isinstance(f, HeadersFrame) and f.stream_id == 1]
+    # Stream 1 finished: a new stream is served on the same connection.
+    c.raw(headers_frame(203, c, end=True))
+    frames = read_frames(c.sock, 1.5)
+    assert [f for f in frames if isinstance(f, HeadersFrame) and f.stream_id == 203]
+    assert not [f for f in frames if isinstance(f, (GoAwayFrame, RstStreamFrame))]
+    c.close()
+
+
+def test_stream_flood_far_over_the_limit_is_a_connection_error(gw):
+    c = Raw(gw.port)
+    c.pump(lambda r: r.h2.remote_settings.max_concurrent_streams == 100, timeout=2)
+    c.raw(b"".join(headers_frame(1 + 2 * i, c, end=False) for i in range(201)))
     assert c.pump(lambda r: r.closed, timeout=5)
     assert c.goaway() is not None and int(c.goaway().error_code) == PROTOCOL_ERROR
     c.close()

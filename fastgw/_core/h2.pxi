@@ -5,13 +5,16 @@
 #   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
 #             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
 #             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
+#             On a grpc route the stream is joined to an upstream HTTP/2 stream instead (grpc.pxi: the
+#             `grpc` field, the `trailers` sent after the last DATA).
 #
 # Rules kept here (and why; the precedent in brackets):
 # * Received DATA is acknowledged (WINDOW_UPDATE) only once the upstream transport has taken it and is not
 #   paused: a slow upstream slows the client through HTTP/2 flow control instead of gateway memory.
 # * DATA is sent only within the peer's windows; a stream that waits on a zero window longer than
 #   `stall_timeout` is reset (CANCEL) and its upstream released [nginx send_timeout].
-# * 100 concurrent streams [RFC 9113 recommends >= 100; nginx 128], 32 KiB header list (the H1 limit),
+# * 100 concurrent streams [RFC 9113 recommends >= 100; nginx 128]; a stream beyond them is refused alone
+#   (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2), 32 KiB header list (the H1 limit),
 #   the header count checked at decode (431, like H1) [Envoy max_headers_count], at most 64 CONTINUATION
 #   frames per header block (h2's bound, kept), at most `MAX_NEW_PER_READ` new streams in one read.
 # * Rapid Reset (CVE-2023-44487): when at least 500 streams were opened in a window and the client reset
@@ -250,6 +253,8 @@ cdef class H2Stream(ClientConn):
     cdef bint dirty
     cdef long long owed           # flow-controlled bytes received but not acknowledged yet
     cdef double blocked_since
+    cdef GrpcCall grpc            # the upstream HTTP/2 stream of a grpc route (grpc.pxi), or None
+    cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
 
     # -- the downstream interface --------------------------------------------------------------------
     cdef void send(self, bytes data):
@@ -319,6 +324,9 @@ cdef class H2Stream(ClientConn):
         cdef Problem p = <Problem>ex.rt.problems[slug]
         cdef RequestHead h = ex.head
         cdef list headers
+        if ex.route is not None and ex.route.grpc:
+            grpc_problem(self, ex, p, detail, extra)       # a gRPC status, not problem+json
+            return
         instance = h.path if h is not None and h.path is not None else b""
         body = b"".join((p.body_a, p.detail if detail is None else json_bytes(detail), p.body_b,
                          json_bytes(instance), p.body_c, ex.rid, p.body_d))
@@ -351,6 +359,8 @@ cdef class H2Stream(ClientConn):
         if want == self.wpaused:
             return
         self.wpaused = want
+        if self.grpc is not None:
+            self.grpc.set_paused(want)
         if ex is not None and ex.up is not None:
             up = ex.up
             if up.transport is not None and up.rpaused != want:
@@ -389,6 +399,8 @@ cdef class H2Stream(ClientConn):
         self.closed = True
         self.active = None
         self.rx = None
+        if self.grpc is not None:
+            self.grpc.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
         if ex is None:
             return
         ex.done = True
@@ -471,6 +483,15 @@ cdef class H2Conn:
         h.encoder = H2Encoder()
         h.decoder.max_allowed_table_size = 4096
         h.initiate_connection()
+        # The SETTINGS frame above advertises max_streams. A stream beyond it is refused on its own
+        # (RST_STREAM REFUSED_STREAM, in on_request: RFC 9113 5.1.2), so h2's own check, which fails the
+        # whole connection, is moved to twice the limit; the other settings stay as advertised.
+        h.local_settings = H2SettingsTable(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2 * self.lim.max_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.lim.stream_window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: rt.max_hbytes,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
         if self.lim.conn_window > 65535:
             h.increment_flow_control_window(self.lim.conn_window - 65535)
         self.h2 = h
@@ -542,7 +563,7 @@ cdef class H2Conn:
         cdef Exchange ex
         cdef bint ended = ev.stream_ended is not None
         self.win_opened += 1
-        if self.goaway or (self.draining and sid > self.last_sid):
+        if self.goaway or (self.draining and sid > self.last_sid) or len(self.streams) >= self.lim.max_streams:
             self.h2.reset_stream(sid, E_REFUSED)
             return
         if sid > self.last_sid:
@@ -729,6 +750,10 @@ cdef class H2Conn:
                 self.win_ctrl += 1
         else:
             self.empty_run = 0
+        if st is not None and st.grpc is not None:
+            st.last_rx = self.last_active
+            st.grpc.request_data(data, n)     # acknowledged once the upstream stream took it
+            return
         if st is None or st.rx is None or st.active is None:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
@@ -760,7 +785,9 @@ cdef class H2Conn:
         if st is None:
             return
         st.rx_done = True
-        if st.rx is not None:
+        if st.grpc is not None:
+            st.grpc.request_end()
+        elif st.rx is not None:
             st.request_end()
 
     cdef void on_reset(self, int sid):
@@ -800,7 +827,7 @@ cdef class H2Conn:
                 st.outq[0] = chunk[n:]
             else:
                 st.outq.pop(0)
-                last = st.end_pending and not st.outq
+                last = st.end_pending and not st.outq and st.trailers is None
                 h.send_data(st.sid, chunk, end_stream=last)
                 if last:
                     st.ended = True
@@ -812,7 +839,10 @@ cdef class H2Conn:
             st.blocked_since = 0
             if st.end_pending and not st.ended:
                 st.ended = True
-                h.end_stream(st.sid)
+                if st.trailers is not None:
+                    h.send_headers(st.sid, st.trailers, end_stream=True)
+                else:
+                    h.end_stream(st.sid)
             if st.ended:
                 self.stream_ended(st)
         if st.wpaused and st.outq_bytes <= STREAM_OUTQ and not self.wpaused:
@@ -956,7 +986,9 @@ cdef class H2Conn:
         if self.closed:
             return
         for st in list(self.streams.values()):
-            if st.active is not None:
+            if st.grpc is not None:
+                st.grpc.check(now)
+            elif st.active is not None:
                 ClientConn.check(st, now)
             if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
                 st.reset(E_CANCEL)              # stalled on a zero window

@@ -35,6 +35,7 @@ class Target:
     idle: list[Any]
     group: UpstreamGroup
     hostport: bytes
+    h2pool: Any                      # fastgw.grpc_upstream.Pool, for targets of grpc routes
     def __init__(self, host: str, port: int, keepalive: int, group: UpstreamGroup) -> None: ...
     def close_idle(self) -> None: ...
 
@@ -83,6 +84,7 @@ class RouteRT:
     resp_add: bytes
     resp_remove: frozenset[bytes] | None
     mslot: int
+    grpc: bool
 
 class Runtime:
     router: Any
@@ -145,3 +147,5 @@ class Worker:
     def protocol(self) -> ClientConn: ...
     def sweep(self, now: float, date: bytes) -> None: ...
     def drain(self, fresh_idle: float = ...) -> None: ...
+
+def grpc_pct(msg: bytes) -> bytes: ...

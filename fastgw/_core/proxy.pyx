@@ -136,6 +136,8 @@ cdef class Exchange
 cdef class ClientConn
 cdef class Worker
 cdef class H2Conn
+cdef class H2Stream
+cdef class GrpcCall
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ cdef class RouteRT:
     cdef public object resp_remove
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
     cdef public object gate               # None, or the route's policy chain: see Exchange "policy interface"
+    cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (grpc.pxi)
 
 
 cdef class Runtime:
@@ -230,6 +233,7 @@ cdef class Target:
     cdef public list idle
     cdef public UpstreamGroup group
     cdef public bytes hostport
+    cdef public object h2pool              # fastgw.grpc_upstream.Pool when a grpc route uses this target
 
     def __init__(self, str host, int port, int keepalive, UpstreamGroup group):
         self.host = host
@@ -594,6 +598,7 @@ cdef class Exchange:
     cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
+    cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
 
     # -- upstream request ------------------------------------------------------------------------------
     cdef void to_upstream(self, bytes data):
@@ -1296,6 +1301,11 @@ cdef class ClientConn(RequestReader):
             return
         route = <RouteRT>m[1]
         ex.route = route
+        if route.grpc:
+            if not isinstance(self, H2Stream):
+                ex.fail(505, "http2-required", None)      # gRPC needs HTTP/2 end to end (grpc.pxi)
+                return
+            h.chunked = False                 # the request body goes to an HTTP/2 stream as it is
         if h.content_length > route.max_body or ex.body_bytes > route.max_body:
             self.body_too_large(ex)
             return
@@ -1317,6 +1327,9 @@ cdef class ClientConn(RequestReader):
     cdef void proceed(self, Exchange ex):
         """The request passed its route's policies: build the upstream head and go."""
         cdef RequestHead h = ex.head
+        if ex.route.grpc:
+            grpc_start(<H2Stream>self, ex)
+            return
         ex.up_head = self.build_upstream_head(ex, ex.route, h, ex.params)
         if h.expect_continue and ex.has_body and h.minor == 1 and ex.body_bytes == 0:
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -1555,7 +1568,8 @@ cdef class Worker:
             m[M_SUM_US] += <uint64_t>(dur // 1000)
         if self.access_log is not None:
             self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.rid,
-                                    ex.route.name if ex.route is not None else None))
+                                    ex.route.name if ex.route is not None else None,
+                                    ex.grpc_code - 1 if ex.grpc_code else None))
 
     cdef void upstream_error(self, Exchange ex, int status):
         cdef uint64_t* m = self.mbuf
@@ -1571,3 +1585,8 @@ cdef class Worker:
 # HTTP/2 (downstream)
 
 include "h2.pxi"
+
+# ---------------------------------------------------------------------------------------------------
+# gRPC passthrough (routes with protocol = "grpc")
+
+include "grpc.pxi"
