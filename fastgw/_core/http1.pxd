@@ -17,6 +17,9 @@ cdef class RequestHead:
 
 cdef class RequestReader:
     cdef object _parser
+    cdef object _feed
+    cdef object _get_method
+    cdef object _keep_alive
     cdef dict _actions
     cdef Py_ssize_t _max_line
     cdef Py_ssize_t _max_hbytes

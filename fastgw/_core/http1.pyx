@@ -171,6 +171,9 @@ cdef class RequestReader:
     def __init__(self, Py_ssize_t max_request_line=8192, Py_ssize_t max_header_bytes=32768,
                  Py_ssize_t max_headers=100, dict actions=None):
         self._parser = HttpRequestParser(self)
+        self._feed = self._parser.feed_data     # bound once: no method lookup per read (nor per head below)
+        self._get_method = self._parser.get_method
+        self._keep_alive = self._parser.should_keep_alive
         self._actions = DEFAULT_ACTIONS if actions is None else actions
         for k in self._actions:
             if len(k) < 64:
@@ -230,7 +233,7 @@ cdef class RequestReader:
         if self._state == ST_HEAD or self._state == ST_IDLE:
             self._head_fed += n
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except HttpParserCallbackError:
             if self._state != ST_DEAD:          # an exception of ours that is not a rejection: a bug
                 raise
@@ -373,7 +376,7 @@ cdef class RequestReader:
         cdef const unsigned char* u
         cdef int flags
         p = self._parser
-        h.method = p.get_method()
+        h.method = self._get_method()
         self._feed_acc += len(h.method) + 14
         self._state = ST_BODY
         self._head_fed = 0
@@ -427,7 +430,7 @@ cdef class RequestReader:
                 h.query = url[q:]
             if flags and _bad_path(h.path, flags):
                 self._reject(400, "bad-request", "request path is not in canonical form")
-        h.keep_alive = p.should_keep_alive()
+        h.keep_alive = self._keep_alive()
         self.request_head(h)
 
     def on_body(self, bytes body):

@@ -29,6 +29,10 @@ from libc.stdio cimport snprintf
 from libc.stdint cimport uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from libc.string cimport memchr, memcpy
+
+cdef extern from "string.h" nogil:
+    void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen)   # (GNU; Python.h
+    #                                                                                     defines _GNU_SOURCE)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
@@ -74,6 +78,7 @@ cdef bytes concat(list parts):
     return out
 
 from fastgw._core.http1 cimport RequestHead, RequestReader, _bad_path
+from fastgw._core.router cimport Router
 
 
 # Reasons to stop reading from the client (a bit each; reading resumes when none is left).
@@ -325,6 +330,9 @@ cdef inline int _resp_header_kind(const char* s, Py_ssize_t n) noexcept:
 cdef class UpstreamConn:
     cdef object transport
     cdef object parser
+    cdef object feed                      # parser.feed_data, bound once (no method lookup per read)
+    cdef object status_code               # parser.get_status_code, bound once
+    cdef object keep_alive                # parser.should_keep_alive, bound once
     cdef Target target
     cdef Exchange ex
     cdef public bint closed
@@ -343,6 +351,9 @@ cdef class UpstreamConn:
     def __init__(self, Target target):
         self.target = target
         self.parser = HttpResponseParser(self)
+        self.feed = self.parser.feed_data
+        self.status_code = self.parser.get_status_code
+        self.keep_alive = self.parser.should_keep_alive
 
     cdef void close(self):
         self.closed = True
@@ -372,7 +383,7 @@ cdef class UpstreamConn:
         if not self.r_head_done:
             self.hbuf = data if self.hbuf is None else self.hbuf + data
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
             if not self.r_head_done and self.hbuf is not None and len(self.hbuf) > MAX_RESP_HEAD:
                 raise HttpParserError("response head too large")
         except HttpParserError as exc:
@@ -486,10 +497,13 @@ cdef class UpstreamConn:
 
     # httptools callbacks (no on_header: see scan_head)
     def on_headers_complete(self):
-        cdef int status = self.parser.get_status_code()
+        cdef int status = self.status_code()
         cdef Exchange ex = self.ex
         cdef bytes buf = self.hbuf
-        cdef Py_ssize_t end = buf.find(b"\r\n\r\n") + 2   # llhttp accepted the head: it is there
+        cdef const char* b = buf
+        # llhttp accepted the head, so its end is there (memmem: ~10x cheaper than bytes.find here).
+        cdef const char* hit = <const char*>memmem(b, len(buf), b"\r\n\r\n", 4)
+        cdef Py_ssize_t end = (hit - b) + 2 if hit != NULL else 1
         if ex is None:
             raise HttpParserError("response on an idle connection")
         if status < 200:
@@ -509,7 +523,7 @@ cdef class UpstreamConn:
 
     def on_message_complete(self):
         if self.ex is not None and self.r_head_done:
-            self.ex.resp_end(self.parser.should_keep_alive())
+            self.ex.resp_end(self.keep_alive())
 
 
 def _report_policy_error(where, exc):
@@ -1290,7 +1304,7 @@ cdef class ClientConn(RequestReader):
         if ex.err_status:
             ex.fail(ex.err_status, ex.err_slug, ex.err_detail)
             return
-        m = rt.router.match(h.method, h.host, h.path)
+        m = (<Router>rt.router).match(h.method, h.host, h.path)      # a C call (router.pxd)
         code = <int>m[0]
         if code != 0:
             if code == 404:
