@@ -107,8 +107,8 @@ cdef void grpc_start(H2Stream st, Exchange ex):
             path = b"/" + path
     hdrs = [(b":method", h.method), (b":scheme", b"http" if g.ssl is None else b"https"),
             (b":authority", h.host if h.host else t.hostport), (b":path", path + h.query)]
-    if h.drop is not None or route.req_remove is not None:
-        pieces = filter_headers(pieces, h.drop, route.req_remove)
+    if h.drop is not None or route._req_remove is not None:
+        pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
     for i in range(0, len(pieces), 4):
         hdrs.append(((<bytes>pieces[i]).lower(), pieces[i + 2]))
     if route.req_add:

@@ -195,12 +195,22 @@ cdef class RouteRT:
     cdef public long long max_body
     cdef public Py_ssize_t strip          # leading path bytes removed before forwarding (strip_prefix)
     cdef public bytes req_add             # b"Name: value\r\n..." added to the upstream request
-    cdef public object req_remove         # frozenset of lowercase names, or None
+    cdef object _req_remove               # frozenset of lowercase names, or None (set as req_remove)
+    cdef uint64_t req_remove_lengths      # name_lengths(_req_remove)
     cdef public bytes resp_add
     cdef public object resp_remove
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
     cdef public object gate               # None, or the route's policy chain: see Exchange "policy interface"
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (grpc.pxi)
+
+    @property
+    def req_remove(self):
+        return self._req_remove
+
+    @req_remove.setter
+    def req_remove(self, value):
+        self._req_remove = value
+        self.req_remove_lengths = name_lengths(value)
 
 
 cdef class Runtime:
@@ -877,16 +887,37 @@ cdef class Exchange:
         self.complete()
 
 
-cdef list filter_headers(list pieces, object drop, object remove):
-    """Pieces without the headers named (lowercase) in `drop` or `remove`."""
-    cdef list out = []
-    cdef Py_ssize_t i
-    for i in range(0, len(pieces), 4):
-        name = (<bytes>pieces[i]).lower()
-        if (drop is not None and name in drop) or (remove is not None and name in remove):
-            continue
-        out += pieces[i:i + 4]
-    return out
+cdef uint64_t name_lengths(object names):
+    """Bit min(len, 63) set for every name in `names` (None: 0)."""
+    cdef uint64_t mask = 0
+    cdef Py_ssize_t k
+    if names is not None:
+        for nm in names:
+            k = len(<bytes>nm)
+            mask |= (<uint64_t>1) << (k if k < 63 else 63)
+    return mask
+
+
+cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):
+    """Pieces without the headers named (lowercase) in `drop` or `remove`: `pieces` itself when none is
+    (the common case: nothing allocated). A name is lowercased and looked up only when its length is the
+    length of a name in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
+    cdef list out = None
+    cdef Py_ssize_t i, k, n = len(pieces)
+    cdef uint64_t lengths = remove_lengths | name_lengths(drop)
+    cdef bint hit
+    for i in range(0, n, 4):
+        k = len(<bytes>pieces[i])
+        hit = False
+        if (lengths >> (k if k < 63 else 63)) & 1:
+            name = (<bytes>pieces[i]).lower()
+            hit = (drop is not None and name in drop) or (remove is not None and name in remove)
+        if hit:
+            if out is None:
+                out = pieces[:i]
+        elif out is not None:
+            out += pieces[i:i + 4]
+    return pieces if out is None else out
 
 
 cdef dict STATUS_LINES = {}
@@ -1384,8 +1415,8 @@ cdef class ClientConn(RequestReader):
             path = path[route.strip:]
             if len(path) == 0 or path[0] != 47:
                 path = b"/" + path
-        if h.drop is not None or route.req_remove is not None:
-            pieces = filter_headers(pieces, h.drop, route.req_remove)
+        if h.drop is not None or route._req_remove is not None:
+            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
         host = h.host if h.host else ex.route.group.pick().hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         if pieces:
