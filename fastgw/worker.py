@@ -95,27 +95,31 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 
 PROXY_TLS_PEEK = proxyproto.V2_MAX     # the longest PROXY header we accept (v1 is shorter)
+PROXY_TLS_PENDING = 4096               # connections waiting for their PROXY header or TLS handshake, per worker
 
 
 class ProxiedTLS:
     """A TLS listener behind PROXY protocol (server.proxy_protocol with [[server.tls]]): the balancer's
-    header comes before the TLS handshake, so connections are accepted here, the header is read with
-    MSG_PEEK and then consumed to its exact length (the ClientHello after it stays in the kernel buffer),
-    and the socket is handed to the TLS server machinery (loop.connect_accepted_socket) with the client
-    address from the header. A connection without a valid header within server.limits.header_timeout is
-    closed, as on plain listeners."""
+    header comes before the TLS handshake, so connections are accepted here, the header is read without
+    reading past it (MSG_PEEK shows what is there; bytes of an incomplete header are consumed, since they
+    can only be header; the complete header is consumed to its exact length, so a ClientHello sent in the
+    same segment stays in the kernel buffer), and the socket is handed to the TLS server machinery
+    (loop.connect_accepted_socket) with the client address from the header. A connection without a valid
+    header within server.limits.header_timeout is closed, as on plain listeners; at most PROXY_TLS_PENDING
+    connections may be waiting for their header or handshake at once (more are closed at accept)."""
 
     def __init__(self, wp: WorkerProcess, sock: socket.socket, n: int) -> None:
         self.wp = wp
         self.sock = sock
         self.n = n
+        self.ctx = wp.tls_contexts_now[n]        # kept if a reload removes this [[server.tls]] table
         self.sock.setblocking(False)
-        self.task = asyncio.get_running_loop().create_task(self.accept())
         self.pending: set[asyncio.Task[None]] = set()
+        self.task = asyncio.get_running_loop().create_task(self.accept())
+        self.task.add_done_callback(lambda _t: self.sock.close())
 
     def close(self) -> None:
-        self.task.cancel()
-        self.sock.close()
+        self.task.cancel()                       # the listening socket closes once the accept loop ends
 
     async def accept(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,6 +129,9 @@ class ProxiedTLS:
             except OSError as e:                  # EMFILE and the like: back off, keep the listener
                 log("accept_failed", level="warning", error=str(e))
                 await asyncio.sleep(0.1)
+                continue
+            if len(self.pending) >= PROXY_TLS_PENDING:
+                conn.close()
                 continue
             t = loop.create_task(self.serve(conn))
             self.pending.add(t)
@@ -141,21 +148,24 @@ class ProxiedTLS:
             conn.close()
             return
         source = hdr.source.encode() if hdr.source is not None else None
+        contexts = self.wp.tls_contexts_now
+        if self.n < len(contexts):
+            self.ctx = contexts[self.n]
 
         def make() -> Any:
             c = w.protocol()
             c.proxied_peer = source
             return c
         try:
-            await loop.connect_accepted_socket(make, conn, ssl=self.wp.tls_contexts_now[self.n],
-                                               ssl_handshake_timeout=10.0)
-        except (OSError, TimeoutError):         # ssl.SSLError is an OSError
+            await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=10.0)
+        except Exception:                        # handshake failure or timeout (ssl.SSLError is an OSError)
             conn.close()
 
     @staticmethod
     async def read_header(conn: socket.socket) -> proxyproto.Header:
         loop = asyncio.get_running_loop()
         fd = conn.fileno()
+        got = b""                                # bytes of the header consumed so far
         while True:
             ready: asyncio.Future[None] = loop.create_future()
             loop.add_reader(fd, _wake, ready)
@@ -163,14 +173,21 @@ class ProxiedTLS:
                 await ready
             finally:
                 loop.remove_reader(fd)
-            data = conn.recv(PROXY_TLS_PEEK, socket.MSG_PEEK)
+            data = conn.recv(PROXY_TLS_PEEK - len(got), socket.MSG_PEEK)
             if not data:
                 raise OSError("connection closed before the PROXY header")
-            res = proxyproto.parse(data)
+            res = proxyproto.parse(got + data)
             if res is not None:
-                conn.recv(res.consumed)             # exactly the header; the TLS bytes stay queued
+                if res.consumed > len(got):
+                    conn.recv(res.consumed - len(got))   # exactly the rest of the header
                 return res
-            await asyncio.sleep(0.005)              # incomplete: the socket stays readable until more arrives
+            # Incomplete: everything seen so far can only be header (v1: no CRLF yet; v2: fewer bytes
+            # than its length field says), so consume it: the socket is readable again only when more
+            # arrives (no wake-up loop on a client that stops mid-header).
+            got += conn.recv(len(data))
+            if len(got) >= PROXY_TLS_PEEK:
+                raise proxyproto.ProxyProtocolError("PROXY header too long")
+
 
 class WorkerProcess:
     def __init__(self, slot: int, socks: list[socket.socket], ctl: socket.socket,
@@ -222,7 +239,7 @@ class WorkerProcess:
                     t.close_idle()
         self.cfg, self.groups, self.gen = cfg, groups, int(msg["gen"])
         self.set_access_log(cfg.server.access_log)
-        if self.tls_servers:
+        if self.tls_contexts_now:
             loop.create_task(self.reload_tls())
         if self.words is not None:
             self.words[H_GEN] = self.gen

@@ -4,6 +4,7 @@ and certificate reload on SIGHUP."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -179,12 +180,21 @@ def test_curl_client(tls_gw: tuple, pki: Pki) -> None:
     assert out.returncode != 0                                 # no client certificate: refused
 
 
-def test_certificates_reload_on_sighup(gateway: GatewayLauncher, echo_origin: Any, pki: Pki, tmp_path: Path) -> None:
+@pytest.mark.parametrize("proxied", [False, True], ids=["plain-tls", "proxy-protocol-tls"])
+def test_certificates_reload_on_sighup(gateway: GatewayLauncher, echo_origin: Any, pki: Pki, tmp_path: Path,
+                                       proxied: bool) -> None:
+    """Also behind PROXY protocol (worker.ProxiedTLS), where the listener is not an asyncio server."""
     port = free_port()
     cert, key = write_pair(tmp_path, "live", pki.ca.issue("api.test", ["api.test"]))
     extra = f'\n[[server.tls]]\nlisten = ["127.0.0.1:{port}"]\ncert = "{cert}"\nkey = "{key}"\n'
     gw = gateway.start({"echo": {"targets": [echo_origin.addr]}}, [{"name": "open", "path": "/open", "upstream": "echo"}],
-                       extra=extra)
+                       extra=extra, server={"proxy_protocol": True} if proxied else None)
+
+    def handshake(port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if proxied:
+            raw.sendall(b"PROXY TCP4 203.0.113.1 10.0.0.1 40000 443\r\n")
+        return ctx.wrap_socket(raw, server_hostname=name)
 
     def serial() -> int:
         with handshake(port, client_ctx(pki), "api.test") as s:
@@ -302,3 +312,38 @@ key = "{pki.api[1]}"
         with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
             client_ctx(pki).wrap_socket(raw, server_hostname="api.test").do_handshake()
     assert gw.worker_exits() == []
+
+
+def test_proxy_protocol_tls_stalled_headers_cost_nothing(gateway: GatewayLauncher, echo_origin: Any, pki: Pki) -> None:
+    """Clients that send part of a PROXY header and stop: the worker does not spin on them (their bytes are
+    consumed, so the sockets are not readable again), and they are closed after limits.header_timeout."""
+    port = free_port()
+    extra = f'\n[[server.tls]]\nlisten = ["127.0.0.1:{port}"]\ncert = "{pki.api[0]}"\nkey = "{pki.api[1]}"\n'
+    gw = gateway.start({"echo": {"targets": [echo_origin.addr]}}, [{"name": "open", "path": "/open", "upstream": "echo"}],
+                       limits={"header_timeout": "2s"}, server={"proxy_protocol": True}, extra=extra)
+    stalled = []
+    for i in range(200):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"PROXY TCP4 198.51.100." if i % 2 else b"\r\n\r\n\x00\r\nQUIT\n\x21\x11")   # v1 / v2, cut
+        stalled.append(s)
+    time.sleep(0.3)
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{gw.serving_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    before = cpu()
+    time.sleep(1.0)
+    assert cpu() - before < 0.2                   # was ~200 wake-ups/s per stalled connection
+    time.sleep(1.5)                               # past header_timeout: all closed by the gateway
+    for s in stalled:
+        s.settimeout(2)
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    # A well-behaved client is still served.
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    raw.sendall(b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n")
+    with client_ctx(pki).wrap_socket(raw, server_hostname="api.test") as s:
+        assert get(s, "/open").startswith(b"HTTP/1.1 200")
