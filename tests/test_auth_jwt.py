@@ -147,9 +147,31 @@ def test_cache_hit_is_the_same_identity_and_expires(tmp_path: Path, keys: dict) 
     assert a.identity is b.identity
     iss = pol.methods[0][1]
     entry = iss.cache[tok.encode()]
-    iss.cache[tok.encode()] = (time.time() - 1, entry[1], entry[2])   # as if exp (+ leeway) had passed
+    iss.cache[tok.encode()] = (time.time() - 1, entry[1], entry[2], entry[3])   # as if exp (+ leeway) had passed
     # The cached entry is dropped; the token itself is still valid, so it verifies again (fresh entry).
     assert pol.check(bearer(tok)) is None and iss.cache[tok.encode()][0] > time.time()
+
+
+@pytest.mark.parametrize("with_kid", [True, False], ids=["same-kid", "same-position-no-kid"])
+def test_cached_token_dropped_when_its_key_material_changes(tmp_path: Path, keys: dict, with_kid: bool) -> None:
+    """An IdP that reuses a kid (or, in a JWK Set without kids, a position) for a new key: tokens signed
+    by the old key leave the cache, compiled fast path included, and no longer verify."""
+    pol = make_policy(tmp_path, keys)
+    iss = pol.methods[0][1]
+
+    def jwks_of(k: Any) -> bytes:
+        jwk = jwk_of(k.public_key(), "rsa-1")
+        if not with_kid:
+            del jwk["kid"]
+        return json.dumps({"keys": [jwk]}).encode()
+    iss.set_keys(A.parse_jwks(jwks_of(keys["rsa"])))
+    tok = jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "rsa-1"} if with_kid else None)
+    assert pol.check(bearer(tok)) is None and tok.encode() in iss.cache
+    iss.set_keys(A.parse_jwks(jwks_of(keys["rsa"])))          # a refetch of the same set: the entry stays
+    assert tok.encode() in iss.cache
+    iss.set_keys(A.parse_jwks(jwks_of(keys["rsa2"])))         # same name, new material
+    assert tok.encode() not in iss.cache
+    assert_401(pol, bearer(tok))
 
 
 def forged(header: dict, payload: dict, sig: bytes = b"x") -> str:

@@ -103,10 +103,21 @@ def consumer_plan(cfg: Config, name: str) -> str | None:
 # Keys
 
 class Key:
-    __slots__ = ("kid", "kty", "crv", "alg", "key")
+    """A verification key. `fp` fingerprints its material: a cached token stays valid only while the key
+    installed under the same name has the same fingerprint (an IdP may reuse a kid, or a position in a
+    JWK Set without kids, for new key material)."""
+    __slots__ = ("kid", "kty", "crv", "alg", "key", "fp")
 
-    def __init__(self, kid: str | None, kty: str, crv: str | None, alg: str | None, key: Any) -> None:
+    def __init__(self, kid: str | None, kty: str, crv: str | None, alg: str | None, key: Any,
+                 material: bytes = b"") -> None:
         self.kid, self.kty, self.crv, self.alg, self.key = kid, kty, crv, alg, key
+        self.fp = hashlib.sha256(kty.encode() + b"\0" + material).digest()
+
+
+def _material(jwk: dict[str, Any]) -> bytes:
+    """The public members that define a JWK's key (RFC 7638's choice), canonical JSON."""
+    return json.dumps({k: jwk[k] for k in ("crv", "e", "k", "kty", "n", "x", "y") if k in jwk},
+                      sort_keys=True, separators=(",", ":")).encode()
 
 
 def _b64(s: Any) -> bytes:
@@ -127,7 +138,7 @@ def parse_jwk(jwk: Any) -> Key:
     if alg is not None and alg not in _ALG_KEY:
         raise ValueError(f"unsupported alg {alg!r}")
     if kty == "oct":
-        return Key(kid, "oct", None, alg, _b64(jwk.get("k")))
+        return Key(kid, "oct", None, alg, _b64(jwk.get("k")), _material(jwk))
     import jwt
     if kty not in ("RSA", "EC", "OKP"):
         raise ValueError(f"unsupported kty {kty!r}")
@@ -135,7 +146,7 @@ def parse_jwk(jwk: Any) -> Key:
     curve_alg = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}.get(jwk.get("crv", ""), "ES256")
     pyjwk = jwt.PyJWK(pub, algorithm=alg or {"RSA": "RS256", "EC": curve_alg, "OKP": "EdDSA"}[kty])
     crv = jwk.get("crv") if kty in ("EC", "OKP") else None
-    return Key(kid, kty, crv, alg, pyjwk.key)
+    return Key(kid, kty, crv, alg, pyjwk.key, _material(jwk))
 
 
 def parse_jwks(data: bytes) -> dict[str, Key]:
@@ -159,12 +170,13 @@ def pem_key(text: str) -> Key:
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     k = load_pem_public_key(text.encode())
+    pem = text.encode()
     if isinstance(k, rsa.RSAPublicKey):
-        return Key(None, "RSA", None, None, k)
+        return Key(None, "RSA", None, None, k, pem)
     if isinstance(k, ec.EllipticCurvePublicKey):
-        return Key(None, "EC", _CURVES.get(k.curve.name), None, k)
+        return Key(None, "EC", _CURVES.get(k.curve.name), None, k, pem)
     if isinstance(k, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return Key(None, "OKP", None, None, k)
+        return Key(None, "OKP", None, None, k, pem)
     raise ValueError("unsupported public key type")
 
 
@@ -240,7 +252,7 @@ class Issuer:
         self.audience = list(c.audiences) or None
         self.require = ["exp", *c.required_claims]
         self.keys: dict[str, Key] = {}
-        self.cache: dict[bytes, tuple[float, str, Identity]] = {}
+        self.cache: dict[bytes, tuple[float, str, Identity, bytes]] = {}   # token -> (exp, key name, identity, key fp)
         self.subjects = {s: n for n, cons in cfg.consumers.items() for s in cons.jwt_subjects}
         self.cfg = cfg
         self.fetching: asyncio.Future[None] | None = None
@@ -257,7 +269,7 @@ class Issuer:
             secret = c.secret if c.secret is not None else os.environ.get(c.secret_env or "")
             if secret is None:
                 raise ValueError(f"auth.jwt.{name}.secret_env: environment variable {c.secret_env} is not set")
-            self.set_keys({"#secret": Key(None, "oct", None, None, secret.encode())})
+            self.set_keys({"#secret": Key(None, "oct", None, None, secret.encode(), secret.encode())})
 
     # -- keys ------------------------------------------------------------------------------------------
     def set_keys(self, keys: dict[str, Key]) -> None:
@@ -265,7 +277,7 @@ class Issuer:
         self.keys = keys
         self.loaded = True
         # In place: the compiled gate reads this dict through the issuer.
-        for t in [t for t, e in self.cache.items() if e[1] not in keys]:
+        for t in [t for t, e in self.cache.items() if e[1] not in keys or keys[e[1]].fp != e[3]]:
             del self.cache[t]
 
     def start(self) -> None:
@@ -415,7 +427,7 @@ class Issuer:
         if self.c.cache_size:
             if len(self.cache) >= self.c.cache_size:
                 del self.cache[next(iter(self.cache))]
-            self.cache[token] = (exp + self.c.leeway, used, ident)
+            self.cache[token] = (exp + self.c.leeway, used, ident, self.keys[used].fp)
         return ident
 
     def check_claims(self, claims: dict[str, Any]) -> float:
