@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastgw import __version__
-from fastgw._core.http1 import DEFAULT_ACTIONS
+from fastgw._core.http1 import DEFAULT_ACTIONS, with_case_variants
 from fastgw._core.proxy import H2Limits, RouteRT, Runtime, Target, UpstreamGroup
 from fastgw._core.router import Router
 from fastgw.config import Config
@@ -30,6 +30,22 @@ def _header_bytes(add: dict[str, str]) -> bytes:
 
 def _remove_set(names: list[str]) -> frozenset[bytes] | None:
     return frozenset(n.lower().encode("latin-1") for n in names) if names else None
+
+
+def header_actions(cfg: Config) -> dict[bytes, int]:
+    """The request readers' header table: the defaults, plus every header the config reads a credential
+    from (the API-key header, JWT issuers' `header`, and Cookie when an issuer reads a cookie) as
+    "forwarded, never twice" (action 9, like Authorization): with two copies the gateway would check one
+    and the upstream might read the other."""
+    actions = dict(DEFAULT_ACTIONS)
+    names = [cfg.auth.api_key.header] + [i.header for i in cfg.auth.jwt.values() if i.header]
+    if any(i.cookie for i in cfg.auth.jwt.values()):
+        names.append("Cookie")
+    for name in names:
+        low = name.lower().encode("latin-1")
+        if low not in actions:            # never override what the reader does with a header it owns
+            actions.update(with_case_variants({low: 9}))
+    return actions
 
 
 def build_groups(cfg: Config, old: Config | None = None,
@@ -107,7 +123,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run = Runtime()
     run.router = Router(specs)
     run.problems = build_problems()
-    run.actions = dict(DEFAULT_ACTIONS)
+    run.actions = header_actions(cfg)
     run.max_body = limits.max_body
     run.header_timeout = limits.header_timeout
     run.idle_timeout = limits.idle_timeout

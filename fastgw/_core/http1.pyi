@@ -1,6 +1,7 @@
 from typing import Any
 
 DEFAULT_ACTIONS: dict[bytes, int]
+def with_case_variants(actions: dict[bytes, int]) -> dict[bytes, int]: ...
 
 class RequestHead:
     method: bytes

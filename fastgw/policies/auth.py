@@ -341,12 +341,12 @@ class Issuer:
             return ex.header(self.header)
         if self.cookie is not None:
             raw = ex.header(b"cookie")
-            if raw:
-                for part in raw.split(b";"):
-                    part = part.strip()
-                    if part.startswith(self.cookie):
-                        return part[len(self.cookie):]
-            return None
+            if not raw:
+                return None
+            found = [p[len(self.cookie):] for p in (q.strip() for q in raw.split(b";")) if p.startswith(self.cookie)]
+            if len(found) > 1:                  # which one would the upstream read? refuse the ambiguity
+                raise AuthError("token cookie sent more than once")
+            return found[0] if found else None
         auth = ex.header(b"authorization")
         if auth is None or len(auth) < 7 or auth[:7].lower() != b"bearer ":
             return None
