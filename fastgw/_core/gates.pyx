@@ -395,7 +395,7 @@ cdef class RateGate(Gate):
         consumer = None
         ident = ex.identity
         if ident is not None:
-            consumer = (<Identity>ident).consumer
+            consumer = (<Identity?>ident).consumer      # checked: only AuthGate sets it
             pname = (<Identity>ident).plan
             if pname is not None:
                 hit = self.by_name.get(pname)
