@@ -158,7 +158,10 @@ class ProxiedTLS:
             return c
         try:
             await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=10.0)
-        except Exception:                        # handshake failure or timeout (ssl.SSLError is an OSError)
+        except (OSError, TimeoutError):          # a failed or slow handshake (ssl.SSLError is an OSError)
+            conn.close()
+        except Exception as e:                   # not the client's doing: say so, keep serving
+            log("tls_handover_failed", level="error", error=f"{type(e).__name__}: {e}")
             conn.close()
 
     @staticmethod

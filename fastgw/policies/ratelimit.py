@@ -506,7 +506,7 @@ class RateLimitPolicy(G.RateGate):
         try:
             self.refill(plan, tag, keys, (tag ^ plan.lease_seed) or 1, mono)
         except StoreDown:
-            pass
+            pass    # counted by the client's breaker; the request that finds the lease empty degrades
 
     def lease_headers(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> None:
         tight = int(st[3])
