@@ -47,6 +47,11 @@ assert len(BOUNDS) == NBOUNDS and HIST + NBOUNDS + 1 == SUM_US and UPERR + 3 <= 
 assert AUTHF + len(AUTH_REASONS) <= ROUTE
 
 
+def route_base(slot: int) -> int:
+    """Index of the first word of route slot `slot` in a worker region."""
+    return HEADER + slot * ROUTE
+
+
 def region_bytes(routes: int = ROUTE_SLOTS) -> int:
     return (HEADER + routes * ROUTE) * 8
 
@@ -149,7 +154,7 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
         if w in live:
             conns += words[H_CONNS]
         for slot in range(used_slots):
-            base = HEADER + slot * ROUTE
+            base = route_base(slot)
             block = words[base:base + ROUTE].tolist()
             if not any(block):
                 continue

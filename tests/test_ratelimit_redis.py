@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import rlutil
 from procutil import metric
 
@@ -240,14 +241,17 @@ def test_local_fallback_splits_the_limit_between_live_instances(tmp_path: Path, 
             g.close()
 
 
-def test_lease_headers_from_the_store_and_mostly_local(tmp_path: Path, echo_origin, redis_server) -> None:
+@pytest.mark.parametrize("conc", ["", ", { concurrency = 100 }"], ids=["rate", "rate+concurrency"])
+def test_lease_headers_from_the_store_and_mostly_local(tmp_path: Path, echo_origin, redis_server, conc) -> None:
     """Sequential requests on one key of a lease plan: every answer carries the exact RateLimit-Policy
     and a RateLimit reporting what the store said at the worker's last refill (`r` within the burst,
     `t` within the window), and most requests are served from the worker's lease (the compiled path,
-    RateGate.spend_lease), not by a script each. (A slow rate would not show it: no worker may hold more
+    RateGate.spend_lease, from RateGate.check, or from the Python path when the plan also has
+    a concurrency limit), not by a script each. (A slow rate would not show it: no worker may hold more
     than `lease_period` of the whole limit, so at 10/s every request asks the store.)"""
     routes = '[[routes]]\nname = "l"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
-    plans = '[plans.p]\nlimits = [{ rate = "6000/s", burst = 6000, key = ["header:X-Key"] }]\nsync = "lease"\n'
+    plans = ('[plans.p]\nlimits = [{ rate = "6000/s", burst = 6000, key = ["header:X-Key"] }' + conc + ']\n'
+             'sync = "lease"\n')
     text = rlutil.config(echo_origin.addr, routes, plans, redis_server.url) + 'timeout = "250ms"\n'
     gw = rlutil.start(tmp_path, text, workers=1)
     try:

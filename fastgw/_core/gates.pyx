@@ -357,11 +357,13 @@ cdef class Counter:
 cdef class PlanGate:
     """One plan as the rate gate sees it. `bp` is None when the plan is kept in Redis (Python path)."""
     cdef public object rt             # the Python PlanRT
+    cdef public str name              # rt.name
     cdef public Plan bp
     cdef public Keys keys
     cdef public Headers headers
     cdef public bint has_quota, has_conc
-    cdef public Table lease           # sync = "lease" (without concurrency limits): the worker's lease table
+    cdef public Table lease           # sync = "lease": the worker's lease table (else None)
+    cdef public bint lease_fast       # lease plan without concurrency limits: RateGate.check spends leases
     cdef public uint64_t lease_seed
     cdef public dict lease_state      # key hash -> [last refill, batch, deny until, tight, remaining, reset]
     cdef public dict inflight         # key hash -> the refill in flight
@@ -373,6 +375,7 @@ cdef class PlanGate:
     def __init__(self, rt, Plan bp, Keys keys, Headers headers, bint has_quota, bint has_conc, limits):
         cdef int i
         self.rt = rt
+        self.name = rt.name
         self.bp = bp
         self.keys = keys
         self.headers = headers
@@ -406,37 +409,39 @@ cdef class RateGate(Gate):
         keys = pg.keys.of(ex, consumer)
         if pg.bp is not None:
             return self.local(ex, pg, pg.bp, keys, None)
-        if pg.lease is not None and len(keys) == 1 and pg.client.up:
-            if self.spend_lease(ex, pg, keys):
+        if pg.lease_fast and len(keys) == 1 and pg.client.up:
+            if self.spend_lease(ex, pg, keys[0], keys):
                 return None
         return self.shared(ex, pg.rt, keys)
 
-    cdef bint spend_lease(self, object ex, PlanGate pg, tuple keys) except -1:
-        """Lease mode, the common case: a token of this worker's lease is left. Same answer and headers
-        as RateLimitPolicy.leased (RateLimit from the store's reply at the last refill); when half of the
-        last batch is spent, the next refill starts (RateLimitPolicy.prefetch) without anyone waiting."""
-        cdef object tag = keys[0]
+    cpdef bint spend_lease(self, object ex, PlanGate pg, object tag, tuple keys) except -1:
+        """Lease mode: spend a token of this worker's lease for the key `tag`, if one is left (False if
+        not). RateLimit comes from the store's reply at the last refill; when half of the last batch is
+        spent, the next refill starts (RateLimitPolicy.prefetch) without anyone waiting."""
         cdef uint64_t lk = (<uint64_t>tag) ^ pg.lease_seed
-        cdef int64_t mono = _now(CLOCK_MONOTONIC), until
+        cdef int64_t mono = _now(CLOCK_MONOTONIC)
         cdef long long left
-        cdef int tight
         if lk == 0:
             lk = 1
         left = pg.lease.lease_take(lk, mono)
         if left < 0:
             return False
-        self.count(pg.rt.name, D_ALLOWED)
+        self.count(pg.name, D_ALLOWED)
         st = pg.lease_state.get(tag)
         if st is not None:
-            tight = <int>(<double>(<list>st)[3])
-            if tight >= 0:
-                until = <int64_t>(<double>(<list>st)[5]) - mono
-                ex.add_response_lines(pg.headers.lines(
-                    tight, <long long>(<double>(<list>st)[4]), (until + 999999999) // 1000000000 if until > 0 else 0,
-                    None))
+            self.lease_headers(ex, pg, <list>st, mono)
             if left * 2 <= <double>(<list>st)[1] and <double>(<list>st)[2] <= mono and tag not in pg.inflight:
                 self.prefetch(pg.rt, tag, keys, mono)
         return True
+
+    cpdef void lease_headers(self, object ex, PlanGate pg, list st, int64_t mono):
+        """The RateLimit lines of a lease answer, from the lease state `st` of its key."""
+        cdef int tight = <int>(<double>st[3])
+        cdef int64_t until
+        if tight >= 0:
+            until = <int64_t>(<double>st[5]) - mono
+            ex.add_response_lines(pg.headers.lines(
+                tight, <long long>(<double>st[4]), (until + 999999999) // 1000000000 if until > 0 else 0, None))
 
     def prefetch(self, rt, tag, keys, mono):
         """Start the next refill of a lease (Python subclass)."""
@@ -456,7 +461,7 @@ cdef class RateGate(Gate):
     cpdef object local(self, object ex, PlanGate pg, Plan bp, tuple keys, bytes degraded):
         """Check `keys` against the host table with `bp` (the plan, or its share in a fallback)."""
         cdef int r = bp.check(keys, _now(CLOCK_MONOTONIC), _now(CLOCK_REALTIME) if pg.has_quota else 0)
-        name = pg.rt.name
+        name = pg.name
         if bp.shadowed:
             self.shadow(ex, pg.rt)
         if r >= 0:

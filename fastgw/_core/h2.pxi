@@ -151,15 +151,6 @@ from hpack.huffman_table import decode_huffman as _decode_huffman
 cdef tuple HP_STATIC_T = tuple((<tuple>_e)[:2] for _e in _HpTable.STATIC_TABLE)
 
 
-cdef bytes _unhuff(bytes data):
-    try:
-        return _decode_huffman(data)
-    except HPACKDecodingError:
-        raise
-    except Exception as e:                # hpack reports a bad Huffman string as HPACKDecodingError
-        raise HPACKDecodingError(f"invalid Huffman string: {e}") from None
-
-
 cdef class H2Decoder:
     """HPACK decoder for request header blocks (see above)."""
     cdef public Py_ssize_t max_header_list_size
@@ -184,18 +175,15 @@ cdef class H2Decoder:
         self.evict(0)
 
     cdef void evict(self, Py_ssize_t room):
+        """Drop the oldest entries until `room` more bytes fit under the size limit."""
         cdef tuple e
         cdef Py_ssize_t n = 0
-        while self.dyn and self.size + room > self.maxsize:
+        while n < len(self.dyn) and self.size + room > self.maxsize:
             e = <tuple>self.dyn[n]
             self.size -= len(<bytes>e[0]) + len(<bytes>e[1]) + 32
             n += 1
-            if n == len(self.dyn):
-                break
         if n:
             del self.dyn[:n]
-        if not self.dyn:
-            self.size = 0
 
     cdef tuple entry(self, Py_ssize_t idx):
         """Field `idx` of the static table (1..61), then of the dynamic table (62: the newest)."""
@@ -293,7 +281,7 @@ cdef bytes _hp_read_str(bytes buf, const unsigned char* p, Py_ssize_t n, Py_ssiz
         raise HPACKDecodingError("Truncated header block")
     s = buf[i:i + length]
     at[0] = i + length
-    return _unhuff(s) if huff else s
+    return _decode_huffman(s) if huff else s        # raises HPACKDecodingError on a bad string
 
 
 

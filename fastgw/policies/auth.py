@@ -33,7 +33,7 @@ from typing import Any
 
 from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
 from fastgw.config import Config, JwtIssuer, Route
-from fastgw.metrics import AUTH_REASONS, AUTHF, HEADER, ROUTE
+from fastgw.metrics import AUTH_REASONS, AUTHF, route_base
 from fastgw.observe import log
 
 # PyJWT and cryptography are imported when an issuer is built, not with this module: the worker (which
@@ -687,8 +687,8 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
         return None
     pol = AuthPolicy(cfg, route)
     words = services.get("metrics_words")
-    if words is not None and mslot >= 0 and HEADER + (mslot + 1) * ROUTE <= len(words):
-        pol.count_failures(words, HEADER + mslot * ROUTE + AUTHF)
+    if words is not None and 0 <= mslot and route_base(mslot + 1) <= len(words):
+        pol.count_failures(words, route_base(mslot) + AUTHF)
     return pol
 
 

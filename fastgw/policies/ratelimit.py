@@ -355,11 +355,12 @@ class PlanRT:
         # What the compiled RateGate needs; no local bucket plan when the plan is kept in Redis.
         self.gate = G.PlanGate(self, self.local if self.store is None else None, keys, self.hdrs,
                                self.has_quota, self.has_conc, self.limits)
-        if self.sync == "lease" and self.store is not None and not self.has_conc:
-            # Spending a token of this worker's lease is compiled too (RateGate.spend_lease).
+        if self.sync == "lease" and self.store is not None:
+            # Spending a token of this worker's lease is compiled (RateGate.spend_lease), called straight
+            # from RateGate.check when the plan has no concurrency limit, else from leased() below.
             g = self.gate
             g.lease, g.lease_seed, g.lease_state, g.client = lease, self.lease_seed, self.lease_state, self.store.client
-            g.inflight = self.inflight
+            g.inflight, g.lease_fast = self.inflight, not self.has_conc
 
     def fallback_plan(self) -> B.Plan:
         n = self.store.instances if self.store is not None else 1
@@ -393,9 +394,6 @@ class RateLimitPolicy(G.RateGate):
         if plan.sync == "strict":
             return self.strict(ex, plan, keys)
         return self.leased(ex, plan, keys)
-
-    def headers(self, ex: Any, plan: PlanRT, tight: int, remaining: int, reset_s: int, degraded: bytes | None) -> None:
-        ex.add_response_lines(plan.hdrs.lines(tight, remaining, reset_s, degraded))
 
     # -- store unavailable -----------------------------------------------------------------------------
     def degraded(self, ex: Any, plan: PlanRT, keys: tuple[int, ...]) -> Rejection | None:
@@ -447,7 +445,7 @@ class RateLimitPolicy(G.RateGate):
             self.count(plan.name, plan.limits[tight].decision)
             return self.reject(ex, plan.gate, tight, _ceil_s(reset_ms), _ceil_s(retry_ms), None)
         self.count(plan.name, D_ALLOWED)
-        self.headers(ex, plan, tight, remaining, _ceil_s(reset_ms), None)
+        ex.add_response_lines(plan.hdrs.lines(tight, remaining, _ceil_s(reset_ms), None))
         return None
 
     def tightest(self, plan: PlanRT, rep: list[int]) -> tuple[int, int, int, int]:
@@ -481,17 +479,11 @@ class RateLimitPolicy(G.RateGate):
                 return r
         # Per request only integers: the Redis key names are built when a refill is needed.
         tag = keys[0] if len(keys) == 1 else hash_tuple(keys)
+        if self.spend_lease(ex, plan.gate, tag, keys):
+            return None
         lk = (tag ^ plan.lease_seed) or 1
         mono = time.monotonic_ns()
         st = plan.lease_state.get(tag)
-        left = plan.lease.lease_take(lk, mono)
-        if left >= 0:
-            self.count(plan.name, D_ALLOWED)
-            if st is not None:
-                self.lease_headers(ex, plan, st, mono)
-                if left * 2 <= st[1] and st[2] <= mono and tag not in plan.inflight:
-                    self.prefetch(plan, tag, keys, mono)
-            return None
         if st is not None and st[2] > mono:        # the store said no until then: refuse locally
             return self.lease_reject(ex, plan, st, mono)
         if plan.store is None or not plan.store.client.up:
@@ -507,12 +499,6 @@ class RateLimitPolicy(G.RateGate):
             self.refill(plan, tag, keys, (tag ^ plan.lease_seed) or 1, mono)
         except StoreDown:
             pass    # counted by the client's breaker; the request that finds the lease empty degrades
-
-    def lease_headers(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> None:
-        tight = int(st[3])
-        if tight >= 0:
-            reset = max(0, math.ceil((st[5] - mono) / NS))
-            self.headers(ex, plan, tight, int(st[4]), reset, None)
 
     def lease_reject(self, ex: Any, plan: PlanRT, st: list[float], mono: int) -> Rejection:
         tight = int(st[3])
@@ -541,7 +527,7 @@ class RateLimitPolicy(G.RateGate):
         if got:
             self.count(plan.name, D_ALLOWED)
             if st is not None:
-                self.lease_headers(ex, plan, st, mono)
+                self.lease_headers(ex, plan.gate, st, mono)
             return None
         if st is not None:
             return self.lease_reject(ex, plan, st, mono)
