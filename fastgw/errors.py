@@ -62,7 +62,7 @@ def build_problem(slug: str) -> Problem:
     p.detail = _j(s.detail)[1:-1]
     p.body_b = b'","instance":"'
     p.body_c = b'","request_id":"'
-    p.body_d = b'"}'
+    p.body_d = b'"'
     p.extra = b""
     return p
 

@@ -41,6 +41,8 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 
+from fastgw import failures
+
 MAX_CONNS = 4              # connections per target
 MAX_STREAMS = 1000         # streams per connection, whatever the server allows
 FIRST_STREAMS = 100        # streams per connection before the server's SETTINGS arrive
@@ -243,19 +245,18 @@ class Conn(asyncio.Protocol):
                                               server_hostname=g.server_name or t.host)
             await asyncio.wait_for(coro, g.connect_timeout)
         except TimeoutError:
-            self.failed(504, "upstream-timeout", b"upstream connect timed out", UNAVAILABLE)
+            self.failed(504, "upstream-timeout", b"", UNAVAILABLE, failures.CONNECT_TIMEOUT)
         except asyncio.CancelledError:
-            self.failed(502, "bad-gateway", b"upstream connect cancelled", UNAVAILABLE)
-        except ssl.SSLError as exc:
-            self.failed(502, "bad-gateway", f"upstream TLS handshake failed: {exc.reason or exc}".encode(),
-                        UNAVAILABLE)
-        except OSError as exc:
-            self.failed(502, "bad-gateway", f"cannot connect to upstream: {exc.strerror or exc}".encode(),
-                        UNAVAILABLE)
+            self.failed(502, "bad-gateway", b"cancelled", UNAVAILABLE, failures.CONNECT_FAILED)
+        except OSError as exc:                         # (ssl.SSLError is an OSError)
+            kind, reason = failures.connect_error(exc)
+            self.failed(502, "bad-gateway", reason.encode(), UNAVAILABLE, kind)
         finally:
             self.task = None
 
-    def failed(self, status: int, slug: str, detail: bytes, code: int) -> None:
+    def failed(self, status: int, slug: str, detail: bytes, code: int, kind: str) -> None:
+        """The connection failed: every stream on it fails (`kind` and its reason `detail`:
+        fastgw/failures.py)."""
         self.closed = True
         self.pool.drop(self)
         queued, self.queued = self.queued, []
@@ -264,7 +265,7 @@ class Conn(asyncio.Protocol):
         for s in queued + streams:
             if not s.done:
                 s.settle()
-                s.call.on_error(status, slug, detail, code)
+                s.call.on_error(status, slug, detail, code, kind)
         if self.transport is not None:
             self.transport.abort()
 
@@ -273,7 +274,7 @@ class Conn(asyncio.Protocol):
         self.transport = transport
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
-            self.failed(502, "bad-gateway", b"upstream did not negotiate HTTP/2 (ALPN h2)", UNAVAILABLE)
+            self.failed(502, "bad-gateway", b"ALPN h2 not negotiated", UNAVAILABLE, failures.TLS_FAILED)
             return
         h = self.h2
         h.local_settings = Settings(client=True, initial_values={
@@ -303,7 +304,7 @@ class Conn(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except ProtocolError:
             self.flush()
-            self.lost_all(502, b"upstream broke the HTTP/2 protocol")
+            self.lost_all(failures.PROTOCOL_ERROR)
             return
         streams = self.streams
         ev: Any
@@ -365,7 +366,7 @@ class Conn(asyncio.Protocol):
     def connection_lost(self, exc: Any) -> None:
         self.transport = None
         if not self.closed:
-            self.lost_all(502, b"upstream connection lost")
+            self.lost_all(failures.lost_error(exc))
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -480,9 +481,9 @@ class Conn(asyncio.Protocol):
                 s.retry(0)
             elif not s.done:
                 s.settle()
-                s.call.on_error(502, "bad-gateway", b"upstream refused the stream (GOAWAY)", UNAVAILABLE)
+                s.call.on_error(502, "bad-gateway", b"", UNAVAILABLE, failures.STREAM_REFUSED)
 
-    def lost_all(self, status: int, detail: bytes) -> None:
+    def lost_all(self, kind: str) -> None:
         self.closed = True
         self.pool.drop(self)
         streams = list(self.streams.values()) + self.queued
@@ -492,7 +493,7 @@ class Conn(asyncio.Protocol):
         for s in streams:
             if not s.done:
                 s.settle()
-                s.call.on_error(status, "bad-gateway", detail, UNAVAILABLE)
+                s.call.on_error(502, "bad-gateway", b"", UNAVAILABLE, kind)
         if self.transport is not None:
             self.transport.abort()
 

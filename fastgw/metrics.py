@@ -14,7 +14,10 @@ its slot, so counters never go backwards.
 
 Region layout, in words (kept in step with the DEF constants in proxy.pyx):
   HEADER words   [0] open client connections (a gauge, written by the worker every sweep) [1] pid
-                 [2] config generation the worker serves; the rest reserved
+                 [2] config generation the worker serves
+                 [3] access-log lines dropped because the writer fell behind, [4] lines lost because
+                 writing them failed (counters, written by the worker every sweep: fastgw/observe.py);
+                 the rest reserved
   then ROUTE words per route slot (slot 0: requests that matched no route; other slots are assigned to
   route names by the supervisor, never reused, so a name keeps its counters across reloads):
   [0..39]  responses by method (8) x status class (5): index method * 5 + class
@@ -32,6 +35,8 @@ from dataclasses import dataclass, field
 HEADER = 8
 ROUTE = 64
 H_CONNS, H_PID, H_GEN = 0, 1, 2
+H_LOG_DROPPED, H_LOG_LOST = 3, 4
+LOG_DROP_REASONS = (("backlog", H_LOG_DROPPED), ("write_error", H_LOG_LOST))
 HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
@@ -176,6 +181,18 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     return Snapshot(requests, hist, sum_us, uperr, conns, authf)
 
 
+def log_dropped(shm: SharedMemory, workers: int) -> dict[str, int]:
+    """Access-log lines not written, over every worker region (counters: dead workers' too), by reason."""
+    out = {}
+    for reason, word in LOG_DROP_REASONS:
+        out[reason] = 0
+        for w in range(workers):
+            words = shm.words(w)
+            out[reason] += words[word]
+            words.release()
+    return out
+
+
 def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) -> str:
     """Prometheus text format 0.0.4. `names[slot]` is the route label of each slot."""
     out: list[str] = []
@@ -226,6 +243,13 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
         out.append(f"fastgw_workers{_labels(state=state)} {process[state]}")
     family("fastgw_worker_restarts_total", "counter", "Workers restarted after they died.")
     out.append(f"fastgw_worker_restarts_total {process['restarts']}")
+    dropped = process.get("log_dropped")
+    if isinstance(dropped, dict):
+        family("fastgw_log_dropped_total", "counter",
+               "Access-log lines not written: the writer fell behind (backlog) or the output failed "
+               "(write_error).")
+        for reason, n in dropped.items():
+            out.append(f"fastgw_log_dropped_total{_labels(reason=reason)} {n}")
     family("fastgw_draining", "gauge", "1 after SIGTERM, while the gateway drains.")
     out.append(f"fastgw_draining {1 if process['draining'] else 0}")
     return "\n".join(out) + "\n"

@@ -38,7 +38,7 @@ import msgspec
 from fastgw import __version__
 from fastgw.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
-from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, render, snapshot
+from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, log_dropped, render, snapshot
 from fastgw.observe import log, set_context
 from fastgw.policies import ratelimit
 from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
@@ -221,7 +221,8 @@ class Supervisor:
                 if self.shm is not None and self.cfg.admin.metrics else None)
         process = {"reloads": self.reloads, "hash": self.hash, "configured": self.nworkers,
                    "running": len(live), "ready": sum(1 for s in self.slots if s.proc is not None and s.gen == self.gen),
-                   "restarts": self.restarts, "draining": self.draining}
+                   "restarts": self.restarts, "draining": self.draining,
+                   "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
         text = render(snap, self.route_names, process)
         if self.shm is not None and "rlstats" in self.shm.layout.sections:
             regions = ratelimit.stats_regions(self.shm, self.nworkers)

@@ -38,6 +38,7 @@ import uvloop
 
 from fastgw import __version__, proxyproto
 from fastgw._core.proxy import UpstreamGroup, Worker
+from fastgw.clientaddr import nets
 from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
 from fastgw.metrics import H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
@@ -241,7 +242,7 @@ class WorkerProcess:
                 for t in g.targets:
                     t.close_idle()
         self.cfg, self.groups, self.gen = cfg, groups, int(msg["gen"])
-        self.set_access_log(cfg.server.access_log)
+        self.set_access_log(cfg)
         if self.tls_contexts_now:
             loop.create_task(self.reload_tls())
         if self.words is not None:
@@ -308,11 +309,14 @@ class WorkerProcess:
             old.close()
         log("tls_reloaded", listeners=len(contexts))
 
-    def set_access_log(self, on: bool) -> None:
+    def set_access_log(self, cfg: Config) -> None:
         assert self.w is not None
+        on = cfg.server.access_log
+        if on and self.access is None:
+            self.access = AccessLog(self.slot, words=self.words)
+        if self.access is not None:
+            self.access.set_trusted(nets(cfg.server.trusted_proxies))
         if on and self.w.access_log is None:
-            if self.access is None:
-                self.access = AccessLog(self.slot)
             self.w.access_log = []
         elif not on and self.w.access_log is not None:
             self.flush_access_log()
@@ -335,6 +339,8 @@ class WorkerProcess:
             if self.words is not None:
                 self.words[H_CONNS] = len(w.conns)
             self.flush_access_log()
+            if self.access is not None:
+                self.access.publish(now)
             if self.retired:
                 self.retired = [(t, g) for t, g in self.retired if t > now]
                 for _, g in self.retired:
@@ -424,6 +430,7 @@ class WorkerProcess:
         self.flush_access_log()
         if self.access is not None:
             self.access.close()
+            self.access.publish(loop.time(), final=True)
         if self.words is not None:
             self.words[H_CONNS] = 0
         log("worker_exit", code=self.exit_code, reason=self.exit_reason)

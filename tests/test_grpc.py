@@ -203,6 +203,24 @@ def test_upstream_down_is_unavailable(chan):
     assert "cannot connect to upstream" in e.value.details()
 
 
+def test_upstream_failure_named_in_message_and_log(gw, chan):
+    """Issue 11 item 22: grpc-message names the upstream and the failure (never the target's address);
+    the access line has the upstream, the target and the failure."""
+    rid = "grpc-down-" + str(time.monotonic_ns())
+    with pytest.raises(grpc.RpcError) as e:
+        call(chan, "/down/test.Echo/Unary", b"x", metadata=(("x-request-id", rid),))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details() == 'cannot connect to upstream "down": connection refused'
+    deadline = time.monotonic() + 5
+    while not (lines := [x for x in list(gw.events) if x.get("request_id") == rid]):
+        assert time.monotonic() < deadline, "no access line"
+        time.sleep(0.05)
+    line = lines[0]
+    assert line["upstream"] == "down" and line["upstream_error"] == "connect refused"
+    assert line["grpc_status"] == 14 and line["status"] == 502
+    assert line["target"].startswith("127.0.0.1:") and line["target"].split(":")[1] not in e.value.details()
+
+
 def test_upstream_timeout_is_deadline_exceeded(chan):
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:

@@ -233,18 +233,21 @@ cdef class GrpcCall:
     cdef void check(self, double now):
         if not self.over and not self.head_sent and now > self.deadline:
             self.us.cancel()
-            self.fail(504, "upstream-timeout", b"upstream did not answer in time", 4)
+            self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
 
-    cdef void fail(self, int status, str slug, bytes detail, int code):
+    cdef void fail(self, int status, str slug, bytes detail, int code, str kind=None):
+        cdef bytes sentence
         if self.over:
             return
         self.over = True
         self.st.w.upstream_error(self.ex, status)
+        sentence = self.ex.name_failure(status, kind, detail)
         if self.head_sent:
+            self.st.w.observe(self.ex)         # the access log records the cut call and why
             self.st.reset(E_INTERNAL)          # never a silently truncated response
             return
         self.code = code
-        self.ex.fail(status, slug, detail)
+        self.ex.fail(status, slug, sentence)
 
     # -- from the upstream stream (fastgw.grpc_upstream) -----------------------------------------------
     def ack_request(self, long long n):
@@ -324,11 +327,15 @@ cdef class GrpcCall:
         self.over = True
         if not self.head_sent:
             self.st.w.upstream_error(self.ex, 502)
+            self.ex.status = 502
+        self.ex.name_failure(502, _failures.STREAM_RESET, b"")
+        self.st.w.observe(self.ex)             # the access log records the reset call and why
         self.st.reset(code)
 
-    def on_error(self, int status, str slug, bytes detail, int code):
-        """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream)."""
-        self.fail(status, slug, detail, code)
+    def on_error(self, int status, str slug, bytes detail, int code, str kind=None):
+        """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream); `kind` and
+        `detail` (its reason) as for Exchange.name_failure."""
+        self.fail(status, slug, detail, code, kind)
 
     cdef void note_status(self, bytes value):
         if value.isdigit() and len(value) <= 3:

@@ -477,8 +477,7 @@ cdef class H2Stream(ClientConn):
             grpc_problem(self, ex, p, detail, extra)       # a gRPC status, not problem+json
             return
         instance = h.path if h is not None and h.path is not None else b""
-        body = b"".join((p.body_a, p.detail if detail is None else json_bytes(detail), p.body_b,
-                         json_bytes(instance), p.body_c, ex.rid, p.body_d))
+        body = p.body(instance, ex.rid, None if detail is None else json_bytes(detail), ex.failure_members())
         headers = [(b":status", H2_STATUS.get(p.status) or b"%d" % p.status),
                    (b"content-type", b"application/problem+json"),
                    (b"content-length", b"%d" % len(body)), (b"x-request-id", ex.rid)]
@@ -723,6 +722,7 @@ cdef class H2Conn:
         st.loop = self.cl.loop
         st.rt0 = self.cl.rt0
         st.peer = self.cl.peer
+        st.tcp_peer = self.cl.tcp_peer
         st.proto = self.cl.proto
         st.outq = []
         st.counted = True

@@ -19,8 +19,8 @@ Rules kept here (and why):
   response is never presented as a complete one.
 """
 import asyncio
-import ssl
 
+from fastgw import failures as _failures
 from fastgw import proxyproto
 
 from httptools import HttpParserError, HttpResponseParser
@@ -169,16 +169,21 @@ cdef class Problem:
     cdef public bytes detail      # default detail, JSON-escaped
     cdef public bytes body_b      # '","instance":"'
     cdef public bytes body_c      # '","request_id":"'
-    cdef public bytes body_d      # '"}'
+    cdef public bytes body_d      # '"' (then the extension members, if any, and '}')
     cdef public bytes extra       # extra constant headers (e.g. Allow is per request; this is for Retry-After)
 
     cpdef bytes render(self, bytes instance, bytes rid, bytes date, bytes detail=None, bytes extra=b"",
-                       bint close=False):
-        cdef bytes body = b"".join((self.body_a, self.detail if detail is None else detail, self.body_b,
-                                    json_bytes(instance), self.body_c, rid, self.body_d))
+                       bint close=False, bytes members=b""):
+        cdef bytes body = self.body(instance, rid, detail, members)
         return b"".join((self.head, b"Content-Length: %d\r\n" % len(body), b"X-Request-ID: ", rid,
                          b"\r\n", self.extra, extra, date,
                          b"Connection: close\r\n\r\n" if close else b"\r\n", body))
+
+    cdef bytes body(self, bytes instance, bytes rid, bytes detail, bytes members):
+        """The JSON body; `detail` JSON-escaped (None: the default), `members` RFC 9457 extension members,
+        each after a comma (an upstream failure's: Exchange.failure_members), or b""."""
+        return b"".join((self.body_a, self.detail if detail is None else detail, self.body_b,
+                         json_bytes(instance), self.body_c, rid, self.body_d, members, b"}"))
 
 
 cpdef bytes json_bytes(bytes raw):
@@ -412,7 +417,7 @@ cdef class UpstreamConn:
         except HttpParserError as exc:
             if self.ex is ex:
                 self.abort()
-                ex.upstream_failed(502, "bad-gateway", b"invalid HTTP from upstream")
+                ex.upstream_failed(502, "bad-gateway", str(exc).encode(), _failures.INVALID_RESPONSE)
         finally:
             cl.batching = False
             cl.flush()
@@ -427,7 +432,7 @@ cdef class UpstreamConn:
                 ex.client.batching = False
                 ex.client.flush()
             else:
-                ex.upstream_failed(502, "bad-gateway", b"upstream closed the connection")
+                ex.upstream_failed(502, "bad-gateway", None, _failures.CLOSED)
         return False
 
     def connection_lost(self, exc):
@@ -435,7 +440,7 @@ cdef class UpstreamConn:
         self.closed = True
         self.transport = None
         if ex is not None:
-            ex.upstream_failed(502, "bad-gateway", b"upstream connection lost")
+            ex.upstream_failed(502, "bad-gateway", None, _failures.lost_error(exc))
 
     def pause_writing(self):
         if self.ex is not None:
@@ -577,13 +582,11 @@ async def _connect(Exchange ex, Target target):
             _, conn = await loop.create_connection(lambda: UpstreamConn(target), target.host, target.port,
                                                    ssl=g.ssl, server_hostname=g.server_name or target.host)
     except asyncio.CancelledError:
-        ex.connect_failed(504, "upstream-timeout", b"upstream connect timed out")
+        ex.connect_failed(504, "upstream-timeout", None, _failures.CONNECT_TIMEOUT)
         return
-    except ssl.SSLError as exc:
-        ex.connect_failed(502, "bad-gateway", f"upstream TLS handshake failed: {exc.reason or exc}".encode())
-        return
-    except OSError as exc:
-        ex.connect_failed(502, "bad-gateway", f"cannot connect to upstream: {exc.strerror or exc}".encode())
+    except OSError as exc:                           # (ssl.SSLError is an OSError)
+        kind, reason = _failures.connect_error(exc)
+        ex.connect_failed(502, "bad-gateway", reason.encode(), kind)
         return
     ex.connected(<UpstreamConn>conn)
 
@@ -633,6 +636,7 @@ cdef class Exchange:
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
+    cdef str up_error                    # why the upstream failed (fastgw/failures.py), or None
 
     # -- upstream request ------------------------------------------------------------------------------
     cdef void to_upstream(self, bytes data):
@@ -673,13 +677,31 @@ cdef class Exchange:
         self.attach(c)
         self.client.flush()
 
-    cdef void connect_failed(self, int status, str slug, bytes detail):
+    cdef void connect_failed(self, int status, str slug, bytes detail, str kind=None):
         """Refused or unreachable: 502; no connection within connect_timeout: 504. (503 is kept for
         "no usable target", e.g. every target's circuit open.)"""
         self.connect_task = None
         if not self.done:
             self.client.w.upstream_error(self, status)
-            self.fail(status, slug, detail)
+            self.fail(status, slug, self.name_failure(status, kind, detail))
+
+    cdef bytes name_failure(self, int status, str kind, bytes detail):
+        """Record why the upstream failed (`kind`, fastgw/failures.py; `detail` is its reason, if any)
+        for the access log and the problem body, and return the client's detail sentence naming the
+        upstream. A reporter that names no kind keeps its own sentence; the kind follows the status."""
+        cdef str name = self.route.group.name
+        if kind is None:
+            self.up_error = _failures.BY_STATUS.get(status, "failed")
+            return (detail or b"upstream failed") + b' (upstream "%s")' % name.encode()
+        self.up_error, sentence = _failures.describe(name, kind, detail.decode("latin-1") if detail else "")
+        return sentence
+
+    cdef bytes failure_members(self):
+        """The problem body's members naming an upstream failure (never the target's address)."""
+        if self.up_error is None:
+            return b""
+        return b',"upstream":"' + json_bytes(self.route.group.name.encode()) + b'","upstream_error":"' \
+            + json_bytes(self.up_error.encode()) + b'"'
 
     cdef void attach(self, UpstreamConn c):
         self.up = c
@@ -712,7 +734,7 @@ cdef class Exchange:
         else:
             c.close()
 
-    cdef void upstream_failed(self, int status, str slug, bytes detail):
+    cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=None):
         cdef UpstreamConn c = self.up
         if self.done:
             return
@@ -723,6 +745,8 @@ cdef class Exchange:
         if self.resp_started:
             self.done = True
             self.client.w.upstream_error(self, status)
+            self.name_failure(status, kind, detail)
+            self.client.w.observe(self)      # the access log records the cut response and why
             self.client.abort()              # never a silently truncated response
             return
         if (c is not None and c.reused and not c.got_bytes and not self.retried and not self.has_body
@@ -733,7 +757,7 @@ cdef class Exchange:
             self.acquire(True)
             return
         self.client.w.upstream_error(self, status)
-        self.fail(status, slug, detail)
+        self.fail(status, slug, self.name_failure(status, kind, detail))
 
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
@@ -939,7 +963,8 @@ cdef class ClientConn(RequestReader):
     cdef public object transport
     cdef object loop
     cdef Worker w
-    cdef bytes peer
+    cdef bytes peer                       # the client address: the TCP peer, or a PROXY header's source
+    cdef bytes tcp_peer                   # the TCP peer (the access log's `peer`)
     cdef Exchange active
     cdef Exchange rx
     cdef list queue
@@ -980,11 +1005,9 @@ cdef class ClientConn(RequestReader):
         # default, 64 KiB, paused and resumed the upstream on every 64 KiB response; nginx buffers 128 KiB
         # per request with the benchmark's proxy_buffers).
         transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
-        if self.proxied_peer is not None:
-            self.peer = self.proxied_peer
-        else:
-            peer = transport.get_extra_info("peername")
-            self.peer = (peer[0] if peer else "unknown").encode()
+        peer = transport.get_extra_info("peername")
+        self.tcp_peer = (peer[0] if peer else "unknown").encode()
+        self.peer = self.proxied_peer if self.proxied_peer is not None else self.tcp_peer
         self.proto = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self.last_rx = self.w.clock.now
         self.head_start = self.last_rx
@@ -1221,13 +1244,14 @@ cdef class ClientConn(RequestReader):
             self.send(b"0\r\n\r\n")
 
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
-        self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after))
+        self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after,
+                                      ex.failure_members()))
 
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail,
-                              bytes extra, bint close):
+                              bytes extra, bint close, bytes members=b""):
         cdef Problem p = <Problem>rt.problems[slug]
         return p.render(h.path if h is not None and h.path is not None else b"", rid, self.w.clock.date,
-                        json_bytes(detail) if detail is not None else None, extra or b"", close)
+                        json_bytes(detail) if detail is not None else None, extra or b"", close, members)
 
     # -- reader events ---------------------------------------------------------------------------------
     cdef Exchange new_exchange(self, RequestHead head):
@@ -1501,7 +1525,7 @@ cdef class ClientConn(RequestReader):
                 ex.fail(408, "request-timeout", b"request body not received in time")
             return
         if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
-            ex.upstream_failed(504, "upstream-timeout", b"upstream did not answer in time")
+            ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
 
     cdef void timeout_response(self, int status, str slug, bytes detail):
         cdef Exchange ex = self.new_exchange(None)
@@ -1600,6 +1624,7 @@ cdef class Worker:
         """One finished response: plain increments into this worker's own region (no lock: one writer;
         the supervisor reads aligned 64-bit words), and a tuple for the access log when it is on."""
         cdef uint64_t* m = self.mbuf
+        cdef Target t
         cdef long long dur
         cdef int cls
         cdef Py_ssize_t slot = 0
@@ -1621,10 +1646,12 @@ cdef class Worker:
                 b += 1
             m[M_HIST + b] += 1
             m[M_SUM_US] += <uint64_t>(dur // 1000)
-        if self.access_log is not None:
-            self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.rid,
-                                    ex.route.name if ex.route is not None else None,
-                                    ex.grpc_code - 1 if ex.grpc_code else None))
+        if self.access_log is not None:         # (fields: fastgw/_core/accesslog.pyx format_lines)
+            t = ex.target
+            self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.client.tcp_peer,
+                                    ex.rid, ex.route.name if ex.route is not None else None,
+                                    t.group.name if t is not None else None, t.hostport if t is not None else None,
+                                    ex.up_error, ex.grpc_code - 1 if ex.grpc_code else None))
 
     cdef void upstream_error(self, Exchange ex, int status):
         cdef uint64_t* m = self.mbuf

@@ -21,7 +21,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import ipaddress
 import json
 import os
 import ssl
@@ -32,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
+from fastgw.clientaddr import ClientAddress
+from fastgw.clientaddr import nets as _nets
+from fastgw.clientaddr import within as _within
 from fastgw.config import Config, JwtIssuer, Route
 from fastgw.metrics import AUTH_REASONS, AUTHF, route_base
 from fastgw.observe import log
@@ -494,51 +496,6 @@ def issuer(cfg: Config, name: str) -> Issuer:
     _ISSUERS[name] = (sig, iss)
     iss.start()
     return iss
-
-
-# ---------------------------------------------------------------------------------------------------
-# Client address and IP rules
-
-Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _nets(values: list[str]) -> tuple[Net, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
-
-
-def _within(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[Net, ...]) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == n.version and addr in n for n in nets)
-
-
-class ClientAddress:
-    """The real client address: the TCP peer (already replaced by the PROXY protocol header on
-    listeners with server.proxy_protocol), or, when the peer is a trusted proxy, the right-most
-    X-Forwarded-For entry that is not itself a trusted proxy."""
-
-    def __init__(self, trusted: tuple[Net, ...]) -> None:
-        self.trusted = trusted
-
-    def __call__(self, ex: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        try:
-            addr = ipaddress.ip_address(ex.peer.decode())
-        except ValueError:
-            return None
-        if not self.trusted or not _within(addr, self.trusted):
-            return addr
-        xff = ex.xff
-        if not xff:
-            return addr
-        for item in reversed(xff.split(b",")):
-            try:
-                hop = ipaddress.ip_address(item.strip().decode())
-            except (ValueError, UnicodeDecodeError):
-                return addr            # a malformed entry: stop at the last address we could trust
-            addr = hop
-            if not _within(hop, self.trusted):
-                return hop
-        return addr
 
 
 # ---------------------------------------------------------------------------------------------------
