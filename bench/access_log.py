@@ -1,26 +1,47 @@
 """Access-log cost when stdout is a pipe shared by the workers (how containers capture stdout).
 
-For each checkout given (--trees; default: this one), interleaved round by round: fastgw with --workers 2
-and server.access_log = true, stdout a pipe drained by a thread of this script (a log shipper that keeps
-up); bench/run.py's nginx origin and wrk (-t1, core 1) against `/3b`. Per run:
-  CPU us/req   user+system CPU of the gateway's processes (supervisor, workers, all threads) / requests
-  writes/1k    write(2) calls of the gateway's processes (/proc/PID/io syscw) per 1000 requests
-  bad lines    captured lines that are not JSON (spliced by interleaved writes)
-Medians over rounds. Variant "off" (access_log = false) is the reference.
+Three measurements (README "Logs" quotes them):
+
+wrk (default): for each checkout given (--trees; default: this one), interleaved round by round: fastgw
+  with --workers 2 and server.access_log = true, stdout a pipe drained by a thread of this script (a log
+  shipper that keeps up); bench/run.py's nginx origin and wrk (-t1, core 1) against `/3b`. Per run:
+    CPU us/req   user+system CPU of the gateway's processes (supervisor, workers, all threads) / requests
+    writes/1k    write(2) calls of the gateway's processes (/proc/PID/io syscw) per 1000 requests
+    bad lines    captured lines that are not JSON (spliced by interleaved writes)
+  Medians over rounds; variant "off" (access_log = false) is the reference. Wall-clock CPU is noisy on a
+  shared machine: read it with the other two.
+
+--writers: CPU (user + system, getrusage) per 1000 access lines written to a pipe drained by `cat`, for
+  the ways of getting lines onto a shared pipe: one write per 52 KB batch (splices), whole-line writes of
+  at most PIPE_BUF from C (fastgw._core.accesslog.write_lines) or from a Python loop, and a relay process
+  (the "supervisor collects the lines" design: the worker writes to its own pipe, the relay copies whole
+  lines on).
+
+--callgrind: instructions per request of one worker (valgrind --tool=callgrind --trace-children=yes on
+  `fastgw run --workers 1`, stdout a pipe, one keep-alive connection to a uvloop origin): the worker's
+  counters are dumped (callgrind_control -d) after a warm-up, after N1 more requests and after N2 more;
+  (I(N2) - I(N1)) / (N2 - N1) cancels fixed costs. Access log on and off, per tree.
 
     python3 bench/access_log.py [--trees PATH,PATH] [--rounds 5] [--duration 5] [--conns 64]
+    python3 bench/access_log.py --writers
+    python3 bench/access_log.py --callgrind [--trees PATH,PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
+import select
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,15 +105,174 @@ def one_run(env: run.Env, tree: str, access_log: bool, conns: int, duration: int
     return {"rps": res.rps, "cpu_us": cpu / n * 1e6, "writes_1k": writes / n * 1000, "bad": bad}
 
 
+# ---------------------------------------------------------------------------------------------------
+# --writers
+
+LINE = (b'{"ts":1796323538.265240,"type":"access","request_id":"8bcafc27990-000000003d9e","client":"127.0.0.1",'
+        b'"peer":"127.0.0.1","method":"GET","host":"127.0.0.1:43617","path":"/hello","route":"hello",'
+        b'"upstream":"origin","target":"127.0.0.1:8080","status":200,"duration_ms":0.418,"worker":0}\n')
+BATCH = LINE * 256           # one formatted chunk (observe.AccessLog.CHUNK lines)
+RELAY = r"""
+import os, resource, sys
+buf = b""
+while True:
+    d = os.read(0, 1 << 16)
+    if not d:
+        break
+    buf += d
+    k = buf.rfind(b"\n") + 1
+    if k:
+        v = memoryview(buf)[:k]
+        while v:
+            v = v[os.write(1, v):]
+        buf = buf[k:]
+u = resource.getrusage(resource.RUSAGE_SELF)
+sys.stderr.write(f"{u.ru_utime + u.ru_stime}\n")
+"""
+
+
+def _one_write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _python_lines(fd: int, data: bytes) -> None:
+    n, pos, view = len(data), 0, memoryview(data)
+    while pos < n:
+        end = n if n - pos <= select.PIPE_BUF else data.rfind(b"\n", pos, pos + select.PIPE_BUF) + 1
+        while pos < end:
+            pos += os.write(fd, view[pos:end])
+
+
+def writers(batches: int = 3000, rounds: int = 3) -> None:
+    sys.path.insert(0, run.REPO_DIR)
+    from fastgw._core.accesslog import write_lines
+
+    ways = {"one write per batch (splices)": _one_write,
+            "C, whole lines <= PIPE_BUF": lambda fd, d: write_lines(fd, d, select.PIPE_BUF),
+            "Python, whole lines <= PIPE_BUF": _python_lines,
+            "relay process (supervisor design)": None}
+    res: dict[str, list[float]] = {k: [] for k in ways}
+    k = batches * BATCH.count(b"\n") / 1000
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            r, w = os.pipe()
+            cat = subprocess.Popen(["cat"], stdin=r, stdout=subprocess.DEVNULL)
+            os.close(r)
+            relay = None
+            out = w
+            if fn is None:                   # the worker writes batches to the relay's pipe
+                r2, out = os.pipe()
+                relay = subprocess.Popen([sys.executable, "-c", RELAY], stdin=r2, stdout=w, stderr=subprocess.PIPE)
+                os.close(r2)
+                os.close(w)
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(batches):
+                (fn or _one_write)(out, BATCH)
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            os.close(out)
+            cpu = u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime
+            if relay is not None:
+                cpu += float(relay.communicate()[1])      # (includes its interpreter start, ~20 ms)
+            cat.wait()
+            res[name].append(cpu / k * 1e6)
+    print(f"\nCPU per 1000 access lines ({len(LINE)} B) to a pipe drained by cat; {batches} batches of "
+          f"{len(BATCH)} B; median of {rounds}\n")
+    print("| writer | CPU us / 1000 lines |\n|---|---|")
+    for name, xs in res.items():
+        print(f"| {name} | {statistics.median(xs):.0f} |")
+
+
+# ---------------------------------------------------------------------------------------------------
+# --callgrind
+
+def callgrind(tree: str, access_log: bool, n1: int = 1000, n2: int = 3000) -> float:
+    sys.path.insert(0, os.path.join(run.REPO_DIR, "tests"))
+    from procutil import Origin  # the uvloop origin the tests use
+
+    origin = Origin()
+    out = tempfile.mkdtemp(prefix="fastgw-cg-")
+    port, admin = run.free_port(), run.free_port()
+    cfg = os.path.join(out, "gw.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = {"true" if access_log else "false"}\n'
+                f'[server.limits]\nmax_requests_per_connection = 100000000\n'
+                f'[admin]\nlisten = "127.0.0.1:{admin}"\n[upstreams.o]\ntargets = ["{origin.addr}"]\n'
+                f'[[routes]]\nname = "all"\npath = "/*"\nupstream = "o"\n')
+    cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    gw = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
+                           f"--callgrind-out-file={out}/cg.%p", sys.executable, "-m", "fastgw", "run", "-c", cfg,
+                           "--workers", "1"], cwd=tree, env={**os.environ, "PYTHONPATH": tree},
+                          stdout=cat.stdin, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or gw.poll() is not None:
+                raise RuntimeError("fastgw under valgrind did not get ready")
+            time.sleep(1)
+        worker = next(pid for pid in run.process_tree(gw.pid)
+                      if b"fastgw.worker" in open(f"/proc/{pid}/cmdline", "rb").read())
+        s = socket.create_connection(("127.0.0.1", port))
+
+        def send(n: int) -> None:
+            for _ in range(n):
+                s.sendall(b"GET /3b HTTP/1.1\r\nHost: x\r\n\r\n")
+                buf = b""
+                while not buf.endswith(b"ok /3b\n"):
+                    buf += s.recv(65536)
+
+        def dump() -> None:
+            time.sleep(0.6)                     # the batch of these requests is formatted and written
+            subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, check=True)
+            time.sleep(0.5)
+
+        send(300)
+        dump()
+        send(n1)
+        dump()
+        send(n2)
+        dump()
+        files = sorted((f for f in os.listdir(out) if f.startswith(f"cg.{worker}.")),
+                       key=lambda f: int(f.rsplit(".", 1)[1]))
+        totals = []
+        for name in files[-2:]:
+            with open(os.path.join(out, name)) as f:
+                totals.append(next(int(x.split()[1]) for x in f if x.startswith("summary:")))
+        return (totals[1] - totals[0]) / (n2 - n1)
+    finally:
+        os.killpg(gw.pid, signal.SIGKILL)
+        gw.wait()
+        cat.stdin.close()             # type: ignore[union-attr]
+        cat.wait()
+        origin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trees", default=run.REPO_DIR, help="comma-separated checkouts (built) to compare")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--writers", action="store_true", help="the write-cost comparison only")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per request only")
     args = ap.parse_args(argv)
-    run.preflight()
     trees = args.trees.split(",")
+    if args.writers:
+        writers()
+        return 0
+    if args.callgrind:
+        print("| tree | access log | instructions / request |\n|---|---|---|")
+        for tree in trees:
+            for on in (False, True):
+                print(f"| {tree} | {'on' if on else 'off'} | {callgrind(tree, on):,.0f} |", flush=True)
+        return 0
+    run.preflight()
     variants = [(trees[0], False)] + [(t, True) for t in trees]
     results: dict[tuple[str, bool], list[dict[str, float]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="fastgw-bench-") as tmp:

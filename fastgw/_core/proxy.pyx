@@ -701,7 +701,7 @@ cdef class Exchange:
         if self.up_error is None:
             return b""
         return b',"upstream":"' + json_bytes(self.route.group.name.encode()) + b'","upstream_error":"' \
-            + json_bytes(self.up_error.encode()) + b'"'
+            + json_bytes(self.up_error.encode("ascii", "replace")) + b'"'
 
     cdef void attach(self, UpstreamConn c):
         self.up = c
