@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -48,6 +49,9 @@ BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 10.0
 STOP_GRACE = 3.0             # fast stop: SIGKILL workers still running after this
 DRAIN_SLACK = 5.0            # drain: SIGKILL workers still running this long after accept + timeout
+# Words put before every worker's command line, for measuring the worker alone (bench/callgrind.py runs
+# it under valgrind this way). Read from the supervisor's own environment, which only its owner controls.
+WORKER_WRAPPER_ENV = "FASTGW_WORKER_WRAPPER"
 
 
 @dataclass
@@ -142,6 +146,7 @@ class Supervisor:
         pass_fds = [*fds, child.fileno()]
         cmd = [sys.executable, "-m", "fastgw.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
                "--listen-fds", ",".join(map(str, fds)), "--listen-kinds", ",".join(self.kinds)]
+        cmd[:0] = shlex.split(os.environ.get(WORKER_WRAPPER_ENV, ""))
         if self.shm is not None:
             pass_fds.append(self.shm.fd)
             cmd += ["--shm-fd", str(self.shm.fd), "--shm-layout", msgspec.json.encode(self.shm.layout.to_json()).decode()]
