@@ -284,7 +284,9 @@ def _chain(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
 # Grants g tokens: g = want when every enforced limit has that many; with partial = 1, the most every
 # enforced limit can give (maybe 0); with partial = 0, want or nothing. Granted tokens are charged to
 # every limit (shadow limits too, capped at what they have). Reply: {g, shadowed, then per limit:
-# remaining after the grant, ms until the limit is whole again, ms until one more token}.
+# remaining after the grant, ms until more quota is made available (rate: the next token; quota: the
+# window end; the `t` of draft-ietf-httpapi-ratelimit-headers-10 §4.1.2), ms until one more token when
+# none is left (the same number: a 429's Retry-After and t agree)}.
 TAKE = Script(r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -363,9 +365,10 @@ for i = 1, n do
     if g > 0 then
       redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
     end
-    reset = math.ceil((tat - now) / 1000)
+    local credit = b - (tat - now)
+    reset = math.ceil(((left + 1) * a - credit) / 1000)
     retry = 0
-    if left < 1 then retry = math.ceil((tat + a - b - now) / 1000) end
+    if left < 1 then retry = reset end
   else
     if g > 0 then
       redis.call('HSET', KEYS[i], 'w', s0, 'n', s1 + g)

@@ -55,11 +55,12 @@ cdef class Plan:
     cdef int64_t[16] kind, interval, tau, count, enforce, seed, keyidx
     cdef public int tight           # limit reported in headers (the one with the least left), or -1
     cdef public long long remaining
-    cdef public long long reset_s   # seconds until the tight limit resets (t=)
-    cdef public long long retry_s   # on rejection: seconds until a retry can succeed (Retry-After)
+    cdef public long long reset_s   # seconds until the tight limit makes more quota available (t=)
+    cdef public long long retry_s   # on rejection: seconds until a retry can succeed (Retry-After = t)
     cdef public unsigned long long charged    # bit i: limit i was charged by the last check that passed
     cdef public int shadowed        # limits over their budget but in shadow mode (enforce = false)
     cdef uint64_t _key(self, tuple keys, int i) except? 0
     cdef void _undo(self, tuple keys, uint64_t done, int64_t mono, int64_t wall) except *
+    cdef int64_t _wait(self, tuple keys, int i, int64_t mono, int64_t wall) except -1
     cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2
     cpdef void release(self, tuple keys, uint64_t charged) except *

@@ -125,7 +125,8 @@ def window_end(int64_t kind, int64_t wall):
 cdef struct Outcome:
     bint ok
     int64_t remaining
-    int64_t reset_ns    # until the limit is whole again (rate: bucket full; quota: window end)
+    int64_t reset_ns    # until more quota is made available (the `t` of draft-ietf-httpapi-ratelimit-
+    #                     headers-10 §4.1.2): rate: the next token; quota: the window end
     int64_t retry_ns    # when denied: until the same request could pass
 
 
@@ -148,18 +149,24 @@ cdef inline void _unlock(Slot* first) noexcept nogil:
 
 cdef inline void _rate(Slot* s, int64_t now, int64_t interval, int64_t tau, int64_t n, bint commit,
                        Outcome* o) noexcept nogil:
+    # The bucket holds (tau - (TAT - now)) / interval tokens; the next whole one arrives when that credit
+    # reaches the next multiple of the interval. Refused (n = 1): that is exactly retry_ns, so the 429's
+    # Retry-After and its RateLimit t are one number.
     cdef int64_t tat = s.a if s.a > now else now
     cdef int64_t new = tat + n * interval
+    cdef int64_t credit
     if new - now > tau:
         o.ok = False
         o.retry_ns = new - tau - now
-        o.remaining = (tau - (tat - now)) // interval
-        o.reset_ns = tat - now
+        credit = tau - (tat - now)
+        o.remaining = credit // interval
+        o.reset_ns = (o.remaining + 1) * interval - credit
         return
     o.ok = True
     o.retry_ns = 0
-    o.remaining = (tau - (new - now)) // interval
-    o.reset_ns = new - now
+    credit = tau - (new - now)
+    o.remaining = credit // interval
+    o.reset_ns = (o.remaining + 1) * interval - credit
     if commit:
         s.a = new
         s.idle_at = new
@@ -421,8 +428,30 @@ cdef class Plan:
                     s.b -= 1
             _unlock(first)
 
+    cdef int64_t _wait(self, tuple keys, int i, int64_t mono, int64_t wall) except -1:
+        """Until limit i would admit one more request (0: now); nothing is charged or created."""
+        cdef uint64_t k = self._key(keys, i)
+        cdef Slot* first = self.table._bucket(k)
+        cdef Slot* s
+        cdef Outcome o
+        cdef int64_t w = 0
+        _lock(self.table.hdr, first)
+        s = self.table.find(k, mono, False)
+        if s != NULL:
+            if self.kind[i] == K_RATE:
+                _rate(s, mono, self.interval[i], self.tau[i], 1, False, &o)
+                w = o.retry_ns
+            elif self.kind[i] == K_CONC:
+                w = NS if s.a + 1 > self.count[i] else 0      # as _conc: "some request ends", say 1 s
+            else:
+                _quota(s, self.kind[i], self.count[i], 1, mono, wall, False, &o)
+                w = o.retry_ns
+        _unlock(first)
+        return w
+
     cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2:
-        cdef int i, kind
+        cdef int i, j, kind
+        cdef int64_t wait, w
         cdef uint64_t k
         cdef uint64_t done = 0     # bit i: limit i was charged (undone if a later limit rejects)
         cdef Outcome o
@@ -452,13 +481,21 @@ cdef class Plan:
                     self.shadowed += 1
                     continue
                 self._undo(keys, done, mono, wall)
+                # The request passes again only when every enforced limit has room: report the refusing
+                # limit that keeps it waiting longest, so that Retry-After (and that limit's t) is when
+                # the same request could pass, not when the first refusing limit alone would let it.
                 self.tight = i
+                wait = o.retry_ns
+                for j in range(i + 1, self.n):
+                    if self.enforce[j]:
+                        w = self._wait(keys, j, mono, wall)
+                        if w > wait:
+                            wait = w
+                            self.tight = j
                 self.remaining = 0
-                self.reset_s = (o.reset_ns + NS - 1) // NS
-                self.retry_s = (o.retry_ns + NS - 1) // NS
-                if self.retry_s < 1:
-                    self.retry_s = 1
-                return i
+                self.reset_s = (wait + NS - 1) // NS
+                self.retry_s = self.reset_s if self.reset_s > 1 else 1
+                return self.tight
             done |= (<uint64_t>1) << i
             if kind != K_CONC and self.enforce[i] and (o.remaining < best or (o.remaining == best and o.reset_ns > best_reset)):
                 best = o.remaining

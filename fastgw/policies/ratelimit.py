@@ -299,8 +299,13 @@ class Limit:
         if self.kind == B.CONCURRENCY:
             return None
         if self.kind == B.RATE:
-            # The bucket's size over the time it takes to refill from empty.
-            return f'"{self.name}";q={self.burst};w={max(1, math.ceil(self.burst * self.interval / NS))}'
+            # A token bucket in quota units (README "Responses"): q tokens are made available every w
+            # seconds, which a client spreading its requests evenly can rely on (and, with burst >= q,
+            # q requests in any w-second window however bunched). A burst other than the count is said
+            # in a vendor parameter (draft-ietf-httpapi-ratelimit-headers-10 §3.1): with burst = 1,
+            # "10/s" is 10 per second one at a time, not 1 per second.
+            burst = f";fastgw-burst={self.burst}" if self.burst != self.count else ""
+            return f'"{self.name}";q={self.count};w={self.period}{burst}'
         return f'"{self.name}";q={self.count};w={self.period}'
 
 
