@@ -275,3 +275,39 @@ def test_lease_headers_from_the_store_and_mostly_local(tmp_path: Path, echo_orig
         assert scripts < 60, scripts                      # the lease serves most requests locally
     finally:
         gw.close()
+
+
+def test_cluster_redirection_falls_back_and_every_fallback_is_counted(tmp_path: Path, echo_origin,
+                                                                       redis_cluster) -> None:
+    """A Redis Cluster node answers MOVED for the keys of another node's slots (fastgw's client talks to
+    one node). Each such call falls back to local enforcement, and each is counted like a lost connection:
+    fastgw_redis_errors_total, the degraded gauge, and a ratelimit_store_error log line naming MOVED. (It
+    used to fall back with only a log line: the metrics said all was well.)"""
+    routes = '[[routes]]\nname = "c"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
+    plans = ('[plans.p]\nlimits = [{ rate = "1000/s", key = ["header:X-Key"] }]\nsync = "strict"\n'
+             'on_store_error = "local"\n')
+    text = rlutil.config(echo_origin.addr, routes, plans, redis_cluster.a.url) + 'timeout = "250ms"\n'
+    gw = rlutil.start(tmp_path, text, workers=1)
+    try:
+        gw.wait_event("ratelimit_store_up")     # connected: every fallback below is a MOVED reply
+        host, port = gw.listen.rsplit(":", 1)
+        degraded = 0
+        for i in range(20):
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.request("GET", f"/moved/{i}", headers={"X-Key": f"key-{i}"})
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            assert r.status == 200
+            if r.getheader("RateLimit-Degraded") is not None:
+                assert r.getheader("RateLimit-Degraded").startswith("local")
+                degraded += 1
+        assert degraded >= 18, degraded        # 1 slot of 16384 is node a's: almost every key moved
+        text = rlutil.metrics(gw)
+        assert metric(text, "fastgw_redis_errors_total") == degraded     # the heartbeat's slot is node a's
+        assert metric(text, "fastgw_ratelimit_degraded") == 1
+        assert metric(text, "fastgw_ratelimit_decisions_total", route="c", plan="p", decision="degraded") == degraded
+        ev = gw.wait_event("ratelimit_store_error")
+        assert "MOVED" in ev["error"]
+    finally:
+        gw.close()

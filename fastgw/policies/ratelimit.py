@@ -131,13 +131,15 @@ def render_metrics(regions: list[Any], live: list[Any], cfg: Config) -> list[str
             if n:
                 out.append(f'fastgw_ratelimit_decisions_total{{route="{route}",plan="{plan}",'
                            f'decision="{DECISIONS[d]}"}} {n}')
-    out += ["# HELP fastgw_redis_errors_total Redis failures (timeouts, lost connections) over all workers.",
+    out += ["# HELP fastgw_redis_errors_total Redis failures over all workers: timeouts, lost or refused "
+            "connections, error replies (a Redis Cluster MOVED, OOM, script errors).",
             "# TYPE fastgw_redis_errors_total counter",
             f"fastgw_redis_errors_total {sum(w[0] for w in regions)}",
             "# HELP fastgw_redis_commands_total Redis commands sent by the workers.",
             "# TYPE fastgw_redis_commands_total counter",
             f"fastgw_redis_commands_total {sum(w[2] for w in regions)}",
-            "# HELP fastgw_ratelimit_degraded Workers whose shared quota store is unavailable (fallback on).",
+            "# HELP fastgw_ratelimit_degraded Workers falling back from Redis (breaker open, or a failed call "
+            "within the last heartbeat).",
             "# TYPE fastgw_ratelimit_degraded gauge",
             f"fastgw_ratelimit_degraded {sum(w[1] for w in live)}"]
     return out
@@ -160,15 +162,31 @@ class Store:
         self.client = RedisClient(rd.url, rd.timeout, rd.retry_interval, SCRIPTS, loop, self._on_error)
         self.client.start()
         self.was_up = False
+        self.failed = False                  # a call failed since the last gauge refresh
+        self.logged_at = -1e9                # error replies: last logged (monotonic s), and not logged since
+        self.quiet = 0
         self.task = loop.create_task(self._beat())
 
-    def _on_error(self) -> None:
+    def _on_error(self, reason: str, breaker_open: bool) -> None:
+        """Every Redis failure (fastgw.quota.RedisClient): counted, and the degraded gauge is on at once;
+        the heartbeat loop turns it off after a beat period without failure."""
+        self.failed = True
         if self.stats is not None:
             self.stats.words[0] += 1
             self.stats.words[1] = 1
-        if self.was_up:
-            self.was_up = False
-            log("ratelimit_store_down", level="warning", url=_safe_url(self.url))
+        if breaker_open:
+            if self.was_up:
+                self.was_up = False
+                log("ratelimit_store_down", level="warning", url=_safe_url(self.url), error=reason)
+            return
+        # An error reply (a Redis Cluster MOVED, OOM, a script error): the connection stays, the calls
+        # that get one fall back. Logged at most every 10 s, with the count of those not logged.
+        now = time.monotonic()
+        self.quiet += 1
+        if now - self.logged_at >= 10.0:
+            log("ratelimit_store_error", level="warning", url=_safe_url(self.url), error=reason,
+                since_last=self.quiet)
+            self.logged_at, self.quiet = now, 0
 
     @property
     def up(self) -> bool:
@@ -176,10 +194,15 @@ class Store:
         if up and not self.was_up:
             self.was_up = True
             log("ratelimit_store_up", url=_safe_url(self.url))
-        if self.stats is not None:
-            self.stats.words[1] = 0 if up else 1
-            self.stats.words[2] = self.client.commands
         return up
+
+    def refresh_gauges(self) -> None:
+        """Degraded: the breaker is open, or a call failed since the previous refresh (one beat ago)."""
+        up = self.up
+        if self.stats is not None:
+            self.stats.words[1] = 0 if up and not self.failed else 1
+            self.stats.words[2] = self.client.commands
+        self.failed = False
 
     async def _beat(self) -> None:
         while True:
@@ -190,8 +213,8 @@ class Store:
                     if isinstance(n, int) and n > 0:
                         self.instances = n
             except StoreDown:
-                pass
-            _ = self.up                          # refresh the gauges
+                pass                             # counted by _on_error
+            self.refresh_gauges()
             await asyncio.sleep(self.settings.heartbeat if self.client.up else min(0.1, self.settings.heartbeat))
 
     def close(self) -> None:
@@ -439,9 +462,6 @@ class RateLimitPolicy(G.RateGate):
             rep = await fut
         except StoreDown:
             return self.degraded(ex, plan, keys)
-        if not isinstance(rep, list):
-            log("ratelimit_script_error", level="error", error=str(rep))
-            return self.degraded(ex, plan, keys)
         granted, shadow = rep[0], rep[1]
         if shadow:
             self.count(plan.name, D_SHADOW)
@@ -581,10 +601,6 @@ class RateLimitPolicy(G.RateGate):
                 return
             rep = f.result()
             now = time.monotonic_ns()
-            if not isinstance(rep, list):
-                log("ratelimit_script_error", level="error", error=str(rep))
-                self._release_queue(plan, tag, StoreDown(str(rep)))
-                return
             granted = rep[0]
             if rep[1]:
                 self.count(plan.name, D_SHADOW)
