@@ -248,6 +248,7 @@ class RedisStore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     lease_max: int = 1000                 # most tokens one worker takes per refill, for one key
     lease_ttl: Duration = 1.0             # unspent leased tokens expire after this
     heartbeat: Duration = 1.0             # instance liveness (for on_store_error = "local")
+    expected_instances: int | None = None  # on_store_error = "local": divide limits by at least this many
 
 
 class RateLimitTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -1008,6 +1009,8 @@ def _check_traffic(cfg: Config, errors: list[str]) -> None:
                 errors.append(f"redis.{field}: must be greater than 0")
         if rd.lease_max < 1:
             errors.append("redis.lease_max: must be at least 1")
+        if rd.expected_instances is not None and not 1 <= rd.expected_instances <= 10000:
+            errors.append("redis.expected_instances: must be between 1 and 10000")
     # 64-byte slots; fewer than 64 slots would evict live keys constantly.
     if cfg.ratelimit.table_size < 64 * 65:
         errors.append("ratelimit.table_size: must be at least 4KiB")

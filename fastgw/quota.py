@@ -426,9 +426,17 @@ def overshoot_summary(cfg: Config, workers: int) -> list[str]:
         sync = plan.sync if cfg.redis is not None else "local"
         note = "" if sync == plan.sync else f" (sync = {plan.sync}, but no [redis]: enforced per host)"
         out.append(f"  {name}: sync={sync}, on_store_error={plan.on_store_error}{note}")
-        if sync != "lease" or cfg.redis is None:
+        if sync == "local" or cfg.redis is None:
             continue
         rd = cfg.redis
+        if plan.on_store_error == "local":
+            floor = (f"redis.expected_instances = {rd.expected_instances}" if rd.expected_instances else
+                     "redis.expected_instances unset: an instance that starts while Redis is down enforces "
+                     "the whole limit until it sees a heartbeat")
+            out.append(f"    while Redis is unavailable: limits / the larger of the live instances last seen in "
+                       f"Redis and {floor}")
+        if sync != "lease":
+            continue
         for i, lim in enumerate(plan.limits):
             if lim.concurrency is not None:
                 continue

@@ -36,7 +36,8 @@ cdef struct Header:
     uint64_t instance       # random id of the host's gateway instance (written by the supervisor)
     uint64_t evictions      # live (not yet idle) entries evicted because their bucket was full
     uint64_t steals         # locks taken over after a holder died mid-update
-    uint64_t spare[3]
+    uint64_t instances_seen # the host table: live instances in the last Redis heartbeat any worker saw
+    uint64_t spare[2]
 
 
 cdef class Table:

@@ -252,6 +252,15 @@ cdef class Table:
     def instance(self, uint64_t v):
         self.hdr.instance = v
 
+    @property
+    def instances_seen(self):
+        """Kept in the table so that it outlives the workers (fastgw.policies.ratelimit.Store.share)."""
+        return self.hdr.instances_seen
+
+    @instances_seen.setter
+    def instances_seen(self, uint64_t v):
+        self.hdr.instances_seen = v
+
     def used(self):
         """Slots holding a key (idle or not); O(table)."""
         cdef uint64_t i, c = 0
