@@ -61,6 +61,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     body_timeout: Duration = 30.0
     max_requests_per_connection: int = 1000
     max_pipelined: int = 16
+    auth_failures: str = "20/min"     # failed credentials per client address, then 429 (or "off")
 
 
 class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -707,6 +708,11 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
     # A zero body limit is meaningful: such routes accept no request body at all.
     if lim.max_body < 0:
         errors.append("server.limits.max_body: must not be negative")
+    if lim.auth_failures != "off":
+        try:
+            parse_rate(lim.auth_failures)
+        except ValueError as e:
+            errors.append(f'server.limits.auth_failures: {e} (or "off")')
     h2 = s.http2
     # RFC 9113 6.5.2 asks for at least 100 concurrent streams; 1000 bounds what one connection may hold.
     if not 1 <= h2.max_concurrent_streams <= 1000:

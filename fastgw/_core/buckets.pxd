@@ -37,7 +37,9 @@ cdef struct Header:
     uint64_t evictions      # live (not yet idle) entries evicted because their bucket was full
     uint64_t steals         # locks taken over after a holder died mid-update
     uint64_t instances_seen # the host table: live instances in the last Redis heartbeat any worker saw
-    uint64_t spare[2]
+    uint64_t blocked_until  # the auth-failure table: until then (monotonic ns) some key may be over its
+    #                         budget; 0: none is (fastgw.policies.authfail; read on the auth fast path)
+    uint64_t spare
 
 
 cdef class Table:
@@ -48,6 +50,7 @@ cdef class Table:
     cdef Slot* find(self, uint64_t key, int64_t now, bint create) noexcept nogil
     cdef Slot* _bucket(self, uint64_t key) noexcept nogil
     cpdef long long lease_take(self, uint64_t key, int64_t now)
+    cpdef int64_t rate_wait(self, uint64_t key, int64_t now, int64_t interval, int64_t burst)
 
 
 cdef class Plan:

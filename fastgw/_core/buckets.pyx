@@ -30,6 +30,13 @@ cdef extern from *:
         return __atomic_compare_exchange_n(p, &expected, 1ULL, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
     }
     static inline void fgw_unlock(unsigned long long *p) { __atomic_store_n(p, 0ULL, __ATOMIC_RELEASE); }
+    static inline void fgw_raise(unsigned long long *p, unsigned long long v) {
+        unsigned long long cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+        while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {}
+    }
+    static inline void fgw_clear_if(unsigned long long *p, unsigned long long seen) {
+        __atomic_compare_exchange_n(p, &seen, 0ULL, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    }
     static inline void fgw_pause(void) {
     #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -38,6 +45,8 @@ cdef extern from *:
     """
     int fgw_trylock(unsigned long long* p) noexcept nogil
     void fgw_unlock(unsigned long long* p) noexcept nogil
+    void fgw_raise(unsigned long long* p, unsigned long long v) noexcept nogil
+    void fgw_clear_if(unsigned long long* p, unsigned long long seen) noexcept nogil
     void fgw_pause() noexcept nogil
 
 DEF MAGIC = 0x66676277746b6231     # "fgbwtkb1"
@@ -172,6 +181,15 @@ cdef inline void _rate(Slot* s, int64_t now, int64_t interval, int64_t tau, int6
         s.idle_at = new
 
 
+cdef inline int64_t _rate_wait(Slot* s, int64_t now, int64_t interval, int64_t tau) noexcept nogil:
+    """Until one more request would pass the rate limit in slot s (0: now; NULL: a fresh key)."""
+    cdef int64_t tat
+    if s == NULL:
+        return 0
+    tat = s.a if s.a > now else now
+    return tat + interval - tau - now if tat + interval - now > tau else 0
+
+
 cdef inline void _quota(Slot* s, int64_t kind, int64_t limit, int64_t n, int64_t mono, int64_t wall,
                         bint commit, Outcome* o) noexcept nogil:
     cdef int64_t end = _window_end(kind, wall)
@@ -251,6 +269,27 @@ cdef class Table:
     @instance.setter
     def instance(self, uint64_t v):
         self.hdr.instance = v
+
+    @property
+    def blocked_until(self):
+        return self.hdr.blocked_until
+
+    def block_until(self, uint64_t until):
+        """Raise blocked_until to `until` (atomic maximum: workers of one host race on it)."""
+        fgw_raise(<unsigned long long*>&self.hdr.blocked_until, until)
+
+    def unblock(self, uint64_t seen):
+        """blocked_until = 0, unless another worker raised it since it was read as `seen`."""
+        fgw_clear_if(<unsigned long long*>&self.hdr.blocked_until, seen)
+
+    cpdef int64_t rate_wait(self, uint64_t key, int64_t now, int64_t interval, int64_t burst):
+        """Nanoseconds until `key` could take one more token (0: now), without charging or creating it."""
+        cdef Slot* first = self._bucket(key)
+        cdef int64_t w
+        _lock(self.hdr, first)
+        w = _rate_wait(self.find(key, now, False), now, interval, burst * interval)
+        _unlock(first)
+        return w
 
     @property
     def instances_seen(self):
@@ -448,8 +487,7 @@ cdef class Plan:
         s = self.table.find(k, mono, False)
         if s != NULL:
             if self.kind[i] == K_RATE:
-                _rate(s, mono, self.interval[i], self.tau[i], 1, False, &o)
-                w = o.retry_ns
+                w = _rate_wait(s, mono, self.interval[i], self.tau[i])
             elif self.kind[i] == K_CONC:
                 w = NS if s.a + 1 > self.count[i] else 0      # as _conc: "some request ends", say 1 s
             else:
