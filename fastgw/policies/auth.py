@@ -584,8 +584,9 @@ class AuthPolicy(AuthGate):
             if iss.header is None and iss.cookie is None:
                 self.first, self.issuer = 2, iss
         # Failed credentials per client address (server.limits.auth_failures): only where some are checked.
-        self.failures = authfail.budget(cfg, services if services is not None else {}, self.client) \
+        self.budget = authfail.budget(cfg, services if services is not None else {}, self.client) \
             if self.methods else None
+        self.failures = self.budget           # the compiled check (AuthGate.throttled)
 
     def slow(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
         if self.ip_rules:
@@ -649,8 +650,8 @@ class AuthPolicy(AuthGate):
             self.fail(F_MISSING)
             return (401, "unauthorized", None, self.challenge)
         self.fail(F_EXPIRED if failure == _EXPIRED else F_INVALID)
-        if self.failures is not None:
-            self.failures.failed(ex)
+        if self.budget is not None:
+            self.budget.failed(ex)
         return (401, "unauthorized", failure.encode(), _INVALID if self.challenge is _BEARER else self.challenge)
 
     async def _after_fetch(self, ex: Any, iss: Issuer) -> Rejection | None:

@@ -321,13 +321,11 @@ class Limit:
         self.key = tuple(lim.key)
         self.seed = B.hash_key(0, f"{plan}\0{i}\0{self.name}".encode())
         self.burst = 0
-        self.interval = 0
         self.count = 0
         self.window = ""
         if lim.rate is not None:
             count, period = parse_rate(lim.rate)
             self.kind = B.RATE
-            self.interval = period * NS // count
             self.burst = lim.burst if lim.burst is not None else count
             self.count, self.period = count, period
             self.slug = "rate-limited"
