@@ -41,7 +41,7 @@ from fastgw.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
 from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, render, snapshot
 from fastgw.observe import log, set_context
-from fastgw.policies import ratelimit
+from fastgw.policies import authfail, ratelimit
 from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
@@ -317,8 +317,10 @@ class Supervisor:
         set_context(role="supervisor")
         loop = asyncio.get_running_loop()
         self.bind_all()
-        self.shm = SharedMemory.create(self.nworkers, extra=ratelimit.shm_sections(self.cfg, self.nworkers))
+        self.shm = SharedMemory.create(self.nworkers, extra={**ratelimit.shm_sections(self.cfg, self.nworkers),
+                                                              **authfail.shm_sections()})
         ratelimit.init_shared(self.shm)
+        authfail.init_shared(self.shm)
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
         try:
