@@ -1,6 +1,6 @@
 """Access-log cost when stdout is a pipe shared by the workers (how containers capture stdout).
 
-Three measurements (README "Logs" quotes them):
+Two measurements (README "Logs" quotes them):
 
 wrk (default): for each checkout given (--trees; default: this one), interleaved round by round: fastgw
   with --workers 2 and server.access_log = true, stdout a pipe drained by a thread of this script (a log
@@ -17,14 +17,10 @@ wrk (default): for each checkout given (--trees; default: this one), interleaved
   (the "supervisor collects the lines" design: the worker writes to its own pipe, the relay copies whole
   lines on).
 
---callgrind: instructions per request of one worker (valgrind --tool=callgrind --trace-children=yes on
-  `fastgw run --workers 1`, stdout a pipe, one keep-alive connection to a uvloop origin): the worker's
-  counters are dumped (callgrind_control -d) after a warm-up, after N1 more requests and after N2 more;
-  (I(N2) - I(N1)) / (N2 - N1) cancels fixed costs. Access log on and off, per tree.
+Instructions per request with the access log on: bench/callgrind.py, scenario access_log.
 
     python3 bench/access_log.py [--trees PATH,PATH] [--rounds 5] [--duration 5] [--conns 64]
     python3 bench/access_log.py --writers
-    python3 bench/access_log.py --callgrind [--trees PATH,PATH]
 """
 from __future__ import annotations
 
@@ -33,15 +29,12 @@ import json
 import os
 import resource
 import select
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,75 +177,6 @@ def writers(batches: int = 3000, rounds: int = 3) -> None:
         print(f"| {name} | {statistics.median(xs):.0f} |")
 
 
-# ---------------------------------------------------------------------------------------------------
-# --callgrind
-
-def callgrind(tree: str, access_log: bool, n1: int = 1000, n2: int = 3000) -> float:
-    sys.path.insert(0, os.path.join(run.REPO_DIR, "tests"))
-    from procutil import Origin  # the uvloop origin the tests use
-
-    origin = Origin()
-    out = tempfile.mkdtemp(prefix="fastgw-cg-")
-    port, admin = run.free_port(), run.free_port()
-    cfg = os.path.join(out, "gw.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = {"true" if access_log else "false"}\n'
-                f'[server.limits]\nmax_requests_per_connection = 100000000\n'
-                f'[admin]\nlisten = "127.0.0.1:{admin}"\n[upstreams.o]\ntargets = ["{origin.addr}"]\n'
-                f'[[routes]]\nname = "all"\npath = "/*"\nupstream = "o"\n')
-    cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    gw = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
-                           f"--callgrind-out-file={out}/cg.%p", sys.executable, "-m", "fastgw", "run", "-c", cfg,
-                           "--workers", "1"], cwd=tree, env={**os.environ, "PYTHONPATH": tree},
-                          stdout=cat.stdin, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or gw.poll() is not None:
-                raise RuntimeError("fastgw under valgrind did not get ready")
-            time.sleep(1)
-        worker = next(pid for pid in run.process_tree(gw.pid)
-                      if b"fastgw.worker" in open(f"/proc/{pid}/cmdline", "rb").read())
-        s = socket.create_connection(("127.0.0.1", port))
-
-        def send(n: int) -> None:
-            for _ in range(n):
-                s.sendall(b"GET /3b HTTP/1.1\r\nHost: x\r\n\r\n")
-                buf = b""
-                while not buf.endswith(b"ok /3b\n"):
-                    buf += s.recv(65536)
-
-        def dump() -> None:
-            time.sleep(0.6)                     # the batch of these requests is formatted and written
-            subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, check=True)
-            time.sleep(0.5)
-
-        send(300)
-        dump()
-        send(n1)
-        dump()
-        send(n2)
-        dump()
-        files = sorted((f for f in os.listdir(out) if f.startswith(f"cg.{worker}.")),
-                       key=lambda f: int(f.rsplit(".", 1)[1]))
-        totals = []
-        for name in files[-2:]:
-            with open(os.path.join(out, name)) as f:
-                totals.append(next(int(x.split()[1]) for x in f if x.startswith("summary:")))
-        return (totals[1] - totals[0]) / (n2 - n1)
-    finally:
-        os.killpg(gw.pid, signal.SIGKILL)
-        gw.wait()
-        cat.stdin.close()             # type: ignore[union-attr]
-        cat.wait()
-        origin.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trees", default=run.REPO_DIR, help="comma-separated checkouts (built) to compare")
@@ -260,17 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--writers", action="store_true", help="the write-cost comparison only")
-    ap.add_argument("--callgrind", action="store_true", help="instructions per request only")
     args = ap.parse_args(argv)
     trees = args.trees.split(",")
     if args.writers:
         writers()
-        return 0
-    if args.callgrind:
-        print("| tree | access log | instructions / request |\n|---|---|---|")
-        for tree in trees:
-            for on in (False, True):
-                print(f"| {tree} | {'on' if on else 'off'} | {callgrind(tree, on):,.0f} |", flush=True)
         return 0
     run.preflight()
     variants = [(trees[0], False)] + [(t, True) for t in trees]

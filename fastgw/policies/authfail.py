@@ -4,7 +4,7 @@ verified, all 40. Now each failed credential (401 invalid or expired, not a miss
 the address's bucket; when the bucket is empty, requests from that address on authenticated routes are
 answered 429 `auth-throttled` before any credential is looked at, until a token is back.
 
-Which address: the one the IP rules use (fastgw.policies.auth.ClientAddress: the TCP peer, from the PROXY
+Which address: the one the IP rules use (fastgw.clientaddr.ClientAddress: the TCP peer, from the PROXY
 protocol header when the listener has it, or the trusted X-Forwarded-For entry). An IPv6 client is counted
 by its /64, the block one subscriber usually gets (cycling through the addresses of one /64 does not buy a
 fresh budget) [the same rule as common IPv6 rate limiters].
