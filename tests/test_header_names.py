@@ -147,6 +147,8 @@ def test_allow_underscores_keeps_only_names_the_gateway_does_not_own(gws: dict, 
     after = drops(gw)
     assert after["underscore"] == before["underscore"]
     assert after["managed_alias"] - before["managed_alias"] == len(FORGED)
+    # log_level "info" (the default): counted, but no debug line.
+    assert not [e for e in gw.events if e.get("event") == "headers_dropped"]
 
 
 def test_connection_specific_and_forwarding_headers_never_cross(gws: dict) -> None:
