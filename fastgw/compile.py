@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastgw import __version__
-from fastgw._core.http1 import DEFAULT_ACTIONS, with_case_variants
 from fastgw._core.proxy import H2Limits, RouteRT, Runtime, Target, UpstreamGroup
 from fastgw._core.router import Router
+from fastgw._core.wire import HeaderTable
 from fastgw.config import Config
 from fastgw.errors import build_problems
+from fastgw.headers import fold
 from fastgw.policies import build_route_policies, chain
 from fastgw.policies.auth import strip_headers
 
@@ -29,23 +30,21 @@ def _header_bytes(add: dict[str, str]) -> bytes:
 
 
 def _remove_set(names: list[str]) -> frozenset[bytes] | None:
-    return frozenset(n.lower().encode("latin-1") for n in names) if names else None
+    """Folded names (as filter_headers compares them: lowercase, "_" read as "-")."""
+    return frozenset(fold(n).encode("latin-1") for n in names) if names else None
 
 
-def header_actions(cfg: Config) -> dict[bytes, int]:
-    """The request readers' header table: the defaults, plus every header the config reads a credential
-    from (the API-key header, JWT issuers' `header`, and Cookie when an issuer reads a cookie) as
-    "forwarded, never twice" (action 9, like Authorization): with two copies the gateway would check one
-    and the upstream might read the other."""
-    actions = dict(DEFAULT_ACTIONS)
-    names = [cfg.auth.api_key.header] + [i.header for i in cfg.auth.jwt.values() if i.header]
+def header_table(cfg: Config) -> HeaderTable:
+    """The request readers' wire table for this config: fastgw/headers.py, plus
+    - every claims_to_headers target as an identity header (the client's copy is dropped);
+    - every header the config reads a credential from (the API-key header, JWT issuers' `header`, and
+      Cookie when an issuer reads a cookie) as "forwarded, never twice", like Authorization: with two
+      copies the gateway would check one and the upstream might read the other."""
+    identity = [h for i in cfg.auth.jwt.values() for h in i.claims_to_headers.values()]
+    credentials = [cfg.auth.api_key.header] + [i.header for i in cfg.auth.jwt.values() if i.header]
     if any(i.cookie for i in cfg.auth.jwt.values()):
-        names.append("Cookie")
-    for name in names:
-        low = name.lower().encode("latin-1")
-        if low not in actions:            # never override what the reader does with a header it owns
-            actions.update(with_case_variants({low: 9}))
-    return actions
+        credentials.append("Cookie")
+    return HeaderTable(identity, credentials, cfg.server.limits.allow_underscores)
 
 
 def build_groups(cfg: Config, old: Config | None = None,
@@ -108,9 +107,9 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.max_body = r.max_body if r.max_body is not None else limits.max_body
         rt.strip = len(r.path[:-2].encode()) if (r.strip_prefix and r.path.endswith("/*")) else 0
         rt.req_add = _header_bytes(r.request_headers.add)
-        # A route's added headers replace anything the client sent under those names.
-        # Identity headers (claims_to_headers targets, X-Consumer, the API key header) never come from the
-        # client: the auth policy sets them from the verified identity (fastgw/policies/auth.py).
+        # A route's added headers replace anything the client sent under those names; the API key header
+        # is not sent on unless auth.api_key.forward (identity headers never get this far: the readers
+        # drop them, see header_table).
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
@@ -123,7 +122,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run = Runtime()
     run.router = Router(specs)
     run.problems = build_problems()
-    run.actions = header_actions(cfg)
+    run.headers = header_table(cfg)
     run.max_body = limits.max_body
     run.header_timeout = limits.header_timeout
     run.idle_timeout = limits.idle_timeout

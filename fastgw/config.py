@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
+from fastgw import headers
 from fastgw.units import parse_duration, parse_quota, parse_rate, parse_size
 
 
@@ -61,6 +62,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     body_timeout: Duration = 30.0
     max_requests_per_connection: int = 1000
     max_pipelined: int = 16
+    allow_underscores: bool = False     # keep request header names with "_" (never managed ones: fastgw/headers.py)
     auth_failures: str = "20/min"     # failed credentials per client address, then 429 (or "off")
 
 
@@ -110,6 +112,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     workers: int | Literal["auto"] = "auto"
     access_log: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"    # lifecycle lines below it are not written
     limits: Limits = msgspec.field(default_factory=Limits)
     drain: Drain = msgspec.field(default_factory=Drain)
     http2: Http2 = msgspec.field(default_factory=Http2)
@@ -494,14 +497,6 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # RFC 9110 §5.6.2 tok
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")        # a token without lowercase (methods are case-sensitive)
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # controls except HTAB (RFC 9110 §5.5)
-# Headers fastgw owns: framing is rebuilt per hop and hop-by-hop headers never cross (RFC 9110 §7.6.1),
-# so a route may neither add nor remove them; Host is set from the upstream target.
-MANAGED_HEADERS = frozenset({
-    "connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
-    "proxy-connection", "host",
-})
-
-
 def parse_hostport(text: str, allow_port_zero: bool = False) -> tuple[str, int]:
     """Split "host:port" / "[v6]:port" into (host, port), raising ValueError with the reason.
 
@@ -617,8 +612,8 @@ def _validate(cfg: Config) -> list[str]:
             _check_methods(r.methods, f"{p}.methods", errors)
         if r.max_body is not None and r.max_body < 0:
             errors.append(f"{p}.max_body: must not be negative")
-        _check_headers(r.request_headers, f"{p}.request_headers", errors)
-        _check_headers(r.response_headers, f"{p}.response_headers", errors)
+        _check_headers(r.request_headers, f"{p}.request_headers", errors, headers.owned)
+        _check_headers(r.response_headers, f"{p}.response_headers", errors, headers.owned_response)
         if not bad_path:
             host = r.host.lower() if r.host else None
             for j, other in claimed.setdefault((host, _shape(r.path)), []):
@@ -657,15 +652,16 @@ def _check_methods(methods: list[str], path: str, errors: list[str]) -> None:
         seen.add(m)
 
 
-def _check_headers(rules: HeaderRules, path: str, errors: list[str]) -> None:
+def _check_headers(rules: HeaderRules, path: str, errors: list[str], owned: Callable[[str], str | None]) -> None:
+    """`owned(name)`: why a route may not touch that header (fastgw/headers.py), or None."""
     added: set[str] = set()
     for name, value in rules.add.items():
         kp = _key(f"{path}.add", name)
         low = name.lower()
         if not _TOKEN.fullmatch(name):
             errors.append(f"{kp}: invalid header name (RFC 9110 token characters only)")
-        elif low in MANAGED_HEADERS:
-            errors.append(f"{kp}: cannot add {name}: fastgw manages framing and hop-by-hop headers itself")
+        elif owned(name):
+            errors.append(f"{kp}: cannot add {name}: {owned(name)}")
         elif low in added:
             errors.append(f"{kp}: header added twice (names are case-insensitive)")
         if _VALUE_BAD.search(value):
@@ -677,8 +673,8 @@ def _check_headers(rules: HeaderRules, path: str, errors: list[str]) -> None:
         kp = f"{path}.remove[{i}]"
         if not _TOKEN.fullmatch(name):
             errors.append(f'{kp}: invalid header name "{name}" (RFC 9110 token characters only)')
-        elif name.lower() in MANAGED_HEADERS:
-            errors.append(f"{kp}: cannot remove {name}: fastgw manages framing and hop-by-hop headers itself")
+        elif owned(name):
+            errors.append(f"{kp}: cannot remove {name}: {owned(name)}")
         elif name.lower() in added:
             errors.append(f"{kp}: {name} is both added and removed (an added header already replaces the client's)")
 
@@ -845,13 +841,16 @@ def _check_identity(cfg: Config, errors: list[str]) -> None:
     ak = cfg.auth.api_key
     if not _TOKEN.fullmatch(ak.header):
         errors.append(f'auth.api_key.header: invalid header name "{ak.header}"')
-    elif ak.header.lower() in MANAGED_HEADERS or ak.header.lower() == "authorization":
-        errors.append(f"auth.api_key.header: {ak.header} cannot carry an API key")
+    elif headers.why(ak.header):
+        errors.append(f"auth.api_key.header: {ak.header} cannot carry an API key ({headers.why(ak.header)})")
+    elif "_" in ak.header and not s.limits.allow_underscores:
+        errors.append(f"auth.api_key.header: {ak.header} contains \"_\": such request headers are dropped "
+                      "(server.limits.allow_underscores = false)")
     if ak.query is not None and not re.fullmatch(r"[A-Za-z0-9_.~-]+", ak.query):
         errors.append(f'auth.api_key.query: invalid query parameter name "{ak.query}"')
 
     for name, iss in cfg.auth.jwt.items():
-        _check_issuer(name, iss, _key("auth.jwt", name), errors)
+        _check_issuer(name, iss, _key("auth.jwt", name), errors, s.limits.allow_underscores)
 
     hashes: dict[str, str] = {}
     subjects: dict[str, str] = {}
@@ -890,7 +889,7 @@ def _check_identity(cfg: Config, errors: list[str]) -> None:
             errors.append(f"{p}.scopes: scopes and roles need auth methods on the route")
 
 
-def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str]) -> None:
+def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str], allow_underscores: bool) -> None:
     if not _NAME.fullmatch(name):
         errors.append(f'{p}: invalid issuer name "{name}" (use letters, digits, "_", ".", "-")')
     if not iss.algorithms:
@@ -934,16 +933,22 @@ def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str]) -> None:
             errors.append(f"{p}.{key}: must be greater than 0")
     if iss.cache_size < 0:
         errors.append(f"{p}.cache_size: must not be negative (0 disables the cache)")
-    if iss.header is not None and (not _TOKEN.fullmatch(iss.header) or iss.header.lower() in MANAGED_HEADERS):
-        errors.append(f'{p}.header: invalid header name "{iss.header}"')
+    if iss.header is not None:
+        if not _TOKEN.fullmatch(iss.header):
+            errors.append(f'{p}.header: invalid header name "{iss.header}"')
+        elif headers.why(iss.header):
+            errors.append(f"{p}.header: {iss.header} cannot carry a token ({headers.why(iss.header)})")
+        elif "_" in iss.header and not allow_underscores:
+            errors.append(f'{p}.header: {iss.header} contains "_": such request headers are dropped '
+                          "(server.limits.allow_underscores = false)")
     if iss.cookie is not None and not _TOKEN.fullmatch(iss.cookie):
         errors.append(f'{p}.cookie: invalid cookie name "{iss.cookie}"')
     for claim, header in iss.claims_to_headers.items():
         kp = _key(f"{p}.claims_to_headers", claim)
         if not _TOKEN.fullmatch(header):
             errors.append(f'{kp}: invalid header name "{header}"')
-        elif header.lower() in MANAGED_HEADERS or header.lower() == "authorization":
-            errors.append(f"{kp}: {header} cannot carry a claim")
+        elif headers.role(header) not in (None, headers.IDENTITY):
+            errors.append(f"{kp}: {header} cannot carry a claim ({headers.why(header)})")
 
 
 # ---------------------------------------------------------------------------------------------------

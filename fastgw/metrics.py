@@ -19,7 +19,8 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
                  [2] config generation the worker serves
                  [3] access-log lines dropped because the writer fell behind, [4] lines lost because
                  writing them failed (counters, written by the worker every sweep: fastgw/observe.py);
-                 the rest reserved
+                 [6..7] request header fields dropped for their "_", by HEADER_DROPS (written by
+                 Worker.headers_dropped); the rest reserved
   then ROUTE words per route slot (slot 0: requests that matched no route; other slots are assigned to
   route names by the supervisor, never reused, so a name keeps its counters across reloads):
   [0..39]  responses by method (8) x status class (5): index method * 5 + class
@@ -39,6 +40,10 @@ ROUTE = 64
 H_CONNS, H_PID, H_GEN = 0, 1, 2
 H_LOG_DROPPED, H_LOG_LOST = 3, 4
 LOG_DROP_REASONS = (("backlog", H_LOG_DROPPED), ("write_error", H_LOG_LOST))
+H_HDROP = 6
+# Why a request header field was dropped (fastgw/headers.py): a name with "_" while
+# server.limits.allow_underscores is off; a name with "_" that folds to a header fastgw manages (always).
+HEADER_DROPS = ("underscore", "managed_alias")
 HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
@@ -52,7 +57,7 @@ NO_ROUTE = "(none)"      # not a valid route name, so it cannot collide with one
 ROUTE_SLOTS = 1024       # route names one process lifetime can count; later ones count under slot 0
 
 assert len(BOUNDS) == NBOUNDS and HIST + NBOUNDS + 1 == SUM_US and UPERR + 3 <= AUTHF
-assert AUTHF + len(AUTH_REASONS) <= ROUTE
+assert AUTHF + len(AUTH_REASONS) <= ROUTE and H_HDROP + len(HEADER_DROPS) <= HEADER
 
 
 def route_base(slot: int) -> int:
@@ -146,6 +151,7 @@ class Snapshot:
     upstream_errors: dict[tuple[int, int], int]    # (slot, kind) -> count
     connections: int
     auth_failures: dict[tuple[int, int], int] = field(default_factory=dict)   # (slot, reason) -> count
+    headers_dropped: list[int] = field(default_factory=lambda: [0] * len(HEADER_DROPS))
 
 
 def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -> Snapshot:
@@ -157,10 +163,13 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     uperr: dict[tuple[int, int], int] = {}
     authf: dict[tuple[int, int], int] = {}
     conns = 0
+    hdrop = [0] * len(HEADER_DROPS)
     for w in range(workers):
         words = shm.words(w)
         if w in live:
             conns += words[H_CONNS]
+        for k in range(len(HEADER_DROPS)):
+            hdrop[k] += words[H_HDROP + k]
         for slot in range(used_slots):
             base = route_base(slot)
             block = words[base:base + ROUTE].tolist()
@@ -181,7 +190,7 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
                 if block[AUTHF + k]:
                     authf[(slot, k)] = authf.get((slot, k), 0) + block[AUTHF + k]
         words.release()
-    return Snapshot(requests, hist, sum_us, uperr, conns, authf)
+    return Snapshot(requests, hist, sum_us, uperr, conns, authf, hdrop)
 
 
 def log_dropped(shm: SharedMemory, workers: int) -> dict[str, int]:
@@ -232,6 +241,11 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
                "credentials from the client address: 429).")
         for (slot, k), n in sorted(snap.auth_failures.items()):
             out.append(f"fastgw_auth_failures_total{_labels(route=names[slot], reason=AUTH_REASONS[k])} {n}")
+        family("fastgw_headers_dropped_total", "counter",
+               'Request header fields dropped because their name has "_" (underscore: '
+               "server.limits.allow_underscores is off; managed_alias: it folds to a header fastgw manages).")
+        for k, reason in enumerate(HEADER_DROPS):
+            out.append(f"fastgw_headers_dropped_total{_labels(reason=reason)} {snap.headers_dropped[k]}")
         family("fastgw_connections", "gauge", "Open client connections, over all workers.")
         out.append(f'fastgw_connections{{state="open"}} {snap.connections}')
 

@@ -36,6 +36,14 @@ ACCESS_BACKLOG = 256   # batches (of up to a quarter second each) waiting for th
 DROP_REPORT_SECONDS = 10.0
 
 _static: dict[str, object] = {}
+LEVELS = ("debug", "info", "warning", "error")
+_min_level = 1            # server.log_level: lines below it are not written (default "info")
+
+
+def set_level(level: str) -> None:
+    """Write lifecycle lines at `level` and above (server.log_level)."""
+    global _min_level
+    _min_level = LEVELS.index(level)
 
 
 def set_context(**fields: object) -> None:
@@ -46,6 +54,8 @@ def set_context(**fields: object) -> None:
 def log(event: str, level: str = "info", **fields: object) -> None:
     """One lifecycle event as a JSON line on stdout, in a single write of at most LINE_MAX bytes (long
     field values are cut, and the line says "truncated": true), so it never splices with other lines."""
+    if level in LEVELS and LEVELS.index(level) < _min_level:
+        return
     line = {"ts": round(time.time(), 3), "level": level, "event": event, "pid": os.getpid(), **_static,
             **fields}
     data = (json.dumps(line, default=str) + "\n").encode()
@@ -73,6 +83,18 @@ def _shorten(line: dict[str, object], cuttable: set[str]) -> bytes:
         line[key] = text[:keep] + "..."
         if keep == 0:
             cuttable.discard(key)
+
+
+def _text(b: bytes | None) -> str | None:
+    # Request-derived bytes; latin-1 keeps every byte (the encoder escapes what needs it).
+    return b.decode("latin-1") if b is not None else None
+
+
+def log_dropped_headers(request_id: bytes, client: bytes, dropped: list[tuple[str, bytes]]) -> None:
+    """One debug line per request whose header fields were dropped for their "_" (fastgw/headers.py);
+    set as Worker.debug_log at log level "debug". Names are cut at 64 characters, values never logged."""
+    log("headers_dropped", level="debug", request_id=_text(request_id), client=_text(client),
+        headers=[{"name": _text(name[:64]), "reason": reason} for reason, name in dropped])
 
 
 class AccessLog:

@@ -40,7 +40,7 @@ from fastgw import __version__
 from fastgw.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
 from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, log_dropped, render, snapshot
-from fastgw.observe import log, set_context
+from fastgw.observe import log, set_context, set_level
 from fastgw.policies import authfail, ratelimit
 from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
 
@@ -122,6 +122,7 @@ class Supervisor:
                 log("config_needs_restart", level="warning", key=what,
                     detail="this setting only takes effect when fastgw restarts; the rest is reloaded")
             self.cfg, self.text, self.hash = cfg, text, config_hash(data)
+            set_level(cfg.server.log_level)
             self.gen += 1
             self.assign_slots(cfg)
             msg = self.config_msg()
@@ -316,6 +317,7 @@ class Supervisor:
 
     async def run(self) -> int:
         set_context(role="supervisor")
+        set_level(self.cfg.server.log_level)
         loop = asyncio.get_running_loop()
         self.bind_all()
         self.shm = SharedMemory.create(self.nworkers, extra={**ratelimit.shm_sections(self.cfg, self.nworkers),

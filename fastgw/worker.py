@@ -42,7 +42,7 @@ from fastgw.clientaddr import nets
 from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
 from fastgw.metrics import H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
-from fastgw.observe import AccessLog, log, set_context
+from fastgw.observe import AccessLog, log, log_dropped_headers, set_context, set_level
 from fastgw.policies import authfail, ratelimit
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
@@ -244,6 +244,8 @@ class WorkerProcess:
                     t.close_idle()
         self.cfg, self.groups, self.gen = cfg, groups, int(msg["gen"])
         self.set_access_log(cfg)
+        set_level(cfg.server.log_level)
+        self.w.debug_log = log_dropped_headers if cfg.server.log_level == "debug" else None
         if self.tls_contexts_now:
             loop.create_task(self.reload_tls())
         if self.words is not None:

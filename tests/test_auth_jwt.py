@@ -295,6 +295,43 @@ def test_api_key_from_query_when_configured(tmp_path: Path, keys: dict) -> None:
     assert pol.check(Ex(query=b"?api_key=nope"))[0] == 401  # type: ignore[index]
 
 
+def test_query_key_is_never_forwarded_whichever_credential_authenticated(tmp_path: Path, keys: dict) -> None:
+    """The query-string key is a credential the gateway reads: it leaves the query sent upstream also when
+    the header key (the slow path, then the compiled cache) or a JWT authenticated the request, and under
+    a percent-encoded name (an upstream that decodes names reads it as api_key)."""
+    pol = make_policy(tmp_path, keys, issuer_extra='\n[auth.api_key]\nquery = "api_key"\n')
+    for _ in range(2):
+        ex = Ex({"X-API-Key": "key-a"}, query=b"?a=1&api_key=someone-elses&b=2")
+        assert pol.check(ex) is None and ex.identity.method == "api_key"
+        assert ex.query == b"?a=1&b=2"
+    for _ in range(2):
+        ex = bearer(jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "rsa-1"}))
+        ex.query = b"?api_key=key-a"
+        assert pol.check(ex) is None and ex.identity.method == "jwt:idp"
+        assert ex.query == b""
+    ex = Ex({"X-API-Key": "key-a"}, query=b"?api%5Fkey=k1&x=api_key&api%5fkey=k2&api_keys=1")
+    assert pol.check(ex) is None and ex.query == b"?x=api_key&api_keys=1"
+    # forward = true: the key travels on, in the header and in the query.
+    pol = make_policy(tmp_path, keys, issuer_extra='\n[auth.api_key]\nquery = "api_key"\nforward = true\n')
+    ex = Ex({"X-API-Key": "key-a"}, query=b"?api_key=key-a")
+    assert pol.check(ex) is None and ex.query == b"?api_key=key-a"
+
+
+def test_unknown_kid_is_refused_with_a_jwks_file(tmp_path: Path, keys: dict) -> None:
+    """A kid the issuer's JWK Set does not hold is refused even when the token is signed by one of the
+    set's keys: the kid is not a hint to try the others (README "JWT")."""
+    pol = make_policy(tmp_path, keys)
+    for kid in ("unknown", "ec-1"):
+        tok = jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": kid})
+        r = pol.check(bearer(tok))
+        assert isinstance(r, tuple) and r[0] == 401, (kid, r)
+    assert_401(pol, bearer(jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "unknown"})),
+               b"unknown signing key")
+    # The right kid, and no kid at all (every key of the set is tried), still verify.
+    assert pol.check(bearer(jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "rsa-1"}))) is None
+    assert pol.check(bearer(jwt.encode(claims(sub="client-7", jti="x"), keys["rsa"], algorithm="RS256"))) is None
+
+
 def test_one_failing_credential_does_not_block_another(tmp_path: Path, keys: dict) -> None:
     pol = make_policy(tmp_path, keys)
     ex = Ex({"Authorization": "Bearer garbage.garbage.garbage", "X-API-Key": "key-a"})

@@ -284,6 +284,36 @@ def test_non_conflicting_routes() -> None:
           + route(name='"r3"', path='"/v1/accounts/{id}/"'))
 
 
+def test_header_names_fastgw_owns_are_refused_with_the_reason() -> None:
+    """Routes, claims and credentials are checked against the one header table (fastgw/headers.py),
+    under any spelling an upstream folds to the same name."""
+    errs = errors_of(BASE + route() + """
+[routes.request_headers]
+add = { "X-Request-ID" = "x", "traceparent" = "y", "X-Env" = "prod" }
+remove = ["X_Forwarded_Port"]
+[auth.api_key]
+header = "X_Key"
+[auth.jwt.i]
+issuer = "x"
+algorithms = ["HS256"]
+secret = "s"
+header = "X-Roles"
+claims_to_headers = { sub = "X-Forwarded-User", t = "X-Tenant" }
+""")
+    assert errs == [
+        'auth.api_key.header: X_Key contains "_": such request headers are dropped '
+        "(server.limits.allow_underscores = false)",
+        "auth.jwt.i.header: X-Roles cannot carry a token (identity headers are set by fastgw from verified "
+        "credentials)",
+        "auth.jwt.i.claims_to_headers.sub: X-Forwarded-User cannot carry a claim (fastgw sets X-Forwarded-*)",
+        "routes[1].request_headers.add.X-Request-ID: cannot add X-Request-ID: fastgw sets X-Request-ID",
+        "routes[1].request_headers.add.traceparent: cannot add traceparent: fastgw passes trace context on "
+        "only when it is well formed",
+        "routes[1].request_headers.remove[0]: cannot remove X_Forwarded_Port: fastgw sets X-Forwarded-*",
+    ]
+    assert loads(BASE + route() + '[server.limits]\nallow_underscores = true\n[auth.api_key]\nheader = "X_Key"\n')
+
+
 def test_methods() -> None:
     errs = errors_of(BASE + route(methods='["get", "GET", "GET", "P T"]') + route(name='"r2"', path='"/2"', methods="[]"))
     assert errs == [

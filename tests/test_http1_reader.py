@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fastgw._core.http1 import RequestReader
+from fastgw._core.wire import ACTIONS, HeaderTable
 
 
 class Recorder(RequestReader):
@@ -94,6 +95,58 @@ def test_hop_by_hop_identity_and_forwarding_headers_are_not_forwardable():
     assert h.drop == {b"x-secret"}              # named in Connection: dropped by the proxy
 
 
+def head_of(data: bytes, **kw):
+    r = Recorder(**kw)
+    heads = []
+    r.request_head = heads.append
+    r.feed(data)
+    (h,) = heads
+    return h
+
+
+def test_underscore_names_and_connection_specific_fields_are_not_forwardable():
+    """A name with "_" is dropped and reported (RequestHead.dropped): folded ("_" read as "-") it may be a
+    header the gateway owns (X_User_ID is X-User-ID to a CGI/WSGI/PHP upstream). HTTP2-Settings is
+    connection-specific: dropped even when Connection does not name it."""
+    h = head_of(b"GET / HTTP/1.1\r\nHost: h\r\nX_User_ID: root\r\nx_roles: admin\r\nX_Consumer: c\r\n"
+                b"Transfer_Encoding: chunked\r\nX_Forwarded_For: 1.2.3.4\r\nX_Custom: 1\r\n"
+                b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Forwarded-Port: 1\r\nAccept: */*\r\n\r\n")
+    assert h.headers() == [(b"Accept", b"*/*")]
+    assert h.xff is None and not h.chunked
+    alias, underscore = ACTIONS["alias"], ACTIONS["underscore"]
+    assert h.dropped == [(alias, b"X_User_ID"), (alias, b"x_roles"), (alias, b"X_Consumer"),
+                         (alias, b"Transfer_Encoding"), (alias, b"X_Forwarded_For"), (underscore, b"X_Custom")]
+    # allow_underscores keeps the name that reads as nothing the gateway owns, never the others.
+    h = head_of(b"GET / HTTP/1.1\r\nHost: h\r\nX_User_ID: root\r\nX_Custom: 1\r\nX_API_Key: k\r\n\r\n",
+                table=HeaderTable(credentials=["X-API-Key"], allow_underscores=True))
+    assert h.headers() == [(b"X_Custom", b"1")]
+    assert h.dropped == [(alias, b"X_User_ID"), (alias, b"X_API_Key")]
+
+
+def test_credential_headers_are_forwarded_once_each():
+    table = HeaderTable(credentials=["X-API-Key"])
+    h = head_of(b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\nX-API-Key: k\r\n\r\n", table=table)
+    assert h.headers() == [(b"Authorization", b"Bearer t"), (b"X-API-Key", b"k")]
+    r = Recorder(table=table)
+    details = []
+    r.request_error = lambda status, slug, detail: details.append((status, detail))
+    r.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX-API-Key: a\r\nx-api-key: b\r\n\r\n")
+    assert details == [(400, "duplicate x-api-key header")]
+
+
+def test_traceparent_kept_only_when_well_formed_and_alone():
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    h = head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + tp + b"\r\ntracestate: a=1\r\n"
+                b"tracestate: b=2\r\n\r\n")
+    assert (h.traceparent, h.tracestate, h.headers()) == (tp, b"a=1,b=2", [])
+    for bad in (tp.upper(), b"ff" + tp[2:], tp[:3] + b"0" * 32 + tp[35:], tp[:36] + b"0" * 16 + tp[52:],
+                tp + b"-x", b"01" + tp[2:] + b"x", tp[:-1]):
+        assert not head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + bad + b"\r\n\r\n").traceparent, bad
+    assert head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: 01" + tp[2:] + b"-later\r\n\r\n").traceparent
+    two = b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + tp + b"\r\ntraceparent: " + tp + b"\r\n\r\n"
+    assert not head_of(two).traceparent
+
+
 def test_request_id_kept_only_when_safe():
     assert feed_all(GOOD[5])[0][9] == b"abc-123"
     bad = b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-ID: has space\r\n\r\n"
@@ -123,6 +176,8 @@ BAD = {
     "cl-sign": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello", 400),
     "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "empty-host": (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+    "blank-host": (b"GET / HTTP/1.1\r\nHost:   \r\n\r\n", 400),
     "bad-host": (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
     "http09": (b"GET /\r\n\r\n", 400),
     "http2-version": (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400),

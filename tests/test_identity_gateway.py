@@ -161,6 +161,29 @@ def test_api_keys_jwt_and_identity_headers_cannot_be_forged(gateway: GatewayLaun
         assert c.get("/local").status_code == 403
 
 
+def test_query_api_key_is_never_forwarded(gateway: GatewayLauncher, echo_origin: Any, jwks: Jwks) -> None:
+    """?api_key=... leaves the target sent upstream whichever credential authenticated the request: the
+    header key (first request: the policy; then the compiled key cache) or a JWT on a JWT-or-key route."""
+    k1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.set(("k1", k1))
+    gw = start(gateway, echo_origin, jwks.url)
+    with gw.client() as c:
+        for _ in range(3):
+            r = c.get("/keys?a=1&api_key=secret-key-a&b=2", headers={"X-API-Key": "secret-key-a"})
+            assert r.status_code == 200 and r.json()["target"] == "/keys?a=1&b=2", r.text
+        for _ in range(2):
+            r = c.get("/any?api_key=secret-key-a&x=1", headers={"Authorization": f"Bearer {token(k1, 'k1')}"})
+            assert r.status_code == 200 and r.json()["target"] == "/any?x=1", r.text
+            assert headers_of(r)["x-user-id"] == ["client-7"]
+    with gw.raw() as c:            # a percent-encoded name reads as api_key to an upstream that decodes it
+        c.send(b"GET /keys?api%5Fkey=secret-key-a HTTP/1.1\r\nHost: gw.test\r\nX-API-Key: secret-key-a\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.json()["target"] == "/keys"
+    # A route that does not take API keys leaves the query alone (it is not a credential there).
+    with gw.client() as c:
+        assert c.get("/open?api_key=abc").json()["target"] == "/open?api_key=abc"
+
+
 def test_jwks_rotation_removal_and_outage(gateway: GatewayLauncher, echo_origin: Any, jwks: Jwks) -> None:
     k1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -76,6 +76,8 @@ MALFORMED = [
     ("cl-not-a-number", lambda m: head(m, "Content-Length: 5x") + b"hello"),
     ("missing-host", lambda m: head(m, method="GET", host=False)),
     ("duplicate-host", lambda m: head(m, "Host: other.test", method="GET")),
+    ("empty-host", lambda m: f"GET /{m} HTTP/1.1\r\nHost:\r\n\r\n".encode()),
+    ("empty-host-http10", lambda m: f"GET /{m} HTTP/1.0\r\nHost: \r\n\r\n".encode()),
     ("duplicate-authorization", lambda m: head(m, "Authorization: Bearer a", "authorization: Bearer b", method="GET")),
     ("host-with-path", lambda m: f"GET /{m} HTTP/1.1\r\nHost: gw.test/evil\r\n\r\n".encode()),
     ("http09-request-line", lambda m: f"GET /{m}\r\n\r\n".encode()),

@@ -346,3 +346,82 @@ def test_proxy_protocol_tls_stalled_headers_cost_nothing(gateway: GatewayLaunche
     raw.sendall(b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n")
     with client_ctx(pki).wrap_socket(raw, server_hostname="api.test") as s:
         assert get(s, "/open").startswith(b"HTTP/1.1 200")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every auth method over HTTP/2 (ALPN h2): the streams of a TLS connection see its verified certificate.
+
+SECRET = "hs256-secret-for-the-h2-auth-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def h2_auth_gw(gateway_launcher: GatewayLauncher, echo_origin: Any, pki: Pki) -> tuple[Gateway, int]:
+    import hashlib
+    port = free_port()
+    extra = f"""
+[[server.tls]]
+listen = ["127.0.0.1:{port}"]
+cert = "{pki.api[0]}"
+key = "{pki.api[1]}"
+client_ca = "{pki.ca_file}"
+client_auth = "optional"
+
+[auth.jwt.idp]
+issuer = "https://idp.test"
+algorithms = ["HS256"]
+secret = "{SECRET}"
+
+[consumers.partner-a]
+cert_subjects = ["CN=partner-a"]
+api_keys_sha256 = ["{hashlib.sha256(b'key-a').hexdigest()}"]
+jwt_subjects = ["client-7"]
+"""
+    routes = [{"name": m, "path": f"/{m}/*", "upstream": "echo", "auth": [a]}
+              for m, a in (("mtls", "mtls"), ("key", "api_key"), ("jwt", "jwt:idp"))]
+    gw = gateway_launcher.start({"echo": {"targets": [echo_origin.addr]}}, routes, extra=extra)
+    return gw, port
+
+
+def _credentials(method: str, pki: Pki) -> tuple[tuple[str, str] | None, dict[str, str]]:
+    """(client certificate, request headers) presenting `method`'s credential, and only that one."""
+    import jwt
+    if method == "mtls":
+        return pki.client, {}
+    if method == "key":
+        return None, {"X-API-Key": "key-a"}
+    tok = jwt.encode({"iss": "https://idp.test", "sub": "client-7", "exp": int(time.time()) + 300}, SECRET,
+                     algorithm="HS256")
+    return None, {"Authorization": f"Bearer {tok}"}
+
+
+@pytest.mark.parametrize("method", ["mtls", "key", "jwt"])
+def test_every_auth_method_over_http2_httpx(h2_auth_gw: tuple, pki: Pki, method: str) -> None:
+    _, port = h2_auth_gw
+    cert, headers = _credentials(method, pki)
+    with httpx.Client(http2=True, verify=client_ctx(pki, cert), timeout=5) as c:
+        for i in range(3):                       # several streams on one connection
+            r = c.get(f"https://127.0.0.1:{port}/{method}/{i}", headers=headers)
+            assert r.http_version == "HTTP/2" and r.status_code == 200, (r.http_version, r.text)
+            h = {n.lower(): v for n, v in r.json()["headers"]}
+            assert h["x-consumer"] == "partner-a" and h["x-forwarded-proto"] == "https"
+    # Without the credential: 401 on HTTP/2 as on HTTP/1.1.
+    with httpx.Client(http2=True, verify=client_ctx(pki), timeout=5) as c:
+        r = c.get(f"https://127.0.0.1:{port}/{method}/none")
+        assert r.http_version == "HTTP/2" and r.status_code == 401
+
+
+@pytest.mark.parametrize("method", ["mtls", "key", "jwt"])
+def test_every_auth_method_over_http2_curl(h2_auth_gw: tuple, pki: Pki, method: str) -> None:
+    _, port = h2_auth_gw
+    cert, headers = _credentials(method, pki)
+    argv = ["curl", "-sS", "--http2", "--cacert", pki.ca_file, "--resolve", f"api.test:{port}:127.0.0.1",
+            "-w", "\n%{http_code} %{http_version}"]
+    if cert:
+        argv += ["--cert", cert[0], "--key", cert[1]]
+    for n, v in headers.items():
+        argv += ["-H", f"{n}: {v}"]
+    out = subprocess.run(argv + [f"https://api.test:{port}/{method}/curl"], capture_output=True, text=True,
+                         timeout=20)
+    body, _, tail = out.stdout.rpartition("\n")
+    assert tail == "200 2", (out.stdout, out.stderr)
+    assert {n.lower(): v for n, v in json.loads(body)["headers"]}["x-consumer"] == "partner-a"

@@ -46,6 +46,7 @@ class AuthGate(Gate):
     issuer: Any
     scopes: frozenset[str]
     roles: frozenset[str]
+    strip_query: bytes | None
     failures: FailGate | None
     def slow(self, ex: Any) -> Result: ...
     def throttled(self, ex: Any) -> Rejection | None: ...

@@ -212,6 +212,8 @@ cdef class AuthGate(Gate):
     cdef public object issuer            # first == 2: the Issuer (its .cache: token -> (exp, kid, Identity))
     cdef public frozenset scopes
     cdef public frozenset roles
+    cdef public bytes strip_query        # the API key's query parameter name, taken out of the query sent
+                                         #   upstream on every admitted request (None: nothing to take out)
     cdef public FailGate failures        # the client address's failure budget, or None
     cdef unsigned long long[::1] mwords   # the worker's metrics region (fastgw.metrics), if counted
     cdef Py_ssize_t mbase                 # index of this route's first auth-failure word, or -1
@@ -281,7 +283,25 @@ cdef class AuthGate(Gate):
         lines = ident.header_lines()
         if lines:
             ex.add_upstream_lines(lines)
+        if self.strip_query is not None:
+            q = ex.query
+            if q and ((<bytes>q).find(self.strip_query) >= 0 or (<bytes>q).find(b"%") >= 0):
+                ex.set_query(_without_param(q, self.strip_query))
         return None
+
+
+cdef bytes _without_param(bytes query, bytes name):
+    """`query` (b"?a=1&...") without the parameters called `name`, also when the name is percent-encoded
+    (an upstream that decodes names would read it as `name`); the others keep their order. A credential
+    the gateway reads is never forwarded, whichever credential authenticated the request."""
+    from urllib.parse import unquote_to_bytes
+    rest = []
+    for part in query[1:].split(b"&"):
+        key = part.partition(b"=")[0]
+        if key == name or (key.find(b"%") >= 0 and unquote_to_bytes(key) == name):
+            continue
+        rest.append(part)
+    return b"?" + b"&".join(rest) if rest else b""
 
 
 INSUFFICIENT_SCOPE = b'WWW-Authenticate: Bearer realm="fastgw", error="insufficient_scope"\r\n'

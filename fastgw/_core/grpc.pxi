@@ -38,9 +38,9 @@ cdef dict GRPC_STATUS = {
     504: 4,      # DEADLINE_EXCEEDED (the upstream did not answer in time)
 }
 
-# Response fields never relayed from an HTTP/2 upstream (connection-specific, RFC 9113 8.2.2).
-cdef frozenset GRPC_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te",
-                                     b"transfer-encoding", b"upgrade"))
+# Response fields never relayed from an HTTP/2 upstream: the connection-specific ones (RFC 9113 8.2.2,
+# the wire table's CONNECTION_SPECIFIC).
+cdef frozenset GRPC_HOP = CONNECTION_SPECIFIC
 
 
 cpdef bytes grpc_pct(bytes msg):
@@ -120,6 +120,10 @@ cdef void grpc_start(H2Stream st, Exchange ex):
     if h.host:
         hdrs.append((b"x-forwarded-host", h.host))
     hdrs.append((b"x-request-id", ex.rid))
+    if h.traceparent:
+        hdrs.append((b"traceparent", h.traceparent))
+        if h.tracestate is not None:
+            hdrs.append((b"tracestate", h.tracestate))
     hdrs.append((b"te", b"trailers"))
     if h.content_length >= 0:
         hdrs.append((b"content-length", b"%d" % h.content_length))

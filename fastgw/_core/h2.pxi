@@ -28,7 +28,9 @@
 # * Pseudo-headers validated (exactly one each of :method :scheme :path, :authority optional, none after a
 #   regular field, no unknown ones), names lowercase tokens, values without CR/LF/NUL or surrounding
 #   whitespace, no connection-specific fields, TE only "trailers" (RFC 9113 8.2, 8.3): a malformed request
-#   is reset with PROTOCOL_ERROR and never reaches an HTTP/1.1 upstream (no H2->H1 smuggling).
+#   is reset with PROTOCOL_ERROR and never reaches an HTTP/1.1 upstream (no H2->H1 smuggling). Every other
+#   field goes through the HTTP/1.1 reader's wire table (wire.pyx): the same names dropped, the same
+#   underscore rule, the same credential and traceparent checks.
 # * Drain: GOAWAY NO_ERROR naming the last stream taken; streams in flight finish, then the connection
 #   closes.
 
@@ -71,39 +73,6 @@ cdef int E_CALM = 11
 cdef dict H2_STATUS = {}
 for _s in range(100, 600):
     H2_STATUS[_s] = b"%d" % _s
-
-cdef unsigned char H2_TCHAR[256]      # lowercase token characters (field names)
-for _i in range(256):
-    H2_TCHAR[_i] = 0
-for _c in bytearray(b"abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~"):
-    H2_TCHAR[_c] = 1
-cdef unsigned char H2_PATHC[256]      # the H1 reader's path classes (http1.pyx PATH_CLASS)
-for _i in range(256):
-    H2_PATHC[_i] = 1 if _i <= 32 or _i >= 127 else 0
-H2_PATHC[ord("#")] = 1
-H2_PATHC[ord("\\")] = 1
-H2_PATHC[ord("%")] = 2
-H2_PATHC[ord(".")] = 4
-cdef unsigned char H2_HOSTC[256]
-for _i in range(256):
-    H2_HOSTC[_i] = 0
-for _c in bytearray(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]"):
-    H2_HOSTC[_c] = 1
-cdef unsigned char H2_RIDC[256]
-for _i in range(256):
-    H2_RIDC[_i] = 0
-for _c in bytearray(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"):
-    H2_RIDC[_c] = 1
-
-
-cdef inline bint _h2_only(bytes v, unsigned char* table):
-    cdef const unsigned char* p = v
-    cdef Py_ssize_t i
-    for i in range(len(v)):
-        if not table[p[i]]:
-            return False
-    return True
-
 
 cdef inline bint _h2_value_ok(bytes v):
     """RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB."""
@@ -422,6 +391,9 @@ cdef class H2Stream(ClientConn):
 
     cdef bint reader_done(self):
         return False
+
+    cdef object peercert(self):
+        return self.conn.cl.peercert()        # the TLS connection's certificate, for every stream
 
     cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
         cdef RouteRT route = ex.route
@@ -752,17 +724,18 @@ cdef class H2Conn:
         st.start(ex)
 
     cdef int build_head(self, RequestHead h, list headers, bint ended):
-        """Validate the request's field list and fill `h` as the H1 reader would. Returns 0, 1 (malformed:
-        PROTOCOL_ERROR) or 431 (too many fields)."""
+        """Validate the request's field list and fill `h` as the H1 reader would, with the same wire table
+        (fastgw/_core/wire.pyx). Returns 0, 1 (malformed: PROTOCOL_ERROR) or 431 (too many fields)."""
         cdef Runtime rt = self.cl.rt0
-        cdef dict actions = rt.actions
+        cdef HeaderTable table = rt.headers
         cdef list pieces = []
         cdef bytes name, value, method = None, path = None, scheme = None, authority = None
-        cdef bint regular = False, auth_seen = False
+        cdef bint regular = False
         cdef Py_ssize_t n = 0, i, q, plen
         cdef const unsigned char* u
-        cdef int flags = 0
+        cdef int flags = 0, code
         cdef list cookies = None
+        cdef unsigned long long creds = 0
         h.content_length = -1
         h.host = b""
         h.minor = 1
@@ -793,13 +766,13 @@ cdef class H2Conn:
                     return 1
                 continue
             regular = True
-            if not name or not _h2_only(name, H2_TCHAR):
+            if not name or not only(name, C_NAME):
                 return 1
             n += 1
             if n > rt.max_headers:
                 return 431
-            action = actions.get(name)
-            if action is None:
+            code = table.classify(name, True)
+            if code == A_FORWARD:
                 if name == b"cookie":
                     # Split cookie fields (RFC 9113 8.2.3) become one field for HTTP/1.1.
                     if cookies is None:
@@ -811,42 +784,51 @@ cdef class H2Conn:
                 pieces.append(value)
                 pieces.append(b"\r\n")
                 continue
-            code = <int>action
-            if code == 1:                        # host: :authority wins when both are present
+            if code == A_HOST:                   # host: :authority wins when both are present
                 if authority is None:
-                    if h.host or not _h2_only(value, H2_HOSTC):
+                    if h.host or not value or not only(value, C_HOST):
                         return 1
                     h.host = value
-            elif code == 2:
+            elif code == A_CONTENT_LENGTH:
                 if h.content_length >= 0 or not value.isdigit() or len(value) > 18:
                     return 1
                 h.content_length = int(value)
-            elif code == 3 or code == 4:         # transfer-encoding, connection
-                return 1
-            elif code == 5:
-                if name == b"te":
-                    if value != b"trailers":
-                        return 1
-                elif name in (b"keep-alive", b"proxy-connection", b"upgrade"):
+            elif code == A_TRANSFER_ENCODING or code == A_CONNECTION or code == A_CONN_SPECIFIC:
+                return 1                         # connection-specific (RFC 9113 8.2.2)
+            elif code == A_TE:
+                if value != b"trailers":
                     return 1
-            elif code == 7:
-                if 0 < len(value) <= 128 and _h2_only(value, H2_RIDC):
+            elif code == A_REQUEST_ID:
+                if 0 < len(value) <= 128 and only(value, C_REQUEST_ID):
                     h.request_id = value
-            elif code == 8:
+            elif code == A_FORWARDED_FOR:
                 h.xff = value if h.xff is None else h.xff + b", " + value
-            elif code == 9:                      # authorization: forwarded, never twice
-                if auth_seen:
-                    return 1
-                auth_seen = True
+            elif code >= A_CREDENTIALS:
+                if name == b"cookie":            # a cookie issuer: crumbs are joined, then read once
+                    if cookies is None:
+                        cookies = []
+                    cookies.append(value)
+                    continue
+                if creds >> (code - A_CREDENTIALS) & 1:
+                    return 1                     # forwarded, never twice
+                creds |= 1ULL << (code - A_CREDENTIALS)
                 pieces.append(name)
                 pieces.append(b": ")
                 pieces.append(value)
                 pieces.append(b"\r\n")
-            # code 6 (expect) and the rest: dropped
+            elif code == A_TRACEPARENT:
+                h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
+            elif code == A_TRACESTATE:
+                h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
+            elif code == A_UNDERSCORE or code == A_ALIAS:
+                if h.dropped is None:
+                    h.dropped = []
+                h.dropped.append((code, name))
+            # the rest (expect, hop-by-hop, X-Forwarded-*, identity): dropped
         if method is None or method == b"CONNECT" or path is None or scheme is None:
             return 1
         if authority is not None:
-            if not _h2_only(authority, H2_HOSTC):
+            if not authority or not only(authority, C_HOST):     # RFC 9110 4.2.1: no empty host
                 return 1
             h.host = authority
         if cookies is not None:
@@ -868,7 +850,7 @@ cdef class H2Conn:
                 if u[i] == 63:
                     q = i
                     break
-                flags |= H2_PATHC[u[i]]
+                flags |= CHARS[u[i]]
             for i in range(q, plen):
                 if u[i] == 35 or u[i] <= 32 or u[i] >= 127:
                     return 1
@@ -878,7 +860,8 @@ cdef class H2Conn:
             else:
                 h.path = path[:q]
                 h.query = path[q:]
-            if flags and _bad_path(h.path, flags):
+            flags &= C_PATH
+            if flags and bad_path(h.path, flags):
                 return 1
         if h.content_length < 0 and not ended:
             h.chunked = True                 # a body of unknown length: chunked to the upstream

@@ -1,5 +1,7 @@
 # Declarations of the sans-IO HTTP/1.1 request reader (see http1.pyx).
 
+from fastgw._core.wire cimport HeaderTable
+
 cdef class RequestHead:
     cdef public bytes method
     cdef public bytes path
@@ -14,13 +16,16 @@ cdef class RequestHead:
     cdef public long long content_length
     cdef public bint expect_continue
     cdef public object drop
+    cdef public bytes traceparent      # the one well-formed traceparent; b"" when refused (wire.pyx)
+    cdef public bytes tracestate
+    cdef public list dropped           # [(Action, name)] dropped by the underscore rule, or None
 
 cdef class RequestReader:
     cdef object _parser
     cdef object _feed
     cdef object _get_method
     cdef object _keep_alive
-    cdef dict _actions
+    cdef HeaderTable _table
     cdef Py_ssize_t _max_line
     cdef Py_ssize_t _max_hbytes
     cdef Py_ssize_t _max_headers
@@ -31,10 +36,9 @@ cdef class RequestReader:
     cdef Py_ssize_t _nheaders
     cdef Py_ssize_t _head_fed
     cdef RequestHead _head
-    cdef bint _failed
     cdef bint _host_seen
     cdef bint _te_seen
-    cdef bint _auth_seen
+    cdef unsigned long long _creds # bit k: credential header k (wire.pxd A_CREDENTIALS) seen in this head
     cdef bytes _te
     cdef long long _chunk_bytes
     cdef long long _feed_acc
@@ -51,6 +55,3 @@ cdef class RequestReader:
     cpdef request_body(self, bytes data)
     cpdef request_end(self)
     cpdef request_error(self, int status, str slug, str detail)
-
-# Shared with the HTTP/2 engine (proxy.pyx h2.pxi), which applies the same path rules.
-cdef bint _bad_path(bytes path, int flags)

@@ -1,7 +1,6 @@
 from typing import Any
 
-DEFAULT_ACTIONS: dict[bytes, int]
-def with_case_variants(actions: dict[bytes, int]) -> dict[bytes, int]: ...
+from fastgw._core.wire import HeaderTable
 
 class RequestHead:
     method: bytes
@@ -9,7 +8,6 @@ class RequestHead:
     query: bytes
     host: bytes
     minor: int
-    lnames: list[bytes]
     pieces: list[bytes]
     request_id: bytes | None
     xff: bytes | None
@@ -18,12 +16,15 @@ class RequestHead:
     content_length: int
     expect_continue: bool
     drop: set[bytes] | None
+    traceparent: bytes | None
+    tracestate: bytes | None
+    dropped: list[tuple[int, bytes]] | None
     def headers(self) -> list[tuple[bytes, bytes]]: ...
 
 class RequestReader:
     upgraded: bool
     def __init__(self, max_request_line: int = ..., max_header_bytes: int = ..., max_headers: int = ...,
-                 actions: dict[bytes, int] | None = ...) -> None: ...
+                 table: HeaderTable | None = ...) -> None: ...
     def feed(self, data: bytes) -> None: ...
     def request_head(self, head: RequestHead) -> None: ...
     def request_body(self, data: bytes) -> None: ...

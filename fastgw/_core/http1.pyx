@@ -6,6 +6,10 @@ gateway needs that llhttp does not make (DESIGN.md §5). Events are delivered to
 ``request_head(head)``, ``request_body(data)``, ``request_end()`` and ``request_error(status, slug, detail)``.
 After an error the reader is dead: the connection must answer and close (never forward an ambiguity).
 
+What happens to each header field is the config's wire table (fastgw/_core/wire.pyx `HeaderTable`, from
+fastgw/headers.py): managed fields are checked and kept out of the forwarded list (`RequestHead.pieces`);
+a name with "_" is dropped and reported in `RequestHead.dropped` unless server.limits.allow_underscores.
+
 The reader never touches a transport, a clock or a logger; the tests feed it byte by byte.
 """
 from libc.string cimport memcmp
@@ -13,32 +17,12 @@ from libc.string cimport memcmp
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 from httptools import HttpRequestParser
 
-# Header actions. Everything not listed here is forwarded as received.
-_BASE_ACTIONS = {
-    b"host": 1,
-    b"content-length": 2,
-    b"transfer-encoding": 3,
-    b"connection": 4,
-    # Hop-by-hop (RFC 9110 §7.6.1) and legacy proxy headers: never cross.
-    b"keep-alive": 5,
-    b"proxy-connection": 5,
-    b"te": 5,
-    b"trailer": 5,
-    b"upgrade": 5,
-    b"proxy-authorization": 5,
-    # Rebuilt by fastgw.
-    b"x-forwarded-proto": 5,
-    b"x-forwarded-host": 5,
-    b"expect": 6,
-    b"x-request-id": 7,
-    b"x-forwarded-for": 8,
-    # Forwarded, but only one: a second credential is an ambiguity (which one did the gateway check?).
-    b"authorization": 9,
-    # Identity headers: only fastgw sets them (from verified credentials); a client's copy is dropped.
-    b"x-consumer": 5,
-    b"x-user-id": 5,
-    b"x-roles": 5,
-}
+from fastgw._core.wire cimport (
+    A_ALIAS, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD, A_FORWARDED_FOR, A_HOST,
+    A_REQUEST_ID, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
+    C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only, traceparent_ok,
+)
+from fastgw._core.wire import DEFAULT_TABLE
 
 DEF ST_IDLE = 0      # between messages, nothing pending
 DEF ST_HEAD = 1      # inside a request head
@@ -55,79 +39,6 @@ DEF ST_DEAD = 3      # an error was reported
 DEF MAX_CHUNK_SLACK = 4096
 DEF SLICE = 4096
 DEF CHUNK_SLICE = 1024
-
-cdef unsigned char HOST_OK[256]
-cdef unsigned char RID_OK[256]
-cdef unsigned char SPECIAL_LEN[64]   # lengths of the header names that have an action
-
-
-cdef void _table(unsigned char* table, bytes allowed):
-    cdef int i
-    for i in range(256):
-        table[i] = 0
-    for i in range(len(allowed)):
-        table[<unsigned char>allowed[i]] = 1
-
-
-_table(HOST_OK, b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]")
-_table(RID_OK, b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
-
-
-cdef inline bint _only(bytes value, unsigned char* table):
-    cdef const unsigned char* p = value
-    cdef Py_ssize_t i, n = len(value)
-    for i in range(n):
-        if not table[p[i]]:
-            return False
-    return True
-
-
-def with_case_variants(dict actions):
-    """Lookups try the name as sent first: adding the usual spellings avoids a lower() per header."""
-    out = {}
-    for k, v in actions.items():
-        out[k] = v
-        out[b"-".join(part.capitalize() for part in k.split(b"-"))] = v
-        out[k.upper()] = v
-    return out
-
-
-DEFAULT_ACTIONS = with_case_variants(_BASE_ACTIONS)
-
-
-cdef unsigned char PATH_CLASS[256]    # 1 refused outright, 2 '%', 4 '.'
-for _i in range(256):
-    PATH_CLASS[_i] = 0
-PATH_CLASS[ord("#")] = 1
-PATH_CLASS[ord("\\")] = 1
-PATH_CLASS[ord("%")] = 2
-PATH_CLASS[ord(".")] = 4
-
-
-cdef bint _has_dot_segment(bytes path):
-    for seg in path.split(b"/"):
-        if seg == b"." or seg == b"..":
-            return True
-    return False
-
-
-cdef bint _bad_path(bytes path, int flags):
-    """Dot segments, encoded slashes/backslashes/NUL, raw backslashes and fragments are refused: a route
-    decision taken on one spelling of a path must hold for the upstream that decodes another.
-    `flags` is the OR of PATH_CLASS over the path (one pass, done by the caller)."""
-    cdef bytes low
-    if flags & 1:
-        return True
-    if flags & 2:
-        low = path.lower()
-        if low.find(b"%2f") >= 0 or low.find(b"%5c") >= 0 or low.find(b"%00") >= 0:
-            return True
-        if low.find(b"%2e") >= 0:
-            return _has_dot_segment(low.replace(b"%2e", b"."))
-    if flags & 4:
-        return _has_dot_segment(path)
-    return False
-
 
 cdef class RequestHead:
     """One parsed request head. ``pieces`` is the flat list [name, b": ", value, b"\\r\\n", ...] of the
@@ -169,20 +80,16 @@ cdef int _version_from_line(bytes line, bytes method, bytes url):
 
 cdef class RequestReader:
     def __init__(self, Py_ssize_t max_request_line=8192, Py_ssize_t max_header_bytes=32768,
-                 Py_ssize_t max_headers=100, dict actions=None):
+                 Py_ssize_t max_headers=100, HeaderTable table=None):
         self._parser = HttpRequestParser(self)
         self._feed = self._parser.feed_data     # bound once: no method lookup per read (nor per head below)
         self._get_method = self._parser.get_method
         self._keep_alive = self._parser.should_keep_alive
-        self._actions = DEFAULT_ACTIONS if actions is None else actions
-        for k in self._actions:
-            if len(k) < 64:
-                SPECIAL_LEN[len(k)] = 1
+        self._table = DEFAULT_TABLE if table is None else table
         self._max_line = max_request_line
         self._max_hbytes = max_header_bytes
         self._max_headers = max_headers
         self._state = ST_IDLE
-        self._failed = False
         self.upgraded = False
         self._slack = 0
 
@@ -284,7 +191,7 @@ cdef class RequestReader:
         self._nheaders = 0
         self._host_seen = False
         self._te_seen = False
-        self._auth_seen = False
+        self._creds = 0
         self._te = None
         self._chunk_bytes = 0
         cdef RequestHead h = RequestHead.__new__(RequestHead)
@@ -305,6 +212,7 @@ cdef class RequestReader:
     def on_header(self, bytes name, bytes value):
         cdef RequestHead h = self._head
         cdef Py_ssize_t size = len(name) + len(value) + 4
+        cdef int code
         if self._state == ST_BODY:
             # llhttp hands trailer fields to the header callback; they must never become headers.
             self._reject(400, "bad-request", "trailers are not accepted")
@@ -315,57 +223,65 @@ cdef class RequestReader:
             self._reject(431, "header-too-large", "too many header fields")
         if self._hbytes > self._max_hbytes:
             self._reject(431, "header-too-large", "request header fields too large")
-        action = self._actions.get(name)
-        if action is None:
-            if len(name) < 64 and SPECIAL_LEN[len(name)]:
-                action = self._actions.get(name.lower())
-            if action is None:
-                pieces = h.pieces
-                pieces.append(name)
-                pieces.append(b": ")
-                pieces.append(value)
-                pieces.append(b"\r\n")
-                return
-        code = <int>action
-        if code == 1:
+        code = self._table.classify(name, False)
+        if code == A_FORWARD:
+            pieces = h.pieces
+            pieces.append(name)
+            pieces.append(b": ")
+            pieces.append(value)
+            pieces.append(b"\r\n")
+            return
+        if code == A_HOST:
             if self._host_seen:
                 self._reject(400, "bad-request", "duplicate Host header")
-            if not _only(value, HOST_OK):
+            if not value:
+                self._reject(400, "bad-request", "empty Host header")    # RFC 9110 4.2.1: no empty host
+            if not only(value, C_HOST):
                 self._reject(400, "bad-request", "invalid Host header")
             self._host_seen = True
             h.host = value
-        elif code == 2:
+        elif code == A_CONTENT_LENGTH:
             h.content_length = int(value)         # llhttp validated the digits and uniqueness
-        elif code == 3:
+        elif code == A_TRANSFER_ENCODING:
             if self._te_seen:
                 self._reject(400, "bad-request", "duplicate Transfer-Encoding header")
             self._te_seen = True
             self._te = value
-        elif code == 4:
+        elif code == A_CONNECTION:
             for tok in value.lower().split(b","):
                 tok = tok.strip()
                 if tok and tok != b"close" and tok != b"keep-alive":
                     if h.drop is None:
                         h.drop = set()
                     h.drop.add(tok)
-        elif code == 6:
+        elif code == A_EXPECT:
             if value.lower() == b"100-continue":
                 h.expect_continue = True
-        elif code == 7:
-            if 0 < len(value) <= 128 and _only(value, RID_OK):
+        elif code == A_REQUEST_ID:
+            if 0 < len(value) <= 128 and only(value, C_REQUEST_ID):
                 h.request_id = value
-        elif code == 8:
+        elif code == A_FORWARDED_FOR:
             h.xff = value if h.xff is None else h.xff + b", " + value
-        elif code == 9:
-            if self._auth_seen:
-                self._reject(400, "bad-request", "duplicate Authorization header")
-            self._auth_seen = True
+        elif code >= A_CREDENTIALS:
+            # Forwarded, but only one: a second credential is an ambiguity (which one did the gateway check?).
+            if self._creds >> (code - A_CREDENTIALS) & 1:
+                self._reject(400, "bad-request", f"duplicate {name.decode('latin-1')} header")
+            self._creds |= 1ULL << (code - A_CREDENTIALS)
             pieces = h.pieces
             pieces.append(name)
             pieces.append(b": ")
             pieces.append(value)
             pieces.append(b"\r\n")
-        # code 5 (and the rest): dropped
+        elif code == A_TRACEPARENT:
+            # Kept when exactly one well-formed field came; b"" marks "refused" (W3C Trace Context 3.2).
+            h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
+        elif code == A_TRACESTATE:
+            h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
+        elif code == A_UNDERSCORE or code == A_ALIAS:
+            if h.dropped is None:
+                h.dropped = []
+            h.dropped.append((code, name))
+        # the rest (hop-by-hop, X-Forwarded-*, identity, TE, Expect): dropped
 
     def on_headers_complete(self):
         cdef RequestHead h = self._head
@@ -418,17 +334,18 @@ cdef class RequestReader:
                 if u[i] == 63:                 # '?'
                     q = i
                     break
-                flags |= PATH_CLASS[u[i]]
+                flags |= CHARS[u[i]]
             for i in range(q, n):
                 if u[i] == 35:                 # '#' in the query
-                    flags |= 1
+                    flags |= C_PATH_REFUSED
+            flags &= C_PATH
             if q == n:
                 h.path = url
                 h.query = b""
             else:
                 h.path = url[:q]
                 h.query = url[q:]
-            if flags and _bad_path(h.path, flags):
+            if flags and bad_path(h.path, flags):
                 self._reject(400, "bad-request", "request path is not in canonical form")
         h.keep_alive = self._keep_alive()
         self.request_head(h)

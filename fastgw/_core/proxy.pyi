@@ -3,6 +3,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastgw._core.http1 import RequestReader
+from fastgw._core.wire import HeaderTable
 
 def json_bytes(raw: bytes) -> bytes: ...
 
@@ -89,7 +90,7 @@ class RouteRT:
 class Runtime:
     router: Any
     problems: dict[str, Problem]
-    actions: dict[bytes, int]
+    headers: HeaderTable
     max_body: int
     header_timeout: float
     idle_timeout: float
@@ -142,6 +143,7 @@ class Worker:
     conns: set[ClientConn]
     draining: bool
     access_log: list[tuple[Any, ...]] | None
+    debug_log: Callable[[bytes, bytes, list[tuple[str, bytes]]], None] | None
     def __init__(self, rt: Runtime, loop: asyncio.AbstractEventLoop, id_prefix: bytes) -> None: ...
     def attach_metrics(self, buf: Any, routes: int) -> None: ...
     def protocol(self) -> ClientConn: ...

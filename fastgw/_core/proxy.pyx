@@ -90,8 +90,16 @@ cdef bytes concat(list parts):
         dst += size
     return out
 
-from fastgw._core.http1 cimport RequestHead, RequestReader, _bad_path
+from fastgw._core.http1 cimport RequestHead, RequestReader
 from fastgw._core.router cimport Router
+from fastgw._core.wire cimport (
+    A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_FORWARD, A_FORWARDED_FOR,
+    A_HOST, A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, CHARS,
+    C_HOST, C_NAME, C_PATH, C_REQUEST_ID, HeaderTable, R_CONNECTION, R_CONTENT_LENGTH, R_HOP, R_KEEP,
+    R_TRANSFER_ENCODING, bad_path, ieq, only, response_kind, traceparent_ok,
+)
+from fastgw._core.wire import CONNECTION_SPECIFIC
+from fastgw.metrics import HEADER_DROPS, H_HDROP
 
 
 # Reasons to stop reading from the client (a bit each; reading resumes when none is left).
@@ -114,6 +122,10 @@ DEF M_HIST = 40
 DEF M_NBOUNDS = 13
 DEF M_SUM_US = 54
 DEF M_UPERR = 55
+
+# fastgw_headers_dropped_total: the words of each reason in the region's header (fastgw.metrics).
+cdef Py_ssize_t HDROP_UNDERSCORE = H_HDROP + HEADER_DROPS.index("underscore")
+cdef Py_ssize_t HDROP_ALIAS = H_HDROP + HEADER_DROPS.index("managed_alias")
 
 cdef long long HIST_NS[13]
 HIST_NS[:] = [1000000, 2500000, 5000000, 10000000, 25000000, 50000000, 100000000, 250000000,
@@ -222,7 +234,7 @@ cdef class Runtime:
     """Everything the request path reads, compiled once per config (fastgw.compile.compile_config)."""
     cdef public object router
     cdef public dict problems
-    cdef public dict actions
+    cdef public HeaderTable headers       # the request readers' wire table (fastgw/_core/wire.pyx)
     cdef public long long max_body
     cdef public double header_timeout
     cdef public double idle_timeout
@@ -314,46 +326,6 @@ cdef class Target:
 # slices of the received bytes.
 DEF MAX_RESP_HEAD = 65536     # bytes of one upstream response head; more is a 502
 DEF MAX_RESP_LINES = 256      # header lines of one upstream response head; more is a 502
-
-DEF H_KEEP = 0
-DEF H_CL = 1                  # Content-Length: re-emitted by fastgw
-DEF H_TE = 2                  # Transfer-Encoding: fastgw re-frames the body
-DEF H_CONN = 3                # Connection: its tokens name more hop-by-hop headers
-DEF H_HOP = 4                 # other hop-by-hop headers (RFC 9110 7.6.1): never relayed
-
-
-cdef inline bint _ieq(const char* s, Py_ssize_t n, const char* low, Py_ssize_t m) noexcept:
-    """ASCII case-insensitive equality of s[:n] with the lowercase literal low[:m]."""
-    cdef Py_ssize_t i
-    cdef char ch
-    if n != m:
-        return False
-    for i in range(n):
-        ch = s[i]
-        if b'A' <= ch <= b'Z':
-            ch = ch + 32
-        if ch != low[i]:
-            return False
-    return True
-
-
-cdef inline int _resp_header_kind(const char* s, Py_ssize_t n) noexcept:
-    if n == 14:
-        return H_CL if _ieq(s, n, b"content-length", 14) else H_KEEP
-    if n == 17:
-        return H_TE if _ieq(s, n, b"transfer-encoding", 17) else H_KEEP
-    if n == 10:
-        if _ieq(s, n, b"connection", 10):
-            return H_CONN
-        return H_HOP if _ieq(s, n, b"keep-alive", 10) else H_KEEP
-    if n == 2:
-        return H_HOP if _ieq(s, n, b"te", 2) else H_KEEP
-    if n == 7:
-        return H_HOP if (_ieq(s, n, b"trailer", 7) or _ieq(s, n, b"upgrade", 7)) else H_KEEP
-    if n == 16:
-        return H_HOP if _ieq(s, n, b"proxy-connection", 16) else H_KEEP
-    return H_KEEP
-
 
 cdef class UpstreamConn:
     cdef object transport
@@ -466,7 +438,7 @@ cdef class UpstreamConn:
         cdef const char* s = buf
         cdef Py_ssize_t ls[MAX_RESP_LINES]
         cdef Py_ssize_t le[MAX_RESP_LINES]
-        cdef unsigned char kind[MAX_RESP_LINES]
+        cdef unsigned char kind[MAX_RESP_LINES]     # wire.pxd RespKind
         cdef Py_ssize_t pos, eol, colon, vs, ve, n = 0, k, run
         cdef const char* q
         cdef object drop = None
@@ -480,21 +452,21 @@ cdef class UpstreamConn:
             colon = <const char*>memchr(s + pos, b':', eol - pos) - s
             ls[n] = pos
             le[n] = eol
-            kind[n] = _resp_header_kind(s + pos, colon - pos)
-            if kind[n] != H_KEEP:
+            kind[n] = response_kind(s + pos, colon - pos)
+            if kind[n] != R_KEEP:
                 vs = colon + 1
                 ve = eol - 2
                 while vs < ve and (s[vs] == b' ' or s[vs] == b'\t'):
                     vs += 1
                 while ve > vs and (s[ve - 1] == b' ' or s[ve - 1] == b'\t'):
                     ve -= 1
-                if kind[n] == H_CL:
+                if kind[n] == R_CONTENT_LENGTH:
                     self.r_has_cl = True
                     self.r_cl = buf[vs:ve]
-                elif kind[n] == H_TE:
+                elif kind[n] == R_TRANSFER_ENCODING:
                     self.r_chunked = buf[vs:ve].rstrip(b" \t,").lower().endswith(b"chunked")
-                elif kind[n] == H_CONN and not (_ieq(s + vs, ve - vs, b"keep-alive", 10)
-                                                or _ieq(s + vs, ve - vs, b"close", 5)):
+                elif kind[n] == R_CONNECTION and not (ieq(s + vs, ve - vs, b"keep-alive", 10)
+                                                or ieq(s + vs, ve - vs, b"close", 5)):
                     for tok in buf[vs:ve].lower().split(b","):
                         tok = tok.strip()
                         if tok and tok != b"close" and tok != b"keep-alive":
@@ -505,19 +477,19 @@ cdef class UpstreamConn:
             pos = eol
         if remove is not None or drop is not None:
             for k in range(n):
-                if kind[k] == H_KEEP:
+                if kind[k] == R_KEEP:
                     colon = <const char*>memchr(s + ls[k], b':', le[k] - ls[k]) - s
                     name = buf[ls[k]:colon].lower()
                     if (drop is not None and name in drop) or (remove is not None and name in remove):
-                        kind[k] = H_HOP
+                        kind[k] = R_HOP
         # Consecutive kept lines become one slice.
         k = 0
         while k < n:
-            if kind[k] != H_KEEP:
+            if kind[k] != R_KEEP:
                 k += 1
                 continue
             run = k
-            while k < n and kind[k] == H_KEEP:
+            while k < n and kind[k] == R_KEEP:
                 k += 1
             pieces.append(buf[ls[run]:le[k - 1]])
         self.rpieces = pieces
@@ -834,9 +806,8 @@ cdef class Exchange:
 
     @property
     def peercert(self):
-        """The verified TLS client certificate (ssl getpeercert() form), or None."""
-        t = self.client.transport
-        return t.get_extra_info("peercert") if t is not None else None
+        """The verified TLS client certificate of the connection (ssl getpeercert() form), or None."""
+        return self.client.peercert()
 
     @property
     def request_id(self):
@@ -923,18 +894,22 @@ cdef uint64_t name_lengths(object names):
 
 
 cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):
-    """Pieces without the headers named (lowercase) in `drop` or `remove`: `pieces` itself when none is
-    (the common case: nothing allocated). A name is lowercased and looked up only when its length is the
-    length of a name in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
+    """Pieces without the headers named in `drop` or `remove` (folded: lowercase, "_" read as "-", as
+    upstreams that fold names read them; fastgw/headers.py): `pieces` itself when none is (the common
+    case: nothing allocated). A name is folded and looked up only when its length is the length of a name
+    in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
     cdef list out = None
     cdef Py_ssize_t i, k, n = len(pieces)
     cdef uint64_t lengths = remove_lengths | name_lengths(drop)
     cdef bint hit
+    cdef bytes name
     for i in range(0, n, 4):
         k = len(<bytes>pieces[i])
         hit = False
         if (lengths >> (k if k < 63 else 63)) & 1:
             name = (<bytes>pieces[i]).lower()
+            if memchr(<const char*>name, 95, k) != NULL:       # '_'
+                name = name.replace(b"_", b"-")
             hit = (drop is not None and name in drop) or (remove is not None and name in remove)
         if hit:
             if out is None:
@@ -990,7 +965,7 @@ cdef class ClientConn(RequestReader):
 
     def __init__(self, Worker w):
         cdef Runtime rt = w.rt
-        RequestReader.__init__(self, rt.max_line, rt.max_hbytes, rt.max_headers, rt.actions)
+        RequestReader.__init__(self, rt.max_line, rt.max_hbytes, rt.max_headers, rt.headers)
         self.w = w
         self.loop = w.loop
         self.rt0 = rt
@@ -1187,6 +1162,12 @@ cdef class ClientConn(RequestReader):
     cdef bint reader_done(self):
         return self._state == 3 or self.upgraded or self.eof or self.discard
 
+    cdef object peercert(self):
+        """The verified TLS client certificate of this connection, or None (asked of the TLS transport
+        only when a policy wants it: mTLS routes)."""
+        t = self.transport
+        return t.get_extra_info("peercert") if t is not None else None
+
     # -- response output (the downstream interface the Exchange writes through) ------------------------
     # ClientConn serialises HTTP/1.1 here; H2Stream (h2.pxi) overrides these four for HTTP/2. The
     # Exchange calls them and nothing protocol-specific: routing, policies and upstream handling are
@@ -1266,6 +1247,8 @@ cdef class ClientConn(RequestReader):
             ex.rid = head.request_id
         else:
             ex.rid = self.w.next_id()
+        if head is not None and head.dropped is not None:
+            self.w.headers_dropped(ex)
         return ex
 
     cdef void enqueue(self, Exchange ex):
@@ -1461,6 +1444,12 @@ cdef class ClientConn(RequestReader):
             parts.append(h.host)
         parts.append(b"\r\nX-Request-ID: ")
         parts.append(ex.rid)
+        if h.traceparent:
+            parts.append(b"\r\ntraceparent: ")
+            parts.append(h.traceparent)
+            if h.tracestate is not None:
+                parts.append(b"\r\ntracestate: ")
+                parts.append(h.tracestate)
         if h.chunked:
             parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         elif h.content_length >= 0:
@@ -1553,6 +1542,7 @@ cdef class Worker:
     cdef unsigned long long id_counter
     cdef public bint draining             # new connections answer with Connection: close
     cdef public object access_log         # list of per-request tuples, or None (see observe)
+    cdef public object debug_log          # None, or f(request_id, peer, dropped) at log level "debug"
     cdef uint64_t* mbuf                   # this worker's metrics region (fastgw.metrics layout), or NULL
     cdef Py_ssize_t mroutes               # route slots in the region
     cdef object mkeep                     # keeps the buffer behind mbuf alive
@@ -1652,6 +1642,18 @@ cdef class Worker:
                                     ex.rid, ex.route.name if ex.route is not None else None,
                                     t.group.name if t is not None else None, t.hostport if t is not None else None,
                                     ex.up_error, ex.grpc_code - 1 if ex.grpc_code else None))
+
+    cdef void headers_dropped(self, Exchange ex):
+        """Header fields the wire table dropped for their "_" (RequestHead.dropped, fastgw/headers.py):
+        counted by reason (fastgw_headers_dropped_total), and one debug log line per request."""
+        cdef tuple d
+        if self.mbuf != NULL:
+            for d in ex.head.dropped:
+                self.mbuf[HDROP_ALIAS if <int>d[0] == A_ALIAS else HDROP_UNDERSCORE] += 1
+        if self.debug_log is not None:
+            self.debug_log(ex.rid, ex.client.peer,
+                           [(HEADER_DROPS[HDROP_ALIAS - H_HDROP if <int>d[0] == A_ALIAS
+                                          else HDROP_UNDERSCORE - H_HDROP], d[1]) for d in ex.head.dropped])
 
     cdef void upstream_error(self, Exchange ex, int status):
         cdef uint64_t* m = self.mbuf

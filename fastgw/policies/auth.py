@@ -5,9 +5,9 @@ Order on a route: IP rules (403) -> the client address's budget of failed creden
 fastgw/policies/authfail.py) -> credentials (`auth = [...]`, any one listed method suffices; none
 presented or all failing: 401) -> scopes/roles (403). On success `ex.identity` is an `Identity` (the rate
 limiter reads `consumer` and `plan`), and the identity headers (X-Consumer, claims_to_headers) are added
-for the upstream. The client's own copies of those headers never reach the upstream: the HTTP/1.1 reader
-drops X-Consumer/X-User-ID/X-Roles, and `strip_headers(cfg)` names the rest for the route's remove set
-(fastgw/compile.py).
+for the upstream. The client's own copies of those headers never reach the upstream: the request readers
+drop them (the wire table, fastgw/headers.py, with every claims_to_headers target added by
+fastgw/compile.py), under any spelling an upstream might fold to the same name.
 
 Costs on the request path: the policy derives from fastgw._core.gates.AuthGate, whose compiled `check`
 admits, without entering Python, a request whose first method's credential is already known: an API key
@@ -385,16 +385,17 @@ class Issuer:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed kid")
-        # jku, x5u, jwk and x5c are never followed: keys come from configuration only.
-        if kid is not None and self.c.jwks_url is not None:
+        # jku, x5u, jwk and x5c are never followed: keys come from configuration only. A kid names a key of
+        # the issuer's JWK Set (jwks_file or jwks_url): one the set does not hold is refused, never tried
+        # against the other keys (RFC 7515 4.1.4; the set is what the IdP publishes). A single configured
+        # key (public_key, secret) has no kid to match.
+        if kid is not None and (self.c.jwks_url is not None or self.c.jwks_file is not None):
             key = self.keys.get(kid)
             if key is None:
                 if allow_fetch and self.may_refetch():
                     return None
                 raise AuthError("unknown signing key")
             candidates = [key]
-        elif kid is not None and kid in self.keys:
-            candidates = [self.keys[kid]]
         else:
             candidates = list(self.keys.values())
             if not candidates and allow_fetch and self.may_refetch():
@@ -527,7 +528,9 @@ class AuthPolicy(AuthGate):
         ak = cfg.auth.api_key
         self.key_header = ak.header.lower().encode()
         self.key_query = ak.query.encode() + b"=" if ak.query else None
-        self.forward_key = ak.forward
+        # The query-string key is read on routes that accept API keys: it is then taken out of the query
+        # sent upstream whichever credential authenticated the request (AuthGate.admit), unless forward.
+        self.strip_query = ak.query.encode() if ak.query and not ak.forward and "api_key" in route.auth else None
         self.scopes = frozenset(route.scopes)
         self.roles = frozenset(route.roles)
         self.challenge = _BEARER if any(k == "jwt" for k, _ in self.methods) else \
@@ -589,8 +592,6 @@ class AuthPolicy(AuthGate):
                         if len(self.key_cache) >= KEY_CACHE:
                             del self.key_cache[next(iter(self.key_cache))]
                         self.key_cache[raw] = ident
-                    elif not self.forward_key:          # from the query string: not sent upstream
-                        ex.set_query(self._without_key(ex.query))
                 else:  # mtls
                     cert = ex.peercert
                     if not cert:
@@ -626,11 +627,6 @@ class AuthPolicy(AuthGate):
                     return urllib.parse.unquote_to_bytes(part[len(self.key_query):])
         return None
 
-    def _without_key(self, query: bytes) -> bytes:
-        assert self.key_query is not None
-        rest = [p for p in query[1:].split(b"&") if not p.startswith(self.key_query)]
-        return b"?" + b"&".join(rest) if rest else b""
-
     def _cert_identity(self, cert: dict[str, Any]) -> Identity:
         names = []
         for rdn in cert.get("subject", ()):
@@ -661,11 +657,7 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
 
 
 def strip_headers(cfg: Config) -> list[str]:
-    """Header names the client may not send upstream: every claims_to_headers target, X-Consumer, and the
-    API key header unless auth.api_key.forward."""
-    names = ["X-Consumer"]
-    for iss in cfg.auth.jwt.values():
-        names += iss.claims_to_headers.values()
-    if not cfg.auth.api_key.forward:
-        names.append(cfg.auth.api_key.header)
-    return names
+    """Credential headers the client may not send upstream: the API key header unless
+    auth.api_key.forward. (Identity headers, X-Consumer and every claims_to_headers target, are dropped
+    by the request readers: fastgw/headers.py, compile.header_table.)"""
+    return [] if cfg.auth.api_key.forward else [cfg.auth.api_key.header]

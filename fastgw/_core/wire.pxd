@@ -1,0 +1,98 @@
+# The compiled wire table (see wire.pyx): header actions, character classes, byte helpers.
+
+# What a request reader does with a header field, by name (fastgw/headers.py gives each name its role).
+cdef enum Action:
+    A_FORWARD = 0          # not managed: forwarded as received
+    A_HOST = 1             # Host: validated, one
+    A_CONTENT_LENGTH = 2
+    A_TRANSFER_ENCODING = 3
+    A_CONNECTION = 4       # its tokens name more hop-by-hop headers
+    A_DROP = 5             # hop-by-hop, X-Forwarded-* (but -For), identity headers: never forwarded
+    A_EXPECT = 6
+    A_REQUEST_ID = 7
+    A_FORWARDED_FOR = 8
+    A_CONN_SPECIFIC = 9    # keep-alive, proxy-connection, upgrade: dropped (HTTP/1.1), malformed (HTTP/2)
+    A_TE = 10              # dropped; on HTTP/2 only "trailers" is valid
+    A_TRACEPARENT = 11
+    A_TRACESTATE = 12
+    A_UNDERSCORE = 13      # a name with "_" and server.limits.allow_underscores off: dropped, counted
+    A_ALIAS = 14           # a name with "_" that folds to a managed name: always dropped, counted
+    A_CREDENTIALS = 64     # A_CREDENTIALS + k: credential header k (k < 64), read by the gateway:
+                           #   forwarded, never twice (a reader keeps a bit per k for the request)
+
+# Response header kinds (the upstream response-head walk, and the gRPC relay).
+cdef enum RespKind:
+    R_KEEP = 0
+    R_CONTENT_LENGTH = 1
+    R_TRANSFER_ENCODING = 2
+    R_CONNECTION = 3
+    R_HOP = 4
+
+# Character classes: bits of CHARS[byte].
+cdef enum CharClass:
+    C_NAME = 1             # lowercase RFC 9110 token characters (HTTP/2 field names)
+    C_HOST = 2             # Host / :authority
+    C_REQUEST_ID = 4       # a client X-Request-ID kept as is
+    C_PATH_REFUSED = 8     # never in a path: '#', '\', controls, space, non-ASCII
+    C_PATH_PCT = 16        # '%': the path is checked for encoded '/', '\', NUL and dots
+    C_PATH_DOT = 32        # '.': the path is checked for dot segments
+    C_PATH = 56            # the three path bits
+
+cdef unsigned char CHARS[256]
+
+cdef bint bad_path(bytes path, int flags)
+cdef bint traceparent_ok(bytes value) noexcept
+
+
+# Response header names by length (wire.pyx fills them from fastgw/headers.py RESPONSE).
+cdef unsigned char RESP_FIRST[64]     # 1 + index of the first name of that length; 0: none
+cdef unsigned char RESP_NEXT[16]      # 1 + index of the next name of the same length; 0: none
+cdef const char* RESP_NAME[16]        # lowercase
+cdef unsigned char RESP_KIND[16]      # RespKind
+
+
+cdef inline bint only(bytes value, unsigned char cls) noexcept:
+    """Every byte of `value` is in class `cls` (true for b"")."""
+    cdef const unsigned char* p = value
+    cdef Py_ssize_t i, n = len(value)
+    for i in range(n):
+        if not CHARS[p[i]] & cls:
+            return False
+    return True
+
+
+cdef inline bint ieq(const char* s, Py_ssize_t n, const char* low, Py_ssize_t m) noexcept:
+    """ASCII case-insensitive equality of s[:n] with the lowercase literal low[:m]."""
+    cdef Py_ssize_t i
+    cdef char ch
+    if n != m:
+        return False
+    for i in range(n):
+        ch = s[i]
+        if b'A' <= ch <= b'Z':
+            ch = ch + 32
+        if ch != low[i]:
+            return False
+    return True
+
+
+cdef class HeaderTable:
+    cdef dict actions                 # name (lowercase, and the usual spellings) -> Action
+    cdef unsigned long long lengths   # bit min(len, 63) set for the length of every name in `actions`
+    cdef readonly bint allow_underscores
+    cdef int _add(self, dict actions, str name, int action) except -1
+    cdef int classify(self, bytes name, bint lowercase) except -1
+    cdef int underscore(self, bytes name) except -1
+
+
+cdef inline int response_kind(const char* s, Py_ssize_t n) noexcept:
+    """The RespKind of the response header name s[:n] (any case); most names cost one load."""
+    cdef int i
+    if n > 63:
+        return R_KEEP
+    i = RESP_FIRST[n]
+    while i:
+        if ieq(s, n, RESP_NAME[i - 1], n):
+            return RESP_KIND[i - 1]
+        i = RESP_NEXT[i - 1]
+    return R_KEEP

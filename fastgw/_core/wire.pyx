@@ -1,0 +1,223 @@
+# cython: language_level=3
+"""The wire table, compiled: what the data path does with each header name, and which bytes are valid
+where. The names and their roles are declared once, in fastgw/headers.py; this module turns them into
+the tables the HTTP/1.1 reader (http1.pyx), the HTTP/2 validator (h2.pxi), the upstream-head builders
+and the response-head walk (proxy.pyx, grpc.pxi) read, with the action codes of wire.pxd.
+
+  HeaderTable   the request readers' table for one config: name -> Action, plus the underscore rule
+  CHARS         character classes (bits of wire.pxd CharClass), shared by both readers
+  response_kind the upstream response-head walk's classification of a header name (inline, wire.pxd)
+"""
+from libc.string cimport memchr
+
+from fastgw import headers as _h
+
+
+# ---------------------------------------------------------------------------------------------------
+# Character classes
+
+cdef unsigned char CHARS[256]
+
+
+cdef void _mark(bytes chars, unsigned char cls):
+    for c in chars:
+        CHARS[c] |= cls
+
+
+for _i in range(256):
+    CHARS[_i] = C_PATH_REFUSED if _i <= 32 or _i >= 127 else 0
+_mark(b"abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~", C_NAME)
+_mark(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]", C_HOST)
+_mark(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-", C_REQUEST_ID)
+_mark(b"#\\", C_PATH_REFUSED)
+_mark(b"%", C_PATH_PCT)
+_mark(b".", C_PATH_DOT)
+
+
+cdef bint _has_dot_segment(bytes path):
+    for seg in path.split(b"/"):
+        if seg == b"." or seg == b"..":
+            return True
+    return False
+
+
+cdef bint bad_path(bytes path, int flags):
+    """Dot segments, encoded slashes/backslashes/NUL, raw backslashes and fragments are refused: a route
+    decision taken on one spelling of a path must hold for the upstream that decodes another.
+    `flags` is the OR of CHARS over the path (one pass, done by the caller)."""
+    cdef bytes low
+    if flags & C_PATH_REFUSED:
+        return True
+    if flags & C_PATH_PCT:
+        low = path.lower()
+        if low.find(b"%2f") >= 0 or low.find(b"%5c") >= 0 or low.find(b"%00") >= 0:
+            return True
+        if low.find(b"%2e") >= 0:
+            return _has_dot_segment(low.replace(b"%2e", b"."))
+    if flags & C_PATH_DOT:
+        return _has_dot_segment(path)
+    return False
+
+
+cdef inline bint _hex(const unsigned char* p, Py_ssize_t n, bint nonzero) noexcept:
+    """n lowercase hex digits (W3C Trace Context allows no uppercase); with `nonzero`, not all "0"."""
+    cdef Py_ssize_t i
+    cdef bint any_set = False
+    for i in range(n):
+        if not (48 <= p[i] <= 57 or 97 <= p[i] <= 102):
+            return False
+        if p[i] != 48:
+            any_set = True
+    return any_set or not nonzero
+
+
+cdef bint traceparent_ok(bytes value) noexcept:
+    """W3C Trace Context 3.2: version "-" trace-id "-" parent-id "-" flags, lowercase hex; version ff
+    and all-zero ids are invalid; version 00 is exactly 55 characters, a later version at least that,
+    with "-" after the 55th if longer."""
+    cdef const unsigned char* p = value
+    cdef Py_ssize_t n = len(value)
+    if n < 55 or p[2] != 45 or p[35] != 45 or p[52] != 45:
+        return False
+    if not _hex(p, 2, False) or (p[0] == 102 and p[1] == 102):
+        return False
+    if p[0] == 48 and p[1] == 48:
+        if n != 55:
+            return False
+    elif n > 55 and p[55] != 45:
+        return False
+    return _hex(p + 3, 32, True) and _hex(p + 36, 16, True) and _hex(p + 53, 2, False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Response heads
+
+_RESP_BY_NAME = {"content-length": R_CONTENT_LENGTH, "transfer-encoding": R_TRANSFER_ENCODING}
+_RESP_BY_ROLE = {_h.CONNECTION: R_CONNECTION, _h.HOP_BY_HOP: R_HOP}
+_RESP = [(n.encode(), _RESP_BY_NAME[n] if n in _RESP_BY_NAME else _RESP_BY_ROLE[r])
+         for n, r in _h.RESPONSE.items()]
+cdef bytes RESP_NAMES = b"".join(n for n, _ in _RESP)      # kept alive: RESP_NAME points into it
+cdef const char* _base = RESP_NAMES
+cdef Py_ssize_t _off = 0
+assert len(_RESP) <= 16 and all(len(n) < 64 for n, _ in _RESP)
+for _i in range(64):
+    RESP_FIRST[_i] = 0
+for _i, (_n, _k) in enumerate(_RESP):
+    RESP_NAME[_i] = _base + _off
+    RESP_KIND[_i] = _k
+    RESP_NEXT[_i] = RESP_FIRST[len(_n)]        # chain names of the same length
+    RESP_FIRST[len(_n)] = _i + 1
+    _off += len(_n)
+
+# Response fields never relayed from an HTTP/2 upstream (gRPC): the connection-specific ones.
+CONNECTION_SPECIFIC = frozenset(n.encode() for n in _h.CONNECTION_SPECIFIC)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Request headers
+
+cdef dict _ROLE_ACTION = {
+    _h.HOST: A_HOST, _h.CONNECTION: A_CONNECTION, _h.TE: A_TE, _h.EXPECT: A_EXPECT,
+    _h.REQUEST_ID: A_REQUEST_ID, _h.FORWARDED_FOR: A_FORWARDED_FOR, _h.FORWARDED: A_DROP,
+    _h.IDENTITY: A_DROP,
+}
+cdef dict _NAME_ACTION = {
+    "content-length": A_CONTENT_LENGTH, "transfer-encoding": A_TRANSFER_ENCODING,
+    "traceparent": A_TRACEPARENT, "tracestate": A_TRACESTATE,
+}
+
+
+def _action(str name, str role):
+    a = _NAME_ACTION.get(name)
+    if a is not None:
+        return a
+    if role == _h.CREDENTIAL:
+        return None                             # numbered by HeaderTable
+    if role == _h.HOP_BY_HOP:
+        return A_CONN_SPECIFIC if name in _h.CONNECTION_SPECIFIC else A_DROP
+    return _ROLE_ACTION[role]
+
+
+def _spellings(bytes low):
+    """The name as sent by most clients: lowercase, Capitalized-Words and UPPERCASE (a lookup by the
+    name as sent then hits without a lower() per header)."""
+    return (low, b"-".join(part.capitalize() for part in low.split(b"-")), low.upper())
+
+
+cdef bytes FORWARDED_PREFIX = _h.FORWARDED_PREFIX.encode()
+
+
+cdef class HeaderTable:
+    """The request readers' header table for one config (fastgw.compile builds it; both readers share
+    it). `classify(name)` answers the Action of a field name: managed names (fastgw/headers.py, plus
+    the config's identity and credential names), the rest of the X-Forwarded-* family, and names with
+    "_" (dropped unless allow_underscores; dropped always when they fold to a managed name)."""
+
+    def __init__(self, identity=(), credentials=(), bint allow_underscores=False):
+        cdef dict actions = {}
+        cdef int ncred = 0
+        creds = [n for n, r in _h.REQUEST.items() if r == _h.CREDENTIAL] + [n.lower() for n in credentials]
+        for name, role in _h.REQUEST.items():
+            if role != _h.CREDENTIAL:
+                self._add(actions, name, _action(name, role))
+        for name in identity:               # and as a folding upstream would read it
+            self._add(actions, name.lower(), A_DROP)
+            self._add(actions, _h.fold(name), A_DROP)
+        for name in creds:                  # each its own number: two different ones are not a duplicate
+            if name.encode("latin-1") not in actions:
+                if ncred == 64:
+                    raise ValueError("more than 64 credential headers")
+                self._add(actions, name, A_CREDENTIALS + ncred)
+                ncred += 1
+        self.actions = actions
+        self.allow_underscores = allow_underscores
+
+    cdef int _add(self, dict actions, str name, int action) except -1:
+        cdef bytes low = name.encode("latin-1")
+        if low in actions:
+            return 0            # never override what the table says of a name it owns
+        for spelling in _spellings(low):
+            actions[spelling] = action
+        self.lengths |= 1ULL << (len(low) if len(low) < 63 else 63)
+        return 0
+
+    def action(self, bytes name):
+        """classify() for Python callers (tests, tooling)."""
+        return self.classify(name, False)
+
+    cdef int classify(self, bytes name, bint lowercase) except -1:
+        """The Action of field name `name`; `lowercase`: the name is known to be lowercase (HTTP/2)."""
+        cdef object a = self.actions.get(name)
+        cdef Py_ssize_t n
+        cdef const char* p
+        if a is not None:
+            return <int>a
+        n = len(name)
+        if not lowercase and (self.lengths >> (n if n < 63 else 63)) & 1:
+            a = self.actions.get(name.lower())
+            if a is not None:
+                return <int>a
+        p = name
+        if memchr(p, 95, n) != NULL:                # '_'
+            return self.underscore(name)
+        if n > 12 and (p[0] | 32) == 120 and ieq(p, 12, FORWARDED_PREFIX, 12):   # 'x'
+            return A_DROP
+        return A_FORWARD
+
+    cdef int underscore(self, bytes name) except -1:
+        folded = name.lower().replace(b"_", b"-")
+        if folded in self.actions or folded.startswith(FORWARDED_PREFIX):
+            return A_ALIAS
+        return A_FORWARD if self.allow_underscores else A_UNDERSCORE
+
+
+DEFAULT_TABLE = HeaderTable()
+
+# The Action codes by name, for Python callers (tests, tooling): HeaderTable.action(name) answers these.
+ACTIONS = {
+    "forward": A_FORWARD, "host": A_HOST, "content-length": A_CONTENT_LENGTH,
+    "transfer-encoding": A_TRANSFER_ENCODING, "connection": A_CONNECTION, "drop": A_DROP, "expect": A_EXPECT,
+    "request-id": A_REQUEST_ID, "forwarded-for": A_FORWARDED_FOR, "credential": A_CREDENTIALS,
+    "connection-specific": A_CONN_SPECIFIC, "te": A_TE, "traceparent": A_TRACEPARENT,
+    "tracestate": A_TRACESTATE, "underscore": A_UNDERSCORE, "alias": A_ALIAS,
+}
