@@ -35,8 +35,8 @@
 #   is reset with PROTOCOL_ERROR and never reaches an HTTP/1.1 upstream (no H2->H1 smuggling).
 # * Timers, each with its own job [nginx: client_header_timeout, send_timeout and proxy_read_timeout are
 #   separate]: `header_timeout` bounds a header block (and the preface) from its first byte to its last,
-#   whatever arrives in between (the CONTINUATION slowloris; nginx likewise times an unfinished frame and
-#   answers GOAWAY PROTOCOL_ERROR); `stall_timeout` bounds the time a stream's response makes no progress
+#   whatever arrives in between (HeaderClock, h2_headerclock.pxi: the CONTINUATION slowloris);
+#   `stall_timeout` bounds the time a stream's response makes no progress
 #   against the client's windows; the upstream `timeout` bounds the upstream's silence and is suspended
 #   while the stream holds response bytes the client has not taken (fastgw is not waiting for the upstream
 #   then, and has usually paused reading from it).
@@ -601,6 +601,9 @@ cdef class H2Stream(ClientConn):
         self.conn.stream_ended(self)
 
 
+include "h2_headerclock.pxi"
+
+
 cdef bytes DRAIN_PING = b"fgdrain\x00"     # the drain's PING payload; its ACK ends the first round trip
 cdef bytes DRAIN_FIRST = (GoAwayFrame(0, last_stream_id=LAST_STREAM_ID, error_code=0).serialize()
                           + PingFrame(0, opaque_data=DRAIN_PING).serialize())
@@ -646,13 +649,7 @@ cdef class H2Conn:
     cdef int empty_run
     cdef Py_ssize_t paused_out    # bytes written since the transport paused (DATA is not sent then)
     cdef bint flush_soon          # a flush is scheduled for the end of this loop iteration
-    # The header timer (scan): frame boundaries of the input, followed without parsing the frames.
-    cdef Py_ssize_t fskip         # bytes of the current frame's payload (or of the preface) still to come
-    cdef int fhave                # bytes of the next frame header received so far (0..8)
-    cdef unsigned char fhdr[9]
-    cdef bint fblock              # inside a header block (or the preface)
-    cdef bint fend                # the current frame's end is the header block's end
-    cdef double hdr_since         # when the unfinished header block or frame header began (0: none)
+    cdef HeaderClock hclock       # times header blocks (server.limits.header_timeout)
 
     def __init__(self, ClientConn cl):
         cdef Runtime rt = cl.rt0
@@ -665,10 +662,7 @@ cdef class H2Conn:
         self.after_end = []
         self.last_active = self.w.clock.now
         self.win_start = self.last_active
-        self.fskip = len(H2_PREFACE)          # the preface is timed like a header block
-        self.fblock = True
-        self.fend = True
-        self.hdr_since = self.last_active
+        self.hclock = HeaderClock(len(H2_PREFACE), self.last_active)
         # fastgw validates request fields itself (below, in one pass that it needs anyway to build the
         # upstream head) and builds response fields lowercase and clean: h2's own passes are skipped.
         cfg = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
@@ -710,7 +704,7 @@ cdef class H2Conn:
             self.win_opened = 0
             self.win_reset = 0
             self.win_ctrl = 0
-        self.scan(data, now)
+        self.hclock.feed(data, now)
         try:
             events = self.h2.receive_data(data)
         except H2ProtocolError as e:
@@ -1210,7 +1204,7 @@ cdef class H2Conn:
         cdef Runtime rt = self.cl.rt0
         if self.closed:
             return
-        if self.hdr_since and now - self.hdr_since > rt.header_timeout:
+        if self.hclock.since and now - self.hclock.since > rt.header_timeout:
             # A header block (or the preface) unfinished at header_timeout: the connection's input is stuck
             # on it (RFC 9113 6.10), so the connection ends [nginx: GOAWAY PROTOCOL_ERROR].
             self.h2.close_connection(error_code=E_PROTOCOL, last_stream_id=self.last_sid)
@@ -1235,52 +1229,3 @@ cdef class H2Conn:
                 self.close()
         if not self.batching:
             self.flush()
-
-    cdef void scan(self, bytes data, double now):
-        """Follow the input's frame boundaries (9-byte headers: 24-bit length, type, flags, stream id) to
-        time header blocks: from the first byte of a HEADERS frame to the end of the frame that carries
-        END_HEADERS, or of any frame header split between reads. hdr_since is when the unfinished part
-        began, 0 when there is none."""
-        cdef const unsigned char* p = data
-        cdef Py_ssize_t n = len(data), i = 0, k
-        cdef unsigned char* hd = self.fhdr
-        cdef bint broke = False              # the input was between frames outside a block in this read
-        while i < n:
-            if self.fskip:
-                k = n - i
-                if k > self.fskip:
-                    k = self.fskip
-                i += k
-                self.fskip -= k
-                if self.fskip == 0 and self.fend:
-                    self.fblock = self.fend = False
-                    broke = True
-                continue
-            if self.fhave == 0 and n - i >= 9:
-                hd = <unsigned char*>p + i   # the whole header is here: read it in place
-                i += 9
-            else:
-                while self.fhave < 9 and i < n:
-                    self.fhdr[self.fhave] = p[i]
-                    self.fhave += 1
-                    i += 1
-                if self.fhave < 9:
-                    break
-                hd = self.fhdr
-            self.fhave = 0
-            self.fskip = (<Py_ssize_t>hd[0] << 16) | (<Py_ssize_t>hd[1] << 8) | hd[2]
-            if hd[3] == 1 or hd[3] == 9:     # HEADERS, CONTINUATION
-                self.fblock = True
-                if hd[4] & 4:                # END_HEADERS: the block ends with this frame
-                    if self.fskip:
-                        self.fend = True
-                    else:
-                        self.fblock = False
-                        broke = True
-            elif not self.fblock:
-                broke = True
-        if self.fblock or self.fhave:
-            if broke or not self.hdr_since:
-                self.hdr_since = now
-        else:
-            self.hdr_since = 0
