@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -434,8 +435,10 @@ def test_alpn_h2_over_tls(tmp_path):
     script.write_text(ALPN_SERVER)
     from upstreams import EchoOrigin
     origin = EchoOrigin().start()
+    root = Path(__file__).parents[1]
+    # The script's own directory comes first on its sys.path: PYTHONPATH makes it import this tree's fastgw.
     proc = subprocess.Popen(["python3", str(script), str(tmp_path), origin.addr], stdout=subprocess.PIPE,
-                            cwd=Path(__file__).parents[1], text=True)
+                            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), text=True)
     try:
         port = int(proc.stdout.readline())
         ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
