@@ -435,10 +435,9 @@ def test_alpn_h2_over_tls(tmp_path):
     script.write_text(ALPN_SERVER)
     from upstreams import EchoOrigin
     origin = EchoOrigin().start()
-    root = Path(__file__).parents[1]
-    # The script's own directory comes first on its sys.path: PYTHONPATH makes it import this tree's fastgw.
+    root = Path(__file__).parents[1]          # import this checkout's fastgw, not an installed one
     proc = subprocess.Popen(["python3", str(script), str(tmp_path), origin.addr], stdout=subprocess.PIPE,
-                            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), text=True)
+                            cwd=root, text=True, env=dict(os.environ, PYTHONPATH=str(root)))
     try:
         port = int(proc.stdout.readline())
         ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))

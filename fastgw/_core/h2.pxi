@@ -33,19 +33,19 @@
 #   regular field, no unknown ones), names lowercase tokens, values without CR/LF/NUL or surrounding
 #   whitespace, no connection-specific fields, TE only "trailers" (RFC 9113 8.2, 8.3): a malformed request
 #   is reset with PROTOCOL_ERROR and never reaches an HTTP/1.1 upstream (no H2->H1 smuggling).
+# * Drain: GOAWAY NO_ERROR naming the last stream taken; streams in flight finish, then the connection
+#   closes. That GOAWAY is the second of two [RFC 9113 6.8; Envoy drain_timeout]: the first names 2^31-1
+#   and comes with a PING, so that streams the client sent before it saw a GOAWAY are still taken; the
+#   PING's answer (or `GOAWAY_ACK_WAIT`) ends that round trip. After the second, new streams are refused.
+# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (h2 would stop all
+#   output: _H2Server keeps the connection open), new ones are refused, then GOAWAY and close.
 # * Timers, each with its own job [nginx: client_header_timeout, send_timeout and proxy_read_timeout are
 #   separate]: `header_timeout` bounds a header block (and the preface) from its first byte to its last,
 #   whatever arrives in between (HeaderClock, h2_headerclock.pxi: the CONTINUATION slowloris);
-#   `stall_timeout` bounds the time a stream's response makes no progress
-#   against the client's windows; the upstream `timeout` bounds the upstream's silence and is suspended
-#   while the stream holds response bytes the client has not taken (fastgw is not waiting for the upstream
-#   then, and has usually paused reading from it).
-# * Drain [RFC 9113 6.8; Envoy drain_timeout]: GOAWAY NO_ERROR naming 2^31-1 and a PING; streams the client
-#   sent before it saw the GOAWAY are still taken; the PING's answer (or `GOAWAY_ACK_WAIT`) ends that
-#   round trip, and a second GOAWAY names the last stream taken, after which new streams are refused.
-#   Streams in flight finish, then the connection closes.
-# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (h2 would stop all
-#   output: _H2Server keeps the connection open), new ones are refused, then GOAWAY and close.
+#   `stall_timeout` bounds the time a stream's response makes no progress against the client's windows;
+#   the upstream `timeout` bounds the upstream's silence and is suspended while the stream holds response
+#   bytes the client has not taken (fastgw is not waiting for the upstream then, and has usually paused
+#   reading from it).
 # * HPACK decoding errors are connection errors of type COMPRESSION_ERROR [RFC 9113 4.3].
 
 from h2.config import H2Configuration
