@@ -1,7 +1,8 @@
 """fastgw's HPACK decoder (fastgw/_core/h2.pxi, H2Decoder) against the reference, hpack.Decoder: blocks
 made by hpack's own encoder (dynamic table insertions, evictions, Huffman or not, never-indexed fields,
 table size updates) decode to the same fields, block after block on one connection's state; and broken
-blocks raise the same exception classes, which h2 turns into the same connection errors."""
+blocks raise the same exception classes, which end the connection with the same GOAWAY (COMPRESSION_ERROR;
+ENHANCE_YOUR_CALM for an oversized list: tests/test_h2_lifecycle.py, tests/test_h2.py)."""
 from __future__ import annotations
 
 import hpack

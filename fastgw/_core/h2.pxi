@@ -11,12 +11,16 @@
 # Rules kept here (and why; the precedent in brackets):
 # * Received DATA is acknowledged (WINDOW_UPDATE) only once the upstream transport has taken it and is not
 #   paused: a slow upstream slows the client through HTTP/2 flow control instead of gateway memory.
-# * DATA is sent only within the peer's windows; a stream that waits on a zero window longer than
-#   `stall_timeout` is reset (CANCEL) and its upstream released [nginx send_timeout].
+# * DATA is sent only within the peer's windows; a stream whose response makes no progress against them
+#   for `stall_timeout` is reset (CANCEL) and its upstream released [nginx send_timeout: the time between
+#   two successive writes].
 # * 100 concurrent streams [RFC 9113 recommends >= 100; nginx 128]; a stream beyond them is refused alone
 #   (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2), 32 KiB header list (the H1 limit),
 #   the header count checked at decode (431, like H1) [Envoy max_headers_count], at most 64 CONTINUATION
-#   frames per header block (h2's bound, kept), at most `MAX_NEW_PER_READ` new streams in one read.
+#   frames per header block (h2's bound, kept). One read may start at most `max_streams` streams: a client
+#   that respects the limit cannot start more, even when its first flight beat the SETTINGS frame (those
+#   over the limit are refused, and refused streams do not count); more means it reset streams it opened
+#   in the same read (the Rapid Reset pattern): GOAWAY ENHANCE_YOUR_CALM.
 # * Rapid Reset (CVE-2023-44487): when at least 500 streams were opened in a window and the client reset
 #   more than half of them before their response completed, GOAWAY ENHANCE_YOUR_CALM.
 # * Control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA) cost the client budget: more than
@@ -32,16 +36,29 @@
 #   field goes through the HTTP/1.1 reader's wire table (wire.pyx): the same names dropped, the same
 #   underscore rule, the same credential and traceparent checks.
 # * Drain: GOAWAY NO_ERROR naming the last stream taken; streams in flight finish, then the connection
-#   closes.
+#   closes. That GOAWAY is the second of two [RFC 9113 6.8; Envoy drain_timeout]: the first names 2^31-1
+#   and comes with a PING, so that streams the client sent before it saw a GOAWAY are still taken; the
+#   PING's answer (or `GOAWAY_ACK_WAIT`) ends that round trip. After the second, new streams are refused.
+# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (h2 would stop all
+#   output: _H2Server keeps the connection open), new ones are refused, then GOAWAY and close.
+# * Timers, each with its own job [nginx: client_header_timeout, send_timeout and proxy_read_timeout are
+#   separate]: `header_timeout` bounds a header block (and the preface) from its first byte to its last,
+#   whatever arrives in between (HeaderClock, h2_headerclock.pxi: the CONTINUATION slowloris);
+#   `stall_timeout` bounds the time a stream's response makes no progress against the client's windows;
+#   the upstream `timeout` bounds the upstream's silence and is suspended while the stream holds response
+#   bytes the client has not taken (fastgw is not waiting for the upstream then, and has usually paused
+#   reading from it).
+# * HPACK decoding errors are connection errors of type COMPRESSION_ERROR [RFC 9113 4.3].
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.errors import ErrorCodes
+from h2.errors import ErrorCodes, _error_code_from_int
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings as H2SettingsTable
 from h2.events import (
     ConnectionTerminated as EvConnectionTerminated,
     DataReceived as EvDataReceived,
+    PingAckReceived as EvPingAckReceived,
     PingReceived as EvPingReceived,
     PriorityUpdated as EvPriorityUpdated,
     RemoteSettingsChanged as EvRemoteSettingsChanged,
@@ -51,23 +68,26 @@ from h2.events import (
     TrailersReceived as EvTrailersReceived,
     WindowUpdated as EvWindowUpdated,
 )
-from hyperframe.frame import GoAwayFrame
+from hpack.exceptions import HPACKError
+from hyperframe.frame import GoAwayFrame, PingFrame
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DEF MAX_NEW_PER_READ = 100        # new streams opened by one read
 DEF RESET_MIN = 500               # Rapid Reset: streams opened in the window before the ratio counts
 DEF FLOOD_WINDOW = 10.0           # seconds over which reset and control-frame budgets are counted
 DEF MAX_CONTROL = 1000            # control frames per window
 DEF MAX_EMPTY_RUN = 10            # consecutive empty DATA frames without END_STREAM
 DEF MAX_OUTQ = 1048576            # bytes written while the transport is paused (the client does not read)
 DEF STREAM_OUTQ = 65536           # response bytes buffered per stream before its upstream is paused
+DEF GOAWAY_ACK_WAIT = 2.0         # drain: seconds the first GOAWAY's PING may go unanswered
+DEF LAST_STREAM_ID = 2147483647   # 2^31-1: the first GOAWAY of a drain names every stream
 
 cdef int E_NO_ERROR = 0
 cdef int E_PROTOCOL = 1
 cdef int E_INTERNAL = 2
 cdef int E_REFUSED = 7
 cdef int E_CANCEL = 8
+cdef int E_COMPRESSION = 9
 cdef int E_CALM = 11
 
 cdef dict H2_STATUS = {}
@@ -110,8 +130,9 @@ DEF HP_CACHE_MAX = 4096
 # Request header decoding (RFC 7541). Stands in for h2's hpack.Decoder, which was 17% of the worker's CPU
 # under h2load (a Python loop with a memoryview slice, and a bytes copy of the rest of the block for every
 # literal, per field). Same interface for h2: decode(data, raw=True), max_header_list_size,
-# max_allowed_table_size, and the same exceptions (hpack.exceptions), which h2 turns into
-# COMPRESSION_ERROR / ENHANCE_YOUR_CALM. Fields come back as plain (name, value) tuples of bytes. Huffman
+# max_allowed_table_size, and the same exceptions (hpack.exceptions): h2 turns an oversized list into
+# GOAWAY ENHANCE_YOUR_CALM and the others into a GOAWAY whose code H2Conn.feed makes COMPRESSION_ERROR
+# (RFC 9113 4.3). Fields come back as plain (name, value) tuples of bytes. Huffman
 # strings (first requests on a connection; later ones hit the dynamic table) use hpack's decoder.
 
 from hpack.exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
@@ -551,6 +572,28 @@ cdef class H2Stream(ClientConn):
         self.conn.stream_ended(self)
 
 
+include "h2_headerclock.pxi"
+
+
+cdef bytes DRAIN_PING = b"fgdrain\x00"     # the drain's PING payload; its ACK ends the first round trip
+cdef bytes DRAIN_FIRST = (GoAwayFrame(0, last_stream_id=LAST_STREAM_ID, error_code=0).serialize()
+                          + PingFrame(0, opaque_data=DRAIN_PING).serialize())
+
+
+class _H2Server(H2Connection):
+    """h2's connection, except on a GOAWAY from the client: h2 closes its state machine and clears its
+    output, so the responses of the streams the client already opened could never be sent, although
+    RFC 9113 6.8 lets them complete. Here the GOAWAY is only reported (ConnectionTerminated); H2Conn
+    refuses new streams, finishes the others, then closes."""
+
+    def _receive_goaway_frame(self, frame):
+        ev = EvConnectionTerminated()
+        ev.error_code = _error_code_from_int(frame.error_code)
+        ev.last_stream_id = frame.last_stream_id
+        ev.additional_data = frame.additional_data or None
+        return [], [ev]
+
+
 cdef class H2Conn:
     cdef ClientConn cl
     cdef public object h2
@@ -564,7 +607,9 @@ cdef class H2Conn:
     cdef public bint closed
     cdef bint wpaused
     cdef bint draining
-    cdef bint goaway
+    cdef int goaway_stage         # 0; 1: drain's GOAWAY(2^31-1) + PING out; 2: GOAWAY(last_sid) out
+    cdef double goaway_at         # when stage 1 began
+    cdef bint peer_goaway         # the client sent GOAWAY
     cdef int last_sid
     cdef int nreq
     cdef double last_active
@@ -575,6 +620,7 @@ cdef class H2Conn:
     cdef int empty_run
     cdef Py_ssize_t paused_out    # bytes written since the transport paused (DATA is not sent then)
     cdef bint flush_soon          # a flush is scheduled for the end of this loop iteration
+    cdef HeaderClock hclock       # times header blocks (server.limits.header_timeout)
 
     def __init__(self, ClientConn cl):
         cdef Runtime rt = cl.rt0
@@ -587,12 +633,13 @@ cdef class H2Conn:
         self.after_end = []
         self.last_active = self.w.clock.now
         self.win_start = self.last_active
+        self.hclock = HeaderClock(len(H2_PREFACE), self.last_active)
         # fastgw validates request fields itself (below, in one pass that it needs anyway to build the
         # upstream head) and builds response fields lowercase and clean: h2's own passes are skipped.
         cfg = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
                               normalize_inbound_headers=False, validate_outbound_headers=False,
                               normalize_outbound_headers=False, split_outbound_cookies=False)
-        h = H2Connection(config=cfg)
+        h = _H2Server(config=cfg)
         h.local_settings = H2SettingsTable(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: self.lim.max_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: self.lim.stream_window,
@@ -628,19 +675,28 @@ cdef class H2Conn:
             self.win_opened = 0
             self.win_reset = 0
             self.win_ctrl = 0
+        self.hclock.feed(data, now)
         try:
             events = self.h2.receive_data(data)
-        except H2ProtocolError:
-            self.fatal()                       # h2 queued a GOAWAY with the error's code
+        except H2ProtocolError as e:
+            # h2 queued a GOAWAY with the error's code. It reports HPACK decoding errors as PROTOCOL_ERROR
+            # (h2.connection._decode_headers): RFC 9113 4.3 makes them COMPRESSION_ERROR.
+            self.fatal(E_COMPRESSION if type(e) is H2ProtocolError and isinstance(e.__cause__, HPACKError)
+                       else -1)
             return
         self.batching = True
         try:
             for ev in events:
                 t = type(ev)
                 if t is EvRequestReceived:
+                    self.win_opened += 1
+                    if self.peer_goaway or self.goaway_stage == 2 or len(self.streams) >= self.lim.max_streams:
+                        # Not processed, safe to retry (RFC 9113 5.1.2, 6.8).
+                        self.h2.reset_stream((<object>ev).stream_id, E_REFUSED)
+                        continue
                     new += 1
-                    if new > MAX_NEW_PER_READ:
-                        self.calm()
+                    if new > self.lim.max_streams:
+                        self.calm()                # more streams taken than can be open at once
                         return
                     self.on_request(ev)
                 elif t is EvDataReceived:
@@ -654,6 +710,10 @@ cdef class H2Conn:
                     self.push_blocked()
                 elif t is EvPingReceived or t is EvPriorityUpdated:
                     self.win_ctrl += 1
+                elif t is EvPingAckReceived:
+                    self.win_ctrl += 1
+                    if self.goaway_stage == 1 and (<object>ev).ping_data == DRAIN_PING:
+                        self.final_goaway()
                 elif t is EvRemoteSettingsChanged:
                     self.win_ctrl += 1
                     self.push_blocked()
@@ -662,7 +722,7 @@ cdef class H2Conn:
                     # itself; they are dropped (their END_STREAM arrives as StreamEnded).
                     pass
                 elif t is EvConnectionTerminated:
-                    self.goaway = True
+                    self.peer_goaway = True
                     self.draining = True
                 if self.closed:
                     return
@@ -672,8 +732,7 @@ cdef class H2Conn:
         finally:
             self.batching = False
         self.flush()
-        if self.draining and not self.streams:
-            self.close()
+        self.close_if_done()
 
     cdef void on_request(self, ev):
         cdef int sid = ev.stream_id
@@ -681,10 +740,6 @@ cdef class H2Conn:
         cdef RequestHead h
         cdef Exchange ex
         cdef bint ended = ev.stream_ended is not None
-        self.win_opened += 1
-        if self.goaway or (self.draining and sid > self.last_sid) or len(self.streams) >= self.lim.max_streams:
-            self.h2.reset_stream(sid, E_REFUSED)
-            return
         if sid > self.last_sid:
             self.last_sid = sid
         st = H2Stream.__new__(H2Stream)
@@ -942,6 +997,7 @@ cdef class H2Conn:
         cdef object h = self.h2
         cdef Py_ssize_t win, n, fmax
         cdef bytes chunk
+        cdef bint moved = False
         if st.ended:
             st.outq = []
             return
@@ -963,9 +1019,10 @@ cdef class H2Conn:
                 if last:
                     st.ended = True
             st.outq_bytes -= n
+            moved = True
         if st.outq:
-            if st.blocked_since == 0:
-                st.blocked_since = self.w.clock.now
+            if moved or st.blocked_since == 0:
+                st.blocked_since = self.w.clock.now     # the stall timer counts time without progress
         else:
             st.blocked_since = 0
             if st.end_pending and not st.ended:
@@ -1047,34 +1104,47 @@ cdef class H2Conn:
         self.h2.close_connection(error_code=E_CALM, last_stream_id=self.last_sid)
         self.fatal()
 
-    cdef void fatal(self):
+    cdef void fatal(self, int code=-1):
+        """Write h2's output, whose last frame is the GOAWAY h2 queued for a connection error (its code
+        replaced by `code` when given), and close."""
         data = self.h2.data_to_send()
+        if code >= 0 and data[-17:-13] == b"\x00\x00\x08\x07":      # a GOAWAY without debug data, last
+            data = data[:-4] + (<int>code).to_bytes(4, "big")
         if data and not self.closed:
             self.transport.write(data)
         self.lost()
         self.cl.close()
 
-    cdef void send_goaway(self):
+    cdef void final_goaway(self):
         """GOAWAY NO_ERROR naming the last stream taken; in-flight streams finish (h2's close_connection
         would stop accepting their frames, so the frame is written directly, after h2's pending output)."""
-        cdef object f
-        if self.goaway or self.closed:
+        if self.goaway_stage == 2 or self.closed:
             return
-        self.goaway = True
+        self.goaway_stage = 2
         self.flush()
-        f = GoAwayFrame(0)
-        f.last_stream_id = self.last_sid
-        f.error_code = 0
-        self.transport.write(f.serialize())
+        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_sid, error_code=0).serialize())
 
     def drain(self):
+        """Graceful shutdown, first step: GOAWAY(2^31-1) and a PING (see the header comment). Called again
+        while the worker drains: closes the connection once it is done."""
         self.draining = True
-        self.send_goaway()
-        if not self.streams:
+        if self.goaway_stage == 0 and not self.peer_goaway and not self.closed:
+            self.goaway_stage = 1
+            self.goaway_at = self.w.clock.now
+            self.flush()
+            self.transport.write(DRAIN_FIRST)
+        self.close_if_done()
+
+    cdef void close_if_done(self):
+        """A draining connection (fastgw's drain or the client's GOAWAY) closes once no stream is left,
+        unless the drain's PING round trip is still under way."""
+        if self.draining and not self.streams and self.goaway_stage != 1:
             self.close()
 
     cdef void close(self):
+        """GOAWAY naming the last stream taken, then close (RFC 9113 6.8: a GOAWAY before closing)."""
         if not self.closed:
+            self.final_goaway()
             self.flush()
             self.lost()
             self.cl.close()
@@ -1113,22 +1183,32 @@ cdef class H2Conn:
 
     cdef void check(self, double now):
         cdef H2Stream st
+        cdef Exchange ex
         cdef Runtime rt = self.cl.rt0
         if self.closed:
             return
+        if self.hclock.since and now - self.hclock.since > rt.header_timeout:
+            # A header block (or the preface) unfinished at header_timeout: the connection's input is stuck
+            # on it (RFC 9113 6.10), so the connection ends [nginx: GOAWAY PROTOCOL_ERROR].
+            self.h2.close_connection(error_code=E_PROTOCOL, last_stream_id=self.last_sid)
+            self.fatal()
+            return
+        if self.goaway_stage == 1 and now - self.goaway_at > GOAWAY_ACK_WAIT:
+            self.final_goaway()                 # the drain's PING went unanswered
         for st in list(self.streams.values()):
             if st.grpc is not None:
                 st.grpc.check(now)
             elif st.active is not None:
+                ex = st.active
+                if st.outq and ex.up is not None:
+                    ex.up_last = now            # the upstream timer waits while the client holds us up
                 ClientConn.check(st, now)
             if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
-                st.reset(E_CANCEL)              # stalled on a zero window
+                st.reset(E_CANCEL)              # no progress against the client's windows
         if not self.streams:
             if self.draining:
-                self.send_goaway()
-                self.close()
+                self.close_if_done()
             elif now - self.last_active > rt.idle_timeout:
-                self.send_goaway()
                 self.close()
         if not self.batching:
             self.flush()
