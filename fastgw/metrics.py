@@ -14,7 +14,10 @@ its slot, so counters never go backwards.
 
 Region layout, in words (kept in step with the DEF constants in proxy.pyx):
   HEADER words   [0] open client connections (a gauge, written by the worker every sweep) [1] pid
-                 [2] config generation the worker serves; the rest reserved
+                 [2] config generation the worker serves [5] upstream connections closed for bytes
+                 beyond the end of a response (counter, the data path) [6] the worker's
+                 max_connections (gauge) [7] times the worker reached it (counter, the data path);
+                 the rest reserved
   then ROUTE words per route slot (slot 0: requests that matched no route; other slots are assigned to
   route names by the supervisor, never reused, so a name keeps its counters across reloads):
   [0..39]  responses by method (8) x status class (5): index method * 5 + class
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 HEADER = 8
 ROUTE = 64
 H_CONNS, H_PID, H_GEN = 0, 1, 2
+H_OVERRUNS, H_CONN_LIMIT, H_CONN_FULL = 5, 6, 7      # M_OVERRUNS, M_CONN_FULL in proxy.pyx
 HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
@@ -138,6 +142,9 @@ class Snapshot:
     upstream_errors: dict[tuple[int, int], int]    # (slot, kind) -> count
     connections: int
     auth_failures: dict[tuple[int, int], int] = field(default_factory=dict)   # (slot, reason) -> count
+    connection_limit: int = 0          # sum of live workers' max_connections
+    limit_reached: int = 0             # times a worker paused accepting at its cap
+    overruns: int = 0                  # upstream connections closed for bytes beyond a response's end
 
 
 def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -> Snapshot:
@@ -148,11 +155,14 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     sum_us: dict[int, int] = {}
     uperr: dict[tuple[int, int], int] = {}
     authf: dict[tuple[int, int], int] = {}
-    conns = 0
+    conns = limit = reached = overruns = 0
     for w in range(workers):
         words = shm.words(w)
         if w in live:
             conns += words[H_CONNS]
+            limit += words[H_CONN_LIMIT]
+        reached += words[H_CONN_FULL]
+        overruns += words[H_OVERRUNS]
         for slot in range(used_slots):
             base = route_base(slot)
             block = words[base:base + ROUTE].tolist()
@@ -173,7 +183,7 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
                 if block[AUTHF + k]:
                     authf[(slot, k)] = authf.get((slot, k), 0) + block[AUTHF + k]
         words.release()
-    return Snapshot(requests, hist, sum_us, uperr, conns, authf)
+    return Snapshot(requests, hist, sum_us, uperr, conns, authf, limit, reached, overruns)
 
 
 def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) -> str:
@@ -211,8 +221,18 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
                "credentials: 401; forbidden scope or role, ip rules: 403).")
         for (slot, k), n in sorted(snap.auth_failures.items()):
             out.append(f"fastgw_auth_failures_total{_labels(route=names[slot], reason=AUTH_REASONS[k])} {n}")
-        family("fastgw_connections", "gauge", "Open client connections, over all workers.")
+        family("fastgw_upstream_overruns_total", "counter",
+               "Upstream connections closed because bytes followed the end of a response "
+               "(its Content-Length, its last chunk, or a head without a body).")
+        out.append(f"fastgw_upstream_overruns_total {snap.overruns}")
+        family("fastgw_connections", "gauge",
+               "Client connections over all workers: open, and the limit (server.limits.max_connections "
+               "per worker, summed).")
         out.append(f'fastgw_connections{{state="open"}} {snap.connections}')
+        out.append(f'fastgw_connections{{state="limit"}} {snap.connection_limit}')
+        family("fastgw_connections_limit_reached_total", "counter",
+               "Times a worker reached max_connections and stopped accepting until a connection ended.")
+        out.append(f"fastgw_connections_limit_reached_total {snap.limit_reached}")
 
     reloads = process["reloads"]
     assert isinstance(reloads, dict)
