@@ -137,7 +137,11 @@ class Listener:
 
     async def _reopen(self) -> None:
         try:
+            if self.closed:
+                return
             srv = await self._open()
+        except OSError:                  # the socket was closed meanwhile (drain)
+            return
         finally:
             self.task = None
         if self.server is not None:

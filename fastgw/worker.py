@@ -430,6 +430,8 @@ class WorkerProcess:
         for srv in self.servers:
             srv.close()
         self.servers = []
+        for sock in self.socks:       # the servers listened on duplicates: this closes the sockets
+            sock.close()
         log("listeners_closed", open_connections=len(w.conns))
         end = loop.time() + timeout
         while w.conns and loop.time() < end:
