@@ -36,6 +36,7 @@ CONNECTION_BUDGET = 64 * 1024     # bytes of worker memory planned per client co
 MEMORY_SHARE = 0.5                # of the memory limit, for client connections
 FD_RESERVE = 64                   # descriptors kept for listeners, logs, Redis, the control socket
 NOFILE_CEILING = 1 << 20          # the soft descriptor limit is raised to the hard one, at most this
+HANDSHAKE_TIMEOUT = 10.0          # seconds a client TLS handshake may take (every TLS listener)
 
 
 def memory_limit() -> int:
@@ -84,7 +85,7 @@ class Listener:
     `ssl` may be replaced (certificate reload): new connections get the new context."""
 
     def __init__(self, sock: socket.socket, factory: Any, backlog: int, ssl: Any = None,
-                 handshake_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.sock = sock
         self.factory = factory
         self.backlog = backlog

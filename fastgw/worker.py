@@ -38,7 +38,7 @@ import uvloop
 
 from fastgw import __version__, proxyproto
 from fastgw._core.proxy import UpstreamGroup, Worker
-from fastgw.admission import Listener, max_connections, raise_nofile
+from fastgw.admission import HANDSHAKE_TIMEOUT, Listener, max_connections, raise_nofile
 from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
 from fastgw.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
@@ -191,12 +191,12 @@ class ProxiedTLS:
 
         def make() -> Any:
             nonlocal made
-            c = w.protocol(True)                 # counted at accept already
+            h = w.tls_protocol(True)             # counted at accept already; from here it counts itself
             made = True
-            c.proxied_peer = source
-            return c
+            h.proxied_peer = source
+            return h
         try:
-            await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=10.0)
+            await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError):          # a failed or slow handshake (ssl.SSLError is an OSError)
             conn.close()
         except Exception as e:                   # not the client's doing: say so, keep serving
@@ -315,7 +315,7 @@ class WorkerProcess:
                 self.servers.append(ProxiedTLS(self, s.dup(), int(kind[4:])))
                 continue
             else:
-                srv = Listener(s, self.w.protocol, BACKLOG, ssl=contexts[int(kind[4:])])
+                srv = Listener(s, self.w.tls_protocol, BACKLOG, ssl=contexts[int(kind[4:])])
                 self.tls_servers[i] = srv
             await srv.start()
             self.servers.append(srv)

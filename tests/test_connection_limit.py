@@ -154,3 +154,27 @@ def test_h2c_connections_count(gateway, echo_origin, pki):
     assert data is not None and data.startswith(b"HTTP/1.1 200 "), data
     for s in held + [extra]:
         s.close()
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["tls", "proxy-protocol-tls"])
+def test_failed_tls_handshakes_give_their_place_back(gateway, echo_origin, pki, proxied):
+    # A failed handshake never becomes a connection the worker serves: its place is free again at once,
+    # so garbage handshakes (three times the cap) cannot lock the listener.
+    gw, tls_port = start(gateway, echo_origin, pki, proxied)
+    preface = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n" if proxied else b""
+    for _ in range(3 * CAP):
+        s = socket.create_connection(("127.0.0.1", tls_port), timeout=5)
+        s.sendall(preface + b"\x16\x03\x01\x00\x05garbage-not-a-client-hello")
+        s.settimeout(3)
+        try:
+            s.recv(100)                             # the gateway ends the failed handshake
+        except (ConnectionResetError, TimeoutError):
+            pass
+        s.close()
+    wait_open(gw, 0)
+    good = tls_client(tls_port, pki[0], preface)
+    good.settimeout(3)
+    good.do_handshake()
+    good.sendall(b"GET /after HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+    assert good.recv(65536).startswith(b"HTTP/1.1 200 ")
+    good.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -588,8 +589,9 @@ def test_alpn_h2_over_tls(tmp_path):
     script.write_text(ALPN_SERVER)
     from upstreams import EchoOrigin
     origin = EchoOrigin().start()
+    root = Path(__file__).parents[1]            # the script lives elsewhere: import this checkout's fastgw
     proc = subprocess.Popen(["python3", str(script), str(tmp_path), origin.addr], stdout=subprocess.PIPE,
-                            cwd=Path(__file__).parents[1], text=True)
+                            cwd=root, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     try:
         port = int(proc.stdout.readline())
         ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
@@ -631,7 +633,7 @@ async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
     ctx.set_alpn_protocols(["h2", "http/1.1"])
-    srv = await loop.create_server(w.protocol, "127.0.0.1", 0, ssl=ctx)
+    srv = await loop.create_server(w.tls_protocol, "127.0.0.1", 0, ssl=ctx)
     print(srv.sockets[0].getsockname()[1], flush=True)
     import time
     while True:

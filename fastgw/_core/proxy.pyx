@@ -1091,12 +1091,6 @@ cdef class ClientConn(RequestReader):
         self.transport.resume_reading()
         self.begin()
 
-    def __dealloc__(self):
-        # A connection dropped before connection_made (a failed TLS handshake) never sees
-        # connection_lost: give its place back here.
-        if self.admitted and self.w is not None:
-            self.w.nconns -= 1
-
     def data_received(self, bytes data):
         if self.closed:
             return
@@ -1702,6 +1696,34 @@ cdef class ClientConn(RequestReader):
 # ---------------------------------------------------------------------------------------------------
 # The worker
 
+cdef class Handshake:
+    """The protocol of an admitted TLS connection until its handshake completes. A failed handshake never
+    reaches the protocol (no connection_made, no connection_lost), and a ClientConn is only freed by the
+    cycle collector (its parser refers back to it): this small object, freed as soon as uvloop drops it,
+    gives the connection's place back then. On success it hands the transport to a ClientConn
+    (transport.set_protocol), so requests never pass through it."""
+    cdef Worker w
+    cdef bint started
+    cdef bint parked
+    cdef public bytes proxied_peer        # the client address from a PROXY header (fastgw.worker.ProxiedTLS)
+
+    def connection_made(self, transport):
+        cdef ClientConn c = ClientConn(self.w)
+        self.started = True
+        c.admitted = True
+        c.parked = self.parked
+        c.proxied_peer = self.proxied_peer
+        transport.set_protocol(c)
+        c.connection_made(transport)
+
+    def connection_lost(self, exc):
+        pass                                  # (never before connection_made, which hands over)
+
+    def __dealloc__(self):
+        if not self.started and self.w is not None:
+            self.w.nconns -= 1                # Worker.sweep resumes accepting if this made room
+
+
 cdef class Clock:
     cdef public double now
     cdef public bytes date
@@ -1760,6 +1782,16 @@ cdef class Worker:
             self.count(M_CONN_FULL)
             if self.on_full is not None:
                 self.loop.call_soon(self.on_full)   # not from inside uvloop's accept callback
+
+    def tls_protocol(self, bint reserved=False):
+        """The protocol factory of TLS listeners: a Handshake, which becomes a ClientConn once the
+        handshake completes."""
+        cdef Handshake h = Handshake.__new__(Handshake)
+        if not reserved:
+            self.admit()
+        h.w = self
+        h.parked = self.max_conns != 0 and self.nconns > self.max_conns
+        return h
 
     cpdef release(self):
         """One client connection is gone (or was never handed over)."""
