@@ -68,6 +68,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_connections: int | Literal["auto"] = "auto"
     max_requests_per_connection: int = 1000
     max_pipelined: int = 16
+    auth_failures: str = "20/min"     # failed credentials per client address, then 429 (or "off")
 
 
 class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -255,6 +256,7 @@ class RedisStore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     lease_max: int = 1000                 # most tokens one worker takes per refill, for one key
     lease_ttl: Duration = 1.0             # unspent leased tokens expire after this
     heartbeat: Duration = 1.0             # instance liveness (for on_store_error = "local")
+    expected_instances: int | None = None  # on_store_error = "local": divide limits by at least this many
 
 
 class RateLimitTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -716,6 +718,11 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
     # A zero body limit is meaningful: such routes accept no request body at all.
     if lim.max_body < 0:
         errors.append("server.limits.max_body: must not be negative")
+    if lim.auth_failures != "off":
+        try:
+            parse_rate(lim.auth_failures)
+        except ValueError as e:
+            errors.append(f'server.limits.auth_failures: {e} (or "off")')
     h2 = s.http2
     # RFC 9113 6.5.2 asks for at least 100 concurrent streams; 1000 bounds what one connection may hold.
     if not 1 <= h2.max_concurrent_streams <= 1000:
@@ -1018,6 +1025,8 @@ def _check_traffic(cfg: Config, errors: list[str]) -> None:
                 errors.append(f"redis.{field}: must be greater than 0")
         if rd.lease_max < 1:
             errors.append("redis.lease_max: must be at least 1")
+        if rd.expected_instances is not None and not 1 <= rd.expected_instances <= 10000:
+            errors.append("redis.expected_instances: must be between 1 and 10000")
     # 64-byte slots; fewer than 64 slots would evict live keys constantly.
     if cfg.ratelimit.table_size < 64 * 65:
         errors.append("ratelimit.table_size: must be at least 4KiB")

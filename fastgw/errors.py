@@ -30,6 +30,8 @@ PROBLEMS: dict[str, Slug] = {
     "header-too-large": Slug(431, "Request Header Fields Too Large", "The request head is too large."),
     "rate-limited": Slug(429, "Too Many Requests", "The rate limit for this consumer is exhausted."),
     "quota-exceeded": Slug(429, "Too Many Requests", "The quota for this consumer is exhausted."),
+    "auth-throttled": Slug(429, "Too Many Requests",
+                           "Too many failed authentication attempts from this client address."),
     "internal-error": Slug(500, "Internal Server Error", "The gateway failed to process the request."),
     "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
     "upstream-unavailable": Slug(503, "Service Unavailable", "No usable upstream target."),

@@ -2,8 +2,10 @@
 
 The supervisor creates one shared-memory file (memfd: anonymous, gone when the last process holding it
 exits, nothing to clean up in /dev/shm) and hands its descriptor to every worker it spawns. The file is cut
-into named sections (`Layout`): "metrics", and the traffic policy's "ratelimit" (the per-host bucket table,
-fastgw/_core/buckets.pyx) and "rlstats" (its per-worker decision counters, fastgw/policies/ratelimit.py). Workers map it and write; the supervisor maps it and reads.
+into named sections (`Layout`): "metrics", the traffic policy's "ratelimit" (the per-host bucket table,
+fastgw/_core/buckets.pyx) and "rlstats" (its per-worker decision counters, fastgw/policies/ratelimit.py),
+and "authfail" (the failed-credential budget per client address, fastgw/policies/authfail.py). Workers map
+it and write; the supervisor maps it and reads.
 
 Metrics section: one region per worker slot, each region a flat array of 64-bit counters. A worker only
 ever writes its own region (plain increments from the C data path, fastgw._core.proxy.Worker.observe: no
@@ -24,7 +26,7 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
   [40..53] request duration histogram: counts per bucket (13 bounds + overflow), not cumulative
   [54]     sum of durations in microseconds
   [55..57] upstream errors: bad gateway (502), unavailable (503), timeout (504)
-  [58..62] auth failures by AUTH_REASONS (written by the auth policy, fastgw._core.gates.AuthGate)
+  [58..63] auth failures by AUTH_REASONS (written by the auth policy, fastgw._core.gates.AuthGate)
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 UPSTREAM_ERRORS = ("bad_gateway", "unavailable", "timeout")
 # Why an auth policy refused: no credential (401), a credential that failed (401), an expired token (401),
-# authenticated without the route's scope or role (403), the client address refused by IP rules (403).
-AUTH_REASONS = ("missing", "invalid", "expired", "forbidden", "ip")
+# authenticated without the route's scope or role (403), the client address refused by IP rules (403),
+# the client address over its budget of failed credentials (429, server.limits.auth_failures).
+AUTH_REASONS = ("missing", "invalid", "expired", "forbidden", "ip", "throttled")
 NO_ROUTE = "(none)"      # not a valid route name, so it cannot collide with one
 ROUTE_SLOTS = 1024       # route names one process lifetime can count; later ones count under slot 0
 
@@ -218,7 +221,8 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
             out.append(f"fastgw_upstream_errors_total{_labels(route=names[slot], kind=UPSTREAM_ERRORS[k])} {n}")
         family("fastgw_auth_failures_total", "counter",
                "Requests refused by a route's auth policy, by route and reason (missing, invalid, expired "
-               "credentials: 401; forbidden scope or role, ip rules: 403).")
+               "credentials: 401; forbidden scope or role, ip rules: 403; throttled, too many failed "
+               "credentials from the client address: 429).")
         for (slot, k), n in sorted(snap.auth_failures.items()):
             out.append(f"fastgw_auth_failures_total{_labels(route=names[slot], reason=AUTH_REASONS[k])} {n}")
         family("fastgw_upstream_overruns_total", "counter",

@@ -17,7 +17,11 @@ Failures. Every command must be answered within `timeout` (default 20 ms). A tim
 opens the circuit breaker: commands in flight fail with StoreDown, and while the breaker is open calls fail
 at once (no request waits for a timeout), so the policy applies its `on_store_error` fallback. A reconnect is
 tried every `retry_interval` (200 ms); when it succeeds (connect + scripts loaded) the breaker closes, so a
-recovered Redis is used again within a fraction of a second.
+recovered Redis is used again within a fraction of a second. An error reply to a script (a Redis Cluster
+MOVED/ASK redirection: this client speaks to one node; OOM; a script error) fails that call with
+StoreError, a StoreDown, without opening the breaker: other keys may still work. Every one of these
+failures, and every failed connection attempt, is reported to `on_error(reason, breaker_open)`, so that
+no fallback to local enforcement goes uncounted.
 """
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ from fastgw.units import parse_rate
 
 class StoreDown(Exception):
     """The store cannot answer now (breaker open, timeout, connection lost)."""
+
+
+class StoreError(StoreDown):
+    """The store answered a script call with an error (MOVED, ASK, OOM, a script error)."""
 
 
 class Script:
@@ -82,7 +90,7 @@ class _Conn(asyncio.Protocol):
 
 class RedisClient:
     def __init__(self, url: str, timeout: float, retry_interval: float, scripts: list[Script],
-                 loop: asyncio.AbstractEventLoop, on_error: Callable[[], None] | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, on_error: Callable[[str, bool], None] | None = None) -> None:
         m = _URL.fullmatch(url)
         if m is None:
             raise ValueError(f"invalid redis url {url!r}")
@@ -121,7 +129,8 @@ class RedisClient:
             while not self.closed and not self.up:
                 try:
                     await asyncio.wait_for(self._connect(), max(0.5, self.timeout * 10))
-                except (TimeoutError, OSError, StoreDown, ConnectionError):
+                except (TimeoutError, OSError, StoreDown, ConnectionError) as e:
+                    self._error(f"connect: {type(e).__name__}: {e}" if str(e) else f"connect: {type(e).__name__}", True)
                     self._drop()
                     await asyncio.sleep(self.retry_interval)
         finally:
@@ -161,7 +170,7 @@ class RedisClient:
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if not self.closed:
-            self._fail()
+            self._fail("connection lost")
 
     def _drop(self) -> None:
         self.up = False
@@ -180,11 +189,14 @@ class RedisClient:
             self.timer.cancel()
             self.timer = None
 
-    def _fail(self) -> None:
-        """Open the breaker: fail what is in flight, reconnect in the background."""
+    def _error(self, reason: str, breaker_open: bool) -> None:
         self.errors += 1
         if self.on_error is not None:
-            self.on_error()
+            self.on_error(reason, breaker_open)
+
+    def _fail(self, reason: str) -> None:
+        """Open the breaker: fail what is in flight, reconnect in the background."""
+        self._error(reason, True)
         self._drop()
         if not self.closed:
             self.start()
@@ -223,7 +235,7 @@ class RedisClient:
     def _check_timeout(self) -> None:
         self.timer = None
         if self.recv < self.timer_target:
-            self._fail()                       # the oldest command waited `timeout`: breaker opens
+            self._fail("timeout")              # the oldest command waited `timeout`: breaker opens
         elif self.recv < self.sent:            # later commands are still out: watch them
             self.timer_target = self.sent
             self.timer = self.loop.call_later(self.timeout, self._check_timeout)
@@ -235,15 +247,15 @@ class RedisClient:
         return self._send(args)
 
     def run(self, script: Script, keys: list[bytes], args: list[Any]) -> asyncio.Future[Any]:
-        """EVALSHA `script`, falling back to EVAL on NOSCRIPT. The future resolves to the reply (a
-        ReplyError for a script error) or raises StoreDown."""
+        """EVALSHA `script`, falling back to EVAL on NOSCRIPT. The future resolves to the reply or raises
+        StoreDown (StoreError for an error reply, reported to on_error)."""
         if not self.up:
             raise StoreDown("redis unavailable")
         outer: asyncio.Future[Any] = self.loop.create_future()
         tail = (len(keys), *keys, *args)
         first = self._send((b"EVALSHA", script.sha, *tail))
 
-        def done(f: asyncio.Future[Any]) -> None:
+        def done(f: asyncio.Future[Any], resent: bool = False) -> None:
             if outer.done():
                 return
             exc = f.exception()
@@ -251,28 +263,22 @@ class RedisClient:
                 outer.set_exception(exc)
                 return
             r = f.result()
-            if isinstance(r, hiredis.ReplyError) and str(r).startswith("NOSCRIPT"):
-                try:
-                    again = self._send((b"EVAL", script.body, *tail))
-                except StoreDown as e:
-                    outer.set_exception(e)
+            if isinstance(r, hiredis.ReplyError):
+                if not resent and str(r).startswith("NOSCRIPT"):
+                    try:
+                        again = self._send((b"EVAL", script.body, *tail))
+                    except StoreDown as e:
+                        outer.set_exception(e)
+                        return
+                    again.add_done_callback(lambda g: done(g, True))
                     return
-                again.add_done_callback(lambda g: _chain(g, outer))
+                self._error(f"error reply: {r}", False)
+                outer.set_exception(StoreError(str(r)))
                 return
             outer.set_result(r)
 
         first.add_done_callback(done)
         return outer
-
-
-def _chain(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
-    if dst.done():
-        return
-    exc = src.exception()
-    if exc is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,7 +290,9 @@ def _chain(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
 # Grants g tokens: g = want when every enforced limit has that many; with partial = 1, the most every
 # enforced limit can give (maybe 0); with partial = 0, want or nothing. Granted tokens are charged to
 # every limit (shadow limits too, capped at what they have). Reply: {g, shadowed, then per limit:
-# remaining after the grant, ms until the limit is whole again, ms until one more token}.
+# remaining after the grant, ms until more quota is made available (rate: the next token; quota: the
+# window end; the `t` of draft-ietf-httpapi-ratelimit-headers-10 §4.1.2), ms until one more token when
+# none is left (the same number: a 429's Retry-After and t agree)}.
 TAKE = Script(r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -363,9 +371,10 @@ for i = 1, n do
     if g > 0 then
       redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
     end
-    reset = math.ceil((tat - now) / 1000)
+    local credit = b - (tat - now)
+    reset = math.ceil(((left + 1) * a - credit) / 1000)
     retry = 0
-    if left < 1 then retry = math.ceil((tat + a - b - now) / 1000) end
+    if left < 1 then retry = reset end
   else
     if g > 0 then
       redis.call('HSET', KEYS[i], 'w', s0, 'n', s1 + g)
@@ -417,9 +426,17 @@ def overshoot_summary(cfg: Config, workers: int) -> list[str]:
         sync = plan.sync if cfg.redis is not None else "local"
         note = "" if sync == plan.sync else f" (sync = {plan.sync}, but no [redis]: enforced per host)"
         out.append(f"  {name}: sync={sync}, on_store_error={plan.on_store_error}{note}")
-        if sync != "lease" or cfg.redis is None:
+        if sync == "local" or cfg.redis is None:
             continue
         rd = cfg.redis
+        if plan.on_store_error == "local":
+            floor = (f"redis.expected_instances = {rd.expected_instances}" if rd.expected_instances else
+                     "redis.expected_instances unset: an instance that starts while Redis is down enforces "
+                     "the whole limit until it sees a heartbeat")
+            out.append(f"    while Redis is unavailable: limits / the larger of the live instances last seen in "
+                       f"Redis and {floor}")
+        if sync != "lease":
+            continue
         for i, lim in enumerate(plan.limits):
             if lim.concurrency is not None:
                 continue

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -40,7 +41,7 @@ from fastgw.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
 from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, render, snapshot
 from fastgw.observe import log, set_context
-from fastgw.policies import ratelimit
+from fastgw.policies import authfail, ratelimit
 from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
@@ -48,6 +49,9 @@ BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 10.0
 STOP_GRACE = 3.0             # fast stop: SIGKILL workers still running after this
 DRAIN_SLACK = 5.0            # drain: SIGKILL workers still running this long after accept + timeout
+# Words put before every worker's command line, for measuring the worker alone (bench/callgrind.py runs
+# it under valgrind this way). Read from the supervisor's own environment, which only its owner controls.
+WORKER_WRAPPER_ENV = "FASTGW_WORKER_WRAPPER"
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Supervisor:
         pass_fds = [*fds, child.fileno()]
         cmd = [sys.executable, "-m", "fastgw.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
                "--listen-fds", ",".join(map(str, fds)), "--listen-kinds", ",".join(self.kinds)]
+        cmd[:0] = shlex.split(os.environ.get(WORKER_WRAPPER_ENV, ""))
         if self.shm is not None:
             pass_fds.append(self.shm.fd)
             cmd += ["--shm-fd", str(self.shm.fd), "--shm-layout", msgspec.json.encode(self.shm.layout.to_json()).decode()]
@@ -313,8 +318,10 @@ class Supervisor:
         set_context(role="supervisor")
         loop = asyncio.get_running_loop()
         self.bind_all()
-        self.shm = SharedMemory.create(self.nworkers, extra=ratelimit.shm_sections(self.cfg, self.nworkers))
+        self.shm = SharedMemory.create(self.nworkers, extra={**ratelimit.shm_sections(self.cfg, self.nworkers),
+                                                              **authfail.shm_sections()})
         ratelimit.init_shared(self.shm)
+        authfail.init_shared(self.shm)
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
         try:

@@ -43,7 +43,7 @@ from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
 from fastgw.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
 from fastgw.observe import AccessLog, log, set_context
-from fastgw.policies import ratelimit
+from fastgw.policies import authfail, ratelimit
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
 BACKLOG = 4096            # listen(2) backlog; the kernel caps it at net.core.somaxconn
@@ -264,6 +264,7 @@ class WorkerProcess:
         groups = build_groups(cfg, self.cfg, self.groups)
         if self.services is None:
             self.services = ratelimit.worker_services(self.shm, self.slot, loop)
+            authfail.attach(self.shm, self.services)
             if self.shm is not None:
                 self.services["metrics_words"] = self.shm.words(self.slot, ROUTE_SLOTS)
         rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()}, self.services)

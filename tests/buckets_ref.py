@@ -24,17 +24,22 @@ class RefRate:
             tokens = min(Fraction(self.burst), tokens + Fraction(now - last, self.interval))
             last = now
         # Requests at a time before `last` (time never goes back here) see the same tokens.
+        # The third value is the time until the next whole token (more quota made available: the `t` of
+        # draft-ietf-httpapi-ratelimit-headers-10 §4.1.2), the fourth, when refused, until n tokens are there.
         if tokens >= n:
             tokens -= n
             if commit:
                 self.buckets[key] = (tokens, last)
-            full_in = (Fraction(self.burst) - tokens) * self.interval
-            return True, int(tokens), _ceil(full_in), 0
+            return True, int(tokens), _ceil(_next_token(tokens) * self.interval), 0
         if commit:
             self.buckets[key] = (tokens, last)
         need = (n - tokens) * self.interval
-        full_in = (Fraction(self.burst) - tokens) * self.interval
-        return False, int(tokens), _ceil(full_in), _ceil(need)
+        return False, int(tokens), _ceil(_next_token(tokens) * self.interval), _ceil(need)
+
+
+def _next_token(tokens: Fraction) -> Fraction:
+    """Tokens still to accrue before the bucket holds one more whole token."""
+    return int(tokens) + 1 - tokens
 
 
 def _ceil(x: Fraction) -> int:

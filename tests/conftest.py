@@ -361,18 +361,20 @@ def _redis_binary() -> str:
 
 class RedisServer:
     """A redis-server subprocess on 127.0.0.1:<port> without persistence; kill() and start() again on
-    the same port simulate an outage."""
+    the same port simulate an outage. `extra`: more server options (cluster mode)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra: list[str] | None = None, port: int = 0) -> None:
         self.directory = directory
-        self.port = free_port()
+        self.extra = extra or []
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--dir", str(self.directory), *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
@@ -383,9 +385,10 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def command(self, *args: str) -> bytes:
-        """Send one command (inline protocol) and return the raw reply."""
+        """Send one command (RESP: any length, any bytes) and return the raw reply."""
         with socket.create_connection(("127.0.0.1", self.port), 2) as s:
-            s.sendall(" ".join(args).encode() + b"\r\n")
+            s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode())
+                                                         for a in args))
             time.sleep(0.05)
             s.settimeout(0.5)
             out = b""
@@ -410,3 +413,48 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+class RedisCluster:
+    """Two redis-server nodes in cluster mode. Node `a` serves only the slot of the instance heartbeat key
+    (fgw:{hb}:instances), node `b` every other slot: a client that talks to `a` alone (fastgw's client
+    speaks to one node) gets MOVED for almost every rate-limit key."""
+
+    def __init__(self, directory: Path) -> None:
+        opts = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
+        self.a = RedisServer(directory / "a", opts, _cluster_port()).start()
+        self.b = RedisServer(directory / "b", opts, _cluster_port()).start()
+        hb = int(self.a.command("CLUSTER", "KEYSLOT", "fgw:{hb}:instances")[1:].split(b"\r\n")[0])
+        assert self.a.command("CLUSTER", "ADDSLOTS", str(hb)).startswith(b"+OK")
+        others = [str(i) for i in range(16384) if i != hb]
+        assert self.b.command("CLUSTER", "ADDSLOTS", *others).startswith(b"+OK")
+        assert self.a.command("CLUSTER", "MEET", "127.0.0.1", str(self.b.port)).startswith(b"+OK")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            infos = [n.command("CLUSTER", "INFO") for n in (self.a, self.b)]
+            if all(b"cluster_state:ok" in i and b"cluster_known_nodes:2" in i for i in infos):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the cluster did not form: {infos}")
+
+    def stop(self) -> None:
+        self.a.stop()
+        self.b.stop()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, Redis' rule) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 <= 65535:
+            with contextlib.suppress(OSError), socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+                return port
+    raise RuntimeError("no port pair for a Redis Cluster node")
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path)
+    yield cluster
+    cluster.stop()

@@ -82,7 +82,12 @@ def make_policy(tmp_path: Path, keys: dict[str, Any], route_extra: str = "", iss
     jwks = {"keys": [jwk_of(keys["rsa"].public_key(), "rsa-1"), jwk_of(keys["ec"].public_key(), "ec-1"),
                      jwk_of(keys["ed"].public_key(), "ed-1")]}
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    # The policies here answer batteries of failing credentials from one address; each must get its own
+    # verdict, so the failure budget (tests/test_auth_failures.py) is off.
     cfg = loads(f"""
+[server.limits]
+auth_failures = "off"
+
 [upstreams.u]
 targets = ["127.0.0.1:9"]
 

@@ -223,3 +223,33 @@ def test_zeroed_table_is_formatted_without_touching_slots() -> None:
     assert buf[B.HEADER_BYTES + 40] == 0xAB          # slots left as they were
     B.Table(buf, init=True)
     assert buf[B.HEADER_BYTES + 40] == 0             # a full format clears them
+
+
+@settings(max_examples=100, deadline=None)
+@given(interval=st.integers(1, 10**9), burst=st.integers(1, 20),
+       ops=st.lists(st.tuples(st.integers(0, 3 * 10**9), st.booleans()), max_size=40))
+def test_rate_wait_is_the_retry_of_one_more_and_charges_nothing(interval: int, burst: int,
+                                                               ops: list[tuple[int, bool]]) -> None:
+    t, ref = table(), RefRate(interval, burst)
+    now = 10**12
+    assert t.rate_wait(9, now, interval, burst) == 0 and t.used() == 0     # unknown key: nothing created
+    for dt, take in ops:
+        now += dt * interval // 10**9
+        if take:
+            t.rate(9, now, interval, burst)
+            ref.take(9, now)
+        ok, _, _, retry = ref.take(9, now, 1, False)
+        assert t.rate_wait(9, now, interval, burst) == (0 if ok else retry)
+
+
+def test_blocked_until_rises_atomically_and_clears_only_if_unchanged() -> None:
+    t = table()
+    assert t.blocked_until == 0
+    t.block_until(100)
+    t.block_until(50)                      # never lowered
+    assert t.blocked_until == 100
+    t.block_until(200)
+    t.unblock(100)                         # read as 100, raised since: stays
+    assert t.blocked_until == 200
+    t.unblock(200)
+    assert t.blocked_until == 0

@@ -84,7 +84,8 @@ def headers_of(resp: httpx.Response) -> dict[str, list[str]]:
     return out
 
 
-def start(gateway: GatewayLauncher, echo: Any, jwks_url: str, server: dict | None = None) -> Any:
+def start(gateway: GatewayLauncher, echo: Any, jwks_url: str, server: dict | None = None,
+          limits: dict | None = None) -> Any:
     routes = [
         {"name": "open", "path": "/open", "upstream": "echo"},
         {"name": "any", "path": "/any", "upstream": "echo", "auth": ["jwt:idp", "api_key"]},
@@ -110,7 +111,7 @@ query = "api_key"
 api_keys_sha256 = ["{hashlib.sha256(b'secret-key-a').hexdigest()}"]
 jwt_subjects = ["client-7"]
 """
-    return gateway.start({"echo": {"targets": [echo.addr]}}, routes, server=server, extra=extra)
+    return gateway.start({"echo": {"targets": [echo.addr]}}, routes, limits=limits, server=server, extra=extra)
 
 
 def test_api_keys_jwt_and_identity_headers_cannot_be_forged(gateway: GatewayLauncher, echo_origin: Any,
@@ -195,7 +196,9 @@ def test_jwks_rotation_removal_and_outage(gateway: GatewayLauncher, echo_origin:
 def test_unknown_kid_flood_is_rate_limited(gateway: GatewayLauncher, echo_origin: Any, jwks: Jwks) -> None:
     k1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwks.set(("k1", k1))
-    gw = start(gateway, echo_origin, jwks.url)
+    # 40 failing tokens from one address: without the failure budget (its own test: test_auth_failures.py),
+    # so that every one of them reaches the kid lookup this test is about.
+    gw = start(gateway, echo_origin, jwks.url, limits={"auth_failures": "off"})
     with gw.client() as c:
         assert c.get("/any", headers={"Authorization": f"Bearer {token(k1, 'k1')}"}).status_code == 200
         before = jwks.hits

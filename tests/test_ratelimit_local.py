@@ -66,13 +66,14 @@ def test_headers_exact_and_rejections_not_forwarded(tmp_path: Path, echo_origin)
             for i in range(5):
                 r = c.get(f"/limited/{marker}/{i}", headers=key)
                 seen.append(r)
-            # 3/min, burst 3 (default: the rate's count): one token every 20 s.
+            # 3/min, burst 3 (default: the rate's count): one token every 20 s; t is the time to the
+            # next one (draft-ietf-httpapi-ratelimit-headers-10 §4.1.2), which the 429's Retry-After repeats.
             assert [r.status_code for r in seen] == [200, 200, 200, 429, 429]
             for r in seen:
                 assert r.headers["RateLimit-Policy"] == '"rate";q=3;w=60'
-            assert [r.headers["RateLimit"] for r in seen[:3]] == ['"rate";r=2;t=20', '"rate";r=1;t=40',
-                                                                  '"rate";r=0;t=60']
-            assert seen[3].headers["RateLimit"] == '"rate";r=0;t=60'
+            assert [r.headers["RateLimit"] for r in seen[:3]] == ['"rate";r=2;t=20', '"rate";r=1;t=20',
+                                                                  '"rate";r=0;t=20']
+            assert seen[3].headers["RateLimit"] == '"rate";r=0;t=20'
             assert seen[3].headers["Retry-After"] == "20"
             assert "Retry-After" not in seen[0].headers
             problem = seen[3].json()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import rlutil
+from conftest import free_port
 from procutil import metric
 
 RATE, BURST = 200, 20
@@ -129,6 +130,11 @@ def _get(addr: str, path: str) -> tuple[int, dict[str, str], bytes]:
         conn.close()
 
 
+# The local fallback says which share of the limit it enforces: this instance alone (both workers beat
+# with the host's one instance id), as its last heartbeat said.
+ONE_INSTANCE = "local;instances=1;source=heartbeat"
+
+
 def test_redis_outage_fallbacks_and_recovery(tmp_path: Path, echo_origin, redis_server) -> None:
     gw = rlutil.start(tmp_path, rlutil.config(echo_origin.addr, OUTAGE_ROUTES, OUTAGE_PLANS, redis_server.url),
                       workers=2)
@@ -147,12 +153,12 @@ def test_redis_outage_fallbacks_and_recovery(tmp_path: Path, echo_origin, redis_
         t0 = time.monotonic()
         status, headers, _ = _get(a, "/local/down")
         first = time.monotonic() - t0
-        assert status == 200 and headers["ratelimit-degraded"] == "local"
+        assert status == 200 and headers["ratelimit-degraded"] == ONE_INSTANCE
         assert first < 0.5
         for _ in range(10):                      # breaker open: no request waits for a timeout
             t = time.monotonic()
             status, headers, _ = _get(a, "/local/down")
-            assert status == 200 and headers["ratelimit-degraded"] == "local"
+            assert status == 200 and headers["ratelimit-degraded"] == ONE_INSTANCE
             assert headers["ratelimit"].startswith('"rate";r=')
             assert time.monotonic() - t < 0.1
         status, headers, _ = _get(a, "/open/down")
@@ -210,6 +216,18 @@ def test_lease_crowd_on_one_key_under_the_limit_is_never_refused(tmp_path: Path,
         gw.close()
 
 
+def _wait_two_live_instances(redis_server) -> None:
+    """Both gateways beat in Redis, and every worker has had a heartbeat reply saying 2."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        live = redis_server.command("ZCARD", "fgw:{hb}:instances")
+        if live.startswith(b":2"):
+            break
+        time.sleep(0.05)
+    assert live.startswith(b":2"), live
+    time.sleep(0.5)
+
+
 def test_local_fallback_splits_the_limit_between_live_instances(tmp_path: Path, echo_origin, redis_server) -> None:
     """on_store_error = "local": with Redis gone, each instance enforces limit / live instances, the count
     of instances coming from their heartbeats in Redis (2 here: 20/h becomes 10/h per instance)."""
@@ -219,20 +237,13 @@ def test_local_fallback_splits_the_limit_between_live_instances(tmp_path: Path, 
     text = rlutil.config(echo_origin.addr, routes, plans, redis_server.url) + 'heartbeat = "200ms"\n'
     gws = [rlutil.start(tmp_path, text, workers=1, name=f"hb{i}") for i in range(2)]
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            live = redis_server.command("ZCARD", "fgw:{hb}:instances")
-            if live.startswith(b":2"):
-                break
-            time.sleep(0.05)
-        assert live.startswith(b":2"), live
-        time.sleep(0.5)                          # every worker has seen the count of 2
+        _wait_two_live_instances(redis_server)
         redis_server.kill()
         codes = []
         for _ in range(15):
             status, headers, _ = _get(gws[0].listen, "/split")
             codes.append(status)
-            assert headers["ratelimit-degraded"] == "local"
+            assert headers["ratelimit-degraded"] == "local;instances=2;source=heartbeat"
         assert codes.count(200) == 10 and codes.count(429) == 5
         status, headers, _ = _get(gws[0].listen, "/split")
         assert headers["ratelimit-policy"] == '"rate";q=20;w=3600'
@@ -275,3 +286,101 @@ def test_lease_headers_from_the_store_and_mostly_local(tmp_path: Path, echo_orig
         assert scripts < 60, scripts                      # the lease serves most requests locally
     finally:
         gw.close()
+
+
+def test_cluster_redirection_falls_back_and_every_fallback_is_counted(tmp_path: Path, echo_origin,
+                                                                       redis_cluster) -> None:
+    """A Redis Cluster node answers MOVED for the keys of another node's slots (fastgw's client talks to
+    one node). Each such call falls back to local enforcement, and each is counted like a lost connection:
+    fastgw_redis_errors_total, the degraded gauge, and a ratelimit_store_error log line naming MOVED. (It
+    used to fall back with only a log line: the metrics said all was well.)"""
+    routes = '[[routes]]\nname = "c"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
+    plans = ('[plans.p]\nlimits = [{ rate = "1000/s", key = ["header:X-Key"] }]\nsync = "strict"\n'
+             'on_store_error = "local"\n')
+    text = rlutil.config(echo_origin.addr, routes, plans, redis_cluster.a.url) + 'timeout = "250ms"\n'
+    gw = rlutil.start(tmp_path, text, workers=1)
+    try:
+        gw.wait_event("ratelimit_store_up")     # connected: every fallback below is a MOVED reply
+        host, port = gw.listen.rsplit(":", 1)
+        degraded = 0
+        for i in range(20):
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.request("GET", f"/moved/{i}", headers={"X-Key": f"key-{i}"})
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            assert r.status == 200
+            if r.getheader("RateLimit-Degraded") is not None:
+                assert r.getheader("RateLimit-Degraded").startswith("local")
+                degraded += 1
+        assert degraded >= 18, degraded        # 1 slot of 16384 is node a's: almost every key moved
+        text = rlutil.metrics(gw)
+        assert metric(text, "fastgw_redis_errors_total") == degraded     # the heartbeat's slot is node a's
+        assert metric(text, "fastgw_ratelimit_degraded") == 1
+        assert metric(text, "fastgw_ratelimit_decisions_total", route="c", plan="p", decision="degraded") == degraded
+        ev = gw.wait_event("ratelimit_store_error")
+        assert "MOVED" in ev["error"]
+    finally:
+        gw.close()
+
+
+SPLIT_ROUTES = '[[routes]]\nname = "s"\npath = "/*"\nupstream = "origin"\nplan = "p"\n'
+SPLIT_PLANS = ('[plans.p]\nlimits = [{ rate = "20/h", key = ["header:X-Key"] }]\nsync = "strict"\n'
+               'on_store_error = "local"\n')
+
+
+def _codes(addr: str, n: int) -> tuple[list[int], set[str]]:
+    codes, degraded = [], set()
+    for _ in range(n):
+        status, headers, _ = _get(addr, "/split")
+        codes.append(status)
+        degraded.add(headers.get("ratelimit-degraded", ""))
+    return codes, degraded
+
+
+def test_instances_started_while_redis_is_down_share_the_limit(tmp_path: Path, echo_origin) -> None:
+    """Two instances start while Redis is down: neither has seen a heartbeat, so each enforces the limit
+    divided by redis.expected_instances (each used to enforce the whole limit: twice the limit together).
+    The answers and the metrics say which count applies and where it comes from."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"            # nothing listens there
+    text = rlutil.config(echo_origin.addr, SPLIT_ROUTES, SPLIT_PLANS, dead) + "expected_instances = 2\n"
+    gws = [rlutil.start(tmp_path, text, workers=1, name=f"down{i}") for i in range(2)]
+    try:
+        admitted = 0
+        for g in gws:
+            codes, degraded = _codes(g.listen, 15)
+            assert degraded == {"local;instances=2;source=configured"}
+            assert codes.count(200) == 10 and codes.count(429) == 5
+            admitted += codes.count(200)
+        assert admitted == 20                               # the whole limit, not 2 x 20
+        text = rlutil.metrics(gws[0])
+        assert metric(text, "fastgw_ratelimit_fallback_instances", source="configured") == 2
+        assert metric(text, "fastgw_ratelimit_degraded") == 1
+        assert metric(text, "fastgw_redis_errors_total") >= 1  # the refused connection attempts
+    finally:
+        for g in gws:
+            g.close()
+
+
+def test_last_instance_count_seen_outlives_a_worker_restart(tmp_path: Path, echo_origin, redis_server) -> None:
+    """The live count from the heartbeats is kept in the host's shared table: a worker restarted while
+    Redis is down (it never saw a heartbeat itself) still enforces limit / 2, not the whole limit."""
+    import os
+    import signal
+
+    text = rlutil.config(echo_origin.addr, SPLIT_ROUTES, SPLIT_PLANS, redis_server.url) + 'heartbeat = "200ms"\n'
+    gws = [rlutil.start(tmp_path, text, workers=1, name=f"seen{i}") for i in range(2)]
+    try:
+        _wait_two_live_instances(redis_server)
+        redis_server.kill()
+        after = len(gws[0].events)
+        os.kill(gws[0].worker_pids()[0], signal.SIGKILL)
+        gws[0].wait_event("worker_started", after=after)
+        gws[0].wait_ready()
+        codes, degraded = _codes(gws[0].listen, 15)
+        assert codes.count(200) == 10 and codes.count(429) == 5
+        assert degraded == {"local;instances=2;source=heartbeat"}
+        assert metric(rlutil.metrics(gws[0]), "fastgw_ratelimit_fallback_instances", source="heartbeat") == 2
+    finally:
+        for g in gws:
+            g.close()

@@ -243,3 +243,26 @@ def test_workers_flag_and_config(origin: Origin, tmp_path: Path) -> None:
         assert len(gw.worker_pids()) == 3
     finally:
         gw.close()
+
+
+def test_worker_wrapper_env(origin: Origin, tmp_path: Path) -> None:
+    """$FASTGW_WORKER_WRAPPER goes before the worker's command (bench/callgrind.py runs the worker under
+    valgrind this way): the wrapper runs as the worker's process, with the worker's command line, and the
+    worker it execs serves."""
+    from fastgw.supervisor import WORKER_WRAPPER_ENV
+
+    marker = tmp_path / "wrapped"
+    script = tmp_path / "wrap.sh"
+    script.write_text(f'echo "$$ $*" > {marker}\nexec "$@"\n')
+    path = tmp_path / "gw.toml"
+    path.write_text(config(origin))
+    gw = Gateway(path, workers=1, env={WORKER_WRAPPER_ENV: f"sh {script}"})
+    try:
+        gw.wait_ready()
+        status, _, body = _get(gw.listen, "/hello")
+        assert status == 200 and body.startswith(b"ok /hello")
+        pid, _, argv = marker.read_text().strip().partition(" ")
+        assert int(pid) == gw.worker_pids()[0]
+        assert argv.startswith(f"{sys.executable} -m fastgw.worker --slot 0 ")
+    finally:
+        gw.close()

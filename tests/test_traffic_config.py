@@ -76,3 +76,19 @@ def test_check_prints_lease_overshoot(tmp_path: Path) -> None:
     assert ("rate (limits[0]): lease worst-case overshoot per key: 160 requests per worker (2 batches of at "
             "most 80) = 640 per instance (4 workers), times the number of instances") in out.stdout
     assert "local: sync=strict, on_store_error=local" in out.stdout
+
+
+def test_expected_instances_is_checked_and_check_says_which_share_applies(tmp_path: Path) -> None:
+    text = BASE + '[plans.p]\nlimits = [{ rate = "1/s" }]\nsync = "strict"\n\n[redis]\nurl = "redis://h:1/0"\n'
+    assert errors(text + "expected_instances = 0\n") == ["redis.expected_instances: must be between 1 and 10000"]
+    root = Path(__file__).resolve().parents[1]
+    for extra, want in (("", "redis.expected_instances unset: an instance that starts while Redis is down "
+                             "enforces the whole limit until it sees a heartbeat"),
+                        ("expected_instances = 3\n", "redis.expected_instances = 3")):
+        cfg = tmp_path / "share.toml"
+        cfg.write_text(text + extra)
+        out = subprocess.run([sys.executable, "-m", "fastgw", "check", "-c", str(cfg)], capture_output=True,
+                             text=True, cwd=root)
+        assert out.returncode == 0, out.stderr
+        assert ("while Redis is unavailable: limits / the larger of the live instances last seen in Redis and "
+                + want) in out.stdout

@@ -36,7 +36,10 @@ cdef struct Header:
     uint64_t instance       # random id of the host's gateway instance (written by the supervisor)
     uint64_t evictions      # live (not yet idle) entries evicted because their bucket was full
     uint64_t steals         # locks taken over after a holder died mid-update
-    uint64_t spare[3]
+    uint64_t instances_seen # the host table: live instances in the last Redis heartbeat any worker saw
+    uint64_t blocked_until  # the auth-failure table: until then (monotonic ns) some key may be over its
+    #                         budget; 0: none is (fastgw.policies.authfail; read on the auth fast path)
+    uint64_t spare
 
 
 cdef class Table:
@@ -47,6 +50,7 @@ cdef class Table:
     cdef Slot* find(self, uint64_t key, int64_t now, bint create) noexcept nogil
     cdef Slot* _bucket(self, uint64_t key) noexcept nogil
     cpdef long long lease_take(self, uint64_t key, int64_t now)
+    cpdef int64_t rate_wait(self, uint64_t key, int64_t now, int64_t interval, int64_t burst)
 
 
 cdef class Plan:
@@ -55,11 +59,12 @@ cdef class Plan:
     cdef int64_t[16] kind, interval, tau, count, enforce, seed, keyidx
     cdef public int tight           # limit reported in headers (the one with the least left), or -1
     cdef public long long remaining
-    cdef public long long reset_s   # seconds until the tight limit resets (t=)
-    cdef public long long retry_s   # on rejection: seconds until a retry can succeed (Retry-After)
+    cdef public long long reset_s   # seconds until the tight limit makes more quota available (t=)
+    cdef public long long retry_s   # on rejection: seconds until a retry can succeed (Retry-After = t)
     cdef public unsigned long long charged    # bit i: limit i was charged by the last check that passed
     cdef public int shadowed        # limits over their budget but in shadow mode (enforce = false)
     cdef uint64_t _key(self, tuple keys, int i) except? 0
     cdef void _undo(self, tuple keys, uint64_t done, int64_t mono, int64_t wall) except *
+    cdef int64_t _wait(self, tuple keys, int i, int64_t mono, int64_t wall) except -1
     cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2
     cpdef void release(self, tuple keys, uint64_t charged) except *

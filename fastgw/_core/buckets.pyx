@@ -30,6 +30,13 @@ cdef extern from *:
         return __atomic_compare_exchange_n(p, &expected, 1ULL, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
     }
     static inline void fgw_unlock(unsigned long long *p) { __atomic_store_n(p, 0ULL, __ATOMIC_RELEASE); }
+    static inline void fgw_raise(unsigned long long *p, unsigned long long v) {
+        unsigned long long cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+        while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {}
+    }
+    static inline void fgw_clear_if(unsigned long long *p, unsigned long long seen) {
+        __atomic_compare_exchange_n(p, &seen, 0ULL, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    }
     static inline void fgw_pause(void) {
     #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -38,6 +45,8 @@ cdef extern from *:
     """
     int fgw_trylock(unsigned long long* p) noexcept nogil
     void fgw_unlock(unsigned long long* p) noexcept nogil
+    void fgw_raise(unsigned long long* p, unsigned long long v) noexcept nogil
+    void fgw_clear_if(unsigned long long* p, unsigned long long seen) noexcept nogil
     void fgw_pause() noexcept nogil
 
 DEF MAGIC = 0x66676277746b6231     # "fgbwtkb1"
@@ -125,7 +134,8 @@ def window_end(int64_t kind, int64_t wall):
 cdef struct Outcome:
     bint ok
     int64_t remaining
-    int64_t reset_ns    # until the limit is whole again (rate: bucket full; quota: window end)
+    int64_t reset_ns    # until more quota is made available (the `t` of draft-ietf-httpapi-ratelimit-
+    #                     headers-10 §4.1.2): rate: the next token; quota: the window end
     int64_t retry_ns    # when denied: until the same request could pass
 
 
@@ -148,21 +158,36 @@ cdef inline void _unlock(Slot* first) noexcept nogil:
 
 cdef inline void _rate(Slot* s, int64_t now, int64_t interval, int64_t tau, int64_t n, bint commit,
                        Outcome* o) noexcept nogil:
+    # The bucket holds (tau - (TAT - now)) / interval tokens; the next whole one arrives when that credit
+    # reaches the next multiple of the interval. Refused (n = 1): that is exactly retry_ns, so the 429's
+    # Retry-After and its RateLimit t are one number.
     cdef int64_t tat = s.a if s.a > now else now
     cdef int64_t new = tat + n * interval
+    cdef int64_t credit
     if new - now > tau:
         o.ok = False
         o.retry_ns = new - tau - now
-        o.remaining = (tau - (tat - now)) // interval
-        o.reset_ns = tat - now
+        credit = tau - (tat - now)
+        o.remaining = credit // interval
+        o.reset_ns = (o.remaining + 1) * interval - credit
         return
     o.ok = True
     o.retry_ns = 0
-    o.remaining = (tau - (new - now)) // interval
-    o.reset_ns = new - now
+    credit = tau - (new - now)
+    o.remaining = credit // interval
+    o.reset_ns = (o.remaining + 1) * interval - credit
     if commit:
         s.a = new
         s.idle_at = new
+
+
+cdef inline int64_t _rate_wait(Slot* s, int64_t now, int64_t interval, int64_t tau) noexcept nogil:
+    """Until one more request would pass the rate limit in slot s (0: now; NULL: a fresh key)."""
+    cdef int64_t tat
+    if s == NULL:
+        return 0
+    tat = s.a if s.a > now else now
+    return tat + interval - tau - now if tat + interval - now > tau else 0
 
 
 cdef inline void _quota(Slot* s, int64_t kind, int64_t limit, int64_t n, int64_t mono, int64_t wall,
@@ -244,6 +269,36 @@ cdef class Table:
     @instance.setter
     def instance(self, uint64_t v):
         self.hdr.instance = v
+
+    @property
+    def blocked_until(self):
+        return self.hdr.blocked_until
+
+    def block_until(self, uint64_t until):
+        """Raise blocked_until to `until` (atomic maximum: workers of one host race on it)."""
+        fgw_raise(<unsigned long long*>&self.hdr.blocked_until, until)
+
+    def unblock(self, uint64_t seen):
+        """blocked_until = 0, unless another worker raised it since it was read as `seen`."""
+        fgw_clear_if(<unsigned long long*>&self.hdr.blocked_until, seen)
+
+    cpdef int64_t rate_wait(self, uint64_t key, int64_t now, int64_t interval, int64_t burst):
+        """Nanoseconds until `key` could take one more token (0: now), without charging or creating it."""
+        cdef Slot* first = self._bucket(key)
+        cdef int64_t w
+        _lock(self.hdr, first)
+        w = _rate_wait(self.find(key, now, False), now, interval, burst * interval)
+        _unlock(first)
+        return w
+
+    @property
+    def instances_seen(self):
+        """Kept in the table so that it outlives the workers (fastgw.policies.ratelimit.Store.share)."""
+        return self.hdr.instances_seen
+
+    @instances_seen.setter
+    def instances_seen(self, uint64_t v):
+        self.hdr.instances_seen = v
 
     def used(self):
         """Slots holding a key (idle or not); O(table)."""
@@ -421,8 +476,29 @@ cdef class Plan:
                     s.b -= 1
             _unlock(first)
 
+    cdef int64_t _wait(self, tuple keys, int i, int64_t mono, int64_t wall) except -1:
+        """Until limit i would admit one more request (0: now); nothing is charged or created."""
+        cdef uint64_t k = self._key(keys, i)
+        cdef Slot* first = self.table._bucket(k)
+        cdef Slot* s
+        cdef Outcome o
+        cdef int64_t w = 0
+        _lock(self.table.hdr, first)
+        s = self.table.find(k, mono, False)
+        if s != NULL:
+            if self.kind[i] == K_RATE:
+                w = _rate_wait(s, mono, self.interval[i], self.tau[i])
+            elif self.kind[i] == K_CONC:
+                w = NS if s.a + 1 > self.count[i] else 0      # as _conc: "some request ends", say 1 s
+            else:
+                _quota(s, self.kind[i], self.count[i], 1, mono, wall, False, &o)
+                w = o.retry_ns
+        _unlock(first)
+        return w
+
     cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2:
-        cdef int i, kind
+        cdef int i, j, kind
+        cdef int64_t wait, w
         cdef uint64_t k
         cdef uint64_t done = 0     # bit i: limit i was charged (undone if a later limit rejects)
         cdef Outcome o
@@ -452,13 +528,21 @@ cdef class Plan:
                     self.shadowed += 1
                     continue
                 self._undo(keys, done, mono, wall)
+                # The request passes again only when every enforced limit has room: report the refusing
+                # limit that keeps it waiting longest, so that Retry-After (and that limit's t) is when
+                # the same request could pass, not when the first refusing limit alone would let it.
                 self.tight = i
+                wait = o.retry_ns
+                for j in range(i + 1, self.n):
+                    if self.enforce[j]:
+                        w = self._wait(keys, j, mono, wall)
+                        if w > wait:
+                            wait = w
+                            self.tight = j
                 self.remaining = 0
-                self.reset_s = (o.reset_ns + NS - 1) // NS
-                self.retry_s = (o.retry_ns + NS - 1) // NS
-                if self.retry_s < 1:
-                    self.retry_s = 1
-                return i
+                self.reset_s = (wait + NS - 1) // NS
+                self.retry_s = self.reset_s if self.reset_s > 1 else 1
+                return self.tight
             done |= (<uint64_t>1) << i
             if kind != K_CONC and self.enforce[i] and (o.remaining < best or (o.remaining == best and o.reset_ns > best_reset)):
                 best = o.remaining

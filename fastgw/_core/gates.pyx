@@ -8,8 +8,9 @@ the Python path would, and falls back to it whenever it cannot tell.
 
   Chain      a route's gate: its policies in stage order, the first rejection wins.
   AuthGate   auth: the route's first method is an API key found in the verified-key cache, or a bearer
-             JWT found (unexpired) in its issuer's verified-token cache -> admit; else the Python
-             `authenticate` (every method in order, the full verification, the error answers).
+             JWT found (unexpired) in its issuer's verified-token cache -> admit (unless some client
+             address is over its budget of failed credentials: then the Python `throttled` first); else
+             the Python `authenticate` (every method in order, the full verification, the error answers).
   RateGate   rate limits on a plan kept in the host bucket table (sync = "local", or no [redis]): key
              hash, the bucket check, the decision counter and the RateLimit headers in one call; plans
              kept in Redis go to the Python `shared` (strict, lease, failure modes).
@@ -163,6 +164,45 @@ cdef object _bearer(bytes v):
     return PyBytes_FromStringAndSize(p + start, end - start)
 
 
+cdef class FailGate:
+    """Fast path of fastgw.policies.authfail.FailureBudget (set up by its __init__): is the client's
+    address over its budget of failed credentials? Only asked while the table's blocked_until is set."""
+    cdef public Table table
+    cdef public int64_t interval, burst
+    cdef public int reason               # fastgw.metrics.AUTH_REASONS index counted on a refusal
+    cdef public bint by_xff              # trusted proxies: the address depends on X-Forwarded-For too
+    cdef public dict keys                # peer (or (peer, X-Forwarded-For)) -> the address's table key
+
+    def key(self, ex):
+        """The table key of the client's address (Python subclass)."""
+        raise NotImplementedError
+
+    cpdef uint64_t address_key(self, object ex) except? 0:
+        """key(ex), remembered per peer (and X-Forwarded-For): parsing addresses is the costly part."""
+        ck = (ex.peer, ex.xff) if self.by_xff else ex.peer
+        k = self.keys.get(ck)
+        if k is None:
+            if len(self.keys) >= 4096:   # bounded: a client controls the X-Forwarded-For values
+                self.keys.clear()
+            k = self.keys[ck] = self.key(ex)
+        return <uint64_t>k
+
+    cpdef object check(self, object ex):
+        """The 429 when the client's address has no failure left, else None."""
+        cdef uint64_t until = self.table.hdr.blocked_until
+        cdef int64_t now, wait
+        if until == 0:
+            return None
+        now = _now(CLOCK_MONOTONIC)
+        if <uint64_t>now >= until:
+            self.table.unblock(until)    # every address that was over its budget has a token again
+            return None
+        wait = self.table.rate_wait(self.address_key(ex), now, self.interval, self.burst)
+        if wait == 0:
+            return None
+        return (429, "auth-throttled", None, b"Retry-After: %d\r\n" % ((wait + 999999999) // 1000000000))
+
+
 cdef class AuthGate(Gate):
     """Fast path of fastgw.policies.auth.AuthPolicy (set up by its __init__)."""
     cdef public bint ip_rules            # IP allow/deny lists apply: always the Python path
@@ -172,6 +212,7 @@ cdef class AuthGate(Gate):
     cdef public object issuer            # first == 2: the Issuer (its .cache: token -> (exp, kid, Identity))
     cdef public frozenset scopes
     cdef public frozenset roles
+    cdef public FailGate failures        # the client address's failure budget, or None
     cdef unsigned long long[::1] mwords   # the worker's metrics region (fastgw.metrics), if counted
     cdef Py_ssize_t mbase                 # index of this route's first auth-failure word, or -1
 
@@ -196,7 +237,7 @@ cdef class AuthGate(Gate):
                 if v is not None:
                     hit = self.key_cache.get(v)
                     if hit is not None:
-                        return self.admit(ex, <Identity>hit)
+                        return self.known(ex, <Identity>hit)
             elif self.first == 2:
                 v = ex.header(b"authorization")
                 if v is not None:
@@ -204,12 +245,30 @@ cdef class AuthGate(Gate):
                     if tok is not None:
                         hit = self.issuer.cache.get(tok)
                         if hit is not None and _now(CLOCK_REALTIME) < <double>(<tuple>hit)[0] * 1e9:
-                            return self.admit(ex, <Identity>(<tuple>hit)[2])
+                            return self.known(ex, <Identity>(<tuple>hit)[2])
         return self.slow(ex)
+
+    cdef object known(self, object ex, Identity ident):
+        # A cached credential is still a credential check: an address over its failure budget is refused
+        # first, or the cache would answer its guesses. Nothing over budget: one load [issue 11 item 20].
+        if self.failures is not None and self.failures.table.hdr.blocked_until != 0:
+            r = self.throttled(ex)
+            if r is not None:
+                return r
+        return self.admit(ex, ident)
 
     def slow(self, ex):
         """The full check (Python subclass)."""
         raise NotImplementedError
+
+    cpdef object throttled(self, object ex):
+        """The 429 if the client's address is over its failure budget (counted), else None."""
+        if self.failures is None:
+            return None
+        r = self.failures.check(ex)
+        if r is not None:
+            self.fail(self.failures.reason)
+        return r
 
     cpdef object admit(self, object ex, Identity ident):
         if self.scopes and not self.scopes <= ident.scopes:
@@ -226,6 +285,7 @@ cdef class AuthGate(Gate):
 
 
 INSUFFICIENT_SCOPE = b'WWW-Authenticate: Bearer realm="fastgw", error="insufficient_scope"\r\n'
+
 
 
 # ---------------------------------------------------------------------------------------------------

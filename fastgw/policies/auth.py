@@ -1,7 +1,8 @@
 """Identity at the edge: IP rules, API keys, JWT (local verification, JWKS rotation), mTLS subjects,
 scopes and roles (issue 5). The route's auth policy runs first in the chain (fastgw.policies.STAGES).
 
-Order on a route: IP rules (403) -> credentials (`auth = [...]`, any one listed method suffices; none
+Order on a route: IP rules (403) -> the client address's budget of failed credentials (429,
+fastgw/policies/authfail.py) -> credentials (`auth = [...]`, any one listed method suffices; none
 presented or all failing: 401) -> scopes/roles (403). On success `ex.identity` is an `Identity` (the rate
 limiter reads `consumer` and `plan`), and the identity headers (X-Consumer, claims_to_headers) are added
 for the upstream. The client's own copies of those headers never reach the upstream: the HTTP/1.1 reader
@@ -35,6 +36,7 @@ from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
 from fastgw.config import Config, JwtIssuer, Route
 from fastgw.metrics import AUTH_REASONS, AUTHF, route_base
 from fastgw.observe import log
+from fastgw.policies import authfail
 
 # PyJWT and cryptography are imported when an issuer is built, not with this module: the worker (which
 # imports it through fastgw.compile) starts faster when no route uses JWT, and a restarted worker is back
@@ -548,7 +550,7 @@ _FORBIDDEN_IP: Rejection = (403, "forbidden", b"client address not allowed", Non
 
 
 class AuthPolicy(AuthGate):
-    def __init__(self, cfg: Config, route: Route) -> None:
+    def __init__(self, cfg: Config, route: Route, services: dict[str, Any] | None = None) -> None:
         s = cfg.server
         self.client = ClientAddress(_nets(s.trusted_proxies))
         self.deny = _nets(s.ip_deny) + _nets(route.ip_deny)
@@ -581,6 +583,10 @@ class AuthPolicy(AuthGate):
             iss = self.methods[0][1]
             if iss.header is None and iss.cookie is None:
                 self.first, self.issuer = 2, iss
+        # Failed credentials per client address (server.limits.auth_failures): only where some are checked.
+        self.budget = authfail.budget(cfg, services if services is not None else {}, self.client) \
+            if self.methods else None
+        self.failures = self.budget           # the compiled check (AuthGate.throttled)
 
     def slow(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
         if self.ip_rules:
@@ -590,6 +596,9 @@ class AuthPolicy(AuthGate):
                 return _FORBIDDEN_IP
         if not self.methods:
             return None
+        r = self.throttled(ex)             # the failure budget (compiled, AuthGate.throttled)
+        if r is not None:
+            return r
         return self.authenticate(ex, True)
 
     def authenticate(self, ex: Any, allow_fetch: bool) -> Rejection | Awaitable[Rejection | None] | None:
@@ -641,6 +650,8 @@ class AuthPolicy(AuthGate):
             self.fail(F_MISSING)
             return (401, "unauthorized", None, self.challenge)
         self.fail(F_EXPIRED if failure == _EXPIRED else F_INVALID)
+        if self.budget is not None:
+            self.budget.failed(ex)
         return (401, "unauthorized", failure.encode(), _INVALID if self.challenge is _BEARER else self.challenge)
 
     async def _after_fetch(self, ex: Any, iss: Issuer) -> Rejection | None:
@@ -685,7 +696,7 @@ class AuthPolicy(AuthGate):
 def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> AuthPolicy | None:
     if not (route.auth or route.ip_allow or route.ip_deny or cfg.server.ip_allow or cfg.server.ip_deny):
         return None
-    pol = AuthPolicy(cfg, route)
+    pol = AuthPolicy(cfg, route, services)
     words = services.get("metrics_words")
     if words is not None and 0 <= mslot and route_base(mslot + 1) <= len(words):
         pol.count_failures(words, route_base(mslot) + AUTHF)

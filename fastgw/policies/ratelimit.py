@@ -17,9 +17,13 @@ Without a [redis] section, lease and strict plans are enforced locally (DESIGN.m
 local to this host"). Concurrency limits are always per host (they must be released by the host that
 counted them).
 
-When Redis fails (`on_store_error`): "local" enforces limit / live instances in the host table (instances
-beat in Redis every `redis.heartbeat`; the last count seen is used), "open" admits, "closed" answers 503
-store-unavailable. Responses say so in `RateLimit-Degraded: <mode>`, and the worker's degraded gauge is 1.
+When Redis fails (`on_store_error`): "local" enforces limit / instances in the host table, "open" admits,
+"closed" answers 503 store-unavailable. Responses say so in `RateLimit-Degraded: <mode>`, and the worker's
+degraded gauge is 1. The instance count of "local" (Store.share) is the larger of the live count in the
+last Redis heartbeat this instance saw (instances beat every `redis.heartbeat`; kept in the host table, so
+a restarted worker still knows it) and `redis.expected_instances`: an instance started while Redis is down
+does not enforce the whole limit. `RateLimit-Degraded: local;instances=N;source=heartbeat|configured|none`
+and the gauge fastgw_ratelimit_fallback_instances{source} say which applies.
 
 The policy derives from fastgw._core.gates.RateGate: a local plan is decided in one compiled call (key
 hash, bucket check, decision counter, header lines); plans kept in Redis come back to `shared` here.
@@ -67,10 +71,14 @@ def fnv32(text: str) -> int:
 # Per-worker counters in shared memory (section "rlstats", one region per worker slot).
 #
 # Region layout in 64-bit words: [0] Redis errors [1] degraded gauge (0/1) [2] Redis commands sent
-# [3..7] reserved; then STAT_ENTRIES entries of 8 words: [0] key = fnv32(route) << 32 | fnv32(plan)
+# [3] the local fallback's instance count [4] its source (index in SHARE_SOURCES) [5..7] reserved;
+# then STAT_ENTRIES entries of 8 words: [0] key = fnv32(route) << 32 | fnv32(plan)
 # (0: unused), [1..6] counts by DECISIONS. The supervisor sums the regions and names the entries from
 # its current config (labels come from config names only).
 STAT_HEADER = 8
+# Where the local fallback's instance count comes from: nothing known (the whole limit), the last Redis
+# heartbeat seen, redis.expected_instances.
+SHARE_SOURCES = ("none", "heartbeat", "configured")
 STAT_ENTRIES = 1024
 STAT_WORDS = 8
 STATS_REGION_BYTES = (STAT_HEADER + STAT_ENTRIES * STAT_WORDS) * 8
@@ -131,15 +139,24 @@ def render_metrics(regions: list[Any], live: list[Any], cfg: Config) -> list[str
             if n:
                 out.append(f'fastgw_ratelimit_decisions_total{{route="{route}",plan="{plan}",'
                            f'decision="{DECISIONS[d]}"}} {n}')
-    out += ["# HELP fastgw_redis_errors_total Redis failures (timeouts, lost connections) over all workers.",
+    out += ["# HELP fastgw_redis_errors_total Redis failures over all workers: timeouts, lost or refused "
+            "connections, error replies (a Redis Cluster MOVED, OOM, script errors).",
             "# TYPE fastgw_redis_errors_total counter",
             f"fastgw_redis_errors_total {sum(w[0] for w in regions)}",
             "# HELP fastgw_redis_commands_total Redis commands sent by the workers.",
             "# TYPE fastgw_redis_commands_total counter",
             f"fastgw_redis_commands_total {sum(w[2] for w in regions)}",
-            "# HELP fastgw_ratelimit_degraded Workers whose shared quota store is unavailable (fallback on).",
+            "# HELP fastgw_ratelimit_degraded Workers falling back from Redis (breaker open, or a failed call "
+            "within the last heartbeat).",
             "# TYPE fastgw_ratelimit_degraded gauge",
             f"fastgw_ratelimit_degraded {sum(w[1] for w in live)}"]
+    shares = [(w[3], w[4]) for w in live if w[3]]
+    if shares:
+        n, src = max(shares)
+        out += ["# HELP fastgw_ratelimit_fallback_instances Instances the local fallback divides limits by "
+                "while Redis is unavailable, by where the count comes from (heartbeat, configured, none).",
+                "# TYPE fastgw_ratelimit_fallback_instances gauge",
+                f'fastgw_ratelimit_fallback_instances{{source="{SHARE_SOURCES[src]}"}} {n}']
     return out
 
 
@@ -149,26 +166,44 @@ def render_metrics(regions: list[Any], live: list[Any], cfg: Config) -> list[str
 class Store:
     """Redis client + heartbeat for one worker (services["ratelimit_store"])."""
 
-    def __init__(self, cfg: Config, instance: int, stats: Stats | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cfg: Config, table: B.Table, stats: Stats | None, loop: asyncio.AbstractEventLoop) -> None:
         rd = cfg.redis
         assert rd is not None
         self.url = rd.url
         self.settings = rd
-        self.instance = b"%016x" % instance
+        self.table = table                   # the host table: its header keeps the last count seen
+        self.instance = b"%016x" % (table.instance or int.from_bytes(os.urandom(8), "big"))
         self.stats = stats
-        self.instances = 1                   # live instances, from the last heartbeat that succeeded
+        self.shares: dict[tuple[int, int], bytes] = {}
+        self.last_share = (0, 0)
         self.client = RedisClient(rd.url, rd.timeout, rd.retry_interval, SCRIPTS, loop, self._on_error)
         self.client.start()
         self.was_up = False
+        self.failed = False                  # a call failed since the last gauge refresh
+        self.logged_at = -1e9                # error replies: last logged (monotonic s), and not logged since
+        self.quiet = 0
         self.task = loop.create_task(self._beat())
 
-    def _on_error(self) -> None:
+    def _on_error(self, reason: str, breaker_open: bool) -> None:
+        """Every Redis failure (fastgw.quota.RedisClient): counted, and the degraded gauge is on at once;
+        the heartbeat loop turns it off after a beat period without failure."""
+        self.failed = True
         if self.stats is not None:
             self.stats.words[0] += 1
             self.stats.words[1] = 1
-        if self.was_up:
-            self.was_up = False
-            log("ratelimit_store_down", level="warning", url=_safe_url(self.url))
+        if breaker_open:
+            if self.was_up:
+                self.was_up = False
+                log("ratelimit_store_down", level="warning", url=_safe_url(self.url), error=reason)
+            return
+        # An error reply (a Redis Cluster MOVED, OOM, a script error): the connection stays, the calls
+        # that get one fall back. Logged at most every 10 s, with the count of those not logged.
+        now = time.monotonic()
+        self.quiet += 1
+        if now - self.logged_at >= 10.0:
+            log("ratelimit_store_error", level="warning", url=_safe_url(self.url), error=reason,
+                since_last=self.quiet)
+            self.logged_at, self.quiet = now, 0
 
     @property
     def up(self) -> bool:
@@ -176,10 +211,37 @@ class Store:
         if up and not self.was_up:
             self.was_up = True
             log("ratelimit_store_up", url=_safe_url(self.url))
-        if self.stats is not None:
-            self.stats.words[1] = 0 if up else 1
-            self.stats.words[2] = self.client.commands
         return up
+
+    def share(self) -> tuple[int, int, bytes]:
+        """The local fallback's instance count, its source (SHARE_SOURCES) and the RateLimit-Degraded
+        value saying so: the larger of the last live count seen in Redis and redis.expected_instances,
+        so that an instance that never saw Redis does not enforce the whole limit [issue 11 item 12]."""
+        seen = self.table.instances_seen
+        expected = self.settings.expected_instances or 0
+        if seen and seen >= expected:
+            n, src = seen, 1
+        elif expected:
+            n, src = expected, 2
+        else:
+            n, src = 1, 0
+        value = self.shares.get((n, src))
+        if value is None:
+            value = self.shares[(n, src)] = b"local;instances=%d;source=%s" % (n, SHARE_SOURCES[src].encode())
+        return n, src, value
+
+    def refresh_gauges(self) -> None:
+        """Degraded: the breaker is open, or a call failed since the previous refresh (one beat ago)."""
+        up = self.up
+        n, src, _ = self.share()
+        if self.stats is not None:
+            self.stats.words[1] = 0 if up and not self.failed else 1
+            self.stats.words[2] = self.client.commands
+            self.stats.words[3], self.stats.words[4] = n, src
+        if (n, src) != self.last_share:
+            self.last_share = (n, src)
+            log("ratelimit_fallback_share", instances=n, source=SHARE_SOURCES[src])
+        self.failed = False
 
     async def _beat(self) -> None:
         while True:
@@ -188,10 +250,10 @@ class Store:
                     n = await self.client.run(HEARTBEAT, [HEARTBEAT_KEY],
                                               [self.instance, int(self.settings.heartbeat * 3000)])
                     if isinstance(n, int) and n > 0:
-                        self.instances = n
+                        self.table.instances_seen = n
             except StoreDown:
-                pass
-            _ = self.up                          # refresh the gauges
+                pass                             # counted by _on_error
+            self.refresh_gauges()
             await asyncio.sleep(self.settings.heartbeat if self.client.up else min(0.1, self.settings.heartbeat))
 
     def close(self) -> None:
@@ -245,8 +307,7 @@ def _services(cfg: Config, services: dict[str, Any]) -> tuple[B.Table, B.Table, 
         if store is None or store.url != cfg.redis.url or store.settings != cfg.redis:
             if store is not None:
                 store.close()
-            instance = table.instance or int.from_bytes(os.urandom(8), "big")
-            store = services["ratelimit_store"] = Store(cfg, instance, stats, services["loop"])
+            store = services["ratelimit_store"] = Store(cfg, table, stats, services["loop"])
     return table, lease, stats, store
 
 
@@ -260,13 +321,11 @@ class Limit:
         self.key = tuple(lim.key)
         self.seed = B.hash_key(0, f"{plan}\0{i}\0{self.name}".encode())
         self.burst = 0
-        self.interval = 0
         self.count = 0
         self.window = ""
         if lim.rate is not None:
             count, period = parse_rate(lim.rate)
             self.kind = B.RATE
-            self.interval = period * NS // count
             self.burst = lim.burst if lim.burst is not None else count
             self.count, self.period = count, period
             self.slug = "rate-limited"
@@ -299,8 +358,13 @@ class Limit:
         if self.kind == B.CONCURRENCY:
             return None
         if self.kind == B.RATE:
-            # The bucket's size over the time it takes to refill from empty.
-            return f'"{self.name}";q={self.burst};w={max(1, math.ceil(self.burst * self.interval / NS))}'
+            # A token bucket in quota units (README "Responses"): q tokens are made available every w
+            # seconds, which a client spreading its requests evenly can rely on (and, with burst >= q,
+            # q requests in any w-second window however bunched). A burst other than the count is said
+            # in a vendor parameter (draft-ietf-httpapi-ratelimit-headers-10 §3.1): with burst = 1,
+            # "10/s" is 10 per second one at a time, not 1 per second.
+            burst = f";fastgw-burst={self.burst}" if self.burst != self.count else ""
+            return f'"{self.name}";q={self.count};w={self.period}{burst}'
         return f'"{self.name}";q={self.count};w={self.period}'
 
 
@@ -362,13 +426,16 @@ class PlanRT:
             g.lease, g.lease_seed, g.lease_state, g.client = lease, self.lease_seed, self.lease_state, self.store.client
             g.inflight, g.lease_fast = self.inflight, not self.has_conc
 
-    def fallback_plan(self) -> B.Plan:
-        n = self.store.instances if self.store is not None else 1
+    def fallback_plan(self) -> tuple[B.Plan, bytes]:
+        """The plan's share of the host (Store.share) and the RateLimit-Degraded value saying which."""
+        if self.store is None:
+            return self.local, b"local"
+        n, _, value = self.store.share()
         p = self.fallbacks.get(n)
         if p is None:
             p = self.fallbacks[n] = B.Plan(self.table, [lim.spec(self.keyidx[i], n)
                                                         for i, lim in enumerate(self.limits)])
-        return p
+        return p, value
 
 
 class RateLimitPolicy(G.RateGate):
@@ -406,7 +473,8 @@ class RateLimitPolicy(G.RateGate):
             self.count(plan.name, D_DEGRADED)
             ex.add_response_header(b"RateLimit-Degraded", b"open")
             return None
-        return self.local(ex, plan.gate, plan.fallback_plan(), keys, b"local")
+        bp, value = plan.fallback_plan()
+        return self.local(ex, plan.gate, bp, keys, value)
 
     # -- strict ----------------------------------------------------------------------------------------
     def redis_keys(self, plan: PlanRT, keys: tuple[int, ...]) -> tuple[bytes, list[bytes]]:
@@ -433,9 +501,6 @@ class RateLimitPolicy(G.RateGate):
         try:
             rep = await fut
         except StoreDown:
-            return self.degraded(ex, plan, keys)
-        if not isinstance(rep, list):
-            log("ratelimit_script_error", level="error", error=str(rep))
             return self.degraded(ex, plan, keys)
         granted, shadow = rep[0], rep[1]
         if shadow:
@@ -576,10 +641,6 @@ class RateLimitPolicy(G.RateGate):
                 return
             rep = f.result()
             now = time.monotonic_ns()
-            if not isinstance(rep, list):
-                log("ratelimit_script_error", level="error", error=str(rep))
-                self._release_queue(plan, tag, StoreDown(str(rep)))
-                return
             granted = rep[0]
             if rep[1]:
                 self.count(plan.name, D_SHADOW)
