@@ -380,7 +380,7 @@ cdef class UpstreamConn:
     cdef bint r_has_cl
     cdef bytes r_cl
     cdef bint r_bylen          # the body is delimited by Content-Length
-    cdef long long r_rest      # Content-Length minus the bytes received after the head (< 0: overrun)
+    cdef long long r_extra     # bytes received after the head, less the body bytes llhttp delivered
     cdef bint r_done           # the response ended inside the current read; ended after the read
     cdef bint r_keep           # ... and llhttp says the connection may be kept
     cdef Worker w              # set when connected (metrics)
@@ -421,7 +421,7 @@ cdef class UpstreamConn:
         ex.up_last = cl.w.clock.now
         cl.batching = True
         if self.r_head_done:
-            self.r_rest -= len(data)
+            self.r_extra += len(data)
         else:
             self.hbuf = data if self.hbuf is None else self.hbuf + data
         try:
@@ -444,23 +444,29 @@ cdef class UpstreamConn:
         """The response ended inside `data`. Bytes after its end belong to no response: the connection
         is closed instead of pooled (the next request on it would read them as its answer) and counted
         [nginx: "upstream sent more data than specified in Content-Length header", connection not kept].
-        A body delimited by Content-Length ends after exactly that many bytes (r_rest); any other body
-        (chunked, or none) ends with CRLF CRLF, so a read that completed one and does not end with those
-        bytes carried more. (What llhttp refuses raises, and a second head raises in on_headers_complete.)"""
-        cdef Py_ssize_t n = len(data)
-        cdef const char* d = data
+        A body delimited by Content-Length is every byte after the head up to its end, so what llhttp did
+        not deliver as body was more (r_extra); any other body (chunked, or none) ends with CRLF CRLF, so a
+        read that completed one and does not end with those bytes carried more. (What llhttp refuses
+        raises, and a second head raises in on_headers_complete.)"""
+        cdef Py_ssize_t n
+        cdef const char* d
+        cdef Exchange ex = self.ex
         self.r_done = False
-        if not overrun:
-            if self.r_bylen:
-                overrun = self.r_rest < 0
-            elif n >= 4:
+        if overrun:
+            pass
+        elif self.r_bylen:
+            overrun = self.r_extra > 0
+        else:
+            n = PyBytes_GET_SIZE(data)
+            d = PyBytes_AS_STRING(data)
+            if n >= 4:
                 overrun = not (d[n - 4] == 13 and d[n - 3] == 10 and d[n - 2] == 13 and d[n - 1] == 10)
             else:
                 overrun = not b"\r\n\r\n".endswith(data)
         if overrun:
             self.w.count(M_OVERRUNS)
-        if self.ex is not None:
-            self.ex.resp_end(self.r_keep and not overrun)
+        if ex is not None:
+            ex.resp_end(self.r_keep and not overrun)
 
     def eof_received(self):
         cdef Exchange ex = self.ex
@@ -511,7 +517,6 @@ cdef class UpstreamConn:
         cdef Py_ssize_t le[MAX_RESP_LINES]
         cdef unsigned char kind[MAX_RESP_LINES]
         cdef Py_ssize_t pos, eol, colon, vs, ve, n = 0, k, run
-        cdef long long cl = 0
         cdef const char* q
         cdef object drop = None
         cdef list pieces = []
@@ -535,10 +540,6 @@ cdef class UpstreamConn:
                 if kind[n] == H_CL:
                     self.r_has_cl = True
                     self.r_cl = buf[vs:ve]
-                    for k in range(vs, ve):           # digits only: llhttp validated the value
-                        if cl < 100000000000000000:
-                            cl = cl * 10 + (s[k] - 48)
-                    self.r_rest = cl
                 elif kind[n] == H_TE:
                     self.r_chunked = buf[vs:ve].rstrip(b" \t,").lower().endswith(b"chunked")
                 elif kind[n] == H_CONN and not (_ieq(s + vs, ve - vs, b"keep-alive", 10)
@@ -591,11 +592,11 @@ cdef class UpstreamConn:
         self.hbuf = None
         self.r_head_done = True
         self.r_bylen = self.r_has_cl and not self.r_chunked and status != 204 and status != 304
-        if self.r_bylen:
-            self.r_rest -= len(buf) - (end + 2)       # body bytes already received with the head
+        self.r_extra = len(buf) - (end + 2)           # received with the head, after it
         ex.resp_head(self, status)
 
     def on_body(self, bytes body):
+        self.r_extra -= len(body)
         if self.ex is not None:
             self.ex.resp_body(body)
 
