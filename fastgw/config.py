@@ -60,6 +60,13 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     header_timeout: Duration = 10.0
     idle_timeout: Duration = 60.0
     body_timeout: Duration = 30.0
+    # Bytes per second a request body must keep up, over an allowance of body_timeout (README "The
+    # HTTP/1.1 data path"); 0 turns it off. [Apache mod_reqtimeout MinRate=500]
+    min_body_rate: Size = 500
+    # How long a response may wait on a client that does not take it. [nginx send_timeout 60s]
+    send_timeout: Duration = 60.0
+    # Client connections per worker; "auto" sizes it from memory and file descriptors (fastgw/admission.py).
+    max_connections: int | Literal["auto"] = "auto"
     max_requests_per_connection: int = 1000
     max_pipelined: int = 16
     allow_underscores: bool = False     # keep request header names with "_" (never managed ones: fastgw/headers.py)
@@ -697,10 +704,13 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
         errors.append(f'server.workers: must be at least 1 or "auto", got {s.workers}')
     lim = s.limits
     positive = ("max_header_bytes", "max_headers", "max_request_line", "header_timeout", "idle_timeout",
-                "body_timeout", "max_requests_per_connection", "max_pipelined")
+                "body_timeout", "send_timeout", "max_requests_per_connection", "max_pipelined")
     for name in positive:
         if getattr(lim, name) <= 0:
             errors.append(f"server.limits.{name}: must be greater than 0")
+    if not isinstance(lim.max_connections, str) and not 1 <= lim.max_connections <= 10_000_000:
+        errors.append(f'server.limits.max_connections: must be between 1 and 10000000 or "auto", '
+                      f"got {lim.max_connections}")
     # A zero body limit is meaningful: such routes accept no request body at all.
     if lim.max_body < 0:
         errors.append("server.limits.max_body: must not be negative")

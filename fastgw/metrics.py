@@ -20,7 +20,10 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
                  [3] access-log lines dropped because the writer fell behind, [4] lines lost because
                  writing them failed (counters, written by the worker every sweep: fastgw/observe.py);
                  [6..7] request header fields dropped for their "_", by HEADER_DROPS (written by
-                 Worker.headers_dropped); the rest reserved
+                 Worker.headers_dropped)
+                 [5] upstream connections closed for bytes beyond the end of a response (counter, the
+                 data path) [8] the worker's max_connections (gauge) [9] times the worker reached it
+                 (counter, the data path); the rest reserved
   then ROUTE words per route slot (slot 0: requests that matched no route; other slots are assigned to
   route names by the supervisor, never reused, so a name keeps its counters across reloads):
   [0..39]  responses by method (8) x status class (5): index method * 5 + class
@@ -35,7 +38,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 
-HEADER = 8
+HEADER = 16
 ROUTE = 64
 H_CONNS, H_PID, H_GEN = 0, 1, 2
 H_LOG_DROPPED, H_LOG_LOST = 3, 4
@@ -44,6 +47,7 @@ H_HDROP = 6
 # Why a request header field was dropped (fastgw/headers.py): a name with "_" while
 # server.limits.allow_underscores is off; a name with "_" that folds to a header fastgw manages (always).
 HEADER_DROPS = ("underscore", "managed_alias")
+H_OVERRUNS, H_CONN_LIMIT, H_CONN_FULL = 5, 8, 9      # M_OVERRUNS, M_CONN_FULL in proxy.pyx
 HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
@@ -152,6 +156,9 @@ class Snapshot:
     connections: int
     auth_failures: dict[tuple[int, int], int] = field(default_factory=dict)   # (slot, reason) -> count
     headers_dropped: list[int] = field(default_factory=lambda: [0] * len(HEADER_DROPS))
+    connection_limit: int = 0          # sum of live workers' max_connections
+    limit_reached: int = 0             # times a worker paused accepting at its cap
+    overruns: int = 0                  # upstream connections closed for bytes beyond a response's end
 
 
 def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -> Snapshot:
@@ -162,14 +169,17 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     sum_us: dict[int, int] = {}
     uperr: dict[tuple[int, int], int] = {}
     authf: dict[tuple[int, int], int] = {}
-    conns = 0
+    conns = limit = reached = overruns = 0
     hdrop = [0] * len(HEADER_DROPS)
     for w in range(workers):
         words = shm.words(w)
         if w in live:
             conns += words[H_CONNS]
+            limit += words[H_CONN_LIMIT]
         for k in range(len(HEADER_DROPS)):
             hdrop[k] += words[H_HDROP + k]
+        reached += words[H_CONN_FULL]
+        overruns += words[H_OVERRUNS]
         for slot in range(used_slots):
             base = route_base(slot)
             block = words[base:base + ROUTE].tolist()
@@ -190,7 +200,7 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
                 if block[AUTHF + k]:
                     authf[(slot, k)] = authf.get((slot, k), 0) + block[AUTHF + k]
         words.release()
-    return Snapshot(requests, hist, sum_us, uperr, conns, authf, hdrop)
+    return Snapshot(requests, hist, sum_us, uperr, conns, authf, hdrop, limit, reached, overruns)
 
 
 def log_dropped(shm: SharedMemory, workers: int) -> dict[str, int]:
@@ -246,8 +256,18 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
                "server.limits.allow_underscores is off; managed_alias: it folds to a header fastgw manages).")
         for k, reason in enumerate(HEADER_DROPS):
             out.append(f"fastgw_headers_dropped_total{_labels(reason=reason)} {snap.headers_dropped[k]}")
-        family("fastgw_connections", "gauge", "Open client connections, over all workers.")
+        family("fastgw_upstream_overruns_total", "counter",
+               "Upstream connections closed because bytes followed the end of a response "
+               "(its Content-Length, its last chunk, or a head without a body).")
+        out.append(f"fastgw_upstream_overruns_total {snap.overruns}")
+        family("fastgw_connections", "gauge",
+               "Client connections over all workers: open, and the limit (server.limits.max_connections "
+               "per worker, summed).")
         out.append(f'fastgw_connections{{state="open"}} {snap.connections}')
+        out.append(f'fastgw_connections{{state="limit"}} {snap.connection_limit}')
+        family("fastgw_connections_limit_reached_total", "counter",
+               "Times a worker reached max_connections and stopped accepting until a connection ended.")
+        out.append(f"fastgw_connections_limit_reached_total {snap.limit_reached}")
 
     reloads = process["reloads"]
     assert isinstance(reloads, dict)

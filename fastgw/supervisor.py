@@ -102,7 +102,8 @@ class Supervisor:
 
     def config_msg(self) -> dict[str, Any]:
         return {"op": "config", "gen": self.gen, "hash": self.hash, "toml": self.text,
-                "slots": {r.name: self.route_slots.get(r.name, 0) for r in self.cfg.routes}}
+                "slots": {r.name: self.route_slots.get(r.name, 0) for r in self.cfg.routes},
+                "workers": self.nworkers}
 
     async def reload(self) -> None:
         async with self.reload_lock:

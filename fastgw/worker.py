@@ -4,7 +4,7 @@ The supervisor (fastgw/supervisor.py) spawns `python -m fastgw.worker` with inhe
 listening sockets of its slot, one end of a control socket pair, and the shared-memory file. Over the
 control socket it sends JSON lines:
 
-  {"op": "config", "gen": N, "hash": H, "toml": TEXT, "slots": {route: metrics slot}}
+  {"op": "config", "gen": N, "hash": H, "toml": TEXT, "slots": {route: metrics slot}, "workers": N}
       the first one starts serving; later ones are reloads: the worker compiles the new config and swaps
       one reference (Worker.rt). Each request keeps the Runtime it started with, so requests in flight
       finish on the old config. Upstream groups whose settings did not change are carried over with their
@@ -38,10 +38,11 @@ import uvloop
 
 from fastgw import __version__, proxyproto
 from fastgw._core.proxy import UpstreamGroup, Worker
+from fastgw.admission import HANDSHAKE_TIMEOUT, Listener, max_connections, raise_nofile
 from fastgw.clientaddr import nets
 from fastgw.compile import build_groups, compile_config, split_hostport
 from fastgw.config import Config, loads
-from fastgw.metrics import H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
+from fastgw.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
 from fastgw.observe import AccessLog, log, log_dropped_headers, set_context, set_level
 from fastgw.policies import authfail, ratelimit
 
@@ -107,7 +108,9 @@ class ProxiedTLS:
     same segment stays in the kernel buffer), and the socket is handed to the TLS server machinery
     (loop.connect_accepted_socket) with the client address from the header. A connection without a valid
     header within server.limits.header_timeout is closed, as on plain listeners; at most PROXY_TLS_PENDING
-    connections may be waiting for their header or handshake at once (more are closed at accept)."""
+    connections may be waiting for their header or handshake at once (more are closed at accept).
+    Each counts against server.limits.max_connections from its accept: at the cap the loop waits
+    (pause/resume) and the kernel backlog holds new connections."""
 
     def __init__(self, wp: WorkerProcess, sock: socket.socket, n: int) -> None:
         self.wp = wp
@@ -116,17 +119,38 @@ class ProxiedTLS:
         self.ctx = wp.tls_contexts_now[n]        # kept if a reload removes this [[server.tls]] table
         self.sock.setblocking(False)
         self.pending: set[asyncio.Task[None]] = set()
+        self.open = asyncio.Event()
+        self.open.set()
+        self.waiter: asyncio.Task[tuple[socket.socket, Any]] | None = None
         self.task = asyncio.get_running_loop().create_task(self.accept())
         self.task.add_done_callback(lambda _t: self.sock.close())
 
     def close(self) -> None:
         self.task.cancel()                       # the listening socket closes once the accept loop ends
 
+    def pause(self) -> None:
+        self.open.clear()
+        if self.waiter is not None:
+            self.waiter.cancel()                 # an accept not yet made is not made
+            self.waiter = None
+
+    def resume(self) -> None:
+        self.open.set()
+
     async def accept(self) -> None:
         loop = asyncio.get_running_loop()
+        w = self.wp.w
+        me = asyncio.current_task()
+        assert w is not None and me is not None
         while True:
+            await self.open.wait()
+            self.waiter = loop.create_task(loop.sock_accept(self.sock))
             try:
-                conn, _ = await loop.sock_accept(self.sock)
+                conn, _ = await self.waiter
+            except asyncio.CancelledError:
+                if me.cancelling():
+                    raise                         # close()
+                continue                          # pause()
             except OSError as e:                  # EMFILE and the like: back off, keep the listener
                 log("accept_failed", level="warning", error=str(e))
                 await asyncio.sleep(0.1)
@@ -134,11 +158,22 @@ class ProxiedTLS:
             if len(self.pending) >= PROXY_TLS_PENDING:
                 conn.close()
                 continue
+            w.admit()
             t = loop.create_task(self.serve(conn))
             self.pending.add(t)
             t.add_done_callback(self.pending.discard)
 
     async def serve(self, conn: socket.socket) -> None:
+        """Serve one accepted connection, admitted (Worker.admit) by the accept loop: until the
+        protocol is made (and counts itself), every way out gives the place back."""
+        made = False
+        try:
+            made = await self.hand_over(conn)
+        finally:
+            if not made and self.wp.w is not None:
+                self.wp.w.release()
+
+    async def hand_over(self, conn: socket.socket) -> bool:
         loop = asyncio.get_running_loop()
         cfg, w = self.wp.cfg, self.wp.w
         assert cfg is not None and w is not None
@@ -147,23 +182,28 @@ class ProxiedTLS:
             hdr = await asyncio.wait_for(self.read_header(conn), cfg.server.limits.header_timeout)
         except (TimeoutError, proxyproto.ProxyProtocolError, OSError):
             conn.close()
-            return
+            return False
         source = hdr.source.encode() if hdr.source is not None else None
         contexts = self.wp.tls_contexts_now
         if self.n < len(contexts):
             self.ctx = contexts[self.n]
 
+        made = False
+
         def make() -> Any:
-            c = w.protocol()
-            c.proxied_peer = source
-            return c
+            nonlocal made
+            h = w.tls_protocol(True)             # counted at accept already; from here it counts itself
+            made = True
+            h.proxied_peer = source
+            return h
         try:
-            await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=10.0)
+            await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError):          # a failed or slow handshake (ssl.SSLError is an OSError)
             conn.close()
         except Exception as e:                   # not the client's doing: say so, keep serving
             log("tls_handover_failed", level="error", error=f"{type(e).__name__}: {e}")
             conn.close()
+        return made
 
     @staticmethod
     async def read_header(conn: socket.socket) -> proxyproto.Header:
@@ -205,7 +245,7 @@ class WorkerProcess:
         self.groups: dict[str, UpstreamGroup] = {}
         self.retired: list[tuple[float, UpstreamGroup]] = []
         self.w: Worker | None = None
-        self.servers: list[Any] = []               # asyncio servers and ProxiedTLS loops (all have close())
+        self.servers: list[Any] = []               # Listeners and ProxiedTLS loops (close, pause, resume)
         self.access: AccessLog | None = None
         self.gen = 0
         self.stop = asyncio.Event()
@@ -213,7 +253,7 @@ class WorkerProcess:
         self.exit_reason = ""
         self.drain_task: asyncio.Task[None] | None = None
         self.kinds: list[str] = ["plain"] * len(socks)     # per socket: "plain" or "tls:<server.tls index>"
-        self.tls_servers: dict[int, asyncio.AbstractServer] = {}
+        self.tls_servers: dict[int, Listener] = {}
         self.tls_contexts_now: list[Any] = []         # current [[server.tls]] contexts (ProxiedTLS reads them)
         self.services: dict[str, Any] | None = None    # long-lived resources of policies (compile_config)
 
@@ -234,8 +274,11 @@ class WorkerProcess:
             self.w.sweep(loop.time(), date_header(time.time()))
             if self.shm is not None and cfg.admin.metrics:
                 self.w.attach_metrics(self.shm.region(self.slot), ROUTE_SLOTS)
+            self.w.on_full = self.pause_accepting
+            self.w.on_room = self.resume_accepting
         else:
             self.w.rt = rt          # the swap: new requests read the new Runtime from here on
+        self.w.max_conns = max_connections(cfg.server.limits.max_connections, int(msg.get("workers", 1)))
         kept = {id(g) for g in groups.values()}
         for g in self.groups.values():
             if id(g) not in kept:   # replaced or removed upstream: close its pools as they go idle
@@ -250,6 +293,7 @@ class WorkerProcess:
             loop.create_task(self.reload_tls())
         if self.words is not None:
             self.words[H_GEN] = self.gen
+            self.words[H_CONN_LIMIT] = self.w.max_conns
 
     # -- listeners (issue 5: PROXY protocol, TLS) -------------------------------------------------------
     def protocol_factory(self) -> Any:
@@ -266,20 +310,31 @@ class WorkerProcess:
         return make
 
     async def serve_listeners(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self.w is not None and self.cfg is not None
         contexts = self.tls_contexts_now = self.tls_contexts()
         for i, (s, kind) in enumerate(zip(self.socks, self.kinds, strict=True)):
             if kind == "plain":
-                self.servers.append(await loop.create_server(self.protocol_factory(), sock=s, backlog=BACKLOG))
+                srv = Listener(s, self.protocol_factory(), BACKLOG)
             elif self.cfg.server.proxy_protocol:
                 self.servers.append(ProxiedTLS(self, s.dup(), int(kind[4:])))
+                continue
             else:
-                # A dup: closing this server on a TLS reload must leave the inherited socket open.
-                srv = await loop.create_server(self.w.protocol, sock=s.dup(), backlog=BACKLOG,
-                                               ssl=contexts[int(kind[4:])], ssl_handshake_timeout=10.0)
+                srv = Listener(s, self.w.tls_protocol, BACKLOG, ssl=contexts[int(kind[4:])])
                 self.tls_servers[i] = srv
-                self.servers.append(srv)
+            await srv.start()
+            self.servers.append(srv)
+        if self.w.full:
+            self.pause_accepting()
+
+    def pause_accepting(self) -> None:
+        """The worker holds server.limits.max_connections connections (Worker.admit): stop accepting."""
+        if self.w is not None and self.w.full:
+            for srv in self.servers:
+                srv.pause()
+
+    def resume_accepting(self) -> None:
+        for srv in self.servers:
+            srv.resume()
 
     def tls_contexts(self) -> list[Any]:
         assert self.cfg is not None
@@ -293,7 +348,6 @@ class WorkerProcess:
         server on the same socket replaces the old one); established connections are not touched."""
         if not self.tls_contexts_now or self.drain_task is not None:
             return
-        loop = asyncio.get_running_loop()
         assert self.w is not None
         try:
             contexts = self.tls_contexts()
@@ -301,15 +355,11 @@ class WorkerProcess:
             log("tls_reload_failed", level="error", error=f"{type(e).__name__}: {e}")
             return
         self.tls_contexts_now = contexts             # ProxiedTLS listeners use them from the next connection
-        for i, old in list(self.tls_servers.items()):
+        for i, srv in list(self.tls_servers.items()):
             n = int(self.kinds[i][4:])
             if n >= len(contexts):      # [[server.tls]] tables removed: that takes a restart (logged)
                 continue
-            srv = await loop.create_server(self.w.protocol, sock=self.socks[i].dup(), backlog=BACKLOG,
-                                           ssl=contexts[n], ssl_handshake_timeout=10.0)
-            self.tls_servers[i] = srv
-            self.servers = [srv if x is old else x for x in self.servers]
-            old.close()
+            await srv.set_ssl(contexts[n])
         log("tls_reloaded", listeners=len(contexts))
 
     def set_access_log(self, cfg: Config) -> None:
@@ -340,7 +390,7 @@ class WorkerProcess:
             now = loop.time()
             w.sweep(now, date_header(time.time()))
             if self.words is not None:
-                self.words[H_CONNS] = len(w.conns)
+                self.words[H_CONNS] = w.nconns
             self.flush_access_log()
             if self.access is not None:
                 self.access.publish(now)
@@ -389,6 +439,8 @@ class WorkerProcess:
         for srv in self.servers:
             srv.close()
         self.servers = []
+        for sock in self.socks:       # the servers listened on duplicates: this closes the sockets
+            sock.close()
         log("listeners_closed", open_connections=len(w.conns))
         end = loop.time() + timeout
         while w.conns and loop.time() < end:
@@ -421,7 +473,7 @@ class WorkerProcess:
         sweeper = loop.create_task(self.sweeper())
         ctl_task = loop.create_task(self.control(reader, writer))
         log("worker_ready", gen=self.gen, version=__version__,
-            listen=[_addr(s) for s in self.socks])
+            listen=[_addr(s) for s in self.socks], max_connections=self.w.max_conns)
         await send_msg(writer, {"ev": "ready", "gen": self.gen})
         await self.stop.wait()
         for srv in self.servers:
@@ -460,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shm-layout", default="")
     args = ap.parse_args(argv)
     set_context(role="worker", worker=args.slot)
+    raise_nofile()
     socks = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
     for s in socks:
         s.setblocking(False)

@@ -203,6 +203,20 @@ def test_zero_timeout_and_limits() -> None:
     ]
 
 
+def test_slow_peer_and_connection_limits() -> None:
+    lim = loads(BASE).server.limits
+    assert (lim.min_body_rate, lim.send_timeout, lim.max_connections) == (500, 60.0, "auto")
+    lim = loads('[server.limits]\nmin_body_rate = "0"\nsend_timeout = "5s"\nmax_connections = 2000\n' + BASE).server.limits
+    assert (lim.min_body_rate, lim.send_timeout, lim.max_connections) == (0, 5.0, 2000)
+    errs = errors_of('[server.limits]\nsend_timeout = "0s"\nmax_connections = 0\nmin_body_rate = "-1B"\n' + BASE)
+    assert errs == ['server.limits.min_body_rate: invalid size "-1B": must not be negative']
+    errs = errors_of('[server.limits]\nsend_timeout = "0s"\nmax_connections = 0\n' + BASE)
+    assert errs == ["server.limits.send_timeout: must be greater than 0",
+                    'server.limits.max_connections: must be between 1 and 10000000 or "auto", got 0']
+    errs = errors_of('[server.limits]\nmax_connections = "lots"\n' + BASE)
+    assert errs == ['server.limits.max_connections: expected an integer or "auto", got string "lots"']
+
+
 def test_wrong_types() -> None:
     errs = errors_of('[server]\nworkers = "many"\nlisten = "127.0.0.1:80"\n' + BASE + route(
         methods='"GET"', strip_prefix='"yes"'))

@@ -479,7 +479,7 @@ async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
     ctx.set_alpn_protocols(["h2", "http/1.1"])
-    srv = await loop.create_server(w.protocol, "127.0.0.1", 0, ssl=ctx)
+    srv = await loop.create_server(w.tls_protocol, "127.0.0.1", 0, ssl=ctx)
     print(srv.sockets[0].getsockname()[1], flush=True)
     import time
     while True:

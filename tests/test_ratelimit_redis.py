@@ -149,6 +149,12 @@ def test_redis_outage_fallbacks_and_recovery(tmp_path: Path, echo_origin, redis_
         status, headers, _ = _get(a, "/local/noscript")
         assert status == 200 and "ratelimit-degraded" not in headers
 
+        # The share comes from a heartbeat: wait for the first one (on a loaded machine it can come
+        # after the first requests).
+        deadline = time.monotonic() + 10
+        while 'fastgw_ratelimit_fallback_instances{source="heartbeat"} 1' not in rlutil.metrics(gw):
+            assert time.monotonic() < deadline, "no heartbeat seen"
+            time.sleep(0.05)
         redis_server.kill()
         t0 = time.monotonic()
         status, headers, _ = _get(a, "/local/down")

@@ -22,6 +22,7 @@ in a daemon thread of the test process, so a test can look at what each origin r
   SlowOrigin        reads the request and never answers.
   MidBodyOrigin     sends a response head promising a body, part of the body, then closes.
   CloseDelimitedOrigin  answers with a body delimited by closing the connection (legal HTTP/1.1).
+  OverrunOrigin     keeps connections alive but sends bytes after the declared end of some responses.
 
 The raw client (`RawClient`) speaks HTTP/1.1 over a plain socket, for pipelining, malformed input and
 byte-level checks of framing and connection closure.
@@ -144,6 +145,7 @@ class Origin:
         self.errors: list[str] = []            # unexpected exceptions in the origin's own code
         self.progress: dict[str, int] = {}     # body bytes received so far, per request target
         self.connections = 0
+        self.ended: set[int] = set()           # ids of connections that have ended (Head.conn)
         self._conn_ids = itertools.count(1)
         self._gates: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -233,6 +235,7 @@ class Origin:
             self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
+            self.ended.add(conn)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int) -> None:
         raise NotImplementedError
@@ -488,6 +491,38 @@ class CloseDelimitedOrigin(Origin):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
         for piece in pattern_stream(300_000, 50_000):
             writer.write(piece)
+            await writer.drain()
+
+
+class OverrunOrigin(Origin):
+    """Keep-alive origin whose responses end where their framing says, followed by `?extra=` (bytes as a
+    latin-1 string, appended in the same write) when asked. `?te=cl` (default: Content-Length 10),
+    `chunked` (one 10-byte chunk, then the last chunk) or `none` (204, no body). `?later=1` sends the extra
+    bytes in a second write 50 ms after the response (they reach the gateway on an idle connection)."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int) -> None:
+        for seq in itertools.count(1):
+            head = await self.read_head(reader, conn, seq)
+            if head is None:
+                return
+            await self.read_body(reader, head)
+            q = head.query
+            body = b"0123456789"
+            te = q.get("te", "cl")
+            if te == "chunked":
+                resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n" + body + b"\r\n0\r\n\r\n"
+            elif te == "none":
+                resp = b"HTTP/1.1 204 No Content\r\n\r\n"
+            else:
+                resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + body
+            extra = q.get("extra", "").encode("latin-1")
+            if q.get("later"):
+                writer.write(resp)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(extra)
+            else:
+                writer.write(resp + extra)
             await writer.drain()
 
 

@@ -510,6 +510,7 @@ cdef class H2Stream(ClientConn):
                     up.transport.pause_reading()
                 else:
                     up.transport.resume_reading()
+                    ex.up_last = self.w.clock.now     # paused for the client: not the upstream's time
 
     cdef void close(self):
         self.reset(E_CANCEL)

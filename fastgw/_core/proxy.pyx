@@ -19,6 +19,9 @@ Rules kept here (and why):
   response is never presented as a complete one.
 """
 import asyncio
+import socket
+import ssl
+import struct
 
 from fastgw import failures as _failures
 from fastgw import proxyproto
@@ -109,14 +112,19 @@ DEF P_PIPELINE = 4     # pipelined requests are queued
 DEF P_TERM = 8         # the connection is finishing (no more input wanted)
 
 DEF PENDING_LIMIT = 262144
+# SO_LINGER on, 0 s: close() resets the connection and discards what the kernel still holds for it.
+LINGER_RESET = struct.pack("ii", 1, 0)
 DEF CLIENT_WRITE_HIGH = 262144
 
 
 # Metrics region of one worker, in 64-bit words (mirrored by fastgw/metrics.py, which reads it):
-# M_HEADER words of per-worker gauges (written by fastgw/worker.py), then M_ROUTE words per route slot:
+# M_HEADER words of per-worker values (most written by fastgw/worker.py; the counters M_OVERRUNS and
+# M_CONN_FULL by the Worker here), then M_ROUTE words per route slot:
 # requests by method (8) x status class (5), the duration histogram (M_NBOUNDS bounds + overflow, not
 # cumulative), the duration sum in microseconds, and upstream errors (502, 503, 504).
-DEF M_HEADER = 8
+DEF M_HEADER = 16
+DEF M_OVERRUNS = 5      # upstream connections closed for bytes beyond the end of a response
+DEF M_CONN_FULL = 9     # times this worker reached max_connections and paused accepting
 DEF M_ROUTE = 64
 DEF M_HIST = 40
 DEF M_NBOUNDS = 13
@@ -239,6 +247,8 @@ cdef class Runtime:
     cdef public double header_timeout
     cdef public double idle_timeout
     cdef public double body_timeout
+    cdef public double min_body_rate      # bytes/s a request body must keep up (0: off); see body_slow
+    cdef public double send_timeout       # see ClientConn.check
     cdef public int max_requests
     cdef public int max_pipelined
     cdef public Py_ssize_t max_line
@@ -347,6 +357,11 @@ cdef class UpstreamConn:
     cdef bint r_chunked
     cdef bint r_has_cl
     cdef bytes r_cl
+    cdef bint r_bylen          # the body is delimited by Content-Length
+    cdef long long r_extra     # bytes received after the head, less the body bytes llhttp delivered
+    cdef bint r_done           # the response ended inside the current read; ended after the read
+    cdef bint r_keep           # ... and llhttp says the connection may be kept
+    cdef Worker w              # set when connected (metrics)
 
     def __init__(self, Target target):
         self.target = target
@@ -372,27 +387,64 @@ cdef class UpstreamConn:
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
         cdef ClientConn cl
+        cdef bint overrun = False
         if ex is None:
-            # Bytes on an idle connection: the upstream broke framing; never reuse it.
+            # Bytes on an idle connection: beyond the end of the last response; never reuse it.
+            if self.w is not None:
+                self.w.count(M_OVERRUNS)
             self.abort()
             return
         self.got_bytes = True
         cl = ex.client
         ex.up_last = cl.w.clock.now
         cl.batching = True
-        if not self.r_head_done:
+        if self.r_head_done:
+            self.r_extra += len(data)
+        else:
             self.hbuf = data if self.hbuf is None else self.hbuf + data
         try:
             self.feed(data)
             if not self.r_head_done and self.hbuf is not None and len(self.hbuf) > MAX_RESP_HEAD:
                 raise HttpParserError("response head too large")
         except HttpParserError as exc:
-            if self.ex is ex:
+            if self.r_done:
+                overrun = True                # llhttp refused what followed the end of the response
+            elif self.ex is ex:
                 self.abort()
                 ex.upstream_failed(502, "bad-gateway", str(exc).encode(), _failures.INVALID_RESPONSE)
         finally:
+            if self.r_done:
+                self.end_response(data, overrun)
             cl.batching = False
             cl.flush()
+
+    cdef void end_response(self, bytes data, bint overrun):
+        """The response ended inside `data`. Bytes after its end belong to no response: the connection
+        is closed instead of pooled (the next request on it would read them as its answer) and counted
+        [nginx: "upstream sent more data than specified in Content-Length header", connection not kept].
+        A body delimited by Content-Length is every byte after the head up to its end, so what llhttp did
+        not deliver as body was more (r_extra); any other body (chunked, or none) ends with CRLF CRLF, so a
+        read that completed one and does not end with those bytes carried more. (What llhttp refuses
+        raises, and a second head raises in on_headers_complete.)"""
+        cdef Py_ssize_t n
+        cdef const char* d
+        cdef Exchange ex = self.ex
+        self.r_done = False
+        if overrun:
+            pass
+        elif self.r_bylen:
+            overrun = self.r_extra > 0
+        else:
+            n = PyBytes_GET_SIZE(data)
+            d = PyBytes_AS_STRING(data)
+            if n >= 4:
+                overrun = not (d[n - 4] == 13 and d[n - 3] == 10 and d[n - 2] == 13 and d[n - 1] == 10)
+            else:
+                overrun = not b"\r\n\r\n".endswith(data)
+        if overrun:
+            self.w.count(M_OVERRUNS)
+        if ex is not None:
+            ex.resp_end(self.r_keep and not overrun)
 
     def eof_received(self):
         cdef Exchange ex = self.ex
@@ -416,6 +468,8 @@ cdef class UpstreamConn:
 
     def pause_writing(self):
         if self.ex is not None:
+            # The upstream is not taking the request: the upstream timeout runs from here (check).
+            self.ex.up_last = self.ex.client.w.clock.now
             self.ex.client.pause_reading(P_UPSTREAM)
 
     def resume_writing(self):
@@ -430,6 +484,7 @@ cdef class UpstreamConn:
         self.r_chunked = False
         self.r_has_cl = False
         self.r_cl = None
+        self.r_done = False
 
     cdef int scan_head(self, bytes buf, Py_ssize_t end, object remove) except -1:
         """Walk the validated head buf[:end] (status line and header lines, each ending in CRLF):
@@ -508,19 +563,25 @@ cdef class UpstreamConn:
                 raise HttpParserError("unexpected 101 Switching Protocols")
             self.hbuf = buf[end + 2:]             # interim responses are not relayed
             return
+        if self.r_done:
+            raise HttpParserError("a second response to one request")
         if self.scan_head(buf, end, ex.route.resp_remove):
             raise HttpParserError("too many response header lines")
         self.hbuf = None
         self.r_head_done = True
+        self.r_bylen = self.r_has_cl and not self.r_chunked and status != 204 and status != 304
+        self.r_extra = len(buf) - (end + 2)           # received with the head, after it
         ex.resp_head(self, status)
 
     def on_body(self, bytes body):
+        self.r_extra -= len(body)
         if self.ex is not None:
             self.ex.resp_body(body)
 
     def on_message_complete(self):
         if self.ex is not None and self.r_head_done:
-            self.ex.resp_end(self.keep_alive())
+            self.r_done = True                        # ended after the read: see end_response
+            self.r_keep = self.keep_alive()
 
 
 def _report_policy_error(where, exc):
@@ -586,6 +647,9 @@ cdef class Exchange:
     cdef double connect_deadline
     cdef double up_last
     cdef long long body_bytes
+    cdef long long body_seen              # body_bytes at the last minimum-rate check (ClientConn.body_slow)
+    cdef double body_allow                # seconds the body may still take at the minimum rate
+    cdef double body_tick                 # when body_allow was last updated (0: not yet)
     cdef bint body_done
     cdef bint has_body
     cdef bint sent
@@ -643,6 +707,7 @@ cdef class Exchange:
 
     cdef void connected(self, UpstreamConn c):
         self.connect_task = None
+        c.w = self.client.w
         if self.done or self.client.closed:
             self.target.give(c, self.client.w.clock.now)
             return
@@ -763,6 +828,21 @@ cdef class Exchange:
                 self.run_after()
             self.client.w.observe(self)
             self.client.finished(self)
+
+    cdef void drop(self):
+        """End the exchange where it stands (its client is gone): pending work is cancelled and the
+        upstream connection, mid-request, is closed."""
+        self.done = True
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.gate_task is not None:
+            self.gate_task.cancel()
+            self.gate_task = None
+        if self.after is not None:
+            self.run_after()
+        if self.up is not None:
+            self.release_upstream(False)
 
     cdef void run_after(self):
         fns = self.after
@@ -962,6 +1042,10 @@ cdef class ClientConn(RequestReader):
     cdef H2Conn h2                        # set when the connection speaks HTTP/2 (h2.pxi)
     cdef bint sniffed                     # the first bytes were checked for the h2c preface
     cdef bytes sbuf                       # a partial preface-looking start, until 24 bytes are in
+    cdef bint admitted                    # counted in Worker.nconns (until connection_lost or freed)
+    cdef bint parked                      # accepted beyond max_connections: not read until room (Worker)
+    cdef double closed_at                 # when close() was called (unsent output is dropped later)
+    cdef double wpaused_at                # when the transport's buffer last went over its high-water mark
 
     def __init__(self, Worker w):
         cdef Runtime rt = w.rt
@@ -987,9 +1071,25 @@ cdef class ClientConn(RequestReader):
         self.last_rx = self.w.clock.now
         self.head_start = self.last_rx
         self.w.conns.add(self)
-        ssl = transport.get_extra_info("ssl_object")
+        if self.parked:
+            transport.pause_reading()        # over the cap: read nothing until Worker.make_room
+            self.w.parked.append(self)
+            return
+        self.begin()
+
+    cdef void begin(self):
+        ssl = self.transport.get_extra_info("ssl_object")
         if ssl is not None and ssl.selected_alpn_protocol() == "h2":
             self.start_h2(b"")
+
+    cdef void unpark(self):
+        """Room under max_connections: serve this connection from now on (its timers start now)."""
+        self.parked = False
+        if self.closed:
+            return
+        self.last_rx = self.head_start = self.w.clock.now
+        self.transport.resume_reading()
+        self.begin()
 
     def data_received(self, bytes data):
         if self.closed:
@@ -1034,10 +1134,22 @@ cdef class ClientConn(RequestReader):
         return buf[res.consumed:]
 
     def eof_received(self):
+        cdef Exchange ex = self.rx
         self.eof = True
         if self.h2 is not None:
             self.h2.lost()
             return False
+        if ex is not None and not ex.body_done and not ex.done:
+            # The client closed before its request body ended: the request can never complete. Abort it
+            # upstream now [nginx, HAProxy abort on client close] rather than at the upstream timeout.
+            self.rx = None
+            self.discard = True
+            self._state = 3
+            if ex is self.active:
+                self.abort()                  # nothing of the response can be owed (connection_lost)
+                return False
+            self.queue.remove(ex)             # a queued request: the ones before it are still answered
+            self.client_gone(ex)
         if self.active is None and not self.queue:
             self.close()
             return False
@@ -1047,26 +1159,24 @@ cdef class ClientConn(RequestReader):
         cdef Exchange ex
         self.closed = True
         self.w.conns.discard(self)
+        if self.admitted:
+            self.admitted = False
+            if self.parked:
+                self.w.parked.remove(self)
+            self.w.release()
         if self.h2 is not None:
             self.h2.lost()
+        if self.active is not None and not self.active.done:
+            self.client_gone(self.active)
         for ex in ([self.active] if self.active is not None else []) + self.queue:
-            ex.done = True
-            if ex.connect_task is not None:
-                ex.connect_task.cancel()
-                ex.connect_task = None
-            if ex.gate_task is not None:
-                ex.gate_task.cancel()
-                ex.gate_task = None
-            if ex.after is not None:
-                ex.run_after()
-            if ex.up is not None:
-                ex.release_upstream(False)
+            ex.drop()
         self.active = None
         self.queue = []
 
     def pause_writing(self):
         cdef UpstreamConn up
         self.wpaused = True
+        self.wpaused_at = self.w.clock.now
         if self.h2 is not None:
             self.h2.pause_writing()
         if self.active is not None and self.active.up is not None:
@@ -1085,6 +1195,7 @@ cdef class ClientConn(RequestReader):
             if up.transport is not None and up.rpaused:
                 up.rpaused = False
                 up.transport.resume_reading()
+                self.active.up_last = self.w.clock.now    # the upstream's time runs again from here
 
     # -- HTTP/2 selection -----------------------------------------------------------------------------
     cdef bytes sniff(self, bytes data):
@@ -1134,6 +1245,7 @@ cdef class ClientConn(RequestReader):
     cdef void close(self):
         if not self.closed:
             self.closed = True
+            self.closed_at = self.w.clock.now
             self.flush_now()
             self.transport.close()
 
@@ -1157,6 +1269,7 @@ cdef class ClientConn(RequestReader):
         if self.rpause & why:
             self.rpause &= ~why
             if self.rpause == 0 and not self.closed:
+                self.last_rx = self.w.clock.now   # the client's silence counts from now (check)
                 self.transport.resume_reading()
 
     cdef bint reader_done(self):
@@ -1309,6 +1422,8 @@ cdef class ClientConn(RequestReader):
         ex.body_done = True
         if ex.done:
             return
+        if ex.has_body:
+            ex.up_last = self.w.clock.now      # the whole request is sent: the response timeout starts
         if ex.head.chunked:
             ex.to_upstream(b"0\r\n\r\n")
 
@@ -1482,12 +1597,39 @@ cdef class ClientConn(RequestReader):
             if self.eof:
                 self.close()
 
+    cdef void client_gone(self, Exchange ex):
+        """`ex` ends because its client went away (closed or reset): its upstream request is aborted (the
+        connection closed, never pooled) and it is logged with the status sent, or 499 if none was
+        [nginx 499 "client closed request"]."""
+        if not ex.resp_started:
+            ex.status = 499
+        ex.drop()
+        self.w.observe(ex)
+
     # -- timeouts (called by Worker.sweep) -------------------------------------------------------------
+    # Whose time is it? While the request body is coming, the client's: body_timeout (silence) and the
+    # minimum body rate; while the gateway does not read it (the upstream or the pending buffer is full),
+    # nobody's but the upstream's. Once the whole request is sent upstream, the upstream's `timeout`; it
+    # stops while the upstream is paused because the client does not take the response, which is the
+    # client's time again: send_timeout.
     cdef void check(self, double now):
         cdef Exchange ex = self.active
         cdef Runtime rt = self.rt0
         if self.closed:
+            # Closed with output the client does not take (uvloop keeps the socket until it is sent):
+            # dropped send_timeout after the close [nginx send_timeout applies to the lingering close].
+            if self.transport is not None and now - self.closed_at > rt.send_timeout:
+                self.reset_connection()
             return
+        if self.transport is not None:        # the connection itself (an H2Stream has no transport)
+            if self.parked:
+                return                        # like a connection in the kernel's backlog: no timers
+            if self.wpaused and now - self.wpaused_at > rt.send_timeout:
+                # The client has not taken the buffered response (high-water mark 256 KiB, resumed at
+                # 64 KiB) for send_timeout: close and free the upstream [nginx send_timeout 60s, which
+                # measures between two writes; here the client must drain 192 KiB per send_timeout].
+                self.reset_connection()
+                return
         if self.h2 is not None:
             self.h2.check(now)
             return
@@ -1505,16 +1647,57 @@ cdef class ClientConn(RequestReader):
             if now > ex.connect_deadline:
                 ex.connect_task.cancel()
             return
-        if not ex.body_done and self.rx is ex and now - self.last_rx > rt.body_timeout:
-            self.discard = True
-            self._state = 3
-            if ex.resp_started:
-                self.abort()
-            else:
-                ex.fail(408, "request-timeout", b"request body not received in time")
+        if not ex.body_done and self.rx is ex:
+            if self.rpause & (P_UPSTREAM | P_PENDING):
+                if ex.body_tick != 0:
+                    ex.body_tick = now            # not the client's time
+                if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+                    ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
+            elif now - self.last_rx > rt.body_timeout:
+                self.body_timed_out(ex, b"request body not received in time")
+            elif rt.min_body_rate > 0 and self.body_slow(ex, rt, now):
+                self.body_timed_out(ex, b"request body arriving too slowly")
             return
-        if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+        if ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
             ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
+
+    cdef void reset_connection(self):
+        """Drop the connection with a reset, discarding unsent output in the kernel too (a plain close
+        leaves it queued, for as long as the client keeps its window barely open) [nginx
+        reset_timedout_connection]."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
+        self.closed = True
+        self.wbuf = []
+        self.transport.abort()
+
+    cdef bint body_slow(self, Exchange ex, Runtime rt, double now):
+        """The minimum body rate [Apache mod_reqtimeout body=20,MinRate=500; Kestrel
+        MinRequestBodyDataRate 240 B/s after a 5 s grace]: the body gets a time allowance of body_timeout,
+        refilled by one second per min_body_rate bytes received and capped at body_timeout (a burst does
+        not buy a later trickle), spent while the gateway waits for the client. Empty: too slow."""
+        if ex.body_tick == 0:
+            ex.body_allow = rt.body_timeout
+        else:
+            ex.body_allow += (ex.body_bytes - ex.body_seen) / rt.min_body_rate - (now - ex.body_tick)
+            if ex.body_allow > rt.body_timeout:
+                ex.body_allow = rt.body_timeout
+        ex.body_seen = ex.body_bytes
+        ex.body_tick = now
+        return ex.body_allow < 0
+
+    cdef void body_timed_out(self, Exchange ex, bytes detail):
+        """408 from the gateway; the upstream request is aborted (Exchange.fail: never pooled)."""
+        self.discard = True
+        self._state = 3
+        if ex.resp_started:
+            self.abort()
+        else:
+            ex.fail(408, "request-timeout", detail)
 
     cdef void timeout_response(self, int status, str slug, bytes detail):
         cdef Exchange ex = self.new_exchange(None)
@@ -1527,6 +1710,34 @@ cdef class ClientConn(RequestReader):
 
 # ---------------------------------------------------------------------------------------------------
 # The worker
+
+cdef class Handshake:
+    """The protocol of an admitted TLS connection until its handshake completes. A failed handshake never
+    reaches the protocol (no connection_made, no connection_lost), and a ClientConn is only freed by the
+    cycle collector (its parser refers back to it): this small object, freed as soon as uvloop drops it,
+    gives the connection's place back then. On success it hands the transport to a ClientConn
+    (transport.set_protocol), so requests never pass through it."""
+    cdef Worker w
+    cdef bint started
+    cdef bint parked
+    cdef public bytes proxied_peer        # the client address from a PROXY header (fastgw.worker.ProxiedTLS)
+
+    def connection_made(self, transport):
+        cdef ClientConn c = ClientConn(self.w)
+        self.started = True
+        c.admitted = True
+        c.parked = self.parked
+        c.proxied_peer = self.proxied_peer
+        transport.set_protocol(c)
+        c.connection_made(transport)
+
+    def connection_lost(self, exc):
+        pass                                  # (never before connection_made, which hands over)
+
+    def __dealloc__(self):
+        if not self.started and self.w is not None:
+            self.w.nconns -= 1                # Worker.sweep resumes accepting if this made room
+
 
 cdef class Clock:
     cdef public double now
@@ -1546,6 +1757,13 @@ cdef class Worker:
     cdef uint64_t* mbuf                   # this worker's metrics region (fastgw.metrics layout), or NULL
     cdef Py_ssize_t mroutes               # route slots in the region
     cdef object mkeep                     # keeps the buffer behind mbuf alive
+    # Connection cap (server.limits.max_connections; fastgw/worker.py pauses and resumes the listeners)
+    cdef public Py_ssize_t max_conns      # 0: no cap
+    cdef public Py_ssize_t nconns         # client connections accepted and not yet gone (TLS handshakes too)
+    cdef public bint full                 # accepting is paused
+    cdef public object on_full            # called soon after the cap is reached: pause the listeners
+    cdef public object on_room            # called when a connection may be accepted again
+    cdef public list parked               # accepted beyond the cap in one accept batch, not read yet
 
     def __init__(self, Runtime rt, loop, bytes id_prefix):
         self.rt = rt
@@ -1554,9 +1772,62 @@ cdef class Worker:
         self.conns = set()
         self.id_prefix = id_prefix
         self.id_counter = 0
+        self.parked = []
 
-    def protocol(self):
-        return ClientConn(self)
+    def protocol(self, bint reserved=False):
+        """The protocol factory of every listener, called as each connection is accepted. `reserved`:
+        the connection was counted at accept already (admit(), by fastgw.worker.ProxiedTLS)."""
+        cdef ClientConn c = ClientConn(self)
+        if not reserved:
+            self.admit()
+        c.admitted = True
+        # uvloop accepts everything queued in one go before the pause can act: connections past the cap
+        # are held unread, as the kernel backlog would hold them, and served in order as room appears.
+        c.parked = self.max_conns != 0 and self.nconns > self.max_conns
+        return c
+
+    cpdef admit(self):
+        """Count one more client connection; at the cap, accepting pauses [HAProxy maxconn pauses
+        its listeners; nginx worker_connections]."""
+        self.nconns += 1
+        self.check_full()
+
+    cdef void check_full(self):
+        if self.max_conns != 0 and not self.full and self.nconns >= self.max_conns:
+            self.full = True
+            self.count(M_CONN_FULL)
+            if self.on_full is not None:
+                self.loop.call_soon(self.on_full)   # not from inside uvloop's accept callback
+
+    def tls_protocol(self, bint reserved=False):
+        """The protocol factory of TLS listeners: a Handshake, which becomes a ClientConn once the
+        handshake completes."""
+        cdef Handshake h = Handshake.__new__(Handshake)
+        if not reserved:
+            self.admit()
+        h.w = self
+        h.parked = self.max_conns != 0 and self.nconns > self.max_conns
+        return h
+
+    cpdef release(self):
+        """One client connection is gone (or was never handed over)."""
+        self.nconns -= 1
+        self.make_room()
+
+    cdef void make_room(self):
+        cdef ClientConn c
+        while self.parked and (self.max_conns == 0 or self.nconns - len(self.parked) < self.max_conns):
+            c = <ClientConn>self.parked.pop(0)
+            c.unpark()
+        if self.full and not self.parked and (self.max_conns == 0 or self.nconns < self.max_conns):
+            self.full = False
+            if self.on_room is not None:
+                self.on_room()
+
+    cdef void count(self, Py_ssize_t word):
+        """Increment a per-worker counter of the metrics header (M_OVERRUNS, M_CONN_FULL)."""
+        if self.mbuf != NULL:
+            self.mbuf[word] += 1
 
     cdef bytes next_id(self):
         """id_prefix + the request counter as 12 hex digits (snprintf cost ~900 instructions)."""
@@ -1581,6 +1852,11 @@ cdef class Worker:
         self.clock.date = date
         for c in list(self.conns):
             c.check(now)
+        # The cap may have changed on reload, and connections freed without connection_lost.
+        if self.full:
+            self.make_room()
+        else:
+            self.check_full()
 
     def drain(self, double fresh_idle=-1.0):
         """Stop keep-alive: idle connections close now, busy ones after their response.
