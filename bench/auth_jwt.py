@@ -88,8 +88,9 @@ def micro(rounds: int = 200) -> list[tuple[str, float, float]]:
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-    from fastgw.config import loads
-    from fastgw.policies import auth as A
+    from fastgw.config.root import loads
+    from fastgw.policies.auth import jwt as J
+    from fastgw.policies.auth import policy as A
 
     class Ex:
         def __init__(self, tok: bytes) -> None:
@@ -139,7 +140,7 @@ issuer = "iss"
 algorithms = ["{alg}"]
 {src}
 """)
-        A._ISSUERS.clear()
+        J._ISSUERS.clear()
         pol = A.build(cfg, cfg.routes[0], {})
         assert pol is not None
         iss = pol.methods[0][1]

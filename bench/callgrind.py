@@ -45,7 +45,7 @@ _BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(_BENCH)] + [p for p in sys.path if os.path.abspath(p or ".") != _BENCH]
 # fastgw (and so the h2 package) before the bench modules, which put bench/ first on sys.path, where
 # bench/h2.py would hide h2.
-from fastgw.supervisor import WORKER_WRAPPER_ENV  # noqa: E402
+from fastgw.process.supervisor import WORKER_WRAPPER_ENV  # noqa: E402
 
 sys.path.append(_BENCH)
 import auth_jwt  # noqa: E402  (bench/auth_jwt.py: RS256 key, token and gateway config)

@@ -1,5 +1,5 @@
 """Busy-connection memory: what one client connection holding a request in flight (and its upstream
-connection) costs the worker, in bytes of RSS. The figure behind CONNECTION_BUDGET in fastgw/admission.py
+connection) costs the worker, in bytes of RSS. The figure behind CONNECTION_BUDGET in fastgw/process/admission.py
 (the "auto" server.limits.max_connections).
 
 Starts the test origin (tests/upstreams.py, answering after 30 s) and fastgw with 1 worker, opens 50

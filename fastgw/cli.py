@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from fastgw import __version__
-from fastgw.config import Config, ConfigError, config_hash, load
+from fastgw.config.root import Config, ConfigError, config_hash, load
+from fastgw.policies.ratelimit.config import overshoot_summary
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "config/fastgw.toml"
@@ -80,7 +81,7 @@ def cmd_run(path: str, workers: int | None) -> int:
     if cfg is None:
         return EXIT_CONFIG
     # Imported here so that the config commands never load the compiled core or uvloop.
-    from fastgw.supervisor import serve
+    from fastgw.process.supervisor import serve
 
     try:
         rc = serve(path, workers)
@@ -122,8 +123,6 @@ def summary(cfg: Config, path: str) -> str:
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     if cfg.plans:
-        from fastgw.quota import overshoot_summary  # no compiled code: check works before a build
-
         workers = cfg.server.workers if isinstance(cfg.server.workers, int) else len(os.sched_getaffinity(0))
         lines += ["", f"plans ({len(cfg.plans)}):", *overshoot_summary(cfg, workers)]
     return "\n".join(lines)

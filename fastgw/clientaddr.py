@@ -1,5 +1,5 @@
-"""The client address: which address a request comes from, for the IP rules (fastgw/policies/auth.py)
-and the access log's `client` (fastgw/observe.py), decided once here so that both always agree.
+"""The client address: which address a request comes from, for the IP rules (fastgw/policies/auth/iprules.py)
+and the access log's `client` (fastgw/observe/access.py), decided once here so that both always agree.
 
 It is the TCP peer (already replaced by the PROXY protocol header's source on listeners with
 server.proxy_protocol), or, when that peer is in server.trusted_proxies, the right-most X-Forwarded-For

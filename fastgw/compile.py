@@ -13,11 +13,11 @@ from fastgw import __version__
 from fastgw._core.proxy import H2Limits, RouteRT, Runtime, Target, UpstreamGroup
 from fastgw._core.router import Router
 from fastgw._core.wire import HeaderTable
-from fastgw.config import Config
+from fastgw.config.root import Config
 from fastgw.errors import build_problems
 from fastgw.headers import fold
-from fastgw.policies import build_route_policies, chain
-from fastgw.policies.auth import strip_headers
+from fastgw.policies.auth.config import strip_headers
+from fastgw.policies.chain import build_route_policies, chain
 
 
 def split_hostport(addr: str) -> tuple[str, int]:

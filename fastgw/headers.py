@@ -2,7 +2,7 @@
 
 Everything else reads this table. `fastgw/_core/wire.pyx` compiles it into what the data path uses (the
 request readers' action table for HTTP/1.1 and HTTP/2, the upstream response-head walk, the gRPC relay);
-config validation (fastgw/config.py) asks it which names a route, an issuer or the API key may use. It is
+config validation (fastgw/config/) asks it which names a route, an issuer or the API key may use. It is
 plain Python on purpose: `fastgw check` runs before anything is compiled.
 
 Request headers (client -> gateway), by role:

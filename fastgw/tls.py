@@ -19,7 +19,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from fastgw.config import TlsListener, UpstreamTLS
+from fastgw.config.server import TlsListener
+from fastgw.config.upstreams import UpstreamTLS
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
 

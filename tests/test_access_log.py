@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from fastgw._core.accesslog import LINE_MAX, format_lines
 from fastgw._core.http1 import RequestHead
-from fastgw.observe import ACCESS_BACKLOG, AccessLog, log
+from fastgw.observe.access import ACCESS_BACKLOG, AccessLog
+from fastgw.observe.log import log
 from tests.procutil import ROOT, Origin, admin_get, config, metric
 
 F_SETPIPE_SZ = 1031          # fcntl(2), Linux

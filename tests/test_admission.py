@@ -1,10 +1,10 @@
-"""The "auto" server.limits.max_connections (fastgw/admission.py): memory share over the budget per
+"""The "auto" server.limits.max_connections (fastgw/process/admission.py): memory share over the budget per
 connection, per worker, bounded by the descriptors a worker may open."""
 from __future__ import annotations
 
 import resource
 
-from fastgw import admission
+from fastgw.process import admission
 
 
 def test_auto_follows_memory_and_workers(monkeypatch) -> None:

@@ -15,7 +15,7 @@ import pytest
 import rlutil
 from procutil import metric
 
-from fastgw.config import ConfigError, loads
+from fastgw.config.root import ConfigError, loads
 
 GOOD = "good-key-0123456789"
 ROUTES = '''

@@ -18,8 +18,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from fastgw.config import loads
-from fastgw.policies import auth as A
+from fastgw.config.root import loads
+from fastgw.policies.auth import jwt as J
+from fastgw.policies.auth import policy as A
 
 ISS = "https://idp.test"
 
@@ -114,7 +115,7 @@ jwt_subjects = ["client-7"]
 scopes = ["read"]
 roles = ["partner"]
 """)
-    A._ISSUERS.clear()
+    J._ISSUERS.clear()
     pol = A.build(cfg, cfg.routes[0], {})
     assert pol is not None
     return pol
@@ -169,12 +170,12 @@ def test_cached_token_dropped_when_its_key_material_changes(tmp_path: Path, keys
         if not with_kid:
             del jwk["kid"]
         return json.dumps({"keys": [jwk]}).encode()
-    iss.set_keys(A.parse_jwks(jwks_of(keys["rsa"])))
+    iss.set_keys(J.parse_jwks(jwks_of(keys["rsa"])))
     tok = jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "rsa-1"} if with_kid else None)
     assert pol.check(bearer(tok)) is None and tok.encode() in iss.cache
-    iss.set_keys(A.parse_jwks(jwks_of(keys["rsa"])))          # a refetch of the same set: the entry stays
+    iss.set_keys(J.parse_jwks(jwks_of(keys["rsa"])))          # a refetch of the same set: the entry stays
     assert tok.encode() in iss.cache
-    iss.set_keys(A.parse_jwks(jwks_of(keys["rsa2"])))         # same name, new material
+    iss.set_keys(J.parse_jwks(jwks_of(keys["rsa2"])))         # same name, new material
     assert tok.encode() not in iss.cache
     assert_401(pol, bearer(tok))
 
@@ -386,7 +387,7 @@ issuer = "me"
 algorithms = ["HS256"]
 secret = "0123456789abcdef0123456789abcdef"
 """)
-    A._ISSUERS.clear()
+    J._ISSUERS.clear()
     pol = A.build(cfg, cfg.routes[0], {})
     assert pol is not None
     good = jwt.encode({"iss": "me", "sub": "s", "exp": int(time.time()) + 60}, "0123456789abcdef0123456789abcdef",
@@ -422,8 +423,8 @@ RFC7520_44 = ("eyJhbGciOiJIUzI1NiIsImtpZCI6IjAxOGMwYWU1LTRkOWItNDcxYi1iZmQ2LWVlZ
                          ids=["4.3-ES512", "4.4-HS256"])
 def test_rfc7520_jws_examples_verify(jwk: dict, token: str, alg: str) -> None:
     assert base64.urlsafe_b64decode(RFC7520_PAYLOAD_B64 + "==") == RFC7520_PAYLOAD
-    key = A.parse_jwk(jwk)
-    assert A.key_fits(key, alg)
+    key = J.parse_jwk(jwk)
+    assert J.key_fits(key, alg)
     header = jwt.get_unverified_header(token)
     assert header["alg"] == alg and header["kid"] == jwk["kid"]
     assert jwt.PyJWS().decode(token, key.key, algorithms=[alg]) == RFC7520_PAYLOAD
@@ -436,9 +437,9 @@ def test_rfc7520_jws_examples_verify(jwk: dict, token: str, alg: str) -> None:
 def test_jwk_parser_refuses_non_signature_keys() -> None:
     for bad in ({**RFC7520_OCT, "use": "enc"}, {"kty": "weird"}, {**RFC7520_OCT, "kid": 7}, {"kty": "oct", "k": "!!"}):
         with pytest.raises(ValueError):
-            A.parse_jwk(bad)
+            J.parse_jwk(bad)
     # Private members are never kept: the key is public.
-    key = A.parse_jwk({**RFC7520_EC, "d": "AAhRON2r9cqXX1hg-RoI6R1tX5p2rUAYdmpHZoC1XNM56KtscrX6zbKipQrCW9CGZH3T4ubpnoTKLDYJ_fF3_rJt"})
+    key = J.parse_jwk({**RFC7520_EC, "d": "AAhRON2r9cqXX1hg-RoI6R1tX5p2rUAYdmpHZoC1XNM56KtscrX6zbKipQrCW9CGZH3T4ubpnoTKLDYJ_fF3_rJt"})
     assert isinstance(key.key, ec.EllipticCurvePublicKey)
 
 
@@ -473,7 +474,7 @@ ip_allow = ["192.0.2.0/24", "2001:db8::/32"]
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    from fastgw.config import ConfigError
+    from fastgw.config.root import ConfigError
     base = """
 [upstreams.u]
 targets = ["127.0.0.1:9"]

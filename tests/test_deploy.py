@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fastgw.config import loads
+from fastgw.config.root import loads
 from tests.procutil import ROOT, Gateway, Origin, config
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -305,7 +305,7 @@ def test_http1_to_grpc_route_is_505(gw):
 
 
 def test_protocol_is_validated():
-    from fastgw.config import ConfigError, loads
+    from fastgw.config.root import ConfigError, loads
     text = ('[server]\nlisten = ["127.0.0.1:1"]\n[upstreams.a]\ntargets = ["127.0.0.1:2"]\n'
             '[[routes]]\nname = "r"\npath = "/*"\nupstream = "a"\nprotocol = "grpcs"\n')
     with pytest.raises(ConfigError) as e:

@@ -459,7 +459,7 @@ def test_alpn_h2_over_tls(tmp_path):
 ALPN_SERVER = r'''
 import asyncio, ssl, sys
 import uvloop
-from fastgw.config import loads
+from fastgw.config.root import loads
 from fastgw.compile import compile_config
 from fastgw._core.proxy import Worker
 

@@ -18,8 +18,8 @@ from upstreams import EchoOrigin
 
 from fastgw._core.proxy import Worker
 from fastgw.compile import compile_config
-from fastgw.config import loads
-from fastgw.worker import date_header
+from fastgw.config.root import loads
+from fastgw.process.worker import date_header
 
 
 class InProcessGateway:

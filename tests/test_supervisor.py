@@ -249,7 +249,7 @@ def test_worker_wrapper_env(origin: Origin, tmp_path: Path) -> None:
     """$FASTGW_WORKER_WRAPPER goes before the worker's command (bench/callgrind.py runs the worker under
     valgrind this way): the wrapper runs as the worker's process, with the worker's command line, and the
     worker it execs serves."""
-    from fastgw.supervisor import WORKER_WRAPPER_ENV
+    from fastgw.process.supervisor import WORKER_WRAPPER_ENV
 
     marker = tmp_path / "wrapped"
     script = tmp_path / "wrap.sh"
@@ -263,6 +263,6 @@ def test_worker_wrapper_env(origin: Origin, tmp_path: Path) -> None:
         assert status == 200 and body.startswith(b"ok /hello")
         pid, _, argv = marker.read_text().strip().partition(" ")
         assert int(pid) == gw.worker_pids()[0]
-        assert argv.startswith(f"{sys.executable} -m fastgw.worker --slot 0 ")
+        assert argv.startswith(f"{sys.executable} -m fastgw.process.worker --slot 0 ")
     finally:
         gw.close()

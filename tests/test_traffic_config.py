@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastgw.config import ConfigError, loads
+from fastgw.config.root import ConfigError, loads
 
 BASE = '''
 [upstreams.a]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from certs import CA, write_pair
 
-from fastgw.config import ConfigError, loads
+from fastgw.config.root import ConfigError, loads
 
 
 class TLSOrigin:

@@ -102,7 +102,7 @@ from fastgw._core.wire cimport (
     R_TRANSFER_ENCODING, bad_path, ieq, only, response_kind, traceparent_ok,
 )
 from fastgw._core.wire import CONNECTION_SPECIFIC
-from fastgw.metrics import HEADER_DROPS, H_HDROP
+from fastgw.observe.metrics import HEADER_DROPS, H_HDROP
 
 
 # Reasons to stop reading from the client (a bit each; reading resumes when none is left).

@@ -1,20 +1,8 @@
-"""Identity at the edge: IP rules, API keys, JWT (local verification, JWKS rotation), mTLS subjects,
-scopes and roles (issue 5). The route's auth policy runs first in the chain (fastgw.policies.STAGES).
-
-Order on a route: IP rules (403) -> the client address's budget of failed credentials (429,
-fastgw/policies/authfail.py) -> credentials (`auth = [...]`, any one listed method suffices; none
-presented or all failing: 401) -> scopes/roles (403). On success `ex.identity` is an `Identity` (the rate
-limiter reads `consumer` and `plan`), and the identity headers (X-Consumer, claims_to_headers) are added
-for the upstream. The client's own copies of those headers never reach the upstream: the request readers
-drop them (the wire table, fastgw/headers.py, with every claims_to_headers target added by
-fastgw/compile.py), under any spelling an upstream might fold to the same name.
-
-Costs on the request path: the policy derives from fastgw._core.gates.AuthGate, whose compiled `check`
-admits, without entering Python, a request whose first method's credential is already known: an API key
-in the verified-key cache (exact header value -> identity; filled after one sha256 and one dict lookup by
-digest), or a bearer JWT in its issuer's verified-token cache (exact token bytes; bounded, honouring exp;
-entries whose key left the JWKS are dropped). Everything else runs `slow` below. Only a token signed with
-a kid the gateway has not seen makes the policy await (a rate-limited JWKS refetch).
+"""JWT: issuers ([auth.jwt.NAME]) with their keys (a JWK Set from a file or a URL kept fresh in the
+background, a PEM public key, or a shared secret), local verification, and the verified-token cache the
+compiled fast path reads (fastgw._core.gates.AuthGate: exact token bytes; bounded, honouring exp;
+entries whose key left the JWKS are dropped). Only a token signed with a kid the gateway has not seen
+makes a request wait (a rate-limited JWKS refetch).
 """
 from __future__ import annotations
 
@@ -24,21 +12,18 @@ import binascii
 import hashlib
 import json
 import os
-import ssl
 import time
-import urllib.parse
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
-from fastgw.clientaddr import ClientAddress
-from fastgw.clientaddr import nets as _nets
-from fastgw.clientaddr import within as _within
-from fastgw.config import Config, JwtIssuer, Route
-from fastgw.metrics import AUTH_REASONS, AUTHF, route_base
-from fastgw.observe import log
-from fastgw.policies import authfail
+from fastgw._core.gates import Identity
+from fastgw.fetch import http_get
+from fastgw.observe.log import log
+from fastgw.policies.auth.identity import EXPIRED, AuthError, consumer_plan
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+    from fastgw.policies.auth.config import JwtIssuer
 
 # PyJWT and cryptography are imported when an issuer is built, not with this module: the worker (which
 # imports it through fastgw.compile) starts faster when no route uses JWT, and a restarted worker is back
@@ -46,14 +31,6 @@ from fastgw.policies import authfail
 
 MAX_TOKEN = 8192                 # DESIGN.md §5: larger tokens are refused before any crypto
 MAX_JWKS = 1024 * 1024           # a JWK Set larger than this is not a JWK Set
-Rejection = tuple[int, str, bytes | None, bytes | None]
-
-_BEARER = b'WWW-Authenticate: Bearer realm="fastgw"\r\n'
-_INVALID = b'WWW-Authenticate: Bearer realm="fastgw", error="invalid_token"\r\n'
-_INSUFFICIENT = INSUFFICIENT_SCOPE
-_EXPIRED = "token expired"
-F_MISSING, F_INVALID, F_EXPIRED, F_IP = (AUTH_REASONS.index(r) for r in ("missing", "invalid", "expired", "ip"))
-KEY_CACHE = 4096                 # verified API keys remembered by exact header value (per route policy)
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 # Which key type (and curve) each algorithm needs: a token never chooses how its key is interpreted.
@@ -64,13 +41,6 @@ _ALG_KEY: dict[str, tuple[str, str | None]] = {
     "EdDSA": ("OKP", None),
 }
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-
-
-class AuthError(Exception):
-    """A credential that was presented but does not verify; the message is the problem detail."""
-
-
-# Identity (the verified caller) is fastgw._core.gates.Identity, read by the compiled rate gate.
 
 
 def _header_value(v: Any) -> bytes | None:
@@ -95,12 +65,6 @@ def _strset(v: Any) -> frozenset[str]:
     if isinstance(v, list):
         return frozenset(x for x in v if isinstance(x, str))
     return frozenset()
-
-
-def consumer_plan(cfg: Config, name: str) -> str | None:
-    c = cfg.consumers.get(name)
-    plan = getattr(c, "plan", None) if c is not None else None   # `plan` belongs to the traffic policy
-    return plan if isinstance(plan, str) else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,55 +155,6 @@ def key_fits(key: Key, alg: str) -> bool:
     return crv is None or key.crv == crv
 
 
-async def http_get(url: str, timeout: float) -> bytes:
-    """GET `url` (http or https, certificate verified), returning the body of a 200 response."""
-    u = urllib.parse.urlsplit(url)
-    https = u.scheme == "https"
-    host = u.hostname or ""
-    port = u.port or (443 if https else 80)
-    target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=ssl.create_default_context() if https else None,
-            server_hostname=host if https else None, limit=MAX_JWKS + 65536)
-        try:
-            writer.write(f"GET {target} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: application/json\r\n"
-                         f"User-Agent: fastgw\r\nConnection: close\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = lines[0].split(" ", 2)
-            if len(status) < 2 or status[1] != "200":
-                raise ValueError(f"status {lines[0]!r}")
-            fields = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                fields[name.strip().lower()] = value.strip()
-            if "chunked" in fields.get("transfer-encoding", "").lower():
-                parts = []
-                size_total = 0
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                    size_total += size
-                    if size_total > MAX_JWKS:
-                        raise ValueError("body too large")
-                    if size == 0:
-                        break
-                    parts.append(await reader.readexactly(size))
-                    await reader.readexactly(2)
-                return b"".join(parts)
-            if "content-length" in fields:
-                n = int(fields["content-length"])
-                if n > MAX_JWKS:
-                    raise ValueError("body too large")
-                return await reader.readexactly(n)
-            body = await reader.read(MAX_JWKS + 1)
-            if len(body) > MAX_JWKS:
-                raise ValueError("body too large")
-            return body
-        finally:
-            writer.close()
-
-
 # ---------------------------------------------------------------------------------------------------
 # JWT issuers
 
@@ -315,7 +230,7 @@ class Issuer:
         ok = False
         try:
             assert self.c.jwks_url
-            keys = parse_jwks(await http_get(self.c.jwks_url, self.c.fetch_timeout))
+            keys = parse_jwks(await http_get(self.c.jwks_url, self.c.fetch_timeout, MAX_JWKS))
             if not keys:
                 raise ValueError("no usable signature keys")
             if set(keys) != set(self.keys):
@@ -412,7 +327,7 @@ class Issuer:
                 used = k.kid if k.kid is not None else next(n for n, v in self.keys.items() if v is k)
                 break
             except self.jwt.ExpiredSignatureError:
-                raise AuthError(_EXPIRED) from None
+                raise AuthError(EXPIRED) from None
             except self.jwt.ImmatureSignatureError:
                 raise AuthError("token not yet valid") from None
             except self.jwt.InvalidAudienceError:
@@ -499,165 +414,3 @@ def issuer(cfg: Config, name: str) -> Issuer:
     _ISSUERS[name] = (sig, iss)
     iss.start()
     return iss
-
-
-# ---------------------------------------------------------------------------------------------------
-# The route policy
-
-_FORBIDDEN_IP: Rejection = (403, "forbidden", b"client address not allowed", None)
-
-
-class AuthPolicy(AuthGate):
-    def __init__(self, cfg: Config, route: Route, services: dict[str, Any] | None = None) -> None:
-        s = cfg.server
-        self.client = ClientAddress(_nets(s.trusted_proxies))
-        self.deny = _nets(s.ip_deny) + _nets(route.ip_deny)
-        self.allow = _nets(route.ip_allow) if route.ip_allow else _nets(s.ip_allow)
-        self.ip_rules = bool(self.deny or self.allow)
-        self.key_cache: dict[bytes, Identity] = {}
-        self.methods: list[tuple[str, Any]] = []
-        for m in route.auth:
-            if m.startswith("jwt:"):
-                self.methods.append(("jwt", issuer(cfg, m[4:])))
-            else:
-                self.methods.append((m, None))
-        self.keys = {h: name for name, c in cfg.consumers.items() for h in c.api_keys_sha256}
-        self.key_idents: dict[str, Identity] = {}
-        self.certs = {sub: name for name, c in cfg.consumers.items() for sub in c.cert_subjects}
-        self.cfg = cfg
-        ak = cfg.auth.api_key
-        self.key_header = ak.header.lower().encode()
-        self.key_query = ak.query.encode() + b"=" if ak.query else None
-        # The query-string key is read on routes that accept API keys: it is then taken out of the query
-        # sent upstream whichever credential authenticated the request (AuthGate.admit), unless forward.
-        self.strip_query = ak.query.encode() if ak.query and not ak.forward and "api_key" in route.auth else None
-        self.scopes = frozenset(route.scopes)
-        self.roles = frozenset(route.roles)
-        self.challenge = _BEARER if any(k == "jwt" for k, _ in self.methods) else \
-            b'WWW-Authenticate: ApiKey realm="fastgw"\r\n'
-        # The compiled fast path (AuthGate.check) for the route's first method.
-        self.first = 0
-        if self.methods and self.methods[0][0] == "api_key":
-            self.first = 1
-        elif self.methods and self.methods[0][0] == "jwt":
-            iss = self.methods[0][1]
-            if iss.header is None and iss.cookie is None:
-                self.first, self.issuer = 2, iss
-        # Failed credentials per client address (server.limits.auth_failures): only where some are checked.
-        self.budget = authfail.budget(cfg, services if services is not None else {}, self.client) \
-            if self.methods else None
-        self.failures = self.budget           # the compiled check (AuthGate.throttled)
-
-    def slow(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
-        if self.ip_rules:
-            addr = self.client(ex)
-            if addr is None or (self.deny and _within(addr, self.deny)) or (self.allow and not _within(addr, self.allow)):
-                self.fail(F_IP)
-                return _FORBIDDEN_IP
-        if not self.methods:
-            return None
-        r = self.throttled(ex)             # the failure budget (compiled, AuthGate.throttled)
-        if r is not None:
-            return r
-        return self.authenticate(ex, True)
-
-    def authenticate(self, ex: Any, allow_fetch: bool) -> Rejection | Awaitable[Rejection | None] | None:
-        failure: str | None = None
-        for kind, iss in self.methods:
-            try:
-                if kind == "jwt":
-                    tok = iss.token(ex)
-                    if tok is None:
-                        continue
-                    ident = iss.verify(tok, allow_fetch)
-                    if ident is None:
-                        return self._after_fetch(ex, iss)
-                elif kind == "api_key":
-                    key = self._api_key(ex)
-                    if key is None:
-                        continue
-                    name = self.keys.get(hashlib.sha256(key).hexdigest())
-                    if name is None:
-                        raise AuthError("unknown API key")
-                    raw = ex.header(self.key_header)
-                    # An API key's identity depends on the config only: built once, shared read-only.
-                    ident = self.key_idents.get(name)
-                    if ident is None:
-                        ident = Identity(name, "api_key", consumer_plan(self.cfg, name),
-                                         scopes=frozenset(self.cfg.consumers[name].scopes),
-                                         roles=frozenset(self.cfg.consumers[name].roles))
-                        ident.headers.append((b"X-Consumer", name.encode()))
-                        self.key_idents[name] = ident
-                    if raw is not None:                 # remember the exact header value (AuthGate.check)
-                        if len(self.key_cache) >= KEY_CACHE:
-                            del self.key_cache[next(iter(self.key_cache))]
-                        self.key_cache[raw] = ident
-                else:  # mtls
-                    cert = ex.peercert
-                    if not cert:
-                        continue
-                    ident = self._cert_identity(cert)
-            except AuthError as e:
-                failure = failure or str(e)
-                continue
-            except Exception:    # a library surprise is still a failed credential, never a 500
-                failure = failure or "invalid credentials"
-                continue
-            return self.admit(ex, ident)
-        if failure is None:
-            self.fail(F_MISSING)
-            return (401, "unauthorized", None, self.challenge)
-        self.fail(F_EXPIRED if failure == _EXPIRED else F_INVALID)
-        if self.budget is not None:
-            self.budget.failed(ex)
-        return (401, "unauthorized", failure.encode(), _INVALID if self.challenge is _BEARER else self.challenge)
-
-    async def _after_fetch(self, ex: Any, iss: Issuer) -> Rejection | None:
-        await iss.refetch()
-        r = self.authenticate(ex, False)
-        return r  # type: ignore[return-value]  # allow_fetch=False never returns an awaitable
-
-    def _api_key(self, ex: Any) -> bytes | None:
-        v = ex.header(self.key_header)
-        if v is not None:
-            return v.strip()
-        if self.key_query is not None and ex.query:
-            for part in ex.query[1:].split(b"&"):
-                if part.startswith(self.key_query):
-                    return urllib.parse.unquote_to_bytes(part[len(self.key_query):])
-        return None
-
-    def _cert_identity(self, cert: dict[str, Any]) -> Identity:
-        names = []
-        for rdn in cert.get("subject", ()):
-            for k, v in rdn:
-                if k == "commonName":
-                    names.append(f"CN={v}")
-        for kind, v in cert.get("subjectAltName", ()):
-            names.append(f"{kind}:{v}")
-        for n in names:
-            name = self.certs.get(n)
-            if name is not None:
-                c = self.cfg.consumers[name]
-                ident = Identity(name, "mtls", consumer_plan(self.cfg, name), scopes=frozenset(c.scopes),
-                                 roles=frozenset(c.roles))
-                ident.headers.append((b"X-Consumer", name.encode()))
-                return ident
-        raise AuthError("client certificate not mapped to a consumer")
-
-
-def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> AuthPolicy | None:
-    if not (route.auth or route.ip_allow or route.ip_deny or cfg.server.ip_allow or cfg.server.ip_deny):
-        return None
-    pol = AuthPolicy(cfg, route, services)
-    words = services.get("metrics_words")
-    if words is not None and 0 <= mslot and route_base(mslot + 1) <= len(words):
-        pol.count_failures(words, route_base(mslot) + AUTHF)
-    return pol
-
-
-def strip_headers(cfg: Config) -> list[str]:
-    """Credential headers the client may not send upstream: the API key header unless
-    auth.api_key.forward. (Identity headers, X-Consumer and every claims_to_headers target, are dropped
-    by the request readers: fastgw/headers.py, compile.header_table.)"""
-    return [] if cfg.auth.api_key.forward else [cfg.auth.api_key.header]

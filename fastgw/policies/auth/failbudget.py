@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastgw._core import buckets as B
 from fastgw._core.gates import FailGate
-from fastgw.config import Config
-from fastgw.metrics import AUTH_REASONS
-from fastgw.units import parse_rate
+from fastgw.config.units import parse_rate
+from fastgw.observe.metrics import AUTH_REASONS
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
 
 AUTHFAIL_KEYS = 16384                     # addresses tracked at once: 1 MiB of shared memory (64 B each)
 TABLE_BYTES = B.table_bytes(AUTHFAIL_KEYS)

@@ -1,11 +1,5 @@
-"""Per-host shared memory and the Prometheus view over all workers.
-
-The supervisor creates one shared-memory file (memfd: anonymous, gone when the last process holding it
-exits, nothing to clean up in /dev/shm) and hands its descriptor to every worker it spawns. The file is cut
-into named sections (`Layout`): "metrics", the traffic policy's "ratelimit" (the per-host bucket table,
-fastgw/_core/buckets.pyx) and "rlstats" (its per-worker decision counters, fastgw/policies/ratelimit.py),
-and "authfail" (the failed-credential budget per client address, fastgw/policies/authfail.py). Workers map
-it and write; the supervisor maps it and reads.
+"""The metrics section of the per-host shared memory (fastgw/process/shm.py) and the Prometheus view over
+all workers.
 
 Metrics section: one region per worker slot, each region a flat array of 64-bit counters. A worker only
 ever writes its own region (plain increments from the C data path, fastgw._core.proxy.Worker.observe: no
@@ -18,7 +12,7 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
   HEADER words   [0] open client connections (a gauge, written by the worker every sweep) [1] pid
                  [2] config generation the worker serves
                  [3] access-log lines dropped because the writer fell behind, [4] lines lost because
-                 writing them failed (counters, written by the worker every sweep: fastgw/observe.py);
+                 writing them failed (counters, written by the worker every sweep: fastgw/observe/access.py);
                  [6..7] request header fields dropped for their "_", by HEADER_DROPS (written by
                  Worker.headers_dropped)
                  [5] upstream connections closed for bytes beyond the end of a response (counter, the
@@ -34,9 +28,11 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
 """
 from __future__ import annotations
 
-import mmap
-import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastgw.process.shm import SharedMemory
 
 HEADER = 16
 ROUTE = 64
@@ -72,64 +68,6 @@ def route_base(slot: int) -> int:
 def region_bytes(routes: int = ROUTE_SLOTS) -> int:
     return (HEADER + routes * ROUTE) * 8
 
-
-@dataclass
-class Layout:
-    """Named sections of the shared file: name -> (offset, size). Passed to workers as JSON."""
-
-    sections: dict[str, tuple[int, int]] = field(default_factory=dict)
-    size: int = 0
-
-    def add(self, name: str, size: int) -> None:
-        page = mmap.PAGESIZE
-        self.sections[name] = (self.size, size)
-        self.size += (size + page - 1) // page * page
-
-    def to_json(self) -> dict[str, object]:
-        return {"sections": {k: list(v) for k, v in self.sections.items()}, "size": self.size}
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Layout:
-        sections = data["sections"]
-        assert isinstance(sections, dict)
-        size = data["size"]
-        assert isinstance(size, int)
-        return cls({k: (int(v[0]), int(v[1])) for k, v in sections.items()}, size)
-
-
-class SharedMemory:
-    """The per-host shared file. `create` in the supervisor, `attach` in a worker (by inherited fd)."""
-
-    def __init__(self, fd: int, layout: Layout) -> None:
-        self.fd = fd
-        self.layout = layout
-        self.map = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    @classmethod
-    def create(cls, workers: int, routes: int = ROUTE_SLOTS, extra: dict[str, int] | None = None) -> SharedMemory:
-        layout = Layout()
-        layout.add("metrics", workers * region_bytes(routes))
-        for name, size in (extra or {}).items():      # e.g. "ratelimit": the per-host bucket table
-            layout.add(name, size)
-        fd = os.memfd_create("fastgw-shared", os.MFD_CLOEXEC)   # workers get it through pass_fds
-        os.ftruncate(fd, layout.size)
-        return cls(fd, layout)
-
-    @classmethod
-    def attach(cls, fd: int, layout: Layout) -> SharedMemory:
-        return cls(fd, layout)
-
-    def section(self, name: str) -> memoryview:
-        off, size = self.layout.sections[name]
-        return memoryview(self.map)[off:off + size]
-
-    def region(self, slot: int, routes: int = ROUTE_SLOTS) -> memoryview:
-        """The metrics region of worker `slot`, as raw bytes (for Worker.attach_metrics)."""
-        size = region_bytes(routes)
-        return self.section("metrics")[slot * size:(slot + 1) * size]
-
-    def words(self, slot: int, routes: int = ROUTE_SLOTS) -> memoryview:
-        return self.region(slot, routes).cast("Q")
 
 
 def _labels(**kv: str) -> str:

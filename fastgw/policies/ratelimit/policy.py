@@ -8,7 +8,7 @@ no policy at all (it pays nothing).
 Where the state lives, by the plan's `sync`:
   local   the per-host bucket table in shared memory (fastgw/_core/buckets.pyx): exact for the host, a few
           C operations per request, no await.
-  strict  one atomic Redis script per request (quota.TAKE): exact across every instance; the request waits
+  strict  one atomic Redis script per request (scripts.TAKE): exact across every instance; the request waits
           for one pipelined round trip.
   lease   each worker takes a batch of tokens from the global bucket (one TAKE with partial grants) and
           spends them locally; the batch follows the worker's share of the traffic (its spending rate over
@@ -40,231 +40,31 @@ import math
 import os
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastgw._core import buckets as B
 from fastgw._core import gates as G
-from fastgw.config import Config, PlanLimit, RatePlan, Route
-from fastgw.observe import log
-from fastgw.quota import HEARTBEAT, HEARTBEAT_KEY, SCRIPTS, TAKE, RedisClient, StoreDown, limit_name
-from fastgw.units import parse_quota, parse_rate
+from fastgw.observe.log import log
+from fastgw.policies.contract import Rejection
+from fastgw.policies.ratelimit.plans import NS, PlanRT
+from fastgw.policies.ratelimit.scripts import TAKE
+from fastgw.policies.ratelimit.stats import (
+    D_ALLOWED,
+    D_DEGRADED,
+    D_RATE,
+    D_SHADOW,
+    D_UNAVAILABLE,
+    STATS_REGION_BYTES,
+    Stats,
+)
+from fastgw.policies.ratelimit.store import Store
+from fastgw.store.redis import StoreDown
 
-Rejection = tuple[int, str, bytes | None, bytes | None]
-NS = 1_000_000_000
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+    from fastgw.config.routes import Route
+
 PRIVATE_TABLE = 1024 * 1024          # bytes of the per-worker lease table / the table without shm
-_KIND = {"minute": B.QUOTA_MINUTE, "hour": B.QUOTA_HOUR, "day": B.QUOTA_DAY, "month": B.QUOTA_MONTH}
-_WINDOW_S = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}
-
-# Decisions counted per (route, plan): fastgw_ratelimit_decisions_total{decision=...}.
-DECISIONS = ("allowed", "rate_limited", "quota_exceeded", "shadow_rejected", "store_unavailable", "degraded")
-D_ALLOWED, D_RATE, D_QUOTA, D_SHADOW, D_UNAVAILABLE, D_DEGRADED = range(6)
-
-
-def fnv32(text: str) -> int:
-    h = 0x811C9DC5
-    for b in text.encode():
-        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
-    return h
-
-
-# ---------------------------------------------------------------------------------------------------
-# Per-worker counters in shared memory (section "rlstats", one region per worker slot).
-#
-# Region layout in 64-bit words: [0] Redis errors [1] degraded gauge (0/1) [2] Redis commands sent
-# [3] the local fallback's instance count [4] its source (index in SHARE_SOURCES) [5..7] reserved;
-# then STAT_ENTRIES entries of 8 words: [0] key = fnv32(route) << 32 | fnv32(plan)
-# (0: unused), [1..6] counts by DECISIONS. The supervisor sums the regions and names the entries from
-# its current config (labels come from config names only).
-STAT_HEADER = 8
-# Where the local fallback's instance count comes from: nothing known (the whole limit), the last Redis
-# heartbeat seen, redis.expected_instances.
-SHARE_SOURCES = ("none", "heartbeat", "configured")
-STAT_ENTRIES = 1024
-STAT_WORDS = 8
-STATS_REGION_BYTES = (STAT_HEADER + STAT_ENTRIES * STAT_WORDS) * 8
-
-
-class Stats:
-    def __init__(self, words: Any) -> None:
-        self.words = words                   # memoryview cast to "Q" (gates.Counter writes it)
-        self.index: dict[int, int] = {}
-        for i in range(STAT_ENTRIES):
-            k = words[STAT_HEADER + i * STAT_WORDS]
-            if k:
-                self.index[k] = STAT_HEADER + i * STAT_WORDS
-
-    def slot(self, route: str, plan: str) -> int:
-        """Base word of the (route, plan) entry, created on first use (the worker is its only writer)."""
-        key = fnv32(route) << 32 | fnv32(plan) or 1
-        base = self.index.get(key)
-        if base is None:
-            if len(self.index) >= STAT_ENTRIES:
-                return -1
-            base = STAT_HEADER + len(self.index) * STAT_WORDS
-            self.words[base] = key
-            self.index[key] = base
-        return base
-
-# Counting is gates.Counter (one C increment per decision).
-
-
-def decisions_snapshot(regions: list[Any]) -> dict[int, list[int]]:
-    """Sum the entries of every worker region: key -> counts by decision."""
-    out: dict[int, list[int]] = {}
-    for words in regions:
-        for i in range(STAT_ENTRIES):
-            base = STAT_HEADER + i * STAT_WORDS
-            k = words[base]
-            if not k:
-                break
-            acc = out.setdefault(k, [0] * len(DECISIONS))
-            for d in range(len(DECISIONS)):
-                acc[d] += words[base + 1 + d]
-    return out
-
-
-def render_metrics(regions: list[Any], live: list[Any], cfg: Config) -> list[str]:
-    """Prometheus lines for the traffic policy (called by the supervisor at scrape time)."""
-    out = ["# HELP fastgw_ratelimit_decisions_total Rate-limit decisions, by route, plan and decision.",
-           "# TYPE fastgw_ratelimit_decisions_total counter"]
-    names: dict[int, tuple[str, str]] = {}
-    for r in cfg.routes:
-        for p in cfg.plans:
-            names[fnv32(r.name) << 32 | fnv32(p) or 1] = (r.name, p)
-    for key, counts in sorted(decisions_snapshot(regions).items()):
-        if key not in names:
-            continue
-        route, plan = names[key]
-        for d, n in enumerate(counts):
-            if n:
-                out.append(f'fastgw_ratelimit_decisions_total{{route="{route}",plan="{plan}",'
-                           f'decision="{DECISIONS[d]}"}} {n}')
-    out += ["# HELP fastgw_redis_errors_total Redis failures over all workers: timeouts, lost or refused "
-            "connections, error replies (a Redis Cluster MOVED, OOM, script errors).",
-            "# TYPE fastgw_redis_errors_total counter",
-            f"fastgw_redis_errors_total {sum(w[0] for w in regions)}",
-            "# HELP fastgw_redis_commands_total Redis commands sent by the workers.",
-            "# TYPE fastgw_redis_commands_total counter",
-            f"fastgw_redis_commands_total {sum(w[2] for w in regions)}",
-            "# HELP fastgw_ratelimit_degraded Workers falling back from Redis (breaker open, or a failed call "
-            "within the last heartbeat).",
-            "# TYPE fastgw_ratelimit_degraded gauge",
-            f"fastgw_ratelimit_degraded {sum(w[1] for w in live)}"]
-    shares = [(w[3], w[4]) for w in live if w[3]]
-    if shares:
-        n, src = max(shares)
-        out += ["# HELP fastgw_ratelimit_fallback_instances Instances the local fallback divides limits by "
-                "while Redis is unavailable, by where the count comes from (heartbeat, configured, none).",
-                "# TYPE fastgw_ratelimit_fallback_instances gauge",
-                f'fastgw_ratelimit_fallback_instances{{source="{SHARE_SOURCES[src]}"}} {n}']
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# The worker's long-lived state: tables, the Redis client, the live-instance count.
-
-class Store:
-    """Redis client + heartbeat for one worker (services["ratelimit_store"])."""
-
-    def __init__(self, cfg: Config, table: B.Table, stats: Stats | None, loop: asyncio.AbstractEventLoop) -> None:
-        rd = cfg.redis
-        assert rd is not None
-        self.url = rd.url
-        self.settings = rd
-        self.table = table                   # the host table: its header keeps the last count seen
-        self.instance = b"%016x" % (table.instance or int.from_bytes(os.urandom(8), "big"))
-        self.stats = stats
-        self.shares: dict[tuple[int, int], bytes] = {}
-        self.last_share = (0, 0)
-        self.client = RedisClient(rd.url, rd.timeout, rd.retry_interval, SCRIPTS, loop, self._on_error)
-        self.client.start()
-        self.was_up = False
-        self.failed = False                  # a call failed since the last gauge refresh
-        self.logged_at = -1e9                # error replies: last logged (monotonic s), and not logged since
-        self.quiet = 0
-        self.task = loop.create_task(self._beat())
-
-    def _on_error(self, reason: str, breaker_open: bool) -> None:
-        """Every Redis failure (fastgw.quota.RedisClient): counted, and the degraded gauge is on at once;
-        the heartbeat loop turns it off after a beat period without failure."""
-        self.failed = True
-        if self.stats is not None:
-            self.stats.words[0] += 1
-            self.stats.words[1] = 1
-        if breaker_open:
-            if self.was_up:
-                self.was_up = False
-                log("ratelimit_store_down", level="warning", url=_safe_url(self.url), error=reason)
-            return
-        # An error reply (a Redis Cluster MOVED, OOM, a script error): the connection stays, the calls
-        # that get one fall back. Logged at most every 10 s, with the count of those not logged.
-        now = time.monotonic()
-        self.quiet += 1
-        if now - self.logged_at >= 10.0:
-            log("ratelimit_store_error", level="warning", url=_safe_url(self.url), error=reason,
-                since_last=self.quiet)
-            self.logged_at, self.quiet = now, 0
-
-    @property
-    def up(self) -> bool:
-        up = self.client.up
-        if up and not self.was_up:
-            self.was_up = True
-            log("ratelimit_store_up", url=_safe_url(self.url))
-        return up
-
-    def share(self) -> tuple[int, int, bytes]:
-        """The local fallback's instance count, its source (SHARE_SOURCES) and the RateLimit-Degraded
-        value saying so: the larger of the last live count seen in Redis and redis.expected_instances,
-        so that an instance that never saw Redis does not enforce the whole limit [issue 11 item 12]."""
-        seen = self.table.instances_seen
-        expected = self.settings.expected_instances or 0
-        if seen and seen >= expected:
-            n, src = seen, 1
-        elif expected:
-            n, src = expected, 2
-        else:
-            n, src = 1, 0
-        value = self.shares.get((n, src))
-        if value is None:
-            value = self.shares[(n, src)] = b"local;instances=%d;source=%s" % (n, SHARE_SOURCES[src].encode())
-        return n, src, value
-
-    def refresh_gauges(self) -> None:
-        """Degraded: the breaker is open, or a call failed since the previous refresh (one beat ago)."""
-        up = self.up
-        n, src, _ = self.share()
-        if self.stats is not None:
-            self.stats.words[1] = 0 if up and not self.failed else 1
-            self.stats.words[2] = self.client.commands
-            self.stats.words[3], self.stats.words[4] = n, src
-        if (n, src) != self.last_share:
-            self.last_share = (n, src)
-            log("ratelimit_fallback_share", instances=n, source=SHARE_SOURCES[src])
-        self.failed = False
-
-    async def _beat(self) -> None:
-        while True:
-            try:
-                if self.client.up:
-                    n = await self.client.run(HEARTBEAT, [HEARTBEAT_KEY],
-                                              [self.instance, int(self.settings.heartbeat * 3000)])
-                    if isinstance(n, int) and n > 0:
-                        self.table.instances_seen = n
-            except StoreDown:
-                pass                             # counted by _on_error
-            self.refresh_gauges()
-            await asyncio.sleep(self.settings.heartbeat if self.client.up else min(0.1, self.settings.heartbeat))
-
-    def close(self) -> None:
-        self.task.cancel()
-        self.client.close()
-
-
-def _safe_url(url: str) -> str:
-    if "@" in url:
-        return "redis://***@" + url.split("@", 1)[1]
-    return url
 
 
 def shm_sections(cfg: Config, workers: int) -> dict[str, int]:
@@ -277,10 +77,6 @@ def init_shared(shm: Any) -> None:
     table = B.Table(shm.section("ratelimit"), init=True, zeroed=True)   # a fresh memfd: untouched pages
     table.instance = int.from_bytes(os.urandom(8), "big") or 1
 
-
-def stats_regions(shm: Any, workers: int) -> list[Any]:
-    sec = shm.section("rlstats")
-    return [sec[i * STATS_REGION_BYTES:(i + 1) * STATS_REGION_BYTES].cast("Q") for i in range(workers)]
 
 
 def worker_services(shm: Any, slot: int, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
@@ -309,133 +105,6 @@ def _services(cfg: Config, services: dict[str, Any]) -> tuple[B.Table, B.Table, 
                 store.close()
             store = services["ratelimit_store"] = Store(cfg, table, stats, services["loop"])
     return table, lease, stats, store
-
-
-# ---------------------------------------------------------------------------------------------------
-# Compiled plans
-
-class Limit:
-    def __init__(self, plan: str, i: int, lim: PlanLimit) -> None:
-        self.name = limit_name(lim)
-        self.enforce = lim.enforce
-        self.key = tuple(lim.key)
-        self.seed = B.hash_key(0, f"{plan}\0{i}\0{self.name}".encode())
-        self.burst = 0
-        self.count = 0
-        self.window = ""
-        if lim.rate is not None:
-            count, period = parse_rate(lim.rate)
-            self.kind = B.RATE
-            self.burst = lim.burst if lim.burst is not None else count
-            self.count, self.period = count, period
-            self.slug = "rate-limited"
-            self.decision = D_RATE
-        elif lim.quota is not None:
-            count, window = parse_quota(lim.quota)
-            self.kind = _KIND[window]
-            self.count, self.window = count, window
-            self.period = _WINDOW_S[window]
-            self.slug = "quota-exceeded"
-            self.decision = D_QUOTA
-        else:
-            self.kind = B.CONCURRENCY
-            self.count = lim.concurrency or 1
-            self.period = 0
-            self.slug = "rate-limited"
-            self.decision = D_RATE
-        self.is_conc = self.kind == B.CONCURRENCY
-
-    def spec(self, keyidx: int, divide: int = 1) -> tuple[int, int, int, bool, int, int]:
-        """The buckets.Plan entry; `divide` splits the limit between live instances (fallback)."""
-        if self.kind == B.RATE:
-            count = max(1, self.count // divide)
-            return (B.RATE, self.period * NS // count, max(1, self.burst // divide), self.enforce, self.seed, keyidx)
-        if self.kind == B.CONCURRENCY:
-            return (self.kind, self.count, 0, self.enforce, self.seed, keyidx)
-        return (self.kind, max(1, self.count // divide), 0, self.enforce, self.seed, keyidx)
-
-    def policy_item(self) -> str | None:
-        if self.kind == B.CONCURRENCY:
-            return None
-        if self.kind == B.RATE:
-            # A token bucket in quota units (README "Responses"): q tokens are made available every w
-            # seconds, which a client spreading its requests evenly can rely on (and, with burst >= q,
-            # q requests in any w-second window however bunched). A burst other than the count is said
-            # in a vendor parameter (draft-ietf-httpapi-ratelimit-headers-10 §3.1): with burst = 1,
-            # "10/s" is 10 per second one at a time, not 1 per second.
-            burst = f";fastgw-burst={self.burst}" if self.burst != self.count else ""
-            return f'"{self.name}";q={self.count};w={self.period}{burst}'
-        return f'"{self.name}";q={self.count};w={self.period}'
-
-
-class PlanRT:
-    """One plan, compiled: its limits, key functions, local bucket plan and prebuilt header bytes."""
-
-    def __init__(self, name: str, plan: RatePlan, cfg: Config, table: B.Table, lease: B.Table,
-                 store: Store | None) -> None:
-        self.name = name
-        self.limits = [Limit(name, i, lim) for i, lim in enumerate(plan.limits)]
-        self.keyspecs: list[tuple[str, ...]] = []
-        for lim in self.limits:
-            if lim.key not in self.keyspecs:
-                self.keyspecs.append(lim.key)
-        self.keyidx = [self.keyspecs.index(lim.key) for lim in self.limits]
-        self.table = table
-        self.lease = lease
-        self.local = B.Plan(table, [lim.spec(self.keyidx[i]) for i, lim in enumerate(self.limits)])
-        self.fallbacks: dict[int, B.Plan] = {1: self.local}
-        self.sync = plan.sync if cfg.redis is not None else "local"
-        self.on_error = plan.on_store_error
-        self.store = store if self.sync != "local" else None
-        items = [it for it in (lim.policy_item() for lim in self.limits if lim.enforce) if it]
-        self.policy_header = ", ".join(items).encode() if items else None
-        self.rl_prefix = [f'"{lim.name}";r='.encode() for lim in self.limits]
-        self.hdrs = G.Headers(self.policy_header, self.rl_prefix)
-        self.has_quota = any(lim.window for lim in self.limits)
-        self.has_conc = any(lim.kind == B.CONCURRENCY for lim in self.limits)
-        # Limits kept in Redis (concurrency stays per host) and the script arguments describing them.
-        self.shared = [i for i, lim in enumerate(self.limits) if lim.kind != B.CONCURRENCY]
-        self.redis_args: list[Any] = []
-        for i in self.shared:
-            lim = self.limits[i]
-            if lim.kind == B.RATE:
-                iv = lim.period * 1_000_000 // lim.count
-                self.redis_args += [1, iv, iv * lim.burst, 1 if lim.enforce else 0]
-            else:
-                self.redis_args += [lim.kind, lim.count, 0, 1 if lim.enforce else 0]
-        rates = [lim for lim in self.limits if lim.kind == B.RATE and lim.enforce]
-        self.lease_cap = store.settings.lease_max if store is not None else 1
-        if rates and store is not None:
-            # No worker holds more than one lease period of the whole limit.
-            tight = min(lim.count / lim.period for lim in rates)
-            self.lease_cap = max(1, min(self.lease_cap, int(tight * store.settings.lease_period)))
-        self.lease_seed = B.hash_key(1, name.encode())
-        self.lease_state: dict[int, list[float]] = {}     # key hash -> [last refill mono, batch, deny until,
-        #                                                   tight index, remaining, reset deadline]
-        self.inflight: dict[int, asyncio.Future[Any]] = {}
-        self.waitq: dict[int, collections.deque[asyncio.Future[bool]]] = {}   # requests waiting for a refill
-        keys = G.Keys(self.keyspecs)
-        self.keys = keys.of                  # (ex, consumer) -> tuple of key hashes
-        # What the compiled RateGate needs; no local bucket plan when the plan is kept in Redis.
-        self.gate = G.PlanGate(self, self.local if self.store is None else None, keys, self.hdrs,
-                               self.has_quota, self.has_conc, self.limits)
-        if self.sync == "lease" and self.store is not None:
-            # Spending a token of this worker's lease is compiled (RateGate.spend_lease), called straight
-            # from RateGate.check when the plan has no concurrency limit, else from leased() below.
-            g = self.gate
-            g.lease, g.lease_seed, g.lease_state, g.client = lease, self.lease_seed, self.lease_state, self.store.client
-            g.inflight, g.lease_fast = self.inflight, not self.has_conc
-
-    def fallback_plan(self) -> tuple[B.Plan, bytes]:
-        """The plan's share of the host (Store.share) and the RateLimit-Degraded value saying which."""
-        if self.store is None:
-            return self.local, b"local"
-        n, _, value = self.store.share()
-        p = self.fallbacks.get(n)
-        if p is None:
-            p = self.fallbacks[n] = B.Plan(self.table, [lim.spec(self.keyidx[i], n)
-                                                        for i, lim in enumerate(self.limits)])
-        return p, value
 
 
 class RateLimitPolicy(G.RateGate):

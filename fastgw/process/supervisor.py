@@ -7,7 +7,7 @@ inherited descriptors; when it dies, its sockets stay open in the supervisor, so
 already queued on them wait for the replacement instead of being reset (Linux resets the accept queue of a
 reuseport socket when its last descriptor closes). The replacement is spawned with the same sockets.
 
-Workers are spawned (`python -m fastgw.worker`: fork + exec through subprocess), never forked from a running
+Workers are spawned (`python -m fastgw.process.worker`: fork + exec through subprocess), never forked from a running
 event loop, and run in their own process group: a Ctrl-C on the terminal reaches the supervisor only, which
 decides what the workers do.
 
@@ -37,12 +37,17 @@ from typing import Any
 import msgspec
 
 from fastgw import __version__
-from fastgw.admin import PROMETHEUS, TEXT, AdminServer
-from fastgw.config import Config, ConfigError, config_hash, loads, parse_hostport
-from fastgw.metrics import NO_ROUTE, ROUTE_SLOTS, SharedMemory, log_dropped, render, snapshot
-from fastgw.observe import log, set_context, set_level
-from fastgw.policies import authfail, ratelimit
-from fastgw.worker import MSG_LIMIT, bind, read_msg, send_msg
+from fastgw.config.checks import parse_hostport
+from fastgw.config.root import Config, ConfigError, config_hash, loads
+from fastgw.observe.log import log, set_context, set_level
+from fastgw.observe.metrics import NO_ROUTE, ROUTE_SLOTS, log_dropped, render, snapshot
+from fastgw.policies.auth import failbudget as authfail
+from fastgw.policies.ratelimit import policy as ratelimit
+from fastgw.policies.ratelimit import stats as rlstats
+from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
+from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
+from fastgw.process.listeners import bind
+from fastgw.process.shm import SharedMemory
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
 BACKOFF_FIRST = 0.25
@@ -146,7 +151,7 @@ class Supervisor:
         parent, child = socket.socketpair()
         fds = [s.fileno() for s in slot.socks]
         pass_fds = [*fds, child.fileno()]
-        cmd = [sys.executable, "-m", "fastgw.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
+        cmd = [sys.executable, "-m", "fastgw.process.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
                "--listen-fds", ",".join(map(str, fds)), "--listen-kinds", ",".join(self.kinds)]
         cmd[:0] = shlex.split(os.environ.get(WORKER_WRAPPER_ENV, ""))
         if self.shm is not None:
@@ -232,8 +237,8 @@ class Supervisor:
                    "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
         text = render(snap, self.route_names, process)
         if self.shm is not None and "rlstats" in self.shm.layout.sections:
-            regions = ratelimit.stats_regions(self.shm, self.nworkers)
-            text += "\n".join(ratelimit.render_metrics(regions, [regions[i] for i in sorted(live)], self.cfg)) + "\n"
+            regions = rlstats.stats_regions(self.shm, self.nworkers)
+            text += "\n".join(rlstats.render_metrics(regions, [regions[i] for i in sorted(live)], self.cfg)) + "\n"
         return 200, PROMETHEUS, text
 
     # -- signals ---------------------------------------------------------------------------------------

@@ -1,21 +1,8 @@
 """One worker process: a uvloop event loop serving the listening sockets its supervisor handed it.
 
-The supervisor (fastgw/supervisor.py) spawns `python -m fastgw.worker` with inherited descriptors: the
-listening sockets of its slot, one end of a control socket pair, and the shared-memory file. Over the
-control socket it sends JSON lines:
-
-  {"op": "config", "gen": N, "hash": H, "toml": TEXT, "slots": {route: metrics slot}, "workers": N}
-      the first one starts serving; later ones are reloads: the worker compiles the new config and swaps
-      one reference (Worker.rt). Each request keeps the Runtime it started with, so requests in flight
-      finish on the old config. Upstream groups whose settings did not change are carried over with their
-      warm keep-alive pools; pools of replaced groups are closed as their connections come back idle.
-  {"op": "drain", "accept": S, "timeout": T}
-      SIGTERM semantics (DESIGN.md §2): keep accepting for S seconds with keep-alive off, then close the
-      listeners, give requests in flight up to T seconds, exit 0.
-
-and the worker answers {"ev": "ready" | "applied" | "rejected", "gen": N, ...}. The supervisor validated
-the text before sending it, and the text travels with the message, so every worker compiles exactly the
-bytes the supervisor checked (not whatever the file holds by then).
+The supervisor (fastgw/process/supervisor.py) spawns it with inherited descriptors: the listening sockets
+of its slot (fastgw/process/listeners.py), one end of a control socket pair (fastgw/process/control.py:
+the config to serve, reloads, drain), and the shared-memory file (fastgw/process/shm.py).
 
 A worker stops at once on SIGINT, drains on SIGTERM with its config's drain settings (the supervisor
 normally sends "drain" instead), and exits when the control socket closes (its supervisor is gone).
@@ -36,201 +23,28 @@ from typing import Any
 
 import uvloop
 
-from fastgw import __version__, proxyproto
+from fastgw import __version__
 from fastgw._core.proxy import UpstreamGroup, Worker
-from fastgw.admission import HANDSHAKE_TIMEOUT, Listener, max_connections, raise_nofile
 from fastgw.clientaddr import nets
-from fastgw.compile import build_groups, compile_config, split_hostport
-from fastgw.config import Config, loads
-from fastgw.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS, Layout, SharedMemory
-from fastgw.observe import AccessLog, log, log_dropped_headers, set_context, set_level
-from fastgw.policies import authfail, ratelimit
+from fastgw.compile import build_groups, compile_config
+from fastgw.config.root import Config, loads
+from fastgw.observe.access import AccessLog
+from fastgw.observe.log import log, log_dropped_headers, set_context, set_level
+from fastgw.observe.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS
+from fastgw.policies.auth import failbudget as authfail
+from fastgw.policies.ratelimit import policy as ratelimit
+from fastgw.process.admission import max_connections, raise_nofile
+from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
+from fastgw.process.listeners import BACKLOG, Listener, ProxiedTLS
+from fastgw.process.shm import Layout, SharedMemory
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
-BACKLOG = 4096            # listen(2) backlog; the kernel caps it at net.core.somaxconn
-MSG_LIMIT = 64 * 1024 * 1024
 RETIRE_SECONDS = 300.0    # how long the idle pools of a replaced upstream group are still swept
 FRESH_IDLE = 1.0          # after the listeners close, a connection silent this long since it opened is closed
 
 
-def bind(addr: str, reuse_port: bool = True, backlog: int = BACKLOG) -> socket.socket:
-    host, port = split_hostport(addr)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def date_header(now: float) -> bytes:
     return b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-
-
-async def send_msg(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
-    writer.write(json.dumps(msg).encode() + b"\n")
-    await writer.drain()
-
-
-async def read_msg(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    line = await reader.readline()
-    if not line:
-        return None
-    msg = json.loads(line)
-    assert isinstance(msg, dict)
-    return msg
-
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-PROXY_TLS_PEEK = proxyproto.V2_MAX     # the longest PROXY header we accept (v1 is shorter)
-PROXY_TLS_PENDING = 4096               # connections waiting for their PROXY header or TLS handshake, per worker
-
-
-class ProxiedTLS:
-    """A TLS listener behind PROXY protocol (server.proxy_protocol with [[server.tls]]): the balancer's
-    header comes before the TLS handshake, so connections are accepted here, the header is read without
-    reading past it (MSG_PEEK shows what is there; bytes of an incomplete header are consumed, since they
-    can only be header; the complete header is consumed to its exact length, so a ClientHello sent in the
-    same segment stays in the kernel buffer), and the socket is handed to the TLS server machinery
-    (loop.connect_accepted_socket) with the client address from the header. A connection without a valid
-    header within server.limits.header_timeout is closed, as on plain listeners; at most PROXY_TLS_PENDING
-    connections may be waiting for their header or handshake at once (more are closed at accept).
-    Each counts against server.limits.max_connections from its accept: at the cap the loop waits
-    (pause/resume) and the kernel backlog holds new connections."""
-
-    def __init__(self, wp: WorkerProcess, sock: socket.socket, n: int) -> None:
-        self.wp = wp
-        self.sock = sock
-        self.n = n
-        self.ctx = wp.tls_contexts_now[n]        # kept if a reload removes this [[server.tls]] table
-        self.sock.setblocking(False)
-        self.pending: set[asyncio.Task[None]] = set()
-        self.open = asyncio.Event()
-        self.open.set()
-        self.waiter: asyncio.Task[tuple[socket.socket, Any]] | None = None
-        self.task = asyncio.get_running_loop().create_task(self.accept())
-        self.task.add_done_callback(lambda _t: self.sock.close())
-
-    def close(self) -> None:
-        self.task.cancel()                       # the listening socket closes once the accept loop ends
-
-    def pause(self) -> None:
-        self.open.clear()
-        if self.waiter is not None:
-            self.waiter.cancel()                 # an accept not yet made is not made
-            self.waiter = None
-
-    def resume(self) -> None:
-        self.open.set()
-
-    async def accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        w = self.wp.w
-        me = asyncio.current_task()
-        assert w is not None and me is not None
-        while True:
-            await self.open.wait()
-            self.waiter = loop.create_task(loop.sock_accept(self.sock))
-            try:
-                conn, _ = await self.waiter
-            except asyncio.CancelledError:
-                if me.cancelling():
-                    raise                         # close()
-                continue                          # pause()
-            except OSError as e:                  # EMFILE and the like: back off, keep the listener
-                log("accept_failed", level="warning", error=str(e))
-                await asyncio.sleep(0.1)
-                continue
-            if len(self.pending) >= PROXY_TLS_PENDING:
-                conn.close()
-                continue
-            w.admit()
-            t = loop.create_task(self.serve(conn))
-            self.pending.add(t)
-            t.add_done_callback(self.pending.discard)
-
-    async def serve(self, conn: socket.socket) -> None:
-        """Serve one accepted connection, admitted (Worker.admit) by the accept loop: until the
-        protocol is made (and counts itself), every way out gives the place back."""
-        made = False
-        try:
-            made = await self.hand_over(conn)
-        finally:
-            if not made and self.wp.w is not None:
-                self.wp.w.release()
-
-    async def hand_over(self, conn: socket.socket) -> bool:
-        loop = asyncio.get_running_loop()
-        cfg, w = self.wp.cfg, self.wp.w
-        assert cfg is not None and w is not None
-        conn.setblocking(False)
-        try:
-            hdr = await asyncio.wait_for(self.read_header(conn), cfg.server.limits.header_timeout)
-        except (TimeoutError, proxyproto.ProxyProtocolError, OSError):
-            conn.close()
-            return False
-        source = hdr.source.encode() if hdr.source is not None else None
-        contexts = self.wp.tls_contexts_now
-        if self.n < len(contexts):
-            self.ctx = contexts[self.n]
-
-        made = False
-
-        def make() -> Any:
-            nonlocal made
-            h = w.tls_protocol(True)             # counted at accept already; from here it counts itself
-            made = True
-            h.proxied_peer = source
-            return h
-        try:
-            await loop.connect_accepted_socket(make, conn, ssl=self.ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-        except (OSError, TimeoutError):          # a failed or slow handshake (ssl.SSLError is an OSError)
-            conn.close()
-        except Exception as e:                   # not the client's doing: say so, keep serving
-            log("tls_handover_failed", level="error", error=f"{type(e).__name__}: {e}")
-            conn.close()
-        return made
-
-    @staticmethod
-    async def read_header(conn: socket.socket) -> proxyproto.Header:
-        loop = asyncio.get_running_loop()
-        fd = conn.fileno()
-        got = b""                                # bytes of the header consumed so far
-        while True:
-            ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, _wake, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
-            data = conn.recv(PROXY_TLS_PEEK - len(got), socket.MSG_PEEK)
-            if not data:
-                raise OSError("connection closed before the PROXY header")
-            res = proxyproto.parse(got + data)
-            if res is not None:
-                if res.consumed > len(got):
-                    conn.recv(res.consumed - len(got))   # exactly the rest of the header
-                return res
-            # Incomplete: everything seen so far can only be header (v1: no CRLF yet; v2: fewer bytes
-            # than its length field says), so consume it: the socket is readable again only when more
-            # arrives (no wake-up loop on a client that stops mid-header).
-            got += conn.recv(len(data))
-            if len(got) >= PROXY_TLS_PEEK:
-                raise proxyproto.ProxyProtocolError("PROXY header too long")
 
 
 class WorkerProcess:
@@ -503,7 +317,7 @@ def _addr(s: socket.socket) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fastgw.worker", description="internal: one fastgw worker process")
+    ap = argparse.ArgumentParser(prog="fastgw.process.worker", description="internal: one fastgw worker process")
     ap.add_argument("--slot", type=int, required=True)
     ap.add_argument("--ctl-fd", type=int, required=True)
     ap.add_argument("--listen-fds", required=True, help="comma-separated inherited listening sockets")

@@ -1,0 +1,72 @@
+"""[upstreams.NAME]: targets, keep-alive pool, timeouts and TLS to the upstream; their schema and checks."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from fastgw.config.checks import NAME, parse_hostport
+from fastgw.config.schema import Duration, keypath
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+
+
+class UpstreamTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """TLS to the upstream: verified by default (the system trust store, or `ca`)."""
+    verify: bool = True
+    ca: str | None = None                 # PEM bundle of trusted CAs; None = the system store
+    server_name: str | None = None        # SNI and the name verified; default: each target's host
+    cert: str | None = None               # client certificate (PEM) for upstreams that require one
+    key: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    targets: list[str]
+    keepalive: int = 128
+    connect_timeout: Duration = 3.0
+    timeout: Duration = 15.0
+    idle_timeout: Duration = 60.0
+    balance: Literal["round_robin"] = "round_robin"
+    tls: UpstreamTLS | None = None
+
+
+def check(cfg: Config, errors: list[str]) -> None:
+    if not cfg.upstreams:
+        errors.append("upstreams: at least one upstream is required")
+    for name, up in cfg.upstreams.items():
+        _check_upstream(name, up, keypath("upstreams", name), errors)
+
+
+def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> None:
+    if not NAME.fullmatch(name):
+        errors.append(f'{path}: invalid upstream name "{name}" (use letters, digits, "_", ".", "-")')
+    if not up.targets:
+        errors.append(f"{path}.targets: at least one target is required")
+    for i, target in enumerate(up.targets):
+        try:
+            parse_hostport(target)
+        except ValueError as e:
+            errors.append(f'{path}.targets[{i}]: invalid target "{target}": {e}')
+    if up.keepalive < 0:
+        errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
+    for field in ("connect_timeout", "timeout", "idle_timeout"):
+        if getattr(up, field) <= 0:
+            errors.append(f"{path}.{field}: must be greater than 0")
+    if up.tls is not None:
+        t = up.tls
+        if (t.cert is None) != (t.key is None):
+            errors.append(f"{path}.tls: cert and key go together (a client certificate needs its key)")
+        for field in ("ca", "cert", "key"):
+            f = getattr(t, field)
+            if f is not None and not os.path.isfile(f):
+                errors.append(f'{path}.tls.{field}: no such file "{f}"')
+        if not any(e.startswith(f"{path}.tls") for e in errors):
+            from fastgw.tls import upstream_context
+            try:
+                upstream_context(t)                   # the files must load, not just exist
+            except (OSError, ValueError) as e:        # ssl.SSLError is an OSError
+                errors.append(f"{path}.tls: unusable certificate or key: {e}")
+

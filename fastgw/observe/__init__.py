@@ -1,0 +1,1 @@
+"""What the gateway tells its operators: the lifecycle log, the access log and the metrics."""

@@ -1,0 +1,1 @@
+"""Stores shared by every instance of the gateway (Redis)."""
