@@ -19,7 +19,8 @@ from fastgw.compile import split_hostport
 from fastgw.observe.log import log
 
 if TYPE_CHECKING:
-    from fastgw.process.worker import WorkerProcess
+    from fastgw._core.proxy import Worker
+    from fastgw.config.root import Config
 
 BACKLOG = 4096            # listen(2) backlog; the kernel caps it at net.core.somaxconn
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client TLS handshake may take (every TLS listener)
@@ -65,11 +66,11 @@ class ProxiedTLS:
     Each counts against server.limits.max_connections from its accept: at the cap the loop waits
     (pause/resume) and the kernel backlog holds new connections."""
 
-    def __init__(self, wp: WorkerProcess, sock: socket.socket, n: int) -> None:
-        self.wp = wp
+    def __init__(self, owner: Listeners, sock: socket.socket, n: int) -> None:
+        self.owner = owner
         self.sock = sock
         self.n = n
-        self.ctx = wp.tls_contexts_now[n]        # kept if a reload removes this [[server.tls]] table
+        self.ctx = owner.contexts[n]             # kept if a reload removes this [[server.tls]] table
         self.sock.setblocking(False)
         self.pending: set[asyncio.Task[None]] = set()
         self.open = asyncio.Event()
@@ -92,7 +93,7 @@ class ProxiedTLS:
 
     async def accept(self) -> None:
         loop = asyncio.get_running_loop()
-        w = self.wp.w
+        w = self.owner.w
         me = asyncio.current_task()
         assert w is not None and me is not None
         while True:
@@ -123,12 +124,12 @@ class ProxiedTLS:
         try:
             made = await self.hand_over(conn)
         finally:
-            if not made and self.wp.w is not None:
-                self.wp.w.release()
+            if not made and self.owner.w is not None:
+                self.owner.w.release()
 
     async def hand_over(self, conn: socket.socket) -> bool:
         loop = asyncio.get_running_loop()
-        cfg, w = self.wp.cfg, self.wp.w
+        cfg, w = self.owner.cfg, self.owner.w
         assert cfg is not None and w is not None
         conn.setblocking(False)
         try:
@@ -137,7 +138,7 @@ class ProxiedTLS:
             conn.close()
             return False
         source = hdr.source.encode() if hdr.source is not None else None
-        contexts = self.wp.tls_contexts_now
+        contexts = self.owner.contexts
         if self.n < len(contexts):
             self.ctx = contexts[self.n]
 
@@ -256,3 +257,96 @@ class Listener:
         else:
             self.server = srv
         self._sync()
+
+
+class Listeners:
+    """A worker's listening sockets (plain, TLS, TLS behind PROXY protocol) and the servers on them: what
+    protocol each serves, pausing them at the connection cap, the TLS swap on reload, and closing them.
+    `w` and `cfg` are the worker and the config it serves (ProxiedTLS reads its header timeout from it)."""
+
+    def __init__(self, socks: list[socket.socket], kinds: list[str]) -> None:
+        self.socks = socks
+        self.kinds = kinds                       # per socket: "plain" or "tls:<server.tls index>"
+        self.servers: list[Any] = []             # Listeners and ProxiedTLS loops (close, pause, resume)
+        self.tls_servers: dict[int, Listener] = {}
+        self.contexts: list[Any] = []            # current [[server.tls]] contexts (ProxiedTLS reads them)
+        self.w: Worker | None = None
+        self.cfg: Config | None = None
+        self.draining = False                    # certificates are no longer reloaded
+
+    def protocol_factory(self) -> Any:
+        """Plain listeners: ClientConn, which first reads a PROXY header when server.proxy_protocol."""
+        w = self.w
+        assert w is not None and self.cfg is not None
+        if not self.cfg.server.proxy_protocol:
+            return w.protocol
+
+        def make() -> Any:
+            c = w.protocol()
+            c.want_proxy = True
+            return c
+        return make
+
+    async def serve(self, w: Worker, cfg: Config) -> None:
+        self.w, self.cfg = w, cfg
+        contexts = self.contexts = self.tls_contexts()
+        for i, (s, kind) in enumerate(zip(self.socks, self.kinds, strict=True)):
+            if kind == "plain":
+                srv = Listener(s, self.protocol_factory(), BACKLOG)
+            elif cfg.server.proxy_protocol:
+                self.servers.append(ProxiedTLS(self, s.dup(), int(kind[4:])))
+                continue
+            else:
+                srv = Listener(s, w.tls_protocol, BACKLOG, ssl=contexts[int(kind[4:])])
+                self.tls_servers[i] = srv
+            await srv.start()
+            self.servers.append(srv)
+        if w.full:
+            self.pause()
+
+    def pause(self) -> None:
+        """The worker holds server.limits.max_connections connections (Worker.admit): stop accepting."""
+        if self.w is not None and self.w.full:
+            for srv in self.servers:
+                srv.pause()
+
+    def resume(self) -> None:
+        for srv in self.servers:
+            srv.resume()
+
+    def tls_contexts(self) -> list[Any]:
+        assert self.cfg is not None
+        if not self.cfg.server.tls:
+            return []
+        from fastgw.tls import build_context  # (cryptography is a slow import: only when TLS is used)
+        return [build_context(t) for t in self.cfg.server.tls]
+
+    async def reload_tls(self) -> None:
+        """Certificates are read again on every reload: new TLS connections get the new contexts (a new
+        server on the same socket replaces the old one); established connections are not touched."""
+        if not self.contexts or self.draining:
+            return
+        try:
+            contexts = self.tls_contexts()
+        except Exception as e:
+            log("tls_reload_failed", level="error", error=f"{type(e).__name__}: {e}")
+            return
+        self.contexts = contexts                 # ProxiedTLS listeners use them from the next connection
+        for i, srv in list(self.tls_servers.items()):
+            n = int(self.kinds[i][4:])
+            if n >= len(contexts):      # [[server.tls]] tables removed: that takes a restart (logged)
+                continue
+            await srv.set_ssl(contexts[n])
+        log("tls_reloaded", listeners=len(contexts))
+
+    def stop(self) -> None:
+        """Stop accepting (the listening sockets stay open)."""
+        for srv in self.servers:
+            srv.close()
+        self.servers = []
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (the servers listened on duplicates)."""
+        self.stop()
+        for sock in self.socks:
+            sock.close()

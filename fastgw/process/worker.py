@@ -35,7 +35,7 @@ from fastgw.policies.auth import failbudget as authfail
 from fastgw.policies.ratelimit import policy as ratelimit
 from fastgw.process.admission import max_connections, raise_nofile
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
-from fastgw.process.listeners import BACKLOG, Listener, ProxiedTLS
+from fastgw.process.listeners import Listeners
 from fastgw.process.shm import Layout, SharedMemory
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
@@ -59,16 +59,13 @@ class WorkerProcess:
         self.groups: dict[str, UpstreamGroup] = {}
         self.retired: list[tuple[float, UpstreamGroup]] = []
         self.w: Worker | None = None
-        self.servers: list[Any] = []               # Listeners and ProxiedTLS loops (close, pause, resume)
+        self.listeners = Listeners(socks, ["plain"] * len(socks))
         self.access: AccessLog | None = None
         self.gen = 0
         self.stop = asyncio.Event()
         self.exit_code = 0
         self.exit_reason = ""
         self.drain_task: asyncio.Task[None] | None = None
-        self.kinds: list[str] = ["plain"] * len(socks)     # per socket: "plain" or "tls:<server.tls index>"
-        self.tls_servers: dict[int, Listener] = {}
-        self.tls_contexts_now: list[Any] = []         # current [[server.tls]] contexts (ProxiedTLS reads them)
         self.services: dict[str, Any] | None = None    # long-lived resources of policies (compile_config)
 
     # -- config ----------------------------------------------------------------------------------------
@@ -88,8 +85,8 @@ class WorkerProcess:
             self.w.sweep(loop.time(), date_header(time.time()))
             if self.shm is not None and cfg.admin.metrics:
                 self.w.attach_metrics(self.shm.region(self.slot), ROUTE_SLOTS)
-            self.w.on_full = self.pause_accepting
-            self.w.on_room = self.resume_accepting
+            self.w.on_full = self.listeners.pause
+            self.w.on_room = self.listeners.resume
         else:
             self.w.rt = rt          # the swap: new requests read the new Runtime from here on
         self.w.max_conns = max_connections(cfg.server.limits.max_connections, int(msg.get("workers", 1)))
@@ -103,78 +100,12 @@ class WorkerProcess:
         self.set_access_log(cfg)
         set_level(cfg.server.log_level)
         self.w.debug_log = log_dropped_headers if cfg.server.log_level == "debug" else None
-        if self.tls_contexts_now:
-            loop.create_task(self.reload_tls())
+        self.listeners.cfg = cfg
+        if self.listeners.contexts:
+            loop.create_task(self.listeners.reload_tls())
         if self.words is not None:
             self.words[H_GEN] = self.gen
             self.words[H_CONN_LIMIT] = self.w.max_conns
-
-    # -- listeners (issue 5: PROXY protocol, TLS) -------------------------------------------------------
-    def protocol_factory(self) -> Any:
-        """Plain listeners: ClientConn, which first reads a PROXY header when server.proxy_protocol."""
-        w = self.w
-        assert w is not None and self.cfg is not None
-        if not self.cfg.server.proxy_protocol:
-            return w.protocol
-
-        def make() -> Any:
-            c = w.protocol()
-            c.want_proxy = True
-            return c
-        return make
-
-    async def serve_listeners(self) -> None:
-        assert self.w is not None and self.cfg is not None
-        contexts = self.tls_contexts_now = self.tls_contexts()
-        for i, (s, kind) in enumerate(zip(self.socks, self.kinds, strict=True)):
-            if kind == "plain":
-                srv = Listener(s, self.protocol_factory(), BACKLOG)
-            elif self.cfg.server.proxy_protocol:
-                self.servers.append(ProxiedTLS(self, s.dup(), int(kind[4:])))
-                continue
-            else:
-                srv = Listener(s, self.w.tls_protocol, BACKLOG, ssl=contexts[int(kind[4:])])
-                self.tls_servers[i] = srv
-            await srv.start()
-            self.servers.append(srv)
-        if self.w.full:
-            self.pause_accepting()
-
-    def pause_accepting(self) -> None:
-        """The worker holds server.limits.max_connections connections (Worker.admit): stop accepting."""
-        if self.w is not None and self.w.full:
-            for srv in self.servers:
-                srv.pause()
-
-    def resume_accepting(self) -> None:
-        for srv in self.servers:
-            srv.resume()
-
-    def tls_contexts(self) -> list[Any]:
-        assert self.cfg is not None
-        if not self.cfg.server.tls:
-            return []
-        from fastgw.tls import build_context  # (cryptography is a slow import: only when TLS is used)
-        return [build_context(t) for t in self.cfg.server.tls]
-
-    async def reload_tls(self) -> None:
-        """Certificates are read again on every reload: new TLS connections get the new contexts (a new
-        server on the same socket replaces the old one); established connections are not touched."""
-        if not self.tls_contexts_now or self.drain_task is not None:
-            return
-        assert self.w is not None
-        try:
-            contexts = self.tls_contexts()
-        except Exception as e:
-            log("tls_reload_failed", level="error", error=f"{type(e).__name__}: {e}")
-            return
-        self.tls_contexts_now = contexts             # ProxiedTLS listeners use them from the next connection
-        for i, srv in list(self.tls_servers.items()):
-            n = int(self.kinds[i][4:])
-            if n >= len(contexts):      # [[server.tls]] tables removed: that takes a restart (logged)
-                continue
-            await srv.set_ssl(contexts[n])
-        log("tls_reloaded", listeners=len(contexts))
 
     def set_access_log(self, cfg: Config) -> None:
         assert self.w is not None
@@ -238,6 +169,7 @@ class WorkerProcess:
 
     def start_drain(self, accept: float, timeout: float) -> None:
         if self.drain_task is None:
+            self.listeners.draining = True
             self.drain_task = asyncio.get_running_loop().create_task(self.drain(accept, timeout))
 
     async def drain(self, accept: float, timeout: float) -> None:
@@ -250,11 +182,7 @@ class WorkerProcess:
         while loop.time() < end_accept:
             await asyncio.sleep(min(SWEEP_SECONDS, max(0.0, end_accept - loop.time())))
             w.drain()
-        for srv in self.servers:
-            srv.close()
-        self.servers = []
-        for sock in self.socks:       # the servers listened on duplicates: this closes the sockets
-            sock.close()
+        self.listeners.close()
         log("listeners_closed", open_connections=len(w.conns))
         end = loop.time() + timeout
         while w.conns and loop.time() < end:
@@ -280,8 +208,8 @@ class WorkerProcess:
             log("worker_exit", level="error", reason="no config from the supervisor")
             return 1
         self.apply(first)
-        assert self.w is not None
-        await self.serve_listeners()
+        assert self.w is not None and self.cfg is not None
+        await self.listeners.serve(self.w, self.cfg)
         if self.words is not None:
             self.words[H_PID] = os.getpid()
         sweeper = loop.create_task(self.sweeper())
@@ -290,8 +218,7 @@ class WorkerProcess:
             listen=[_addr(s) for s in self.socks], max_connections=self.w.max_conns)
         await send_msg(writer, {"ev": "ready", "gen": self.gen})
         await self.stop.wait()
-        for srv in self.servers:
-            srv.close()
+        self.listeners.stop()
         sweeper.cancel()
         ctl_task.cancel()
         if self.drain_task is not None:
@@ -336,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         proc = WorkerProcess(args.slot, socks, ctl, shm)
         if args.listen_kinds:
-            proc.kinds = args.listen_kinds.split(",")
+            proc.listeners.kinds = args.listen_kinds.split(",")
         return uvloop.run(proc.run())
     except Exception as e:
         log("worker_exit", level="error", code=1, reason=f"{type(e).__name__}: {e}")
