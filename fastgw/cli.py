@@ -15,7 +15,7 @@ from importlib import metadata
 
 from fastgw import __version__
 from fastgw.config.root import Config, ConfigError, config_hash, load
-from fastgw.policies.ratelimit.config import overshoot_summary
+from fastgw.policies import POLICIES
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "config/fastgw.toml"
@@ -122,9 +122,10 @@ def summary(cfg: Config, path: str) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if cfg.plans:
-        workers = cfg.server.workers if isinstance(cfg.server.workers, int) else len(os.sched_getaffinity(0))
-        lines += ["", f"plans ({len(cfg.plans)}):", *overshoot_summary(cfg, workers)]
+    workers = cfg.server.workers if isinstance(cfg.server.workers, int) else len(os.sched_getaffinity(0))
+    for p in POLICIES:
+        if p.summary is not None:
+            lines += p.summary(cfg, workers)
     return "\n".join(lines)
 
 

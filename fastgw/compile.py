@@ -16,8 +16,9 @@ from fastgw._core.wire import HeaderTable
 from fastgw.config.root import Config
 from fastgw.errors import build_problems
 from fastgw.headers import fold
-from fastgw.policies.auth.config import strip_headers
+from fastgw.policies import POLICIES
 from fastgw.policies.chain import build_route_policies, chain
+from fastgw.policies.contract import RequestHeaders
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
@@ -35,16 +36,19 @@ def _remove_set(names: list[str]) -> frozenset[bytes] | None:
 
 
 def header_table(cfg: Config) -> HeaderTable:
-    """The request readers' wire table for this config: fastgw/headers.py, plus
-    - every claims_to_headers target as an identity header (the client's copy is dropped);
-    - every header the config reads a credential from (the API-key header, JWT issuers' `header`, and
-      Cookie when an issuer reads a cookie) as "forwarded, never twice", like Authorization: with two
-      copies the gateway would check one and the upstream might read the other."""
-    identity = [h for i in cfg.auth.jwt.values() for h in i.claims_to_headers.values()]
-    credentials = [cfg.auth.api_key.header] + [i.header for i in cfg.auth.jwt.values() if i.header]
-    if any(i.cookie for i in cfg.auth.jwt.values()):
-        credentials.append("Cookie")
+    """The request readers' wire table for this config: fastgw/headers.py, plus the roles the policies'
+    config gives headers (the registry's `headers`, e.g. the auth policy's claims_to_headers targets as
+    identity headers, its API-key header as a credential, "forwarded, never twice" like Authorization)."""
+    identity: list[str] = []
+    credentials: list[str] = []
+    for h in _policy_headers(cfg):
+        identity += h.identity
+        credentials += h.credentials
     return HeaderTable(identity, credentials, cfg.server.limits.allow_underscores)
+
+
+def _policy_headers(cfg: Config) -> list[RequestHeaders]:
+    return [p.headers(cfg) for p in POLICIES if p.headers is not None]
 
 
 def build_groups(cfg: Config, old: Config | None = None,
@@ -98,7 +102,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     limits = cfg.server.limits
     groups = groups if groups is not None else build_groups(cfg)
     specs = []
-    strip = strip_headers(cfg)
+    strip = [name for h in _policy_headers(cfg) for name in h.strip]
     for i, r in enumerate(cfg.routes):
         rt = RouteRT()
         rt.name = r.name
@@ -107,9 +111,9 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.max_body = r.max_body if r.max_body is not None else limits.max_body
         rt.strip = len(r.path[:-2].encode()) if (r.strip_prefix and r.path.endswith("/*")) else 0
         rt.req_add = _header_bytes(r.request_headers.add)
-        # A route's added headers replace anything the client sent under those names; the API key header
-        # is not sent on unless auth.api_key.forward (identity headers never get this far: the readers
-        # drop them, see header_table).
+        # A route's added headers replace anything the client sent under those names; the headers the
+        # policies strip (the API key header unless auth.api_key.forward) are not sent on (identity headers
+        # never get this far: the readers drop them, see header_table).
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))

@@ -1,29 +1,31 @@
-"""[consumers.NAME]: the API's clients, by name. The auth policy maps credentials to them (API-key
-hashes, JWT subjects, certificate subjects) and gives them scopes and roles; the traffic policy gives them
-a rate plan."""
+"""[consumers.NAME]: the API's clients, by name. Their keys are the policies' (the registry): the auth
+policy maps credentials to them (API-key hashes, JWT subjects, certificate subjects) and gives them scopes
+and roles; the traffic policy gives them a rate plan."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from fastgw.config.checks import NAME
-from fastgw.config.schema import keypath
+from fastgw.config.schema import compose, keypath
+from fastgw.policies import POLICIES
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
 
 
-class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """[consumers.NAME]: identity fields (the traffic policy adds the consumer's plan here)."""
+class ConsumerCore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A consumer has a name (its key) and the keys the policies add; `Consumer` is composed from them."""
 
-    api_keys_sha256: list[str] = msgspec.field(default_factory=list)
-    jwt_subjects: list[str] = msgspec.field(default_factory=list)
-    cert_subjects: list[str] = msgspec.field(default_factory=list)
-    scopes: list[str] = msgspec.field(default_factory=list)
-    roles: list[str] = msgspec.field(default_factory=list)
-    plan: str | None = None                 # rate plan of this consumer ([plans.NAME]); overrides the route's
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...     # a key a policy adds (typed in its config module)
 
+
+if TYPE_CHECKING:
+    Consumer = ConsumerCore
+else:
+    Consumer = compose("Consumer", ConsumerCore, [p.consumer for p in POLICIES if p.consumer is not None], __name__)
 
 
 def check(cfg: Config, errors: list[str]) -> None:

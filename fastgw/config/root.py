@@ -15,38 +15,44 @@ Loading has three passes:
    error.
 
 Each section's schema and checks live with what it configures: fastgw/config/server.py, upstreams.py,
-routes.py, consumers.py, and the policies' own (fastgw/policies/*/config.py).
+routes.py, consumers.py, and the policies' own (fastgw/policies/*/config.py), which the policy registry
+(fastgw/policies/__init__.py) composes into the root, [[routes]] and [consumers.NAME].
 """
 from __future__ import annotations
 
 import hashlib
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from fastgw.config import consumers, routes, server, upstreams
 from fastgw.config.consumers import Consumer
 from fastgw.config.routes import Route
-from fastgw.config.schema import _from_msgspec, _syntax_error, walk_struct
+from fastgw.config.schema import _from_msgspec, _syntax_error, compose, walk_struct
 from fastgw.config.server import Admin, Server
 from fastgw.config.upstreams import Upstream
-from fastgw.policies.auth import config as auth
-from fastgw.policies.auth.config import Auth
-from fastgw.policies.ratelimit import config as ratelimit
-from fastgw.policies.ratelimit.config import RateLimitTable, RatePlan, RedisStore
+from fastgw.policies import POLICIES
 
 
-class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ConfigCore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The top-level keys of the gateway itself; `Config` adds each policy's sections (the registry)."""
+
     server: Server = msgspec.field(default_factory=Server)
     admin: Admin = msgspec.field(default_factory=Admin)
     upstreams: dict[str, Upstream]
     routes: list[Route]
-    redis: RedisStore | None = None
-    plans: dict[str, RatePlan] = msgspec.field(default_factory=dict)
-    ratelimit: RateLimitTable = msgspec.field(default_factory=RateLimitTable)
-    auth: Auth = msgspec.field(default_factory=Auth)
     consumers: dict[str, Consumer] = msgspec.field(default_factory=dict)
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...     # a policy's section (typed in its config module)
+
+
+if TYPE_CHECKING:
+    Config = ConfigCore
+else:
+    Config = compose("Config", ConfigCore, [p.sections for p in POLICIES], __name__)
 
 
 class ConfigError(Exception):
@@ -99,9 +105,9 @@ def config_hash(path_or_bytes: str | Path | bytes) -> str:
 def _validate(cfg: Config) -> list[str]:
     errors: list[str] = []
     server.check(cfg, errors)
-    ratelimit.check(cfg, errors)
     consumers.check(cfg, errors)
-    auth.check(cfg, errors)
+    for p in POLICIES:
+        p.check(cfg, errors)
     upstreams.check(cfg, errors)
     routes.check(cfg, errors)
     return errors

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from fastgw import headers
 from fastgw.config.checks import HOSTNAME, NAME, TOKEN
-from fastgw.config.schema import Size, keypath
+from fastgw.config.schema import Size, compose, keypath
+from fastgw.policies import POLICIES
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -29,7 +30,9 @@ class HeaderRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     remove: list[str] = msgspec.field(default_factory=list)
 
 
-class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class RouteCore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The keys of [[routes]] the gateway itself reads; `Route` adds each policy's (the registry)."""
+
     name: str
     path: str
     upstream: str
@@ -40,12 +43,15 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     max_body: Size | None = None
     request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
     response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
-    plan: str | None = None                  # rate plan; a consumer's own plan overrides it
-    auth: list[str] = msgspec.field(default_factory=list)
-    scopes: list[str] = msgspec.field(default_factory=list)
-    roles: list[str] = msgspec.field(default_factory=list)
-    ip_allow: list[str] = msgspec.field(default_factory=list)
-    ip_deny: list[str] = msgspec.field(default_factory=list)
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...     # a key a policy adds (typed in its config module)
+
+
+if TYPE_CHECKING:
+    Route = RouteCore
+else:
+    Route = compose("Route", RouteCore, [p.route for p in POLICIES if p.route is not None], __name__)
 
 
 def path_errors(path: str) -> list[str]:

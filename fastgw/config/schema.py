@@ -5,13 +5,16 @@ types, and turns duration/size strings into float seconds / int bytes. It collec
 key path ("routes[2].upstream", "auth.jwt.\"my idp\".issuer"). msgspec alone stops at the first error and
 cannot say which key of a table was wrong; msgspec.convert then builds the Structs from what the walk
 returns. Fields whose TOML value is a unit string are annotated `Duration` or `Size` (defined here).
+
+A table whose keys several owners declare (the root, [[routes]], [consumers.NAME]: the gateway's own keys
+plus each policy's, fastgw/policies/__init__.py) is one Struct built by `compose`.
 """
 from __future__ import annotations
 
 import json
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -36,6 +39,23 @@ class _Unit:
 # A size may also be a TOML integer, meaning bytes.
 Duration = Annotated[float, _Unit("duration", parse_duration, (str,))]
 Size = Annotated[int, _Unit("size", parse_size, (str, int))]
+
+
+def compose(name: str, core: type[msgspec.Struct], parts: Iterable[type[msgspec.Struct]],
+            module: str) -> type[msgspec.Struct]:
+    """One Struct named `name` (a subclass of `core`) with the fields of `core` and of every part, in that
+    order. A key declared by two owners is a programming error, raised at import."""
+    owner = {f.encode_name: core.__qualname__ for f in msgspec.structs.fields(core)}
+    fields: list[tuple[str, Any, Any]] = []
+    for part in parts:
+        for f in msgspec.structs.fields(part):
+            if f.encode_name in owner:
+                raise TypeError(f"{name}.{f.encode_name}: declared by {owner[f.encode_name]} and {part.__module__}")
+            owner[f.encode_name] = part.__module__
+            spec: dict[str, Any] = {"default": f.default, "default_factory": f.default_factory}
+            fields.append((f.name, f.type, msgspec.field(**spec, name=f.encode_name)))
+    return msgspec.defstruct(name, fields, bases=(core,), module=module, frozen=True, forbid_unknown_fields=True,
+                             kw_only=True)
 
 
 def _syntax_error(source: str, message: str, text: str) -> str:

@@ -28,8 +28,11 @@ Region layout, in words (kept in step with the DEF constants in proxy.pyx):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from fastgw.process.shm import Section
 
 if TYPE_CHECKING:
     from fastgw.process.shm import SharedMemory
@@ -67,6 +70,25 @@ def route_base(slot: int) -> int:
 
 def region_bytes(routes: int = ROUTE_SLOTS) -> int:
     return (HEADER + routes * ROUTE) * 8
+
+
+SECTION = "metrics"
+
+
+def shm_section(workers: int) -> Section:
+    """The metrics section of the shared file: one region per worker slot."""
+    return Section(SECTION, workers * region_bytes())
+
+
+def region(shm: SharedMemory, slot: int) -> memoryview:
+    """The metrics region of worker `slot`, as raw bytes (for Worker.attach_metrics)."""
+    size = region_bytes()
+    return shm.section(SECTION)[slot * size:(slot + 1) * size]
+
+
+def words(shm: SharedMemory, slot: int) -> memoryview:
+    """The metrics region of worker `slot` as 64-bit words."""
+    return region(shm, slot).cast("Q")
 
 
 
@@ -110,17 +132,17 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     conns = limit = reached = overruns = 0
     hdrop = [0] * len(HEADER_DROPS)
     for w in range(workers):
-        words = shm.words(w)
+        ws = words(shm, w)
         if w in live:
-            conns += words[H_CONNS]
-            limit += words[H_CONN_LIMIT]
+            conns += ws[H_CONNS]
+            limit += ws[H_CONN_LIMIT]
         for k in range(len(HEADER_DROPS)):
-            hdrop[k] += words[H_HDROP + k]
-        reached += words[H_CONN_FULL]
-        overruns += words[H_OVERRUNS]
+            hdrop[k] += ws[H_HDROP + k]
+        reached += ws[H_CONN_FULL]
+        overruns += ws[H_OVERRUNS]
         for slot in range(used_slots):
             base = route_base(slot)
-            block = words[base:base + ROUTE].tolist()
+            block = ws[base:base + ROUTE].tolist()
             if not any(block):
                 continue
             for i in range(40):
@@ -137,7 +159,7 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
             for k in range(len(AUTH_REASONS)):
                 if block[AUTHF + k]:
                     authf[(slot, k)] = authf.get((slot, k), 0) + block[AUTHF + k]
-        words.release()
+        ws.release()
     return Snapshot(requests, hist, sum_us, uperr, conns, authf, hdrop, limit, reached, overruns)
 
 
@@ -147,14 +169,16 @@ def log_dropped(shm: SharedMemory, workers: int) -> dict[str, int]:
     for reason, word in LOG_DROP_REASONS:
         out[reason] = 0
         for w in range(workers):
-            words = shm.words(w)
-            out[reason] += words[word]
-            words.release()
+            ws = words(shm, w)
+            out[reason] += ws[word]
+            ws.release()
     return out
 
 
-def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) -> str:
-    """Prometheus text format 0.0.4. `names[slot]` is the route label of each slot."""
+def render(snap: Snapshot | None, names: list[str], process: dict[str, object],
+           families: Sequence[list[str]] = ()) -> str:
+    """Prometheus text format 0.0.4. `names[slot]` is the route label of each slot. `families` are the
+    lines of the families other owners register (each policy's, through the registry), appended."""
     out: list[str] = []
 
     def family(name: str, kind: str, help_: str) -> None:
@@ -228,4 +252,6 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object]) 
             out.append(f"fastgw_log_dropped_total{_labels(reason=reason)} {n}")
     family("fastgw_draining", "gauge", "1 after SIGTERM, while the gateway drains.")
     out.append(f"fastgw_draining {1 if process['draining'] else 0}")
+    for lines in families:
+        out.extend(lines)
     return "\n".join(out) + "\n"

@@ -1,7 +1,59 @@
-"""Route policies: what runs between routing and the upstream.
+"""The policy registry: every route policy, in the order it runs on a route, with what it registers.
 
-Each policy is a package: its config (schema and checks, fastgw/policies/NAME/config.py, which imports no
-compiled code so that `fastgw check` works before a build), its logic, and the registration of what it
-owns. fastgw/policies/chain.py builds a route's gate from them; fastgw/policies/contract.py has the types
-a policy answers with.
+A policy is a package, fastgw/policies/NAME/: its config module (the keys it adds to the config file and
+their checks; it imports no compiled code, so `fastgw check` works before a build), its logic, and a
+runtime module with the hooks of fastgw/policies/contract.py `Runtime` (build the route's policy; its
+shared-memory sections; its resources in a worker; its metric families). The rest of the gateway reaches a
+policy only through this registry:
+
+  fastgw/config/         composes the root Config from each policy's `sections`, [[routes]] from its
+                         `route` keys and [consumers.NAME] from its `consumer` keys, and runs its `check`
+  fastgw/compile.py      builds each route's chain (fastgw/policies/chain.py) and the wire table's
+                         policy-given header roles (`headers`)
+  fastgw/process/        the supervisor creates the registered shared-memory sections and renders the
+                         registered metric families; a worker attaches each policy's resources
+  fastgw/cli.py          `fastgw check` prints each policy's `summary`
+
+Adding a policy is a new package and one entry in POLICIES.
 """
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+
+from fastgw.policies.auth import config as auth
+from fastgw.policies.contract import RequestHeaders, Runtime
+from fastgw.policies.ratelimit import config as ratelimit
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    sections: type[msgspec.Struct]                    # its top-level keys
+    route: type[msgspec.Struct] | None                # its keys in [[routes]]
+    consumer: type[msgspec.Struct] | None             # its keys in [consumers.NAME]
+    check: Callable[[Any, list[str]], None]           # (config, errors): appends "key.path: reason" lines
+    runtime: str                                      # the module of its Runtime hooks (compiled code allowed)
+    headers: Callable[[Any], RequestHeaders] | None = None    # request headers its config gives a role
+    summary: Callable[[Any, int], list[str]] | None = None    # (config, workers) -> `fastgw check` lines
+    # The request phases it implements. Today every policy runs as a request gate (`check`); listing them
+    # lets a route be compiled to run only the phases its policies implement.
+    phases: tuple[str, ...] = ("on_request",)
+
+
+# In the order a route runs them: identity first (the rate limiter reads the consumer and its plan).
+POLICIES: tuple[Registration, ...] = (
+    Registration("auth", auth.Sections, auth.RouteKeys, auth.ConsumerKeys, auth.check,
+                 "fastgw.policies.auth.policy", headers=auth.request_headers),
+    Registration("ratelimit", ratelimit.Sections, ratelimit.RouteKeys, ratelimit.ConsumerKeys, ratelimit.check,
+                 "fastgw.policies.ratelimit.policy", summary=ratelimit.summary),
+)
+
+
+def runtime(p: Registration) -> Runtime:
+    """The policy's runtime module (imported on first use: it may load compiled code)."""
+    return cast(Runtime, importlib.import_module(p.runtime))

@@ -1,26 +1,23 @@
-"""A route's gate: its policies, built once per config load, chained in stage order (auth, then quota, then
-transform); the first rejection wins. A route without policies has ``gate = None`` and pays nothing.
+"""A route's gate: its policies, built once per config load by each registered policy's `build`
+(fastgw/policies/__init__.py), chained in the registry's order; the first rejection wins. A route without
+policies has ``gate = None`` and pays nothing.
 
-A stage module exposes ``build(cfg, route, services, mslot) -> Policy | None``; ``services`` holds the
-worker's long-lived resources (shared memory, store clients, "metrics_words": the worker's metrics region),
-or is empty when compiling for ``fastgw check``; ``mslot`` is the route's metrics slot (-1: none).
+``services`` holds the worker's long-lived resources (shared memory, store clients, "metrics_words": the
+worker's metrics region), or is empty when compiling for ``fastgw check``; ``mslot`` is the route's
+metrics slot (-1: none).
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastgw._core.gates import Chain, Gate
+from fastgw.policies import POLICIES, runtime
 from fastgw.policies.contract import Rejection, Result
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
     from fastgw.config.routes import Route
-
-# Stage modules, in the order their policies run on a route.
-STAGES: tuple[str, ...] = ("fastgw.policies.auth.policy", "fastgw.policies.ratelimit.policy")
-
 
 # A stage policy derives from fastgw._core.gates.Gate (its `check` is called from C by the Chain).
 Policy = Gate
@@ -28,8 +25,8 @@ Policy = Gate
 
 def build_route_policies(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> list[Policy]:
     out = []
-    for name in STAGES:
-        p = importlib.import_module(name).build(cfg, route, services, mslot)
+    for reg in POLICIES:
+        p = runtime(reg).build(cfg, route, services, mslot)
         if p is not None:
             out.append(p)
     return out

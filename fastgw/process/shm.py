@@ -3,18 +3,27 @@ worker.
 
 The supervisor creates one shared-memory file (memfd: anonymous, gone when the last process holding it
 exits, nothing to clean up in /dev/shm) and hands its descriptor to every worker it spawns. The file is cut
-into named sections (`Layout`): "metrics" (fastgw/observe/metrics.py), the traffic policy's "ratelimit"
-(the per-host bucket table, fastgw/_core/buckets.pyx) and "rlstats" (its per-worker decision counters,
-fastgw/policies/ratelimit/stats.py), and "authfail" (the failed-credential budget per client address,
-fastgw/policies/auth/failbudget.py). Workers map it and write; the supervisor maps it and reads.
+into the sections their owners register (a `Section`: name, size, how to format it): "metrics"
+(fastgw/observe/metrics.py) and each policy's (fastgw/policies/__init__.py, the registry: e.g. the traffic
+policy's bucket table). This module names none of them. Workers map the file and write; the supervisor
+maps it and reads.
 """
 from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fastgw.observe.metrics import ROUTE_SLOTS, region_bytes
+
+@dataclass(frozen=True)
+class Section:
+    """A named part of the shared file. `init` formats it once, in the supervisor, on fresh (zeroed)
+    pages."""
+
+    name: str
+    size: int
+    init: Callable[[memoryview], None] | None = None
 
 
 @dataclass
@@ -25,6 +34,8 @@ class Layout:
     size: int = 0
 
     def add(self, name: str, size: int) -> None:
+        if name in self.sections:
+            raise ValueError(f"shared-memory section {name!r} registered twice")
         page = mmap.PAGESIZE
         self.sections[name] = (self.size, size)
         self.size += (size + page - 1) // page * page
@@ -50,14 +61,17 @@ class SharedMemory:
         self.map = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     @classmethod
-    def create(cls, workers: int, routes: int = ROUTE_SLOTS, extra: dict[str, int] | None = None) -> SharedMemory:
+    def create(cls, sections: Sequence[Section]) -> SharedMemory:
         layout = Layout()
-        layout.add("metrics", workers * region_bytes(routes))
-        for name, size in (extra or {}).items():      # e.g. "ratelimit": the per-host bucket table
-            layout.add(name, size)
+        for s in sections:
+            layout.add(s.name, s.size)
         fd = os.memfd_create("fastgw-shared", os.MFD_CLOEXEC)   # workers get it through pass_fds
         os.ftruncate(fd, layout.size)
-        return cls(fd, layout)
+        shm = cls(fd, layout)
+        for s in sections:
+            if s.init is not None:
+                s.init(shm.section(s.name))
+        return shm
 
     @classmethod
     def attach(cls, fd: int, layout: Layout) -> SharedMemory:
@@ -66,12 +80,3 @@ class SharedMemory:
     def section(self, name: str) -> memoryview:
         off, size = self.layout.sections[name]
         return memoryview(self.map)[off:off + size]
-
-    def region(self, slot: int, routes: int = ROUTE_SLOTS) -> memoryview:
-        """The metrics region of worker `slot`, as raw bytes (for Worker.attach_metrics)."""
-        size = region_bytes(routes)
-        return self.section("metrics")[slot * size:(slot + 1) * size]
-
-    def words(self, slot: int, routes: int = ROUTE_SLOTS) -> memoryview:
-        return self.region(slot, routes).cast("Q")
-

@@ -39,11 +39,10 @@ import msgspec
 from fastgw import __version__
 from fastgw.config.checks import parse_hostport
 from fastgw.config.root import Config, ConfigError, config_hash, loads
+from fastgw.observe import metrics
 from fastgw.observe.log import log, set_context, set_level
 from fastgw.observe.metrics import NO_ROUTE, ROUTE_SLOTS, log_dropped, render, snapshot
-from fastgw.policies.auth import failbudget as authfail
-from fastgw.policies.ratelimit import policy as ratelimit
-from fastgw.policies.ratelimit import stats as rlstats
+from fastgw.policies import POLICIES, runtime
 from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
@@ -188,7 +187,7 @@ class Supervisor:
         writer.close()
         slot.proc, slot.writer, slot.gen = None, None, 0
         if self.shm is not None:
-            self.shm.words(slot.index)[0] = 0     # its open-connections gauge is stale now
+            metrics.words(self.shm, slot.index)[metrics.H_CONNS] = 0     # its open-connections gauge is stale now
         reason = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
         expected = self.stopping or self.draining
         log("worker_exit", level="info" if expected and code == 0 else "error", worker=slot.index,
@@ -235,11 +234,9 @@ class Supervisor:
                    "running": len(live), "ready": sum(1 for s in self.slots if s.proc is not None and s.gen == self.gen),
                    "restarts": self.restarts, "draining": self.draining,
                    "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
-        text = render(snap, self.route_names, process)
-        if self.shm is not None and "rlstats" in self.shm.layout.sections:
-            regions = rlstats.stats_regions(self.shm, self.nworkers)
-            text += "\n".join(rlstats.render_metrics(regions, [regions[i] for i in sorted(live)], self.cfg)) + "\n"
-        return 200, PROMETHEUS, text
+        families = ([runtime(p).metrics(self.shm, self.nworkers, sorted(live), self.cfg) for p in POLICIES]
+                    if self.shm is not None else [])
+        return 200, PROMETHEUS, render(snap, self.route_names, process, families)
 
     # -- signals ---------------------------------------------------------------------------------------
     def on_sighup(self) -> None:
@@ -326,10 +323,8 @@ class Supervisor:
         set_level(self.cfg.server.log_level)
         loop = asyncio.get_running_loop()
         self.bind_all()
-        self.shm = SharedMemory.create(self.nworkers, extra={**ratelimit.shm_sections(self.cfg, self.nworkers),
-                                                              **authfail.shm_sections()})
-        ratelimit.init_shared(self.shm)
-        authfail.init_shared(self.shm)
+        self.shm = SharedMemory.create([metrics.shm_section(self.nworkers),
+                                        *(s for p in POLICIES for s in runtime(p).shm_sections(self.cfg, self.nworkers))])
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
         try:

@@ -28,11 +28,11 @@ from fastgw._core.proxy import UpstreamGroup, Worker
 from fastgw.clientaddr import nets
 from fastgw.compile import build_groups, compile_config
 from fastgw.config.root import Config, loads
+from fastgw.observe import metrics
 from fastgw.observe.access import AccessLog
 from fastgw.observe.log import log, log_dropped_headers, set_context, set_level
 from fastgw.observe.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS
-from fastgw.policies.auth import failbudget as authfail
-from fastgw.policies.ratelimit import policy as ratelimit
+from fastgw.policies import POLICIES, runtime
 from fastgw.process.admission import max_connections, raise_nofile
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import Listeners
@@ -54,7 +54,7 @@ class WorkerProcess:
         self.socks = socks
         self.ctl = ctl
         self.shm = shm
-        self.words: memoryview | None = shm.words(slot) if shm is not None else None
+        self.words: memoryview | None = metrics.words(shm, slot) if shm is not None else None
         self.cfg: Config | None = None
         self.groups: dict[str, UpstreamGroup] = {}
         self.retired: list[tuple[float, UpstreamGroup]] = []
@@ -75,16 +75,17 @@ class WorkerProcess:
         cfg = loads(msg["toml"], source=f"config generation {msg['gen']}")
         groups = build_groups(cfg, self.cfg, self.groups)
         if self.services is None:
-            self.services = ratelimit.worker_services(self.shm, self.slot, loop)
-            authfail.attach(self.shm, self.services)
+            self.services = {"loop": loop}
+            for p in POLICIES:
+                runtime(p).attach(self.shm, self.slot, self.services)
             if self.shm is not None:
-                self.services["metrics_words"] = self.shm.words(self.slot, ROUTE_SLOTS)
+                self.services["metrics_words"] = metrics.words(self.shm, self.slot)
         rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()}, self.services)
         if self.w is None:
             self.w = Worker(rt, loop, os.urandom(5).hex().encode() + b"%x-" % self.slot)
             self.w.sweep(loop.time(), date_header(time.time()))
             if self.shm is not None and cfg.admin.metrics:
-                self.w.attach_metrics(self.shm.region(self.slot), ROUTE_SLOTS)
+                self.w.attach_metrics(metrics.region(self.shm, self.slot), ROUTE_SLOTS)
             self.w.on_full = self.listeners.pause
             self.w.on_room = self.listeners.resume
         else:

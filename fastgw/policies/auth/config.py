@@ -1,5 +1,7 @@
 """The auth policy's config: [auth.api_key], [auth.jwt.NAME], the identity keys of [consumers.NAME] and
-of [[routes]] (auth, scopes, roles, ip_allow, ip_deny); their schema and checks."""
+of [[routes]] (auth, scopes, roles, ip_allow, ip_deny); their schema and checks, and the request headers
+the config gives a role. (The server-wide defaults server.ip_allow, server.ip_deny, server.trusted_proxies
+and server.limits.auth_failures are [server] keys: fastgw/config/server.py.)"""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,7 @@ import msgspec
 from fastgw import headers
 from fastgw.config.checks import NAME, TOKEN, check_cidrs
 from fastgw.config.schema import Duration, keypath
+from fastgw.policies.contract import RequestHeaders
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -61,6 +64,32 @@ class JwtIssuer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     api_key: ApiKeyAuth = msgspec.field(default_factory=ApiKeyAuth)
     jwt: dict[str, JwtIssuer] = msgspec.field(default_factory=dict)
+
+
+class Sections(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The policy's top-level keys (composed into the root Config)."""
+
+    auth: Auth = msgspec.field(default_factory=Auth)
+
+
+class RouteKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The policy's keys in [[routes]]."""
+
+    auth: list[str] = msgspec.field(default_factory=list)        # methods: "api_key", "jwt:NAME", "mtls"
+    scopes: list[str] = msgspec.field(default_factory=list)
+    roles: list[str] = msgspec.field(default_factory=list)
+    ip_allow: list[str] = msgspec.field(default_factory=list)
+    ip_deny: list[str] = msgspec.field(default_factory=list)
+
+
+class ConsumerKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The policy's keys in [consumers.NAME]: the credentials that name the consumer, its scopes and roles."""
+
+    api_keys_sha256: list[str] = msgspec.field(default_factory=list)
+    jwt_subjects: list[str] = msgspec.field(default_factory=list)
+    cert_subjects: list[str] = msgspec.field(default_factory=list)
+    scopes: list[str] = msgspec.field(default_factory=list)
+    roles: list[str] = msgspec.field(default_factory=list)
 
 
 def check(cfg: Config, errors: list[str]) -> None:
@@ -176,8 +205,15 @@ def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str], allow_un
             errors.append(f"{kp}: {header} cannot carry a claim ({headers.why(header)})")
 
 
-def strip_headers(cfg: Config) -> list[str]:
-    """Credential headers the client may not send upstream: the API key header unless
-    auth.api_key.forward. (Identity headers, X-Consumer and every claims_to_headers target, are dropped
-    by the request readers: fastgw/headers.py, compile.header_table.)"""
-    return [] if cfg.auth.api_key.forward else [cfg.auth.api_key.header]
+def request_headers(cfg: Config) -> RequestHeaders:
+    """- identity: every claims_to_headers target (the client's copy is dropped, like X-Consumer's);
+    - credentials: every header the config reads a credential from (the API-key header, JWT issuers'
+      `header`, and Cookie when an issuer reads a cookie): with two copies the gateway would check one
+      and the upstream might read the other;
+    - strip: the API key header, unless auth.api_key.forward."""
+    jwt = cfg.auth.jwt.values()
+    identity = [h for i in jwt for h in i.claims_to_headers.values()]
+    credentials = [cfg.auth.api_key.header] + [i.header for i in jwt if i.header]
+    if any(i.cookie for i in jwt):
+        credentials.append("Cookie")
+    return RequestHeaders(identity, credentials, [] if cfg.auth.api_key.forward else [cfg.auth.api_key.header])

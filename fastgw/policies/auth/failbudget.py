@@ -31,6 +31,7 @@ from fastgw._core import buckets as B
 from fastgw._core.gates import FailGate
 from fastgw.config.units import parse_rate
 from fastgw.observe.metrics import AUTH_REASONS
+from fastgw.process.shm import Section
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -42,13 +43,11 @@ _SEED = B.hash_key(0, b"fastgw auth failures")
 NS = 1_000_000_000
 
 
-def shm_sections() -> dict[str, int]:
-    """Shared-memory sections the supervisor creates for the failure budget."""
-    return {SECTION: TABLE_BYTES}
+def _format(mem: memoryview) -> None:
+    B.Table(mem, init=True, zeroed=True)     # a fresh memfd: untouched pages
 
 
-def init_shared(shm: Any) -> None:
-    B.Table(shm.section(SECTION), init=True, zeroed=True)   # a fresh memfd: untouched pages
+SHM_SECTION = Section(SECTION, TABLE_BYTES, _format)    # the host's table, in the shared file
 
 
 def attach(shm: Any, services: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from fastgw.policies.auth.iprules import FORBIDDEN_IP, IpRules
 from fastgw.policies.auth.jwt import Issuer, issuer
 from fastgw.policies.auth.mtls import CertSubjects
 from fastgw.policies.contract import Rejection
+from fastgw.process.shm import Section, SharedMemory
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -144,3 +145,19 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
     if words is not None and 0 <= mslot and route_base(mslot + 1) <= len(words):
         pol.count_failures(words, route_base(mslot) + AUTHF)
     return pol
+
+
+# -- registered hooks (fastgw/policies/contract.py Runtime) ----------------------------------------------
+
+def shm_sections(cfg: Config, workers: int) -> list[Section]:
+    return [failbudget.SHM_SECTION]
+
+
+def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
+    failbudget.attach(shm, services)
+
+
+def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
+    """None of its own: refusals are counted per route in the metrics region (fastgw_auth_failures_total,
+    fastgw/observe/metrics.py)."""
+    return []

@@ -55,6 +55,26 @@ class RateLimitTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     table_size: Size = 16 * 1024 * 1024
 
 
+class Sections(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The policy's top-level keys (composed into the root Config)."""
+
+    redis: RedisStore | None = None
+    plans: dict[str, RatePlan] = msgspec.field(default_factory=dict)
+    ratelimit: RateLimitTable = msgspec.field(default_factory=RateLimitTable)
+
+
+class RouteKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The policy's key in [[routes]]."""
+
+    plan: str | None = None                  # rate plan; a consumer's own plan overrides it
+
+
+class ConsumerKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The policy's key in [consumers.NAME]."""
+
+    plan: str | None = None                 # rate plan of this consumer ([plans.NAME]); overrides the route's
+
+
 def check(cfg: Config, errors: list[str]) -> None:
     known = ", ".join(sorted(cfg.plans)) or "none"
     for pname, plan in cfg.plans.items():
@@ -135,9 +155,11 @@ def limit_name(lim: PlanLimit) -> str:
     return "rate" if lim.rate is not None else "concurrency"
 
 
-def overshoot_summary(cfg: Config, workers: int) -> list[str]:
+def summary(cfg: Config, workers: int) -> list[str]:
     """Lines for `fastgw check`: where each plan's state lives and, in lease mode, the worst case."""
-    out = []
+    if not cfg.plans:
+        return []
+    out = ["", f"plans ({len(cfg.plans)}):"]
     for name, plan in cfg.plans.items():
         sync = plan.sync if cfg.redis is not None else "local"
         note = "" if sync == plan.sync else f" (sync = {plan.sync}, but no [redis]: enforced per host)"

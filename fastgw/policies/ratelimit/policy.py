@@ -55,9 +55,13 @@ from fastgw.policies.ratelimit.stats import (
     D_SHADOW,
     D_UNAVAILABLE,
     STATS_REGION_BYTES,
+    STATS_SECTION,
     Stats,
+    render_metrics,
+    stats_region,
 )
 from fastgw.policies.ratelimit.store import Store
+from fastgw.process.shm import Section, SharedMemory
 from fastgw.store.redis import StoreDown
 
 if TYPE_CHECKING:
@@ -65,28 +69,7 @@ if TYPE_CHECKING:
     from fastgw.config.routes import Route
 
 PRIVATE_TABLE = 1024 * 1024          # bytes of the per-worker lease table / the table without shm
-
-
-def shm_sections(cfg: Config, workers: int) -> dict[str, int]:
-    """Shared-memory sections the supervisor creates for the traffic policy."""
-    return {"ratelimit": cfg.ratelimit.table_size, "rlstats": workers * STATS_REGION_BYTES}
-
-
-def init_shared(shm: Any) -> None:
-    """Supervisor side: format the host's bucket table and give this instance its random id."""
-    table = B.Table(shm.section("ratelimit"), init=True, zeroed=True)   # a fresh memfd: untouched pages
-    table.instance = int.from_bytes(os.urandom(8), "big") or 1
-
-
-
-def worker_services(shm: Any, slot: int, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
-    """Worker side: the long-lived resources policies get in `services`."""
-    services: dict[str, Any] = {"loop": loop}
-    if shm is not None and "ratelimit" in shm.layout.sections:
-        services["ratelimit_table"] = B.Table(shm.section("ratelimit"), init=False)
-        sec = shm.section("rlstats")
-        services["ratelimit_stats"] = Stats(sec[slot * STATS_REGION_BYTES:(slot + 1) * STATS_REGION_BYTES].cast("Q"))
-    return services
+TABLE_SECTION = "ratelimit"          # the host's bucket table in the shared file
 
 
 def _services(cfg: Config, services: dict[str, Any]) -> tuple[B.Table, B.Table, Stats | None, Store | None]:
@@ -373,3 +356,29 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
         plans[name] = rt
     default = plans.get(route.plan) if route.plan is not None else None
     return RateLimitPolicy(route, default, plans, stats)
+
+
+# -- registered hooks (fastgw/policies/contract.py Runtime) ----------------------------------------------
+
+def _format_table(mem: memoryview) -> None:
+    """The host's bucket table, and this instance's random id (kept in it)."""
+    table = B.Table(mem, init=True, zeroed=True)   # a fresh memfd: untouched pages
+    table.instance = int.from_bytes(os.urandom(8), "big") or 1
+
+
+def shm_sections(cfg: Config, workers: int) -> list[Section]:
+    return [Section(TABLE_SECTION, cfg.ratelimit.table_size, _format_table),
+            Section(STATS_SECTION, workers * STATS_REGION_BYTES)]
+
+
+def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
+    """The host's bucket table and this worker's stats region (absent without shared memory: _services
+    then makes tables of this process)."""
+    if shm is not None and TABLE_SECTION in shm.layout.sections:
+        services["ratelimit_table"] = B.Table(shm.section(TABLE_SECTION), init=False)
+        services["ratelimit_stats"] = Stats(stats_region(shm, slot))
+
+
+def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
+    regions = [stats_region(shm, i) for i in range(workers)]
+    return render_metrics(regions, [regions[i] for i in live], cfg)

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
+    from fastgw.process.shm import SharedMemory
+
+STATS_SECTION = "rlstats"
 
 # Decisions counted per (route, plan): fastgw_ratelimit_decisions_total{decision=...}.
 DECISIONS = ("allowed", "rate_limited", "quota_exceeded", "shadow_rejected", "store_unavailable", "degraded")
@@ -115,7 +118,7 @@ def render_metrics(regions: list[Any], live: list[Any], cfg: Config) -> list[str
 
 
 
-def stats_regions(shm: Any, workers: int) -> list[Any]:
-    sec = shm.section("rlstats")
-    return [sec[i * STATS_REGION_BYTES:(i + 1) * STATS_REGION_BYTES].cast("Q") for i in range(workers)]
+def stats_region(shm: SharedMemory, slot: int) -> memoryview:
+    """The region of worker `slot`, as 64-bit words."""
+    return shm.section(STATS_SECTION)[slot * STATS_REGION_BYTES:(slot + 1) * STATS_REGION_BYTES].cast("Q")
 
