@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastgw.config.server import TlsListener
-from fastgw.config.upstreams import UpstreamTLS
+if TYPE_CHECKING:     # the config validates certificates with this module (fastgw/config/upstreams.py)
+    from fastgw.config.server import TlsListener
+    from fastgw.config.upstreams import UpstreamTLS
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
 

@@ -8,6 +8,7 @@ import msgspec
 
 from fastgw.config.checks import NAME, parse_hostport
 from fastgw.config.schema import Duration, keypath
+from fastgw.tls import upstream_context
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -64,7 +65,6 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
             if f is not None and not os.path.isfile(f):
                 errors.append(f'{path}.tls.{field}: no such file "{f}"')
         if not any(e.startswith(f"{path}.tls") for e in errors):
-            from fastgw.tls import upstream_context
             try:
                 upstream_context(t)                   # the files must load, not just exist
             except (OSError, ValueError) as e:        # ssl.SSLError is an OSError
