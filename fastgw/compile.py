@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastgw import __version__
 from fastgw._core.proxy import H2Limits, RouteRT, Runtime, Target, UpstreamGroup
 from fastgw._core.router import Router
 from fastgw._core.wire import HeaderTable
@@ -127,7 +126,6 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run.router = Router(specs)
     run.problems = build_problems()
     run.headers = header_table(cfg)
-    run.max_body = limits.max_body
     run.header_timeout = limits.header_timeout
     run.idle_timeout = limits.idle_timeout
     run.body_timeout = limits.body_timeout
@@ -138,7 +136,6 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run.max_line = limits.max_request_line
     run.max_hbytes = limits.max_header_bytes
     run.max_headers = limits.max_headers
-    run.version = __version__
     h2 = cfg.server.http2
     run.h2 = H2Limits(h2.max_concurrent_streams, h2.stream_window, h2.connection_window, h2.stall_timeout)
     return run

@@ -56,7 +56,6 @@ REFUSED_PAUSE = 0.05       # after a REFUSED_STREAM, no new stream on that conne
 UNAVAILABLE = 14
 CANCEL = 8
 REFUSED_STREAM = 7
-INTERNAL_ERROR = 2
 
 
 class ClientH2(H2Connection):

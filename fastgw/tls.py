@@ -1,12 +1,12 @@
-"""TLS termination: one SSLContext per [[server.tls]] listener (issue 5).
+"""TLS termination: one SSLContext per [[server.tls]] listener; and the client context for TLS upstreams.
 
 - Certificates: `cert`/`key` is the default; each `sni` entry serves the DNS names of its certificate
   (subjectAltName, or the CN when there is no SAN; "*.example.com" wildcards match one label). The
   choice is made in the SNI callback by switching the connection to that certificate's context.
 - Protocols: TLS 1.2 or later (`min_version`), TLS 1.2 limited to ECDHE with AES-GCM or ChaCha20-Poly1305
   (forward secrecy, AEAD only: the Mozilla "intermediate" profile), no compression, no renegotiation.
-- ALPN: `alpn` (default h2, http/1.1) is advertised; `negotiated_protocol(transport)` tells the I/O shell
-  what the client chose (None when it sent no ALPN, which means HTTP/1.1).
+- ALPN: `alpn` (default h2, http/1.1) is advertised; the I/O shell reads what the client chose from the
+  connection's ssl_object (none: HTTP/1.1).
 - mTLS: with `client_ca`, client certificates are verified against that bundle, `client_auth` "required"
   (no valid certificate, no handshake) or "optional" (the request goes on without one). The verified
   certificate reaches the auth policy (Exchange.peercert) and can map to a consumer.
@@ -80,13 +80,6 @@ def build_context(t: TlsListener) -> ssl.SSLContext:
 
     main.sni_callback = pick
     return main
-
-
-def negotiated_protocol(transport: Any) -> str | None:
-    """The ALPN protocol the client and fastgw agreed on ("h2", "http/1.1"), or None (plain TCP, or no
-    ALPN from the client: HTTP/1.1)."""
-    obj = transport.get_extra_info("ssl_object")
-    return obj.selected_alpn_protocol() if obj is not None else None
 
 
 def upstream_context(t: UpstreamTLS, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:

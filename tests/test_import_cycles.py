@@ -40,7 +40,7 @@ def all_modules() -> dict[str, list[Path]]:
     for path in sorted(PKG.rglob("*")):
         if path.suffix in (".py", ".pyx", ".pxd") and "build" not in path.parts:
             mods.setdefault(module_name(path), []).append(path)
-    for name, paths in mods.items():
+    for paths in mods.values():
         for p in [p for p in paths if p.suffix == ".pyx"]:
             for inc in _CY_INCLUDE.findall(p.read_text()):
                 paths.append(p.parent / inc)

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,6 @@ class Slot:
     started: float = 0.0
     quick_deaths: int = 0
     task: asyncio.Task[None] | None = None
-    pids: list[int] = field(default_factory=list)
 
 
 class Supervisor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
+from fastgw._core.gates import AuthGate, Identity
 from fastgw.clientaddr import ClientAddress, nets
 from fastgw.observe.metrics import AUTH_REASONS, AUTHF, route_base
 from fastgw.policies.auth import failbudget
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 _BEARER = b'WWW-Authenticate: Bearer realm="fastgw"\r\n'
 _INVALID = b'WWW-Authenticate: Bearer realm="fastgw", error="invalid_token"\r\n'
-_INSUFFICIENT = INSUFFICIENT_SCOPE
 F_MISSING, F_INVALID, F_EXPIRED, F_IP = (AUTH_REASONS.index(r) for r in ("missing", "invalid", "expired", "ip"))
 KEY_CACHE = 4096                 # verified API keys remembered by exact header value (per route policy)
 

@@ -134,22 +134,21 @@ class RateLimitPolicy(G.RateGate):
         return tag, [b"fgw:{%s}:%s:%d" % (tag, plan.name.encode(), i) for i in plan.shared]
 
     def strict(self, ex: Any, plan: PlanRT, keys: tuple[int, ...]) -> Awaitable[Rejection | None] | Rejection | None:
-        # Concurrency limits are per host: take them first (they are given back if Redis says no).
-        local_conc = None
+        # Concurrency limits are per host: take them first (given back when the request completes,
+        # refused by Redis or not: conc_only).
         if plan.has_conc:
             r = self.conc_only(ex, plan, keys)
             if r is not None:
                 return r
-            local_conc = True
         _, rkeys = self.redis_keys(plan, keys)
         try:
             fut = plan.store.client.run(TAKE, rkeys, [1, 0, *plan.redis_args])  # type: ignore[union-attr]
         except StoreDown:
             return self.degraded(ex, plan, keys)
-        return self._strict_wait(ex, plan, keys, fut, local_conc)
+        return self._strict_wait(ex, plan, keys, fut)
 
-    async def _strict_wait(self, ex: Any, plan: PlanRT, keys: tuple[int, ...], fut: asyncio.Future[Any],
-                           conc: bool | None) -> Rejection | None:
+    async def _strict_wait(self, ex: Any, plan: PlanRT, keys: tuple[int, ...],
+                           fut: asyncio.Future[Any]) -> Rejection | None:
         try:
             rep = await fut
         except StoreDown:
