@@ -113,3 +113,12 @@ def test_supervisor_creates_and_formats_the_registered_sections() -> None:
                                              "restarts": 0, "draining": False}, families)
     assert "# TYPE fastgw_ratelimit_decisions_total counter" in text
     assert text.index("fastgw_draining") < text.index("fastgw_ratelimit_decisions_total")
+
+
+def test_config_fields_are_read_by_name() -> None:
+    """The config is typed: its fields are read as attributes, never with getattr (a getattr with a
+    default hides a misspelt or moved key; mypy checks the attribute)."""
+    files = [*(PKG / "config").glob("*.py"), *(PKG / "policies").rglob("*.py")]
+    calls = [f"{f.relative_to(PKG.parent)}:{n.lineno}" for f in files for n in ast.walk(ast.parse(f.read_text()))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "getattr"]
+    assert not calls, calls

@@ -123,10 +123,13 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
     if not isinstance(s.workers, str) and s.workers < 1:
         errors.append(f'server.workers: must be at least 1 or "auto", got {s.workers}')
     lim = s.limits
-    positive = ("max_header_bytes", "max_headers", "max_request_line", "header_timeout", "idle_timeout",
-                "body_timeout", "send_timeout", "max_requests_per_connection", "max_pipelined")
-    for name in positive:
-        if getattr(lim, name) <= 0:
+    positive = {"max_header_bytes": lim.max_header_bytes, "max_headers": lim.max_headers,
+                "max_request_line": lim.max_request_line, "header_timeout": lim.header_timeout,
+                "idle_timeout": lim.idle_timeout, "body_timeout": lim.body_timeout,
+                "send_timeout": lim.send_timeout, "max_requests_per_connection": lim.max_requests_per_connection,
+                "max_pipelined": lim.max_pipelined}
+    for name, value in positive.items():
+        if value <= 0:
             errors.append(f"server.limits.{name}: must be greater than 0")
     if not isinstance(lim.max_connections, str) and not 1 <= lim.max_connections <= 10_000_000:
         errors.append(f'server.limits.max_connections: must be between 1 and 10000000 or "auto", '
@@ -144,8 +147,8 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
     if not 1 <= h2.max_concurrent_streams <= 1000:
         errors.append("server.http2.max_concurrent_streams: must be between 1 and 1000")
     # Windows: 16 KiB (one frame) up to 2^31-1 (RFC 9113 6.9.1).
-    for name in ("stream_window", "connection_window"):
-        if not 16384 <= getattr(h2, name) <= 2**31 - 1:
+    for name, window in (("stream_window", h2.stream_window), ("connection_window", h2.connection_window)):
+        if not 16384 <= window <= 2**31 - 1:
             errors.append(f"server.http2.{name}: must be between 16KiB and 2GiB-1")
     if h2.connection_window < 65535:
         errors.append("server.http2.connection_window: must be at least 65535 (the protocol's initial window)")
@@ -153,8 +156,8 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
         errors.append("server.http2.stall_timeout: must be greater than 0")
     # Zero is allowed for both drain durations (stop accepting at once / do not wait); a day is far beyond
     # any load balancer's deregistration delay (AWS NLB: at most 3600 s) and surely a unit mistake.
-    for name in ("accept_seconds", "timeout_seconds"):
-        if getattr(s.drain, name) > 86400:
+    for name, seconds in (("accept_seconds", s.drain.accept_seconds), ("timeout_seconds", s.drain.timeout_seconds)):
+        if seconds > 86400:
             errors.append(f"server.drain.{name}: must be at most 24h")
     try:
         admin = parse_hostport(cfg.admin.listen, allow_port_zero=True)
@@ -172,8 +175,8 @@ def _check_server(cfg: Config, errors: list[str]) -> None:
 
 def _check_tls(cfg: Config, errors: list[str]) -> None:
     s = cfg.server
-    for key in ("trusted_proxies", "ip_allow", "ip_deny"):
-        check_cidrs(getattr(s, key), f"server.{key}", errors)
+    for key, blocks in (("trusted_proxies", s.trusted_proxies), ("ip_allow", s.ip_allow), ("ip_deny", s.ip_deny)):
+        check_cidrs(blocks, f"server.{key}", errors)
     plain = set()
     for addr in s.listen:
         try:

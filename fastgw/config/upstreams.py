@@ -53,15 +53,15 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
             errors.append(f'{path}.targets[{i}]: invalid target "{target}": {e}')
     if up.keepalive < 0:
         errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
-    for field in ("connect_timeout", "timeout", "idle_timeout"):
-        if getattr(up, field) <= 0:
+    for field, seconds in (("connect_timeout", up.connect_timeout), ("timeout", up.timeout),
+                           ("idle_timeout", up.idle_timeout)):
+        if seconds <= 0:
             errors.append(f"{path}.{field}: must be greater than 0")
     if up.tls is not None:
         t = up.tls
         if (t.cert is None) != (t.key is None):
             errors.append(f"{path}.tls: cert and key go together (a client certificate needs its key)")
-        for field in ("ca", "cert", "key"):
-            f = getattr(t, field)
+        for field, f in (("ca", t.ca), ("cert", t.cert), ("key", t.key)):
             if f is not None and not os.path.isfile(f):
                 errors.append(f'{path}.tls.{field}: no such file "{f}"')
         if not any(e.startswith(f"{path}.tls") for e in errors):

@@ -157,7 +157,8 @@ def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str], allow_un
     if hmac and public:
         errors.append(f"{p}.algorithms: HMAC ({', '.join(hmac)}) and public-key algorithms "
                       f"({', '.join(public)}) cannot be mixed in one issuer")
-    sources = [k for k in ("jwks_file", "jwks_url", "public_key", "secret", "secret_env") if getattr(iss, k)]
+    sources = [k for k, v in (("jwks_file", iss.jwks_file), ("jwks_url", iss.jwks_url), ("public_key", iss.public_key),
+                              ("secret", iss.secret), ("secret_env", iss.secret_env)) if v]
     if len(sources) != 1:
         errors.append(f"{p}: exactly one key source is required: jwks_file, jwks_url, public_key, secret or "
                       f"secret_env (got {', '.join(sources) or 'none'})")
@@ -182,8 +183,9 @@ def _check_issuer(name: str, iss: JwtIssuer, p: str, errors: list[str], allow_un
         errors.append(f"{p}.leeway: must be between 0s and 60s (clock skew, not a grace period)")
     if iss.max_lifetime is not None and iss.max_lifetime <= 0:
         errors.append(f"{p}.max_lifetime: must be greater than 0")
-    for key in ("refresh", "refetch_min_interval", "fetch_timeout"):
-        if getattr(iss, key) <= 0:
+    for key, seconds in (("refresh", iss.refresh), ("refetch_min_interval", iss.refetch_min_interval),
+                         ("fetch_timeout", iss.fetch_timeout)):
+        if seconds <= 0:
             errors.append(f"{p}.{key}: must be greater than 0")
     if iss.cache_size < 0:
         errors.append(f"{p}.cache_size: must not be negative (0 disables the cache)")

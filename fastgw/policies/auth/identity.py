@@ -22,9 +22,9 @@ class AuthError(Exception):
 
 
 def consumer_plan(cfg: Config, name: str) -> str | None:
+    """The consumer's rate plan (consumers.NAME.plan, a key of the traffic policy), if it has one."""
     c = cfg.consumers.get(name)
-    plan = getattr(c, "plan", None) if c is not None else None   # `plan` belongs to the traffic policy
-    return plan if isinstance(plan, str) else None
+    return c.plan if c is not None else None
 
 
 def consumer_identity(cfg: Config, name: str, method: str) -> Identity:

@@ -88,7 +88,8 @@ def check(cfg: Config, errors: list[str]) -> None:
         names: set[str] = set()
         for i, lim in enumerate(plan.limits):
             lp = f"{pp}.limits[{i}]"
-            given = [k for k in ("rate", "quota", "concurrency") if getattr(lim, k) is not None]
+            given = [k for k, v in (("rate", lim.rate), ("quota", lim.quota), ("concurrency", lim.concurrency))
+                     if v is not None]
             if len(given) != 1:
                 errors.append(f"{lp}: set exactly one of rate, quota or concurrency"
                               + (f" (got {', '.join(given)})" if given else ""))
@@ -125,16 +126,18 @@ def check(cfg: Config, errors: list[str]) -> None:
     for i, r in enumerate(cfg.routes):
         if r.plan is not None and r.plan not in cfg.plans:
             errors.append(f'routes[{i}].plan: unknown plan "{r.plan}" (known: {known})')
-    for cname, consumer in getattr(cfg, "consumers", {}).items():
-        cplan = getattr(consumer, "plan", None)
+    for cname, consumer in cfg.consumers.items():
+        cplan = consumer.plan
         if cplan is not None and cplan not in cfg.plans:
             errors.append(f'{keypath(keypath("consumers", cname), "plan")}: unknown plan "{cplan}" (known: {known})')
     if cfg.redis is not None:
         rd = cfg.redis
         if not re.fullmatch(r"redis://(?::[^@/]*@)?[^:/@]+(?::\d+)?(?:/\d+)?", rd.url):
             errors.append(f'redis.url: invalid URL "{rd.url}" (use "redis://[:password@]host:port[/db]")')
-        for field in ("timeout", "retry_interval", "lease_period", "lease_ttl", "heartbeat"):
-            if getattr(rd, field) <= 0:
+        for field, seconds in (("timeout", rd.timeout), ("retry_interval", rd.retry_interval),
+                               ("lease_period", rd.lease_period), ("lease_ttl", rd.lease_ttl),
+                               ("heartbeat", rd.heartbeat)):
+            if seconds <= 0:
                 errors.append(f"redis.{field}: must be greater than 0")
         if rd.lease_max < 1:
             errors.append("redis.lease_max: must be at least 1")

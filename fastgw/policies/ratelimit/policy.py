@@ -262,7 +262,7 @@ class RateLimitPolicy(G.RateGate):
 
     def _keys_of(self, ex: Any, plan: PlanRT) -> tuple[int, ...]:
         ident = ex.identity
-        return plan.keys(ex, getattr(ident, "consumer", None) if ident is not None else None)
+        return plan.keys(ex, ident.consumer if ident is not None else None)
 
     def refill(self, plan: PlanRT, tag: int, keys: tuple[int, ...], lk: int, mono: int) -> asyncio.Future[Any]:
         """Take a batch of tokens from the global bucket; the batch follows this worker's spending rate
@@ -334,13 +334,12 @@ def _ceil_s(ms: int) -> int:
 
 
 def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> RateLimitPolicy | None:
-    consumers = getattr(cfg, "consumers", {}) or {}
-    consumer_plans = {getattr(c, "plan", None) for c in consumers.values()} - {None}
+    consumer_plans = {c.plan for c in cfg.consumers.values()} - {None}
     if route.plan is None and not consumer_plans and not cfg.plans:
         return None
     if route.plan is None and not consumer_plans:
         # Plans may still come from a token's plan claim; only when the auth stage can set one.
-        if not getattr(route, "auth", None):
+        if not route.auth:
             return None
     table, lease, stats, store = _services(cfg, services)
     cache: dict[str, PlanRT] = services.setdefault("ratelimit_plans", {}).setdefault(id(cfg), {})
