@@ -100,6 +100,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     """
     limits = cfg.server.limits
     groups = groups if groups is not None else build_groups(cfg)
+    services = services if services is not None else {}     # one for every route (issuers are shared)
     specs = []
     strip = [name for h in _policy_headers(cfg) for name in h.strip]
     for i, r in enumerate(cfg.routes):
@@ -116,7 +117,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
-        rt.gate = chain(build_route_policies(cfg, r, services if services is not None else {}, rt.mslot))
+        rt.gate = chain(build_route_policies(cfg, r, services, rt.mslot))
         rt.grpc = r.protocol == "grpc"
         if rt.grpc:
             _attach_h2_pools(rt.group, cfg.upstreams[r.upstream])

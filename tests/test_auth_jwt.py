@@ -115,7 +115,6 @@ jwt_subjects = ["client-7"]
 scopes = ["read"]
 roles = ["partner"]
 """)
-    J._ISSUERS.clear()
     pol = A.build(cfg, cfg.routes[0], {})
     assert pol is not None
     return pol
@@ -387,7 +386,6 @@ issuer = "me"
 algorithms = ["HS256"]
 secret = "0123456789abcdef0123456789abcdef"
 """)
-    J._ISSUERS.clear()
     pol = A.build(cfg, cfg.routes[0], {})
     assert pol is not None
     good = jwt.encode({"iss": "me", "sub": "s", "exp": int(time.time()) + 60}, "0123456789abcdef0123456789abcdef",
@@ -504,3 +502,32 @@ upstream = "u"
                  'auth.jwt.x.jwks_url: "ftp://x" is not an http:// or https:// URL',
                  "consumers.c.api_keys_sha256[0]: expected 64 lowercase hex digits"):
         assert want in errs, (want, errs)
+
+
+def test_issuers_belong_to_the_worker_services_not_the_module() -> None:
+    """An issuer (its fetched keys, its token cache) lives in the `services` of the worker that compiled
+    the config: kept across that worker's reloads while its settings do not change, never shared with
+    another compilation (no module-level state on the request path)."""
+    text = """
+[upstreams.u]
+targets = ["127.0.0.1:9"]
+[[routes]]
+name = "r"
+path = "/r"
+upstream = "u"
+auth = ["jwt:hs"]
+[auth.jwt.hs]
+issuer = "me"
+algorithms = ["HS256"]
+secret = "0123456789abcdef0123456789abcdef"
+"""
+    cfg = loads(text)
+    worker_a: dict[str, object] = {}
+    worker_b: dict[str, object] = {}
+    iss_a = A.build(cfg, cfg.routes[0], worker_a).methods[0][1]  # type: ignore[union-attr]
+    iss_b = A.build(cfg, cfg.routes[0], worker_b).methods[0][1]  # type: ignore[union-attr]
+    assert iss_a is not iss_b
+    again = loads(text)                      # a reload with the same settings keeps the issuer
+    assert A.build(again, again.routes[0], worker_a).methods[0][1] is iss_a  # type: ignore[union-attr]
+    changed = loads(text.replace('issuer = "me"', 'issuer = "you"'))
+    assert A.build(changed, changed.routes[0], worker_a).methods[0][1] is not iss_a  # type: ignore[union-attr]

@@ -395,22 +395,22 @@ class Issuer:
         return ident
 
 
-# Issuers survive reloads while their settings do not change, so a reload keeps the fetched keys and
-# the token cache. Keyed by name; the stored settings (JSON) decide reuse.
-_ISSUERS: dict[str, tuple[bytes, Issuer]] = {}
-
-
-def issuer(cfg: Config, name: str) -> Issuer:
+def issuer(cfg: Config, name: str, services: dict[str, Any]) -> Issuer:
+    """The issuer [auth.jwt.NAME] of `cfg`, kept in the worker's `services` (not in this module: each
+    worker, and each compilation without a worker, has its own). Issuers survive reloads while their
+    settings do not change, so a reload keeps the fetched keys and the token cache. Keyed by name; the
+    stored settings (JSON) decide reuse."""
     import msgspec
+    issuers: dict[str, tuple[bytes, Issuer]] = services.setdefault("jwt_issuers", {})
     c = cfg.auth.jwt[name]
     sig = msgspec.json.encode(c) + msgspec.json.encode(cfg.consumers)
-    old = _ISSUERS.get(name)
+    old = issuers.get(name)
     if old is not None and old[0] == sig and not c.jwks_file:
         old[1].cfg = cfg
         return old[1]
     if old is not None:
         old[1].stop()
     iss = Issuer(name, c, cfg)
-    _ISSUERS[name] = (sig, iss)
+    issuers[name] = (sig, iss)
     iss.start()
     return iss

@@ -43,6 +43,7 @@ KEY_CACHE = 4096                 # verified API keys remembered by exact header 
 
 class AuthPolicy(AuthGate):
     def __init__(self, cfg: Config, route: Route, services: dict[str, Any] | None = None) -> None:
+        services = services if services is not None else {}
         s = cfg.server
         self.client = ClientAddress(nets(s.trusted_proxies))
         self.rules = IpRules(cfg, route)
@@ -51,7 +52,7 @@ class AuthPolicy(AuthGate):
         self.methods: list[tuple[str, Any]] = []
         for m in route.auth:
             if m.startswith("jwt:"):
-                self.methods.append(("jwt", issuer(cfg, m[4:])))
+                self.methods.append(("jwt", issuer(cfg, m[4:], services)))
             else:
                 self.methods.append((m, None))
         self.api_keys = ApiKeys(cfg)
@@ -74,8 +75,7 @@ class AuthPolicy(AuthGate):
             if iss.header is None and iss.cookie is None:
                 self.first, self.issuer = 2, iss
         # Failed credentials per client address (server.limits.auth_failures): only where some are checked.
-        self.budget = failbudget.budget(cfg, services if services is not None else {}, self.client) \
-            if self.methods else None
+        self.budget = failbudget.budget(cfg, services, self.client) if self.methods else None
         self.failures = self.budget           # the compiled check (AuthGate.throttled)
 
     def slow(self, ex: Any) -> Rejection | Awaitable[Rejection | None] | None:
