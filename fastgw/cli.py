@@ -81,7 +81,7 @@ def cmd_run(path: str, workers: int | None) -> int:
     if cfg is None:
         return EXIT_CONFIG
     # Imported here so that the config commands never load the compiled core or uvloop.
-    from fastgw.process.supervisor import serve
+    from fastgw.process.supervisor import StartupError, serve
 
     try:
         rc = serve(path, workers)
@@ -89,7 +89,7 @@ def cmd_run(path: str, workers: int | None) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
-    except OSError as e:  # e.g. the listen address is taken: a runtime failure, not a config error
+    except (OSError, StartupError) as e:  # the listen address is taken, a worker cannot start: a runtime failure
         print(f"fastgw: {e}", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK if rc is None else int(rc)

@@ -94,11 +94,11 @@ class Gateway:
     """`python -m fastgw run` in a subprocess; its JSON log lines are collected by a thread."""
 
     def __init__(self, cfg_path: Path, workers: int = 2, args: list[str] | None = None,
-                 env: dict[str, str] | None = None, cmd: list[str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cmd: list[str] | None = None, cwd: Path = ROOT) -> None:
         self.cfg_path = cfg_path
         argv = cmd or [sys.executable, "-m", "fastgw", "run", "-c", str(cfg_path), "--workers", str(workers),
                        *(args or [])]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         self.events: list[dict[str, Any]] = []
         self.other: list[str] = []

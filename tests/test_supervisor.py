@@ -263,6 +263,6 @@ def test_worker_wrapper_env(origin: Origin, tmp_path: Path) -> None:
         assert status == 200 and body.startswith(b"ok /hello")
         pid, _, argv = marker.read_text().strip().partition(" ")
         assert int(pid) == gw.worker_pids()[0]
-        assert argv.startswith(f"{sys.executable} -m fastgw.process.worker --slot 0 ")
+        assert argv.startswith(f"{sys.executable} -P {ROOT / 'fastgw' / 'process' / 'entry.py'} --slot 0 ")
     finally:
         gw.close()

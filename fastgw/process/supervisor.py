@@ -7,9 +7,16 @@ inherited descriptors; when it dies, its sockets stay open in the supervisor, so
 already queued on them wait for the replacement instead of being reset (Linux resets the accept queue of a
 reuseport socket when its last descriptor closes). The replacement is spawned with the same sockets.
 
-Workers are spawned (`python -m fastgw.process.worker`: fork + exec through subprocess), never forked from a running
-event loop, and run in their own process group: a Ctrl-C on the terminal reaches the supervisor only, which
-decides what the workers do.
+Workers are spawned (`python -P fastgw/process/entry.py`, by its absolute path: fork + exec through
+subprocess), never forked from a running event loop, and run in their own process group: a Ctrl-C on the
+terminal reaches the supervisor only, which decides what the workers do. A worker runs the package the
+supervisor runs, whatever the working directory holds (fastgw/process/entry.py).
+
+Startup: a worker that exits before it is ready, while the gateway starts, stops the gateway within
+seconds: worker_start_failed is logged, the error goes to stderr (after the worker's own, which it writes
+there), and `fastgw run` exits 1. Restarting it would only repeat the failure while nothing is served.
+Once every worker has been ready, a worker that dies is restarted (below), and a replacement that exits
+before it is ready is logged as worker_start_failed and restarted with the same backoff.
 
 Signals:
   SIGHUP   reload: read and validate the file; if invalid, log every error, count result="error" and keep
@@ -56,6 +63,11 @@ DRAIN_SLACK = 5.0            # drain: SIGKILL workers still running this long af
 # Words put before every worker's command line, for measuring the worker alone (bench/callgrind.py runs
 # it under valgrind this way). Read from the supervisor's own environment, which only its owner controls.
 WORKER_WRAPPER_ENV = "FASTGW_WORKER_WRAPPER"
+WORKER_ENTRY = Path(__file__).resolve().with_name("entry.py")
+
+
+class StartupError(RuntimeError):
+    """A worker could not start while the gateway started: it would serve nothing."""
 
 
 @dataclass
@@ -68,6 +80,7 @@ class Slot:
     started: float = 0.0
     quick_deaths: int = 0
     task: asyncio.Task[None] | None = None
+    ready: bool = False        # the running worker has said "ready"
 
 
 class Supervisor:
@@ -95,6 +108,7 @@ class Supervisor:
         self.listen: list[str] = []
         self.kinds: list[str] = []
         self.admin_addr = ""
+        self.failure: str | None = None     # why the gateway stopped at startup (StartupError)
 
     # -- config ----------------------------------------------------------------------------------------
     def assign_slots(self, cfg: Config) -> None:
@@ -149,7 +163,7 @@ class Supervisor:
         parent, child = socket.socketpair()
         fds = [s.fileno() for s in slot.socks]
         pass_fds = [*fds, child.fileno()]
-        cmd = [sys.executable, "-m", "fastgw.process.worker", "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
+        cmd = [sys.executable, "-P", str(WORKER_ENTRY), "--slot", str(slot.index), "--ctl-fd", str(child.fileno()),
                "--listen-fds", ",".join(map(str, fds)), "--listen-kinds", ",".join(self.kinds)]
         cmd[:0] = shlex.split(os.environ.get(WORKER_WRAPPER_ENV, ""))
         if self.shm is not None:
@@ -161,7 +175,7 @@ class Supervisor:
         finally:
             child.close()
         reader, writer = await asyncio.open_connection(sock=parent, limit=MSG_LIMIT)
-        slot.proc, slot.writer, slot.gen = proc, writer, 0
+        slot.proc, slot.writer, slot.gen, slot.ready = proc, writer, 0, False
         log("worker_started", worker=slot.index, worker_pid=proc.pid)
         await self.send(slot, self.config_msg())
         try:
@@ -171,7 +185,7 @@ class Supervisor:
                     break
                 ev = msg.get("ev")
                 if ev in ("ready", "applied"):
-                    slot.gen = int(msg["gen"])
+                    slot.gen, slot.ready = int(msg["gen"]), True
                     if self.ready():
                         log("ready", gen=self.gen, hash=self.hash, workers=self.nworkers)
                         if not self.announced:
@@ -191,6 +205,19 @@ class Supervisor:
         expected = self.stopping or self.draining
         log("worker_exit", level="info" if expected and code == 0 else "error", worker=slot.index,
             worker_pid=proc.pid, code=code, reason=reason, lived_seconds=round(time.monotonic() - slot.started, 3))
+        if not slot.ready and not expected:
+            self.start_failed(slot, code, reason)
+
+    def start_failed(self, slot: Slot, code: int, reason: str) -> None:
+        """The worker of `slot` ended before it was ready. While the gateway starts, that stops it."""
+        log("worker_start_failed", level="error", worker=slot.index, code=code, reason=reason,
+            detail="the worker ended before it was ready; its own error, if it wrote one, is on stderr")
+        if self.announced or self.stopping:
+            return                  # serving already: keep_alive restarts it with backoff
+        self.failure = f"worker {slot.index} could not start ({reason}); the gateway stops"
+        self.exit_code = 1
+        self.stopping = True
+        asyncio.get_running_loop().create_task(self.fast_stop())
 
     async def keep_alive(self, slot: Slot) -> None:
         """Run the worker of `slot`, restarting it (with backoff) until the supervisor stops."""
@@ -377,4 +404,7 @@ def serve(path: str, workers: int | None = None) -> int:
     text = data.decode("utf-8")
     cfg = loads(text, source=path)
     sup = Supervisor(path, cfg, text, worker_count(cfg, workers))
-    return asyncio.run(sup.run())
+    rc = asyncio.run(sup.run())
+    if sup.failure is not None:
+        raise StartupError(sup.failure)
+    return rc

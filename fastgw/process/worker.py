@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from email.utils import formatdate
@@ -269,7 +268,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         log("worker_exit", level="error", code=1, reason=f"{type(e).__name__}: {e}")
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
