@@ -55,7 +55,7 @@ else:
 
 
 def path_errors(path: str) -> list[str]:
-    """Why `path` is not a valid route path (empty list if it is). See Route syntax in DESIGN.md."""
+    """Why `path` is not a valid route path (empty list if it is). Syntax: README "Routing"."""
     if not path.startswith("/"):
         return ['must start with "/"']
     segments = path[1:].split("/")

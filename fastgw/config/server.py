@@ -16,7 +16,7 @@ ALPN_KNOWN = ("h2", "http/1.1")
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Per-connection limits; defaults follow DESIGN.md §5 (nginx/Envoy-style edge defaults)."""
+    """Per-connection limits; edge-safe defaults after nginx and Envoy (each key's precedent: config/fastgw.toml)."""
 
     max_header_bytes: Size = 32 * 1024
     max_headers: int = 100
@@ -39,7 +39,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 
 class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """SIGTERM behaviour (DESIGN.md §2, Signals). accept_seconds matches the load balancer's
+    """SIGTERM behaviour (README "Signals"). accept_seconds matches the load balancer's
     deregistration delay; timeout_seconds bounds the wait for requests in flight after that.
 
     The default accepts nothing after SIGTERM: without a load balancer in front (a laptop, `docker stop`

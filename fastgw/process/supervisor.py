@@ -1,7 +1,7 @@
 """The supervisor: owns the listening sockets, spawns and restarts workers, handles signals and reloads,
 and serves the admin listener. It never proxies a request.
 
-Sockets (DESIGN.md §3, principle 6). For every worker slot the supervisor binds its own SO_REUSEPORT socket
+Sockets (listening sockets outlive workers). For every worker slot the supervisor binds its own SO_REUSEPORT socket
 per listen address and keeps it open for its whole life. A worker receives the sockets of its slot as
 inherited descriptors; when it dies, its sockets stay open in the supervisor, so connections the kernel
 already queued on them wait for the replacement instead of being reset (Linux resets the accept queue of a

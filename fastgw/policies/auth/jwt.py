@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # imports it through fastgw.compile) starts faster when no route uses JWT, and a restarted worker is back
 # sooner.
 
-MAX_TOKEN = 8192                 # DESIGN.md §5: larger tokens are refused before any crypto
+MAX_TOKEN = 8192                 # larger tokens are refused before any crypto (a client-controlled size)
 MAX_JWKS = 1024 * 1024           # a JWK Set larger than this is not a JWK Set
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 

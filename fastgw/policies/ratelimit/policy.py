@@ -1,5 +1,5 @@
 """Traffic policy: plans of rate, quota and concurrency limits per consumer, IP, header or route
-(issue 4; README "Traffic policy").
+(README "Traffic policy").
 
 Which plan: the identity's plan (set by the auth policy from the consumer or a token claim) when it names a
 known plan, else the route's `plan`. A route with no plan and a config where no consumer has a plan gets
@@ -13,8 +13,7 @@ Where the state lives, by the plan's `sync`:
   lease   each worker takes a batch of tokens from the global bucket (one TAKE with partial grants) and
           spends them locally; the batch follows the worker's share of the traffic (its spending rate over
           `redis.lease_period`, at most `redis.lease_max`). Most requests touch only local memory.
-Without a [redis] section, lease and strict plans are enforced locally (DESIGN.md §2: "absent: quotas are
-local to this host"). Concurrency limits are always per host (they must be released by the host that
+Without a [redis] section, lease and strict plans are enforced locally (quotas are then per host). Concurrency limits are always per host (they must be released by the host that
 counted them).
 
 When Redis fails (`on_store_error`): "local" enforces limit / instances in the host table, "open" admits,

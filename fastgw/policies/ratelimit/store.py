@@ -72,7 +72,7 @@ class Store:
     def share(self) -> tuple[int, int, bytes]:
         """The local fallback's instance count, its source (SHARE_SOURCES) and the RateLimit-Degraded
         value saying so: the larger of the last live count seen in Redis and redis.expected_instances,
-        so that an instance that never saw Redis does not enforce the whole limit [issue 11 item 12]."""
+        so that an instance that never saw Redis does not enforce the whole limit."""
         seen = self.table.instances_seen
         expected = self.settings.expected_instances or 0
         if seen and seen >= expected:
