@@ -2,7 +2,7 @@
 # compiler and the Python headers), the second installs only that wheel and its dependencies on a slim
 # Python, and runs as an unprivileged user. Build:  docker build -t fastgw .
 #
-# Runtime contract (README, README "Operations"):
+# Runtime contract (docs/operations.md "Container"):
 #   - the config is read from $FASTGW_CONFIG (/etc/fastgw/fastgw.toml): mount a ConfigMap or a file there;
 #   - set server.listen to "0.0.0.0:8080" and admin.listen to "0.0.0.0:9901" in that file so the load
 #     balancer and the kubelet can reach them (the built-in defaults listen on 127.0.0.1 only);

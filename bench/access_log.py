@@ -1,6 +1,6 @@
 """Access-log cost when stdout is a pipe shared by the workers (how containers capture stdout).
 
-Two measurements (README "Logs" quotes them):
+Two measurements (docs/logs-and-metrics.md "Logs" quotes them):
 
 wrk (default): for each checkout given (--trees; default: this one), interleaved round by round: fastgw
   with --workers 2 and server.access_log = true, stdout a pipe drained by a thread of this script (a log

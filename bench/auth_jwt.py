@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""JWT scenario (DESIGN.md §4, issue 5): fastgw verifying an RS256 token (the same token on every request,
+"""JWT scenario (docs/benchmarks.md "Method", issue 5): fastgw verifying an RS256 token (the same token on every request,
 so the verified-token cache answers) against nginx as a plain reverse proxy, and the cold cost of one
 verification per algorithm.
 

@@ -1,6 +1,6 @@
 """HTTP/2 benchmark: fastgw vs nginx as h2c (prior knowledge) reverse proxies, with h2load.
 
-Same method as bench/run.py (DESIGN.md section 4): the proxy under test (1 worker) on core 0, the nginx origin
+Same method as bench/run.py (docs/benchmarks.md "Method"): the proxy under test (1 worker) on core 0, the nginx origin
 and h2load on core 1, both proxies measured in the same run with rounds interleaved, medians and ratios
 fastgw / nginx. Both proxies talk HTTP/1.1 keep-alive to the same origin (GET /3b -> "ok\\n").
 

@@ -1,6 +1,6 @@
 """Proxy benchmark: fastgw vs nginx as reverse proxies in front of the same nginx origin.
 
-Method (DESIGN.md section 4): on a 2-core machine the proxy under test (1 worker) runs on core 0, the origin
+Method (docs/benchmarks.md): on a 2-core machine the proxy under test (1 worker) runs on core 0, the origin
 (nginx, 1 worker, fixed bodies) and wrk on core 1. nginx-as-proxy and fastgw are measured in the same run with
 rounds interleaved (round r: nginx then fastgw, round r+1: fastgw then nginx) so slow drift of the machine hits
 both alike; medians over rounds are reported, with fastgw/nginx ratios.

@@ -1,7 +1,8 @@
 """The catalogue of responses fastgw makes itself: RFC 9457 problem+json, one stable slug each.
 
 Bodies are serialised here once per config load; per request only `instance`, `request_id` and (for
-malformed input) `detail` are filled in (see fastgw._core.proxy.Problem).
+malformed input) `detail` are filled in (see fastgw._core.proxy.Problem). Only slugs some code path sends
+are listed: docs/errors.md is the client's view of this table, and tests/test_docs.py keeps both true.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ PROBLEMS: dict[str, Slug] = {
     "not-found": Slug(404, "Not Found", "No route matches this request."),
     "method-not-allowed": Slug(405, "Method Not Allowed", "The route does not accept this method."),
     "request-timeout": Slug(408, "Request Timeout", "The request was not received in time."),
-    "gone": Slug(410, "Gone", "This API version has been retired."),
     "payload-too-large": Slug(413, "Content Too Large", "The request body exceeds the route's limit."),
     "uri-too-long": Slug(414, "URI Too Long", "The request target is too long."),
     "header-too-large": Slug(431, "Request Header Fields Too Large", "The request head is too large."),
@@ -34,16 +34,14 @@ PROBLEMS: dict[str, Slug] = {
                            "Too many failed authentication attempts from this client address."),
     "internal-error": Slug(500, "Internal Server Error", "The gateway failed to process the request."),
     "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
-    "upstream-unavailable": Slug(503, "Service Unavailable", "No usable upstream target."),
     "store-unavailable": Slug(503, "Service Unavailable", "The shared limit store is unavailable."),
-    "service-draining": Slug(503, "Service Unavailable", "The gateway is shutting down."),
     "upstream-timeout": Slug(504, "Gateway Timeout", "The upstream did not answer in time."),
     "http2-required": Slug(505, "HTTP Version Not Supported",
                            "This route serves gRPC, which needs HTTP/2 (prior knowledge, or ALPN h2 over TLS)."),
 }
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
+            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
             414: "URI Too Long", 500: "Internal Server Error", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
             505: "HTTP Version Not Supported"}

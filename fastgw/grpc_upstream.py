@@ -1,4 +1,4 @@
-"""HTTP/2 upstream connections for grpc routes (README "gRPC").
+"""HTTP/2 upstream connections for grpc routes (docs/grpc.md).
 
   Pool    one per upstream target used by a grpc route (Target.h2pool, attached by fastgw.compile): a few
           long-lived multiplexed connections, new streams placed on the first one with room

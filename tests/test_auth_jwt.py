@@ -319,7 +319,7 @@ def test_query_key_is_never_forwarded_whichever_credential_authenticated(tmp_pat
 
 def test_unknown_kid_is_refused_with_a_jwks_file(tmp_path: Path, keys: dict) -> None:
     """A kid the issuer's JWK Set does not hold is refused even when the token is signed by one of the
-    set's keys: the kid is not a hint to try the others (README "JWT")."""
+    set's keys: the kid is not a hint to try the others (docs/identity.md "JWT")."""
     pol = make_policy(tmp_path, keys)
     for kid in ("unknown", "ec-1"):
         tok = jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": kid})

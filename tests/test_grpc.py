@@ -1,4 +1,4 @@
-"""gRPC passthrough end to end (README "gRPC"): a real grpcio server on loopback (generic handlers, raw
+"""gRPC passthrough end to end (docs/grpc.md): a real grpcio server on loopback (generic handlers, raw
 bytes, no generated code), a real gateway process with grpc routes, and a real grpcio client speaking
 h2c prior knowledge to the gateway.
 """

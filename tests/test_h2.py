@@ -1,6 +1,6 @@
 """Downstream HTTP/2 end to end: a real gateway process, the real echo origin, real clients (httpx with
 http2, curl --http2-prior-knowledge, h2load) and raw frames (h2 as a client, hyperframe) for the limits
-and flood defences (README "HTTP/2").
+and flood defences (docs/http2.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP/2 connection and stream lifecycle (README "HTTP/2"): how many streams one read may open, GOAWAY
+"""HTTP/2 connection and stream lifecycle (docs/http2.md): how many streams one read may open, GOAWAY
 from either side (the client's, the two-step drain), the timers that end a stream or a connection
 (stall, upstream, header block) and HPACK errors. A real gateway process, the real echo origin, raw
 frames (tests/h2client.py) and h2load.

@@ -1,4 +1,4 @@
-"""Strictness and limits on the client side, over raw sockets (DESIGN.md §2 Errors, §5 limits).
+"""Strictness and limits on the client side, over raw sockets (docs/errors.md, docs/http1.md "Limits").
 
 Every malformed or ambiguous request must get a problem+json answer, the connection must close (nothing
 after an unparseable message can be trusted), and the origin must never see the request.

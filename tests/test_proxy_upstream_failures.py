@@ -1,6 +1,6 @@
 """Upstream failures: refused, reset, invalid HTTP, slow, closed mid-body, stale pooled connections.
 
-Failures before the response starts become problem+json answers (DESIGN.md §2 Errors); a failure after
+Failures before the response starts become problem+json answers (docs/errors.md); a failure after
 the response started must close the client connection, never pass a truncated body off as complete.
 """
 from __future__ import annotations

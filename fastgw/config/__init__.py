@@ -1,4 +1,4 @@
-"""The config file: one TOML file, validated before use (README "Configuration").
+"""The config file: one TOML file, validated before use (docs/configuration.md).
 
 The root and loading are in fastgw/config/root.py (`load`, `loads`, `Config`, `ConfigError`); each
 section's schema and checks are in the module of what it configures. This package module imports

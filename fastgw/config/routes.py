@@ -1,6 +1,6 @@
 """[[routes]]: which requests a route takes (host, path, methods), where it sends them and what it changes
 on the way (strip_prefix, header rules, max_body); their schema and checks. Path syntax and precedence:
-README "Routing"; the router is fastgw/_core/router.pyx.
+docs/routing.md; the router is fastgw/_core/router.pyx.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ else:
 
 
 def path_errors(path: str) -> list[str]:
-    """Why `path` is not a valid route path (empty list if it is). Syntax: README "Routing"."""
+    """Why `path` is not a valid route path (empty list if it is). Syntax: docs/routing.md."""
     if not path.startswith("/"):
         return ['must start with "/"']
     segments = path[1:].split("/")

@@ -25,8 +25,8 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     header_timeout: Duration = 10.0
     idle_timeout: Duration = 60.0
     body_timeout: Duration = 30.0
-    # Bytes per second a request body must keep up, over an allowance of body_timeout (README "The
-    # HTTP/1.1 data path"); 0 turns it off. [Apache mod_reqtimeout MinRate=500]
+    # Bytes per second a request body must keep up, over an allowance of body_timeout (docs/http1.md
+    # "Slow peers: whose time is it"); 0 turns it off. [Apache mod_reqtimeout MinRate=500]
     min_body_rate: Size = 500
     # How long a response may wait on a client that does not take it. [nginx send_timeout 60s]
     send_timeout: Duration = 60.0
@@ -39,7 +39,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 
 class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """SIGTERM behaviour (README "Signals"). accept_seconds matches the load balancer's
+    """SIGTERM behaviour (docs/operations.md "Signals"). accept_seconds matches the load balancer's
     deregistration delay; timeout_seconds bounds the wait for requests in flight after that.
 
     The default accepts nothing after SIGTERM: without a load balancer in front (a laptop, `docker stop`
@@ -51,7 +51,7 @@ class Drain(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class Http2(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Downstream HTTP/2 (h2c prior knowledge and TLS ALPN "h2"); README "HTTP/2". Header limits are
+    """Downstream HTTP/2 (h2c prior knowledge and TLS ALPN "h2"); docs/http2.md. Header limits are
     server.limits' (max_header_bytes is the header list size, max_headers the field count)."""
 
     max_concurrent_streams: int = 100

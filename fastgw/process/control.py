@@ -8,7 +8,7 @@ The supervisor sends:
       finish on the old config. Upstream groups whose settings did not change are carried over with their
       warm keep-alive pools; pools of replaced groups are closed as their connections come back idle.
   {"op": "drain", "accept": S, "timeout": T}
-      SIGTERM semantics (README "Signals"): keep accepting for S seconds with keep-alive off, then close
+      SIGTERM semantics (docs/operations.md "Signals"): keep accepting for S seconds with keep-alive off, then close
       the listeners, give requests in flight up to T seconds, exit 0.
   {"op": "stop"}
       stop at once.

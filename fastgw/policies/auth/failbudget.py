@@ -1,5 +1,5 @@
-"""The budget of failed credentials per client address (server.limits.auth_failures; README "Failed
-credentials"), against credential stuffing: 40 wrong API keys sent at once from one address used to be
+"""The budget of failed credentials per client address (server.limits.auth_failures; docs/identity.md
+"Failed credentials: a budget per client address"), against credential stuffing: 40 wrong API keys sent at once from one address used to be
 verified, all 40. Now each failed credential (401 invalid or expired, not a missing one) spends a token of
 the address's bucket; when the bucket is empty, requests from that address on authenticated routes are
 answered 429 `auth-throttled` before any credential is looked at, until a token is back.

@@ -19,7 +19,7 @@ _LIMIT_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 
 class PlanLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One limit of a plan: exactly one of rate (token bucket), quota (UTC calendar window) or
-    concurrency (requests in flight). See README "Traffic policy"."""
+    concurrency (requests in flight). See docs/traffic-policy.md."""
 
     rate: str | None = None              # "100/s", "6000/min": refill rate of a token bucket
     burst: int | None = None             # bucket size (default: the rate's count; 1 = spike arrest)

@@ -68,7 +68,7 @@ class Limit:
         if self.kind == B.CONCURRENCY:
             return None
         if self.kind == B.RATE:
-            # A token bucket in quota units (README "Responses"): q tokens are made available every w
+            # A token bucket in quota units (docs/traffic-policy.md "Responses"): q tokens are made available every w
             # seconds, which a client spreading its requests evenly can rely on (and, with burst >= q,
             # q requests in any w-second window however bunched). A burst other than the count is said
             # in a vendor parameter (draft-ietf-httpapi-ratelimit-headers-10 §3.1): with burst = 1,

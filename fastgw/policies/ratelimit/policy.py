@@ -1,5 +1,5 @@
 """Traffic policy: plans of rate, quota and concurrency limits per consumer, IP, header or route
-(README "Traffic policy").
+(docs/traffic-policy.md).
 
 Which plan: the identity's plan (set by the auth policy from the consumer or a token claim) when it names a
 known plan, else the route's `plan`. A route with no plan and a config where no consumer has a plan gets
