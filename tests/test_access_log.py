@@ -15,7 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ from fastgw._core.accesslog import LINE_MAX, format_lines
 from fastgw._core.http1 import RequestHead
 from fastgw.observe.access import ACCESS_BACKLOG, AccessLog
 from fastgw.observe.log import log
-from tests.procutil import ROOT, Origin, admin_get, config, metric
+from tests.procutil import ROOT, Gateway, Origin, admin_get, config, metric
 
 F_SETPIPE_SZ = 1031          # fcntl(2), Linux
 
@@ -239,3 +241,54 @@ def test_long_lifecycle_line_is_cut_to_one_atomic_write(capfd: pytest.CaptureFix
     obj = json.loads(out)
     assert obj["event"] == "config_reload_failed" and obj["truncated"] is True
     assert obj["errors"].startswith('["routes[0].path: invalid"')
+
+
+# ---------------------------------------------------------------------------------------------------
+# The documentation of the line
+
+def documented_fields() -> list[str]:
+    """The field names of the access-log table in docs/logs-and-metrics.md, in the documented order."""
+    text = (ROOT / "docs" / "logs-and-metrics.md").read_text()
+    table = text.split("| field | value |", 1)[1].split("\n\n", 1)[0]
+    names: list[str] = []
+    for row in table.splitlines()[2:]:
+        names += re.findall(r"`([a-z_]+)`", row.split("|")[1])
+    return names
+
+
+def test_every_field_the_gateway_writes_is_documented_in_order(origin: Origin, tmp_path: Path) -> None:
+    """Lines a real gateway writes for a proxied request, an upstream failure, a gRPC call and a request
+    whose line had to be cut: together they carry every documented field and no other, each line in the
+    documented order."""
+    import grpc
+
+    down = f"127.0.0.1:{free_port()}"
+    routes = ('[[routes]]\nname = "grpc-down"\npath = "/test.Echo/*"\nupstream = "down"\nprotocol = "grpc"\n'
+              '[[routes]]\nname = "http-down"\npath = "/down/*"\nupstream = "down"\n'
+              f'[upstreams.down]\ntargets = ["{down}"]\n')
+    path = tmp_path / "gw.toml"
+    path.write_text(config(origin, extra_server="access_log = true", routes=routes))
+    gw = Gateway(path, workers=1)
+    try:
+        gw.wait_ready()
+        assert httpx.get(gw.base + "/hello").status_code == 200
+        assert httpx.get(gw.base + "/down/x").status_code == 502
+        assert httpx.get(gw.base + "/hello/" + "x" * 6000).status_code == 200
+        with grpc.insecure_channel(gw.listen, options=[("grpc.enable_retries", 0)]) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                ch.unary_unary("/test.Echo/Unary")(b"x", timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        deadline = time.monotonic() + 5
+        while len(lines := gw.access_lines()) < 4:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+    finally:
+        gw.close()
+    documented = documented_fields()
+    assert len(documented) == len(set(documented)) > 10
+    written: set[str] = set()
+    for line in lines:
+        keys = [k for k in line if not k.startswith("_")]      # "_t": procutil's arrival time
+        assert keys == [k for k in documented if k in keys], (keys, documented)
+        written |= set(keys)
+    assert written == set(documented), (sorted(written - set(documented)), sorted(set(documented) - written))
