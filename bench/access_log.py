@@ -39,6 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402  (bench/run.py: the shared harness)
+from progress import Progress  # noqa: E402
 
 
 def syscw(pid: int) -> int:
@@ -148,8 +149,10 @@ def writers(batches: int = 3000, rounds: int = 3) -> None:
             "relay process (supervisor design)": None}
     res: dict[str, list[float]] = {k: [] for k in ways}
     k = batches * BATCH.count(b"\n") / 1000
-    for _ in range(rounds):
+    progress = Progress("access-log writers", rounds * len(ways), heartbeat=0)
+    for rnd in range(rounds):
         for name, fn in ways.items():
+            progress.step(f"round {rnd + 1}/{rounds} {name}")
             r, w = os.pipe()
             cat = subprocess.Popen(["cat"], stdin=r, stdout=subprocess.DEVNULL)
             os.close(r)
@@ -170,6 +173,7 @@ def writers(batches: int = 3000, rounds: int = 3) -> None:
                 cpu += float(relay.communicate()[1])      # (includes its interpreter start, ~20 ms)
             cat.wait()
             res[name].append(cpu / k * 1e6)
+    progress.finish()
     print(f"\nCPU per 1000 access lines ({len(LINE)} B) to a pipe drained by cat; {batches} batches of "
           f"{len(BATCH)} B; median of {rounds}\n")
     print("| writer | CPU us / 1000 lines |\n|---|---|")
@@ -196,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         env = run.Env(tmp=tmp, procs=run.Procs())
         try:
             run.start_origin(env)
+            progress = Progress("access-log", args.rounds * len(variants), per_step=args.duration + 4)
             for rnd in range(args.rounds):
                 order = variants if rnd % 2 == 0 else variants[::-1]
                 for v in order:
+                    progress.step(f"/3b c{args.conns} round {rnd + 1}/{args.rounds} {v[0]} "
+                                  f"access log {'on' if v[1] else 'off'}", args.duration + 2)
                     results[v].append(one_run(env, v[0], v[1], args.conns, args.duration))
                     print(v, results[v][-1], flush=True)
+            progress.finish()
         finally:
             env.procs.stop_all()
     print(f"\nwrk -t1 -c{args.conns} -d{args.duration}s /3b, fastgw --workers 2, stdout a pipe; "

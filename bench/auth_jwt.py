@@ -28,7 +28,10 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import run as B  # noqa: E402  (the proxy benchmark's harness: processes, wrk, CPU accounting)
+from progress import Progress  # noqa: E402
+from rounds import table as rounds_table  # noqa: E402  (bench/rounds.py: the per-round table)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -114,7 +117,9 @@ def micro(rounds: int = 200) -> list[tuple[str, float, float]]:
              ("EdDSA", ed25519.Ed25519PrivateKey.generate()),
              ("HS256", None)]
     tmp = tempfile.mkdtemp(prefix="fastgw-jwt-micro-")
+    progress = Progress("jwt micro", len(specs), heartbeat=0)
     for alg, key in specs:
+        progress.step(f"{alg}: {rounds} cold verifications, then the cache")
         if key is None:
             src = 'secret = "0123456789abcdef0123456789abcdef"'
             signer: object = "0123456789abcdef0123456789abcdef"
@@ -159,6 +164,7 @@ algorithms = ["{alg}"]
         warm = (time.perf_counter_ns() - t0) / n / 1000
         assert len(iss.cache) == rounds
         out.append((alg, statistics.median(times) / 1000, warm))
+    progress.finish()
     return out
 
 
@@ -189,6 +195,8 @@ def main() -> int:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         (RESULTS / f"{stamp}-jwt.md").write_text(text)
         (RESULTS / "latest-jwt.md").write_text(text)
+        if not a.micro_only:
+            plots.after_run(str(RESULTS / "latest-jwt.md"))
     return 0
 
 
@@ -231,10 +239,14 @@ def throughput(a: argparse.Namespace) -> list[str]:
                 f"Bearer <RS256 token>'` for fastgw); {a.rounds} rounds interleaved, medians", "",
                 "| conns | system | req/s | p50 ms | p99 ms | CPU s/100k | errors |", "|---|---|---|---|---|---|---|"]
         ratios = []
-        for conns in [int(c) for c in a.conns.split(",")]:
+        every: list[dict] = []
+        conn_counts = [int(c) for c in a.conns.split(",")]
+        progress = Progress("jwt", len(conn_counts) * a.rounds * len(systems), per_step=a.duration + 2.5)
+        for conns in conn_counts:
             res: dict[str, list] = {s: [] for s in systems}
             for rnd in range(a.rounds):
                 for s in (list(systems) if rnd % 2 == 0 else list(reversed(systems))):
+                    progress.step(f"/3b c{conns} round {rnd + 1}/{a.rounds} {s}", a.duration + 2)
                     p, pid, extra, path = systems[s]
                     base = ["taskset", "-c", B.LOAD_CORE, "wrk", "-t1", f"-c{conns}"]
                     B.run_wrk(base + ["-d2s", *extra, f"http://127.0.0.1:{p}{path}"], 40)
@@ -244,6 +256,9 @@ def throughput(a: argparse.Namespace) -> list[str]:
                     r = B.parse_wrk(o)
                     r.cpu_s = B.tree_cpu_seconds(pid) - c0
                     res[s].append(r)
+                    every.append({"group": f"c{conns}", "system": s, "round": rnd, "rps": r.rps,
+                                  "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "cpu_per_100k": r.cpu_per_100k,
+                                  "errors": r.non2xx + r.socket_errors})
                     print(f"c{conns} r{rnd} {s}: {r.rps:,.0f} req/s cpu/100k {r.cpu_per_100k:.3f}s "
                           f"err {r.non2xx + r.socket_errors}", file=sys.stderr, flush=True)
             med = {}
@@ -260,6 +275,8 @@ def throughput(a: argparse.Namespace) -> list[str]:
         out += ["", "Ratios fastgw+jwt / nginx plain proxy (req/s higher is better; CPU lower is better):", "",
                 "| conns | jwt/nginx req/s | jwt/nginx CPU/100k | plain fastgw/nginx CPU/100k | jwt/plain fastgw CPU |",
                 "|---|---|---|---|---|", *ratios]
+        progress.finish()
+        out += ["", *rounds_table(every)]
         out += ["", "```toml", Path(cfg).read_text(), "```"]
     finally:
         procs.stop_all()

@@ -13,6 +13,8 @@ import statistics
 import sys
 import time
 
+from progress import Progress
+
 from fastgw._core.router import Router
 
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args(argv)
+    progress = Progress("router", args.runs + 2, heartbeat=0)
+    progress.step(f"build {args.routes:,} routes")
     routes = build_routes(args.routes)
     t0 = time.perf_counter()
     router = Router(routes)
@@ -68,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if got != expect:
         print(f"unexpected match results {got} (expected {expect})", file=sys.stderr)
         return 1
-    run(router, args.calls // 4)                                # warm-up
-    per_call = [run(router, args.calls) for _ in range(args.runs)]
+    progress.step("warm-up")
+    run(router, args.calls // 4)
+    per_call = []
+    for i in range(args.runs):
+        progress.step(f"run {i + 1}/{args.runs}: {args.calls:,} matches")
+        per_call.append(run(router, args.calls))
+    progress.finish()
     med = statistics.median(per_call)
     print(f"routes: {len(routes)}  build: {build_s * 1000:.0f} ms")
     print(f"match: median {med:.0f} ns/call over {args.runs} runs of {args.calls} calls "

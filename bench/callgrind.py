@@ -49,8 +49,10 @@ from fastgw.process.supervisor import WORKER_WRAPPER_ENV  # noqa: E402
 
 sys.path.append(_BENCH)
 import auth_jwt  # noqa: E402  (bench/auth_jwt.py: RS256 key, token and gateway config)
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import ratelimit  # noqa: E402  (bench/ratelimit.py: the API key + local limit gateway config)
 import run  # noqa: E402  (bench/run.py: processes, the nginx origin, the plain gateway config)
+from progress import Progress  # noqa: E402
 
 from bench import h2 as h2bench  # noqa: E402  (bench/h2.py: h2load with an exact request count)
 
@@ -289,11 +291,15 @@ def measure(a: argparse.Namespace) -> dict:
         run.start_origin(env)
         if "jwt_limit" in a.scenarios:
             st["jwks"], st["token"] = auth_jwt.keys_and_token(tmp)   # one key and token for both runs
+        plan = [(a.n1, 0.0), (a.n2, 0.0), (a.n1, IDLE_SECONDS)]
+        progress = Progress("callgrind", len(a.scenarios) * len(plan), per_step=30)
         for name in a.scenarios:
             t0 = time.monotonic()
-            plan = [(a.n1, 0.0), (a.n2, 0.0), (a.n1, IDLE_SECONDS)]
-            runs = [callgrind_run(SCENARIOS[name], st, env.origin_port, n, idle, os.path.join(tmp, f"{name}-{i}"))
-                    for i, (n, idle) in enumerate(plan)]
+            runs = []
+            for i, (n, idle) in enumerate(plan):
+                progress.step(f"{name} run {i + 1}/{len(plan)}: {n} requests" + (f", {idle:g} s idle" if idle else ""))
+                runs.append(callgrind_run(SCENARIOS[name], st, env.origin_port, n, idle,
+                                          os.path.join(tmp, f"{name}-{i}")))
             (i1, t1), (i2, t2), (i3, t3) = runs
             if t3 - t1 < IDLE_SECONDS * 2:
                 raise RuntimeError(f"{name}: the idle run ticked {t3 - t1} times more, expected ~{IDLE_SECONDS * 4:.0f}")
@@ -306,6 +312,7 @@ def measure(a: argparse.Namespace) -> dict:
                          for (n, idle), (ir, t) in zip(plan, runs, strict=True)]}
             print(f"{name}: {per:,.1f} instructions/request ({tick:,.0f} per tick; (Ir, ticks) {runs}; "
                   f"{time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+        progress.finish()
     finally:
         procs.stop_all()
     if not a.keep_tmp:
@@ -354,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(doc, f, indent=1)
                 f.write("\n")
             print(f"wrote {base}.md and .json", file=sys.stderr)
+            plots.after_run(base + ".md")
     print(json.dumps(doc, indent=1) if a.json else markdown(doc))
     if old is not None:
         text, flagged = compare(old, doc)

@@ -5,7 +5,7 @@ and h2load on core 1, both proxies measured in the same run with rounds interlea
 fastgw / nginx. Both proxies talk HTTP/1.1 keep-alive to the same origin (GET /3b -> "ok\\n").
 
 Usage:  python3 bench/h2.py [--rounds N] [--requests N] [--clients 16] [--streams 10] [--path /3b]
-Writes bench/results/h2-<timestamp>.md and prints it.
+Writes bench/results/h2-<timestamp>.md and latest-h2.md (and its plot, latest-h2.png) and prints it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import run as base  # noqa: E402  (bench/run.py: process management, origin, fastgw start)
+from progress import Progress  # noqa: E402
 
 
 def start_nginx_h2c(env: base.Env) -> tuple[int, subprocess.Popen]:
@@ -87,17 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         fport, _, fargv = base.start_fastgw(env)
         wait_h2(fport, procs.children[-1][1])
         ports = {"nginx": nport, "fastgw": fport}
-        for port in ports.values():              # warm-up (pools, caches)
+        progress = Progress("h2", len(ports) * (args.rounds + 1))
+        for name, port in ports.items():         # warm-up (pools, caches)
+            progress.step(f"warm-up {name}")
             h2load(port, args.path, max(2000, args.requests // 10), args.clients, args.streams)
         for r in range(args.rounds):
             order = ["nginx", "fastgw"] if r % 2 == 0 else ["fastgw", "nginx"]
             for name in order:
+                progress.step(f"{args.path} -c{args.clients} -m{args.streams} round {r + 1}/{args.rounds} {name}")
                 rps, ok, cmd = h2load(ports[name], args.path, args.requests, args.clients, args.streams)
                 if ok != args.requests:
                     raise RuntimeError(f"{name}: {args.requests - ok} requests failed")
                 results[name].append(rps)
                 cmds[name] = cmd
                 print(f"round {r + 1} {name}: {rps:.0f} req/s", flush=True)
+        progress.finish()
     finally:
         procs.stop_all()
     med = {k: statistics.median(v) for k, v in results.items()}
@@ -121,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     os.makedirs(base.RESULTS_DIR, exist_ok=True)
-    path = os.path.join(base.RESULTS_DIR, f"h2-{_dt.datetime.now():%Y%m%d-%H%M%S}.md")
-    with open(path, "w") as f:
-        f.write(text)
+    for name in (f"h2-{_dt.datetime.now():%Y%m%d-%H%M%S}.md", "latest-h2.md"):
+        with open(os.path.join(base.RESULTS_DIR, name), "w") as f:
+            f.write(text)
+    plots.after_run(os.path.join(base.RESULTS_DIR, "latest-h2.md"))
     return 0
 
 

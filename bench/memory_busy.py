@@ -23,6 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import GatewayLauncher  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from progress import Progress  # noqa: E402
 from upstreams import EchoOrigin  # noqa: E402
 
 
@@ -58,15 +61,21 @@ def main() -> None:
             s.sendall(b"GET %s?delay=30 HTTP/1.1\r\nHost: b\r\n\r\n" % path)
         socks.append(s)
 
+    progress = Progress("memory-busy", 2, heartbeat=0)
     try:
+        progress.step("50 warm-up connections, then 1 s to settle", 1)
         for _ in range(50):
             busy(b"/warm")
         time.sleep(1)
         before = rss_kib(gw.serving_pid)
-        for _ in range(args.n):
+        progress.step(f"{args.n:,} busy connections, then 2 s to settle")
+        for i in range(args.n):
+            if i and i % 500 == 0:
+                progress.note(f"{i:,} of {args.n:,} open")
             busy(b"/busy")
         time.sleep(2)
         after = rss_kib(gw.serving_pid)
+        progress.finish()
         print(f"{args.n} busy connections (body {args.body} B): "
               f"{(after - before) * 1024 / args.n:,.0f} bytes of worker RSS each")
     finally:

@@ -29,7 +29,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import run as harness  # noqa: E402  (bench/run.py: process management, origin/proxy/gateway startup)
+from progress import Progress  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REQUEST = b"GET /3b HTTP/1.1\r\nHost: bench\r\nUser-Agent: memory_idle\r\n\r\n"
@@ -125,9 +127,11 @@ def one_request(s: socket.socket) -> None:
         body += chunk
 
 
-def open_idle(port: int, n: int) -> list[socket.socket]:
+def open_idle(port: int, n: int, progress: Progress | None = None) -> list[socket.socket]:
     socks = []
     for i in range(n):
+        if progress is not None and i and i % 2000 == 0:
+            progress.note(f"{i:,} of {n:,} connections open")
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         try:
             one_request(s)
@@ -153,7 +157,7 @@ def settle() -> None:
     time.sleep(1.0)
 
 
-def measure(name: str, pid: int, port: int, n: int) -> dict:
+def measure(name: str, pid: int, port: int, n: int, progress: Progress | None = None) -> dict:
     # Baseline after some traffic, so lazily built state (imports, first buffers, the upstream pool) is
     # already there and is not charged to the idle connections.
     for s in open_idle(port, 50):
@@ -162,7 +166,7 @@ def measure(name: str, pid: int, port: int, n: int) -> dict:
     rss0, pss0 = tree_memory(pid)
     fds0, tcp0, slab0 = tree_fds(pid), tcp_mem_bytes(), slab_bytes()
     t0 = time.monotonic()
-    socks = open_idle(port, n)
+    socks = open_idle(port, n, progress)
     open_s = time.monotonic() - t0
     try:
         settle()
@@ -286,21 +290,25 @@ def main(argv: list[str] | None = None) -> int:
     procs = harness.Procs()
     env = harness.Env(tmp=tmp, procs=procs)
     results, commands = [], {}
+    progress = Progress("memory", (0 if args.only_nginx else 1) + (0 if args.no_nginx else 1), heartbeat=0)
     try:
         harness.start_origin(env)
         commands["origin"] = f"taskset -c {harness.LOAD_CORE} nginx -c origin.conf (bench/origin template)"
         if not args.only_nginx:
             port, p, argv_ = harness.start_fastgw(env, args.gateway_cmd, extra_server=FASTGW_EXTRA)
             commands["fastgw"] = " ".join(argv_) + "  (server.limits.idle_timeout = 10m)"
-            results.append(measure("fastgw", p.pid, port, args.conns))
+            progress.step(f"fastgw: {args.conns:,} idle connections")
+            results.append(measure("fastgw", p.pid, port, args.conns, progress))
             procs.stop(p)
         if not args.no_nginx:
             port, p = harness.start_nginx_proxy(env, worker_connections=args.conns + 1000)
             commands["nginx"] = (
                 f"taskset -c {harness.PROXY_CORE} nginx -c proxy.conf (bench/nginx_proxy template)"
             )
-            results.append(measure("nginx", p.pid, port, args.conns))
+            progress.step(f"nginx: {args.conns:,} idle connections")
+            results.append(measure("nginx", p.pid, port, args.conns, progress))
             procs.stop(p)
+        progress.finish()
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         meta = {"timestamp": stamp, "machine": harness.machine_info(), "commands": commands, "notes": notes}
         text = report(results, meta)
@@ -314,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"written: bench/results/{stamp}{suffix}.md, bench/results/latest{suffix}.md", file=sys.stderr
             )
+            plots.after_run(os.path.join(harness.RESULTS_DIR, f"latest{suffix}.md"))
         return 0
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)

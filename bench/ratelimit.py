@@ -28,7 +28,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import run  # noqa: E402  (bench/run.py: the shared harness)
+from progress import Progress  # noqa: E402
+from rounds import table as rounds_table  # noqa: E402  (bench/rounds.py: the per-round table)
 
 API_KEY = "bench-key-0123456789"
 TEMPLATE = """# Written by bench/ratelimit.py: one worker, API key + a rate limit that is never exceeded.
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     env = run.Env(tmp=tmp, procs=run.Procs())
     rows: dict[str, list[dict]] = {"nginx": [], "plain": [], "gateway": [], "lease": []}
     lease_cmds: list[float] = []
+    every: list[dict] = []
     redis = None
     try:
         env.origin_port = run.start_origin(env)
@@ -179,23 +183,29 @@ def main(argv: list[str] | None = None) -> int:
         order = [("nginx", nginx_port, nginx.pid, False), ("plain", plain_port, plain.pid, False),
                  ("gateway", gw_port, gw.pid, True),
                  ("lease", lease_port, lease.pid, True)]
+        progress = Progress("ratelimit", a.rounds * len(order) + 2, per_step=a.duration + 0.5)
+        progress.step("warm-up gateway and lease", 2)
         wrk(gw_port, a.conns, 1.0, True)          # warm-up (pools, lease sizes)
         wrk(lease_port, a.conns, 1.0, True)
         for r in range(a.rounds):
             seq = order if r % 2 == 0 else list(reversed(order))
             for name, port, pid, key in seq:
+                progress.step(f"/3b c{a.conns} round {r + 1}/{a.rounds} {name}", a.duration)
                 before = script_calls(redis_port) if name == "lease" else 0
                 m = measure(env, port, pid, a.conns, a.duration, key)
                 if name == "lease":
                     lease_cmds.append((script_calls(redis_port) - before) / max(1, m["requests"]))
                 rows[name].append(m)
+                every.append({"group": f"c{a.conns}", "system": name, "round": r, **m})
                 print(f"round {r} {name}: {m['rps']:.0f} req/s, CPU {m['cpu_per_100k']:.2f} s/100k, "
                       f"errors {m['errors']}", flush=True)
+        progress.step("bucket check micro-benchmark (5 x 1M calls)")
     finally:
         env.procs.stop_all()
         if redis is not None:
             redis.kill()
     ns = micro()
+    progress.finish()
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("rps", "cpu_per_100k", "p50_ms", "p99_ms")}
            for k, v in rows.items()}
     lines = [f"# Traffic policy bench ({_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')})", "",
@@ -208,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {m['cpu_per_100k'] / med['nginx']['cpu_per_100k']:.2f} |")
     lines += ["", f"lease mode: Redis scripts per request (INFO commandstats): "
               f"{statistics.median(lease_cmds):.4f} (rounds: {', '.join(f'{x:.4f}' for x in lease_cmds)})",
-              f"bucket check (buckets.Plan.check, one rate limit, best of 5 x 1M): {ns:.0f} ns", ""]
+              f"bucket check (buckets.Plan.check, one rate limit, best of 5 x 1M): {ns:.0f} ns", "",
+              *rounds_table(every), ""]
     report = "\n".join(lines)
     print(report)
     if not a.no_save:
@@ -216,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (f"{stamp}-ratelimit.md", "latest-ratelimit.md"):
             with open(os.path.join(run.RESULTS_DIR, name), "w") as f:
                 f.write(report)
+        plots.after_run(os.path.join(run.RESULTS_DIR, "latest-ratelimit.md"))
     return 0
 
 

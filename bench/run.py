@@ -29,6 +29,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result; matplotlib only when drawing)
+from progress import Progress  # noqa: E402
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -551,6 +554,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default: {DEFAULT_GATEWAY_CMD!r})",
     )
     ap.add_argument("--no-save", action="store_true", help="print only, write nothing under bench/results")
+    ap.add_argument("--results-dir", default=RESULTS_DIR, help="where the results and plots go (default bench/results)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     a = ap.parse_args(argv)
     a.rounds = a.rounds or (2 if a.quick else 5)
@@ -628,12 +632,15 @@ def main(argv: list[str] | None = None) -> int:
         total = len(args.scenarios) * len(args.conns) * args.rounds * len(systems)
         done = 0
         t0 = time.monotonic()
+        progress = Progress("proxy", total, per_step=args.warmup + args.duration + 1)
         for sc in args.scenarios:
             for conns in args.conns:
                 results: dict[str, list[WrkResult]] = {s: [] for s in systems}
                 for rnd in range(args.rounds):
                     order = systems if rnd % 2 == 0 else list(reversed(systems))
                     for s in order:
+                        progress.step(f"{sc} c{conns} round {rnd + 1}/{args.rounds} {s}",
+                                      args.warmup + args.duration)
                         lua = lua_paths.get(sc)
                         if args.warmup > 0:
                             run_wrk(wrk_argv(ports[s], sc, conns, dur(args.warmup), lua), args.warmup + 30)
@@ -716,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                         for k in ("rps", "p50_ms", "p99_ms", "cpu_per_100k")
                     }
                 rows.append(row)
+        progress.finish()
 
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         meta = {
@@ -739,18 +747,18 @@ def main(argv: list[str] | None = None) -> int:
                 report += f"\n### {title}\n\n```\n{open(path).read().rstrip()}\n```\n"
         print(report)
         if not args.no_save:
-            os.makedirs(RESULTS_DIR, exist_ok=True)
+            os.makedirs(args.results_dir, exist_ok=True)
             suffix = "-proxy-nginx-only" if args.only_nginx else "-proxy"
             for name in (f"{stamp}{suffix}.md", f"latest{suffix}.md"):
-                with open(os.path.join(RESULTS_DIR, name), "w") as f:
+                with open(os.path.join(args.results_dir, name), "w") as f:
                     f.write(report)
-            with open(os.path.join(RESULTS_DIR, f"latest{suffix}.json"), "w") as f:
+            with open(os.path.join(args.results_dir, f"latest{suffix}.json"), "w") as f:
                 json.dump({"meta": meta, "medians": rows, "runs": per_round}, f, indent=1)
             print(
-                f"written: bench/results/{stamp}{suffix}.md, bench/results/latest{suffix}.md "
-                f"(+ latest{suffix}.json)",
+                f"written: {args.results_dir}/{stamp}{suffix}.md, latest{suffix}.md (+ latest{suffix}.json)",
                 file=sys.stderr,
             )
+            plots.after_run(os.path.join(args.results_dir, f"latest{suffix}.md"))
         return 0
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)

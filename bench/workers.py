@@ -23,7 +23,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import run  # noqa: E402  (bench/run.py: the shared harness)
+from progress import Progress  # noqa: E402
+from rounds import table as rounds_table  # noqa: E402  (bench/rounds.py: the per-round table)
 
 PLAIN = "{python} -m fastgw run -c {config} --workers 1"
 TWO = "{python} -m fastgw run -c {config} --workers 2"
@@ -69,16 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines += ["", f"wrk -t1 -c{args.conns} -d{args.duration}s on core 1 against `/3b` (nginx origin on core 1); "
               f"{args.rounds} interleaved rounds; medians. CPU = gateway process tree (supervisor + workers).", ""]
+    every: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fastgw-bench-") as tmp:
         env = run.Env(tmp=tmp, procs=run.Procs())
         try:
             run.start_origin(env)
-            for name in args.only.split(","):
+            names = args.only.split(",")
+            progress = Progress("workers", sum(len(CASES[n]) for n in names) * args.rounds,
+                                per_step=args.duration + 4)
+            for name in names:
                 cases = CASES[name]
                 results: dict[str, list[run.WrkResult]] = {label: [] for label, *_ in cases}
-                for _ in range(args.rounds):
+                for rnd in range(args.rounds):
                     for label, cmd, extra, cores in cases:
-                        results[label].append(measure(env, label, cmd, extra, cores, args.conns, args.duration))
+                        progress.step(f"{name} round {rnd + 1}/{args.rounds} {label}", args.duration + 2)
+                        r = measure(env, label, cmd, extra, cores, args.conns, args.duration)
+                        results[label].append(r)
+                        every.append({"group": name, "system": label, "round": rnd, "rps": r.rps,
+                                      "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "cpu_per_100k": r.cpu_per_100k,
+                                      "errors": r.non2xx + r.socket_errors})
                 lines += [f"## {name}", "", "| variant | req/s | p50 ms | p99 ms | CPU s / 100k req | errors |",
                           "|---|---|---|---|---|---|"]
                 base = None
@@ -93,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{sum(r.non2xx + r.socket_errors for r in rs)} |")
                 lines.append("")
                 print("\n".join(lines[-(len(cases) + 4):]), flush=True)
+            progress.finish()
         finally:
             env.procs.stop_all()
+    lines += rounds_table(every)
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_save:
@@ -102,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (f"{stamp}-workers.md", "latest-workers.md"):
             with open(os.path.join(run.RESULTS_DIR, name), "w") as f:
                 f.write(report)
+        plots.after_run(os.path.join(run.RESULTS_DIR, "latest-workers.md"))
     return 0
 
 
