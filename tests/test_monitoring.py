@@ -226,6 +226,18 @@ def test_alert_rules_pass_promtool() -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in r.stdout
 
 
+def test_alert_rules_unit_tests_pass() -> None:
+    """deploy/prometheus/alerts_test.yml: every rule fires on synthetic series once its `for` has passed,
+    with its labels and annotations, and stays silent below its threshold (`promtool test rules`)."""
+    tests = ALERTS.with_name("alerts_test.yml")
+    covered = {t["alertname"] for case in yaml.safe_load(tests.read_text())["tests"]
+               for t in case["alert_rule_test"] if t["exp_alerts"]}
+    assert covered == {r["alert"] for r in alert_rules()}
+    r = subprocess.run([_tool("promtool"), "test", "rules", tests.name], capture_output=True, text=True,
+                       cwd=tests.parent)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
 def test_live_exposition_passes_promtool(monitored: Monitored) -> None:
     """`promtool check metrics` parses the exposition and lints it (counters end in _total, HELP on
     every family, no reserved or duplicate labels...): it exits non-zero on any finding."""
