@@ -2,7 +2,7 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install compile run test lint bench bench-quick clean
+.PHONY: install compile run test lint bench bench-quick plots clean
 
 .stamp-install: pyproject.toml setup.py
 	$(PIP) install -q 'Cython==3.3.0' 'setuptools>=77' wheel
@@ -31,6 +31,9 @@ bench: compile
 
 bench-quick: compile
 	$(PY) bench/run.py --quick
+
+plots: .stamp-install
+	$(PY) bench/plots.py
 
 clean:
 	rm -rf build fastgw/_core/*.c fastgw/_core/*.so .stamp-install
