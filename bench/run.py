@@ -582,6 +582,15 @@ def dur(s: float) -> str:
     return f"{max(1, round(s))}s"
 
 
+
+def result_files(stamp: str, only_nginx: bool, quick: bool) -> tuple[list[str], str]:
+    """(report files, data file) a run writes in bench/results. A --quick run (2 short rounds: a harness
+    check, too noisy to compare) writes quick-* files only, so the committed latest-* figures stay."""
+    suffix = "-proxy-nginx-only" if only_nginx else "-proxy"
+    if quick:
+        return [f"quick{suffix}.md"], f"quick{suffix}.json"
+    return [f"{stamp}{suffix}.md", f"latest{suffix}.md"], f"latest{suffix}.json"
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preflight()
@@ -740,17 +749,13 @@ def main(argv: list[str] | None = None) -> int:
         print(report)
         if not args.no_save:
             os.makedirs(RESULTS_DIR, exist_ok=True)
-            suffix = "-proxy-nginx-only" if args.only_nginx else "-proxy"
-            for name in (f"{stamp}{suffix}.md", f"latest{suffix}.md"):
+            reports, data = result_files(stamp, args.only_nginx, args.quick)
+            for name in reports:
                 with open(os.path.join(RESULTS_DIR, name), "w") as f:
                     f.write(report)
-            with open(os.path.join(RESULTS_DIR, f"latest{suffix}.json"), "w") as f:
+            with open(os.path.join(RESULTS_DIR, data), "w") as f:
                 json.dump({"meta": meta, "medians": rows, "runs": per_round}, f, indent=1)
-            print(
-                f"written: bench/results/{stamp}{suffix}.md, bench/results/latest{suffix}.md "
-                f"(+ latest{suffix}.json)",
-                file=sys.stderr,
-            )
+            print(f"written: {', '.join('bench/results/' + n for n in (*reports, data))}", file=sys.stderr)
         return 0
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
