@@ -47,6 +47,7 @@ from fastgw import __version__
 from fastgw.config.checks import parse_hostport
 from fastgw.config.root import Config, ConfigError, base_of, config_hash, loads
 from fastgw.observe import metrics
+from fastgw.observe.exposition import Exposition
 from fastgw.observe.log import log, set_context, set_level
 from fastgw.observe.metrics import NO_ROUTE, ROUTE_SLOTS, log_dropped, render, snapshot
 from fastgw.policies import POLICIES, runtime
@@ -110,6 +111,7 @@ class Supervisor:
         self.kinds: list[str] = []
         self.admin_addr = ""
         self.failure: str | None = None     # why the gateway stopped at startup (StartupError)
+        self.exposition = Exposition(lambda: self.cfg)    # process_*, build info, certificate expiry
 
     # -- config ----------------------------------------------------------------------------------------
     def assign_slots(self, cfg: Config) -> None:
@@ -274,7 +276,7 @@ class Supervisor:
                    "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
         families = ([runtime(p).metrics(self.shm, self.nworkers, sorted(live), self.cfg) for p in POLICIES]
                     if self.shm is not None else [])
-        return 200, PROMETHEUS, render(snap, self.route_names, process, families)
+        return 200, PROMETHEUS, render(snap, self.route_names, process, families) + self.exposition.render()
 
     # -- signals ---------------------------------------------------------------------------------------
     def on_sighup(self) -> None:
