@@ -71,7 +71,7 @@ class WorkerProcess:
     def apply(self, msg: dict[str, Any]) -> None:
         """Compile the config in `msg` and make it current (raises on a config the worker cannot use)."""
         loop = asyncio.get_running_loop()
-        cfg = loads(msg["toml"], source=f"config generation {msg['gen']}")
+        cfg = loads(msg["toml"], source=f"config generation {msg['gen']}", base=msg.get("base"))
         groups = build_groups(cfg, self.cfg, self.groups)
         if self.services is None:
             self.services = {"loop": loop}
