@@ -60,10 +60,12 @@ def test_bench_quick_keeps_the_committed_figures() -> None:
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_run"] = bench          # its dataclasses look their module up
+    sys.path.insert(0, str(ROOT / "bench"))   # as when run as a script: its sibling modules (plots, progress)
     try:
         spec.loader.exec_module(bench)
     finally:
         del sys.modules["bench_run"]
+        sys.path.remove(str(ROOT / "bench"))
     for only_nginx in (False, True):
         reports, data = bench.result_files("20260101T000000Z", only_nginx, quick=True)
         assert all(not n.startswith("latest") and n.startswith("quick-") for n in (*reports, data))
