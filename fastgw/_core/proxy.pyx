@@ -693,10 +693,11 @@ cdef class Exchange:
             self.out = []
 
     cdef void acquire(self, bint fresh):
+        """A connection to the target the upstream head was built for (build_upstream_head picked it):
+        a pooled one, or a new one (`fresh`: always new, as the retry on a closed kept-alive one wants)."""
         cdef ClientConn cl = self.client
         cdef UpstreamConn c = None
-        cdef Target t = self.route.group.pick()
-        self.target = t
+        cdef Target t = self.target
         if not fresh:
             c = t.take(cl.w.clock.now)
         if c is not None:
@@ -1539,7 +1540,10 @@ cdef class ClientConn(RequestReader):
                 path = b"/" + path
         if h.drop is not None or route._req_remove is not None:
             pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-        host = h.host if h.host else ex.route.group.pick().hostport
+        # The target is picked here, once per request: a request without Host carries the address of
+        # the target it reaches (acquire connects to ex.target).
+        ex.target = route.group.pick()
+        host = h.host if h.host else ex.target.hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         if pieces:
             parts.extend(pieces)
