@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Access-log lines in C: a batch of per-request tuples (fastgw._core.proxy.Worker.observe) formatted as
+"""Access-log lines in C: a batch of per-request tuples (fastgw._core.worker.Worker.observe) formatted as
 JSON lines, and whole lines written to an output other processes write to as well (fastgw/observe.py runs
 both: formatting on the event loop, writing in a thread).
 
@@ -45,7 +45,6 @@ cdef extern from "<poll.h>" nogil:
 
 
 LINE_MAX = PIPE_BUF          # bytes of one access line, its newline included: one atomic pipe write
-DEF FIXED = 400              # room for a line's keys, numbers and constant parts
 cdef const char* HEX = b"0123456789abcdef"
 
 

@@ -1,4 +1,4 @@
-# gRPC passthrough (included at the end of proxy.pyx, after h2.pxi: it uses H2Stream's fields).
+# gRPC passthrough (included by worker.pyx).
 #
 #   GrpcCall   one downstream HTTP/2 stream on a grpc route, joined to one upstream HTTP/2 stream
 #              (fastgw.grpc_upstream.Stream, on a multiplexed connection of the target's Pool)
@@ -148,21 +148,7 @@ cdef void grpc_start(H2Stream st, Exchange ex):
 
 
 cdef class GrpcCall:
-    cdef H2Stream st
-    cdef Exchange ex
-    cdef object us                 # fastgw.grpc_upstream.Stream
-    cdef public int code           # gRPC status for the gateway's answer (0: mapped from the HTTP status)
-    cdef bint head_sent
-    cdef bint over                 # the call ended (answered, failed or reset): no more upstream work
-    cdef bint paused               # the client side cannot take more response now
-    cdef long long up_owed         # response bytes received from upstream, not acknowledged yet
-    cdef double deadline           # the response head must arrive by then (upstream `timeout`)
-    cdef long long max_msg         # route max_body: the largest request message
-    cdef long long need            # bytes of the current request message still to come
-    cdef int hlen                  # bytes of the current 5-byte message prefix seen so far
-    cdef unsigned char hdr[5]
-
-    # -- from the downstream stream (h2.pxi) -----------------------------------------------------------
+    # -- from the downstream stream (h2engine.pyx) -----------------------------------------------------------
     cdef void request_data(self, bytes data, long long n):
         if self.over:
             self.ack_request(n)

@@ -1,0 +1,341 @@
+# One request and its response (included by worker.pyx): the upstream call, the retry, the failure path
+# and the policy interface.
+
+def _report_policy_error(where, exc):
+    import sys
+    import traceback
+    sys.stderr.write(f"fastgw: policy error in {where}: {exc!r}\n")
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+async def _await_gate(Exchange ex, aw):
+    try:
+        res = await aw
+    except asyncio.CancelledError:
+        return
+    except Exception as exc:
+        _report_policy_error(ex.route.name, exc)
+        res = (500, "internal-error", None, None)
+    ex.gate_task = None
+    if ex.done or ex.client.closed:
+        return
+    ex.client.gate_done(ex, res)
+
+
+cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
+
+
+cdef class Exchange:
+    # -- upstream request ------------------------------------------------------------------------------
+    cdef void to_upstream(self, bytes data):
+        if self.up is None or not self.sent:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_LIMIT:
+                self.client.pause_reading(P_PENDING)
+        elif self.client.batching:
+            self.out.append(data)
+        else:
+            self.up.transport.write(data)
+
+    cdef void flush_upstream(self):
+        """Write the request bytes batched during one client read (see to_upstream) in one go."""
+        if self.out and self.up is not None and self.up.transport is not None:
+            write_parts(self.up.transport, self.out)
+            self.out = []
+
+    cdef void acquire(self, bint fresh):
+        """A connection to the target the upstream head was built for (build_upstream_head picked it):
+        a pooled one, or a new one (`fresh`: always new, as the retry on a closed kept-alive one wants)."""
+        cdef ClientConn cl = self.client
+        cdef UpstreamConn c = None
+        cdef Target t = self.target
+        if not fresh:
+            c = pool_take(t, cl.w.clock.now)
+        if c is not None:
+            self.attach(c)
+            return
+        self.connect_deadline = cl.w.clock.now + self.route.group.connect_timeout
+        self.connect_task = cl.loop.create_task(_connect(self, t))
+
+    cdef void connected(self, UpstreamConn c):
+        self.connect_task = None
+        c.w = self.client.w
+        if self.done or self.client.closed:
+            pool_give(self.target, c, self.client.w.clock.now)
+            return
+        self.attach(c)
+        self.client.flush()
+
+    cdef void connect_failed(self, int status, str slug, bytes detail, str kind=None):
+        """Refused or unreachable: 502; no connection within connect_timeout: 504. (503 is kept for
+        "no usable target", e.g. every target's circuit open.)"""
+        self.connect_task = None
+        if not self.done:
+            self.client.w.upstream_error(self, status)
+            self.fail(status, slug, self.name_failure(status, kind, detail))
+
+    cdef bytes name_failure(self, int status, str kind, bytes detail):
+        """Record why the upstream failed (`kind`, fastgw/failures.py; `detail` is its reason, if any)
+        for the access log and the problem body, and return the client's detail sentence naming the
+        upstream. A reporter that names no kind keeps its own sentence; the kind follows the status."""
+        cdef str name = self.route.group.name
+        if kind is None:
+            self.up_error = _failures.BY_STATUS.get(status, "failed")
+            return (detail or b"upstream failed") + b' (upstream "%s")' % name.encode()
+        self.up_error, sentence = _failures.describe(name, kind, detail.decode("latin-1") if detail else "")
+        return sentence
+
+    cdef bytes failure_members(self):
+        """The problem body's members naming an upstream failure (never the target's address)."""
+        if self.up_error is None:
+            return b""
+        return b',"upstream":"' + json_bytes(self.route.group.name.encode()) + b'","upstream_error":"' \
+            + json_bytes(self.up_error.encode("ascii", "replace")) + b'"'
+
+    cdef void attach(self, UpstreamConn c):
+        self.up = c
+        c.ex = self
+        c.got_bytes = False
+        c.reset()
+        self.up_last = self.client.w.clock.now
+        self.sent = True
+        if self.client.wpaused and not c.rpaused:
+            c.rpaused = True
+            c.transport.pause_reading()
+        cdef list parts = self.pending
+        if parts:
+            parts.insert(0, self.up_head)
+            self.pending = []
+            self.pending_bytes = 0
+            write_parts(c.transport, parts)
+            self.client.resume_reading(P_PENDING)
+        else:
+            c.transport.write(self.up_head)
+
+    cdef void release_upstream(self, bint reusable):
+        cdef UpstreamConn c = self.up
+        if c is None:
+            return
+        self.up = None
+        c.ex = None
+        if reusable and self.body_done and not c.closed:
+            pool_give(self.target, c, self.client.w.clock.now)
+        else:
+            c.close()
+
+    cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=None):
+        cdef UpstreamConn c = self.up
+        if self.done:
+            return
+        if c is not None:
+            c.ex = None
+            c.abort()
+            self.up = None
+        if self.resp_started:
+            self.done = True
+            self.client.w.upstream_error(self, status)
+            self.name_failure(status, kind, detail)
+            self.client.w.observe(self)      # the access log records the cut response and why
+            self.client.abort()              # never a silently truncated response
+            return
+        if (c is not None and c.reused and not c.got_bytes and not self.retried and not self.has_body
+                and status == 502 and IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0):
+            # A kept-alive connection the upstream closed just as we reused it: retry once, fresh.
+            self.retried = True
+            self.sent = False
+            self.acquire(True)
+            return
+        self.client.w.upstream_error(self, status)
+        self.fail(status, slug, self.name_failure(status, kind, detail))
+
+    # -- response --------------------------------------------------------------------------------------
+    cdef void resp_head(self, UpstreamConn c, int status):
+        cdef bint is_head = self.head.method == b"HEAD"
+        self.resp_started = True
+        self.status = status
+        self.resp_nobody = is_head or status == 204 or status == 304
+        self.client.write_head(self, c, status)
+        if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
+            # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
+            # the connection (it would wait for body bytes that never come).
+            self.release_upstream(False)
+            self.complete()
+
+    cdef void resp_body(self, bytes data):
+        if self.resp_nobody:
+            return
+        self.client.write_body(self, data)
+
+    cdef void resp_end(self, bint reusable):
+        if self.done:
+            return
+        self.client.write_end(self)
+        self.release_upstream(reusable)
+        self.complete()
+
+    cdef void complete(self):
+        if not self.done:
+            self.done = True
+            if self.after is not None:
+                self.run_after()
+            self.client.w.observe(self)
+            self.client.finished(self)
+
+    cdef void drop(self):
+        """End the exchange where it stands (its client is gone): pending work is cancelled and the
+        upstream connection, mid-request, is closed."""
+        self.done = True
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.gate_task is not None:
+            self.gate_task.cancel()
+            self.gate_task = None
+        if self.after is not None:
+            self.run_after()
+        if self.up is not None:
+            self.release_upstream(False)
+
+    cdef void run_after(self):
+        fns = self.after
+        self.after = None
+        for fn in fns:
+            try:
+                fn(self)
+            except Exception as exc:            # a policy bug must not take the connection down
+                _report_policy_error("on_complete", exc)
+
+    # -- policy interface ------------------------------------------------------------------------------
+    # A route's `gate` (compiled from its policies at config load) is called as gate(exchange) once the
+    # route is known and before any upstream work. It returns None to let the request through, a
+    # rejection tuple (status, slug, detail bytes or None, extra header lines bytes or None), or an
+    # awaitable resolving to one of those (only policies that must wait for I/O, e.g. Redis, do that).
+    # Everything a policy may read or add is below; nothing else of the exchange is public.
+    @property
+    def method(self):
+        return self.head.method
+
+    @property
+    def path(self):
+        return self.head.path
+
+    @property
+    def query(self):
+        return self.head.query
+
+    @property
+    def host(self):
+        return self.head.host
+
+    @property
+    def peer(self):
+        return self.client.peer
+
+    @property
+    def xff(self):
+        """The client's X-Forwarded-For (fields joined), or None: believe it only from a trusted proxy."""
+        return self.head.xff
+
+    @property
+    def peercert(self):
+        """The verified TLS client certificate of the connection (ssl getpeercert() form), or None."""
+        return self.client.peercert()
+
+    @property
+    def request_id(self):
+        return self.rid
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else None
+
+    @property
+    def route_params(self):
+        return self.params
+
+    def header(self, bytes lname):
+        """The value of the forwarded request header `lname` (lowercase), or None. Headers the gateway
+        owns (Host, framing, hop-by-hop, X-Forwarded-*, identity headers) are not visible here."""
+        cdef list pieces = self.head.pieces
+        cdef Py_ssize_t i
+        for i in range(0, len(pieces), 4):
+            if len(<bytes>pieces[i]) == len(lname) and (<bytes>pieces[i]).lower() == lname:
+                return pieces[i + 2]
+        return None
+
+    def add_upstream_header(self, bytes name, bytes value):
+        line = name + b": " + value + b"\r\n"
+        self.up_extra = line if self.up_extra is None else self.up_extra + line
+
+    def add_response_header(self, bytes name, bytes value):
+        line = name + b": " + value + b"\r\n"
+        self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
+
+    def set_query(self, bytes query):
+        """Replace the query forwarded upstream (b"" or b"?..."), e.g. without a credential parameter."""
+        if query and query[0] != 63:
+            raise ValueError("a query starts with '?'")
+        self.head.query = query
+
+    def add_upstream_lines(self, bytes lines):
+        """Complete header lines (b"Name: value\\r\\n"...), prebuilt by a policy, for the upstream request."""
+        self.up_extra = lines if self.up_extra is None else self.up_extra + lines
+
+    def add_response_lines(self, bytes lines):
+        """Complete header lines for the response, whatever its status."""
+        self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
+
+    def on_complete(self, fn):
+        """Run fn(exchange) once when the exchange ends, whatever the outcome."""
+        if self.after is None:
+            self.after = []
+        self.after.append(fn)
+
+    cdef void fail(self, int status, str slug, bytes detail):
+        """A response made by fastgw (problem+json), before any upstream response byte."""
+        cdef ClientConn cl = self.client
+        if self.connect_task is not None:
+            t = self.connect_task
+            self.connect_task = None
+            t.cancel()
+        if self.up is not None:
+            self.release_upstream(False)
+        if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
+                or status == 414:
+            self.close_after = True
+        if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests \
+                or (self.head is not None and not self.head.keep_alive):   # the client asked to close
+            self.close_after = True
+        self.status = status
+        extra = self.err_extra
+        if self.resp_extra is not None:
+            extra = self.resp_extra if extra is None else extra + self.resp_extra
+        cl.write_problem(self, slug, detail, extra)
+        self.complete()
+
+
+cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):
+    """Pieces without the headers named in `drop` or `remove` (folded: lowercase, "_" read as "-", as
+    upstreams that fold names read them; fastgw/headers.py): `pieces` itself when none is (the common
+    case: nothing allocated). A name is folded and looked up only when its length is the length of a name
+    in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
+    cdef list out = None
+    cdef Py_ssize_t i, k, n = len(pieces)
+    cdef uint64_t lengths = remove_lengths | name_lengths(drop)
+    cdef bint hit
+    cdef bytes name
+    for i in range(0, n, 4):
+        k = len(<bytes>pieces[i])
+        hit = False
+        if (lengths >> (k if k < 63 else 63)) & 1:
+            name = (<bytes>pieces[i]).lower()
+            if memchr(<const char*>name, 95, k) != NULL:       # '_'
+                name = name.replace(b"_", b"-")
+            hit = (drop is not None and name in drop) or (remove is not None and name in remove)
+        if hit:
+            if out is None:
+                out = pieces[:i]
+        elif out is not None:
+            out += pieces[i:i + 4]
+    return pieces if out is None else out
