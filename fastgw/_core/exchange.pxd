@@ -1,6 +1,7 @@
 # Declarations of the exchange (see exchange.pyx; included by worker.pxd).
 
 from fastgw._core.balancer cimport Target
+from fastgw._core.gateway_error cimport GatewayError
 from fastgw._core.http1 cimport RequestHead
 from fastgw._core.runtime cimport RouteRT, Runtime
 
@@ -36,10 +37,9 @@ cdef class Exchange:
     cdef bint done
     cdef bint retried
     cdef bint close_after
-    cdef int err_status
-    cdef str err_slug
-    cdef bytes err_detail
-    cdef bytes err_extra
+    cdef GatewayError err                 # the failure that ended this exchange (or, queued, will), or None
+    cdef GatewayError retried_err         # the failure the exchange was retried after, or None
+    cdef bytes err_extra                  # header lines for the problem response (Allow, a policy's)
     cdef object params                    # the route's {param} captures (dict) or None
     cdef bytes up_extra                   # header lines added by policies to the upstream request
     cdef bytes resp_extra                 # header lines added by policies to the response (any status)
@@ -49,21 +49,21 @@ cdef class Exchange:
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
-    cdef str up_error                    # why the upstream failed (fastgw/failures.py), or None
     cdef void to_upstream(self, bytes data)
     cdef void flush_upstream(self)
     cdef void acquire(self, bint fresh)
     cdef void connected(self, UpstreamConn c)
     cdef void connect_failed(self, int status, str slug, bytes detail, str kind=*)
-    cdef bytes name_failure(self, int status, str kind, bytes detail)
+    cdef void name_failure(self, GatewayError err)
     cdef bytes failure_members(self)
     cdef void attach(self, UpstreamConn c)
     cdef void release_upstream(self, bint reusable)
     cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=*)
+    cdef void failed(self, GatewayError err)
     cdef void resp_head(self, UpstreamConn c, int status)
     cdef void resp_body(self, bytes data)
     cdef void resp_end(self, bint reusable)
     cdef void complete(self)
     cdef void drop(self)
     cdef void run_after(self)
-    cdef void fail(self, int status, str slug, bytes detail)
+    cdef void respond_problem(self, GatewayError err)

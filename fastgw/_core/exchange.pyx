@@ -69,29 +69,29 @@ cdef class Exchange:
 
     cdef void connect_failed(self, int status, str slug, bytes detail, str kind=None):
         """Refused or unreachable: 502; no connection within connect_timeout: 504. (503 is kept for
-        "no usable target", e.g. every target's circuit open.)"""
+        "no usable target", e.g. every target's circuit open.) Never retryable: see gateway_error.pyx."""
         self.connect_task = None
-        if not self.done:
-            self.client.w.upstream_error(self, status)
-            self.fail(status, slug, self.name_failure(status, kind, detail))
+        self.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT, False, detail, kind))
 
-    cdef bytes name_failure(self, int status, str kind, bytes detail):
-        """Record why the upstream failed (`kind`, fastgw/failures.py; `detail` is its reason, if any)
-        for the access log and the problem body, and return the client's detail sentence naming the
-        upstream. A reporter that names no kind keeps its own sentence; the kind follows the status."""
+    cdef void name_failure(self, GatewayError err):
+        """Name an upstream failure for the access log and the problem body: err.kind (fastgw/failures.py)
+        becomes its label and err.detail the client's sentence naming the upstream. A reporter that names
+        no kind keeps its own sentence; the kind follows the status."""
         cdef str name = self.route.group.name
-        if kind is None:
-            self.up_error = _failures.BY_STATUS.get(status, "failed")
-            return (detail or b"upstream failed") + b' (upstream "%s")' % name.encode()
-        self.up_error, sentence = _failures.describe(name, kind, detail.decode("latin-1") if detail else "")
-        return sentence
+        if err.kind is None:
+            err.kind = _failures.BY_STATUS.get(err.status, "failed")
+            err.detail = (err.detail or b"upstream failed") + b' (upstream "%s")' % name.encode()
+            return
+        err.kind, err.detail = _failures.describe(name, err.kind,
+                                                  err.detail.decode("latin-1") if err.detail else "")
 
     cdef bytes failure_members(self):
         """The problem body's members naming an upstream failure (never the target's address)."""
-        if self.up_error is None:
+        cdef GatewayError err = self.err
+        if err is None or err.kind is None:
             return b""
         return b',"upstream":"' + json_bytes(self.route.group.name.encode()) + b'","upstream_error":"' \
-            + json_bytes(self.up_error.encode("ascii", "replace")) + b'"'
+            + json_bytes(err.kind.encode("ascii", "replace")) + b'"'
 
     cdef void attach(self, UpstreamConn c):
         self.up = c
@@ -125,29 +125,48 @@ cdef class Exchange:
             c.close()
 
     cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=None):
+        """The upstream connection failed once the request was on its way (closed, reset, invalid
+        response: 502; timeout: 504): the connection is dropped and the failure goes to `failed`."""
         cdef UpstreamConn c = self.up
+        cdef bint retryable
         if self.done:
             return
+        # Safe to send again (gateway_error.pyx): a kept-alive connection the upstream closed or reset
+        # just as it was reused, before any response byte, for a request that can be sent again whole.
+        retryable = (c is not None and c.reused and not c.got_bytes and status == 502 and not self.has_body
+                     and IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0)
         if c is not None:
             c.ex = None
             c.abort()
             self.up = None
-        if self.resp_started:
-            self.done = True
-            self.client.w.upstream_error(self, status)
-            self.name_failure(status, kind, detail)
-            self.client.w.observe(self)      # the access log records the cut response and why
-            self.client.abort()              # never a silently truncated response
+        self.failed(gateway_error(status, slug, SRC_UPSTREAM_RESPONSE, retryable, detail, kind))
+
+    cdef void failed(self, GatewayError err):
+        """The one failure path of an exchange: every failure, whoever detected it, arrives here. An
+        upstream failure is retried when it is retryable (once: `retried`; on a fresh connection to the
+        same target), counted, and named; once the response has started the client connection is cut
+        (never a silently truncated response); otherwise the client gets the problem (`respond_problem`).
+        The error stays on the exchange for the access log."""
+        cdef bint upstream = err.source == SRC_UPSTREAM_CONNECT or err.source == SRC_UPSTREAM_RESPONSE
+        if self.done:
             return
-        if (c is not None and c.reused and not c.got_bytes and not self.retried and not self.has_body
-                and status == 502 and IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0):
-            # A kept-alive connection the upstream closed just as we reused it: retry once, fresh.
-            self.retried = True
-            self.sent = False
-            self.acquire(True)
-            return
-        self.client.w.upstream_error(self, status)
-        self.fail(status, slug, self.name_failure(status, kind, detail))
+        if upstream:
+            if err.retryable and not self.retried and not self.resp_started:
+                self.retried = True
+                self.retried_err = err
+                self.sent = False
+                self.acquire(True)
+                return
+            self.err = err
+            self.client.w.upstream_error(self, err.status)
+            self.name_failure(err)
+            if self.resp_started:
+                self.done = True
+                self.client.w.observe(self)      # the access log records the cut response and why
+                self.client.abort()              # never a silently truncated response
+                return
+        self.err = err
+        self.respond_problem(err)
 
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
@@ -292,9 +311,10 @@ cdef class Exchange:
             self.after = []
         self.after.append(fn)
 
-    cdef void fail(self, int status, str slug, bytes detail):
+    cdef void respond_problem(self, GatewayError err):
         """A response made by fastgw (problem+json), before any upstream response byte."""
         cdef ClientConn cl = self.client
+        cdef int status = err.status
         if self.connect_task is not None:
             t = self.connect_task
             self.connect_task = None
@@ -311,7 +331,7 @@ cdef class Exchange:
         extra = self.err_extra
         if self.resp_extra is not None:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
-        cl.write_problem(self, slug, detail, extra)
+        cl.write_problem(self, err.slug, err.detail, extra)
         self.complete()
 
 

@@ -389,7 +389,8 @@ cdef class ClientConn(RequestReader):
             self.abort()
         else:
             ex.err_extra = None
-            ex.fail(413, "payload-too-large", b"request body exceeds the route's limit")
+            ex.failed(gateway_error(413, "payload-too-large", SRC_DOWNSTREAM, False,
+                                    b"request body exceeds the route's limit", None))
 
     cpdef request_end(self):
         cdef Exchange ex = self.rx
@@ -406,6 +407,7 @@ cdef class ClientConn(RequestReader):
 
     cpdef request_error(self, int status, str slug, str detail):
         cdef Exchange ex = self.rx
+        cdef GatewayError err = gateway_error(status, slug, SRC_DOWNSTREAM, False, detail.encode(), None)
         self.rx = None
         self.discard = True
         if ex is not None and not ex.done:
@@ -421,16 +423,12 @@ cdef class ClientConn(RequestReader):
                     self.queue = self.queue[:self.queue.index(ex) + 1]
                 ex.close_after = True
                 if ex is self.active:
-                    ex.fail(status, slug, detail.encode())
+                    ex.failed(err)
                 else:
-                    ex.err_status = status
-                    ex.err_slug = slug
-                    ex.err_detail = detail.encode()
+                    ex.err = err                # answered when its turn comes (start)
             return
         ex = self.new_exchange(None)
-        ex.err_status = status
-        ex.err_slug = slug
-        ex.err_detail = detail.encode()
+        ex.err = err
         ex.close_after = True
         self.queue = self.queue[:]
         self.enqueue(ex)
@@ -441,23 +439,24 @@ cdef class ClientConn(RequestReader):
         cdef RequestHead h = ex.head
         cdef RouteRT route
         self.active = ex
-        if ex.err_status:
-            ex.fail(ex.err_status, ex.err_slug, ex.err_detail)
+        if ex.err is not None:
+            ex.failed(ex.err)                   # a request that failed before its turn
             return
         m = (<Router>rt.router).match(h.method, h.host, h.path)      # a C call (router.pxd)
         code = <int>m[0]
         if code != 0:
             if code == 404:
-                ex.fail(404, "not-found", None)
+                ex.failed(gateway_error(404, "not-found", SRC_DOWNSTREAM, False, None, None))
             else:
                 ex.err_extra = b"Allow: " + <bytes>m[1] + b"\r\n"
-                ex.fail(405, "method-not-allowed", None)
+                ex.failed(gateway_error(405, "method-not-allowed", SRC_DOWNSTREAM, False, None, None))
             return
         route = <RouteRT>m[1]
         ex.route = route
         if route.grpc:
             if not isinstance(self, H2Stream):
-                ex.fail(505, "http2-required", None)      # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
+                # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
+                ex.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
                 return
             h.chunked = False                 # the request body goes to an HTTP/2 stream as it is
         if h.content_length > route.max_body or ex.body_bytes > route.max_body:
@@ -490,10 +489,13 @@ cdef class ClientConn(RequestReader):
         ex.acquire(False)
 
     cdef void reject(self, Exchange ex, tuple res):
+        """A policy's rejection (status, slug, detail, extra header lines); a store it needs being
+        unavailable is the store's failure, not the policy's."""
         status, slug, detail, extra = res
         if extra is not None:
             ex.err_extra = extra if ex.err_extra is None else ex.err_extra + extra
-        ex.fail(status, slug, detail)
+        ex.failed(gateway_error(status, slug, SRC_STORE if slug == "store-unavailable" else SRC_POLICY,
+                                False, detail, None))
 
     cdef void gate_done(self, Exchange ex, object res):
         self.batching = True
@@ -677,7 +679,7 @@ cdef class ClientConn(RequestReader):
         if ex.resp_started:
             self.abort()
         else:
-            ex.fail(408, "request-timeout", detail)
+            ex.failed(gateway_error(408, "request-timeout", SRC_DOWNSTREAM, False, detail, None))
 
     cdef void timeout_response(self, int status, str slug, bytes detail):
         cdef Exchange ex = self.new_exchange(None)
@@ -685,4 +687,4 @@ cdef class ClientConn(RequestReader):
         self._state = ST_DEAD
         ex.close_after = True
         self.active = ex
-        ex.fail(status, slug, detail)
+        ex.failed(gateway_error(status, slug, SRC_DOWNSTREAM, False, detail, None))

@@ -260,19 +260,8 @@ cdef class H2Stream(ClientConn):
         self.rx = None
         if self.grpc is not None:
             self.grpc.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
-        if ex is None:
-            return
-        ex.done = True
-        if ex.connect_task is not None:
-            ex.connect_task.cancel()
-            ex.connect_task = None
-        if ex.gate_task is not None:
-            ex.gate_task.cancel()
-            ex.gate_task = None
-        if ex.after is not None:
-            ex.run_after()
-        if ex.up is not None:
-            ex.release_upstream(False)
+        if ex is not None:
+            ex.drop()
 
     cdef void finished(self, Exchange ex):
         if ex is not self.active:
@@ -453,9 +442,7 @@ cdef class H2Conn:
             return
         ex = st.new_exchange(h)
         if code == 431:
-            ex.err_status = 431
-            ex.err_slug = "header-too-large"
-            ex.err_detail = b"too many header fields"
+            ex.err = gateway_error(431, "header-too-large", SRC_DOWNSTREAM, False, b"too many header fields", None)
             ex.body_done = True
             st.rx_done = True
             st.start(ex)

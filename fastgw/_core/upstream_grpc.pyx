@@ -42,6 +42,10 @@ cdef dict GRPC_STATUS = {
 # the wire table's CONNECTION_SPECIFIC).
 cdef frozenset GRPC_HOP = CONNECTION_SPECIFIC
 
+# The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
+cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.CONNECT_FAILED,
+                                          _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
+
 
 cpdef bytes grpc_pct(bytes msg):
     """Percent-encode a grpc-message value: bytes outside printable ASCII, and '%', become %XX."""
@@ -193,7 +197,7 @@ cdef class GrpcCall:
         if not self.head_sent:
             self.code = 8
             self.over = True
-            self.ex.fail(413, "payload-too-large", detail)
+            self.ex.failed(gateway_error(413, "payload-too-large", SRC_DOWNSTREAM, False, detail, None))
             return
         st.trailers = [(b"grpc-status", b"8"), (b"grpc-message", grpc_pct(detail))]
         self.ex.grpc_code = 9
@@ -226,18 +230,14 @@ cdef class GrpcCall:
             self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
 
     cdef void fail(self, int status, str slug, bytes detail, int code, str kind=None):
-        cdef bytes sentence
+        """The upstream failed: the exchange's failure path answers (a gRPC status `code` before the
+        response head; after it, the client's stream is reset: never a silently truncated response)."""
         if self.over:
             return
         self.over = True
-        self.st.w.upstream_error(self.ex, status)
-        sentence = self.ex.name_failure(status, kind, detail)
-        if self.head_sent:
-            self.st.w.observe(self.ex)         # the access log records the cut call and why
-            self.st.reset(E_INTERNAL)          # never a silently truncated response
-            return
         self.code = code
-        self.ex.fail(status, slug, sentence)
+        self.ex.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT if kind in CONNECT_KINDS
+                                     else SRC_UPSTREAM_RESPONSE, False, detail, kind))
 
     # -- from the upstream stream (fastgw.grpc_upstream) -----------------------------------------------
     def ack_request(self, long long n):
@@ -315,10 +315,13 @@ cdef class GrpcCall:
         if self.over:
             return
         self.over = True
+        cdef GatewayError err = gateway_error(502, "bad-gateway", SRC_UPSTREAM_RESPONSE, False, b"",
+                                              _failures.STREAM_RESET)
+        self.ex.err = err
         if not self.head_sent:
             self.st.w.upstream_error(self.ex, 502)
             self.ex.status = 502
-        self.ex.name_failure(502, _failures.STREAM_RESET, b"")
+        self.ex.name_failure(err)
         self.st.w.observe(self.ex)             # the access log records the reset call and why
         self.st.reset(code)
 

@@ -43,6 +43,9 @@ from fastgw._core.wire cimport (
 )
 from fastgw._core.wire import CONNECTION_SPECIFIC
 from fastgw._core.balancer cimport Target, UpstreamGroup
+from fastgw._core.gateway_error cimport (
+    SRC_DOWNSTREAM, SRC_POLICY, SRC_STORE, SRC_UPSTREAM_CONNECT, SRC_UPSTREAM_RESPONSE, GatewayError, gateway_error,
+)
 from fastgw._core.runtime cimport H2Limits, Problem, RouteRT, Runtime, json_bytes
 from fastgw._core.runtime import H2Limits, Problem, RouteRT, Runtime, json_bytes
 
@@ -214,7 +217,8 @@ cdef class Worker:
             self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.client.tcp_peer,
                                     ex.rid, ex.route.name if ex.route is not None else None,
                                     t.group.name if t is not None else None, t.hostport if t is not None else None,
-                                    ex.up_error, ex.grpc_code - 1 if ex.grpc_code else None))
+                                    ex.err.kind if ex.err is not None else None,
+                                    ex.grpc_code - 1 if ex.grpc_code else None, ex.err, ex.retried_err))
 
     cdef void headers_dropped(self, Exchange ex):
         """Header fields the wire table dropped for their "_" (RequestHead.dropped, fastgw/headers.py):
