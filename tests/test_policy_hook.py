@@ -16,7 +16,7 @@ import pytest
 import uvloop
 from upstreams import EchoOrigin
 
-from fastgw._core.proxy import Worker
+from fastgw._core.worker import Worker
 from fastgw.compile import compile_config
 from fastgw.config.root import loads
 from fastgw.process.worker import date_header

@@ -25,17 +25,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 
 from fastgw._core.buckets cimport Plan, Table, _hash
 
-# Decision counters, in the order of fastgw.policies.ratelimit.DECISIONS.
-DEF D_ALLOWED = 0
-DEF D_RATE = 1
-DEF D_QUOTA = 2
-DEF D_SHADOW = 3
-
-# Key parts (a limit's `key`): fastgw.policies.ratelimit.KeySpec.
-DEF P_CONSUMER = 0
-DEF P_IP = 1
-DEF P_ROUTE = 2
-DEF P_HEADER = 3
+# (The decision counters and key parts are declared in gates.pxd.)
 
 
 cdef inline int64_t _now(int clock) noexcept nogil:

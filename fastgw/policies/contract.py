@@ -3,7 +3,7 @@
 
 A policy's ``check(exchange)`` returns None (go on), a `Rejection` ``(status, slug, detail bytes | None,
 extra header lines bytes | None)``, or an awaitable resolving to one of those; the exchange's interface is
-in fastgw/_core/proxy.pyx ("policy interface"). A policy derives from fastgw._core.gates.Gate, so the
+in fastgw/_core/exchange.pyx ("policy interface"). A policy derives from fastgw._core.gates.Gate, so the
 compiled Chain calls its `check` from C.
 
 A policy's runtime module (the registry names it: fastgw/policies/__init__.py) provides the hooks of

@@ -23,7 +23,8 @@ from typing import Any
 import uvloop
 
 from fastgw import __version__
-from fastgw._core.proxy import UpstreamGroup, Worker
+from fastgw._core.balancer import UpstreamGroup
+from fastgw._core.worker import Worker
 from fastgw.clientaddr import nets
 from fastgw.compile import build_groups, compile_config
 from fastgw.config.root import Config, loads
