@@ -20,6 +20,7 @@ import pytest
 from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from upstreams import StaleOrigin
 
 from fastgw._core.accesslog import LINE_MAX, format_lines
 from fastgw._core.http1 import RequestHead
@@ -257,15 +258,17 @@ def documented_fields() -> list[str]:
 
 
 def test_every_field_the_gateway_writes_is_documented_in_order(origin: Origin, tmp_path: Path) -> None:
-    """Lines a real gateway writes for a proxied request, an upstream failure, a gRPC call and a request
-    whose line had to be cut: together they carry every documented field and no other, each line in the
-    documented order."""
+    """Lines a real gateway writes for a proxied request, an upstream failure, a gRPC call, a request
+    retried after its pooled upstream connection closed, and a request whose line had to be cut: together
+    they carry every documented field and no other, each line in the documented order."""
     import grpc
 
     down = f"127.0.0.1:{free_port()}"
+    stale = StaleOrigin().start()         # closes each connection at its second request: one retry
     routes = ('[[routes]]\nname = "grpc-down"\npath = "/test.Echo/*"\nupstream = "down"\nprotocol = "grpc"\n'
               '[[routes]]\nname = "http-down"\npath = "/down/*"\nupstream = "down"\n'
-              f'[upstreams.down]\ntargets = ["{down}"]\n')
+              '[[routes]]\nname = "stale"\npath = "/stale/*"\nupstream = "stale"\n'
+              f'[upstreams.down]\ntargets = ["{down}"]\n[upstreams.stale]\ntargets = ["{stale.addr}"]\n')
     path = tmp_path / "gw.toml"
     path.write_text(config(origin, extra_server="access_log = true", routes=routes))
     gw = Gateway(path, workers=1)
@@ -278,12 +281,15 @@ def test_every_field_the_gateway_writes_is_documented_in_order(origin: Origin, t
             with pytest.raises(grpc.RpcError) as e:
                 ch.unary_unary("/test.Echo/Unary")(b"x", timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert httpx.get(gw.base + "/stale/warm").status_code == 200
+        assert httpx.get(gw.base + "/stale/again").status_code == 200     # retried on a fresh connection
         deadline = time.monotonic() + 5
-        while len(lines := gw.access_lines()) < 4:
+        while len(lines := gw.access_lines()) < 6:
             assert time.monotonic() < deadline, lines
             time.sleep(0.05)
     finally:
         gw.close()
+        stale.stop()
     documented = documented_fields()
     assert len(documented) == len(set(documented)) > 10
     written: set[str] = set()
