@@ -188,6 +188,14 @@ def test_cluster_global_limits_across_two_instances(tmp_path: Path, echo_origin,
         assert res["ok"] > 60 and res["degraded"] == 0
         sizes = [int(p.command("DBSIZE")[1:].split(b"\r\n")[0]) for p in cluster.primaries()]
         assert len(sizes) == 3 and all(n >= 5 for n in sizes), sizes
+        # Script caches are per node: flushed on every primary (a restart, a failover), each node answers
+        # NOSCRIPT and the call is re-sent there as EVAL; no request falls back.
+        for p in cluster.primaries():
+            assert p.command("SCRIPT", "FLUSH").startswith(b"+OK")
+        before = cluster.commands("eval")
+        res = finish(load(1.0, "/flushed", [gws[0].listen], 2, 60))
+        assert res["ok"] > 60 and res["degraded"] == 0 and res["other"] == {}
+        assert cluster.commands("eval") - before >= 3          # at least one EVAL per primary
         st = status(gws[0])
         assert st["mode"] == "cluster" and len(st["nodes"]) == 3
         assert all(n["workers_up"] == 2 for n in st["nodes"]), st
@@ -235,33 +243,44 @@ def _failover_under_load(gw: Gateway, kill: RedisServer, promoted: Callable[[], 
     watcher = threading.Thread(target=lambda: seen.append(wait(
         lambda: next((s for s in [status(gw)] if any(n["workers_down"] for n in s["nodes"])), None), 5,
         "/status/redis showing the node down", step=0.05)))
+    h0 = _durations(gw)
     kill.kill()
     t_kill = time.monotonic()
     watcher.start()
     wait(promoted, 20, "promotion", step=0.01)
     t_promoted = time.monotonic()
     watcher.join()
+    time.sleep(max(0.0, t_promoted + 1.0 - time.monotonic()))
+    h1 = _durations(gw)
     res = finish(proc)
-    res.update(t_kill=t_kill, t_promoted=t_promoted, down_status=seen[0] if seen else None)
+    res.update(t_kill=t_kill, t_promoted=t_promoted, down_status=seen[0] if seen else None,
+               gateway={k: h1[k] - h0[k] for k in h0})
     return res
+
+
+def _durations(gw: Gateway) -> dict[str, float]:
+    """The gateway's request-duration histogram (route "w"): all, within 250 ms, within 500 ms."""
+    m = rlutil.metrics(gw)
+    return {"count": metric(m, "fastgw_request_duration_seconds_count", route="w"),
+            "0.25": metric(m, "fastgw_request_duration_seconds_bucket", route="w", le="0.25"),
+            "0.5": metric(m, "fastgw_request_duration_seconds_bucket", route="w", le="0.5")}
 
 
 def _assert_failover(gw: Gateway, res: dict, deadline: float, label: str) -> None:
     """No request waits for the failover: a request held until the promotion would wait seconds (here
-    1-3 s). Every request of the run is answered within 500 ms in the gateway (its request-duration
-    histogram): the deadline (100 ms) plus a margin for this shared 2-core box, where whole processes
+    1-3 s). Every request from the kill to 1 s after the promotion is answered within 500 ms in the gateway
+    (its request-duration histogram): the deadline (100 ms) plus a margin for this shared 2-core box, where whole processes
     stall for 100-350 ms at times with or without a failover (the load generator's view before the kill,
     printed, shows it). The figures printed are the measurement; the bound is what stays true under noise."""
     recovery = (res["last_degraded"] or res["t_promoted"]) - res["t_promoted"]
     window = (res["t_kill"], res["t_promoted"] + 1.0)
     during = max((took for t, took in res["slow"] if window[0] <= t <= window[1]), default=0.0)
     before = max((took for t, took in res["slow"] if t < window[0]), default=0.0)
-    m = rlutil.metrics(gw)
-    count = metric(m, "fastgw_request_duration_seconds_count", route="w")
-    within = metric(m, "fastgw_request_duration_seconds_bucket", route="w", le="0.5")
-    fast = metric(m, "fastgw_request_duration_seconds_bucket", route="w", le="0.25")
+    g = res["gateway"]
+    count, within, fast = g["count"], g["0.5"], g["0.25"]
     print(f"{label}: promoted {res['t_promoted'] - res['t_kill']:.2f}s after the kill; {res['ok']} answered, "
-          f"{res['degraded']} under on_store_error; in the gateway {count - fast:.0f} of {count:.0f} took over "
+          f"{res['degraded']} under on_store_error; in the gateway, from the kill to 1 s after the promotion, "
+          f"{count - fast:.0f} of {count:.0f} took over "
           f"250 ms, {count - within:.0f} over 500 ms; client side: longest request from the kill to 1 s after the promotion {during * 1000:.1f} ms "
           f"(before the kill {before * 1000:.1f} ms, p50 {res['latency_p50'] * 1000:.2f} ms); last degraded "
           f"answer {recovery * 1000:.0f} ms after the promotion")
@@ -270,7 +289,7 @@ def _assert_failover(gw: Gateway, res: dict, deadline: float, label: str) -> Non
     assert res["other"] == {} and res["limited"] == 0
     assert res["degraded"] > 0, "no answer followed on_store_error: the failover was not seen"
     assert res["first_degraded"] >= res["t_kill"] - 0.05
-    assert count >= res["ok"] and within == count, (within, count)
+    assert count > 1000 and within == count, (within, count)
     assert deadline + 0.4 <= 0.5
     assert recovery <= 1.0, recovery
     assert res["down_status"] is not None
