@@ -128,7 +128,11 @@ class ClusterClient:
                 continue
             if isinstance(reply, hiredis.ReplyError) or not isinstance(reply, list) or not reply:
                 continue
-            self._apply(reply, n)
+            try:
+                self._apply(reply, n)
+            except (ValueError, IndexError, TypeError, AttributeError) as e:   # a reply of another shape
+                n.report(f"{n.addr}: CLUSTER SLOTS: unreadable reply: {type(e).__name__}", False)
+                continue
             return True
         return False
 
