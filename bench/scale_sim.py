@@ -14,7 +14,9 @@ Model (one event per request, one per Redis call):
 - lease: as fastgw/policies/ratelimit/policy.py: a worker spends its leased tokens locally; an empty
   lease queues the request and asks for a batch = spending rate x lease_period (at most
   min(lease_max, L x lease_period)), the next batch is fetched when half is spent; a refusal makes the
-  worker refuse locally until the next token is due. Unspent tokens expire after lease_ttl.
+  worker refuse locally until the next token is due and for at least min(lease_period, half the bucket's
+  fill time) (--deny token: only until the next token, the rule before). Unspent tokens expire after
+  lease_ttl.
 - a call that would queue longer than `timeout` on its primary fails (the deadline) and the request
   follows on_store_error = "local", as below.
 - failover (--failover): primary 0 is unavailable from 1/3 to 2/3 of the run; its keys follow
@@ -168,7 +170,8 @@ class Sim:
         st[3], st[4] = now, max(g, 1)
         if g == 0:
             retry = max(1e-3, self.tat[c] - self.tau + self.interval - redis_now)
-            st[2] = now + (max(retry, self.a.lease_period) if self.a.deny == "period" else retry)
+            wait = min(self.a.lease_period, self.tau / 2)     # PlanRT.lease_deny
+            st[2] = now + (max(retry, wait) if self.a.deny == "period" else retry)
         served = min(g, st[6])
         for _ in range(served):
             self.count(c, now)
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lease-ttl", dest="lease_ttl", type=float, default=1.0)
     ap.add_argument("--modes", default="strict,lease")
     ap.add_argument("--deny", choices=("token", "period"), default="period",
-                    help="a refused lease: ask again when the next token is due, or after lease_period")
+                    help="a refused lease: ask again when the next token is due, or after a lease period")
     ap.add_argument("--failover", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)

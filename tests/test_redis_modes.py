@@ -174,8 +174,8 @@ def test_cluster_global_limits_across_two_instances(tmp_path: Path, echo_origin,
             assert res["other"] == {} and res["degraded"] == 0
             assert res["limited"] > res["ok"], "the load did not exceed the limit; the test proves nothing"
             assert abs(res["ok"] - expected) <= 0.02 * expected
-            if mode == "lease":      # a refused worker asks again after a lease period, not at every token
-                assert scripts / total <= 0.02
+            if mode == "lease":      # a refused worker waits before asking again, not one ask per token
+                assert scripts / total <= 0.05
         # Lease mode under its limit: the leases serve the requests.
         before = cluster.commands("evalsha", "eval")
         res = finish(load(3.0, "/lw/under", addrs, 2, 1))

@@ -284,7 +284,7 @@ class RateLimitPolicy(G.RateGate):
         fut = store.client.run(TAKE, self.redis_keys(plan, keys)[1], [batch, 1, *plan.redis_args])
         plan.inflight[tag] = fut
         ttl = int(store.settings.lease_ttl * NS)
-        deny_ns = int(store.settings.lease_period * NS)
+        deny_ns = int(plan.lease_deny * NS)
 
         def done(f: asyncio.Future[Any]) -> None:
             plan.inflight.pop(tag, None)
@@ -301,7 +301,7 @@ class RateLimitPolicy(G.RateGate):
             st[0], st[1] = float(now), float(max(granted, 1))
             st[3], st[4], st[5] = float(tight), float(remaining), float(now + reset_ms * 1_000_000)
             # Refused: this worker refuses locally until the next token is due, and for at least a lease
-            # period. Asking again at every token would make each worker of the fleet ask once per request of
+            # period (PlanRT.lease_deny). Asking again at every token would make each worker of the fleet ask once per request of
             # an over-limit key (at 3,200 workers a hot key's primary saturates: bench/scale_sim.py);
             # tokens keep accruing in the shared bucket meanwhile and the next ask takes them as a batch.
             st[2] = 0.0 if granted > 0 else float(now + max(max(1, retry_ms) * 1_000_000, deny_ns))
