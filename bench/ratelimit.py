@@ -7,6 +7,8 @@ Scenarios:
            plain reverse proxy: req/s and the proxy's CPU seconds per 100k requests (ratio to nginx).
   lease    the same with the limit kept in Redis (sync = "lease"), plus Redis commands per request at
            steady state, from INFO commandstats (a private redis-server on a free port).
+  lease-cluster  the same against a 3-primary Redis Cluster (redis.mode = "cluster"): what Cluster mode
+           adds per request.
   micro    buckets.Plan.check on one key, ns per call (the bar: 0.3 us).
 
 Usage: python3 bench/ratelimit.py [--rounds N] [--duration S] [--conns 64] [--no-save]
@@ -80,6 +82,36 @@ def start_redis(tmp: str) -> tuple[subprocess.Popen, int]:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("redis-server did not start")
+
+
+def start_cluster(tmp: str) -> tuple[list[subprocess.Popen], list[int]]:
+    """3 primaries, no replicas, made with redis-cli --cluster create."""
+    procs, ports = [], []
+    for i in range(3):
+        d = os.path.join(tmp, f"cluster{i}")
+        os.makedirs(d)
+        port = free_port()
+        while port + 10000 > 65535:
+            port = free_port()
+        procs.append(subprocess.Popen(["taskset", "-c", run.LOAD_CORE, shutil.which("redis-server") or "redis-server",
+                                       "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                       "--dir", d, "--cluster-enabled", "yes", "--cluster-config-file", "n.conf"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ports.append(port)
+    for port in ports:
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)
+    for _ in range(200):
+        if all("cluster_state:ok" in redis_cmd(p, "CLUSTER INFO") for p in ports):
+            break
+        time.sleep(0.05)
+    return procs, ports
 
 
 def redis_cmd(port: int, line: str) -> str:
@@ -161,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     run.preflight()
     tmp = tempfile.mkdtemp(prefix="fastgw-rl-bench-")
     env = run.Env(tmp=tmp, procs=run.Procs())
-    rows: dict[str, list[dict]] = {"nginx": [], "plain": [], "gateway": [], "lease": []}
+    rows: dict[str, list[dict]] = {"nginx": [], "plain": [], "gateway": [], "lease": [], "lease-cluster": []}
     lease_cmds: list[float] = []
     every: list[dict] = []
+    cluster_cmds: list[float] = []
     redis = None
+    cluster: list[subprocess.Popen] = []
     try:
         env.origin_port = run.start_origin(env)
         nginx_port, nginx = run.start_nginx_proxy(env)
@@ -180,21 +214,30 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(env2.tmp)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         lease_port, lease, _ = run.start_fastgw(env2, extra_admin=PLAN_LEASE + f'\n[redis]\nurl = "{redis_url}"\n')
+        cluster, cports = start_cluster(tmp)
+        env3 = run.Env(tmp=os.path.join(tmp, "lease-cluster"), procs=env.procs, origin_port=env.origin_port)
+        os.makedirs(env3.tmp)
+        seeds = ", ".join(f'"127.0.0.1:{p}"' for p in cports)
+        lc_port, lc, _ = run.start_fastgw(env3, extra_admin=PLAN_LEASE + f'\n[redis]\nmode = "cluster"\nnodes = [{seeds}]\n')
         order = [("nginx", nginx_port, nginx.pid, False), ("plain", plain_port, plain.pid, False),
                  ("gateway", gw_port, gw.pid, True),
-                 ("lease", lease_port, lease.pid, True)]
+                 ("lease", lease_port, lease.pid, True), ("lease-cluster", lc_port, lc.pid, True)]
         progress = Progress("ratelimit", a.rounds * len(order) + 2, per_step=a.duration + 0.5)
         progress.step("warm-up gateway and lease", 2)
         wrk(gw_port, a.conns, 1.0, True)          # warm-up (pools, lease sizes)
         wrk(lease_port, a.conns, 1.0, True)
+        wrk(lc_port, a.conns, 1.0, True)
         for r in range(a.rounds):
             seq = order if r % 2 == 0 else list(reversed(order))
             for name, port, pid, key in seq:
                 progress.step(f"/3b c{a.conns} round {r + 1}/{a.rounds} {name}", a.duration)
                 before = script_calls(redis_port) if name == "lease" else 0
+                cbefore = sum(script_calls(p) for p in cports) if name == "lease-cluster" else 0
                 m = measure(env, port, pid, a.conns, a.duration, key)
                 if name == "lease":
                     lease_cmds.append((script_calls(redis_port) - before) / max(1, m["requests"]))
+                if name == "lease-cluster":
+                    cluster_cmds.append((sum(script_calls(p) for p in cports) - cbefore) / max(1, m["requests"]))
                 rows[name].append(m)
                 every.append({"group": f"c{a.conns}", "system": name, "round": r, **m})
                 print(f"round {r} {name}: {m['rps']:.0f} req/s, CPU {m['cpu_per_100k']:.2f} s/100k, "
@@ -204,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         env.procs.stop_all()
         if redis is not None:
             redis.kill()
+        for p in cluster:
+            p.kill()
     ns = micro()
     progress.finish()
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("rps", "cpu_per_100k", "p50_ms", "p99_ms")}
@@ -212,12 +257,15 @@ def main(argv: list[str] | None = None) -> int:
              f"{a.rounds} rounds x {a.duration:g} s, wrk -t1 -c{a.conns}, path /3b; proxies 1 worker on core "
              f"{run.PROXY_CORE}; origin, wrk and redis on core {run.LOAD_CORE}. Medians.", "",
              "| system | req/s | p50 ms | p99 ms | CPU s/100k | CPU ratio to nginx |", "|---|---|---|---|---|---|"]
-    for k in ("nginx", "plain", "gateway", "lease"):
+    for k in ("nginx", "plain", "gateway", "lease", "lease-cluster"):
         m = med[k]
         lines.append(f"| {k} | {m['rps']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['cpu_per_100k']:.2f} "
                      f"| {m['cpu_per_100k'] / med['nginx']['cpu_per_100k']:.2f} |")
     lines += ["", f"lease mode: Redis scripts per request (INFO commandstats): "
-              f"{statistics.median(lease_cmds):.4f} (rounds: {', '.join(f'{x:.4f}' for x in lease_cmds)})",
+              f"{statistics.median(lease_cmds):.4f} (rounds: {', '.join(f'{x:.4f}' for x in lease_cmds)}); "
+              f"against the cluster {statistics.median(cluster_cmds):.4f}",
+              f"lease-cluster vs lease, CPU per request: "
+              f"{med['lease-cluster']['cpu_per_100k'] / med['lease']['cpu_per_100k'] - 1:+.1%}",
               f"bucket check (buckets.Plan.check, one rate limit, best of 5 x 1M): {ns:.0f} ns", "",
               *rounds_table(every), ""]
     report = "\n".join(lines)

@@ -15,6 +15,27 @@ import time
 import uvloop
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One response (Content-Length framed): its status and head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12]), head
+
+
+def tally(out: dict, status: int) -> None:
+    if status == 200:
+        out["ok"] += 1
+    elif status == 429:
+        out["limited"] += 1
+    else:
+        out["other"][status] = out["other"].get(status, 0) + 1
+
+
 async def conn(addr: str, path: str, header: str, end: float, out: dict) -> None:
     host, port = addr.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -24,24 +45,11 @@ async def conn(addr: str, path: str, header: str, end: float, out: dict) -> None
             if out["t0"] is None:
                 out["t0"] = time.monotonic()
             writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                low = line.lower()
-                if low.startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-                elif low.startswith(b"ratelimit-degraded:"):
-                    out["degraded"] += 1
-            if length:
-                await reader.readexactly(length)
+            status, head = await read_response(reader)
+            if b"\r\nratelimit-degraded:" in head.lower():
+                out["degraded"] += 1
             out["t1"] = time.monotonic()
-            if status == 200:
-                out["ok"] += 1
-            elif status == 429:
-                out["limited"] += 1
-            else:
-                out["other"][status] = out["other"].get(status, 0) + 1
+            tally(out, status)
             if b"connection: close" in head.lower():
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, int(port))

@@ -51,7 +51,7 @@ lease_max = 0
         'plans.gold.limits[4].name: two limits of the plan are called "rate" (set name to tell them apart)',
         'routes[0].plan: unknown plan "gld" (known: gold)',
         'consumers.partner-a.plan: unknown plan "platinum" (known: gold)',
-        'redis.url: invalid URL "http://x" (use "redis://[:password@]host:port[/db]")',
+        'redis.url: invalid URL "http://x" (use "redis://host:port[/db]")',
         'redis.lease_max: must be at least 1',
     ]
 

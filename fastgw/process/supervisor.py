@@ -56,6 +56,7 @@ from fastgw.process.binding import BindError, bind_error, listen_keys
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
 from fastgw.process.shm import SharedMemory
+from fastgw.store import stats as store_stats
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
 BACKOFF_FIRST = 0.25
@@ -278,6 +279,13 @@ class Supervisor:
                     if self.shm is not None else [])
         return 200, PROMETHEUS, render(snap, self.route_names, process, families) + self.exposition.render()
 
+    def redis_status(self) -> tuple[int, str, str]:
+        """GET /status/redis: every live worker's view of the Redis nodes (fastgw/store/stats.py)."""
+        if self.shm is None or store_stats.SECTION not in self.shm.layout.sections:
+            return 404, TEXT, "no shared memory\n"
+        live = sorted(s.index for s in self.slots if s.proc is not None)
+        return 200, "application/json", store_stats.status_json([store_stats.region(self.shm, i) for i in live])
+
     # -- signals ---------------------------------------------------------------------------------------
     def on_sighup(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
@@ -371,7 +379,7 @@ class Supervisor:
                                         *(s for p in POLICIES for s in runtime(p).shm_sections(self.cfg, self.nworkers))])
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics,
-                                  "/pid": self.pid})
+                                  "/pid": self.pid, "/status/redis": self.redis_status})
         try:
             admin_host, admin_port = await self.admin.start(host, port)
         except OSError as e:

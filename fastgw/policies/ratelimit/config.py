@@ -10,6 +10,8 @@ import msgspec
 from fastgw.config.checks import NAME, TOKEN
 from fastgw.config.schema import Duration, Size, keypath
 from fastgw.config.units import parse_quota, parse_rate
+from fastgw.store import config as store_config
+from fastgw.store.config import RedisSettings
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -36,12 +38,10 @@ class RatePlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     on_store_error: Literal["local", "open", "closed"] = "local"
 
 
-class RedisStore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """[redis]: the store shared by every instance for sync = "lease" / "strict" plans."""
+class RedisStore(RedisSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[redis]: the store shared by every instance (fastgw/store/config.py), with the traffic policy's
+    settings for sync = "lease" / "strict" plans."""
 
-    url: str                              # redis://[:password@]host:port[/db]
-    timeout: Duration = 0.02              # per command; then the circuit breaker opens
-    retry_interval: Duration = 0.2        # reconnect attempts while the breaker is open
     lease_period: Duration = 0.1          # a lease covers about this much of a worker's traffic
     lease_max: int = 1000                 # most tokens one worker takes per refill, for one key
     lease_ttl: Duration = 1.0             # unspent leased tokens expire after this
@@ -132,10 +132,14 @@ def check(cfg: Config, errors: list[str]) -> None:
             errors.append(f'{keypath(keypath("consumers", cname), "plan")}: unknown plan "{cplan}" (known: {known})')
     if cfg.redis is not None:
         rd = cfg.redis
-        if not re.fullmatch(r"redis://(?::[^@/]*@)?[^:/@]+(?::\d+)?(?:/\d+)?", rd.url):
-            errors.append(f'redis.url: invalid URL "{rd.url}" (use "redis://[:password@]host:port[/db]")')
-        for field, seconds in (("timeout", rd.timeout), ("retry_interval", rd.retry_interval),
-                               ("lease_period", rd.lease_period), ("lease_ttl", rd.lease_ttl),
+        store_config.check(rd, errors)
+        if rd.mode == "cluster":
+            # Every key of one script call in one slot, with this config's plan names in the keys.
+            from fastgw.policies.ratelimit.scripts import SCRIPTS
+            from fastgw.store.keys import check_templates
+
+            check_templates(SCRIPTS, list(cfg.plans), errors)
+        for field, seconds in (("lease_period", rd.lease_period), ("lease_ttl", rd.lease_ttl),
                                ("heartbeat", rd.heartbeat)):
             if seconds <= 0:
                 errors.append(f"redis.{field}: must be greater than 0")
@@ -160,9 +164,14 @@ def limit_name(lim: PlanLimit) -> str:
 
 def summary(cfg: Config, workers: int) -> list[str]:
     """Lines for `fastgw check`: where each plan's state lives and, in lease mode, the worst case."""
+    out = store_config.summary(cfg.redis) if cfg.redis is not None else []
+    if cfg.redis is not None and cfg.redis.mode == "cluster":
+        from fastgw.policies.ratelimit.scripts import SCRIPTS
+
+        out.append(f"  cluster: the keys of each of {len(SCRIPTS)} scripts share one hash tag (checked)")
     if not cfg.plans:
-        return []
-    out = ["", f"plans ({len(cfg.plans)}):"]
+        return out
+    out += ["", f"plans ({len(cfg.plans)}):"]
     for name, plan in cfg.plans.items():
         sync = plan.sync if cfg.redis is not None else "local"
         note = "" if sync == plan.sync else f" (sync = {plan.sync}, but no [redis]: enforced per host)"

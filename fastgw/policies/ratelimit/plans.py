@@ -119,6 +119,12 @@ class PlanRT:
             # No worker holds more than one lease period of the whole limit.
             tight = min(lim.count / lim.period for lim in rates)
             self.lease_cap = max(1, min(self.lease_cap, int(tight * store.settings.lease_period)))
+        # A refused worker refuses locally for at least this long (RateLimitPolicy.refill): a lease period,
+        # but at most half the time the smallest rate bucket takes to fill, so that a worker still asks
+        # before the shared bucket is full and would drop tokens (the limit would be under-admitted).
+        self.lease_deny = store.settings.lease_period if store is not None else 0.0
+        for lim in rates:
+            self.lease_deny = min(self.lease_deny, lim.burst * lim.period / lim.count / 2)
         self.lease_seed = B.hash_key(1, name.encode())
         self.lease_state: dict[int, list[float]] = {}     # key hash -> [last refill mono, batch, deny until,
         #                                                   tight index, remaining, reset deadline]

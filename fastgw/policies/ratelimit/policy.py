@@ -46,7 +46,7 @@ from fastgw._core import gates as G
 from fastgw.observe.log import log
 from fastgw.policies.contract import Rejection
 from fastgw.policies.ratelimit.plans import NS, PlanRT
-from fastgw.policies.ratelimit.scripts import TAKE
+from fastgw.policies.ratelimit.scripts import TAKE, TAKE_KEY
 from fastgw.policies.ratelimit.stats import (
     D_ALLOWED,
     D_DEGRADED,
@@ -61,6 +61,7 @@ from fastgw.policies.ratelimit.stats import (
 )
 from fastgw.policies.ratelimit.store import Store
 from fastgw.process.shm import Section, SharedMemory
+from fastgw.store import stats as store_stats
 from fastgw.store.redis import StoreDown
 
 if TYPE_CHECKING:
@@ -85,7 +86,8 @@ def _services(cfg: Config, services: dict[str, Any]) -> tuple[B.Table, B.Table, 
         if store is None or store.url != cfg.redis.url or store.settings != cfg.redis:
             if store is not None:
                 store.close()
-            store = services["ratelimit_store"] = Store(cfg, table, stats, services["loop"])
+            store = services["ratelimit_store"] = Store(cfg, table, stats, services["loop"],
+                                                        services.get("redis_nodes"))
     return table, lease, stats, store
 
 
@@ -130,7 +132,7 @@ class RateLimitPolicy(G.RateGate):
     # -- strict ----------------------------------------------------------------------------------------
     def redis_keys(self, plan: PlanRT, keys: tuple[int, ...]) -> tuple[bytes, list[bytes]]:
         tag = b"%x" % (hash_tuple(keys) ^ (plan.limits[0].seed if plan.limits else 0))
-        return tag, [b"fgw:{%s}:%s:%d" % (tag, plan.name.encode(), i) for i in plan.shared]
+        return tag, [TAKE_KEY % (tag, plan.name.encode(), i) for i in plan.shared]
 
     def strict(self, ex: Any, plan: PlanRT, keys: tuple[int, ...]) -> Awaitable[Rejection | None] | Rejection | None:
         # Concurrency limits are per host: take them first (given back when the request completes,
@@ -282,6 +284,7 @@ class RateLimitPolicy(G.RateGate):
         fut = store.client.run(TAKE, self.redis_keys(plan, keys)[1], [batch, 1, *plan.redis_args])
         plan.inflight[tag] = fut
         ttl = int(store.settings.lease_ttl * NS)
+        deny_ns = int(plan.lease_deny * NS)
 
         def done(f: asyncio.Future[Any]) -> None:
             plan.inflight.pop(tag, None)
@@ -297,7 +300,11 @@ class RateLimitPolicy(G.RateGate):
             tight, remaining, reset_ms, retry_ms = self.tightest(plan, rep)
             st[0], st[1] = float(now), float(max(granted, 1))
             st[3], st[4], st[5] = float(tight), float(remaining), float(now + reset_ms * 1_000_000)
-            st[2] = 0.0 if granted > 0 else float(now + max(1, retry_ms) * 1_000_000)
+            # Refused: this worker refuses locally until the next token is due, and for at least a lease
+            # period (PlanRT.lease_deny). Asking again at every token would make each worker of the fleet ask once per request of
+            # an over-limit key (at 3,200 workers a hot key's primary saturates: bench/scale_sim.py);
+            # tokens keep accruing in the shared bucket meanwhile and the next ask takes them as a batch.
+            st[2] = 0.0 if granted > 0 else float(now + max(max(1, retry_ms) * 1_000_000, deny_ns))
             waiting = plan.waitq.get(tag)
             while waiting and granted > 0:
                 w = waiting.popleft()
@@ -364,8 +371,11 @@ def _format_table(mem: memoryview) -> None:
 
 
 def shm_sections(cfg: Config, workers: int) -> list[Section]:
+    # The store's node table (fastgw/store/stats.py) is registered here while the traffic policy is the
+    # store's only user in a worker.
     return [Section(TABLE_SECTION, cfg.ratelimit.table_size, _format_table),
-            Section(STATS_SECTION, workers * STATS_REGION_BYTES)]
+            Section(STATS_SECTION, workers * STATS_REGION_BYTES),
+            Section(store_stats.SECTION, workers * store_stats.REGION_BYTES)]
 
 
 def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
@@ -374,8 +384,10 @@ def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> Non
     if shm is not None and TABLE_SECTION in shm.layout.sections:
         services["ratelimit_table"] = B.Table(shm.section(TABLE_SECTION), init=False)
         services["ratelimit_stats"] = Stats(stats_region(shm, slot))
+        services["redis_nodes"] = store_stats.region(shm, slot)
 
 
 def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
     regions = [stats_region(shm, i) for i in range(workers)]
-    return render_metrics(regions, [regions[i] for i in live], cfg)
+    nodes = [store_stats.region(shm, i) for i in live]
+    return render_metrics(regions, [regions[i] for i in live], cfg) + store_stats.render_metrics(nodes)

@@ -2,8 +2,8 @@
 
 Time comes from the Redis server (TIME inside the scripts), never from gateway clocks, so instances with
 skewed clocks still share one bucket. Keys carry a hash tag ({...}) so every key of one script call lands
-in one Redis Cluster slot. They run through fastgw/store/redis.py (loaded once per connection, called by
-SHA).
+in one Redis Cluster slot (each script declares its key templates: fastgw/store/keys.py checks them). They
+run through fastgw/store/redis.py (loaded once per connection, called by SHA).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from fastgw.store.redis import Script
 # remaining after the grant, ms until more quota is made available (rate: the next token; quota: the
 # window end; the `t` of draft-ietf-httpapi-ratelimit-headers-10 §4.1.2), ms until one more token when
 # none is left (the same number: a 429's Retry-After and t agree)}.
-TAKE = Script(r"""
+TAKE = Script("TAKE", r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -116,12 +116,12 @@ for i = 1, n do
   out[#out + 1] = retry
 end
 return out
-""")
+""", keys=(b"fgw:{<tag>}:<name>:<n>",))
 
 # HEARTBEAT: KEYS[1] a sorted set of instances scored by their last beat (ms of Redis time).
 # ARGV[1] this instance's id, ARGV[2] ms after which a silent instance no longer counts. Returns the
 # number of live instances (this one included).
-HEARTBEAT = Script(r"""
+HEARTBEAT = Script("HEARTBEAT", r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -129,7 +129,10 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return redis.call('ZCARD', KEYS[1])
-""")
+""", keys=(b"fgw:{hb}:instances",))
 
 SCRIPTS = [TAKE, HEARTBEAT]
-HEARTBEAT_KEY = b"fgw:{hb}:instances"
+HEARTBEAT_KEY = HEARTBEAT.keys[0]
+# TAKE's keys: the limit's key hash as the hash tag (every limit of one plan and key in one slot), the plan
+# name, the limit's position.
+TAKE_KEY = TAKE.keys[0].replace(b"<tag>", b"%s").replace(b"<name>", b"%s").replace(b"<n>", b"%d")

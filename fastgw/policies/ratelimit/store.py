@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastgw._core import buckets as B
 from fastgw.observe.log import log
 from fastgw.policies.ratelimit.scripts import HEARTBEAT, HEARTBEAT_KEY, SCRIPTS
 from fastgw.policies.ratelimit.stats import SHARE_SOURCES, Stats
-from fastgw.store.redis import RedisClient, StoreDown
+from fastgw.store import stats as store_stats
+from fastgw.store.redis import StoreDown, connect
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
@@ -22,42 +23,53 @@ if TYPE_CHECKING:
 class Store:
     """Redis client + heartbeat for one worker (services["ratelimit_store"])."""
 
-    def __init__(self, cfg: Config, table: B.Table, stats: Stats | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cfg: Config, table: B.Table, stats: Stats | None, loop: asyncio.AbstractEventLoop,
+                 nodes_words: Any = None) -> None:
         rd = cfg.redis
         assert rd is not None
         self.url = rd.url
+        self.where = {"standalone": rd.url, "cluster": ",".join(rd.nodes),
+                      "sentinel": f"sentinel:{rd.master_name}@" + ",".join(rd.sentinels)}[rd.mode]
         self.settings = rd
         self.table = table                   # the host table: its header keeps the last count seen
         self.instance = b"%016x" % (table.instance or int.from_bytes(os.urandom(8), "big"))
         self.stats = stats
         self.shares: dict[tuple[int, int], bytes] = {}
         self.last_share = (0, 0)
-        self.client = RedisClient(rd.url, rd.timeout, rd.retry_interval, SCRIPTS, loop, self._on_error)
-        self.client.start()
+        self.nodes_words = nodes_words       # this worker's region of fastgw/store/stats.py, or None
+        self.client = connect(rd, SCRIPTS, loop, self._on_error)
+        self.client.on_change = self.publish
         self.was_up = False
+        self.down_logged = False
         self.failed = False                  # a call failed since the last gauge refresh
         self.logged_at = -1e9                # error replies: last logged (monotonic s), and not logged since
         self.quiet = 0
         self.task = loop.create_task(self._beat())
 
+    def publish(self) -> None:
+        """The client's nodes into shared memory (/status/redis, fastgw_redis_node_*): on every change of a
+        node's state, so a failover shows at once, and at every heartbeat."""
+        if self.nodes_words is not None:
+            store_stats.publish(self.nodes_words, self.client)
+
     def _on_error(self, reason: str, breaker_open: bool) -> None:
-        """Every Redis failure (fastgw.store.redis.RedisClient): counted, and the degraded gauge is on at once;
+        """Every Redis failure (fastgw/store/node.py): counted, and the degraded gauge is on at once;
         the heartbeat loop turns it off after a beat period without failure."""
         self.failed = True
         if self.stats is not None:
             self.stats.words[0] += 1
             self.stats.words[1] = 1
         if breaker_open:
-            if self.was_up:
-                self.was_up = False
-                log("ratelimit_store_down", level="warning", url=_safe_url(self.url), error=reason)
+            if self.was_up or not self.down_logged:      # a change of state, or the first failure ever
+                self.was_up, self.down_logged = False, True
+                log("ratelimit_store_down", level="warning", url=self.where, error=reason)
             return
         # An error reply (a Redis Cluster MOVED, OOM, a script error): the connection stays, the calls
         # that get one fall back. Logged at most every 10 s, with the count of those not logged.
         now = time.monotonic()
         self.quiet += 1
         if now - self.logged_at >= 10.0:
-            log("ratelimit_store_error", level="warning", url=_safe_url(self.url), error=reason,
+            log("ratelimit_store_error", level="warning", url=self.where, error=reason,
                 since_last=self.quiet)
             self.logged_at, self.quiet = now, 0
 
@@ -66,7 +78,7 @@ class Store:
         up = self.client.up
         if up and not self.was_up:
             self.was_up = True
-            log("ratelimit_store_up", url=_safe_url(self.url))
+            log("ratelimit_store_up", url=self.where)
         return up
 
     def share(self) -> tuple[int, int, bytes]:
@@ -98,6 +110,7 @@ class Store:
             self.last_share = (n, src)
             log("ratelimit_fallback_share", instances=n, source=SHARE_SOURCES[src])
         self.failed = False
+        self.publish()
 
     async def _beat(self) -> None:
         while True:
@@ -115,9 +128,6 @@ class Store:
     def close(self) -> None:
         self.task.cancel()
         self.client.close()
+        if self.nodes_words is not None:
+            self.nodes_words[0] = 0              # no client in this worker any more
 
-
-def _safe_url(url: str) -> str:
-    if "@" in url:
-        return "redis://***@" + url.split("@", 1)[1]
-    return url
