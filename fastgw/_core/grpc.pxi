@@ -283,6 +283,8 @@ cdef class GrpcCall:
                 out.append((name, value))
         if route.resp_add:
             _h2_lines(route.resp_add, out)
+        if route.on_response is not None and self.response_phase(route, out, status):   # phase: on_response
+            return
         if ex.resp_extra is not None:
             _h2_lines(ex.resp_extra, out)
         out.append((b"x-request-id", ex.rid))
@@ -340,6 +342,25 @@ cdef class GrpcCall:
         """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream); `kind` and
         `detail` (its reason) as for Exchange.name_failure."""
         self.fail(status, slug, detail, code, kind)
+
+    cdef bint response_phase(self, RouteRT route, list out, int status):
+        """on_response over the upstream's head (`out`: :status first, then the relayed pairs). True when
+        the policies replaced the response: the upstream stream is cancelled and the answer sent."""
+        cdef Exchange ex = self.ex
+        cdef list view = out[1:]
+        if route.phase_resp_add:
+            _ph.parse_lines(route.phase_resp_add, view)
+        r = ex.response_phase(route.on_response, view, status)
+        if r is None:
+            out[1:] = view
+            return False
+        self.cancel()
+        ex.settle(0)
+        if r is False:
+            ex.policy_failed()
+        else:
+            ex.send_answer(ex.status, _ph.join_pairs(view), (<Respond>r).body)
+        return True
 
     cdef void note_status(self, bytes value):
         if value.isdigit() and len(value) <= 3:

@@ -25,6 +25,8 @@ import struct
 
 from fastgw import failures as _failures
 from fastgw import proxyproto
+from fastgw._core cimport phases as _ph
+from fastgw._core.phases cimport Respond
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -225,7 +227,15 @@ cdef class RouteRT:
     cdef public bytes resp_add
     cdef public object resp_remove
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
-    cdef public object gate               # None, or the route's policy chain: see Exchange "policy interface"
+    cdef public object gate               # None, or the route's on_request phase (its policies' chain): see
+                                          #   Exchange "policy interface"
+    # The other phases: tuples of the route's policies' methods, None when no policy implements one
+    # (fastgw/policies/chain.py install_phases). With on_response, the route's response_headers.add lines
+    # are in phase_resp_add (the policies see them) and resp_add is empty.
+    cdef public tuple on_upstream_request
+    cdef public tuple on_response
+    cdef public tuple on_log
+    cdef public bytes phase_resp_add
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (grpc.pxi)
 
     @property
@@ -256,6 +266,10 @@ cdef class Runtime:
     cdef public Py_ssize_t max_headers
     cdef public str version
     cdef public object h2                 # H2Limits ([server.http2]), or None for the defaults
+    # The phases of answers made before a route is chosen (400, 404, 405, 408, 431...): None, or tuples
+    # of policy methods, as RouteRT's.
+    cdef public tuple unrouted_response
+    cdef public tuple unrouted_log
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -669,6 +683,9 @@ cdef class Exchange:
     cdef list after                       # callables run once when the exchange completes
     cdef object gate_task
     cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
+    cdef public object ctx                # per-request policy state: None unless a policy sets it
+    cdef list resp_view                   # while on_response runs: the response's (name, value) pairs
+    cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
@@ -799,6 +816,9 @@ cdef class Exchange:
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
         cdef bint is_head = self.head.method == b"HEAD"
+        if self.route.on_response is not None:          # phase: on_response
+            if self.upstream_response(c, status):
+                return
         self.resp_started = True
         self.status = status
         self.resp_nobody = is_head or status == 204 or status == 304
@@ -916,6 +936,9 @@ cdef class Exchange:
         self.up_extra = line if self.up_extra is None else self.up_extra + line
 
     def add_response_header(self, bytes name, bytes value):
+        if self.resp_view is not None:                  # on_response: into the headers it edits
+            self.resp_view.append((_ph.check_name(name), _ph.check_value(value)))
+            return
         line = name + b": " + value + b"\r\n"
         self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
 
@@ -931,6 +954,9 @@ cdef class Exchange:
 
     def add_response_lines(self, bytes lines):
         """Complete header lines for the response, whatever its status."""
+        if self.resp_view is not None:
+            _ph.parse_lines(lines, self.resp_view)
+            return
         self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
 
     def on_complete(self, fn):
@@ -939,8 +965,151 @@ cdef class Exchange:
             self.after = []
         self.after.append(fn)
 
-    cdef void fail(self, int status, str slug, bytes detail):
-        """A response made by fastgw (problem+json), before any upstream response byte."""
+    # -- policy interface: the phases (fastgw/policies/contract.py) --------------------------------------
+    @property
+    def response_status(self):
+        """The status of the response (on_response: the one being answered; on_log: the one sent, 499 when
+        the client went away first)."""
+        return self.status
+
+    @property
+    def response_headers(self):
+        """on_response: the response's (name, value) pairs, a list the policy may edit in place (None
+        outside the phase). Framing, hop-by-hop fields and X-Request-ID are the gateway's, not in it."""
+        return self.resp_view
+
+    def response_header(self, bytes lname):
+        """on_response: the first value of response header `lname` (lowercase), or None."""
+        return _ph.first(self.edit_view(), lname)
+
+    def set_response_header(self, name, value):
+        """on_response: `name: value` in place of every `name` field of the response."""
+        _ph.replace(self.edit_view(), name, value)
+
+    def remove_response_header(self, name):
+        """on_response: drop every `name` field of the response; how many there were."""
+        return _ph.drop(self.edit_view(), name)
+
+    cdef list edit_view(self):
+        if self.resp_view is None:
+            raise RuntimeError("response headers are edited in on_response")
+        return self.resp_view
+
+    def remove_upstream_header(self, name):
+        """Do not send request header `name` (any case) upstream: neither the client's nor one a policy
+        added before. (Headers the gateway sets itself cannot be removed: ValueError.)"""
+        cdef bytes low = _ph.check_name(name).lower()
+        cdef list pieces = self.head.pieces
+        cdef list kept = []
+        cdef Py_ssize_t i
+        for i in range(0, len(pieces), 4):
+            if (<bytes>pieces[i]).lower() != low:
+                kept.extend(pieces[i:i + 4])
+        self.head.pieces = kept
+        if self.up_extra is not None:
+            kept = [pair for pair in _ph.parse_lines(self.up_extra, []) if (<bytes>pair[0]).lower() != low]
+            self.up_extra = _ph.join_pairs(kept) if kept else None
+
+    cdef bint upstream_request_phase(self):
+        """phase: on_upstream_request, each policy in order (they return None). False when one failed:
+        then the request was answered with a 500 problem and never sent."""
+        try:
+            for fn in self.route.on_upstream_request:
+                if fn(self) is not None:
+                    raise TypeError("on_upstream_request returns None")
+        except Exception as exc:
+            _report_policy_error(self.route.name, exc)
+            self.policy_failed()
+            return False
+        return True
+
+    cdef object response_phase(self, tuple fns, list view, int status):
+        """phase: on_response, each policy in order, over `view` (the response's (name, value) pairs,
+        edited in place; the header lines policies added in on_request join it). A Respond from a policy
+        replaces the response: the later policies see it. Returns None, the last replacing Respond (its
+        final headers are `view`, its status self.status), or False when a policy failed (the caller then
+        answers 500). Runs once per exchange: an answer made after it skips it."""
+        cdef object replaced = None
+        self.phased = True
+        if self.resp_extra is not None:
+            _ph.parse_lines(self.resp_extra, view)
+            self.resp_extra = None
+        self.resp_view = view
+        self.status = status
+        try:
+            for fn in fns:
+                r = fn(self)
+                if r is None:
+                    continue
+                if type(r) is not Respond:
+                    raise TypeError(f"on_response returned {type(r).__name__}, not None or a Respond")
+                replaced = r
+                view[:] = (<Respond>r).headers
+                self.status = (<Respond>r).status
+        except Exception as exc:
+            _report_policy_error(self.route.name if self.route is not None else "on_response", exc)
+            replaced = False
+        self.resp_view = None
+        return replaced
+
+    cdef bint upstream_response(self, UpstreamConn c, int status):
+        """phase: on_response over an upstream's response head (its kept lines, then the route's added
+        ones). True when the policies replaced it (answered here; the upstream connection is closed)."""
+        cdef list view = []
+        for piece in c.rpieces:
+            _ph.parse_lines(piece, view)
+        if self.route.phase_resp_add:
+            _ph.parse_lines(self.route.phase_resp_add, view)
+        r = self.response_phase(self.route.on_response, view, status)
+        if r is None:
+            c.rpieces = [_ph.join_pairs(view)]
+            return False
+        self.settle(0)
+        if r is False:
+            self.policy_failed()
+        else:
+            self.send_answer(self.status, _ph.join_pairs(view), (<Respond>r).body)
+        return True
+
+    cdef void answer(self, Respond r):
+        """A policy answered itself (a Respond from on_request), before any upstream work: the answer
+        passes the on_response phase, then goes to the client."""
+        cdef list view
+        cdef bytes lines
+        self.settle(0)
+        fns = self.route.on_response if self.route is not None else self.rt.unrouted_response
+        if fns is not None and not self.phased:             # phase: on_response
+            view = list(r.headers)
+            rr = self.response_phase(fns, view, r.status)
+            if rr is False:
+                self.policy_failed()
+                return
+            lines = _ph.join_pairs(view)
+            if rr is not None:
+                r = <Respond>rr
+            self.send_answer(self.status, lines, r.body)
+            return
+        lines = _ph.join_pairs(r.headers)
+        if self.resp_extra is not None:
+            lines = lines + self.resp_extra
+        self.send_answer(r.status, lines, r.body)
+
+    cdef void send_answer(self, int status, bytes lines, bytes body):
+        self.status = status
+        self.resp_nobody = (self.head is not None and self.head.method == b"HEAD") or status == 204 \
+            or status == 304
+        self.client.write_answer(self, status, lines, body)
+        self.complete()
+
+    cdef void policy_failed(self):
+        """A policy raised in a phase: a 500 problem (without what the policies had added)."""
+        self.err_extra = None
+        self.resp_extra = None
+        self.fail(500, "internal-error", None)
+
+    cdef void settle(self, int status):
+        """Before an answer the gateway makes itself (before any upstream response byte): stop the upstream
+        work, and decide whether the connection closes after it (`status`: of a problem, else 0)."""
         cdef ClientConn cl = self.client
         if self.connect_task is not None:
             t = self.connect_task
@@ -954,11 +1123,33 @@ cdef class Exchange:
         if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests \
                 or (self.head is not None and not self.head.keep_alive):   # the client asked to close
             self.close_after = True
+
+    cdef void fail(self, int status, str slug, bytes detail):
+        """A response made by fastgw (problem+json), before any upstream response byte. It passes the
+        on_response phase (the route's; before routing the runtime's unrouted one), unless that ran."""
+        cdef list view
+        self.settle(status)
         self.status = status
         extra = self.err_extra
-        if self.resp_extra is not None:
+        if self.route is None:
+            fns = self.rt.unrouted_response
+            if self.rt.unrouted_log is not None and self.after is None:   # phase: on_log (unrouted)
+                self.after = list(self.rt.unrouted_log)
+        else:
+            fns = self.route.on_response
+        if fns is not None and not self.phased:             # phase: on_response
+            view = _ph.parse_lines(extra, []) if extra is not None else []
+            r = self.response_phase(fns, view, status)
+            if r is False:
+                self.policy_failed()
+                return
+            if r is not None:
+                self.send_answer(self.status, _ph.join_pairs(view), (<Respond>r).body)
+                return
+            extra = _ph.join_pairs(view)
+        elif self.resp_extra is not None:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
-        cl.write_problem(self, slug, detail, extra)
+        self.client.write_problem(self, slug, detail, extra)
         self.complete()
 
 
@@ -1337,6 +1528,24 @@ cdef class ClientConn(RequestReader):
         if ex.resp_chunked:
             self.send(b"0\r\n\r\n")
 
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
+        """A response a policy made (Respond): its header lines and body, framed here."""
+        cdef RequestHead h = ex.head
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        parts = [line, lines, b"X-Request-ID: ", ex.rid, b"\r\n", self.w.clock.date]
+        if status != 204 and status != 304:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if ex.close_after:
+            parts.append(b"Connection: close\r\n")
+        elif h is not None and h.minor == 0:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if not ex.resp_nobody:
+            parts.append(body)
+        self.send(concat(parts))
+
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
         self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after,
                                       ex.failure_members()))
@@ -1478,6 +1687,8 @@ cdef class ClientConn(RequestReader):
             return
         route = <RouteRT>m[1]
         ex.route = route
+        if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
+            ex.after = list(route.on_log)
         if route.grpc:
             if not isinstance(self, H2Stream):
                 ex.fail(505, "http2-required", None)      # gRPC needs HTTP/2 end to end (grpc.pxi)
@@ -1496,6 +1707,8 @@ cdef class ClientConn(RequestReader):
             if res is not None:
                 if type(res) is tuple:
                     self.reject(ex, res)
+                elif type(res) is Respond:        # phase: on_request answered
+                    ex.answer(<Respond>res)
                 else:
                     ex.gate_task = self.loop.create_task(_await_gate(ex, res))
                 return
@@ -1504,6 +1717,8 @@ cdef class ClientConn(RequestReader):
     cdef void proceed(self, Exchange ex):
         """The request passed its route's policies: build the upstream head and go."""
         cdef RequestHead h = ex.head
+        if ex.route.on_upstream_request is not None and not ex.upstream_request_phase():
+            return                                # phase: on_upstream_request (a policy failed: 500)
         if ex.route.grpc:
             grpc_start(<H2Stream>self, ex)
             return
@@ -1523,6 +1738,8 @@ cdef class ClientConn(RequestReader):
         try:
             if res is None:
                 self.proceed(ex)
+            elif type(res) is Respond:            # phase: on_request answered
+                ex.answer(<Respond>res)
             else:
                 self.reject(ex, res)
         finally:
