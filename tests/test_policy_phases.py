@@ -293,3 +293,58 @@ def test_respond_checks_what_it_would_put_on_the_wire() -> None:
         Respond(200, [("Bad Name", "v")])
     r = Respond(204, [("x-a", "1")])
     assert (r.status, r.headers, r.body) == (204, [(b"x-a", b"1")], b"")
+
+
+def test_grpc_routes_run_the_same_phases() -> None:
+    """A grpc route (HTTP/2 upstream streams): on_response adds metadata to the upstream's head, and to the
+    gateway's own trailers-only answer to a rejected call; on_log sees both."""
+    import grpc
+    from test_grpc import Origin as GrpcOrigin
+
+    logged: list[tuple[str, int]] = []
+
+    class Meta(Gate):
+        def on_request(self, ex: Any) -> Any:
+            ex.ctx = ex.path.decode()
+            if ex.header(b"x-deny") is not None:
+                return (429, "rate-limited", None, b"Retry-After: 3\r\n")
+            return None
+
+        def on_response(self, ex: Any) -> None:
+            ex.add_response_header(b"X-Phase", b"%d" % ex.response_status)
+            if ex.response_status == 429:
+                ex.set_response_header(b"Retry-After", b"9")
+
+        def on_log(self, ex: Any) -> None:
+            logged.append((ex.ctx, ex.response_status))
+
+    origin = GrpcOrigin().start()
+    cfg = loads(f"""
+[upstreams.grpc]
+targets = ["127.0.0.1:{origin.port}"]
+
+[[routes]]
+name = "echo"
+path = "/test.Echo/*"
+upstream = "grpc"
+protocol = "grpc"
+""")
+    rt = compile_config(cfg)
+    _, route, _ = rt.router.match(b"POST", b"h", b"/test.Echo/Unary")
+    install_phases(route, [Meta()])
+    gw = InProcessWorker(rt)
+    ch = grpc.insecure_channel(gw.base.removeprefix("http://"), options=[("grpc.enable_retries", 0)])
+    try:
+        resp, c = ch.unary_unary("/test.Echo/Unary").with_call(b"hi", timeout=10)
+        assert resp == b"hi" and dict(c.initial_metadata())["x-phase"] == "200"
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/test.Echo/Unary")(b"hi", timeout=10, metadata=(("x-deny", "1"),))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        meta = dict(e.value.trailing_metadata())
+        assert meta["x-phase"] == "429" and meta["retry-after"] == "9"
+        assert len(origin.peers) >= 1
+    finally:
+        ch.close()
+        gw.stop()
+        origin.stop()
+    assert logged == [("/test.Echo/Unary", 200), ("/test.Echo/Unary", 429)]

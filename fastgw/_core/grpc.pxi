@@ -352,7 +352,7 @@ cdef class GrpcCall:
             _ph.parse_lines(route.phase_resp_add, view)
         r = ex.response_phase(route.on_response, view, status)
         if r is None:
-            out[1:] = view
+            out[1:] = [((<bytes>n).lower(), v) for n, v in view]      # HTTP/2 field names are lowercase
             return False
         self.cancel()
         ex.settle(0)
