@@ -138,7 +138,8 @@ def test_on_response_adds_removes_and_replaces_headers_of_upstream_responses(ser
             ex.add_response_header(b"X-Added", b"yes")
             ex.remove_response_header("x-route")                        # the route's own added header
             ex.set_response_header("Server", "fastgw-policy")           # the upstream's
-            ex.response_headers.append((b"X-Listed", b"in place"))
+            assert (b"Server", b"fastgw-policy") in ex.response_headers
+            assert isinstance(ex.response_headers, tuple)               # a snapshot: edits are checked
             with pytest.raises(ValueError):
                 ex.set_response_header("Transfer-Encoding", "chunked")
 
@@ -148,7 +149,7 @@ def test_on_response_adds_removes_and_replaces_headers_of_upstream_responses(ser
             for query in ("", "?te=chunked"):
                 r = c.get(gw.base + "/edit/x" + query)
                 assert r.status_code == 200 and r.json()["target"] == "/edit/x" + query
-                assert r.headers["x-added"] == "yes" and r.headers["x-listed"] == "in place"
+                assert r.headers["x-added"] == "yes"
                 assert r.headers.get_list("server") == ["fastgw-policy"]
                 assert "x-route" not in r.headers and r.headers["content-type"] == "application/json"
             # A route without an on_response policy keeps the upstream's response as it was.

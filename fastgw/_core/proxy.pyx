@@ -974,9 +974,10 @@ cdef class Exchange:
 
     @property
     def response_headers(self):
-        """on_response: the response's (name, value) pairs, a list the policy may edit in place (None
-        outside the phase). Framing, hop-by-hop fields and X-Request-ID are the gateway's, not in it."""
-        return self.resp_view
+        """on_response: the response's (name, value) pairs, in order, as a tuple (None outside the phase);
+        edits go through the methods below, which check them. Framing, hop-by-hop fields and X-Request-ID
+        are the gateway's, not in it."""
+        return tuple(self.resp_view) if self.resp_view is not None else None
 
     def response_header(self, bytes lname):
         """on_response: the first value of response header `lname` (lowercase), or None."""

@@ -19,9 +19,9 @@ interface of fastgw/_core/proxy.pyx ("policy interface"); `ex.ctx` is the reques
                            headers (ex.add_upstream_header, ex.remove_upstream_header). Returns None;
                            never awaits.
   on_response(ex)          a response head is in hand and nothing of it was sent: ex.response_status and
-                           ex.response_headers (the (name, value) pairs, editable in place; or
-                           ex.response_header / set_response_header / remove_response_header /
-                           add_response_header). Returns None, or a `Respond` that replaces the response
+                           ex.response_headers (the (name, value) pairs, a tuple) and
+                           ex.response_header; edits with set_response_header /
+                           remove_response_header / add_response_header (checked). Returns None, or a `Respond` that replaces the response
                            (the later policies see the replacement). Never awaits. Framing, hop-by-hop
                            fields and X-Request-ID are the gateway's: not in the list, refused by the setters.
   on_log(ex)               the exchange ended, whatever the outcome (with the on_complete callbacks):
