@@ -345,21 +345,27 @@ cdef class GrpcCall:
 
     cdef bint response_phase(self, RouteRT route, list out, int status):
         """on_response over the upstream's head (`out`: :status first, then the relayed pairs). True when
-        the policies replaced the response: the upstream stream is cancelled and the answer sent."""
+        the policies replaced it: the upstream stream is cancelled and the answer sent."""
         cdef Exchange ex = self.ex
-        cdef list view = out[1:]
+        cdef list blocks = [_ph.join_pairs(out[1:])]
         if route.phase_resp_add:
-            _ph.parse_lines(route.phase_resp_add, view)
-        r = ex.response_phase(route.on_response, view, status)
+            blocks.append(route.phase_resp_add)
+        r = ex.response_phase(route.on_response, blocks, status)
+        if r is False:
+            self.cancel()
+            ex.settle(0)
+            ex.policy_failed()
+            return True
+        lines = ex.phase_lines()
         if r is None:
-            out[1:] = [((<bytes>n).lower(), v) for n, v in view]      # HTTP/2 field names are lowercase
+            if lines is not None:
+                out[1:] = _h2_lines(lines, [])             # HTTP/2 field names: lowercase
+            elif route.phase_resp_add:
+                _h2_lines(route.phase_resp_add, out)
             return False
         self.cancel()
         ex.settle(0)
-        if r is False:
-            ex.policy_failed()
-        else:
-            ex.send_answer(ex.status, _ph.join_pairs(view), (<Respond>r).body)
+        ex.send_answer(ex.status, lines, (<Respond>r).body)
         return True
 
     cdef void note_status(self, bytes value):

@@ -684,7 +684,9 @@ cdef class Exchange:
     cdef object gate_task
     cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
     cdef public object ctx                # per-request policy state: None unless a policy sets it
-    cdef list resp_view                   # while on_response runs: the response's (name, value) pairs
+    cdef list resp_view                   # while on_response runs: the response's header blocks (bytes), or
+                                          #   once a policy read or edited them (`viewed`), its (name, value) pairs
+    cdef bint viewed
     cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
@@ -936,9 +938,12 @@ cdef class Exchange:
         self.up_extra = line if self.up_extra is None else self.up_extra + line
 
     def add_response_header(self, bytes name, bytes value):
-        if self.resp_view is not None:                  # on_response: into the headers it edits
-            self.resp_view.append((_ph.check_name(name), _ph.check_value(value)))
-            return
+        if self.resp_view is not None:                  # on_response: checked, then as outside it
+            name = _ph.check_name(name)
+            value = _ph.check_value(value)
+            if self.viewed:
+                self.resp_view.append((name, value))
+                return
         line = name + b": " + value + b"\r\n"
         self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
 
@@ -954,7 +959,7 @@ cdef class Exchange:
 
     def add_response_lines(self, bytes lines):
         """Complete header lines for the response, whatever its status."""
-        if self.resp_view is not None:
+        if self.resp_view is not None and self.viewed:
             _ph.parse_lines(lines, self.resp_view)
             return
         self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
@@ -977,7 +982,7 @@ cdef class Exchange:
         """on_response: the response's (name, value) pairs, in order, as a tuple (None outside the phase);
         edits go through the methods below, which check them. Framing, hop-by-hop fields and X-Request-ID
         are the gateway's, not in it."""
-        return tuple(self.resp_view) if self.resp_view is not None else None
+        return tuple(self.edit_view()) if self.resp_view is not None else None
 
     def response_header(self, bytes lname):
         """on_response: the first value of response header `lname` (lowercase), or None."""
@@ -992,8 +997,20 @@ cdef class Exchange:
         return _ph.drop(self.edit_view(), name)
 
     cdef list edit_view(self):
+        """The response's (name, value) pairs, made from its header blocks and the lines added so far on
+        first use: a phase whose policies only add headers never builds them."""
+        cdef list view
         if self.resp_view is None:
             raise RuntimeError("response headers are edited in on_response")
+        if not self.viewed:
+            view = []
+            for block in self.resp_view:
+                _ph.parse_lines(<bytes>block, view)
+            if self.resp_extra is not None:
+                _ph.parse_lines(self.resp_extra, view)
+                self.resp_extra = None
+            self.resp_view = view
+            self.viewed = True
         return self.resp_view
 
     def remove_upstream_header(self, name):
@@ -1024,18 +1041,16 @@ cdef class Exchange:
             return False
         return True
 
-    cdef object response_phase(self, tuple fns, list view, int status):
-        """phase: on_response, each policy in order, over `view` (the response's (name, value) pairs,
-        edited in place; the header lines policies added in on_request join it). A Respond from a policy
-        replaces the response: the later policies see it. Returns None, the last replacing Respond (its
-        final headers are `view`, its status self.status), or False when a policy failed (the caller then
-        answers 500). Runs once per exchange: an answer made after it skips it."""
+    cdef object response_phase(self, tuple fns, list blocks, int status):
+        """phase: on_response, each policy in order, over the response's header `blocks` (header lines,
+        bytes) and the lines policies added (resp_extra). A Respond from a policy replaces the response:
+        the later policies see it. Returns None, the last replacing Respond (its status is then
+        self.status), or False when a policy failed (the caller answers 500); then phase_lines() gives the
+        result. Runs once per exchange: an answer made after it skips it."""
         cdef object replaced = None
         self.phased = True
-        if self.resp_extra is not None:
-            _ph.parse_lines(self.resp_extra, view)
-            self.resp_extra = None
-        self.resp_view = view
+        self.resp_view = blocks
+        self.viewed = False
         self.status = status
         try:
             for fn in fns:
@@ -1045,52 +1060,59 @@ cdef class Exchange:
                 if type(r) is not Respond:
                     raise TypeError(f"on_response returned {type(r).__name__}, not None or a Respond")
                 replaced = r
-                view[:] = (<Respond>r).headers
+                self.resp_view = list((<Respond>r).headers)
+                self.viewed = True
+                self.resp_extra = None
                 self.status = (<Respond>r).status
         except Exception as exc:
             _report_policy_error(self.route.name if self.route is not None else "on_response", exc)
-            replaced = False
-        self.resp_view = None
+            self.resp_view = None
+            return False
         return replaced
+
+    cdef bytes phase_lines(self):
+        """After response_phase: the response's header lines when a policy read or edited them (the lines
+        added on the way are in them), or None when they stand as they were (resp_extra still to add)."""
+        cdef bytes lines = _ph.join_pairs(self.resp_view) if self.viewed else None
+        self.resp_view = None
+        return lines
 
     cdef bint upstream_response(self, UpstreamConn c, int status):
         """phase: on_response over an upstream's response head (its kept lines, then the route's added
         ones). True when the policies replaced it (answered here; the upstream connection is closed)."""
-        cdef list view = []
-        for piece in c.rpieces:
-            _ph.parse_lines(piece, view)
+        cdef list blocks = c.rpieces
         if self.route.phase_resp_add:
-            _ph.parse_lines(self.route.phase_resp_add, view)
-        r = self.response_phase(self.route.on_response, view, status)
+            blocks = blocks + [self.route.phase_resp_add]
+        r = self.response_phase(self.route.on_response, blocks, status)
+        if r is False:
+            self.settle(0)
+            self.policy_failed()
+            return True
+        lines = self.phase_lines()
         if r is None:
-            c.rpieces = [_ph.join_pairs(view)]
+            c.rpieces = [lines] if lines is not None else blocks
             return False
         self.settle(0)
-        if r is False:
-            self.policy_failed()
-        else:
-            self.send_answer(self.status, _ph.join_pairs(view), (<Respond>r).body)
+        self.send_answer(self.status, lines, (<Respond>r).body)
         return True
 
     cdef void answer(self, Respond r):
         """A policy answered itself (a Respond from on_request), before any upstream work: the answer
         passes the on_response phase, then goes to the client."""
-        cdef list view
-        cdef bytes lines
+        cdef bytes lines = _ph.join_pairs(r.headers)
         self.settle(0)
         fns = self.route.on_response if self.route is not None else self.rt.unrouted_response
         if fns is not None and not self.phased:             # phase: on_response
-            view = list(r.headers)
-            rr = self.response_phase(fns, view, r.status)
+            rr = self.response_phase(fns, [lines], r.status)
             if rr is False:
                 self.policy_failed()
                 return
-            lines = _ph.join_pairs(view)
             if rr is not None:
                 r = <Respond>rr
-            self.send_answer(self.status, lines, r.body)
-            return
-        lines = _ph.join_pairs(r.headers)
+            edited = self.phase_lines()
+            if edited is not None:
+                self.send_answer(self.status, edited, r.body)
+                return
         if self.resp_extra is not None:
             lines = lines + self.resp_extra
         self.send_answer(r.status, lines, r.body)
@@ -1106,6 +1128,7 @@ cdef class Exchange:
         """A policy raised in a phase: a 500 problem (without what the policies had added)."""
         self.err_extra = None
         self.resp_extra = None
+        self.resp_view = None
         self.fail(500, "internal-error", None)
 
     cdef void settle(self, int status):
@@ -1139,16 +1162,17 @@ cdef class Exchange:
         else:
             fns = self.route.on_response
         if fns is not None and not self.phased:             # phase: on_response
-            view = _ph.parse_lines(extra, []) if extra is not None else []
-            r = self.response_phase(fns, view, status)
+            r = self.response_phase(fns, [extra] if extra is not None else [], status)
             if r is False:
                 self.policy_failed()
                 return
+            lines = self.phase_lines()
             if r is not None:
-                self.send_answer(self.status, _ph.join_pairs(view), (<Respond>r).body)
+                self.send_answer(self.status, lines, (<Respond>r).body)
                 return
-            extra = _ph.join_pairs(view)
-        elif self.resp_extra is not None:
+            if lines is not None:
+                extra = lines
+        if self.resp_extra is not None:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
         self.client.write_problem(self, slug, detail, extra)
         self.complete()
