@@ -876,9 +876,10 @@ cdef class Exchange:
                 _report_policy_error("on_complete", exc)
 
     # -- policy interface ------------------------------------------------------------------------------
-    # A route's `gate` (compiled from its policies at config load) is called as gate(exchange) once the
-    # route is known and before any upstream work. It returns None to let the request through, a
-    # rejection tuple (status, slug, detail bytes or None, extra header lines bytes or None), or an
+    # A route's phases (compiled from its policies at config load; fastgw/policies/contract.py) receive
+    # the exchange. Its `gate` (on_request) is called as gate(exchange) once the route is known and before
+    # any upstream work. It returns None to let the request through, a rejection tuple (status, slug,
+    # detail bytes or None, extra header lines bytes or None), a Respond (the policy answers), or an
     # awaitable resolving to one of those (only policies that must wait for I/O, e.g. Redis, do that).
     # Everything a policy may read or add is below; nothing else of the exchange is public.
     @property
