@@ -4,10 +4,11 @@
 #
 # Runtime contract (docs/operations.md "Container"):
 #   - the config is read from $FASTGW_CONFIG (/etc/fastgw/fastgw.toml): mount a ConfigMap or a file there;
-#   - set server.listen to "0.0.0.0:8080" and admin.listen to "0.0.0.0:9901" in that file so the load
-#     balancer and the kubelet can reach them (the built-in defaults listen on 127.0.0.1 only);
-#   - SIGTERM drains (server.drain), SIGHUP reloads, SIGINT stops fast. The supervisor is PID 1 and reaps
-#     its own worker processes.
+#   - the image's own config there (deploy/container/fastgw.toml) listens on 0.0.0.0:8080 (public) and
+#     0.0.0.0:9901 (admin: health, readiness, metrics), so `docker run -p 8080:8080` reaches the gateway;
+#     a mounted config must do the same (the built-in defaults listen on 127.0.0.1 only);
+#   - SIGTERM drains (server.drain), SIGHUP reloads (`fastgw reload` sends it: the image has no kill),
+#     SIGINT stops fast. The supervisor is PID 1 and reaps its own worker processes.
 
 ARG PYTHON_VERSION=3.11
 
@@ -40,7 +41,7 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels fastgw \
  && rm -rf /wheels \
  && groupadd --system --gid 10001 fastgw \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin fastgw
-COPY --chown=root:root config/fastgw.toml /etc/fastgw/fastgw.toml
+COPY --chown=root:root deploy/container/fastgw.toml /etc/fastgw/fastgw.toml
 USER 10001:10001
 # 8080: the public listener (HTTP/1.1); 9901: the admin listener (/healthz /readyz /metrics).
 EXPOSE 8080 9901

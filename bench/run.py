@@ -586,6 +586,15 @@ def dur(s: float) -> str:
     return f"{max(1, round(s))}s"
 
 
+
+def result_files(stamp: str, only_nginx: bool, quick: bool) -> tuple[list[str], str]:
+    """(report files, data file) a run writes in bench/results. A --quick run (2 short rounds: a harness
+    check, too noisy to compare) writes quick-* files only, so the committed latest-* figures stay."""
+    suffix = "-proxy-nginx-only" if only_nginx else "-proxy"
+    if quick:
+        return [f"quick{suffix}.md"], f"quick{suffix}.json"
+    return [f"{stamp}{suffix}.md", f"latest{suffix}.md"], f"latest{suffix}.json"
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preflight()
@@ -748,17 +757,14 @@ def main(argv: list[str] | None = None) -> int:
         print(report)
         if not args.no_save:
             os.makedirs(args.results_dir, exist_ok=True)
-            suffix = "-proxy-nginx-only" if args.only_nginx else "-proxy"
-            for name in (f"{stamp}{suffix}.md", f"latest{suffix}.md"):
+            reports, data = result_files(stamp, args.only_nginx, args.quick)
+            for name in reports:
                 with open(os.path.join(args.results_dir, name), "w") as f:
                     f.write(report)
-            with open(os.path.join(args.results_dir, f"latest{suffix}.json"), "w") as f:
+            with open(os.path.join(args.results_dir, data), "w") as f:
                 json.dump({"meta": meta, "medians": rows, "runs": per_round}, f, indent=1)
-            print(
-                f"written: {args.results_dir}/{stamp}{suffix}.md, latest{suffix}.md (+ latest{suffix}.json)",
-                file=sys.stderr,
-            )
-            plots.after_run(os.path.join(args.results_dir, f"latest{suffix}.md"))
+            print(f"written: {', '.join(os.path.join(args.results_dir, n) for n in (*reports, data))}", file=sys.stderr)
+            plots.after_run(os.path.join(args.results_dir, reports[-1]))
         return 0
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastgw._core.proxy import H2Limits, RouteRT, Runtime, Target, UpstreamGroup
+from fastgw._core.balancer import Target, UpstreamGroup
+from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.router import Router
 from fastgw._core.wire import HeaderTable
 from fastgw.config.root import Config

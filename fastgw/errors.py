@@ -1,7 +1,7 @@
 """The catalogue of responses fastgw makes itself: RFC 9457 problem+json, one stable slug each.
 
 Bodies are serialised here once per config load; per request only `instance`, `request_id` and (for
-malformed input) `detail` are filled in (see fastgw._core.proxy.Problem). Only slugs some code path sends
+malformed input) `detail` are filled in (see fastgw._core.runtime.Problem). Only slugs some code path sends
 are listed: docs/errors.md is the client's view of this table, and tests/test_docs.py keeps both true.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-from fastgw._core.proxy import Problem
+from fastgw._core.runtime import Problem
 
 
 class Slug(NamedTuple):

@@ -4,7 +4,7 @@
           long-lived multiplexed connections, new streams placed on the first one with room
   Conn    one HTTP/2 connection (h2c prior knowledge, or TLS with ALPN "h2"): an asyncio protocol around
           an h2 client-side H2Connection
-  Stream  one upstream stream, joined to a downstream call (fastgw._core.proxy.GrpcCall), which it calls
+  Stream  one upstream stream, joined to a downstream call (fastgw._core.upstream_grpc.GrpcCall), which it calls
           back: on_headers, on_data, on_trailers, on_end, on_reset, on_error, ack_request
 
 Rules kept here:

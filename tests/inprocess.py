@@ -9,7 +9,8 @@ import threading
 
 import uvloop
 
-from fastgw._core.proxy import Runtime, Worker
+from fastgw._core.runtime import Runtime
+from fastgw._core.worker import Worker
 from fastgw.process.worker import date_header
 
 

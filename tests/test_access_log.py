@@ -140,7 +140,7 @@ def head(method: bytes = b"GET", host: bytes | None = b"api.example", path: byte
 
 
 def entry(i: int, h: RequestHead | None = None) -> tuple:
-    """One tuple as fastgw._core.proxy.Worker.observe appends it."""
+    """One tuple as fastgw._core.worker.Worker.observe appends it."""
     return (time.monotonic_ns(), 1_500_000, 200, h or head(path=b"/accounts/%d" % i), b"192.0.2.7",
             b"192.0.2.7", b"rid-%d" % i, "accounts", "core", b"10.1.2.3:8080", None, None)
 

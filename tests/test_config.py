@@ -184,14 +184,15 @@ def test_unknown_keys_all_reported() -> None:
                      + "[routes.request_headers]\nappend = {}\n")
     assert errs == [
         "server.bogus: unknown key",
-        "server.limits.max_bodyy: unknown key",
+        'server.limits.max_bodyy: unknown key (did you mean "max_body"?)',
         "routes[1].frobnicate: unknown key",
         "routes[1].request_headers.append: unknown key",
     ]
 
 
 def test_unknown_top_level_section() -> None:
-    assert errors_of(BASE + '[rediss]\nurl = "redis://x"\n') == ["rediss: unknown key"]
+    assert errors_of(BASE + '[rediss]\nurl = "redis://x"\n') == ['rediss: unknown key (did you mean "redis"?)']
+    assert errors_of(BASE + '[frobnicate]\nurl = "redis://x"\n') == ["frobnicate: unknown key"]
 
 
 def test_bad_size() -> None:
@@ -227,8 +228,11 @@ def test_slow_peer_and_connection_limits() -> None:
     assert (lim.min_body_rate, lim.send_timeout, lim.max_connections) == (500, 60.0, "auto")
     lim = loads('[server.limits]\nmin_body_rate = "0"\nsend_timeout = "5s"\nmax_connections = 2000\n' + BASE).server.limits
     assert (lim.min_body_rate, lim.send_timeout, lim.max_connections) == (0, 5.0, 2000)
+    # Schema errors and the checks of the other keys in one pass.
     errs = errors_of('[server.limits]\nsend_timeout = "0s"\nmax_connections = 0\nmin_body_rate = "-1B"\n' + BASE)
-    assert errs == ['server.limits.min_body_rate: invalid size "-1B": must not be negative']
+    assert errs == ['server.limits.min_body_rate: invalid size "-1B": must not be negative',
+                    "server.limits.send_timeout: must be greater than 0",
+                    'server.limits.max_connections: must be between 1 and 10000000 or "auto", got 0']
     errs = errors_of('[server.limits]\nsend_timeout = "0s"\nmax_connections = 0\n' + BASE)
     assert errs == ["server.limits.send_timeout: must be greater than 0",
                     'server.limits.max_connections: must be between 1 and 10000000 or "auto", got 0']
@@ -407,7 +411,9 @@ def test_addresses() -> None:
 
 def test_upstream_needs_targets_and_a_good_name() -> None:
     errs = errors_of(BASE + '[upstreams."a b"]\ntargets = []\nbalance = "random"\n')
-    assert errs == ['upstreams."a b".balance: expected "round_robin", got string "random"']
+    assert errs == ['upstreams."a b".balance: expected "round_robin", got string "random"',
+                    'upstreams."a b": invalid upstream name "a b" (use letters, digits, "_", ".", "-")',
+                    'upstreams."a b".targets: at least one target is required']
     errs = errors_of(BASE + '[upstreams."a b"]\ntargets = []\n')
     assert errs == ['upstreams."a b": invalid upstream name "a b" (use letters, digits, "_", ".", "-")',
                     'upstreams."a b".targets: at least one target is required']

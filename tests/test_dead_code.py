@@ -22,6 +22,7 @@ ALLOWED = {
     "phases": "the policy registry's placeholder for per-route phase tuples (documented there)",
     "source_port": "a field of the parsed PROXY protocol header (tests read it)",
     "context": "ssl.SSLObject.context, set by the SNI callback (fastgw/tls.py)",
+    "collect": "prometheus_client's Collector interface: the registry calls it at each scrape",
 }
 
 

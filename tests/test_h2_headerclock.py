@@ -1,4 +1,4 @@
-"""HeaderClock (fastgw/_core/h2_headerclock.pxi), the HTTP/2 header-block timer, against a reference
+"""HeaderClock (fastgw/_core/h2clock.pyx), the HTTP/2 header-block timer, against a reference
 that knows every frame boundary: for any frame sequence cut into reads at any points, after each read
 `since` is the time of the read in which the unfinished header block (or frame header, or the preface)
 began, or 0 when the input is not inside one."""
@@ -9,7 +9,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgw._core.proxy import HeaderClock
+from fastgw._core.h2clock import HeaderClock
 
 PREFACE = 24
 T0 = 0.5                       # the connection's start; read k happens at time k + 1

@@ -1,4 +1,4 @@
-"""fastgw's HPACK decoder (fastgw/_core/h2.pxi, H2Decoder) against the reference, hpack.Decoder: blocks
+"""fastgw's HPACK decoder (fastgw/_core/hpack.pyx, H2Decoder) against the reference, hpack.Decoder: blocks
 made by hpack's own encoder (dynamic table insertions, evictions, Huffman or not, never-indexed fields,
 table size updates) decode to the same fields, block after block on one connection's state; and broken
 blocks raise the same exception classes, which end the connection with the same GOAWAY (COMPRESSION_ERROR;
@@ -11,7 +11,7 @@ from hpack.exceptions import HPACKDecodingError, InvalidTableSizeError, Oversize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgw._core.proxy import H2Decoder
+from fastgw._core.hpack import H2Decoder
 
 NAMES = [b":method", b":path", b":authority", b":scheme", b"accept", b"user-agent", b"cookie", b"x-a",
          b"x-long-name-" + b"n" * 40, b"content-type", b"authorization"]

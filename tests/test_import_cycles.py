@@ -35,13 +35,13 @@ def module_name(path: Path) -> str:
 
 
 def all_modules() -> dict[str, list[Path]]:
-    """Module name -> its source files (a .pyx with its .pxd and the .pxi files it includes)."""
+    """Module name -> its source files (a .pyx with its .pxd and the files either includes)."""
     mods: dict[str, list[Path]] = {}
     for path in sorted(PKG.rglob("*")):
         if path.suffix in (".py", ".pyx", ".pxd") and "build" not in path.parts:
             mods.setdefault(module_name(path), []).append(path)
     for paths in mods.values():
-        for p in [p for p in paths if p.suffix == ".pyx"]:
+        for p in [p for p in paths if p.suffix in (".pyx", ".pxd")]:
             for inc in _CY_INCLUDE.findall(p.read_text()):
                 paths.append(p.parent / inc)
     return mods

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from certs import CA, write_pair
 from conftest import free_port
 
 from tests.procutil import ROOT, Gateway, Origin, admin_get
@@ -39,7 +40,7 @@ ERRORS = 150             # 502s on route "dead": over the error-ratio alert's fl
 GRAFANA_VARS = {"$__rate_interval": "1m", "$job": ".+", "$instance": ".+", "$route": ".*"}
 # Series Prometheus makes itself for every target; not the gateway's to export.
 SCRAPE_SERIES = {"up"}
-METRIC_NAME = re.compile(r"\b(fastgw_[a-z0-9_]+|up)\b")
+METRIC_NAME = re.compile(r"\b(fastgw_[a-z0-9_]+|process_[a-z0-9_]+|up)\b")    # process_*: the supervisor's, from prometheus-client
 
 
 def _tool(name: str) -> str:
@@ -134,14 +135,18 @@ class Prometheus:
             self.proc.wait()
 
 
-def gateway_config(origin: Origin, dead_port: int) -> str:
+def gateway_config(origin: Origin, dead_port: int, tls: tuple[str, str]) -> str:
     """Every policy whose series the dashboard shows: an API-key route with a tiny rate plan kept in a
     Redis nobody answers on (Redis errors, degraded decisions, 429s), a route to a dead upstream (502s),
-    and a catch-all to a real origin (its /slow/<ms> answers late)."""
+    a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
     key = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
 [server]
 listen = ["127.0.0.1:0"]
+[[server.tls]]
+listen = ["127.0.0.1:0"]
+cert = "{tls[0]}"
+key = "{tls[1]}"
 [admin]
 listen = "127.0.0.1:0"
 [redis]
@@ -183,7 +188,8 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     origin = Origin()
     dead_port = free_port()
     cfg = d / "fastgw.toml"
-    cfg.write_text(gateway_config(origin, dead_port))
+    tls = write_pair(d, "api", CA("monitoring test CA").issue("api.test", ["api.test"]))
+    cfg.write_text(gateway_config(origin, dead_port, tls))
     gw = Gateway(cfg, workers=1)
     prom = None
     try:
@@ -209,7 +215,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
             for t in slow:
                 t.join()
         # A reload the gateway refuses (an unknown upstream): it keeps the config it has.
-        cfg.write_text(gateway_config(origin, dead_port).replace('upstream = "dead"', 'upstream = "deaf"'))
+        cfg.write_text(gateway_config(origin, dead_port, tls).replace('upstream = "dead"', 'upstream = "deaf"'))
         gw.signal(signal.SIGHUP)
         gw.wait_event("config_reload_failed")
         yield Monitored(gw, prom, dead_target)

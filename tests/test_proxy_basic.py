@@ -547,3 +547,22 @@ def test_upstream_keepalive_zero_disables_pooling(gateway, origin):
     with gw.client() as client:
         conns = [seen(client.get(f"/nopool{i}")).conn for i in range(3)]
     assert len(set(conns)) == 3, conns
+
+
+def test_hostless_request_carries_its_own_targets_address(gateway):
+    # An HTTP/1.0 request without Host is forwarded with the address of the target it reaches as Host:
+    # the target is picked once per request (two targets, round-robin, so a second pick would differ).
+    a, b = EchoOrigin().start(), EchoOrigin().start()
+    try:
+        gw = gateway.start({"two": {"targets": [a.addr, b.addr]}}, [{"name": "all", "path": "/*", "upstream": "two"}])
+        for i in range(4):
+            with gw.raw() as c:
+                c.send(request("GET", f"/hostless{i}", host=None, version="HTTP/1.0"))
+                assert c.read_response().status == 200
+        for origin in (a, b):
+            assert origin.heads, "round-robin reaches both targets"
+            for h in origin.heads:
+                assert h.values("host") == [origin.addr], (origin.addr, h.target, h.headers)
+    finally:
+        a.stop()
+        b.stop()

@@ -229,7 +229,7 @@ def test_listen_address_in_use_is_a_runtime_failure(origin: Origin, tmp_path: Pa
         proc = subprocess.run([sys.executable, "-m", "fastgw", "run", "-c", str(path), "--workers", "2"], cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
-    assert "Address already in use" in proc.stderr
+    assert f"fastgw: server.listen[0]: 127.0.0.1:{port} is already in use by another process" in proc.stderr
 
 
 def test_workers_flag_and_config(origin: Origin, tmp_path: Path) -> None:

@@ -427,7 +427,11 @@ class StaleOrigin(EchoOrigin):
         await self.respond(rec, writer)
         head = await self.read_head(reader, conn, 2)
         if head is not None:
-            self.incomplete.append(head)       # dropped unanswered
+            self.drop(head, writer)
+
+    def drop(self, head: Head, writer: asyncio.StreamWriter) -> None:
+        """The second request of a connection: never answered (the connection closes)."""
+        self.incomplete.append(head)
 
 
 class IdleCloseOrigin(EchoOrigin):
@@ -442,12 +446,17 @@ class IdleCloseOrigin(EchoOrigin):
         await asyncio.sleep(0.05)
 
 
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close the connection with a reset (RST): SO_LINGER on, 0 s."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 class ResetOrigin(Origin):
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: int) -> None:
         await self.read_head(reader, conn, 1)
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset(writer)
 
 
 class GarbageOrigin(Origin):

@@ -1,11 +1,12 @@
 # cython: language_level=3
-"""Access-log lines in C: a batch of per-request tuples (fastgw._core.proxy.Worker.observe) formatted as
+"""Access-log lines in C: a batch of per-request tuples (fastgw._core.worker.Worker.observe) formatted as
 JSON lines, and whole lines written to an output other processes write to as well (fastgw/observe.py runs
 both: formatting on the event loop, writing in a thread).
 
 Format. One JSON object per line, fields in this order (README "Logs"):
   ts, type ("access"), request_id, client, peer, method, host, path, route, upstream, target, status,
-  duration_ms, worker, then upstream_error and grpc_status only when set, "truncated": true only when cut.
+  duration_ms, worker, then upstream_error, grpc_status, error_source, error_retryable and retried_after
+  only when set, "truncated": true only when cut.
 Request-derived bytes are latin-1 (every byte is kept: a byte >= 0x80 becomes that code point in UTF-8,
 control bytes become \\u00XX). Formatting in C costs a few hundred instructions a line; the same loop in
 Python (building msgspec structs) cost ~20k instructions per request.
@@ -26,7 +27,10 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcpy
 from posix.unistd cimport write
 
+from fastgw._core.gateway_error cimport GatewayError
 from fastgw._core.http1 cimport RequestHead
+
+from fastgw._core.gateway_error import SOURCES
 
 
 cdef extern from "<limits.h>":
@@ -45,7 +49,6 @@ cdef extern from "<poll.h>" nogil:
 
 
 LINE_MAX = PIPE_BUF          # bytes of one access line, its newline included: one atomic pipe write
-DEF FIXED = 400              # room for a line's keys, numbers and constant parts
 cdef const char* HEX = b"0123456789abcdef"
 
 
@@ -191,7 +194,8 @@ cdef inline Py_ssize_t slen(str v) noexcept:
 def format_lines(list batch, long long mono_ns, double wall, int worker, object client_text):
     """The access lines of `batch` (tuples from Worker.observe: end and duration in monotonic ns, status,
     request head, client address, TCP peer, request id, route, upstream, target, upstream error, gRPC
-    status), as bytes. `mono_ns` and `wall` are the monotonic and wall clocks now; `client_text(peer,
+    status, then, when present, the GatewayError that ended the exchange and the one it was retried
+    after), as bytes. `mono_ns` and `wall` are the monotonic and wall clocks now; `client_text(peer,
     xff)` names the client when X-Forwarded-For may (fastgw/clientaddr.py), None when no proxy is
     trusted."""
     cdef Buf b
@@ -200,6 +204,7 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
     cdef bytes peer, tcp_peer, rid, target, method, host, path, xff
     cdef str route, upstream, up_error, client
     cdef object grpc
+    cdef GatewayError err, retried
     cdef long long wall_us = <long long>(wall * 1e6)
     cdef Py_ssize_t start, room, cm, ch, cp, longest
     cdef bint cut
@@ -217,6 +222,10 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
             target = t[9]
             up_error = t[10]
             grpc = t[11]
+            err = retried = None
+            if len(t) > 12:
+                err = t[12]
+                retried = t[13]
             method = host = path = xff = None
             if h is not None:
                 method, host, path, xff = h.method, h.host, h.path, h.xff
@@ -266,6 +275,16 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
                 if grpc is not None:
                     put(&b, ',"grpc_status":', 15)
                     put_int(&b, <long long>grpc)
+                if err is not None:
+                    put(&b, ',"error_source":', 16)
+                    put_str(&b, <str>SOURCES[err.source])
+                    if err.retryable:
+                        put(&b, ',"error_retryable":true', 23)
+                    else:
+                        put(&b, ',"error_retryable":false', 24)
+                if retried is not None:
+                    put(&b, ',"retried_after":', 17)
+                    put_str(&b, <str>SOURCES[retried.source])
                 if cut:
                     put(&b, ',"truncated":true', 17)
                 put(&b, "}\n", 2)

@@ -1,5 +1,29 @@
 # Declarations of the bucket table (see buckets.pyx for the arithmetic and the memory layout).
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport INT64_MAX, int64_t, uint64_t
+
+# The table's layout and arithmetic.
+cdef enum:
+    WAYS = 8
+    HDR = 64
+    SLOTB = 64
+    STEAL_SPINS = 1 << 20
+    NS = 1000000000
+
+cdef extern from *:
+    """
+    #define FASTGW_BUCKETS_MAGIC 0x66676277746b6231ULL
+    """
+    const uint64_t MAGIC "FASTGW_BUCKETS_MAGIC"     # "fgbwtkb1": a table this code laid out
+
+# Limit kinds (Slot.kind and Plan.kind).
+cdef enum:
+    K_RATE = 1
+    K_QUOTA_MINUTE = 2
+    K_QUOTA_HOUR = 3
+    K_QUOTA_DAY = 4
+    K_QUOTA_MONTH = 5
+    K_CONC = 6
+    K_LEASE = 7
 
 
 # Keys must hash the same in every worker process (Python's hash() of bytes is salted per process), so

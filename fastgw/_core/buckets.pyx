@@ -49,22 +49,7 @@ cdef extern from *:
     void fgw_clear_if(unsigned long long* p, unsigned long long seen) noexcept nogil
     void fgw_pause() noexcept nogil
 
-DEF MAGIC = 0x66676277746b6231     # "fgbwtkb1"
-DEF WAYS = 8
-DEF HDR = 64
-DEF SLOTB = 64
-DEF STEAL_SPINS = 1 << 20
-DEF NS = 1000000000
-DEF INT64_MAX = 0x7fffffffffffffff
-
-# Limit kinds (Slot.kind and Plan.kind).
-DEF K_RATE = 1
-DEF K_QUOTA_MINUTE = 2
-DEF K_QUOTA_HOUR = 3
-DEF K_QUOTA_DAY = 4
-DEF K_QUOTA_MONTH = 5
-DEF K_CONC = 6
-DEF K_LEASE = 7
+# (The layout constants and the limit kinds are declared in buckets.pxd.)
 
 RATE, QUOTA_MINUTE, QUOTA_HOUR, QUOTA_DAY, QUOTA_MONTH, CONCURRENCY, LEASE = 1, 2, 3, 4, 5, 6, 7
 HEADER_BYTES = HDR

@@ -3,8 +3,9 @@
 
 The policies are Python classes (config compilation, JWT verification, Redis, logging) deriving from the
 cdef classes here, whose `on_request` (the request phase: fastgw/policies/contract.py) answers the common
-request in C and calls back into the Python subclass for everything else. The split is by frequency, not by feature: each fast path gives exactly the answer
-the Python path would, and falls back to it whenever it cannot tell.
+request in C and calls back into the Python subclass for everything else. The split is by frequency, not by
+feature: each fast path gives exactly the answer the Python path would, and falls back to it whenever it
+cannot tell.
 
   Gate       the base of every policy: the request phase, compiled; the other phases are plain methods.
   Chain      a route's on_request phase: its policies in stage order, the first answer wins.
@@ -27,17 +28,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from fastgw._core.buckets cimport Plan, Table, _hash
 from fastgw._core.phases cimport Respond
 
-# Decision counters, in the order of fastgw.policies.ratelimit.DECISIONS.
-DEF D_ALLOWED = 0
-DEF D_RATE = 1
-DEF D_QUOTA = 2
-DEF D_SHADOW = 3
-
-# Key parts (a limit's `key`): fastgw.policies.ratelimit.KeySpec.
-DEF P_CONSUMER = 0
-DEF P_IP = 1
-DEF P_ROUTE = 2
-DEF P_HEADER = 3
+# (The decision counters and key parts are declared in gates.pxd.)
 
 
 cdef inline int64_t _now(int clock) noexcept nogil:

@@ -2,6 +2,25 @@
 
 from fastgw._core.wire cimport HeaderTable
 
+# The reader's state (RequestReader._state).
+cdef enum:
+    ST_IDLE = 0      # between messages, nothing pending
+    ST_HEAD = 1      # inside a request head
+    ST_BODY = 2      # head done, body (possibly empty) in progress
+    ST_DEAD = 3      # an error was reported, or the connection reads no more requests
+
+# Bytes of chunk-size lines beyond "HEX CRLF" (extensions, padding) tolerated per request. llhttp parses
+# extensions without buffering them, and fastgw re-chunks bodies so they are never forwarded; the cap stops
+# a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class).
+# Input is fed to llhttp in slices so that this bound is checked before a message can complete: a
+# chunked body is fed CHUNK_SLICE bytes at a time and rejected once its slack passes
+# MAX_CHUNK_SLACK - CHUNK_SLICE, so a message with more than MAX_CHUNK_SLACK bytes of slack never
+# completes, and one with up to MAX_CHUNK_SLACK - CHUNK_SLICE (3 KiB) always passes.
+cdef enum:
+    MAX_CHUNK_SLACK = 4096
+    SLICE = 4096
+    CHUNK_SLICE = 1024
+
 cdef class RequestHead:
     cdef public bytes method
     cdef public bytes path

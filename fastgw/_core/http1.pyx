@@ -24,21 +24,7 @@ from fastgw._core.wire cimport (
 )
 from fastgw._core.wire import DEFAULT_TABLE
 
-DEF ST_IDLE = 0      # between messages, nothing pending
-DEF ST_HEAD = 1      # inside a request head
-DEF ST_BODY = 2      # head done, body (possibly empty) in progress
-DEF ST_DEAD = 3      # an error was reported
-
-# Bytes of chunk-size lines beyond "HEX CRLF" (extensions, padding) tolerated per request. llhttp parses
-# extensions without buffering them, and fastgw re-chunks bodies so they are never forwarded; the cap stops
-# a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class).
-# Input is fed to llhttp in slices so that this bound is checked before a message can complete: a
-# chunked body is fed CHUNK_SLICE bytes at a time and rejected once its slack passes
-# MAX_CHUNK_SLACK - CHUNK_SLICE, so a message with more than MAX_CHUNK_SLACK bytes of slack never
-# completes, and one with up to MAX_CHUNK_SLACK - CHUNK_SLICE (3 KiB) always passes.
-DEF MAX_CHUNK_SLACK = 4096
-DEF SLICE = 4096
-DEF CHUNK_SLICE = 1024
+# (The reader's states and the chunk-slack bound are constants of http1.pxd.)
 
 cdef class RequestHead:
     """One parsed request head. ``pieces`` is the flat list [name, b": ", value, b"\\r\\n", ...] of the

@@ -87,7 +87,8 @@ cdef list parse_lines(bytes block, list out):
                 vs += 1
             while ve > vs and _blank(s[ve - 1]):
                 ve -= 1
-            out.append((PyBytes_FromStringAndSize(s + pos, colon - pos), PyBytes_FromStringAndSize(s + vs, ve - vs)))
+            out.append((PyBytes_FromStringAndSize(s + pos, colon - pos),
+                        PyBytes_FromStringAndSize(s + vs, ve - vs)))
         pos = eol + 1
     return out
 

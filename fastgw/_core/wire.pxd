@@ -1,5 +1,7 @@
 # The compiled wire table (see wire.pyx): header actions, character classes, byte helpers.
 
+from libc.stdint cimport uint64_t
+
 # What a request reader does with a header field, by name (fastgw/headers.py gives each name its role).
 cdef enum Action:
     A_FORWARD = 0          # not managed: forwarded as received
@@ -96,3 +98,15 @@ cdef inline int response_kind(const char* s, Py_ssize_t n) noexcept:
             return RESP_KIND[i - 1]
         i = RESP_NEXT[i - 1]
     return R_KEEP
+
+
+cdef inline uint64_t name_lengths(object names):
+    """Bit min(len, 63) set for every name in `names` (None: 0): a header name is folded and looked up
+    in a set only when its length is one of the set's (filter_headers, RouteRT.req_remove)."""
+    cdef uint64_t mask = 0
+    cdef Py_ssize_t k
+    if names is not None:
+        for nm in names:
+            k = len(<bytes>nm)
+            mask |= (<uint64_t>1) << (k if k < 63 else 63)
+    return mask

@@ -1,8 +1,8 @@
 # cython: language_level=3
 """The wire table, compiled: what the data path does with each header name, and which bytes are valid
 where. The names and their roles are declared once, in fastgw/headers.py; this module turns them into
-the tables the HTTP/1.1 reader (http1.pyx), the HTTP/2 validator (h2.pxi), the upstream-head builders
-and the response-head walk (proxy.pyx, grpc.pxi) read, with the action codes of wire.pxd.
+the tables the HTTP/1.1 reader (http1.pyx), the HTTP/2 validator (h2engine.pyx), the upstream-head builders
+and the response-head walk (exchange.pyx, upstream_h1.pyx, upstream_grpc.pyx) read, with the action codes of wire.pxd.
 
   HeaderTable   the request readers' table for one config: name -> Action, plus the underscore rule
   CHARS         character classes (bits of wire.pxd CharClass), shared by both readers

@@ -50,12 +50,23 @@ def parse_hostport(text: str, allow_port_zero: bool = False) -> tuple[str, int]:
     return host, number
 
 
+class ConfigWarning(str):
+    """A finding that does not stop the config from loading: it is usable, but probably not what was
+    meant. A check appends it to its errors list like an error; loading sorts the two apart."""
+
+
 def check_cidrs(values: list[str], path: str, errors: list[str]) -> None:
     for i, v in enumerate(values):
         try:
-            ipaddress.ip_network(v, strict=False)
+            net = ipaddress.ip_network(v, strict=False)
         except ValueError:
             errors.append(f'{path}[{i}]: "{v}" is not an IP address or CIDR block (e.g. "10.0.0.0/8", "2001:db8::/32")')
+            continue
+        # "10.1.2.3/8" means 10.0.0.0/8, which is rarely what its writer had in mind (a /32 typed as a
+        # /8, or a host address where the network was meant). Accepted as the network, like iptables.
+        if "/" in v and str(net) != v and net.network_address != ipaddress.ip_interface(v).ip:
+            errors.append(ConfigWarning(f'{path}[{i}]: "{v}" has host bits set: it means {net} '
+                                        f"(write {net}, or the address alone for one host)"))
 
 
 def check_file(value: str, path: str, errors: list[str]) -> None:

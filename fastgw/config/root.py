@@ -7,12 +7,15 @@ payments)`), so `fastgw check` in CI reports a whole broken file at once rather 
 
 Loading has three passes:
 1. TOML -> plain dicts (tomllib); a syntax error names the line and column.
-2. A walk of the raw dicts against the Struct schema (fastgw/config/schema.py): unknown keys, missing
-   keys, wrong types, and duration/size strings turned into float seconds / int bytes, every error with
-   its key path.
+2. A walk of the raw dicts against the Struct schema (fastgw/config/schema.py): unknown keys (with a
+   "did you mean" for a near miss), missing keys, wrong types, duration/size strings turned into float
+   seconds / int bytes, relative file paths resolved against the config file's folder; every error with
+   its key path. A value in error is replaced by its default or a placeholder, so that:
 3. msgspec.convert builds the Structs, then each section's semantic checks (route syntax, references
-   between sections, header rules, addresses, limits) run on the typed result, again collecting every
-   error.
+   between sections, header rules, addresses, limits) run on the typed result even when step 2 found
+   errors: one run of `fastgw check` reports both kinds. A check may also add a `ConfigWarning` (a usable
+   config that is probably not what was meant, such as a CIDR block with host bits set).
+Errors and warnings name the line of their key in the file (fastgw/config/locate.py).
 
 Each section's schema and checks live with what it configures: fastgw/config/server.py, upstreams.py,
 routes.py, consumers.py, and the policies' own (fastgw/policies/*/config.py), which the policy registry
@@ -28,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fastgw.config import consumers, routes, server, upstreams
+from fastgw.config.checks import ConfigWarning
 from fastgw.config.consumers import Consumer
+from fastgw.config.locate import error_path, locate, under
 from fastgw.config.routes import Route
 from fastgw.config.schema import _from_msgspec, _syntax_error, compose, walk_struct
 from fastgw.config.server import Admin, Server
@@ -56,15 +61,19 @@ else:
 
 
 class ConfigError(Exception):
-    """An unusable config. `.errors` holds one "key.path: reason" line per problem."""
+    """An unusable config. `.errors` holds one "key.path: reason" line per problem; `.located` the same
+    lines with the file and line in front ("fastgw.toml:12: routes[0].upstream: ..."), as printed."""
 
-    def __init__(self, errors: list[str] | str) -> None:
+    def __init__(self, errors: list[str] | str, located: list[str] | None = None) -> None:
         self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        self.located: list[str] = located if located is not None else self.errors
         super().__init__("\n".join(self.errors))
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate the TOML file at `path`."""
+def load(path: str | Path, warnings: list[str] | None = None) -> Config:
+    """Read and validate the TOML file at `path`. Relative file paths in it are resolved against the
+    folder of `path`. Warnings (the config is usable, but probably not what was meant) are appended to
+    `warnings`, located like errors."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -73,26 +82,41 @@ def load(path: str | Path) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read: not UTF-8 (byte {e.start})") from None
-    return loads(text, source=str(path))
+    return loads(text, source=str(path), base=base_of(path), warnings=warnings)
 
 
-def loads(text: str, source: str = "<string>") -> Config:
-    """Validate TOML `text`; `source` names it in syntax errors."""
+def base_of(path: str | Path) -> str:
+    """The folder relative file paths in the config file at `path` are resolved against."""
+    return str(Path(path).resolve().parent)
+
+
+def loads(text: str, source: str = "<string>", base: str | None = None, warnings: list[str] | None = None) -> Config:
+    """Validate TOML `text`; `source` names it in errors; `base` is the folder relative file paths are
+    resolved against (None: the working directory)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(_syntax_error(source, str(e), text)) from None
     errors: list[str] = []
-    converted = walk_struct(Config, raw, "", errors)
-    if errors:
-        raise ConfigError(errors)
+    converted = walk_struct(Config, raw, "", errors, base)
+    cfg: Config | None = None
     try:
         cfg = msgspec.convert(converted, Config)
     except msgspec.ValidationError as e:  # the walk should have caught it; keep the key path anyway
-        raise ConfigError(_from_msgspec(str(e))) from None
-    errors = _validate(cfg)
+        if not errors:
+            errors.append(_from_msgspec(str(e)))
+    if cfg is not None:
+        findings = _validate(cfg, best_effort=bool(errors))
+        if errors:   # what the checks say about keys already in error repeats it, or follows from a placeholder
+            bad = [p for p in map(error_path, errors) if p is not None]
+            findings = [f for f in findings if not any(under(error_path(f) or "", b) for b in bad)]
+        errors += [f for f in findings if not isinstance(f, ConfigWarning)]
+        if warnings is not None and not errors:
+            found = [f for f in findings if isinstance(f, ConfigWarning)]
+            warnings += locate(found, text, source) if source != "<string>" else found
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, locate(errors, text, source) if source != "<string>" else None)
+    assert cfg is not None
     return routes.normalise(cfg)
 
 
@@ -102,12 +126,18 @@ def config_hash(path_or_bytes: str | Path | bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def _validate(cfg: Config) -> list[str]:
+def _validate(cfg: Config, best_effort: bool = False) -> list[str]:
+    """Every section's checks. `best_effort`: the config holds placeholders for values in error, which a
+    check may trip over; what it found until then is kept."""
     errors: list[str] = []
-    server.check(cfg, errors)
-    consumers.check(cfg, errors)
-    for p in POLICIES:
-        p.check(cfg, errors)
-    upstreams.check(cfg, errors)
-    routes.check(cfg, errors)
+    try:
+        server.check(cfg, errors)
+        consumers.check(cfg, errors)
+        for p in POLICIES:
+            p.check(cfg, errors)
+        upstreams.check(cfg, errors)
+        routes.check(cfg, errors)
+    except Exception:
+        if not best_effort:
+            raise
     return errors

@@ -11,7 +11,9 @@ plus each policy's, fastgw/policies/__init__.py) is one Struct built by `compose
 """
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import re
 import types
 from collections.abc import Callable, Iterable
@@ -35,10 +37,26 @@ class _Unit:
         return f"<{self.name}>"
 
 
+class _File:
+    """Marks a field (via Annotated) that names a file: a relative path is resolved against the folder of
+    the config file (`base`), as nginx does with its prefix, so the gateway reads the same files whatever
+    its working directory (systemd, a container, a test runner)."""
+
+    def __repr__(self) -> str:
+        return "<file>"
+
+
 # Durations must be strings: a bare number would leave the reader guessing between s and ms.
 # A size may also be a TOML integer, meaning bytes.
 Duration = Annotated[float, _Unit("duration", parse_duration, (str,))]
 Size = Annotated[int, _Unit("size", parse_size, (str, int))]
+FilePath = Annotated[str, _File()]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean "x"?)' when a choice is a likely misspelling of `word`, else ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {json.dumps(close[0])}?)" if close else ""
 
 
 def compose(name: str, core: type[msgspec.Struct], parts: Iterable[type[msgspec.Struct]],
@@ -143,35 +161,70 @@ def _unit_of(tp: Any) -> _Unit | None:
     return None
 
 
-def walk_struct(cls: type[msgspec.Struct], raw: object, path: str, errors: list[str]) -> Any:
+def walk_struct(cls: type[msgspec.Struct], raw: object, path: str, errors: list[str], base: str | None = None) -> Any:
+    """The table `raw` checked against `cls`, units converted and file paths resolved against `base`.
+
+    A value in error is left out (its default applies) or, for a required key, replaced by a placeholder
+    of its type, so that the cross-reference checks still run on the rest and report their errors in the
+    same pass; root.py drops what they say about keys that are already in error."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
     if not isinstance(raw, dict):
         errors.append(f"{path}: expected a table, got {_got(raw)}")
-        return None
-    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+        raw = {}
     out: dict[str, Any] = {}
     for key, value in raw.items():
         field = fields.get(key)
         if field is None:
-            errors.append(f"{keypath(path, key)}: unknown key")
-        else:
-            out[key] = _walk(field.type, value, keypath(path, key), errors)
+            errors.append(f"{keypath(path, key)}: unknown key{did_you_mean(key, fields)}")
+            continue
+        n = len(errors)
+        converted = _walk(field.type, value, keypath(path, key), errors, base)
+        if len(errors) == n or converted is not None:
+            out[key] = converted
+        elif field.required:
+            out[key] = placeholder(field.type)
     for name, field in fields.items():
         if field.required and name not in raw:
             errors.append(f"{keypath(path, name)}: required key is missing")
+            out[name] = placeholder(field.type)
     return out
 
 
-def _walk(tp: Any, value: object, path: str, errors: list[str]) -> Any:
+def placeholder(tp: Any) -> Any:
+    """A value of type `tp` standing in for one in error (see walk_struct)."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return placeholder(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        arms = [a for a in get_args(tp) if a is not _NONE]
+        return None if len(arms) < len(get_args(tp)) else placeholder(arms[0])
+    if origin is Literal:
+        return get_args(tp)[0]
+    if origin is list:
+        return []
+    if origin is dict:
+        return {}
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return walk_struct(tp, {}, "", [])
+    return {bool: False, int: 0, float: 0.0, str: ""}.get(tp)
+
+
+def _walk(tp: Any, value: object, path: str, errors: list[str], base: str | None = None) -> Any:
     """Check `value` against `tp`, returning it with units converted; append errors with their path."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         arms = [a for a in get_args(tp) if a is not _NONE]
         if len(arms) == 1:  # X | None: TOML has no null, so an absent key is the only way to get None
-            return _walk(arms[0], value, path, errors)
+            return _walk(arms[0], value, path, errors, base)
     if origin is Annotated:
+        if any(isinstance(m, _File) for m in get_args(tp)[1:]):
+            value = _walk(get_args(tp)[0], value, path, errors)
+            if isinstance(value, str) and value and base is not None:
+                return os.path.join(base, os.path.expanduser(value))
+            return value
         unit = _unit_of(tp)
         if unit is None:
-            return _walk(get_args(tp)[0], value, path, errors)
+            return _walk(get_args(tp)[0], value, path, errors, base)
         if not isinstance(value, unit.accepts) or isinstance(value, bool):
             errors.append(f"{path}: expected {_describe(tp)} such as {_UNIT_EXAMPLE[unit.name]}, got {_got(value)}")
             return None
@@ -181,23 +234,37 @@ def _walk(tp: Any, value: object, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: {e}")
             return None
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        return walk_struct(tp, value, path, errors)
+        return walk_struct(tp, value, path, errors, base)
     if origin is list:
         if not isinstance(value, list):
             errors.append(f"{path}: expected an array, got {_got(value)}")
             return None
         (item,) = get_args(tp)
-        return [_walk(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return [_item(item, v, f"{path}[{i}]", errors, base) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             errors.append(f"{path}: expected a table, got {_got(value)}")
             return None
         _, item = get_args(tp)
-        return {k: _walk(item, v, keypath(path, k), errors) for k, v in value.items()}
+        return {k: _item(item, v, keypath(path, k), errors, base) for k, v in value.items()}
     if _scalar_ok(tp, value):
         return float(value) if tp is float else value  # type: ignore[arg-type]
-    errors.append(f"{path}: expected {_describe(tp)}, got {_got(value)}")
+    hint = did_you_mean(value, _literals(tp)) if isinstance(value, str) else ""
+    errors.append(f"{path}: expected {_describe(tp)}, got {_got(value)}{hint}")
     return None
+
+
+def _item(tp: Any, value: object, path: str, errors: list[str], base: str | None) -> Any:
+    """An array element or table value: a placeholder when it is in error (the indexes stay right)."""
+    converted = _walk(tp, value, path, errors, base)
+    return placeholder(tp) if converted is None else converted
+
+
+def _literals(tp: Any) -> list[str]:
+    """The string values a Literal (or a union holding Literals) allows."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return [s for a in get_args(tp) for s in _literals(a)]
+    return [a for a in get_args(tp) if isinstance(a, str)] if get_origin(tp) is Literal else []
 
 
 _UNIT_EXAMPLE = {"duration": '"10s" or "250ms"', "size": '"1MiB" or "512KiB"'}

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from fastgw.config.checks import check_cidrs, check_file, parse_hostport
-from fastgw.config.schema import Duration, Size
+from fastgw.config.schema import Duration, FilePath, Size
 from fastgw.config.units import parse_rate
 
 if TYPE_CHECKING:
@@ -63,18 +63,18 @@ class Http2(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 class TlsCert(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One certificate chain and its private key (PEM files)."""
 
-    cert: str
-    key: str
+    cert: FilePath
+    key: FilePath
 
 
 class TlsListener(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A TLS listener ([[server.tls]]): fastgw/tls.py builds its SSLContext."""
 
     listen: list[str]
-    cert: str
-    key: str
+    cert: FilePath
+    key: FilePath
     sni: list[TlsCert] = msgspec.field(default_factory=list)   # more certificates, chosen by SNI
-    client_ca: str | None = None
+    client_ca: FilePath | None = None
     client_auth: Literal["required", "optional"] = "required"
     min_version: Literal["1.2", "1.3"] = "1.2"
     alpn: list[str] = msgspec.field(default_factory=lambda: ["h2", "http/1.1"])

@@ -92,9 +92,11 @@ def _quote(text: str) -> str:
 
 
 # Rates and quotas: "<count>/<unit>". A rate is a token bucket refilled evenly ("100/s", "6000/min");
-# a quota is a count per UTC calendar window ("10000/day", "1000000/month").
-RATE_UNITS: dict[str, int] = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
-                              "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+# a quota is a count per UTC calendar window ("10000/day", "1000000/month"). One spelling per rate unit,
+# the documented one: "100/m" could be read as per month (a quota window), and a second spelling of each
+# unit would only be a second thing to document.
+RATE_UNITS: dict[str, int] = {"s": 1, "min": 60, "h": 3600, "day": 86400}
+_RATE_SPELLING = {"sec": "s", "second": "s", "m": "min", "minute": "min", "hour": "h", "d": "day"}
 QUOTA_WINDOWS = ("minute", "hour", "day", "month")
 _RATE = re.compile(r"(\d+)/([a-z]+)")
 
@@ -103,7 +105,8 @@ def parse_rate(text: str) -> tuple[int, int]:
     """"100/s" -> (100, 1); "6000/min" -> (6000, 60): (count, period in seconds)."""
     m = _RATE.fullmatch(text)
     if m is None or m[2] not in RATE_UNITS:
-        raise ValueError(f'invalid rate {_quote(text)} (use "<count>/<s|min|h|day>", e.g. "100/s", "6000/min")')
+        hint = f' (the unit is "{_RATE_SPELLING[m[2]]}")' if m is not None and m[2] in _RATE_SPELLING else ""
+        raise ValueError(f'invalid rate {_quote(text)}{hint} (use "<count>/<s|min|h|day>", e.g. "100/s", "6000/min")')
     count = int(m[1])
     if count < 1:
         raise ValueError(f"invalid rate {_quote(text)}: the count must be at least 1")

@@ -1,13 +1,16 @@
 """[upstreams.NAME]: targets, keep-alive pool, timeouts and TLS to the upstream; their schema and checks."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from fastgw.config.checks import NAME, parse_hostport
-from fastgw.config.schema import Duration, keypath
+from fastgw.config.schema import Duration, FilePath, keypath
 from fastgw.tls import upstream_context
 
 if TYPE_CHECKING:
@@ -17,10 +20,10 @@ if TYPE_CHECKING:
 class UpstreamTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """TLS to the upstream: verified by default (the system trust store, or `ca`)."""
     verify: bool = True
-    ca: str | None = None                 # PEM bundle of trusted CAs; None = the system store
+    ca: FilePath | None = None                 # PEM bundle of trusted CAs; None = the system store
     server_name: str | None = None        # SNI and the name verified; default: each target's host
-    cert: str | None = None               # client certificate (PEM) for upstreams that require one
-    key: str | None = None
+    cert: FilePath | None = None               # client certificate (PEM) for upstreams that require one
+    key: FilePath | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
@@ -70,3 +73,41 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
             except (OSError, ValueError) as e:        # ssl.SSLError is an OSError
                 errors.append(f"{path}.tls: unusable certificate or key: {e}")
 
+
+
+def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
+    """`fastgw check`: a target host name that does not resolve here is a warning, not an error. The
+    gateway resolves names when it connects (a name may exist only where it runs, such as a cluster's
+    service names), so the file stays valid; but a typo in a name is the likeliest cause."""
+    names: dict[str, list[str]] = {}
+    for name, up in cfg.upstreams.items():
+        for i, target in enumerate(up.targets):
+            host = parse_hostport(target)[0]
+            if not _is_ip(host):
+                names.setdefault(host, []).append(f"{keypath('upstreams', name)}.targets[{i}]")
+    if not names:
+        return []
+    pool = ThreadPoolExecutor(max_workers=min(8, len(names)))
+    futures = {host: pool.submit(socket.getaddrinfo, host, None, type=socket.SOCK_STREAM) for host in names}
+    wait(futures.values(), timeout=timeout)
+    pool.shutdown(wait=False, cancel_futures=True)
+    out = []
+    for host, fut in futures.items():
+        err = fut.exception() if fut.done() else None
+        if not fut.done():
+            reason = f"no answer within {timeout:g}s"
+        elif isinstance(err, OSError):
+            reason = err.strerror or str(err)
+        else:
+            continue
+        out += [f'{key}: host "{host}" does not resolve here ({reason}); fastgw resolves it again when it '
+                "connects" for key in names[host]]
+    return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

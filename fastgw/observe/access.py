@@ -5,7 +5,7 @@ Every line is at most LINE_MAX = PIPE_BUF bytes, and every write is whole lines 
 processes sharing a pipe never splice (fastgw/observe/log.py). Both rules are applied in C:
 fastgw/_core/accesslog.pyx, which also formats the lines.
 
-The worker collects a small tuple per finished response (fastgw._core.proxy.Worker.observe), formats the
+The worker collects a small tuple per finished response (fastgw._core.worker.Worker.observe), formats the
 batch every sweep (a quarter second), and hands the bytes to a writer thread, so a slow stdout (a full pipe
 to the log shipper) never stalls the event loop. If the writer falls more than ACCESS_BACKLOG batches
 behind, batches are dropped rather than buffered without bound; dropped lines, and lines whose write

@@ -2,13 +2,13 @@
 all workers.
 
 Metrics section: one region per worker slot, each region a flat array of 64-bit counters. A worker only
-ever writes its own region (plain increments from the C data path, fastgw._core.proxy.Worker.observe: no
+ever writes its own region (plain increments from the C data path, fastgw._core.worker.Worker.observe: no
 lock, no system call, no allocation); the supervisor sums the regions when /metrics is scraped. Aligned
 64-bit loads and stores are atomic on the platforms we ship (x86-64, arm64), so a scrape may see a count a
 request old, never a torn one. A region outlives its worker: a restarted worker continues the counts of
 its slot, so counters never go backwards.
 
-Region layout, in words (kept in step with the DEF constants in proxy.pyx):
+Region layout, in words (fastgw/_core/stats.pxd declares it for the data path; stats.pyx checks at import that both agree):
   HEADER words   [0] open client connections (a gauge, written by the worker every sweep) [1] pid
                  [2] config generation the worker serves
                  [3] access-log lines dropped because the writer fell behind, [4] lines lost because
@@ -46,7 +46,7 @@ H_HDROP = 6
 # Why a request header field was dropped (fastgw/headers.py): a name with "_" while
 # server.limits.allow_underscores is off; a name with "_" that folds to a header fastgw manages (always).
 HEADER_DROPS = ("underscore", "managed_alias")
-H_OVERRUNS, H_CONN_LIMIT, H_CONN_FULL = 5, 8, 9      # M_OVERRUNS, M_CONN_FULL in proxy.pyx
+H_OVERRUNS, H_CONN_LIMIT, H_CONN_FULL = 5, 8, 9      # M_OVERRUNS, M_CONN_FULL in _core/stats.pxd
 HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")

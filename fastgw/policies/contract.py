@@ -5,7 +5,7 @@ A policy is an object deriving from fastgw._core.gates.Gate. It implements a pha
 of that name; the route runs each phase over the policies that define it, in the registry's order
 (fastgw/policies/__init__.py), and a phase none of them defines costs the route nothing (compiled per
 route at config load: fastgw/policies/chain.py). The exchange (`ex`) a phase receives is the policy
-interface of fastgw/_core/proxy.pyx ("policy interface"); `ex.ctx` is the request's slot for policy state
+interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the request's slot for policy state
 (None unless a policy sets it), carried from on_request to on_log.
 
   on_request(ex)           before any upstream work. Returns None (go on), a `Rejection` (a problem+json
@@ -18,12 +18,13 @@ interface of fastgw/_core/proxy.pyx ("policy interface"); `ex.ctx` is the reques
   on_upstream_request(ex)  the request passed on_request and goes upstream now: add or remove request
                            headers (ex.add_upstream_header, ex.remove_upstream_header). Returns None;
                            never awaits.
-  on_response(ex)          a response head is in hand and nothing of it was sent: ex.response_status and
-                           ex.response_headers (the (name, value) pairs, a tuple) and
-                           ex.response_header; edits with set_response_header /
-                           remove_response_header / add_response_header (checked). Returns None, or a `Respond` that replaces the response
-                           (the later policies see the replacement). Never awaits. Framing, hop-by-hop
-                           fields and X-Request-ID are the gateway's: not in the list, refused by the setters.
+  on_response(ex)          a response head is in hand and nothing of it was sent: read ex.response_status,
+                           ex.response_headers (the (name, value) pairs, a tuple), ex.response_header;
+                           edit with set_response_header / remove_response_header / add_response_header
+                           (checked). Returns None, or a `Respond` that replaces the response (the later
+                           policies see the replacement). Never awaits. Framing, hop-by-hop fields and
+                           X-Request-ID are the gateway's: not in the list, refused by the setters. The
+                           header list is built only when a policy reads or edits it (adding is cheap).
   on_log(ex)               the exchange ended, whatever the outcome (with the on_complete callbacks):
                            ex.response_status is what the client got (499: it went away first).
 

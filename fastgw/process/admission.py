@@ -1,6 +1,6 @@
 """How many client connections a worker admits (server.limits.max_connections).
 
-The count and the decision live in the data path (fastgw._core.proxy.Worker: admit / release, called as
+The count and the decision live in the data path (fastgw._core.worker.Worker: admit / release, called as
 connections are accepted and lost); this module sizes the default. At the cap the worker's listeners
 pause (fastgw/process/listeners.py).
 
@@ -13,7 +13,7 @@ The memory limit is the cgroup's (a container limit) or else the machine's RAM. 
 one busy connection is planned to cost: a connection holding a request in flight, with its upstream
 connection, measured 5.1 KB of worker RSS (5.7 KB with a stalled 16 KiB upload; bench/memory_busy.py,
 1,000 connections); its kernel socket buffers (charged to the cgroup) and bodies in flight (up to 256 KiB
-each way at worst: PENDING_LIMIT, CLIENT_WRITE_HIGH in proxy.pyx) come on top, so 64 KiB (~12x the
+each way at worst: PENDING_LIMIT in exchange.pxd, CLIENT_WRITE_HIGH in protocol.pxd) come on top, so 64 KiB (~12x the
 measured cost) leaves room for them. Half the memory is left to the runtime, policies and bursts. A
 client connection may hold an upstream connection: two descriptors each. Example: a 2 GiB container
 with 2 workers: 2 GiB x 0.5 / 2 / 64 KiB = 8,192 per worker (if RLIMIT_NOFILE allows 16,448 descriptors).

@@ -19,7 +19,7 @@ from fastgw.compile import split_hostport
 from fastgw.observe.log import log
 
 if TYPE_CHECKING:
-    from fastgw._core.proxy import Worker
+    from fastgw._core.worker import Worker
     from fastgw.config.root import Config
 
 BACKLOG = 4096            # listen(2) backlog; the kernel caps it at net.core.somaxconn

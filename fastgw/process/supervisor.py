@@ -45,12 +45,14 @@ import msgspec
 
 from fastgw import __version__
 from fastgw.config.checks import parse_hostport
-from fastgw.config.root import Config, ConfigError, config_hash, loads
+from fastgw.config.root import Config, ConfigError, base_of, config_hash, loads
 from fastgw.observe import metrics
+from fastgw.observe.exposition import Exposition
 from fastgw.observe.log import log, set_context, set_level
 from fastgw.observe.metrics import NO_ROUTE, ROUTE_SLOTS, log_dropped, render, snapshot
 from fastgw.policies import POLICIES, runtime
 from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
+from fastgw.process.binding import BindError, bind_error, listen_keys
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
 from fastgw.process.shm import SharedMemory
@@ -109,6 +111,7 @@ class Supervisor:
         self.kinds: list[str] = []
         self.admin_addr = ""
         self.failure: str | None = None     # why the gateway stopped at startup (StartupError)
+        self.exposition = Exposition(lambda: self.cfg)    # process_*, build info, certificate expiry
 
     # -- config ----------------------------------------------------------------------------------------
     def assign_slots(self, cfg: Config) -> None:
@@ -118,7 +121,7 @@ class Supervisor:
                 self.route_names.append(r.name)
 
     def config_msg(self) -> dict[str, Any]:
-        return {"op": "config", "gen": self.gen, "hash": self.hash, "toml": self.text,
+        return {"op": "config", "gen": self.gen, "hash": self.hash, "toml": self.text, "base": base_of(self.path),
                 "slots": {r.name: self.route_slots.get(r.name, 0) for r in self.cfg.routes},
                 "workers": self.nworkers}
 
@@ -129,7 +132,7 @@ class Supervisor:
             try:
                 data = Path(self.path).read_bytes()
                 text = data.decode("utf-8")
-                cfg = loads(text, source=self.path)
+                cfg = loads(text, source=self.path, base=base_of(self.path))
             except (OSError, UnicodeDecodeError, ConfigError) as e:
                 errors = e.errors if isinstance(e, ConfigError) else [f"{self.path}: cannot read: {e}"]
                 self.reloads["error"] += 1
@@ -191,6 +194,7 @@ class Supervisor:
                         if not self.announced:
                             self.announced = True
                             log("listening", listen=self.listen, admin=self.admin_addr, workers=self.nworkers)
+                            print(self.serving_line(), file=sys.stderr, flush=True)
                 elif ev == "rejected":
                     log("worker_rejected_config", level="error", worker=slot.index, gen=msg.get("gen"),
                         error=msg.get("error"))
@@ -240,9 +244,19 @@ class Supervisor:
         return (not self.draining and not self.stopping
                 and all(s.proc is not None and s.gen == self.gen for s in self.slots))
 
+    def serving_line(self) -> str:
+        """The one human line once every worker serves (the JSON log on stdout says the same for machines)."""
+        urls = [f"{'http' if kind == 'plain' else 'https'}://{addr}" for addr, kind in zip(self.listen, self.kinds, strict=True)]
+        return (f"fastgw {__version__} serving {', '.join(urls)} ({self.nworkers} worker{'s' if self.nworkers != 1 else ''}), "
+                f"admin http://{self.admin_addr}")
+
     # -- admin -----------------------------------------------------------------------------------------
     def healthz(self) -> tuple[int, str, str]:
         return 200, TEXT, "ok\n"
+
+    def pid(self) -> tuple[int, str, str]:
+        """The supervisor's process id: what `fastgw reload` signals when no pid file is given."""
+        return 200, TEXT, f"{os.getpid()}\n"
 
     def readyz(self) -> tuple[int, str, str]:
         if self.draining:
@@ -262,7 +276,7 @@ class Supervisor:
                    "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
         families = ([runtime(p).metrics(self.shm, self.nworkers, sorted(live), self.cfg) for p in POLICIES]
                     if self.shm is not None else [])
-        return 200, PROMETHEUS, render(snap, self.route_names, process, families)
+        return 200, PROMETHEUS, render(snap, self.route_names, process, families) + self.exposition.render()
 
     # -- signals ---------------------------------------------------------------------------------------
     def on_sighup(self) -> None:
@@ -324,14 +338,18 @@ class Supervisor:
         """One socket per listen address per slot, all with SO_REUSEPORT. A port of 0 is resolved by the
         first bind and reused for the other slots, so the slots still share one port."""
         # Plain listeners, then the TLS listeners ([[server.tls]]); the worker is told which is which.
-        addrs = list(self.cfg.server.listen) + [a for t in self.cfg.server.tls for a in t.listen]
+        keys = listen_keys(self.cfg)
+        addrs = [a for _, a in keys]
         self.kinds = ["plain"] * len(self.cfg.server.listen) + [
             f"tls:{i}" for i, t in enumerate(self.cfg.server.tls) for _ in t.listen]
         for i in range(self.nworkers):
             socks = []
             try:
                 for j, addr in enumerate(addrs):
-                    s = bind(addr)
+                    try:
+                        s = bind(addr)
+                    except OSError as e:
+                        raise BindError(e.errno, bind_error(keys[j][0], addr, e)) from None
                     socks.append(s)
                     if i == 0 and addr.endswith(":0"):
                         host = addr.rsplit(":", 1)[0]
@@ -352,12 +370,13 @@ class Supervisor:
         self.shm = SharedMemory.create([metrics.shm_section(self.nworkers),
                                         *(s for p in POLICIES for s in runtime(p).shm_sections(self.cfg, self.nworkers))])
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
-        self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
+        self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics,
+                                  "/pid": self.pid})
         try:
             admin_host, admin_port = await self.admin.start(host, port)
-        except OSError:
+        except OSError as e:
             self.close_listeners()
-            raise
+            raise BindError(e.errno, bind_error("admin.listen", self.cfg.admin.listen, e)) from None
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, self.on_sigint)
@@ -398,13 +417,23 @@ def worker_count(cfg: Config, override: int | None) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def serve(path: str, workers: int | None = None) -> int:
-    """`fastgw run`: validate `path`, start the supervisor and its workers; return the exit code."""
+def serve(path: str, workers: int | None = None, pid_file: str | None = None) -> int:
+    """`fastgw run`: validate `path`, start the supervisor and its workers; return the exit code.
+    `pid_file`: written with the supervisor's pid while it runs (for `fastgw reload --pid-file`)."""
     data = Path(path).read_bytes()
     text = data.decode("utf-8")
-    cfg = loads(text, source=path)
+    warnings: list[str] = []
+    cfg = loads(text, source=path, base=base_of(path), warnings=warnings)
+    for w in warnings:
+        log("config_warning", level="warning", warning=w)
     sup = Supervisor(path, cfg, text, worker_count(cfg, workers))
-    rc = asyncio.run(sup.run())
+    if pid_file is not None:
+        Path(pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        rc = asyncio.run(sup.run())
+    finally:
+        if pid_file is not None:
+            Path(pid_file).unlink(missing_ok=True)
     if sup.failure is not None:
         raise StartupError(sup.failure)
     return rc

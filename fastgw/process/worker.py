@@ -23,7 +23,8 @@ from typing import Any
 import uvloop
 
 from fastgw import __version__
-from fastgw._core.proxy import UpstreamGroup, Worker
+from fastgw._core.balancer import UpstreamGroup
+from fastgw._core.worker import Worker
 from fastgw.clientaddr import nets
 from fastgw.compile import build_groups, compile_config
 from fastgw.config.root import Config, loads
@@ -71,7 +72,7 @@ class WorkerProcess:
     def apply(self, msg: dict[str, Any]) -> None:
         """Compile the config in `msg` and make it current (raises on a config the worker cannot use)."""
         loop = asyncio.get_running_loop()
-        cfg = loads(msg["toml"], source=f"config generation {msg['gen']}")
+        cfg = loads(msg["toml"], source=f"config generation {msg['gen']}", base=msg.get("base"))
         groups = build_groups(cfg, self.cfg, self.groups)
         if self.services is None:
             self.services = {"loop": loop}

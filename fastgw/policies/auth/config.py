@@ -13,7 +13,7 @@ import msgspec
 
 from fastgw import headers
 from fastgw.config.checks import NAME, TOKEN, check_cidrs
-from fastgw.config.schema import Duration, keypath
+from fastgw.config.schema import Duration, FilePath, keypath
 from fastgw.policies.contract import RequestHeaders
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class JwtIssuer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     required_claims: list[str] = msgspec.field(default_factory=list)
     leeway: Duration = 30.0
     max_lifetime: Duration | None = None
-    jwks_file: str | None = None
+    jwks_file: FilePath | None = None
     jwks_url: str | None = None
     public_key: str | None = None           # inline PEM
     secret: str | None = None               # HS*: inline shared secret

@@ -1,4 +1,6 @@
-# How long the client's HTTP/2 input has been inside an unfinished header block (included by h2.pxi).
+# cython: language_level=3
+# How long the client's HTTP/2 input has been inside an unfinished header block (h2engine.pyx's
+# H2Conn feeds it every read).
 #
 # Rule: server.limits.header_timeout bounds a header block from its first byte to its last, whatever else
 # arrives meanwhile. A HEADERS frame without END_HEADERS must be followed by CONTINUATION frames only (RFC
@@ -14,13 +16,6 @@
 
 
 cdef class HeaderClock:
-    cdef readonly double since    # when the unfinished header block (or frame header) began; 0: none
-    cdef Py_ssize_t fskip         # bytes of the current frame's payload (or of the preface) still to come
-    cdef int fhave                # bytes of the next frame header received so far (0..8)
-    cdef unsigned char fhdr[9]
-    cdef bint fblock              # inside a header block (or the preface)
-    cdef bint fend                # the end of the current frame is the end of the header block
-
     def __cinit__(self, Py_ssize_t preface, double now):
         self.fskip = preface          # the preface is timed like a header block
         self.fblock = True

@@ -3,49 +3,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastgw._core.http1 import RequestReader
-from fastgw._core.wire import HeaderTable
-
-def json_bytes(raw: bytes) -> bytes: ...
-
-class Problem:
-    status: int
-    head: bytes
-    body_a: bytes
-    detail: bytes
-    body_b: bytes
-    body_c: bytes
-    body_d: bytes
-    extra: bytes
-    def render(self, instance: bytes, rid: bytes, date: bytes, detail: bytes | None = ...,
-               extra: bytes = ..., close: bool = ...) -> bytes: ...
-
-class UpstreamGroup:
-    name: str
-    targets: list[Target]
-    ssl: Any
-    server_name: str | None
-    rr: int
-    connect_timeout: float
-    timeout: float
-    idle_timeout: float
-
-class Target:
-    host: str
-    port: int
-    keepalive: int
-    idle: list[Any]
-    group: UpstreamGroup
-    hostport: bytes
-    h2pool: Any                      # fastgw.grpc_upstream.Pool, for targets of grpc routes
-    def __init__(self, host: str, port: int, keepalive: int, group: UpstreamGroup) -> None: ...
-    def close_idle(self) -> None: ...
+from fastgw._core.runtime import Runtime
 
 Rejection = tuple[int, str, bytes | None, bytes | None]   # (status, slug, detail, extra header lines)
 GateResult = Rejection | Awaitable[Rejection | None] | None
 
 class Exchange:
-    """What a policy (route.gate) may read and add; see proxy.pyx "policy interface"."""
+    """What a policy's phases may read and change; see exchange.pyx "policy interface"."""
     identity: Any
+    ctx: Any
     @property
     def method(self) -> bytes: ...
     @property
@@ -73,49 +39,14 @@ class Exchange:
     def add_upstream_lines(self, lines: bytes) -> None: ...
     def add_response_lines(self, lines: bytes) -> None: ...
     def on_complete(self, fn: Callable[[Exchange], object]) -> None: ...
-
-class RouteRT:
-    gate: Callable[[Exchange], GateResult] | None
-    name: str
-    group: UpstreamGroup
-    max_body: int
-    strip: int
-    req_add: bytes
-    req_remove: frozenset[bytes] | None
-    resp_add: bytes
-    resp_remove: frozenset[bytes] | None
-    mslot: int
-    grpc: bool
-
-class Runtime:
-    router: Any
-    problems: dict[str, Problem]
-    headers: HeaderTable
-    max_body: int
-    header_timeout: float
-    idle_timeout: float
-    body_timeout: float
-    min_body_rate: float
-    send_timeout: float
-    max_requests: int
-    max_pipelined: int
-    max_line: int
-    max_hbytes: int
-    max_headers: int
-    version: str
-    h2: H2Limits | None
-
-class H2Encoder:
-    header_table_size: int
-    def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = True) -> bytes: ...
-
-class H2Limits:
-    max_streams: int
-    stream_window: int
-    conn_window: int
-    stall_timeout: float
-    def __init__(self, max_streams: int = 100, stream_window: int = 65535, conn_window: int = 1048576,
-                 stall_timeout: float = 30.0) -> None: ...
+    @property
+    def response_status(self) -> int: ...
+    @property
+    def response_headers(self) -> tuple[tuple[bytes, bytes], ...] | None: ...
+    def response_header(self, lname: bytes) -> bytes | None: ...
+    def set_response_header(self, name: bytes | str, value: bytes | str) -> None: ...
+    def remove_response_header(self, name: bytes | str) -> int: ...
+    def remove_upstream_header(self, name: bytes | str) -> None: ...
 
 class ClientConn(RequestReader, asyncio.Protocol):
     transport: Any

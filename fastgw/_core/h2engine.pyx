@@ -1,11 +1,11 @@
-# The downstream HTTP/2 engine (included at the end of proxy.pyx: it shares the module's cdef classes).
+# The downstream HTTP/2 engine (included by worker.pyx).
 #
 #   H2Conn    one HTTP/2 client connection: an h2.H2Connection fed by the connection's ClientConn (which
 #             stays the asyncio protocol and the member of Worker.conns, and hands every read to H2Conn)
 #   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
 #             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
 #             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
-#             On a grpc route the stream is joined to an upstream HTTP/2 stream instead (grpc.pxi: the
+#             On a grpc route the stream is joined to an upstream HTTP/2 stream instead (upstream_grpc.pyx: the
 #             `grpc` field, the `trailers` sent after the last DATA).
 #
 # Rules kept here (and why; the precedent in brackets):
@@ -43,7 +43,7 @@
 #   output: _H2Server keeps the connection open), new ones are refused, then GOAWAY and close.
 # * Timers, each with its own job [nginx: client_header_timeout, send_timeout and proxy_read_timeout are
 #   separate]: `header_timeout` bounds a header block (and the preface) from its first byte to its last,
-#   whatever arrives in between (HeaderClock, h2_headerclock.pxi: the CONTINUATION slowloris);
+#   whatever arrives in between (HeaderClock, h2clock.pyx: the CONTINUATION slowloris);
 #   `stall_timeout` bounds the time a stream's response makes no progress against the client's windows;
 #   the upstream `timeout` bounds the upstream's silence and is suspended while the stream holds response
 #   bytes the client has not taken (fastgw is not waiting for the upstream then, and has usually paused
@@ -52,7 +52,7 @@
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.errors import ErrorCodes, _error_code_from_int
+from h2.errors import _error_code_from_int
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings as H2SettingsTable
 from h2.events import (
@@ -71,24 +71,10 @@ from h2.events import (
 from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame, PingFrame
 
+from fastgw._core.hpack import H2Decoder, H2Encoder
+
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DEF RESET_MIN = 500               # Rapid Reset: streams opened in the window before the ratio counts
-DEF FLOOD_WINDOW = 10.0           # seconds over which reset and control-frame budgets are counted
-DEF MAX_CONTROL = 1000            # control frames per window
-DEF MAX_EMPTY_RUN = 10            # consecutive empty DATA frames without END_STREAM
-DEF MAX_OUTQ = 1048576            # bytes written while the transport is paused (the client does not read)
-DEF STREAM_OUTQ = 65536           # response bytes buffered per stream before its upstream is paused
-DEF GOAWAY_ACK_WAIT = 2.0         # drain: seconds the first GOAWAY's PING may go unanswered
-DEF LAST_STREAM_ID = 2147483647   # 2^31-1: the first GOAWAY of a drain names every stream
-
-cdef int E_NO_ERROR = 0
-cdef int E_PROTOCOL = 1
-cdef int E_INTERNAL = 2
-cdef int E_REFUSED = 7
-cdef int E_CANCEL = 8
-cdef int E_COMPRESSION = 9
-cdef int E_CALM = 11
 
 cdef dict H2_STATUS = {}
 for _s in range(100, 600):
@@ -106,260 +92,6 @@ cdef inline bint _h2_value_ok(bytes v):
         if p[i] == 0 or p[i] == 10 or p[i] == 13:
             return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------------
-# Response header encoding. h2's HPACK encoder (pure Python, with the dynamic table and Huffman) was the
-# largest single cost of an HTTP/2 response in the profile (~20% of the worker's CPU). fastgw encodes
-# response fields itself, never inserting into the dynamic table (RFC 7541 6.2.2, literal without
-# indexing; static-table names and full matches are still indexed), so the peer's table stays empty and
-# no encoder state must be kept in step with h2's. The encoded form of repeated fields is cached.
-
-from hpack.table import HeaderTable as _HpTable
-
-cdef dict HP_FULL = {}       # (name, value) -> static index
-cdef dict HP_NAME = {}       # name -> first static index
-for _i, (_n, _v) in enumerate(_HpTable.STATIC_TABLE, 1):
-    HP_FULL.setdefault((_n, _v), _i)
-    HP_NAME.setdefault(_n, _i)
-
-DEF HP_CACHE_MAX = 4096
-
-
-# ---------------------------------------------------------------------------------------------------
-# Request header decoding (RFC 7541). Stands in for h2's hpack.Decoder, which was 17% of the worker's CPU
-# under h2load (a Python loop with a memoryview slice, and a bytes copy of the rest of the block for every
-# literal, per field). Same interface for h2: decode(data, raw=True), max_header_list_size,
-# max_allowed_table_size, and the same exceptions (hpack.exceptions): h2 turns an oversized list into
-# GOAWAY ENHANCE_YOUR_CALM and the others into a GOAWAY whose code H2Conn.feed makes COMPRESSION_ERROR
-# (RFC 9113 4.3). Fields come back as plain (name, value) tuples of bytes. Huffman
-# strings (first requests on a connection; later ones hit the dynamic table) use hpack's decoder.
-
-from hpack.exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
-from hpack.huffman_table import decode_huffman as _decode_huffman
-
-cdef tuple HP_STATIC_T = tuple((<tuple>_e)[:2] for _e in _HpTable.STATIC_TABLE)
-
-
-cdef class H2Decoder:
-    """HPACK decoder for request header blocks (see above)."""
-    cdef public Py_ssize_t max_header_list_size
-    cdef public Py_ssize_t max_allowed_table_size
-    cdef Py_ssize_t maxsize           # the table's current size limit (changed by size updates)
-    cdef Py_ssize_t size              # sum of the entries' sizes (RFC 7541 4.1: len(name) + len(value) + 32)
-    cdef list dyn                     # the dynamic table, oldest first
-
-    def __init__(self, Py_ssize_t max_header_list_size=65536):
-        self.max_header_list_size = max_header_list_size
-        self.max_allowed_table_size = 4096
-        self.maxsize = 4096
-        self.dyn = []
-
-    @property
-    def header_table_size(self):
-        return self.maxsize
-
-    @header_table_size.setter
-    def header_table_size(self, Py_ssize_t value):
-        self.maxsize = value
-        self.evict(0)
-
-    cdef void evict(self, Py_ssize_t room):
-        """Drop the oldest entries until `room` more bytes fit under the size limit."""
-        cdef tuple e
-        cdef Py_ssize_t n = 0
-        while n < len(self.dyn) and self.size + room > self.maxsize:
-            e = <tuple>self.dyn[n]
-            self.size -= len(<bytes>e[0]) + len(<bytes>e[1]) + 32
-            n += 1
-        if n:
-            del self.dyn[:n]
-
-    cdef tuple entry(self, Py_ssize_t idx):
-        """Field `idx` of the static table (1..61), then of the dynamic table (62: the newest)."""
-        cdef Py_ssize_t k
-        if 1 <= idx <= 61:
-            return <tuple>HP_STATIC_T[idx - 1]
-        k = idx - 62
-        if idx <= 0 or k >= len(self.dyn):
-            raise HPACKDecodingError(f"invalid table index {idx}")
-        return <tuple>self.dyn[len(self.dyn) - 1 - k]
-
-    def decode(self, data, raw=True):
-        cdef bytes buf = bytes(data)
-        cdef const unsigned char* p = buf
-        cdef Py_ssize_t n = len(buf), i = 0, idx, inflated = 0, esize
-        cdef unsigned char b
-        cdef list out = []
-        cdef tuple field
-        cdef bytes name, value
-        cdef int kind                      # 0 indexed, 1 literal with indexing, 2 size update, 3 literal
-        while i < n:
-            b = p[i]
-            if b & 0x80:
-                i = _hp_read_int(p, n, i, 7, &idx)
-                field = self.entry(idx)
-            elif b & 0x20 and not (b & 0x40):
-                if out:
-                    raise HPACKDecodingError("Table size update not at the start of the block")
-                i = _hp_read_int(p, n, i, 5, &idx)
-                if idx > self.max_allowed_table_size:
-                    raise InvalidTableSizeError("Encoder exceeded max allowable table size")
-                self.maxsize = idx
-                self.evict(0)
-                continue
-            else:
-                kind = 1 if b & 0x40 else 3
-                i = _hp_read_int(p, n, i, 6 if kind == 1 else 4, &idx)
-                if idx:
-                    name = <bytes>self.entry(idx)[0]
-                else:
-                    name = _hp_read_str(buf, p, n, &i)
-                value = _hp_read_str(buf, p, n, &i)
-                field = (name, value)
-                if kind == 1:
-                    esize = len(name) + len(value) + 32
-                    if esize > self.maxsize:
-                        self.dyn.clear()
-                        self.size = 0
-                    else:
-                        self.evict(esize)
-                        self.dyn.append(field)
-                        self.size += esize
-            out.append(field)
-            inflated += len(<bytes>field[0]) + len(<bytes>field[1]) + 32
-            if inflated > self.max_header_list_size:
-                raise OversizedHeaderListError(f"A header list larger than {self.max_header_list_size} has been received")
-        if self.maxsize > self.max_allowed_table_size:
-            raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
-        return out
-
-
-cdef Py_ssize_t _hp_read_int(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int bits,
-                             Py_ssize_t* out) except -1:
-    """An HPACK integer with an N-bit prefix at p[i] (RFC 7541 5.1); returns the index after it."""
-    cdef Py_ssize_t mask = (1 << bits) - 1
-    cdef Py_ssize_t v = p[i] & mask
-    cdef int shift = 0
-    cdef unsigned char b
-    i += 1
-    if v == mask:
-        while True:
-            if i >= n:
-                raise HPACKDecodingError("Unable to decode HPACK integer representation")
-            if shift > 28:
-                raise HPACKDecodingError("HPACK integer too large")
-            b = p[i]
-            i += 1
-            v += <Py_ssize_t>(b & 127) << shift
-            shift += 7
-            if not (b & 128):
-                break
-    out[0] = v
-    return i
-
-
-cdef bytes _hp_read_str(bytes buf, const unsigned char* p, Py_ssize_t n, Py_ssize_t* at):
-    """The HPACK string literal at p[at[0]] (RFC 7541 5.2); at[0] moves past it."""
-    cdef Py_ssize_t length, i = at[0]
-    cdef bint huff
-    if i >= n:
-        raise HPACKDecodingError("Truncated header block")
-    huff = p[i] & 0x80
-    i = _hp_read_int(p, n, i, 7, &length)
-    if length > n - i:
-        raise HPACKDecodingError("Truncated header block")
-    s = buf[i:i + length]
-    at[0] = i + length
-    return _decode_huffman(s) if huff else s        # raises HPACKDecodingError on a bad string
-
-
-
-
-cdef bytes _hp_int(Py_ssize_t value, int prefix_bits, int first):
-    """An HPACK integer (RFC 7541 5.1) whose first byte carries the flag bits `first`."""
-    cdef Py_ssize_t limit = (1 << prefix_bits) - 1
-    cdef bytearray out
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 127) | 128)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-cdef class H2Encoder:
-    """Stands in for h2's hpack.Encoder (h2 calls encode(headers) and sets header_table_size)."""
-    cdef dict cache
-    cdef Py_ssize_t ncache
-    cdef bytes pending           # a dynamic table size update owed at the start of the next block
-
-    def __init__(self):
-        self.cache = {}
-
-    @property
-    def header_table_size(self):
-        return 0
-
-    @header_table_size.setter
-    def header_table_size(self, value):
-        # The peer changed SETTINGS_HEADER_TABLE_SIZE: acknowledge it with a size update (RFC 7541 4.2);
-        # fastgw's own use of the table stays zero whatever the size.
-        self.pending = _hp_int(min(int(value), 4096), 5, 0x20)
-
-    def encode(self, headers, huffman=True):
-        cdef list out = []
-        cdef dict byname
-        cdef bytes name, value, enc
-        if self.pending is not None:
-            out.append(self.pending)
-            self.pending = None
-        for name, value in headers:
-            byname = self.cache.get(name)
-            if byname is not None:
-                enc = byname.get(value)
-                if enc is not None:
-                    out.append(enc)
-                    continue
-            enc = self.encode1(name, value)
-            out.append(enc)
-            if name == b"x-request-id" or name == b"date":
-                continue                          # unique per response: not worth a cache slot
-            if self.ncache >= HP_CACHE_MAX:
-                self.cache = {}
-                self.ncache = 0
-            if byname is None:
-                byname = self.cache[name] = {}
-            byname[value] = enc
-            self.ncache += 1
-        return b"".join(out)
-
-    cdef bytes encode1(self, bytes name, bytes value):
-        idx = HP_FULL.get((name, value))
-        if idx is not None:
-            return _hp_int(<Py_ssize_t>idx, 7, 0x80)
-        idx = HP_NAME.get(name)
-        if idx is not None:
-            return _hp_int(<Py_ssize_t>idx, 4, 0) + _hp_int(len(value), 7, 0) + value
-        return b"\x00" + _hp_int(len(name), 7, 0) + name + _hp_int(len(value), 7, 0) + value
-
-
-cdef class H2Limits:
-    """The compiled [server.http2] settings (fastgw.compile puts one on Runtime.h2)."""
-    cdef public int max_streams
-    cdef public int stream_window
-    cdef public int conn_window
-    cdef public double stall_timeout
-
-    def __init__(self, int max_streams=100, int stream_window=65535, int conn_window=1048576,
-                 double stall_timeout=30.0):
-        self.max_streams = max_streams
-        self.stream_window = stream_window
-        self.conn_window = conn_window
-        self.stall_timeout = stall_timeout
 
 
 cdef H2Limits H2_DEFAULTS = H2Limits()
@@ -380,21 +112,6 @@ cdef list _h2_lines(bytes block, list out):
 
 
 cdef class H2Stream(ClientConn):
-    cdef H2Conn conn
-    cdef int sid
-    cdef list outq                # response DATA waiting for flow-control window
-    cdef Py_ssize_t outq_bytes
-    cdef bint head_sent
-    cdef bint end_pending         # the response ended; END_STREAM goes with the last queued DATA
-    cdef bint ended               # END_STREAM sent (or the stream reset)
-    cdef bint rx_done             # the client's END_STREAM arrived
-    cdef bint counted             # still counts as "not yet answered" (for Rapid Reset accounting)
-    cdef bint dirty
-    cdef long long owed           # flow-controlled bytes received but not acknowledged yet
-    cdef double blocked_since
-    cdef GrpcCall grpc            # the upstream HTTP/2 stream of a grpc route (grpc.pxi), or None
-    cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
-
     # -- the downstream interface --------------------------------------------------------------------
     cdef void send(self, bytes data):
         pass                                  # HTTP/1.1 bytes (100 Continue) have no HTTP/2 meaning
@@ -555,19 +272,8 @@ cdef class H2Stream(ClientConn):
         self.rx = None
         if self.grpc is not None:
             self.grpc.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
-        if ex is None:
-            return
-        ex.done = True
-        if ex.connect_task is not None:
-            ex.connect_task.cancel()
-            ex.connect_task = None
-        if ex.gate_task is not None:
-            ex.gate_task.cancel()
-            ex.gate_task = None
-        if ex.after is not None:
-            ex.run_after()
-        if ex.up is not None:
-            ex.release_upstream(False)
+        if ex is not None:
+            ex.drop()
 
     cdef void finished(self, Exchange ex):
         if ex is not self.active:
@@ -583,9 +289,6 @@ cdef class H2Stream(ClientConn):
             self.rx_done = True
             self.conn.after_end.append(self)
         self.conn.stream_ended(self)
-
-
-include "h2_headerclock.pxi"
 
 
 cdef bytes DRAIN_PING = b"fgdrain\x00"     # the drain's PING payload; its ACK ends the first round trip
@@ -608,33 +311,6 @@ class _H2Server(H2Connection):
 
 
 cdef class H2Conn:
-    cdef ClientConn cl
-    cdef public object h2
-    cdef object transport
-    cdef Worker w
-    cdef H2Limits lim
-    cdef dict streams
-    cdef list dirty
-    cdef list after_end           # streams to reset (NO_ERROR) once their END_STREAM is out
-    cdef public bint batching
-    cdef public bint closed
-    cdef bint wpaused
-    cdef bint draining
-    cdef int goaway_stage         # 0; 1: drain's GOAWAY(2^31-1) + PING out; 2: GOAWAY(last_sid) out
-    cdef double goaway_at         # when stage 1 began
-    cdef bint peer_goaway         # the client sent GOAWAY
-    cdef int last_sid
-    cdef int nreq
-    cdef double last_active
-    cdef double win_start
-    cdef int win_opened
-    cdef int win_reset
-    cdef int win_ctrl
-    cdef int empty_run
-    cdef Py_ssize_t paused_out    # bytes written since the transport paused (DATA is not sent then)
-    cdef bint flush_soon          # a flush is scheduled for the end of this loop iteration
-    cdef HeaderClock hclock       # times header blocks (server.limits.header_timeout)
-
     def __init__(self, ClientConn cl):
         cdef Runtime rt = cl.rt0
         self.cl = cl
@@ -778,9 +454,7 @@ cdef class H2Conn:
             return
         ex = st.new_exchange(h)
         if code == 431:
-            ex.err_status = 431
-            ex.err_slug = "header-too-large"
-            ex.err_detail = b"too many header fields"
+            ex.err = gateway_error(431, "header-too-large", SRC_DOWNSTREAM, False, b"too many header fields", None)
             ex.body_done = True
             st.rx_done = True
             st.start(ex)

@@ -1,4 +1,4 @@
-# gRPC passthrough (included at the end of proxy.pyx, after h2.pxi: it uses H2Stream's fields).
+# gRPC passthrough (included by worker.pyx).
 #
 #   GrpcCall   one downstream HTTP/2 stream on a grpc route, joined to one upstream HTTP/2 stream
 #              (fastgw.grpc_upstream.Stream, on a multiplexed connection of the target's Pool)
@@ -41,6 +41,10 @@ cdef dict GRPC_STATUS = {
 # Response fields never relayed from an HTTP/2 upstream: the connection-specific ones (RFC 9113 8.2.2,
 # the wire table's CONNECTION_SPECIFIC).
 cdef frozenset GRPC_HOP = CONNECTION_SPECIFIC
+
+# The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
+cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.CONNECT_FAILED,
+                                          _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
 
 
 cpdef bytes grpc_pct(bytes msg):
@@ -148,21 +152,7 @@ cdef void grpc_start(H2Stream st, Exchange ex):
 
 
 cdef class GrpcCall:
-    cdef H2Stream st
-    cdef Exchange ex
-    cdef object us                 # fastgw.grpc_upstream.Stream
-    cdef public int code           # gRPC status for the gateway's answer (0: mapped from the HTTP status)
-    cdef bint head_sent
-    cdef bint over                 # the call ended (answered, failed or reset): no more upstream work
-    cdef bint paused               # the client side cannot take more response now
-    cdef long long up_owed         # response bytes received from upstream, not acknowledged yet
-    cdef double deadline           # the response head must arrive by then (upstream `timeout`)
-    cdef long long max_msg         # route max_body: the largest request message
-    cdef long long need            # bytes of the current request message still to come
-    cdef int hlen                  # bytes of the current 5-byte message prefix seen so far
-    cdef unsigned char hdr[5]
-
-    # -- from the downstream stream (h2.pxi) -----------------------------------------------------------
+    # -- from the downstream stream (h2engine.pyx) -----------------------------------------------------------
     cdef void request_data(self, bytes data, long long n):
         if self.over:
             self.ack_request(n)
@@ -207,7 +197,7 @@ cdef class GrpcCall:
         if not self.head_sent:
             self.code = 8
             self.over = True
-            self.ex.fail(413, "payload-too-large", detail)
+            self.ex.failed(gateway_error(413, "payload-too-large", SRC_DOWNSTREAM, False, detail, None))
             return
         st.trailers = [(b"grpc-status", b"8"), (b"grpc-message", grpc_pct(detail))]
         self.ex.grpc_code = 9
@@ -240,18 +230,14 @@ cdef class GrpcCall:
             self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
 
     cdef void fail(self, int status, str slug, bytes detail, int code, str kind=None):
-        cdef bytes sentence
+        """The upstream failed: the exchange's failure path answers (a gRPC status `code` before the
+        response head; after it, the client's stream is reset: never a silently truncated response)."""
         if self.over:
             return
         self.over = True
-        self.st.w.upstream_error(self.ex, status)
-        sentence = self.ex.name_failure(status, kind, detail)
-        if self.head_sent:
-            self.st.w.observe(self.ex)         # the access log records the cut call and why
-            self.st.reset(E_INTERNAL)          # never a silently truncated response
-            return
         self.code = code
-        self.ex.fail(status, slug, sentence)
+        self.ex.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT if kind in CONNECT_KINDS
+                                     else SRC_UPSTREAM_RESPONSE, False, detail, kind))
 
     # -- from the upstream stream (fastgw.grpc_upstream) -----------------------------------------------
     def ack_request(self, long long n):
@@ -331,10 +317,13 @@ cdef class GrpcCall:
         if self.over:
             return
         self.over = True
+        cdef GatewayError err = gateway_error(502, "bad-gateway", SRC_UPSTREAM_RESPONSE, False, b"",
+                                              _failures.STREAM_RESET)
+        self.ex.err = err
         if not self.head_sent:
             self.st.w.upstream_error(self.ex, 502)
             self.ex.status = 502
-        self.ex.name_failure(502, _failures.STREAM_RESET, b"")
+        self.ex.name_failure(err)
         self.st.w.observe(self.ex)             # the access log records the reset call and why
         self.st.reset(code)
 

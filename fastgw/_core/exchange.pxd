@@ -1,0 +1,89 @@
+# Declarations of the exchange (see exchange.pyx; included by worker.pxd).
+
+from fastgw._core.balancer cimport Target
+from fastgw._core.gateway_error cimport GatewayError
+from fastgw._core.http1 cimport RequestHead
+from fastgw._core.phases cimport Respond
+from fastgw._core.runtime cimport RouteRT, Runtime
+
+cdef enum:
+    PENDING_LIMIT = 262144    # request body bytes held while the upstream connection is not ready
+
+
+cdef class Exchange:
+    cdef ClientConn client
+    cdef Runtime rt
+    cdef RequestHead head
+    cdef RouteRT route
+    cdef bytes rid
+    cdef bytes up_head
+    cdef list pending
+    cdef Py_ssize_t pending_bytes
+    cdef list out
+    cdef UpstreamConn up
+    cdef Target target
+    cdef object connect_task
+    cdef double connect_deadline
+    cdef double up_last
+    cdef long long body_bytes
+    cdef long long body_seen              # body_bytes at the last minimum-rate check (ClientConn.body_slow)
+    cdef double body_allow                # seconds the body may still take at the minimum rate
+    cdef double body_tick                 # when body_allow was last updated (0: not yet)
+    cdef bint body_done
+    cdef bint has_body
+    cdef bint sent
+    cdef bint resp_started
+    cdef bint resp_chunked
+    cdef bint resp_nobody
+    cdef bint done
+    cdef bint retried
+    cdef bint close_after
+    cdef GatewayError err                 # the failure that ended this exchange (or, queued, will), or None
+    cdef GatewayError retried_err         # the failure the exchange was retried after, or None
+    cdef bytes err_extra                  # header lines for the problem response (Allow, a policy's)
+    cdef object params                    # the route's {param} captures (dict) or None
+    cdef bytes up_extra                   # header lines added by policies to the upstream request
+    cdef bytes resp_extra                 # header lines added by policies to the response (any status)
+    cdef list after                       # callables run once when the exchange completes
+    cdef object gate_task
+    cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
+    cdef public object ctx                # per-request policy state: None unless a policy sets it
+    cdef list resp_view                   # while on_response runs: the response's header blocks (bytes), or
+                                          #   once a policy read or edited them (`viewed`), its (name, value) pairs
+    cdef bint viewed
+    cdef bint phased                      # on_response ran: an answer made from here on skips it
+    cdef long long t0                    # monotonic ns at the request head (metrics)
+    cdef int status                      # response status sent to the client (metrics)
+    cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
+    cdef void to_upstream(self, bytes data)
+    cdef void flush_upstream(self)
+    cdef void acquire(self, bint fresh)
+    cdef void connected(self, UpstreamConn c)
+    cdef void connect_failed(self, int status, str slug, bytes detail, str kind=*)
+    cdef void name_failure(self, GatewayError err)
+    cdef bytes failure_members(self)
+    cdef void attach(self, UpstreamConn c)
+    cdef void release_upstream(self, bint reusable)
+    cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=*)
+    cdef void failed(self, GatewayError err)
+    cdef void resp_head(self, UpstreamConn c, int status)
+    cdef void resp_body(self, bytes data)
+    cdef void resp_end(self, bint reusable)
+    cdef void complete(self)
+    cdef void drop(self)
+    cdef void run_after(self)
+    cdef void respond_problem(self, GatewayError err)
+    cdef void run(self)
+    cdef void proceed(self)
+    cdef void reject(self, tuple res)
+    cdef void gate_done(self, object res)
+    cdef bytes upstream_head(self, RouteRT route, RequestHead h)
+    cdef list edit_view(self)
+    cdef bint upstream_request_phase(self)
+    cdef object response_phase(self, tuple fns, list blocks, int status)
+    cdef bytes phase_lines(self)
+    cdef bint upstream_response(self, UpstreamConn c, int status)
+    cdef void answer(self, Respond r)
+    cdef void send_answer(self, int status, bytes lines, bytes body)
+    cdef void policy_failed(self)
+    cdef void settle(self, int status)

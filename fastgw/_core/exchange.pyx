@@ -1,0 +1,699 @@
+# One request and its response (included by worker.pyx), driven from here: routing, the route's policies,
+# the upstream head, the upstream call, the retry, the one failure path, the response, the log; and the
+# policy interface.
+
+def _report_policy_error(where, exc):
+    import sys
+    import traceback
+    sys.stderr.write(f"fastgw: policy error in {where}: {exc!r}\n")
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+async def _await_gate(Exchange ex, aw):
+    try:
+        res = await aw
+    except asyncio.CancelledError:
+        return
+    except Exception as exc:
+        _report_policy_error(ex.route.name, exc)
+        res = (500, "internal-error", None, None)
+    ex.gate_task = None
+    if ex.done or ex.client.closed:
+        return
+    ex.gate_done(res)
+
+
+cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
+
+
+cdef class Exchange:
+    # -- upstream request ------------------------------------------------------------------------------
+    cdef void to_upstream(self, bytes data):
+        if self.up is None or not self.sent:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_LIMIT:
+                self.client.pause_reading(P_PENDING)
+        elif self.client.batching:
+            self.out.append(data)
+        else:
+            self.up.transport.write(data)
+
+    cdef void flush_upstream(self):
+        """Write the request bytes batched during one client read (see to_upstream) in one go."""
+        if self.out and self.up is not None and self.up.transport is not None:
+            write_parts(self.up.transport, self.out)
+            self.out = []
+
+    cdef void acquire(self, bint fresh):
+        """A connection to the target the upstream head was built for (upstream_head picked it):
+        a pooled one, or a new one (`fresh`: always new, as the retry on a closed kept-alive one wants)."""
+        cdef ClientConn cl = self.client
+        cdef UpstreamConn c = None
+        cdef Target t = self.target
+        if not fresh:
+            c = pool_take(t, cl.w.clock.now)
+        if c is not None:
+            self.attach(c)
+            return
+        self.connect_deadline = cl.w.clock.now + self.route.group.connect_timeout
+        self.connect_task = cl.loop.create_task(_connect(self, t))
+
+    cdef void connected(self, UpstreamConn c):
+        self.connect_task = None
+        c.w = self.client.w
+        if self.done or self.client.closed:
+            pool_give(self.target, c, self.client.w.clock.now)
+            return
+        self.attach(c)
+        self.client.flush()
+
+    cdef void connect_failed(self, int status, str slug, bytes detail, str kind=None):
+        """Refused or unreachable: 502; no connection within connect_timeout: 504. (503 is kept for
+        "no usable target", e.g. every target's circuit open.) Never retryable: see gateway_error.pyx."""
+        self.connect_task = None
+        self.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT, False, detail, kind))
+
+    cdef void name_failure(self, GatewayError err):
+        """Name an upstream failure for the access log and the problem body: err.kind (fastgw/failures.py)
+        becomes its label and err.detail the client's sentence naming the upstream. A reporter that names
+        no kind keeps its own sentence; the kind follows the status."""
+        cdef str name = self.route.group.name
+        if err.kind is None:
+            err.kind = _failures.BY_STATUS.get(err.status, "failed")
+            err.detail = (err.detail or b"upstream failed") + b' (upstream "%s")' % name.encode()
+            return
+        err.kind, err.detail = _failures.describe(name, err.kind,
+                                                  err.detail.decode("latin-1") if err.detail else "")
+
+    cdef bytes failure_members(self):
+        """The problem body's members naming an upstream failure (never the target's address)."""
+        cdef GatewayError err = self.err
+        if err is None or err.kind is None:
+            return b""
+        return b',"upstream":"' + json_bytes(self.route.group.name.encode()) + b'","upstream_error":"' \
+            + json_bytes(err.kind.encode("ascii", "replace")) + b'"'
+
+    cdef void attach(self, UpstreamConn c):
+        self.up = c
+        c.ex = self
+        c.got_bytes = False
+        c.reset()
+        self.up_last = self.client.w.clock.now
+        self.sent = True
+        if self.client.wpaused and not c.rpaused:
+            c.rpaused = True
+            c.transport.pause_reading()
+        cdef list parts = self.pending
+        if parts:
+            parts.insert(0, self.up_head)
+            self.pending = []
+            self.pending_bytes = 0
+            write_parts(c.transport, parts)
+            self.client.resume_reading(P_PENDING)
+        else:
+            c.transport.write(self.up_head)
+
+    cdef void release_upstream(self, bint reusable):
+        cdef UpstreamConn c = self.up
+        if c is None:
+            return
+        self.up = None
+        c.ex = None
+        if reusable and self.body_done and not c.closed:
+            pool_give(self.target, c, self.client.w.clock.now)
+        else:
+            c.close()
+
+    cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=None):
+        """The upstream connection failed once the request was on its way (closed, reset, invalid
+        response: 502; timeout: 504): the connection is dropped and the failure goes to `failed`."""
+        cdef UpstreamConn c = self.up
+        cdef bint retryable
+        if self.done:
+            return
+        # Safe to send again (gateway_error.pyx): a kept-alive connection the upstream closed or reset
+        # just as it was reused, before any response byte, for a request that can be sent again whole.
+        retryable = (c is not None and c.reused and not c.got_bytes and status == 502 and not self.has_body
+                     and IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0)
+        if c is not None:
+            c.ex = None
+            c.abort()
+            self.up = None
+        self.failed(gateway_error(status, slug, SRC_UPSTREAM_RESPONSE, retryable, detail, kind))
+
+    cdef void failed(self, GatewayError err):
+        """The one failure path of an exchange: every failure, whoever detected it, arrives here. An
+        upstream failure is retried when it is retryable (once: `retried`; on a fresh connection to the
+        same target), counted, and named; once the response has started the client connection is cut
+        (never a silently truncated response); otherwise the client gets the problem (`respond_problem`).
+        The error stays on the exchange for the access log."""
+        cdef bint upstream = err.source == SRC_UPSTREAM_CONNECT or err.source == SRC_UPSTREAM_RESPONSE
+        if self.done:
+            return
+        if upstream:
+            if err.retryable and not self.retried and not self.resp_started:
+                self.retried = True
+                self.retried_err = err
+                self.sent = False
+                self.acquire(True)
+                return
+            self.err = err
+            self.client.w.upstream_error(self, err.status)
+            self.name_failure(err)
+            if self.resp_started:
+                self.done = True
+                self.client.w.observe(self)      # the access log records the cut response and why
+                self.client.abort()              # never a silently truncated response
+                return
+        self.err = err
+        self.respond_problem(err)
+
+    # -- response --------------------------------------------------------------------------------------
+    cdef void resp_head(self, UpstreamConn c, int status):
+        cdef bint is_head = self.head.method == b"HEAD"
+        if self.route.on_response is not None:          # phase: on_response
+            if self.upstream_response(c, status):
+                return
+        self.resp_started = True
+        self.status = status
+        self.resp_nobody = is_head or status == 204 or status == 304
+        self.client.write_head(self, c, status)
+        if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
+            # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
+            # the connection (it would wait for body bytes that never come).
+            self.release_upstream(False)
+            self.complete()
+
+    cdef void resp_body(self, bytes data):
+        if self.resp_nobody:
+            return
+        self.client.write_body(self, data)
+
+    cdef void resp_end(self, bint reusable):
+        if self.done:
+            return
+        self.client.write_end(self)
+        self.release_upstream(reusable)
+        self.complete()
+
+    cdef void complete(self):
+        if not self.done:
+            self.done = True
+            if self.after is not None:
+                self.run_after()
+            self.client.w.observe(self)
+            self.client.finished(self)
+
+    cdef void drop(self):
+        """End the exchange where it stands (its client is gone): pending work is cancelled and the
+        upstream connection, mid-request, is closed."""
+        self.done = True
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.gate_task is not None:
+            self.gate_task.cancel()
+            self.gate_task = None
+        if self.after is not None:
+            self.run_after()
+        if self.up is not None:
+            self.release_upstream(False)
+
+    cdef void run_after(self):
+        fns = self.after
+        self.after = None
+        for fn in fns:
+            try:
+                fn(self)
+            except Exception as exc:            # a policy bug must not take the connection down
+                _report_policy_error("on_complete", exc)
+
+    # -- driving the request ---------------------------------------------------------------------------
+    # The exchange is the request's only driver: route -> the route's policies -> the upstream head (the
+    # target is picked there, once) -> the upstream call -> the response -> the log. The connection (an
+    # HTTP/1.1 ClientConn or an HTTP/2 H2Stream) parses and writes; it starts an exchange when its turn
+    # comes (ClientConn.start) and hands it the body.
+    cdef void run(self):
+        """Route the request and run the route's policies; then `proceed`, or the rejection."""
+        cdef Runtime rt = self.rt
+        cdef RequestHead h = self.head
+        cdef RouteRT route
+        cdef ClientConn cl = self.client
+        if self.err is not None:
+            self.failed(self.err)                   # a request that failed before its turn
+            return
+        m = (<Router>rt.router).match(h.method, h.host, h.path)      # a C call (router.pxd)
+        code = <int>m[0]
+        if code != 0:
+            if code == 404:
+                self.failed(gateway_error(404, "not-found", SRC_DOWNSTREAM, False, None, None))
+            else:
+                self.err_extra = b"Allow: " + <bytes>m[1] + b"\r\n"
+                self.failed(gateway_error(405, "method-not-allowed", SRC_DOWNSTREAM, False, None, None))
+            return
+        route = <RouteRT>m[1]
+        self.route = route
+        if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
+            self.after = list(route.on_log)
+        if route.grpc:
+            if not isinstance(cl, H2Stream):
+                # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
+                self.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
+                return
+            h.chunked = False                 # the request body goes to an HTTP/2 stream as it is
+        if h.content_length > route.max_body or self.body_bytes > route.max_body:
+            cl.body_too_large(self)
+            return
+        if route.gate is not None:
+            self.params = m[2]
+            try:
+                res = route.gate(self)
+            except Exception as exc:
+                _report_policy_error(route.name, exc)
+                res = (500, "internal-error", None, None)
+            if res is not None:
+                if type(res) is tuple:
+                    self.reject(res)
+                elif type(res) is Respond:        # phase: on_request answered
+                    self.answer(<Respond>res)
+                else:
+                    self.gate_task = cl.loop.create_task(_await_gate(self, res))
+                return
+        self.proceed()
+
+    cdef void proceed(self):
+        """The request passed its route's policies: build the upstream head and go."""
+        cdef RequestHead h = self.head
+        if self.route.on_upstream_request is not None and not self.upstream_request_phase():
+            return                                # phase: on_upstream_request (a policy failed: 500)
+        if self.route.grpc:
+            grpc_start(<H2Stream>self.client, self)
+            return
+        self.up_head = self.upstream_head(self.route, h)
+        if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
+            self.client.write_continue()
+        self.acquire(False)
+
+    cdef void reject(self, tuple res):
+        """A policy's rejection (status, slug, detail, extra header lines); a store it needs being
+        unavailable is the store's failure, not the policy's."""
+        status, slug, detail, extra = res
+        if extra is not None:
+            self.err_extra = extra if self.err_extra is None else self.err_extra + extra
+        self.failed(gateway_error(status, slug, SRC_STORE if slug == "store-unavailable" else SRC_POLICY,
+                                False, detail, None))
+
+    cdef void gate_done(self, object res):
+        """A policy that awaited (Redis, a JWKS fetch) answered: go on or reject, output batched."""
+        cdef ClientConn cl = self.client
+        cl.batching = True
+        try:
+            if res is None:
+                self.proceed()
+            elif type(res) is Respond:            # phase: on_request answered
+                self.answer(<Respond>res)
+            else:
+                self.reject(res)
+        finally:
+            cl.batching = False
+            cl.flush()
+
+    cdef bytes upstream_head(self, RouteRT route, RequestHead h):
+        """The HTTP/1.1 request head sent upstream: the path without the stripped prefix, the forwarded
+        fields less those the route removes, the route's and the policies' additions, then the fields the
+        gateway owns (X-Forwarded-*, X-Request-ID, trace context) and framing rebuilt by fastgw."""
+        cdef bytes path = h.path
+        cdef list parts
+        cdef list pieces = h.pieces
+        if route.strip:
+            path = path[route.strip:]
+            if len(path) == 0 or path[0] != 47:
+                path = b"/" + path
+        if h.drop is not None or route._req_remove is not None:
+            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
+        # The target is picked here, once per request: a request without Host carries the address of
+        # the target it reaches (acquire connects to it).
+        self.target = route.group.pick()
+        host = h.host if h.host else self.target.hostport
+        parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        if pieces:
+            parts.extend(pieces)
+        if route.req_add:
+            parts.append(route.req_add)
+        if self.up_extra is not None:
+            parts.append(self.up_extra)
+        parts.append(b"X-Forwarded-For: ")
+        if h.xff is not None:
+            parts.append(h.xff)
+            parts.append(b", ")
+        parts.append(self.client.peer)
+        parts.append(b"\r\nX-Forwarded-Proto: ")
+        parts.append(self.client.proto)
+        if h.host:
+            parts.append(b"\r\nX-Forwarded-Host: ")
+            parts.append(h.host)
+        parts.append(b"\r\nX-Request-ID: ")
+        parts.append(self.rid)
+        if h.traceparent:
+            parts.append(b"\r\ntraceparent: ")
+            parts.append(h.traceparent)
+            if h.tracestate is not None:
+                parts.append(b"\r\ntracestate: ")
+                parts.append(h.tracestate)
+        if h.chunked:
+            parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        elif h.content_length >= 0:
+            parts.append(b"\r\nContent-Length: %d\r\n\r\n" % h.content_length)
+        else:
+            parts.append(b"\r\n\r\n")
+        return concat(parts)
+
+    # -- policy interface ------------------------------------------------------------------------------
+    # A route's phases (compiled from its policies at config load; fastgw/policies/contract.py) receive
+    # the exchange. Its `gate` (on_request) is called as gate(exchange) once the route is known and before
+    # any upstream work. It returns None to let the request through, a rejection tuple (status, slug,
+    # detail bytes or None, extra header lines bytes or None), a Respond (the policy answers), or an
+    # awaitable resolving to one of those (only policies that must wait for I/O, e.g. Redis, do that).
+    # Everything a policy may read or add is below; nothing else of the exchange is public.
+    @property
+    def method(self):
+        return self.head.method
+
+    @property
+    def path(self):
+        return self.head.path
+
+    @property
+    def query(self):
+        return self.head.query
+
+    @property
+    def host(self):
+        return self.head.host
+
+    @property
+    def peer(self):
+        return self.client.peer
+
+    @property
+    def xff(self):
+        """The client's X-Forwarded-For (fields joined), or None: believe it only from a trusted proxy."""
+        return self.head.xff
+
+    @property
+    def peercert(self):
+        """The verified TLS client certificate of the connection (ssl getpeercert() form), or None."""
+        return self.client.peercert()
+
+    @property
+    def request_id(self):
+        return self.rid
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else None
+
+    @property
+    def route_params(self):
+        return self.params
+
+    def header(self, bytes lname):
+        """The value of the forwarded request header `lname` (lowercase), or None. Headers the gateway
+        owns (Host, framing, hop-by-hop, X-Forwarded-*, identity headers) are not visible here."""
+        cdef list pieces = self.head.pieces
+        cdef Py_ssize_t i
+        for i in range(0, len(pieces), 4):
+            if len(<bytes>pieces[i]) == len(lname) and (<bytes>pieces[i]).lower() == lname:
+                return pieces[i + 2]
+        return None
+
+    def add_upstream_header(self, bytes name, bytes value):
+        line = name + b": " + value + b"\r\n"
+        self.up_extra = line if self.up_extra is None else self.up_extra + line
+
+    def add_response_header(self, bytes name, bytes value):
+        if self.resp_view is not None:                  # on_response: checked, then as outside it
+            name = _ph.check_name(name)
+            value = _ph.check_value(value)
+            if self.viewed:
+                self.resp_view.append((name, value))
+                return
+        line = name + b": " + value + b"\r\n"
+        self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
+
+    def set_query(self, bytes query):
+        """Replace the query forwarded upstream (b"" or b"?..."), e.g. without a credential parameter."""
+        if query and query[0] != 63:
+            raise ValueError("a query starts with '?'")
+        self.head.query = query
+
+    def add_upstream_lines(self, bytes lines):
+        """Complete header lines (b"Name: value\\r\\n"...), prebuilt by a policy, for the upstream request."""
+        self.up_extra = lines if self.up_extra is None else self.up_extra + lines
+
+    def add_response_lines(self, bytes lines):
+        """Complete header lines for the response, whatever its status."""
+        if self.resp_view is not None and self.viewed:
+            _ph.parse_lines(lines, self.resp_view)
+            return
+        self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
+
+    def on_complete(self, fn):
+        """Run fn(exchange) once when the exchange ends, whatever the outcome."""
+        if self.after is None:
+            self.after = []
+        self.after.append(fn)
+
+    # -- policy interface: the phases (fastgw/policies/contract.py) --------------------------------------
+    @property
+    def response_status(self):
+        """The status of the response (on_response: the one being answered; on_log: the one sent, 499 when
+        the client went away first)."""
+        return self.status
+
+    @property
+    def response_headers(self):
+        """on_response: the response's (name, value) pairs, in order, as a tuple (None outside the phase);
+        edits go through the methods below, which check them. Framing, hop-by-hop fields and X-Request-ID
+        are the gateway's, not in it."""
+        return tuple(self.edit_view()) if self.resp_view is not None else None
+
+    def response_header(self, bytes lname):
+        """on_response: the first value of response header `lname` (lowercase), or None."""
+        return _ph.first(self.edit_view(), lname)
+
+    def set_response_header(self, name, value):
+        """on_response: `name: value` in place of every `name` field of the response."""
+        _ph.replace(self.edit_view(), name, value)
+
+    def remove_response_header(self, name):
+        """on_response: drop every `name` field of the response; how many there were."""
+        return _ph.drop(self.edit_view(), name)
+
+    cdef list edit_view(self):
+        """The response's (name, value) pairs, made from its header blocks and the lines added so far on
+        first use: a phase whose policies only add headers never builds them."""
+        cdef list view
+        if self.resp_view is None:
+            raise RuntimeError("response headers are edited in on_response")
+        if not self.viewed:
+            view = []
+            for block in self.resp_view:
+                _ph.parse_lines(<bytes>block, view)
+            if self.resp_extra is not None:
+                _ph.parse_lines(self.resp_extra, view)
+                self.resp_extra = None
+            self.resp_view = view
+            self.viewed = True
+        return self.resp_view
+
+    def remove_upstream_header(self, name):
+        """Do not send request header `name` (any case) upstream: neither the client's nor one a policy
+        added before. (Headers the gateway sets itself cannot be removed: ValueError.)"""
+        cdef bytes low = _ph.check_name(name).lower()
+        cdef list pieces = self.head.pieces
+        cdef list kept = []
+        cdef Py_ssize_t i
+        for i in range(0, len(pieces), 4):
+            if (<bytes>pieces[i]).lower() != low:
+                kept.extend(pieces[i:i + 4])
+        self.head.pieces = kept
+        if self.up_extra is not None:
+            kept = [pair for pair in _ph.parse_lines(self.up_extra, []) if (<bytes>pair[0]).lower() != low]
+            self.up_extra = _ph.join_pairs(kept) if kept else None
+
+    cdef bint upstream_request_phase(self):
+        """phase: on_upstream_request, each policy in order (they return None). False when one failed:
+        then the request was answered with a 500 problem and never sent."""
+        try:
+            for fn in self.route.on_upstream_request:
+                if fn(self) is not None:
+                    raise TypeError("on_upstream_request returns None")
+        except Exception as exc:
+            _report_policy_error(self.route.name, exc)
+            self.policy_failed()
+            return False
+        return True
+
+    cdef object response_phase(self, tuple fns, list blocks, int status):
+        """phase: on_response, each policy in order, over the response's header `blocks` (header lines,
+        bytes) and the lines policies added (resp_extra). A Respond from a policy replaces the response:
+        the later policies see it. Returns None, the last replacing Respond (its status is then
+        self.status), or False when a policy failed (the caller answers 500); then phase_lines() gives the
+        result. Runs once per exchange: an answer made after it skips it."""
+        cdef object replaced = None
+        self.phased = True
+        self.resp_view = blocks
+        self.viewed = False
+        self.status = status
+        try:
+            for fn in fns:
+                r = fn(self)
+                if r is None:
+                    continue
+                if type(r) is not Respond:
+                    raise TypeError(f"on_response returned {type(r).__name__}, not None or a Respond")
+                replaced = r
+                self.resp_view = list((<Respond>r).headers)
+                self.viewed = True
+                self.resp_extra = None
+                self.status = (<Respond>r).status
+        except Exception as exc:
+            _report_policy_error(self.route.name if self.route is not None else "on_response", exc)
+            self.resp_view = None
+            return False
+        return replaced
+
+    cdef bytes phase_lines(self):
+        """After response_phase: the response's header lines when a policy read or edited them (the lines
+        added on the way are in them), or None when they stand as they were (resp_extra still to add)."""
+        cdef bytes lines = _ph.join_pairs(self.resp_view) if self.viewed else None
+        self.resp_view = None
+        return lines
+
+    cdef bint upstream_response(self, UpstreamConn c, int status):
+        """phase: on_response over an upstream's response head (its kept lines, then the route's added
+        ones). True when the policies replaced it (answered here; the upstream connection is closed)."""
+        cdef list blocks = c.rpieces
+        if self.route.phase_resp_add:
+            blocks = blocks + [self.route.phase_resp_add]
+        r = self.response_phase(self.route.on_response, blocks, status)
+        if r is False:
+            self.settle(0)
+            self.policy_failed()
+            return True
+        lines = self.phase_lines()
+        if r is None:
+            c.rpieces = [lines] if lines is not None else blocks
+            return False
+        self.settle(0)
+        self.send_answer(self.status, lines, (<Respond>r).body)
+        return True
+
+    cdef void answer(self, Respond r):
+        """A policy answered itself (a Respond from on_request), before any upstream work: the answer
+        passes the on_response phase, then goes to the client."""
+        cdef bytes lines = _ph.join_pairs(r.headers)
+        self.settle(0)
+        fns = self.route.on_response if self.route is not None else self.rt.unrouted_response
+        if fns is not None and not self.phased:             # phase: on_response
+            rr = self.response_phase(fns, [lines], r.status)
+            if rr is False:
+                self.policy_failed()
+                return
+            if rr is not None:
+                r = <Respond>rr
+            edited = self.phase_lines()
+            if edited is not None:
+                self.send_answer(self.status, edited, r.body)
+                return
+        if self.resp_extra is not None:
+            lines = lines + self.resp_extra
+        self.send_answer(r.status, lines, r.body)
+
+    cdef void send_answer(self, int status, bytes lines, bytes body):
+        self.status = status
+        self.resp_nobody = (self.head is not None and self.head.method == b"HEAD") or status == 204 \
+            or status == 304
+        self.client.write_answer(self, status, lines, body)
+        self.complete()
+
+    cdef void policy_failed(self):
+        """A policy raised in a phase: a 500 problem (without what the policies had added)."""
+        self.err_extra = None
+        self.resp_extra = None
+        self.resp_view = None
+        self.failed(gateway_error(500, "internal-error", SRC_POLICY, False, None, None))
+
+    cdef void settle(self, int status):
+        """Before an answer the gateway makes itself (before any upstream response byte): stop the upstream
+        work, and decide whether the connection closes after it (`status`: of a problem, else 0)."""
+        cdef ClientConn cl = self.client
+        if self.connect_task is not None:
+            t = self.connect_task
+            self.connect_task = None
+            t.cancel()
+        if self.up is not None:
+            self.release_upstream(False)
+        if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
+                or status == 414:
+            self.close_after = True
+        if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests \
+                or (self.head is not None and not self.head.keep_alive):   # the client asked to close
+            self.close_after = True
+
+    cdef void respond_problem(self, GatewayError err):
+        """A response made by fastgw (problem+json), before any upstream response byte. It passes the
+        on_response phase (the route's; before routing the runtime's unrouted one), unless that ran."""
+        cdef int status = err.status
+        self.settle(status)
+        self.status = status
+        extra = self.err_extra
+        if self.route is None:
+            fns = self.rt.unrouted_response
+            if self.rt.unrouted_log is not None and self.after is None:   # phase: on_log (unrouted)
+                self.after = list(self.rt.unrouted_log)
+        else:
+            fns = self.route.on_response
+        if fns is not None and not self.phased:             # phase: on_response
+            r = self.response_phase(fns, [extra] if extra is not None else [], status)
+            if r is False:
+                self.policy_failed()
+                return
+            lines = self.phase_lines()
+            if r is not None:
+                self.send_answer(self.status, lines, (<Respond>r).body)
+                return
+            if lines is not None:
+                extra = lines
+        if self.resp_extra is not None:
+            extra = self.resp_extra if extra is None else extra + self.resp_extra
+        self.client.write_problem(self, err.slug, err.detail, extra)
+        self.complete()
+
+
+cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):
+    """Pieces without the headers named in `drop` or `remove` (folded: lowercase, "_" read as "-", as
+    upstreams that fold names read them; fastgw/headers.py): `pieces` itself when none is (the common
+    case: nothing allocated). A name is folded and looked up only when its length is the length of a name
+    in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
+    cdef list out = None
+    cdef Py_ssize_t i, k, n = len(pieces)
+    cdef uint64_t lengths = remove_lengths | name_lengths(drop)
+    cdef bint hit
+    cdef bytes name
+    for i in range(0, n, 4):
+        k = len(<bytes>pieces[i])
+        hit = False
+        if (lengths >> (k if k < 63 else 63)) & 1:
+            name = (<bytes>pieces[i]).lower()
+            if memchr(<const char*>name, 95, k) != NULL:       # '_'
+                name = name.replace(b"_", b"-")
+            hit = (drop is not None and name in drop) or (remove is not None and name in remove)
+        if hit:
+            if out is None:
+                out = pieces[:i]
+        elif out is not None:
+            out += pieces[i:i + 4]
+    return pieces if out is None else out

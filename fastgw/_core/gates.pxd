@@ -1,0 +1,15 @@
+# Constants of the policies' compiled halves (see gates.pyx).
+
+# Decision counters, in the order of fastgw.policies.ratelimit.DECISIONS.
+cdef enum:
+    D_ALLOWED = 0
+    D_RATE = 1
+    D_QUOTA = 2
+    D_SHADOW = 3
+
+# Key parts (a limit's `key`): fastgw.policies.ratelimit.KeySpec.
+cdef enum:
+    P_CONSUMER = 0
+    P_IP = 1
+    P_ROUTE = 2
+    P_HEADER = 3

@@ -1,0 +1,13 @@
+SOURCES: tuple[str, ...]
+
+class GatewayError:
+    status: int
+    slug: str
+    source: int
+    retryable: bool
+    detail: bytes | None
+    kind: str | None
+    def __init__(self, status: int, slug: str, source: int, retryable: bool = False, detail: bytes | None = None,
+                 kind: str | None = None) -> None: ...
+    @property
+    def source_name(self) -> str: ...

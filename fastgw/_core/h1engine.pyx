@@ -1,0 +1,596 @@
+# The downstream HTTP/1.1 connection (included by worker.pyx): the asyncio protocol of every client
+# connection, the HTTP/1.1 session over http1.pyx's reader (pipelining, serialisation, timeouts), and the
+# hand-over to h2engine.pyx (h2c preface or ALPN "h2").
+
+import socket
+import struct
+
+from fastgw import proxyproto
+
+# SO_LINGER on, 0 s: close() resets the connection and discards what the kernel still holds for it.
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+cdef dict STATUS_LINES = {}
+
+
+def _init_status_lines():
+    from http import HTTPStatus
+    for s in HTTPStatus:
+        STATUS_LINES[s.value] = b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
+
+
+_init_status_lines()
+
+
+cdef class ClientConn(RequestReader):
+    def __init__(self, Worker w):
+        cdef Runtime rt = w.rt
+        RequestReader.__init__(self, rt.max_line, rt.max_hbytes, rt.max_headers, rt.headers)
+        self.w = w
+        self.loop = w.loop
+        self.rt0 = rt
+        self.draining = w.draining
+        self.queue = []
+        self.wbuf = []
+
+    # -- asyncio protocol ------------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        # Up to 256 KiB may wait in the client's write buffer before the upstream is paused (uvloop's
+        # default, 64 KiB, paused and resumed the upstream on every 64 KiB response; nginx buffers 128 KiB
+        # per request with the benchmark's proxy_buffers).
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
+        peer = transport.get_extra_info("peername")
+        self.tcp_peer = (peer[0] if peer else "unknown").encode()
+        self.peer = self.proxied_peer if self.proxied_peer is not None else self.tcp_peer
+        self.proto = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
+        self.last_rx = self.w.clock.now
+        self.head_start = self.last_rx
+        self.w.conns.add(self)
+        if self.parked:
+            transport.pause_reading()        # over the cap: read nothing until Worker.make_room
+            self.w.parked.append(self)
+            return
+        self.begin()
+
+    cdef void begin(self):
+        ssl = self.transport.get_extra_info("ssl_object")
+        if ssl is not None and ssl.selected_alpn_protocol() == "h2":
+            self.start_h2(b"")
+
+    cdef void unpark(self):
+        """Room under max_connections: serve this connection from now on (its timers start now)."""
+        self.parked = False
+        if self.closed:
+            return
+        self.last_rx = self.head_start = self.w.clock.now
+        self.transport.resume_reading()
+        self.begin()
+
+    def data_received(self, bytes data):
+        if self.closed:
+            return
+        if self.want_proxy:
+            data = self.proxy_preface(data)
+            if not data:
+                return
+        if self.h2 is not None:
+            self.h2.feed(data)
+            return
+        if not self.sniffed:
+            data = self.sniff(data)
+            if data is None:
+                return
+        self.last_rx = self.w.clock.now
+        if self.active is None and self._state == ST_IDLE:
+            self.head_start = self.last_rx
+        self.batching = True
+        try:
+            self.feed(data)
+        finally:
+            self.batching = False
+        self.flush()
+
+    cdef bytes proxy_preface(self, bytes data):
+        """Hold input until the PROXY header is parsed (fastgw.proxyproto), take the client address
+        from it, return the bytes after it (b"" while incomplete; a bad header aborts the connection)."""
+        buf = data if self.pre is None else self.pre + data
+        try:
+            res = proxyproto.parse(buf)
+        except proxyproto.ProxyProtocolError:
+            self.abort()
+            return b""
+        if res is None:
+            self.pre = buf
+            return b""
+        self.want_proxy = False
+        self.pre = None
+        if res.source is not None:
+            self.peer = res.source.encode()
+        return buf[res.consumed:]
+
+    def eof_received(self):
+        cdef Exchange ex = self.rx
+        self.eof = True
+        if self.h2 is not None:
+            self.h2.lost()
+            return False
+        if ex is not None and not ex.body_done and not ex.done:
+            # The client closed before its request body ended: the request can never complete. Abort it
+            # upstream now [nginx, HAProxy abort on client close] rather than at the upstream timeout.
+            self.rx = None
+            self.discard = True
+            self._state = ST_DEAD
+            if ex is self.active:
+                self.abort()                  # nothing of the response can be owed (connection_lost)
+                return False
+            self.queue.remove(ex)             # a queued request: the ones before it are still answered
+            self.client_gone(ex)
+        if self.active is None and not self.queue:
+            self.close()
+            return False
+        return True                         # keep writing the answers still owed
+
+    def connection_lost(self, exc):
+        cdef Exchange ex
+        self.closed = True
+        self.w.conns.discard(self)
+        if self.admitted:
+            self.admitted = False
+            if self.parked:
+                self.w.parked.remove(self)
+            self.w.release()
+        if self.h2 is not None:
+            self.h2.lost()
+        if self.active is not None and not self.active.done:
+            self.client_gone(self.active)
+        for ex in ([self.active] if self.active is not None else []) + self.queue:
+            ex.drop()
+        self.active = None
+        self.queue = []
+
+    def pause_writing(self):
+        cdef UpstreamConn up
+        self.wpaused = True
+        self.wpaused_at = self.w.clock.now
+        if self.h2 is not None:
+            self.h2.pause_writing()
+        if self.active is not None and self.active.up is not None:
+            up = self.active.up
+            if up.transport is not None and not up.rpaused:
+                up.rpaused = True
+                up.transport.pause_reading()
+
+    def resume_writing(self):
+        cdef UpstreamConn up
+        self.wpaused = False
+        if self.h2 is not None:
+            self.h2.resume_writing()
+        if self.active is not None and self.active.up is not None:
+            up = self.active.up
+            if up.transport is not None and up.rpaused:
+                up.rpaused = False
+                up.transport.resume_reading()
+                self.active.up_last = self.w.clock.now    # the upstream's time runs again from here
+
+    # -- HTTP/2 selection -----------------------------------------------------------------------------
+    cdef bytes sniff(self, bytes data):
+        """The connection's first bytes: an h2c prior-knowledge preface hands the connection to the
+        HTTP/2 engine (None returned); anything else is HTTP/1.1 (the bytes returned, to feed)."""
+        cdef Py_ssize_t n
+        if self.sbuf is not None:
+            data = self.sbuf + data
+            self.sbuf = None
+        n = len(data)
+        if n == 0:
+            return data
+        if n > 24:
+            n = 24
+        if (<const char*>data)[0] != b'P' or data[:n] != H2_PREFACE[:n]:
+            self.sniffed = True
+            return data
+        if n < 24:
+            self.sbuf = data
+            return None
+        self.start_h2(data)
+        return None
+
+    cpdef start_h2(self, bytes data):
+        """Speak HTTP/2 on this connection from now on (h2c preface seen, or ALPN chose "h2"); `data`
+        is what was received so far (the client preface included)."""
+        self.sniffed = True
+        self.h2 = H2Conn(self)
+        if data:
+            self.h2.feed(data)
+
+    # -- output ----------------------------------------------------------------------------------------
+    cdef void send(self, bytes data):
+        if self.batching:
+            self.wbuf.append(data)
+        elif not self.closed:
+            self.transport.write(data)
+
+    cdef void flush(self):
+        cdef Exchange ex = self.active
+        if self.wbuf and not self.closed:
+            write_parts(self.transport, self.wbuf)
+            self.wbuf = []
+        if ex is not None:
+            ex.flush_upstream()
+
+    cdef void close(self):
+        if not self.closed:
+            self.closed = True
+            self.closed_at = self.w.clock.now
+            self.flush_now()
+            self.transport.close()
+
+    cdef void abort(self):
+        if not self.closed:
+            self.closed = True
+            self.wbuf = []
+            self.transport.abort()
+
+    cdef void flush_now(self):
+        if self.wbuf:
+            write_parts(self.transport, self.wbuf)
+            self.wbuf = []
+
+    cdef void pause_reading(self, int why):
+        if self.rpause == 0 and not self.closed:
+            self.transport.pause_reading()
+        self.rpause |= why
+
+    cdef void resume_reading(self, int why):
+        if self.rpause & why:
+            self.rpause &= ~why
+            if self.rpause == 0 and not self.closed:
+                self.last_rx = self.w.clock.now   # the client's silence counts from now (check)
+                self.transport.resume_reading()
+
+    cdef bint reader_done(self):
+        return self._state == ST_DEAD or self.upgraded or self.eof or self.discard
+
+    cdef object peercert(self):
+        """The verified TLS client certificate of this connection, or None (asked of the TLS transport
+        only when a policy wants it: mTLS routes)."""
+        t = self.transport
+        return t.get_extra_info("peercert") if t is not None else None
+
+    # -- response output (the downstream interface the Exchange writes through) ------------------------
+    # ClientConn serialises HTTP/1.1 here; H2Stream (h2engine.pyx) overrides these four for HTTP/2. The
+    # Exchange calls them and nothing protocol-specific: routing, policies and upstream handling are the
+    # exchange's (exchange.pyx), for both engines.
+    cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
+        cdef RouteRT route = ex.route
+        cdef RequestHead h = ex.head
+        cdef list parts
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        # Straight into the output batch when there is one (flush joins it once with the body).
+        parts = self.wbuf if self.batching else []
+        parts.append(line)
+        if c.rpieces:
+            parts.extend(c.rpieces)
+        if route.resp_add:
+            parts.append(route.resp_add)
+        if ex.resp_extra is not None:
+            parts.append(ex.resp_extra)
+        parts.append(b"X-Request-ID: ")
+        parts.append(ex.rid)
+        if ex.resp_nobody:
+            if c.r_has_cl and status != 204:
+                parts.append(b"\r\nContent-Length: ")
+                parts.append(c.r_cl)
+        elif c.r_has_cl and not c.r_chunked:
+            parts.append(b"\r\nContent-Length: ")
+            parts.append(c.r_cl)
+        elif h.minor == 1:
+            ex.resp_chunked = True
+            parts.append(b"\r\nTransfer-Encoding: chunked")
+        else:
+            ex.close_after = True            # HTTP/1.0 client: the end of the body is the close
+        if not ex.body_done or not h.keep_alive or self.draining or self.reader_done() \
+                or self.nreq + 1 >= self.rt0.max_requests:
+            ex.close_after = True
+        if ex.close_after:
+            parts.append(b"\r\nConnection: close\r\n\r\n")
+        elif h.minor == 0:
+            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n\r\n")
+        if not self.batching and not self.closed:
+            self.transport.write(concat(parts))
+
+    cdef void write_body(self, Exchange ex, bytes data):
+        if ex.resp_chunked:
+            self.send(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            self.send(data)
+
+    cdef void write_end(self, Exchange ex):
+        if ex.resp_chunked:
+            self.send(b"0\r\n\r\n")
+
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
+        """A response a policy made (Respond): its header lines and body, framed here."""
+        cdef RequestHead h = ex.head
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        parts = [line, lines, b"X-Request-ID: ", ex.rid, b"\r\n", self.w.clock.date]
+        if status != 204 and status != 304:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if ex.close_after:
+            parts.append(b"Connection: close\r\n")
+        elif h is not None and h.minor == 0:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if not ex.resp_nobody:
+            parts.append(body)
+        self.send(concat(parts))
+
+    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
+        self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after,
+                                      ex.failure_members()))
+
+    cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail,
+                              bytes extra, bint close, bytes members=b""):
+        cdef Problem p = <Problem>rt.problems[slug]
+        return p.render(h.path if h is not None and h.path is not None else b"", rid, self.w.clock.date,
+                        json_bytes(detail) if detail is not None else None, extra or b"", close, members)
+
+    # -- reader events ---------------------------------------------------------------------------------
+    cdef Exchange new_exchange(self, RequestHead head):
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        ex.client = self
+        ex.head = head
+        ex.rt = self.w.rt
+        ex.t0 = mono_ns()
+        ex.pending = []
+        ex.out = []
+        if head is not None and head.request_id is not None:
+            ex.rid = head.request_id
+        else:
+            ex.rid = self.w.next_id()
+        if head is not None and head.dropped is not None:
+            self.w.headers_dropped(ex)
+        return ex
+
+    cdef void enqueue(self, Exchange ex):
+        if self.active is None:
+            self.start(ex)
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= self.rt0.max_pipelined:
+                # Bounded: answer what is queued, then close; later requests are not read.
+                ex.close_after = True
+                self.discard = True
+                self.pause_reading(P_TERM)
+            else:
+                self.pause_reading(P_PIPELINE)
+
+    cpdef request_head(self, RequestHead head):
+        cdef Exchange ex
+        if self.discard:
+            self.rx = None
+            return
+        ex = self.new_exchange(head)
+        ex.has_body = head.chunked or head.content_length > 0
+        ex.body_done = not ex.has_body
+        self.rx = ex
+        self.enqueue(ex)
+
+    cpdef request_body(self, bytes data):
+        cdef Exchange ex = self.rx
+        if ex is None or ex.done:
+            return
+        ex.body_bytes += len(data)
+        if ex.route is not None and ex.body_bytes > ex.route.max_body:
+            self.body_too_large(ex)
+            return
+        if ex.head.chunked:
+            ex.to_upstream(b"%x\r\n" % len(data))
+            ex.to_upstream(data)
+            ex.to_upstream(b"\r\n")
+        else:
+            ex.to_upstream(data)
+
+    cdef void body_too_large(self, Exchange ex):
+        self.discard = True
+        self._state = ST_DEAD                         # stop reading requests on this connection
+        ex.body_done = False
+        if ex.resp_started:
+            ex.done = True
+            self.abort()
+        else:
+            ex.err_extra = None
+            ex.failed(gateway_error(413, "payload-too-large", SRC_DOWNSTREAM, False,
+                                    b"request body exceeds the route's limit", None))
+
+    cpdef request_end(self):
+        cdef Exchange ex = self.rx
+        self.rx = None
+        if ex is None:
+            return
+        ex.body_done = True
+        if ex.done:
+            return
+        if ex.has_body:
+            ex.up_last = self.w.clock.now      # the whole request is sent: the response timeout starts
+        if ex.head.chunked:
+            ex.to_upstream(b"0\r\n\r\n")
+
+    cpdef request_error(self, int status, str slug, str detail):
+        cdef Exchange ex = self.rx
+        cdef GatewayError err = gateway_error(status, slug, SRC_DOWNSTREAM, False, detail.encode(), None)
+        self.rx = None
+        self.discard = True
+        if ex is not None and not ex.done:
+            # The request in progress turned bad (body framing, trailers, size): it must not complete
+            # upstream. Answer if nothing was answered yet, else drop the connection.
+            ex.body_done = False
+            ex.out = []
+            if ex.resp_started:
+                ex.done = True
+                self.abort()
+            elif ex is self.active or ex in self.queue:
+                if ex is not self.active:
+                    self.queue = self.queue[:self.queue.index(ex) + 1]
+                ex.close_after = True
+                if ex is self.active:
+                    ex.failed(err)
+                else:
+                    ex.err = err                # answered when its turn comes (start)
+            return
+        ex = self.new_exchange(None)
+        ex.err = err
+        ex.close_after = True
+        self.queue = self.queue[:]
+        self.enqueue(ex)
+
+    # -- running exchanges -----------------------------------------------------------------------------
+    cdef void start(self, Exchange ex):
+        """`ex` is this connection's turn: the exchange drives it from here (exchange.pyx run)."""
+        self.active = ex
+        ex.run()
+
+    cdef void write_continue(self):
+        """Tell an HTTP/1.1 client waiting on Expect: 100-continue to send its body."""
+        self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    cdef void finished(self, Exchange ex):
+        """The response of `ex` (the active exchange) is complete."""
+        cdef Exchange nxt
+        if ex is not self.active:
+            return
+        self.active = None
+        self.nreq += 1
+        if self.nreq >= self.rt0.max_requests:
+            ex.close_after = True             # (its response already said so when it could)
+        if ex.close_after or self.closed:
+            self.discard = True
+            self.close()
+            return
+        self.last_rx = self.w.clock.now
+        if self.queue:
+            nxt = <Exchange>self.queue.pop(0)
+            self.start(nxt)
+            if not self.queue:
+                self.resume_reading(P_PIPELINE)
+        else:
+            self.resume_reading(P_PIPELINE)
+            if self.eof:
+                self.close()
+
+    cdef void client_gone(self, Exchange ex):
+        """`ex` ends because its client went away (closed or reset): its upstream request is aborted (the
+        connection closed, never pooled) and it is logged with the status sent, or 499 if none was
+        [nginx 499 "client closed request"]."""
+        if not ex.resp_started:
+            ex.status = 499
+        ex.drop()
+        self.w.observe(ex)
+
+    # -- timeouts (called by Worker.sweep) -------------------------------------------------------------
+    # Whose time is it? While the request body is coming, the client's: body_timeout (silence) and the
+    # minimum body rate; while the gateway does not read it (the upstream or the pending buffer is full),
+    # nobody's but the upstream's. Once the whole request is sent upstream, the upstream's `timeout`; it
+    # stops while the upstream is paused because the client does not take the response, which is the
+    # client's time again: send_timeout.
+    cdef void check(self, double now):
+        cdef Exchange ex = self.active
+        cdef Runtime rt = self.rt0
+        if self.closed:
+            # Closed with output the client does not take (uvloop keeps the socket until it is sent):
+            # dropped send_timeout after the close [nginx send_timeout applies to the lingering close].
+            if self.transport is not None and now - self.closed_at > rt.send_timeout:
+                self.reset_connection()
+            return
+        if self.transport is not None:        # the connection itself (an H2Stream has no transport)
+            if self.parked:
+                return                        # like a connection in the kernel's backlog: no timers
+            if self.wpaused and now - self.wpaused_at > rt.send_timeout:
+                # The client has not taken the buffered response (high-water mark 256 KiB, resumed at
+                # 64 KiB) for send_timeout: close and free the upstream [nginx send_timeout 60s, which
+                # measures between two writes; here the client must drain 192 KiB per send_timeout].
+                self.reset_connection()
+                return
+        if self.h2 is not None:
+            self.h2.check(now)
+            return
+        if ex is None:
+            if self._state == ST_IDLE and self.nreq == 0:
+                if now - self.head_start > rt.header_timeout:
+                    self.close()                  # connected, sent nothing: drop silently
+            elif self._state == ST_HEAD or self._state == ST_BODY:
+                if now - self.head_start > rt.header_timeout:
+                    self.timeout_response(408, "request-timeout", b"request head not received in time")
+            elif now - self.last_rx > rt.idle_timeout:
+                self.close()
+            return
+        if ex.connect_task is not None:
+            if now > ex.connect_deadline:
+                ex.connect_task.cancel()
+            return
+        if not ex.body_done and self.rx is ex:
+            if self.rpause & (P_UPSTREAM | P_PENDING):
+                if ex.body_tick != 0:
+                    ex.body_tick = now            # not the client's time
+                if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+                    ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
+            elif now - self.last_rx > rt.body_timeout:
+                self.body_timed_out(ex, b"request body not received in time")
+            elif rt.min_body_rate > 0 and self.body_slow(ex, rt, now):
+                self.body_timed_out(ex, b"request body arriving too slowly")
+            return
+        if ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
+            ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
+
+    cdef void reset_connection(self):
+        """Drop the connection with a reset, discarding unsent output in the kernel too (a plain close
+        leaves it queued, for as long as the client keeps its window barely open) [nginx
+        reset_timedout_connection]."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
+        self.closed = True
+        self.wbuf = []
+        self.transport.abort()
+
+    cdef bint body_slow(self, Exchange ex, Runtime rt, double now):
+        """The minimum body rate [Apache mod_reqtimeout body=20,MinRate=500; Kestrel
+        MinRequestBodyDataRate 240 B/s after a 5 s grace]: the body gets a time allowance of body_timeout,
+        refilled by one second per min_body_rate bytes received and capped at body_timeout (a burst does
+        not buy a later trickle), spent while the gateway waits for the client. Empty: too slow."""
+        if ex.body_tick == 0:
+            ex.body_allow = rt.body_timeout
+        else:
+            ex.body_allow += (ex.body_bytes - ex.body_seen) / rt.min_body_rate - (now - ex.body_tick)
+            if ex.body_allow > rt.body_timeout:
+                ex.body_allow = rt.body_timeout
+        ex.body_seen = ex.body_bytes
+        ex.body_tick = now
+        return ex.body_allow < 0
+
+    cdef void body_timed_out(self, Exchange ex, bytes detail):
+        """408 from the gateway; the upstream request is aborted (Exchange.fail: never pooled)."""
+        self.discard = True
+        self._state = ST_DEAD
+        if ex.resp_started:
+            self.abort()
+        else:
+            ex.failed(gateway_error(408, "request-timeout", SRC_DOWNSTREAM, False, detail, None))
+
+    cdef void timeout_response(self, int status, str slug, bytes detail):
+        cdef Exchange ex = self.new_exchange(None)
+        self.discard = True
+        self._state = ST_DEAD
+        ex.close_after = True
+        self.active = ex
+        ex.failed(gateway_error(status, slug, SRC_DOWNSTREAM, False, detail, None))

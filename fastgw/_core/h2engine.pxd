@@ -1,0 +1,109 @@
+# Declarations of the downstream HTTP/2 engine (see h2engine.pyx; included by worker.pxd).
+
+from fastgw._core.h2clock cimport HeaderClock
+from fastgw._core.runtime cimport H2Limits
+
+cdef enum:
+    RESET_MIN = 500               # Rapid Reset: streams opened in the window before the ratio counts
+    FLOOD_WINDOW = 10             # seconds over which reset and control-frame budgets are counted
+    MAX_CONTROL = 1000            # control frames per window
+    MAX_EMPTY_RUN = 10            # consecutive empty DATA frames without END_STREAM
+    MAX_OUTQ = 1048576            # bytes written while the transport is paused (the client does not read)
+    STREAM_OUTQ = 65536           # response bytes buffered per stream before its upstream is paused
+    GOAWAY_ACK_WAIT = 2           # drain: seconds the first GOAWAY's PING may go unanswered
+    LAST_STREAM_ID = 2147483647   # 2^31-1: the first GOAWAY of a drain names every stream
+
+# HTTP/2 error codes (RFC 9113 7).
+cdef enum:
+    E_NO_ERROR = 0
+    E_PROTOCOL = 1
+    E_INTERNAL = 2
+    E_REFUSED = 7
+    E_CANCEL = 8
+    E_COMPRESSION = 9
+    E_CALM = 11
+
+
+cdef class H2Stream(ClientConn):
+    cdef H2Conn conn
+    cdef int sid
+    cdef list outq                # response DATA waiting for flow-control window
+    cdef Py_ssize_t outq_bytes
+    cdef bint head_sent
+    cdef bint end_pending         # the response ended; END_STREAM goes with the last queued DATA
+    cdef bint ended               # END_STREAM sent (or the stream reset)
+    cdef bint rx_done             # the client's END_STREAM arrived
+    cdef bint counted             # still counts as "not yet answered" (for Rapid Reset accounting)
+    cdef bint dirty
+    cdef long long owed           # flow-controlled bytes received but not acknowledged yet
+    cdef double blocked_since
+    cdef GrpcCall grpc            # the upstream HTTP/2 stream of a grpc route (upstream_grpc.pyx), or None
+    cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
+    cdef void send(self, bytes data)
+    cdef void flush(self)
+    cdef void kick(self)
+    cdef bint reader_done(self)
+    cdef object peercert(self)
+    cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
+    cdef void send_head(self, list headers, bint end)
+    cdef void write_body(self, Exchange ex, bytes data)
+    cdef void write_end(self, Exchange ex)
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body)
+    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra)
+    cdef void pause_reading(self, int why)
+    cdef void resume_reading(self, int why)
+    cdef void update_wpause(self)
+    cdef void close(self)
+    cdef void abort(self)
+    cdef void flush_now(self)
+    cdef void reset(self, int code)
+    cdef void drop_exchange(self)
+    cdef void finished(self, Exchange ex)
+
+cdef class H2Conn:
+    cdef ClientConn cl
+    cdef public object h2
+    cdef object transport
+    cdef Worker w
+    cdef H2Limits lim
+    cdef dict streams
+    cdef list dirty
+    cdef list after_end           # streams to reset (NO_ERROR) once their END_STREAM is out
+    cdef public bint batching
+    cdef public bint closed
+    cdef bint wpaused
+    cdef bint draining
+    cdef int goaway_stage         # 0; 1: drain's GOAWAY(2^31-1) + PING out; 2: GOAWAY(last_sid) out
+    cdef double goaway_at         # when stage 1 began
+    cdef bint peer_goaway         # the client sent GOAWAY
+    cdef int last_sid
+    cdef int nreq
+    cdef double last_active
+    cdef double win_start
+    cdef int win_opened
+    cdef int win_reset
+    cdef int win_ctrl
+    cdef int empty_run
+    cdef Py_ssize_t paused_out    # bytes written since the transport paused (DATA is not sent then)
+    cdef bint flush_soon          # a flush is scheduled for the end of this loop iteration
+    cdef HeaderClock hclock       # times header blocks (server.limits.header_timeout)
+    cdef void feed(self, bytes data)
+    cdef void on_request(self, ev)
+    cdef int build_head(self, RequestHead h, list headers, bint ended)
+    cdef void on_data(self, ev)
+    cdef void ack(self, H2Stream st)
+    cdef void on_end(self, int sid)
+    cdef void on_reset(self, int sid)
+    cdef void push(self, H2Stream st)
+    cdef void push_blocked(self)
+    cdef void flush(self)
+    cdef void schedule(self)
+    cdef void stream_ended(self, H2Stream st)
+    cdef void calm(self)
+    cdef void fatal(self, int code=*)
+    cdef void final_goaway(self)
+    cdef void close_if_done(self)
+    cdef void close(self)
+    cdef void abort(self)
+    cdef void lost(self)
+    cdef void check(self, double now)

@@ -1,0 +1,244 @@
+# cython: language_level=3
+"""The per-process data plane: the Worker (client connections, coarse clock, timeout sweep, drain,
+counting, request ids), with the modules whose types refer to one another included as one extension:
+
+  stats.pyx         the per-worker counters (layout of observe/metrics.py)
+  protocol.pyx      write batching, the TLS handshake protocol
+  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan
+  exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
+  h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session
+  h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine
+  upstream_grpc.pyx GrpcCall: gRPC passthrough to an HTTP/2 upstream stream
+
+Rules kept here (and why):
+* Output produced while handling one read is written once, after the read (one syscall, not one per event).
+* Backpressure both ways: a side whose peer's write buffer is over its high-water mark stops reading.
+* Pipelined requests are served one at a time, in order; at most `max_pipelined` wait, beyond that the
+  connection answers the queued ones and closes (a client may always retry an unanswered request).
+* Timeouts are swept by the Worker every quarter second from a coarse clock: no timer per request.
+* A pooled connection that fails before any response byte is retried once on a fresh connection, and only
+  for a request without a body (nothing of it can have been processed twice); everything else is 502.
+* If the upstream fails after the response started, the client connection is closed: a truncated
+  response is never presented as a complete one.
+"""
+import asyncio
+import ssl
+
+from fastgw import failures as _failures
+
+from httptools import HttpParserError, HttpResponseParser
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+from libc.string cimport memchr, memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from fastgw._core.http1 cimport ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead, RequestReader
+from fastgw._core.router cimport Router
+from fastgw._core.wire cimport (
+    A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_FORWARD, A_FORWARDED_FOR,
+    A_HOST, A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, CHARS,
+    C_HOST, C_NAME, C_PATH, C_REQUEST_ID, HeaderTable, R_CONNECTION, R_CONTENT_LENGTH, R_HOP, R_KEEP,
+    R_TRANSFER_ENCODING, bad_path, ieq, name_lengths, only, response_kind, traceparent_ok,
+)
+from fastgw._core.wire import CONNECTION_SPECIFIC
+from fastgw._core.balancer cimport Target, UpstreamGroup
+from fastgw._core.gateway_error cimport (
+    SRC_DOWNSTREAM, SRC_POLICY, SRC_STORE, SRC_UPSTREAM_CONNECT, SRC_UPSTREAM_RESPONSE, GatewayError, gateway_error,
+)
+from fastgw._core.runtime cimport H2Limits, Problem, RouteRT, Runtime, json_bytes
+from fastgw._core cimport phases as _ph
+from fastgw._core.phases cimport Respond
+from fastgw._core.runtime import H2Limits, Problem, RouteRT, Runtime, json_bytes
+
+include "stats.pyx"
+include "protocol.pyx"
+include "upstream_h1.pyx"
+include "exchange.pyx"
+include "h1engine.pyx"
+include "h2engine.pyx"
+include "upstream_grpc.pyx"
+
+cdef const char* HEXDIGITS = b"0123456789abcdef"
+
+
+cdef class Clock:
+    pass
+
+
+cdef class Worker:
+    def __init__(self, Runtime rt, loop, bytes id_prefix):
+        self.rt = rt
+        self.loop = loop
+        self.clock = Clock()
+        self.conns = set()
+        self.id_prefix = id_prefix
+        self.id_counter = 0
+        self.parked = []
+
+    def protocol(self, bint reserved=False):
+        """The protocol factory of every listener, called as each connection is accepted. `reserved`:
+        the connection was counted at accept already (admit(), by fastgw.worker.ProxiedTLS)."""
+        cdef ClientConn c = ClientConn(self)
+        if not reserved:
+            self.admit()
+        c.admitted = True
+        # uvloop accepts everything queued in one go before the pause can act: connections past the cap
+        # are held unread, as the kernel backlog would hold them, and served in order as room appears.
+        c.parked = self.max_conns != 0 and self.nconns > self.max_conns
+        return c
+
+    cpdef admit(self):
+        """Count one more client connection; at the cap, accepting pauses [HAProxy maxconn pauses
+        its listeners; nginx worker_connections]."""
+        self.nconns += 1
+        self.check_full()
+
+    cdef void check_full(self):
+        if self.max_conns != 0 and not self.full and self.nconns >= self.max_conns:
+            self.full = True
+            self.count(M_CONN_FULL)
+            if self.on_full is not None:
+                self.loop.call_soon(self.on_full)   # not from inside uvloop's accept callback
+
+    def tls_protocol(self, bint reserved=False):
+        """The protocol factory of TLS listeners: a Handshake, which becomes a ClientConn once the
+        handshake completes."""
+        cdef Handshake h = Handshake.__new__(Handshake)
+        if not reserved:
+            self.admit()
+        h.w = self
+        h.parked = self.max_conns != 0 and self.nconns > self.max_conns
+        return h
+
+    cpdef release(self):
+        """One client connection is gone (or was never handed over)."""
+        self.nconns -= 1
+        self.make_room()
+
+    cdef void make_room(self):
+        cdef ClientConn c
+        while self.parked and (self.max_conns == 0 or self.nconns - len(self.parked) < self.max_conns):
+            c = <ClientConn>self.parked.pop(0)
+            c.unpark()
+        if self.full and not self.parked and (self.max_conns == 0 or self.nconns < self.max_conns):
+            self.full = False
+            if self.on_room is not None:
+                self.on_room()
+
+    cdef void count(self, Py_ssize_t word):
+        """Increment a per-worker counter of the metrics header (M_OVERRUNS, M_CONN_FULL)."""
+        if self.mbuf != NULL:
+            self.mbuf[word] += 1
+
+    cdef bytes next_id(self):
+        """id_prefix + the request counter as 12 hex digits (snprintf cost ~900 instructions)."""
+        cdef char buf[64]
+        cdef Py_ssize_t plen = len(self.id_prefix)
+        cdef unsigned long long v
+        cdef int i
+        self.id_counter += 1
+        v = self.id_counter
+        if plen > 40:
+            plen = 40
+        memcpy(buf, <char*>self.id_prefix, plen)
+        for i in range(11, -1, -1):
+            buf[plen + i] = HEXDIGITS[v & 15]
+            v >>= 4
+        return PyBytes_FromStringAndSize(buf, plen + 12)
+
+    def sweep(self, double now, bytes date):
+        """Advance the coarse clock and enforce every connection's timeouts."""
+        cdef ClientConn c
+        self.clock.now = now
+        self.clock.date = date
+        for c in list(self.conns):
+            c.check(now)
+        # The cap may have changed on reload, and connections freed without connection_lost.
+        if self.full:
+            self.make_room()
+        else:
+            self.check_full()
+
+    def drain(self, double fresh_idle=-1.0):
+        """Stop keep-alive: idle connections close now, busy ones after their response.
+
+        A connection that has not sent its first request yet is only closed once it has been silent for
+        `fresh_idle` seconds (never if negative): while the listeners still accept, such a connection was
+        just opened by a client whose request is on its way, and closing it would fail that request.
+        """
+        cdef ClientConn c
+        self.draining = True
+        for c in list(self.conns):
+            c.draining = True
+            if c.h2 is not None:
+                c.h2.drain()                  # GOAWAY; in-flight streams finish, then it closes
+                continue
+            if c.active is None and c._state == ST_IDLE and (
+                    c.nreq > 0 or (fresh_idle >= 0 and self.clock.now - c.head_start > fresh_idle)):
+                c.close()
+
+    # -- metrics and access log (layout: fastgw/metrics.py) -------------------------------------------
+    def attach_metrics(self, buf, Py_ssize_t routes):
+        """Count into `buf` (a writable buffer: this worker's region of the shared metrics memory)."""
+        cdef unsigned char[::1] view = buf
+        if view.shape[0] < (M_HEADER + routes * M_ROUTE) * 8:
+            raise ValueError("metrics buffer too small")
+        self.mkeep = view
+        self.mroutes = routes
+        self.mbuf = <uint64_t*>&view[0]
+
+    cdef void observe(self, Exchange ex):
+        """One finished response: plain increments into this worker's own region (no lock: one writer;
+        the supervisor reads aligned 64-bit words), and a tuple for the access log when it is on."""
+        cdef uint64_t* m = self.mbuf
+        cdef Target t
+        cdef long long dur
+        cdef int cls
+        cdef Py_ssize_t slot = 0
+        cdef int b = 0
+        if m == NULL and self.access_log is None:
+            return
+        dur = mono_ns() - ex.t0
+        if ex.route is not None:
+            slot = ex.route.mslot
+        if m != NULL:
+            if slot < 0 or slot >= self.mroutes:
+                slot = 0
+            m = m + M_HEADER + slot * M_ROUTE
+            cls = ex.status // 100 - 1
+            if cls < 0 or cls > 4:
+                cls = 4
+            m[method_index(ex.head.method if ex.head is not None else None) * 5 + cls] += 1
+            while b < M_NBOUNDS and dur > HIST_NS[b]:
+                b += 1
+            m[M_HIST + b] += 1
+            m[M_SUM_US] += <uint64_t>(dur // 1000)
+        if self.access_log is not None:         # (fields: fastgw/_core/accesslog.pyx format_lines)
+            t = ex.target
+            self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.client.tcp_peer,
+                                    ex.rid, ex.route.name if ex.route is not None else None,
+                                    t.group.name if t is not None else None, t.hostport if t is not None else None,
+                                    ex.err.kind if ex.err is not None else None,
+                                    ex.grpc_code - 1 if ex.grpc_code else None, ex.err, ex.retried_err))
+
+    cdef void headers_dropped(self, Exchange ex):
+        """Header fields the wire table dropped for their "_" (RequestHead.dropped, fastgw/headers.py):
+        counted by reason (fastgw_headers_dropped_total), and one debug log line per request."""
+        cdef tuple d
+        if self.mbuf != NULL:
+            for d in ex.head.dropped:
+                self.mbuf[HDROP_ALIAS if <int>d[0] == A_ALIAS else HDROP_UNDERSCORE] += 1
+        if self.debug_log is not None:
+            self.debug_log(ex.rid, ex.client.peer,
+                           [(HEADER_DROPS[HDROP_ALIAS - H_HDROP if <int>d[0] == A_ALIAS
+                                          else HDROP_UNDERSCORE - H_HDROP], d[1]) for d in ex.head.dropped])
+
+    cdef void upstream_error(self, Exchange ex, int status):
+        cdef uint64_t* m = self.mbuf
+        cdef Py_ssize_t slot = 0
+        if m == NULL:
+            return
+        if ex.route is not None and 0 <= ex.route.mslot < self.mroutes:
+            slot = ex.route.mslot
+        m[M_HEADER + slot * M_ROUTE + M_UPERR + (0 if status == 502 else 1 if status == 503 else 2)] += 1
