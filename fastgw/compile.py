@@ -17,7 +17,7 @@ from fastgw.config.root import Config
 from fastgw.errors import build_problems
 from fastgw.headers import fold
 from fastgw.policies import POLICIES
-from fastgw.policies.chain import build_route_policies, chain
+from fastgw.policies.chain import build_route_policies, install_phases
 from fastgw.policies.contract import RequestHeaders
 
 
@@ -118,7 +118,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
-        rt.gate = chain(build_route_policies(cfg, r, services, rt.mslot))
+        install_phases(rt, build_route_policies(cfg, r, services, rt.mslot))
         rt.grpc = r.protocol == "grpc"
         if rt.grpc:
             _attach_h2_pools(rt.group, cfg.upstreams[r.upstream])

@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-import uvloop
+from inprocess import InProcessWorker
 from upstreams import EchoOrigin
 
-from fastgw._core.worker import Worker
 from fastgw.compile import compile_config
 from fastgw.config.root import loads
-from fastgw.process.worker import date_header
 
 
-class InProcessGateway:
+class InProcessGateway(InProcessWorker):
     def __init__(self, origin: EchoOrigin, gates: dict[str, Callable]) -> None:
         cfg = loads(f"""
 [upstreams.echo]
@@ -38,38 +34,18 @@ name = "gated"
 path = "/gated/*"
 upstream = "echo"
 """)
-        self.rt = compile_config(cfg)
+        rt = compile_config(cfg)
+        self.rt = rt
         for route in self._routes():
             route.gate = gates.get(route.name)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.completed: list[str] = []
-        self.loop = uvloop.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            w = Worker(self.rt, self.loop, b"test")
-            w.sweep(self.loop.time(), date_header(0))
-            self.loop.run_until_complete(self.loop.create_server(w.protocol, sock=self.sock))
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(5)
+        super().__init__(rt)
 
     def _routes(self) -> Iterator:
         for name in ("open", "gated"):
             status, route, _ = self.rt.router.match(b"GET", b"h", f"/{name}/x".encode())
             assert status == 0
             yield route
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture

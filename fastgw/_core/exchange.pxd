@@ -3,6 +3,7 @@
 from fastgw._core.balancer cimport Target
 from fastgw._core.gateway_error cimport GatewayError
 from fastgw._core.http1 cimport RequestHead
+from fastgw._core.phases cimport Respond
 from fastgw._core.runtime cimport RouteRT, Runtime
 
 cdef enum:
@@ -46,6 +47,11 @@ cdef class Exchange:
     cdef list after                       # callables run once when the exchange completes
     cdef object gate_task
     cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
+    cdef public object ctx                # per-request policy state: None unless a policy sets it
+    cdef list resp_view                   # while on_response runs: the response's header blocks (bytes), or
+                                          #   once a policy read or edited them (`viewed`), its (name, value) pairs
+    cdef bint viewed
+    cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
@@ -72,3 +78,12 @@ cdef class Exchange:
     cdef void reject(self, tuple res)
     cdef void gate_done(self, object res)
     cdef bytes upstream_head(self, RouteRT route, RequestHead h)
+    cdef list edit_view(self)
+    cdef bint upstream_request_phase(self)
+    cdef object response_phase(self, tuple fns, list blocks, int status)
+    cdef bytes phase_lines(self)
+    cdef bint upstream_response(self, UpstreamConn c, int status)
+    cdef void answer(self, Respond r)
+    cdef void send_answer(self, int status, bytes lines, bytes body)
+    cdef void policy_failed(self)
+    cdef void settle(self, int status)

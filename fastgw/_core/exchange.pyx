@@ -172,6 +172,9 @@ cdef class Exchange:
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
         cdef bint is_head = self.head.method == b"HEAD"
+        if self.route.on_response is not None:          # phase: on_response
+            if self.upstream_response(c, status):
+                return
         self.resp_started = True
         self.status = status
         self.resp_nobody = is_head or status == 204 or status == 304
@@ -251,6 +254,8 @@ cdef class Exchange:
             return
         route = <RouteRT>m[1]
         self.route = route
+        if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
+            self.after = list(route.on_log)
         if route.grpc:
             if not isinstance(cl, H2Stream):
                 # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
@@ -270,6 +275,8 @@ cdef class Exchange:
             if res is not None:
                 if type(res) is tuple:
                     self.reject(res)
+                elif type(res) is Respond:        # phase: on_request answered
+                    self.answer(<Respond>res)
                 else:
                     self.gate_task = cl.loop.create_task(_await_gate(self, res))
                 return
@@ -278,6 +285,8 @@ cdef class Exchange:
     cdef void proceed(self):
         """The request passed its route's policies: build the upstream head and go."""
         cdef RequestHead h = self.head
+        if self.route.on_upstream_request is not None and not self.upstream_request_phase():
+            return                                # phase: on_upstream_request (a policy failed: 500)
         if self.route.grpc:
             grpc_start(<H2Stream>self.client, self)
             return
@@ -302,6 +311,8 @@ cdef class Exchange:
         try:
             if res is None:
                 self.proceed()
+            elif type(res) is Respond:            # phase: on_request answered
+                self.answer(<Respond>res)
             else:
                 self.reject(res)
         finally:
@@ -359,9 +370,10 @@ cdef class Exchange:
         return concat(parts)
 
     # -- policy interface ------------------------------------------------------------------------------
-    # A route's `gate` (compiled from its policies at config load) is called as gate(exchange) once the
-    # route is known and before any upstream work. It returns None to let the request through, a
-    # rejection tuple (status, slug, detail bytes or None, extra header lines bytes or None), or an
+    # A route's phases (compiled from its policies at config load; fastgw/policies/contract.py) receive
+    # the exchange. Its `gate` (on_request) is called as gate(exchange) once the route is known and before
+    # any upstream work. It returns None to let the request through, a rejection tuple (status, slug,
+    # detail bytes or None, extra header lines bytes or None), a Respond (the policy answers), or an
     # awaitable resolving to one of those (only policies that must wait for I/O, e.g. Redis, do that).
     # Everything a policy may read or add is below; nothing else of the exchange is public.
     @property
@@ -421,6 +433,12 @@ cdef class Exchange:
         self.up_extra = line if self.up_extra is None else self.up_extra + line
 
     def add_response_header(self, bytes name, bytes value):
+        if self.resp_view is not None:                  # on_response: checked, then as outside it
+            name = _ph.check_name(name)
+            value = _ph.check_value(value)
+            if self.viewed:
+                self.resp_view.append((name, value))
+                return
         line = name + b": " + value + b"\r\n"
         self.resp_extra = line if self.resp_extra is None else self.resp_extra + line
 
@@ -436,6 +454,9 @@ cdef class Exchange:
 
     def add_response_lines(self, bytes lines):
         """Complete header lines for the response, whatever its status."""
+        if self.resp_view is not None and self.viewed:
+            _ph.parse_lines(lines, self.resp_view)
+            return
         self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
 
     def on_complete(self, fn):
@@ -444,10 +465,171 @@ cdef class Exchange:
             self.after = []
         self.after.append(fn)
 
-    cdef void respond_problem(self, GatewayError err):
-        """A response made by fastgw (problem+json), before any upstream response byte."""
+    # -- policy interface: the phases (fastgw/policies/contract.py) --------------------------------------
+    @property
+    def response_status(self):
+        """The status of the response (on_response: the one being answered; on_log: the one sent, 499 when
+        the client went away first)."""
+        return self.status
+
+    @property
+    def response_headers(self):
+        """on_response: the response's (name, value) pairs, in order, as a tuple (None outside the phase);
+        edits go through the methods below, which check them. Framing, hop-by-hop fields and X-Request-ID
+        are the gateway's, not in it."""
+        return tuple(self.edit_view()) if self.resp_view is not None else None
+
+    def response_header(self, bytes lname):
+        """on_response: the first value of response header `lname` (lowercase), or None."""
+        return _ph.first(self.edit_view(), lname)
+
+    def set_response_header(self, name, value):
+        """on_response: `name: value` in place of every `name` field of the response."""
+        _ph.replace(self.edit_view(), name, value)
+
+    def remove_response_header(self, name):
+        """on_response: drop every `name` field of the response; how many there were."""
+        return _ph.drop(self.edit_view(), name)
+
+    cdef list edit_view(self):
+        """The response's (name, value) pairs, made from its header blocks and the lines added so far on
+        first use: a phase whose policies only add headers never builds them."""
+        cdef list view
+        if self.resp_view is None:
+            raise RuntimeError("response headers are edited in on_response")
+        if not self.viewed:
+            view = []
+            for block in self.resp_view:
+                _ph.parse_lines(<bytes>block, view)
+            if self.resp_extra is not None:
+                _ph.parse_lines(self.resp_extra, view)
+                self.resp_extra = None
+            self.resp_view = view
+            self.viewed = True
+        return self.resp_view
+
+    def remove_upstream_header(self, name):
+        """Do not send request header `name` (any case) upstream: neither the client's nor one a policy
+        added before. (Headers the gateway sets itself cannot be removed: ValueError.)"""
+        cdef bytes low = _ph.check_name(name).lower()
+        cdef list pieces = self.head.pieces
+        cdef list kept = []
+        cdef Py_ssize_t i
+        for i in range(0, len(pieces), 4):
+            if (<bytes>pieces[i]).lower() != low:
+                kept.extend(pieces[i:i + 4])
+        self.head.pieces = kept
+        if self.up_extra is not None:
+            kept = [pair for pair in _ph.parse_lines(self.up_extra, []) if (<bytes>pair[0]).lower() != low]
+            self.up_extra = _ph.join_pairs(kept) if kept else None
+
+    cdef bint upstream_request_phase(self):
+        """phase: on_upstream_request, each policy in order (they return None). False when one failed:
+        then the request was answered with a 500 problem and never sent."""
+        try:
+            for fn in self.route.on_upstream_request:
+                if fn(self) is not None:
+                    raise TypeError("on_upstream_request returns None")
+        except Exception as exc:
+            _report_policy_error(self.route.name, exc)
+            self.policy_failed()
+            return False
+        return True
+
+    cdef object response_phase(self, tuple fns, list blocks, int status):
+        """phase: on_response, each policy in order, over the response's header `blocks` (header lines,
+        bytes) and the lines policies added (resp_extra). A Respond from a policy replaces the response:
+        the later policies see it. Returns None, the last replacing Respond (its status is then
+        self.status), or False when a policy failed (the caller answers 500); then phase_lines() gives the
+        result. Runs once per exchange: an answer made after it skips it."""
+        cdef object replaced = None
+        self.phased = True
+        self.resp_view = blocks
+        self.viewed = False
+        self.status = status
+        try:
+            for fn in fns:
+                r = fn(self)
+                if r is None:
+                    continue
+                if type(r) is not Respond:
+                    raise TypeError(f"on_response returned {type(r).__name__}, not None or a Respond")
+                replaced = r
+                self.resp_view = list((<Respond>r).headers)
+                self.viewed = True
+                self.resp_extra = None
+                self.status = (<Respond>r).status
+        except Exception as exc:
+            _report_policy_error(self.route.name if self.route is not None else "on_response", exc)
+            self.resp_view = None
+            return False
+        return replaced
+
+    cdef bytes phase_lines(self):
+        """After response_phase: the response's header lines when a policy read or edited them (the lines
+        added on the way are in them), or None when they stand as they were (resp_extra still to add)."""
+        cdef bytes lines = _ph.join_pairs(self.resp_view) if self.viewed else None
+        self.resp_view = None
+        return lines
+
+    cdef bint upstream_response(self, UpstreamConn c, int status):
+        """phase: on_response over an upstream's response head (its kept lines, then the route's added
+        ones). True when the policies replaced it (answered here; the upstream connection is closed)."""
+        cdef list blocks = c.rpieces
+        if self.route.phase_resp_add:
+            blocks = blocks + [self.route.phase_resp_add]
+        r = self.response_phase(self.route.on_response, blocks, status)
+        if r is False:
+            self.settle(0)
+            self.policy_failed()
+            return True
+        lines = self.phase_lines()
+        if r is None:
+            c.rpieces = [lines] if lines is not None else blocks
+            return False
+        self.settle(0)
+        self.send_answer(self.status, lines, (<Respond>r).body)
+        return True
+
+    cdef void answer(self, Respond r):
+        """A policy answered itself (a Respond from on_request), before any upstream work: the answer
+        passes the on_response phase, then goes to the client."""
+        cdef bytes lines = _ph.join_pairs(r.headers)
+        self.settle(0)
+        fns = self.route.on_response if self.route is not None else self.rt.unrouted_response
+        if fns is not None and not self.phased:             # phase: on_response
+            rr = self.response_phase(fns, [lines], r.status)
+            if rr is False:
+                self.policy_failed()
+                return
+            if rr is not None:
+                r = <Respond>rr
+            edited = self.phase_lines()
+            if edited is not None:
+                self.send_answer(self.status, edited, r.body)
+                return
+        if self.resp_extra is not None:
+            lines = lines + self.resp_extra
+        self.send_answer(r.status, lines, r.body)
+
+    cdef void send_answer(self, int status, bytes lines, bytes body):
+        self.status = status
+        self.resp_nobody = (self.head is not None and self.head.method == b"HEAD") or status == 204 \
+            or status == 304
+        self.client.write_answer(self, status, lines, body)
+        self.complete()
+
+    cdef void policy_failed(self):
+        """A policy raised in a phase: a 500 problem (without what the policies had added)."""
+        self.err_extra = None
+        self.resp_extra = None
+        self.resp_view = None
+        self.failed(gateway_error(500, "internal-error", SRC_POLICY, False, None, None))
+
+    cdef void settle(self, int status):
+        """Before an answer the gateway makes itself (before any upstream response byte): stop the upstream
+        work, and decide whether the connection closes after it (`status`: of a problem, else 0)."""
         cdef ClientConn cl = self.client
-        cdef int status = err.status
         if self.connect_task is not None:
             t = self.connect_task
             self.connect_task = None
@@ -460,11 +642,34 @@ cdef class Exchange:
         if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests \
                 or (self.head is not None and not self.head.keep_alive):   # the client asked to close
             self.close_after = True
+
+    cdef void respond_problem(self, GatewayError err):
+        """A response made by fastgw (problem+json), before any upstream response byte. It passes the
+        on_response phase (the route's; before routing the runtime's unrouted one), unless that ran."""
+        cdef int status = err.status
+        self.settle(status)
         self.status = status
         extra = self.err_extra
+        if self.route is None:
+            fns = self.rt.unrouted_response
+            if self.rt.unrouted_log is not None and self.after is None:   # phase: on_log (unrouted)
+                self.after = list(self.rt.unrouted_log)
+        else:
+            fns = self.route.on_response
+        if fns is not None and not self.phased:             # phase: on_response
+            r = self.response_phase(fns, [extra] if extra is not None else [], status)
+            if r is False:
+                self.policy_failed()
+                return
+            lines = self.phase_lines()
+            if r is not None:
+                self.send_answer(self.status, lines, (<Respond>r).body)
+                return
+            if lines is not None:
+                extra = lines
         if self.resp_extra is not None:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
-        cl.write_problem(self, err.slug, err.detail, extra)
+        self.client.write_problem(self, err.slug, err.detail, extra)
         self.complete()
 
 

@@ -2,9 +2,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastgw._core.buckets import Plan, Table
+from fastgw._core.phases import Respond
 
 Rejection = tuple[int, str, bytes | None, bytes | None]
-Result = Rejection | Awaitable[Rejection | None] | None
+Result = Rejection | Respond | Awaitable[Rejection | Respond | None] | None
 
 INSUFFICIENT_SCOPE: bytes
 
@@ -20,11 +21,12 @@ class Identity:
                  scopes: frozenset[str] = ..., roles: frozenset[str] = ...) -> None: ...
 
 class Gate:
+    def on_request(self, ex: Any) -> Result: ...
     def check(self, ex: Any) -> Result: ...
 
 class Chain:
-    def __init__(self, pols: Sequence[Gate], finish: Callable[[Any, Awaitable[Rejection | None], Sequence[Gate]],
-                                                               Awaitable[Rejection | None]]) -> None: ...
+    def __init__(self, pols: Sequence[Gate], finish: Callable[[Any, Awaitable[Rejection | Respond | None], Sequence[Gate]],
+                                                               Awaitable[Rejection | Respond | None]]) -> None: ...
     def __call__(self, ex: Any) -> Result: ...
 
 class FailGate:

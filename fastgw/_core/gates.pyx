@@ -2,11 +2,13 @@
 """The compiled hot path of the route policies (fastgw/policies; README "Traffic policy", "Identity").
 
 The policies are Python classes (config compilation, JWT verification, Redis, logging) deriving from the
-cdef classes here, whose `check` answers the common request in C and calls back into the Python subclass
-for everything else. The split is by frequency, not by feature: each fast path gives exactly the answer
-the Python path would, and falls back to it whenever it cannot tell.
+cdef classes here, whose `on_request` (the request phase: fastgw/policies/contract.py) answers the common
+request in C and calls back into the Python subclass for everything else. The split is by frequency, not by
+feature: each fast path gives exactly the answer the Python path would, and falls back to it whenever it
+cannot tell.
 
-  Chain      a route's gate: its policies in stage order, the first rejection wins.
+  Gate       the base of every policy: the request phase, compiled; the other phases are plain methods.
+  Chain      a route's on_request phase: its policies in stage order, the first answer wins.
   AuthGate   auth: the route's first method is an API key found in the verified-key cache, or a bearer
              JWT found (unexpired) in its issuer's verified-token cache -> admit (unless some client
              address is over its budget of failed credentials: then the Python `throttled` first); else
@@ -24,6 +26,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from fastgw._core.buckets cimport Plan, Table, _hash
+from fastgw._core.phases cimport Respond
 
 # (The decision counters and key parts are declared in gates.pxd.)
 
@@ -98,14 +101,22 @@ cdef class Identity:
 # The chain
 
 cdef class Gate:
-    """A route policy: check(exchange) -> None (go on), a rejection tuple, or an awaitable of either."""
-    cpdef object check(self, object ex):
+    """A route policy (fastgw/policies/contract.py). Its request phase is `on_request(exchange)` -> None
+    (go on), a rejection tuple, a Respond (the policy answers), or an awaitable of one of those; a policy
+    may also define on_upstream_request, on_response and on_log (plain methods: a route's phase tuples
+    hold only the phases its policies define, fastgw/policies/chain.py)."""
+    cpdef object on_request(self, object ex):
         return None
+
+    def check(self, ex):
+        """on_request under its earlier name (callers that test a policy directly)."""
+        return self.on_request(ex)
 
 
 cdef class Chain:
-    """A route's gate over several policies. Synchronous until a policy returns an awaitable; `finish`
-    (a coroutine function: exchange, awaitable, remaining policies) runs the rest from there."""
+    """A route's on_request phase over several policies. Synchronous until a policy returns an awaitable;
+    `finish` (a coroutine function: exchange, awaitable, remaining policies) runs the rest from there. The
+    first answer (a rejection or a Respond) wins."""
     cdef tuple pols
     cdef object finish
 
@@ -119,10 +130,10 @@ cdef class Chain:
     def __call__(self, ex):
         cdef Py_ssize_t i, n = len(self.pols)
         for i in range(n):
-            r = (<Gate>self.pols[i]).check(ex)
+            r = (<Gate>self.pols[i]).on_request(ex)
             if r is None:
                 continue
-            if type(r) is tuple:
+            if type(r) is tuple or type(r) is Respond:
                 return r
             return self.finish(ex, r, self.pols[i + 1:])
         return None
@@ -220,7 +231,7 @@ cdef class AuthGate(Gate):
         if self.mbase >= 0:
             self.mwords[self.mbase + reason] += 1
 
-    cpdef object check(self, object ex):
+    cpdef object on_request(self, object ex):
         cdef object hit
         cdef bytes v
         if not self.ip_rules:
@@ -433,7 +444,7 @@ cdef class PlanGate:
     cdef public Headers headers
     cdef public bint has_quota, has_conc
     cdef public Table lease           # sync = "lease": the worker's lease table (else None)
-    cdef public bint lease_fast       # lease plan without concurrency limits: RateGate.check spends leases
+    cdef public bint lease_fast       # lease plan without concurrency limits: RateGate.on_request spends leases
     cdef public uint64_t lease_seed
     cdef public dict lease_state      # key hash -> [last refill, batch, deny until, tight, remaining, reset]
     cdef public dict inflight         # key hash -> the refill in flight
@@ -463,7 +474,7 @@ cdef class RateGate(Gate):
     cdef public dict by_name                 # plan name -> PlanGate (a consumer's or token's plan)
     cdef public dict counters                # plan name -> Counter (absent: not counted)
 
-    cpdef object check(self, object ex):
+    cpdef object on_request(self, object ex):
         cdef PlanGate pg = self.default
         consumer = None
         ident = ex.identity

@@ -54,6 +54,7 @@ cdef class ClientConn(RequestReader):
     cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
     cdef void write_body(self, Exchange ex, bytes data)
     cdef void write_end(self, Exchange ex)
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body)
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra)
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail, bytes extra, bint close, bytes members=*)
     cdef Exchange new_exchange(self, RequestHead head)

@@ -314,6 +314,24 @@ cdef class ClientConn(RequestReader):
         if ex.resp_chunked:
             self.send(b"0\r\n\r\n")
 
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
+        """A response a policy made (Respond): its header lines and body, framed here."""
+        cdef RequestHead h = ex.head
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        parts = [line, lines, b"X-Request-ID: ", ex.rid, b"\r\n", self.w.clock.date]
+        if status != 204 and status != 304:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if ex.close_after:
+            parts.append(b"Connection: close\r\n")
+        elif h is not None and h.minor == 0:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if not ex.resp_nobody:
+            parts.append(body)
+        self.send(concat(parts))
+
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
         self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after,
                                       ex.failure_members()))

@@ -48,6 +48,7 @@ cdef class H2Stream(ClientConn):
     cdef void send_head(self, list headers, bint end)
     cdef void write_body(self, Exchange ex, bytes data)
     cdef void write_end(self, Exchange ex)
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body)
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra)
     cdef void pause_reading(self, int why)
     cdef void resume_reading(self, int why)

@@ -179,6 +179,18 @@ cdef class H2Stream(ClientConn):
             self.conn.dirty.append(self)
         self.kick()
 
+    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
+        cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
+        cdef bint nobody = ex.resp_nobody or not body
+        _h2_lines(lines, headers)
+        headers.append((b"x-request-id", ex.rid))
+        if status != 204 and status != 304:
+            headers.append((b"content-length", b"%d" % len(body)))
+        self.send_head(headers, nobody)
+        if not nobody:
+            self.write_body(ex, body)
+            self.write_end(ex)
+
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
         cdef Problem p = <Problem>ex.rt.problems[slug]
         cdef RequestHead h = ex.head

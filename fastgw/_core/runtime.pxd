@@ -32,7 +32,15 @@ cdef class RouteRT:
     cdef public bytes resp_add
     cdef public object resp_remove
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
-    cdef public object gate               # None, or the route's policy chain: see Exchange "policy interface"
+    cdef public object gate               # None, or the route's on_request phase (its policies' chain): see
+                                          #   Exchange "policy interface"
+    # The other phases: tuples of the route's policies' methods, None when no policy implements one
+    # (fastgw/policies/chain.py install_phases). With on_response, the route's response_headers.add lines
+    # are in phase_resp_add (the policies see them) and resp_add is empty.
+    cdef public tuple on_upstream_request
+    cdef public tuple on_response
+    cdef public tuple on_log
+    cdef public bytes phase_resp_add
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (upstream_grpc.pyx)
 
 cdef class Runtime:
@@ -52,6 +60,10 @@ cdef class Runtime:
     cdef public Py_ssize_t max_headers
     cdef public str version
     cdef public object h2                 # H2Limits ([server.http2]), or None for the defaults
+    # The phases of answers made before a route is chosen (400, 404, 405, 408, 431...): None, or tuples
+    # of policy methods, as RouteRT's.
+    cdef public tuple unrouted_response
+    cdef public tuple unrouted_log
 
 cdef class H2Limits:
     cdef public int max_streams

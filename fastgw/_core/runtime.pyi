@@ -30,6 +30,10 @@ class RouteRT:
     resp_add: bytes
     resp_remove: frozenset[bytes] | None
     mslot: int
+    on_upstream_request: tuple[Callable[[Exchange], None], ...] | None
+    on_response: tuple[Callable[[Exchange], Any], ...] | None
+    on_log: tuple[Callable[[Exchange], None], ...] | None
+    phase_resp_add: bytes | None
     grpc: bool
 
 class Runtime:
@@ -49,6 +53,8 @@ class Runtime:
     max_headers: int
     version: str
     h2: H2Limits | None
+    unrouted_response: tuple[Callable[[Exchange], Any], ...] | None
+    unrouted_log: tuple[Callable[[Exchange], None], ...] | None
 
 class H2Limits:
     max_streams: int

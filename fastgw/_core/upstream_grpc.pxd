@@ -23,5 +23,6 @@ cdef class GrpcCall:
     cdef void set_paused(self, bint want)
     cdef void check(self, double now)
     cdef void fail(self, int status, str slug, bytes detail, int code, str kind=*)
+    cdef bint response_phase(self, RouteRT route, list out, int status)
     cdef void note_status(self, bytes value)
     cdef void finish(self)

@@ -269,6 +269,8 @@ cdef class GrpcCall:
                 out.append((name, value))
         if route.resp_add:
             _h2_lines(route.resp_add, out)
+        if route.on_response is not None and self.response_phase(route, out, status):   # phase: on_response
+            return
         if ex.resp_extra is not None:
             _h2_lines(ex.resp_extra, out)
         out.append((b"x-request-id", ex.rid))
@@ -329,6 +331,31 @@ cdef class GrpcCall:
         """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream); `kind` and
         `detail` (its reason) as for Exchange.name_failure."""
         self.fail(status, slug, detail, code, kind)
+
+    cdef bint response_phase(self, RouteRT route, list out, int status):
+        """on_response over the upstream's head (`out`: :status first, then the relayed pairs). True when
+        the policies replaced it: the upstream stream is cancelled and the answer sent."""
+        cdef Exchange ex = self.ex
+        cdef list blocks = [_ph.join_pairs(out[1:])]
+        if route.phase_resp_add:
+            blocks.append(route.phase_resp_add)
+        r = ex.response_phase(route.on_response, blocks, status)
+        if r is False:
+            self.cancel()
+            ex.settle(0)
+            ex.policy_failed()
+            return True
+        lines = ex.phase_lines()
+        if r is None:
+            if lines is not None:
+                out[1:] = _h2_lines(lines, [])             # HTTP/2 field names: lowercase
+            elif route.phase_resp_add:
+                _h2_lines(route.phase_resp_add, out)
+            return False
+        self.cancel()
+        ex.settle(0)
+        ex.send_answer(ex.status, lines, (<Respond>r).body)
+        return True
 
     cdef void note_status(self, bytes value):
         if value.isdigit() and len(value) <= 3:

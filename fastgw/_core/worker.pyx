@@ -47,6 +47,8 @@ from fastgw._core.gateway_error cimport (
     SRC_DOWNSTREAM, SRC_POLICY, SRC_STORE, SRC_UPSTREAM_CONNECT, SRC_UPSTREAM_RESPONSE, GatewayError, gateway_error,
 )
 from fastgw._core.runtime cimport H2Limits, Problem, RouteRT, Runtime, json_bytes
+from fastgw._core cimport phases as _ph
+from fastgw._core.phases cimport Respond
 from fastgw._core.runtime import H2Limits, Problem, RouteRT, Runtime, json_bytes
 
 include "stats.pyx"

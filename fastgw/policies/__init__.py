@@ -8,8 +8,9 @@ policy only through this registry:
 
   fastgw/config/         composes the root Config from each policy's `sections`, [[routes]] from its
                          `route` keys and [consumers.NAME] from its `consumer` keys, and runs its `check`
-  fastgw/compile.py      builds each route's chain (fastgw/policies/chain.py) and the wire table's
-                         policy-given header roles (`headers`)
+  fastgw/compile.py      builds each route's phases from its policies (fastgw/policies/chain.py: a
+                         policy implements a phase by defining its method, fastgw/policies/contract.py)
+                         and the wire table's policy-given header roles (`headers`)
   fastgw/process/        the supervisor creates the registered shared-memory sections and renders the
                          registered metric families; a worker attaches each policy's resources
   fastgw/cli.py          `fastgw check` prints each policy's `summary`
@@ -40,9 +41,6 @@ class Registration:
     runtime: str                                      # the module of its Runtime hooks (compiled code allowed)
     headers: Callable[[Any], RequestHeaders] | None = None    # request headers its config gives a role
     summary: Callable[[Any, int], list[str]] | None = None    # (config, workers) -> `fastgw check` lines
-    # The request phases it implements. Today every policy runs as a request gate (`check`); listing them
-    # lets a route be compiled to run only the phases its policies implement.
-    phases: tuple[str, ...] = ("on_request",)
 
 
 # In the order a route runs them: identity first (the rate limiter reads the consumer and its plan).

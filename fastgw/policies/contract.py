@@ -1,25 +1,66 @@
-"""What a route policy answers and provides: the types every policy, the chain and the registry share
-(declared once here).
+"""What a route policy is: its phases, what each may return, and what it provides (the types every
+policy, the chain and the registry share, declared once here).
 
-A policy's ``check(exchange)`` returns None (go on), a `Rejection` ``(status, slug, detail bytes | None,
-extra header lines bytes | None)``, or an awaitable resolving to one of those; the exchange's interface is
-in fastgw/_core/exchange.pyx ("policy interface"). A policy derives from fastgw._core.gates.Gate, so the
-compiled Chain calls its `check` from C.
+A policy is an object deriving from fastgw._core.gates.Gate. It implements a phase by defining the method
+of that name; the route runs each phase over the policies that define it, in the registry's order
+(fastgw/policies/__init__.py), and a phase none of them defines costs the route nothing (compiled per
+route at config load: fastgw/policies/chain.py). The exchange (`ex`) a phase receives is the policy
+interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the request's slot for policy state
+(None unless a policy sets it), carried from on_request to on_log.
 
-A policy's runtime module (the registry names it: fastgw/policies/__init__.py) provides the hooks of
-`Runtime`; the gateway's processes call them through the registry, never by the policy's name.
+  on_request(ex)           before any upstream work. Returns None (go on), a `Rejection` (a problem+json
+                           answer), a `Respond` (fastgw._core.phases.Respond(status, headers, body): the
+                           policy answers itself; the upstream is never contacted), or an awaitable of one of
+                           those (only to wait for I/O: Redis, a JWKS fetch). The first answer wins: later
+                           policies do not run. May read the request, add upstream and response headers
+                           (ex.add_upstream_header, ex.add_response_header), set ex.identity and ex.ctx,
+                           register ex.on_complete callbacks.
+  on_upstream_request(ex)  the request passed on_request and goes upstream now: add or remove request
+                           headers (ex.add_upstream_header, ex.remove_upstream_header). Returns None;
+                           never awaits.
+  on_response(ex)          a response head is in hand and nothing of it was sent: read ex.response_status,
+                           ex.response_headers (the (name, value) pairs, a tuple), ex.response_header;
+                           edit with set_response_header / remove_response_header / add_response_header
+                           (checked). Returns None, or a `Respond` that replaces the response (the later
+                           policies see the replacement). Never awaits. Framing, hop-by-hop fields and
+                           X-Request-ID are the gateway's: not in the list, refused by the setters. The
+                           header list is built only when a policy reads or edits it (adding is cheap).
+  on_log(ex)               the exchange ended, whatever the outcome (with the on_complete callbacks):
+                           ex.response_status is what the client got (499: it went away first).
+
+What runs for an answer the gateway makes itself:
+  - a problem (401/403/429 from a policy, 413, 408, 502/503/504 from the upstream, 500): the route's
+    on_response over the problem's extra header lines (the problem body stays; a Respond replaces it),
+    then on_log. Before a route is chosen (400, 404, 405, 431...) the runtime's unrouted phases run
+    (Runtime.unrouted_response / unrouted_log; no registered policy fills them yet).
+  - a Respond from on_request: on_response (every policy of the phase, the answering one too), on_log.
+  - the response phase runs at most once per exchange: an answer made after it (a Respond from
+    on_response, the 500 after a policy raised) goes out as it is.
+  - a response cut after its head was sent: on_log only.
+A policy that raises is reported on stderr and the client gets a 500 problem (on_log: nothing changes).
+
+A policy's runtime module (the registry names it) provides the hooks of `Runtime`; the gateway's processes
+call them through the registry, never by the policy's name.
 """
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Union
 
 if TYPE_CHECKING:
     from fastgw._core.gates import Gate
+    from fastgw._core.phases import Respond
     from fastgw.process.shm import Section, SharedMemory
 
+# The phases, in the order a request meets them.
+PHASES = ("on_request", "on_upstream_request", "on_response", "on_log")
+
+# A rejection: (status, problem slug, detail bytes | None, extra header lines bytes | None).
 Rejection = tuple[int, str, bytes | None, bytes | None]
-Result = Rejection | Awaitable[Rejection | None] | None
+Reject = Rejection
+# What on_request returns (Respond is compiled code: named here, never imported, so `fastgw check` runs
+# before a build).
+Result = Union[Rejection, "Respond", Awaitable[Union[Rejection, "Respond", None]], None]
 
 
 class RequestHeaders(NamedTuple):

@@ -66,7 +66,7 @@ class AuthPolicy(AuthGate):
         self.roles = frozenset(route.roles)
         self.challenge = _BEARER if any(k == "jwt" for k, _ in self.methods) else \
             b'WWW-Authenticate: ApiKey realm="fastgw"\r\n'
-        # The compiled fast path (AuthGate.check) for the route's first method.
+        # The compiled fast path (AuthGate.on_request) for the route's first method.
         self.first = 0
         if self.methods and self.methods[0][0] == "api_key":
             self.first = 1
@@ -106,7 +106,7 @@ class AuthPolicy(AuthGate):
                         continue
                     ident = self.api_keys.identity(key)
                     raw = ex.header(self.key_header)
-                    if raw is not None:                 # remember the exact header value (AuthGate.check)
+                    if raw is not None:                 # remember the exact header value (AuthGate.on_request)
                         if len(self.key_cache) >= KEY_CACHE:
                             del self.key_cache[next(iter(self.key_cache))]
                         self.key_cache[raw] = ident

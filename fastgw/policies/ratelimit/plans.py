@@ -137,7 +137,7 @@ class PlanRT:
                                self.has_quota, self.has_conc, self.limits)
         if self.sync == "lease" and self.store is not None:
             # Spending a token of this worker's lease is compiled (RateGate.spend_lease), called straight
-            # from RateGate.check when the plan has no concurrency limit, else from leased() below.
+            # from RateGate.on_request when the plan has no concurrency limit, else from leased() below.
             g = self.gate
             g.lease, g.lease_seed, g.lease_state, g.client = lease, self.lease_seed, self.lease_state, self.store.client
             g.inflight, g.lease_fast = self.inflight, not self.has_conc

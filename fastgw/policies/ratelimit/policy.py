@@ -92,7 +92,7 @@ def _services(cfg: Config, services: dict[str, Any]) -> tuple[B.Table, B.Table, 
 
 
 class RateLimitPolicy(G.RateGate):
-    """RateGate.check picks the plan (the identity's, else the route's) and decides local plans; the
+    """RateGate.on_request picks the plan (the identity's, else the route's) and decides local plans; the
     methods below are the paths through Redis and the store's failure modes."""
 
     def __init__(self, route: Route, default: PlanRT | None, plans: dict[str, PlanRT], stats: Stats | None) -> None:
