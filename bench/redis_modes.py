@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from progress import Progress  # noqa: E402  (bench/progress.py)
+
 from fastgw.policies.ratelimit.scripts import SCRIPTS, TAKE, TAKE_KEY  # noqa: E402
 from fastgw.store.config import RedisSettings  # noqa: E402
 from fastgw.store.redis import connect  # noqa: E402
@@ -108,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     procs: list[subprocess.Popen] = []
     out: dict = {}
+    progress = Progress("redis_modes", 7)
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            progress.step("starting a standalone Redis and a 3-primary cluster")
             p, port = _start(Path(tmp) / "single", [])
             procs.append(p)
             nodes = []
@@ -127,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                     ("standalone", RedisSettings(url=f"redis://127.0.0.1:{port}/0", timeout=1.0), [port]),
                     ("cluster", RedisSettings(mode="cluster", nodes=[f"127.0.0.1:{n}" for n in nodes], timeout=1.0),
                      nodes)):
-                rounds = [asyncio.run(_measure(rd, a.bursts)) for _ in range(3)]
+                rounds = []
+                for r in range(3):
+                    progress.step(f"{mode} round {r + 1}/3 ({a.bursts} bursts)")
+                    rounds.append(asyncio.run(_measure(rd, a.bursts)))
                 best = min(rounds, key=lambda r: r["cpu_us_per_call"])
                 best["redis_usec_per_call"] = _usec_per_call(ports)
                 out[mode] = best
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in procs:
                 p.kill()
                 p.wait()
+    progress.finish()
     extra = out["cluster"]["cpu_us_per_call"] / out["standalone"]["cpu_us_per_call"] - 1
     print(f"cluster vs standalone: client CPU per call {extra:+.1%}")
     if a.save:

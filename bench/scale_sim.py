@@ -41,6 +41,8 @@ import random
 import statistics
 from pathlib import Path
 
+from progress import Progress  # bench/progress.py (this script's folder is on the path when run)
+
 ROOT = Path(__file__).resolve().parent.parent
 SLOTS = 16384
 
@@ -260,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {a.pods} pods x {a.workers} workers, {a.rps:,.0f} req/s over {a.consumers:,} consumers (Zipf "
           f"{a.zipf}), limit {a.limit:g}/s each, {a.primaries} primaries at {a.redis_us:.1f} us/call, "
           f"RTT {a.rtt_ms} ms, {a.seconds} s simulated")
-    for mode in a.modes.split(","):
+    modes = a.modes.split(",")
+    progress = Progress("scale_sim", len(modes))
+    for mode in modes:
+        progress.step(f"{mode}: {a.pods} pods x {a.workers} workers, {a.seconds} s simulated")
         print(json.dumps(Sim(a, mode).run()))
+    progress.finish()
     return 0
 
 

@@ -241,9 +241,9 @@ def test_header_block_slowloris_is_closed_at_header_timeout(gateway, echo_origin
     byte at a time): each byte is activity, but the header block is not finished within header_timeout
     (2 s), so the connection gets GOAWAY PROTOCOL_ERROR and is closed."""
     g = echo(gateway, echo_origin, limits={"header_timeout": "2s"})
+    t0 = time.monotonic()         # the clock runs from the preface (the connection's start), not the first frame
     c = Raw(g.port)
     c.pump(lambda r: False, timeout=0.2)
-    t0 = time.monotonic()
     if how == "continuation":
         c.raw(unfinished_block(c, 1))
         pieces = [ContinuationFrame(1, data=b"\x40").serialize()] + [
