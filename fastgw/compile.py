@@ -15,7 +15,7 @@ from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.wire import HeaderTable
 from fastgw.config.root import Config
 from fastgw.errors import build_problems
-from fastgw.headers import fold
+from fastgw.headers import fold, on_errors
 from fastgw.policies import POLICIES
 from fastgw.policies.chain import build_route_policies, install_phases
 from fastgw.policies.contract import RequestHeaders
@@ -117,6 +117,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         # never get this far: the readers drop them, see header_table).
         rt.req_remove = _remove_set(list(r.request_headers.remove) + list(r.request_headers.add) + strip)
         rt.resp_add = _header_bytes(r.response_headers.add)
+        rt.err_add = _header_bytes({k: v for k, v in r.response_headers.add.items() if on_errors(k)})
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
         install_phases(rt, build_route_policies(cfg, r, services, rt.mslot))
         rt.grpc = r.protocol == "grpc"

@@ -132,6 +132,21 @@ def owned(name: str) -> str | None:
     return _WHAT[r] if r in SET_BY_GATEWAY else None
 
 
+# Response headers a route adds (response_headers.add) that describe the upstream's content: they are not
+# put on the gateway's own errors, which are never cacheable (Cache-Control: no-store) and carry no
+# representation of the resource [a route's "Cache-Control: max-age=3600" on a 502 would let caches keep
+# the outage]. Every other added header goes on the route's errors too: CORS (a browser cannot read an
+# error without Access-Control-Allow-Origin), lifecycle (Deprecation, Sunset, Link), security headers.
+CONTENT_DESCRIBING = frozenset({"cache-control", "expires", "pragma", "age", "etag", "last-modified", "vary",
+                                "accept-ranges", "set-cookie"})
+
+
+def on_errors(name: str) -> bool:
+    """Whether a header a route adds to its responses also goes on the gateway's errors on that route."""
+    low = name.lower()
+    return low not in CONTENT_DESCRIBING and not low.startswith("content-")
+
+
 def owned_response(name: str) -> str | None:
     """Why a route may not add or remove response header `name`, or None when it may."""
     return _MANAGED if name.lower() in RESPONSE else None

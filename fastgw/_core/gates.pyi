@@ -47,6 +47,7 @@ class AuthGate(Gate):
     key_cache: dict[bytes, Identity]
     issuer: Any
     scopes: frozenset[str]
+    scope_challenge: bytes | None
     roles: frozenset[str]
     strip_query: bytes | None
     failures: FailGate | None

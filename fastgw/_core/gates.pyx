@@ -212,6 +212,7 @@ cdef class AuthGate(Gate):
     cdef public dict key_cache           # exact header value -> Identity, for keys that verified
     cdef public object issuer            # first == 2: the Issuer (its .cache: token -> (exp, kid, Identity))
     cdef public frozenset scopes
+    cdef public bytes scope_challenge    # on a 403 for a scope: RFC 6750's, on routes that take bearer tokens
     cdef public frozenset roles
     cdef public bytes strip_query        # the API key's query parameter name, taken out of the query sent
                                          #   upstream on every admitted request (None: nothing to take out)
@@ -276,7 +277,7 @@ cdef class AuthGate(Gate):
     cpdef object admit(self, object ex, Identity ident):
         if self.scopes and not self.scopes <= ident.scopes:
             self.fail(3)
-            return (403, "forbidden", b"missing required scope", INSUFFICIENT_SCOPE)
+            return (403, "forbidden", b"missing required scope", self.scope_challenge)
         if self.roles and not (self.roles & ident.roles):
             self.fail(3)
             return (403, "forbidden", b"missing required role", None)

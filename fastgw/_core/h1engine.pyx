@@ -333,13 +333,17 @@ cdef class ClientConn(RequestReader):
         self.send(concat(parts))
 
     cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
+        if ex.route is not None and ex.route.err_add:
+            extra = (extra or b"") + ex.route.err_add
         self.send(self.render_problem(ex.rt, slug, ex.head, ex.rid, detail, extra, ex.close_after,
                                       ex.failure_members()))
 
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail,
                               bytes extra, bint close, bytes members=b""):
         cdef Problem p = <Problem>rt.problems[slug]
-        return p.render(h.path if h is not None and h.path is not None else b"", rid, self.w.clock.date,
+        # No parsed path (408, 414, 431 before the head is complete): the request itself is the instance.
+        return p.render(h.path if h is not None and h.path is not None else b"urn:fastgw:request:" + rid,
+                        rid, self.w.clock.date,
                         json_bytes(detail) if detail is not None else None, extra or b"", close, members)
 
     # -- reader events ---------------------------------------------------------------------------------

@@ -198,10 +198,12 @@ cdef class H2Stream(ClientConn):
         if ex.route is not None and ex.route.grpc:
             grpc_problem(self, ex, p, detail, extra)       # a gRPC status, not problem+json
             return
-        instance = h.path if h is not None and h.path is not None else b""
+        instance = h.path if h is not None and h.path is not None else b"urn:fastgw:request:" + ex.rid
+        if ex.route is not None and ex.route.err_add:
+            extra = (extra or b"") + ex.route.err_add
         body = p.body(instance, ex.rid, None if detail is None else json_bytes(detail), ex.failure_members())
         headers = [(b":status", H2_STATUS.get(p.status) or b"%d" % p.status),
-                   (b"content-type", b"application/problem+json"),
+                   (b"content-type", b"application/problem+json"), (b"cache-control", b"no-store"),
                    (b"content-length", b"%d" % len(body)), (b"x-request-id", ex.rid)]
         if p.extra:
             _h2_lines(p.extra, headers)

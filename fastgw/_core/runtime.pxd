@@ -30,6 +30,7 @@ cdef class RouteRT:
     cdef object _req_remove               # frozenset of lowercase names, or None (set as req_remove)
     cdef uint64_t req_remove_lengths      # name_lengths(_req_remove)
     cdef public bytes resp_add
+    cdef public bytes err_add             # the resp_add lines that also go on the gateway's errors (fastgw/headers.py)
     cdef public object resp_remove
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
     cdef public object gate               # None, or the route's on_request phase (its policies' chain): see

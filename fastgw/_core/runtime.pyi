@@ -28,6 +28,7 @@ class RouteRT:
     req_add: bytes
     req_remove: frozenset[bytes] | None
     resp_add: bytes
+    err_add: bytes
     resp_remove: frozenset[bytes] | None
     mslot: int
     on_upstream_request: tuple[Callable[[Exchange], None], ...] | None

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from fastgw._core.gates import AuthGate, Identity
+from fastgw._core.gates import INSUFFICIENT_SCOPE, AuthGate, Identity
 from fastgw.clientaddr import ClientAddress, nets
 from fastgw.observe.metrics import AUTH_REASONS, AUTHF, route_base
 from fastgw.policies.auth import failbudget
@@ -64,8 +64,10 @@ class AuthPolicy(AuthGate):
         self.strip_query = ak.query.encode() if ak.query and not ak.forward and "api_key" in route.auth else None
         self.scopes = frozenset(route.scopes)
         self.roles = frozenset(route.roles)
-        self.challenge = _BEARER if any(k == "jwt" for k, _ in self.methods) else \
-            b'WWW-Authenticate: ApiKey realm="fastgw"\r\n'
+        bearer = any(k == "jwt" for k, _ in self.methods)
+        self.challenge = _BEARER if bearer else b'WWW-Authenticate: ApiKey realm="fastgw"\r\n'
+        # RFC 6750's insufficient_scope names a bearer-token scheme: an API-key route's 403 has no challenge.
+        self.scope_challenge = INSUFFICIENT_SCOPE if bearer else None
         # The compiled fast path (AuthGate.on_request) for the route's first method.
         self.first = 0
         if self.methods and self.methods[0][0] == "api_key":
