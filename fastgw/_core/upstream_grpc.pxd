@@ -1,10 +1,13 @@
 # Declarations of the gRPC passthrough (see upstream_grpc.pyx; included by worker.pxd).
 
 
-cdef class GrpcCall:
+from fastgw._core.upstream_h2 cimport H2Pool, H2Sink, H2UpStream
+
+
+cdef class GrpcCall(H2Sink):
     cdef H2Stream st
     cdef Exchange ex
-    cdef object us                 # fastgw.grpc_upstream.Stream
+    cdef H2UpStream us             # the upstream stream (upstream_h2.pyx)
     cdef public int code           # gRPC status for the gateway's answer (0: mapped from the HTTP status)
     cdef bint head_sent
     cdef bint over                 # the call ended (answered, failed or reset): no more upstream work

@@ -1,7 +1,8 @@
 # gRPC passthrough (included by worker.pyx).
 #
 #   GrpcCall   one downstream HTTP/2 stream on a grpc route, joined to one upstream HTTP/2 stream
-#              (fastgw.grpc_upstream.Stream, on a multiplexed connection of the target's Pool)
+#              (upstream_h2.pyx's H2UpStream, on a multiplexed connection of the target's H2Pool); it is
+#              that stream's H2Sink
 #
 # The downstream stream is an H2Stream: routing and the route's policies ran on it as on any request.
 # proceed() hands it here instead of building an HTTP/1.1 head. From then on:
@@ -15,8 +16,6 @@
 # * a reset on either side resets the other (the upstream's code is relayed to the client);
 # * errors made by the gateway are trailers-only responses (grpc_problem): `:status 200`,
 #   `content-type: application/grpc`, `grpc-status`, percent-encoded `grpc-message`.
-
-from fastgw import grpc_upstream as _gu
 
 # HTTP status of a gateway error -> gRPC status code (README "gRPC"). Based on gRPC's "HTTP to gRPC
 # status code mapping", with the gateway's own meanings kept where they say more: a rate limit or a
@@ -133,9 +132,9 @@ cdef void grpc_start(H2Stream st, Exchange ex):
         hdrs.append((b"content-length", b"%d" % h.content_length))
     pool = t.h2pool
     if pool is None:                                  # (compile attaches one to every grpc target)
-        pool = t.h2pool = _gu.Pool(t, None)
+        pool = t.h2pool = H2Pool(t, None)
     ex.sent = True
-    call.us = pool.open(call, hdrs)
+    call.us = (<H2Pool>pool).open(call, hdrs)
     # The body that arrived while the policies ran (held, unacknowledged: P_PENDING).
     owed = st.owed
     st.owed = 0
@@ -239,15 +238,15 @@ cdef class GrpcCall:
         self.ex.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT if kind in CONNECT_KINDS
                                      else SRC_UPSTREAM_RESPONSE, False, detail, kind))
 
-    # -- from the upstream stream (fastgw.grpc_upstream) -----------------------------------------------
-    def ack_request(self, long long n):
+    # -- from the upstream stream (the H2Sink interface, upstream_h2.pxd) --------------------------------
+    cdef void ack_request(self, long long n):
         """`n` bytes of the client's DATA went upstream: let the client send more."""
         cdef H2Conn conn = self.st.conn
         if n and not conn.closed:
             conn.h2.acknowledge_received_data(n, self.st.sid)
             self.st.kick()
 
-    def on_headers(self, list headers, bint end):
+    cdef void on_headers(self, list headers, bint end):
         cdef H2Stream st = self.st
         cdef Exchange ex = self.ex
         cdef RouteRT route = ex.route
@@ -279,7 +278,7 @@ cdef class GrpcCall:
         if end:
             self.finish()
 
-    def on_data(self, bytes data, long long n):
+    cdef void on_data(self, bytes data, long long n):
         if self.over:
             self.us.ack(n)
             return
@@ -289,7 +288,7 @@ cdef class GrpcCall:
         elif n:
             self.us.ack(n)
 
-    def on_trailers(self, list headers):
+    cdef void on_trailers(self, list headers):
         cdef list out = []
         cdef bytes name, value
         if self.over:
@@ -303,14 +302,14 @@ cdef class GrpcCall:
         self.st.write_end(self.ex)
         self.finish()
 
-    def on_end(self):
+    cdef void on_end(self):
         """END_STREAM on DATA, without trailers (not gRPC, but relayed as it is)."""
         if self.over:
             return
         self.st.write_end(self.ex)
         self.finish()
 
-    def on_reset(self, int code):
+    cdef void on_reset(self, int code):
         """The upstream reset the stream: reset the client's with the same code."""
         if self.over:
             return
@@ -325,10 +324,17 @@ cdef class GrpcCall:
         self.st.w.observe(self.ex)             # the access log records the reset call and why
         self.st.reset(code)
 
-    def on_error(self, int status, str slug, bytes detail, int code, str kind=None):
+    cdef void on_error(self, int status, str slug, bytes detail, str kind):
         """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream); `kind` and
-        `detail` (its reason) as for Exchange.name_failure."""
-        self.fail(status, slug, detail, code, kind)
+        `detail` (its reason) as for Exchange.name_failure. gRPC says UNAVAILABLE: the call may be tried
+        again by the client."""
+        self.fail(status, slug, detail, 14, kind)
+
+    cdef void on_replay(self, str kind):
+        """The upstream did not process the stream (REFUSED_STREAM, GOAWAY) and it is sent again: a
+        retryable failure, which the access log names as the one the call was retried after."""
+        self.ex.retried = True
+        self.ex.retried_err = gateway_error(502, "bad-gateway", SRC_UPSTREAM_RESPONSE, True, b"", kind)
 
     cdef void note_status(self, bytes value):
         if value.isdigit() and len(value) <= 3:
