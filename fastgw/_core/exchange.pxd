@@ -67,3 +67,8 @@ cdef class Exchange:
     cdef void drop(self)
     cdef void run_after(self)
     cdef void respond_problem(self, GatewayError err)
+    cdef void run(self)
+    cdef void proceed(self)
+    cdef void reject(self, tuple res)
+    cdef void gate_done(self, object res)
+    cdef bytes upstream_head(self, RouteRT route, RequestHead h)

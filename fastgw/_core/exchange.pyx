@@ -1,5 +1,6 @@
-# One request and its response (included by worker.pyx): the upstream call, the retry, the failure path
-# and the policy interface.
+# One request and its response (included by worker.pyx), driven from here: routing, the route's policies,
+# the upstream head, the upstream call, the retry, the one failure path, the response, the log; and the
+# policy interface.
 
 def _report_policy_error(where, exc):
     import sys
@@ -19,7 +20,7 @@ async def _await_gate(Exchange ex, aw):
     ex.gate_task = None
     if ex.done or ex.client.closed:
         return
-    ex.client.gate_done(ex, res)
+    ex.gate_done(res)
 
 
 cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
@@ -45,7 +46,7 @@ cdef class Exchange:
             self.out = []
 
     cdef void acquire(self, bint fresh):
-        """A connection to the target the upstream head was built for (build_upstream_head picked it):
+        """A connection to the target the upstream head was built for (upstream_head picked it):
         a pooled one, or a new one (`fresh`: always new, as the retry on a closed kept-alive one wants)."""
         cdef ClientConn cl = self.client
         cdef UpstreamConn c = None
@@ -224,6 +225,138 @@ cdef class Exchange:
                 fn(self)
             except Exception as exc:            # a policy bug must not take the connection down
                 _report_policy_error("on_complete", exc)
+
+    # -- driving the request ---------------------------------------------------------------------------
+    # The exchange is the request's only driver: route -> the route's policies -> the upstream head (the
+    # target is picked there, once) -> the upstream call -> the response -> the log. The connection (an
+    # HTTP/1.1 ClientConn or an HTTP/2 H2Stream) parses and writes; it starts an exchange when its turn
+    # comes (ClientConn.start) and hands it the body.
+    cdef void run(self):
+        """Route the request and run the route's policies; then `proceed`, or the rejection."""
+        cdef Runtime rt = self.rt
+        cdef RequestHead h = self.head
+        cdef RouteRT route
+        cdef ClientConn cl = self.client
+        if self.err is not None:
+            self.failed(self.err)                   # a request that failed before its turn
+            return
+        m = (<Router>rt.router).match(h.method, h.host, h.path)      # a C call (router.pxd)
+        code = <int>m[0]
+        if code != 0:
+            if code == 404:
+                self.failed(gateway_error(404, "not-found", SRC_DOWNSTREAM, False, None, None))
+            else:
+                self.err_extra = b"Allow: " + <bytes>m[1] + b"\r\n"
+                self.failed(gateway_error(405, "method-not-allowed", SRC_DOWNSTREAM, False, None, None))
+            return
+        route = <RouteRT>m[1]
+        self.route = route
+        if route.grpc:
+            if not isinstance(cl, H2Stream):
+                # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
+                self.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
+                return
+            h.chunked = False                 # the request body goes to an HTTP/2 stream as it is
+        if h.content_length > route.max_body or self.body_bytes > route.max_body:
+            cl.body_too_large(self)
+            return
+        if route.gate is not None:
+            self.params = m[2]
+            try:
+                res = route.gate(self)
+            except Exception as exc:
+                _report_policy_error(route.name, exc)
+                res = (500, "internal-error", None, None)
+            if res is not None:
+                if type(res) is tuple:
+                    self.reject(res)
+                else:
+                    self.gate_task = cl.loop.create_task(_await_gate(self, res))
+                return
+        self.proceed()
+
+    cdef void proceed(self):
+        """The request passed its route's policies: build the upstream head and go."""
+        cdef RequestHead h = self.head
+        if self.route.grpc:
+            grpc_start(<H2Stream>self.client, self)
+            return
+        self.up_head = self.upstream_head(self.route, h)
+        if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
+            self.client.write_continue()
+        self.acquire(False)
+
+    cdef void reject(self, tuple res):
+        """A policy's rejection (status, slug, detail, extra header lines); a store it needs being
+        unavailable is the store's failure, not the policy's."""
+        status, slug, detail, extra = res
+        if extra is not None:
+            self.err_extra = extra if self.err_extra is None else self.err_extra + extra
+        self.failed(gateway_error(status, slug, SRC_STORE if slug == "store-unavailable" else SRC_POLICY,
+                                False, detail, None))
+
+    cdef void gate_done(self, object res):
+        """A policy that awaited (Redis, a JWKS fetch) answered: go on or reject, output batched."""
+        cdef ClientConn cl = self.client
+        cl.batching = True
+        try:
+            if res is None:
+                self.proceed()
+            else:
+                self.reject(res)
+        finally:
+            cl.batching = False
+            cl.flush()
+
+    cdef bytes upstream_head(self, RouteRT route, RequestHead h):
+        """The HTTP/1.1 request head sent upstream: the path without the stripped prefix, the forwarded
+        fields less those the route removes, the route's and the policies' additions, then the fields the
+        gateway owns (X-Forwarded-*, X-Request-ID, trace context) and framing rebuilt by fastgw."""
+        cdef bytes path = h.path
+        cdef list parts
+        cdef list pieces = h.pieces
+        if route.strip:
+            path = path[route.strip:]
+            if len(path) == 0 or path[0] != 47:
+                path = b"/" + path
+        if h.drop is not None or route._req_remove is not None:
+            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
+        # The target is picked here, once per request: a request without Host carries the address of
+        # the target it reaches (acquire connects to it).
+        self.target = route.group.pick()
+        host = h.host if h.host else self.target.hostport
+        parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        if pieces:
+            parts.extend(pieces)
+        if route.req_add:
+            parts.append(route.req_add)
+        if self.up_extra is not None:
+            parts.append(self.up_extra)
+        parts.append(b"X-Forwarded-For: ")
+        if h.xff is not None:
+            parts.append(h.xff)
+            parts.append(b", ")
+        parts.append(self.client.peer)
+        parts.append(b"\r\nX-Forwarded-Proto: ")
+        parts.append(self.client.proto)
+        if h.host:
+            parts.append(b"\r\nX-Forwarded-Host: ")
+            parts.append(h.host)
+        parts.append(b"\r\nX-Request-ID: ")
+        parts.append(self.rid)
+        if h.traceparent:
+            parts.append(b"\r\ntraceparent: ")
+            parts.append(h.traceparent)
+            if h.tracestate is not None:
+                parts.append(b"\r\ntracestate: ")
+                parts.append(h.tracestate)
+        if h.chunked:
+            parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        elif h.content_length >= 0:
+            parts.append(b"\r\nContent-Length: %d\r\n\r\n" % h.content_length)
+        else:
+            parts.append(b"\r\n\r\n")
+        return concat(parts)
 
     # -- policy interface ------------------------------------------------------------------------------
     # A route's `gate` (compiled from its policies at config load) is called as gate(exchange) once the

@@ -260,8 +260,8 @@ cdef class ClientConn(RequestReader):
 
     # -- response output (the downstream interface the Exchange writes through) ------------------------
     # ClientConn serialises HTTP/1.1 here; H2Stream (h2engine.pyx) overrides these four for HTTP/2. The
-    # Exchange calls them and nothing protocol-specific: routing, policies and upstream handling are
-    # shared by both engines.
+    # Exchange calls them and nothing protocol-specific: routing, policies and upstream handling are the
+    # exchange's (exchange.pyx), for both engines.
     cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
         cdef RouteRT route = ex.route
         cdef RequestHead h = ex.head
@@ -435,125 +435,13 @@ cdef class ClientConn(RequestReader):
 
     # -- running exchanges -----------------------------------------------------------------------------
     cdef void start(self, Exchange ex):
-        cdef Runtime rt = ex.rt
-        cdef RequestHead h = ex.head
-        cdef RouteRT route
+        """`ex` is this connection's turn: the exchange drives it from here (exchange.pyx run)."""
         self.active = ex
-        if ex.err is not None:
-            ex.failed(ex.err)                   # a request that failed before its turn
-            return
-        m = (<Router>rt.router).match(h.method, h.host, h.path)      # a C call (router.pxd)
-        code = <int>m[0]
-        if code != 0:
-            if code == 404:
-                ex.failed(gateway_error(404, "not-found", SRC_DOWNSTREAM, False, None, None))
-            else:
-                ex.err_extra = b"Allow: " + <bytes>m[1] + b"\r\n"
-                ex.failed(gateway_error(405, "method-not-allowed", SRC_DOWNSTREAM, False, None, None))
-            return
-        route = <RouteRT>m[1]
-        ex.route = route
-        if route.grpc:
-            if not isinstance(self, H2Stream):
-                # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
-                ex.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
-                return
-            h.chunked = False                 # the request body goes to an HTTP/2 stream as it is
-        if h.content_length > route.max_body or ex.body_bytes > route.max_body:
-            self.body_too_large(ex)
-            return
-        if route.gate is not None:
-            ex.params = m[2]
-            try:
-                res = route.gate(ex)
-            except Exception as exc:
-                _report_policy_error(route.name, exc)
-                res = (500, "internal-error", None, None)
-            if res is not None:
-                if type(res) is tuple:
-                    self.reject(ex, res)
-                else:
-                    ex.gate_task = self.loop.create_task(_await_gate(ex, res))
-                return
-        self.proceed(ex)
+        ex.run()
 
-    cdef void proceed(self, Exchange ex):
-        """The request passed its route's policies: build the upstream head and go."""
-        cdef RequestHead h = ex.head
-        if ex.route.grpc:
-            grpc_start(<H2Stream>self, ex)
-            return
-        ex.up_head = self.build_upstream_head(ex, ex.route, h, ex.params)
-        if h.expect_continue and ex.has_body and h.minor == 1 and ex.body_bytes == 0:
-            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        ex.acquire(False)
-
-    cdef void reject(self, Exchange ex, tuple res):
-        """A policy's rejection (status, slug, detail, extra header lines); a store it needs being
-        unavailable is the store's failure, not the policy's."""
-        status, slug, detail, extra = res
-        if extra is not None:
-            ex.err_extra = extra if ex.err_extra is None else ex.err_extra + extra
-        ex.failed(gateway_error(status, slug, SRC_STORE if slug == "store-unavailable" else SRC_POLICY,
-                                False, detail, None))
-
-    cdef void gate_done(self, Exchange ex, object res):
-        self.batching = True
-        try:
-            if res is None:
-                self.proceed(ex)
-            else:
-                self.reject(ex, res)
-        finally:
-            self.batching = False
-            self.flush()
-
-    cdef bytes build_upstream_head(self, Exchange ex, RouteRT route, RequestHead h, object params):
-        cdef bytes path = h.path
-        cdef list parts
-        cdef list pieces = h.pieces
-        if route.strip:
-            path = path[route.strip:]
-            if len(path) == 0 or path[0] != 47:
-                path = b"/" + path
-        if h.drop is not None or route._req_remove is not None:
-            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-        # The target is picked here, once per request: a request without Host carries the address of
-        # the target it reaches (acquire connects to ex.target).
-        ex.target = route.group.pick()
-        host = h.host if h.host else ex.target.hostport
-        parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        if pieces:
-            parts.extend(pieces)
-        if route.req_add:
-            parts.append(route.req_add)
-        if ex.up_extra is not None:
-            parts.append(ex.up_extra)
-        parts.append(b"X-Forwarded-For: ")
-        if h.xff is not None:
-            parts.append(h.xff)
-            parts.append(b", ")
-        parts.append(self.peer)
-        parts.append(b"\r\nX-Forwarded-Proto: ")
-        parts.append(self.proto)
-        if h.host:
-            parts.append(b"\r\nX-Forwarded-Host: ")
-            parts.append(h.host)
-        parts.append(b"\r\nX-Request-ID: ")
-        parts.append(ex.rid)
-        if h.traceparent:
-            parts.append(b"\r\ntraceparent: ")
-            parts.append(h.traceparent)
-            if h.tracestate is not None:
-                parts.append(b"\r\ntracestate: ")
-                parts.append(h.tracestate)
-        if h.chunked:
-            parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
-        elif h.content_length >= 0:
-            parts.append(b"\r\nContent-Length: %d\r\n\r\n" % h.content_length)
-        else:
-            parts.append(b"\r\n\r\n")
-        return concat(parts)
+    cdef void write_continue(self):
+        """Tell an HTTP/1.1 client waiting on Expect: 100-continue to send its body."""
+        self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     cdef void finished(self, Exchange ex):
         """The response of `ex` (the active exchange) is complete."""
