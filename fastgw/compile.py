@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastgw._core.balancer import Target, UpstreamGroup
-from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.router import Router
+from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.wire import HeaderTable
 from fastgw.config.root import Config
 from fastgw.errors import build_problems
@@ -123,7 +123,8 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         up = cfg.upstreams[r.upstream]
         # The route-level protocol = "grpc" is an alias of the upstream's (kept for existing configs).
         rt.grpc = r.protocol == "grpc" or up.protocol == "grpc"
-        if rt.grpc or up.protocol == "h2":
+        rt.h2up = rt.grpc or up.protocol == "h2"
+        if rt.h2up:
             _attach_h2_pools(rt.group, up)
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))

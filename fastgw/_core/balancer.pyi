@@ -1,6 +1,5 @@
 from typing import Any
 
-
 class UpstreamGroup:
     name: str
     targets: list[Target]

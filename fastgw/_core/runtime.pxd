@@ -34,6 +34,7 @@ cdef class RouteRT:
     cdef public int mslot                 # metrics slot (fastgw.metrics); 0 = no route
     cdef public object gate               # None, or the route's policy chain: see Exchange "policy interface"
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (upstream_grpc.pyx)
+    cdef public bint h2up                 # an HTTP/2 upstream (protocol "h2" or "grpc"): h2call.pyx
 
 cdef class Runtime:
     cdef public object router

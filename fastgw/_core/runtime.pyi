@@ -31,6 +31,7 @@ class RouteRT:
     resp_remove: frozenset[bytes] | None
     mslot: int
     grpc: bool
+    h2up: bool
 
 class Runtime:
     router: Any

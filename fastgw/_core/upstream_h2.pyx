@@ -331,6 +331,9 @@ cdef class H2UpConn:
         if self.goaway and not self.streams:
             self.close()
 
+    def eof_received(self):
+        return False                          # (the transport closes; connection_lost follows)
+
     def connection_lost(self, exc):
         self.transport = None
         if not self.closed:

@@ -15,6 +15,7 @@ cdef class H2Stream
 include "stats.pxd"
 include "protocol.pxd"
 include "upstream_h1.pxd"
+include "h2call.pxd"
 include "exchange.pxd"
 include "h1engine.pxd"
 include "upstream_grpc.pxd"

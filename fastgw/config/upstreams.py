@@ -29,7 +29,7 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # How fastgw talks to the targets: HTTP/1.1 (pooled keep-alive connections), HTTP/2 ("h2": h2c with
     # prior knowledge, or ALPN h2 with `tls`; multiplexed), or gRPC (HTTP/2, trailers relayed, gateway
     # errors as gRPC statuses; HTTP/2 clients only).
-    protocol: Literal["http1", "grpc"] = "http1"
+    protocol: Literal["http1", "h2", "grpc"] = "http1"
     keepalive: int = 128
     connect_timeout: Duration = 3.0
     timeout: Duration = 15.0
