@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -171,11 +172,20 @@ def test_goaway_mid_load_replays_unprocessed_streams(gateway):
 
 
 def test_refused_stream_is_retried(gateway, origin):
-    gw = h2_gateway(gateway, origin)
-    r = httpx.get(f"http://127.0.0.1:{gw.port}/a-refuse-once")
+    gw = gateway.start({"h2": {"targets": [origin.addr], "protocol": "h2"}},
+                       [{"name": "r", "path": "/*", "upstream": "h2"}], server={"access_log": True})
+    r = httpx.get(f"http://127.0.0.1:{gw.port}/a-refuse-once", headers={"x-request-id": "refused-once"})
     assert r.status_code == 200
     assert origin.seen.count(b"/a-refuse-once") == 2
     assert origin.answered == [b"/a-refuse-once"]
+    # The access log names the retryable failure the request was sent again after.
+    deadline = time.monotonic() + 5
+    lines: list[dict] = []
+    while time.monotonic() < deadline and not lines:
+        lines = [e for e in gw.events if e.get("type") == "access" and e.get("request_id") == "refused-once"]
+        time.sleep(0.1)
+    assert lines and lines[0]["status"] == 200
+    assert lines[0]["retried_after"] == "upstream_response", lines[0]
 
 
 def test_upstream_down_is_502_problem(gateway):

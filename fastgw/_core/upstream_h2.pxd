@@ -10,6 +10,7 @@ cdef enum:
     CONN_WINDOW = 4194304       # and per connection
     REPLAY_MAX = 65536          # request bytes kept for a replay of an unprocessed stream
     MAX_RETRIES = 3             # replays of one unprocessed stream
+    MAX_RESP_FIELDS = 65536     # bytes of one response header list (as an HTTP/1.1 upstream's head)
 
 # HTTP/2 error codes (RFC 9113 7) the upstream side sends or reads.
 cdef enum:
