@@ -94,6 +94,11 @@ def jwt_config(st: dict, port: int, origin: int) -> str:
     return auth_jwt.fastgw_config(port, origin, st["jwks"], ratelimit=True)
 
 
+def h2_upstream_config(st: dict, port: int, origin: int) -> str:
+    """The plain config, its upstream spoken to over HTTP/2 (h2c to the origin's h2c listener)."""
+    return plain_config()(st, port, st["h2c_port"]).replace("keepalive = 128\n", 'protocol = "h2"\n')
+
+
 def no_headers(st: dict) -> dict[str, str]:
     return {}
 
@@ -109,6 +114,8 @@ SCENARIOS = {s.name: s for s in [
              plain_config(), no_headers, h2=True),
     Scenario("access_log", "plain, with server.access_log = true",
              plain_config("access_log = true"), no_headers),
+    Scenario("h1_to_h2", "plain, the upstream over HTTP/2 (protocol = \"h2\", h2c): an HTTP/1.1 client's GET /3b as "
+             "one stream of a multiplexed connection", h2_upstream_config, no_headers),
 ]}
 
 
@@ -291,6 +298,7 @@ def measure(a: argparse.Namespace) -> dict:
                  "n1": a.n1, "n2": a.n2, "idle_s": IDLE_SECONDS, "scenarios": {}}
     try:
         run.start_origin(env)
+        st["h2c_port"] = env.origin_h2c_port
         if "jwt_limit" in a.scenarios:
             st["jwks"], st["token"] = auth_jwt.keys_and_token(tmp)   # one key and token for both runs
         plan = [(a.n1, 0.0), (a.n2, 0.0), (a.n1, IDLE_SECONDS)]

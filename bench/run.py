@@ -215,6 +215,7 @@ class Env:
     tmp: str
     procs: Procs
     origin_port: int = 0
+    origin_h2c_port: int = 0              # the origin's h2c listener (prior knowledge), for HTTP/2 upstreams
     origin: subprocess.Popen | None = None
 
 
@@ -227,8 +228,9 @@ def start_origin(env: Env) -> int:
         f.write(b"y" * 65535 + b"\n")
     open(os.path.join(www, "upload"), "wb").close()  # POST target, see the origin template
     port = free_port()
+    env.origin_h2c_port = free_port()
     conf = os.path.join(env.tmp, "origin.conf")
-    render("origin", conf, DIR=env.tmp, PORT=port)
+    render("origin", conf, DIR=env.tmp, PORT=port, H2C_PORT=env.origin_h2c_port)
     log = os.path.join(env.tmp, "origin.log")
     argv = [
         "taskset",

@@ -78,18 +78,19 @@ def build_groups(cfg: Config, old: Config | None = None,
 
 
 def _attach_h2_pools(group: UpstreamGroup, up: Any) -> None:
-    """Give each target of a grpc route's upstream its HTTP/2 connection pool (kept across reloads
-    with the group). TLS upstreams get their own context offering ALPN "h2"."""
+    """Give each target of an HTTP/2 upstream (protocol "h2" or "grpc", or used by a route with the
+    route-level alias protocol = "grpc") its HTTP/2 connection pool, kept across reloads with the group.
+    TLS upstreams get their own context offering ALPN "h2"."""
     if all(t.h2pool is not None for t in group.targets):
         return
-    from fastgw.grpc_upstream import Pool
+    from fastgw._core.upstream_h2 import H2Pool
     ctx = None
     if up.tls is not None:
         from fastgw.tls import upstream_context
         ctx = upstream_context(up.tls, alpn=("h2",))
     for t in group.targets:
         if t.h2pool is None:
-            t.h2pool = Pool(t, ctx)
+            t.h2pool = H2Pool(t, ctx)
 
 
 def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
@@ -120,9 +121,12 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.err_add = _header_bytes({k: v for k, v in r.response_headers.add.items() if on_errors(k)})
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
         install_phases(rt, build_route_policies(cfg, r, services, rt.mslot))
-        rt.grpc = r.protocol == "grpc"
-        if rt.grpc:
-            _attach_h2_pools(rt.group, cfg.upstreams[r.upstream])
+        up = cfg.upstreams[r.upstream]
+        # The route-level protocol = "grpc" is an alias of the upstream's (kept for existing configs).
+        rt.grpc = r.protocol == "grpc" or up.protocol == "grpc"
+        rt.h2up = rt.grpc or up.protocol == "h2"
+        if rt.h2up:
+            _attach_h2_pools(rt.group, up)
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))
     run = Runtime()

@@ -524,3 +524,22 @@ def test_check_does_not_import_the_core() -> None:
             "'uvloop', 'httptools'))]; assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_upstream_protocol_is_validated() -> None:
+    text = BASE.replace('[upstreams.payments]\n', '[upstreams.payments]\nprotocol = "http3"\n')
+    errors = errors_of(text)
+    assert any(e.startswith("upstreams.payments.protocol: expected") and '"grpc"' in e for e in errors), errors
+
+
+def test_upstream_protocol_grpc_makes_its_routes_grpc() -> None:
+    from fastgw.compile import compile_config
+    text = BASE.replace('[upstreams.payments]\n', '[upstreams.payments]\nprotocol = "grpc"\n') + (
+        '\n[[routes]]\nname = "pay"\npath = "/pay/*"\nupstream = "payments"\n')
+    cfg = loads(text)
+    assert cfg.upstreams["payments"].protocol == "grpc" and cfg.upstreams["accounts"].protocol == "http1"
+    run = compile_config(cfg)
+    pay = run.router.match(b"POST", b"gw.test", b"/pay/x")[1]
+    accounts = run.router.match(b"GET", b"gw.test", b"/v1/accounts/7")[1]
+    assert pay.name == "pay" and pay.grpc and pay.group.targets[0].h2pool is not None
+    assert accounts.name == "accounts" and not accounts.grpc and accounts.group.targets[0].h2pool is None

@@ -18,4 +18,4 @@ cdef class Target:
     cdef public list idle
     cdef public UpstreamGroup group
     cdef public bytes hostport
-    cdef public object h2pool              # fastgw.grpc_upstream.Pool when a grpc route uses this target
+    cdef public object h2pool              # upstream_h2.pyx H2Pool of an HTTP/2 upstream (protocol "h2" or "grpc")

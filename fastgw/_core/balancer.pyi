@@ -17,6 +17,6 @@ class Target:
     idle: list[Any]
     group: UpstreamGroup
     hostport: bytes
-    h2pool: Any                      # fastgw.grpc_upstream.Pool, for targets of grpc routes
+    h2pool: Any                      # fastgw._core.upstream_h2.H2Pool, for targets of HTTP/2 upstreams
     def __init__(self, host: str, port: int, keepalive: int, group: UpstreamGroup) -> None: ...
     def close_idle(self) -> None: ...

@@ -21,6 +21,7 @@ cdef class Exchange:
     cdef Py_ssize_t pending_bytes
     cdef list out
     cdef UpstreamConn up
+    cdef H2Call call                      # the HTTP/2 upstream stream's call (h2call.pyx), or None
     cdef Target target
     cdef object connect_task
     cdef double connect_deadline
@@ -62,6 +63,7 @@ cdef class Exchange:
     cdef void connect_failed(self, int status, str slug, bytes detail, str kind=*)
     cdef void name_failure(self, GatewayError err)
     cdef bytes failure_members(self)
+    cdef list upstream_fields(self, RouteRT route, RequestHead h)
     cdef void attach(self, UpstreamConn c)
     cdef void release_upstream(self, bint reusable)
     cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=*)

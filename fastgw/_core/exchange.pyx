@@ -29,6 +29,9 @@ cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
 cdef class Exchange:
     # -- upstream request ------------------------------------------------------------------------------
     cdef void to_upstream(self, bytes data):
+        if self.call is not None:
+            self.call.request_data(data, len(data))      # an HTTP/2 upstream stream (h2call.pyx)
+            return
         if self.up is None or not self.sent:
             self.pending.append(data)
             self.pending_bytes += len(data)
@@ -219,6 +222,8 @@ cdef class Exchange:
             self.run_after()
         if self.up is not None:
             self.release_upstream(False)
+        if self.call is not None:
+            self.call.cancel()
 
     cdef void run_after(self):
         fns = self.after
@@ -256,12 +261,18 @@ cdef class Exchange:
         self.route = route
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
-        if route.grpc:
-            if not isinstance(cl, H2Stream):
+        if route.h2up:
+            if route.grpc and not isinstance(cl, H2Stream):
                 # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
                 self.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
                 return
-            h.chunked = False                 # the request body goes to an HTTP/2 stream as it is
+            if h.chunked:
+                # The body goes to an HTTP/2 stream as DATA, unframed: what the HTTP/1.1 reader framed
+                # before the route was known (a pipelined request's, read with the one before it) is
+                # [size line, data, CRLF] per chunk (request_body), then the last chunk.
+                h.chunked = False
+                if self.pending:
+                    self.pending = self.pending[1::3]
         if h.content_length > route.max_body or self.body_bytes > route.max_body:
             cl.body_too_large(self)
             return
@@ -287,13 +298,14 @@ cdef class Exchange:
         cdef RequestHead h = self.head
         if self.route.on_upstream_request is not None and not self.upstream_request_phase():
             return                                # phase: on_upstream_request (a policy failed: 500)
-        if self.route.grpc:
-            grpc_start(<H2Stream>self.client, self)
-            return
-        self.up_head = self.upstream_head(self.route, h)
+        if self.route.h2up:
+            h2_start(self)                    # an HTTP/2 upstream stream (h2call.pyx)
+        else:
+            self.up_head = self.upstream_head(self.route, h)
         if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
             self.client.write_continue()
-        self.acquire(False)
+        if not self.route.h2up:
+            self.acquire(False)
 
     cdef void reject(self, tuple res):
         """A policy's rejection (status, slug, detail, extra header lines); a store it needs being
@@ -327,9 +339,7 @@ cdef class Exchange:
         cdef list parts
         cdef list pieces = h.pieces
         if route.strip:
-            path = path[route.strip:]
-            if len(path) == 0 or path[0] != 47:
-                path = b"/" + path
+            path = stripped(route, path)
         if h.drop is not None or route._req_remove is not None:
             pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
         # The target is picked here, once per request: a request without Host carries the address of
@@ -368,6 +378,41 @@ cdef class Exchange:
         else:
             parts.append(b"\r\n\r\n")
         return concat(parts)
+
+    cdef list upstream_fields(self, RouteRT route, RequestHead h):
+        """The same request as upstream_head, as an HTTP/2 field list (pseudo-fields first, names
+        lowercase): Host becomes :authority; the body is DATA, so the only framing field kept is
+        Content-Length, when the client gave one."""
+        cdef bytes path = h.path
+        cdef list pieces = h.pieces
+        cdef list fields
+        cdef Py_ssize_t i
+        cdef ClientConn cl = self.client
+        if route.strip:
+            path = stripped(route, path)
+        if h.drop is not None or route._req_remove is not None:
+            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
+        self.target = route.group.pick()              # once per request, as in upstream_head
+        fields = [(b":method", h.method), (b":scheme", b"http" if route.group.ssl is None else b"https"),
+                  (b":authority", h.host if h.host else self.target.hostport), (b":path", path + h.query)]
+        for i in range(0, len(pieces), 4):
+            fields.append(((<bytes>pieces[i]).lower(), pieces[i + 2]))
+        if route.req_add:
+            _h2_lines(route.req_add, fields)
+        if self.up_extra is not None:
+            _h2_lines(self.up_extra, fields)
+        fields.append((b"x-forwarded-for", cl.peer if h.xff is None else h.xff + b", " + cl.peer))
+        fields.append((b"x-forwarded-proto", cl.proto))
+        if h.host:
+            fields.append((b"x-forwarded-host", h.host))
+        fields.append((b"x-request-id", self.rid))
+        if h.traceparent:
+            fields.append((b"traceparent", h.traceparent))
+            if h.tracestate is not None:
+                fields.append((b"tracestate", h.tracestate))
+        if h.content_length >= 0:
+            fields.append((b"content-length", b"%d" % h.content_length))
+        return fields
 
     # -- policy interface ------------------------------------------------------------------------------
     # A route's phases (compiled from its policies at config load; fastgw/policies/contract.py) receive
@@ -636,6 +681,8 @@ cdef class Exchange:
             t.cancel()
         if self.up is not None:
             self.release_upstream(False)
+        if self.call is not None:
+            self.call.cancel()
         if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
                 or status == 414:
             self.close_after = True
@@ -671,6 +718,14 @@ cdef class Exchange:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
         self.client.write_problem(self, err.slug, err.detail, extra)
         self.complete()
+
+
+cdef bytes stripped(RouteRT route, bytes path):
+    """The path sent upstream on a strip_prefix route: without the route's prefix, never empty."""
+    path = path[route.strip:]
+    if len(path) == 0 or path[0] != 47:
+        path = b"/" + path
+    return path
 
 
 cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):

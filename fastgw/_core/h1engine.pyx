@@ -161,6 +161,8 @@ cdef class ClientConn(RequestReader):
             if up.transport is not None and not up.rpaused:
                 up.rpaused = True
                 up.transport.pause_reading()
+        elif self.active is not None and self.active.call is not None:
+            self.active.call.set_paused(True)
 
     def resume_writing(self):
         cdef UpstreamConn up
@@ -173,6 +175,8 @@ cdef class ClientConn(RequestReader):
                 up.rpaused = False
                 up.transport.resume_reading()
                 self.active.up_last = self.w.clock.now    # the upstream's time runs again from here
+        elif self.active is not None and self.active.call is not None:
+            self.active.call.set_paused(False)
 
     # -- HTTP/2 selection -----------------------------------------------------------------------------
     cdef bytes sniff(self, bytes data):
@@ -292,6 +296,11 @@ cdef class ClientConn(RequestReader):
             parts.append(b"\r\nTransfer-Encoding: chunked")
         else:
             ex.close_after = True            # HTTP/1.0 client: the end of the body is the close
+        self.end_head(ex, h, parts)
+
+    cdef void end_head(self, Exchange ex, RequestHead h, list parts):
+        """End a response head whose last line has no CRLF yet: Connection as the exchange goes on or not,
+        then write it (unless it went into the output batch)."""
         if not ex.body_done or not h.keep_alive or self.draining or self.reader_done() \
                 or self.nreq + 1 >= self.rt0.max_requests:
             ex.close_after = True
@@ -303,6 +312,34 @@ cdef class ClientConn(RequestReader):
             parts.append(b"\r\n\r\n")
         if not self.batching and not self.closed:
             self.transport.write(concat(parts))
+
+    cdef void write_fields(self, Exchange ex, int status, list fields, bint end):
+        """The response head from an HTTP/2 upstream's field list (h2call.pyx), framed for HTTP/1.1 as
+        write_head frames an HTTP/1.1 upstream's: its Content-Length kept, else chunked (HTTP/1.1) or the
+        close (HTTP/1.0)."""
+        cdef RequestHead h = ex.head
+        cdef list parts
+        cdef bytes name, value, cl = None, sep = b""
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        parts = self.wbuf if self.batching else []
+        parts.append(line)
+        for name, value in fields:              # (never empty: x-request-id is the last)
+            if name == b"content-length":
+                cl = value
+                continue
+            parts += (sep, name, b": ", value)
+            sep = b"\r\n"
+        if cl is not None and status != 204 and status != 304:
+            parts += (b"\r\ncontent-length: ", cl)
+        elif not ex.resp_nobody:
+            if h.minor == 1:
+                ex.resp_chunked = True
+                parts.append(b"\r\ntransfer-encoding: chunked")
+            else:
+                ex.close_after = True        # HTTP/1.0 client: the end of the body is the close
+        self.end_head(ex, h, parts)
 
     cdef void write_body(self, Exchange ex, bytes data):
         if ex.resp_chunked:
@@ -426,6 +463,8 @@ cdef class ClientConn(RequestReader):
             ex.up_last = self.w.clock.now      # the whole request is sent: the response timeout starts
         if ex.head.chunked:
             ex.to_upstream(b"0\r\n\r\n")
+        elif ex.call is not None:
+            ex.call.request_end()
 
     cpdef request_error(self, int status, str slug, str detail):
         cdef Exchange ex = self.rx
@@ -545,12 +584,16 @@ cdef class ClientConn(RequestReader):
                     ex.body_tick = now            # not the client's time
                 if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
                     ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
+                elif ex.call is not None:
+                    ex.call.check(now)
             elif now - self.last_rx > rt.body_timeout:
                 self.body_timed_out(ex, b"request body not received in time")
             elif rt.min_body_rate > 0 and self.body_slow(ex, rt, now):
                 self.body_timed_out(ex, b"request body arriving too slowly")
             return
-        if ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
+        if ex.call is not None:
+            ex.call.check(now)
+        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
             ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
 
     cdef void reset_connection(self):

@@ -37,7 +37,7 @@ cdef class H2Stream(ClientConn):
     cdef bint dirty
     cdef long long owed           # flow-controlled bytes received but not acknowledged yet
     cdef double blocked_since
-    cdef GrpcCall grpc            # the upstream HTTP/2 stream of a grpc route (upstream_grpc.pyx), or None
+    cdef H2Call call              # the upstream HTTP/2 stream's call (h2call.pyx), or None
     cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
     cdef void send(self, bytes data)
     cdef void flush(self)
@@ -45,6 +45,7 @@ cdef class H2Stream(ClientConn):
     cdef bint reader_done(self)
     cdef object peercert(self)
     cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
+    cdef void write_fields(self, Exchange ex, int status, list fields, bint end)
     cdef void send_head(self, list headers, bint end)
     cdef void write_body(self, Exchange ex, bytes data)
     cdef void write_end(self, Exchange ex)

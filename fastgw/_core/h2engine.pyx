@@ -5,8 +5,8 @@
 #   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
 #             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
 #             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
-#             On a grpc route the stream is joined to an upstream HTTP/2 stream instead (upstream_grpc.pyx: the
-#             `grpc` field, the `trailers` sent after the last DATA).
+#             On a route to an HTTP/2 upstream the stream is joined to an upstream stream (h2call.pyx: the
+#             `call` field; the `trailers` sent after the last DATA).
 #
 # Rules kept here (and why; the precedent in brackets):
 # * Received DATA is acknowledged (WINDOW_UPDATE) only once the upstream transport has taken it and is not
@@ -148,6 +148,11 @@ cdef class H2Stream(ClientConn):
             headers.append((b"content-length", c.r_cl))
         self.send_head(headers, ex.resp_nobody)
 
+    cdef void write_fields(self, Exchange ex, int status, list fields, bint end):
+        cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
+        headers.extend(fields)
+        self.send_head(headers, end or ex.resp_nobody)
+
     cdef void send_head(self, list headers, bint end):
         if self.ended or self.conn.closed:
             return
@@ -231,8 +236,8 @@ cdef class H2Stream(ClientConn):
         if want == self.wpaused:
             return
         self.wpaused = want
-        if self.grpc is not None:
-            self.grpc.set_paused(want)
+        if self.call is not None:
+            self.call.set_paused(want)
         if ex is not None and ex.up is not None:
             up = ex.up
             if up.transport is not None and up.rpaused != want:
@@ -272,8 +277,8 @@ cdef class H2Stream(ClientConn):
         self.closed = True
         self.active = None
         self.rx = None
-        if self.grpc is not None:
-            self.grpc.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
+        if self.call is not None:
+            self.call.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
         if ex is not None:
             ex.drop()
 
@@ -625,9 +630,9 @@ cdef class H2Conn:
                 self.win_ctrl += 1
         else:
             self.empty_run = 0
-        if st is not None and st.grpc is not None:
+        if st is not None and st.call is not None:
             st.last_rx = self.last_active
-            st.grpc.request_data(data, n)     # acknowledged once the upstream stream took it
+            st.call.request_data(data, n)     # acknowledged once the upstream stream took it
             return
         if st is None or st.rx is None or st.active is None:
             if n:
@@ -660,8 +665,8 @@ cdef class H2Conn:
         if st is None:
             return
         st.rx_done = True
-        if st.grpc is not None:
-            st.grpc.request_end()
+        if st.call is not None:
+            st.call.request_end()
         elif st.rx is not None:
             st.request_end()
 
@@ -885,8 +890,8 @@ cdef class H2Conn:
         if self.goaway_stage == 1 and now - self.goaway_at > GOAWAY_ACK_WAIT:
             self.final_goaway()                 # the drain's PING went unanswered
         for st in list(self.streams.values()):
-            if st.grpc is not None:
-                st.grpc.check(now)
+            if st.call is not None:
+                st.call.check(now)
             elif st.active is not None:
                 ex = st.active
                 if st.outq and ex.up is not None:

@@ -43,6 +43,7 @@ cdef class RouteRT:
     cdef public tuple on_log
     cdef public bytes phase_resp_add
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (upstream_grpc.pyx)
+    cdef public bint h2up                 # an HTTP/2 upstream (protocol "h2" or "grpc"): h2call.pyx
 
 cdef class Runtime:
     cdef public object router

@@ -36,6 +36,7 @@ class RouteRT:
     on_log: tuple[Callable[[Exchange], None], ...] | None
     phase_resp_add: bytes | None
     grpc: bool
+    h2up: bool
 
 class Runtime:
     router: Any

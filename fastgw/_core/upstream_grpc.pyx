@@ -1,10 +1,11 @@
 # gRPC passthrough (included by worker.pyx).
 #
-#   GrpcCall   one downstream HTTP/2 stream on a grpc route, joined to one upstream HTTP/2 stream
-#              (fastgw.grpc_upstream.Stream, on a multiplexed connection of the target's Pool)
+#   GrpcCall   the gRPC kind of H2Call (h2call.pyx): one downstream HTTP/2 stream on a grpc route, joined
+#              to one upstream HTTP/2 stream (upstream_h2.pyx)
 #
 # The downstream stream is an H2Stream: routing and the route's policies ran on it as on any request.
-# proceed() hands it here instead of building an HTTP/1.1 head. From then on:
+# The exchange opens the call (h2_start) instead of an HTTP/1.1 upstream request. From then on (the
+# flow-control rules are H2Call's):
 # * request DATA goes to the upstream stream as it arrives; the client's DATA is acknowledged (downstream
 #   WINDOW_UPDATE) only once the upstream stream sent it within its windows and the upstream transport is
 #   not paused (so memory per call is bounded by the downstream stream window);
@@ -15,8 +16,6 @@
 # * a reset on either side resets the other (the upstream's code is relayed to the client);
 # * errors made by the gateway are trailers-only responses (grpc_problem): `:status 200`,
 #   `content-type: application/grpc`, `grpc-status`, percent-encoded `grpc-message`.
-
-from fastgw import grpc_upstream as _gu
 
 # HTTP status of a gateway error -> gRPC status code (README "gRPC"). Based on gRPC's "HTTP to gRPC
 # status code mapping", with the gateway's own meanings kept where they say more: a rate limit or a
@@ -37,15 +36,6 @@ cdef dict GRPC_STATUS = {
     503: 14,     # UNAVAILABLE
     504: 4,      # DEADLINE_EXCEEDED (the upstream did not answer in time)
 }
-
-# Response fields never relayed from an HTTP/2 upstream: the connection-specific ones (RFC 9113 8.2.2,
-# the wire table's CONNECTION_SPECIFIC).
-cdef frozenset GRPC_HOP = CONNECTION_SPECIFIC
-
-# The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
-cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.CONNECT_FAILED,
-                                          _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
-
 
 cpdef bytes grpc_pct(bytes msg):
     """Percent-encode a grpc-message value: bytes outside printable ASCII, and '%', become %XX."""
@@ -68,7 +58,7 @@ cpdef bytes grpc_pct(bytes msg):
 
 cdef void grpc_problem(H2Stream st, Exchange ex, Problem p, bytes detail, bytes extra):
     """A gateway error on a grpc route: a trailers-only response with the mapped gRPC status."""
-    cdef GrpcCall call = st.grpc
+    cdef H2Call call = st.call
     cdef int code = 0
     cdef list headers
     if call is not None and call.code:
@@ -87,71 +77,7 @@ cdef void grpc_problem(H2Stream st, Exchange ex, Problem p, bytes detail, bytes 
     st.send_head(headers, True)
 
 
-cdef void grpc_start(H2Stream st, Exchange ex):
-    """The request passed its route's policies: open the upstream stream and send what arrived so far."""
-    cdef RequestHead h = ex.head
-    cdef RouteRT route = ex.route
-    cdef UpstreamGroup g = route.group
-    cdef Target t = g.pick()
-    cdef GrpcCall call = GrpcCall.__new__(GrpcCall)
-    cdef list pieces = h.pieces
-    cdef list hdrs
-    cdef bytes path = h.path
-    cdef Py_ssize_t i
-    cdef long long owed
-    ex.target = t
-    call.st = st
-    call.ex = ex
-    call.max_msg = route.max_body
-    call.deadline = st.w.clock.now + g.timeout
-    st.grpc = call
-    if route.strip:
-        path = path[route.strip:]
-        if len(path) == 0 or path[0] != 47:
-            path = b"/" + path
-    hdrs = [(b":method", h.method), (b":scheme", b"http" if g.ssl is None else b"https"),
-            (b":authority", h.host if h.host else t.hostport), (b":path", path + h.query)]
-    if h.drop is not None or route._req_remove is not None:
-        pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-    for i in range(0, len(pieces), 4):
-        hdrs.append(((<bytes>pieces[i]).lower(), pieces[i + 2]))
-    if route.req_add:
-        _h2_lines(route.req_add, hdrs)
-    if ex.up_extra is not None:
-        _h2_lines(ex.up_extra, hdrs)
-    hdrs.append((b"x-forwarded-for", st.peer if h.xff is None else h.xff + b", " + st.peer))
-    hdrs.append((b"x-forwarded-proto", st.proto))
-    if h.host:
-        hdrs.append((b"x-forwarded-host", h.host))
-    hdrs.append((b"x-request-id", ex.rid))
-    if h.traceparent:
-        hdrs.append((b"traceparent", h.traceparent))
-        if h.tracestate is not None:
-            hdrs.append((b"tracestate", h.tracestate))
-    hdrs.append((b"te", b"trailers"))
-    if h.content_length >= 0:
-        hdrs.append((b"content-length", b"%d" % h.content_length))
-    pool = t.h2pool
-    if pool is None:                                  # (compile attaches one to every grpc target)
-        pool = t.h2pool = _gu.Pool(t, None)
-    ex.sent = True
-    call.us = pool.open(call, hdrs)
-    # The body that arrived while the policies ran (held, unacknowledged: P_PENDING).
-    owed = st.owed
-    st.owed = 0
-    st.rpause &= ~P_PENDING
-    if ex.pending:
-        data = concat(ex.pending)
-        ex.pending = []
-        ex.pending_bytes = 0
-        call.request_data(data, owed)
-    elif owed:
-        call.ack_request(owed)
-    if st.rx_done:
-        call.request_end()
-
-
-cdef class GrpcCall:
+cdef class GrpcCall(H2Call):
     # -- from the downstream stream (h2engine.pyx) -----------------------------------------------------------
     cdef void request_data(self, bytes data, long long n):
         if self.over:
@@ -206,113 +132,8 @@ cdef class GrpcCall:
         self.ex.status = 413
         self.ex.complete()
 
-    cdef void request_end(self):
-        if not self.over:
-            self.us.end()
-
-    cdef void cancel(self):
-        """The client reset the stream or went away: reset the upstream stream."""
-        if not self.over:
-            self.over = True
-            self.us.cancel()
-
-    cdef void set_paused(self, bint want):
-        cdef long long n
-        self.paused = want
-        if not want and self.up_owed and not self.over:
-            n = self.up_owed
-            self.up_owed = 0
-            self.us.ack(n)
-
-    cdef void check(self, double now):
-        if not self.over and not self.head_sent and now > self.deadline:
-            self.us.cancel()
-            self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
-
-    cdef void fail(self, int status, str slug, bytes detail, int code, str kind=None):
-        """The upstream failed: the exchange's failure path answers (a gRPC status `code` before the
-        response head; after it, the client's stream is reset: never a silently truncated response)."""
-        if self.over:
-            return
-        self.over = True
-        self.code = code
-        self.ex.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT if kind in CONNECT_KINDS
-                                     else SRC_UPSTREAM_RESPONSE, False, detail, kind))
-
-    # -- from the upstream stream (fastgw.grpc_upstream) -----------------------------------------------
-    def ack_request(self, long long n):
-        """`n` bytes of the client's DATA went upstream: let the client send more."""
-        cdef H2Conn conn = self.st.conn
-        if n and not conn.closed:
-            conn.h2.acknowledge_received_data(n, self.st.sid)
-            self.st.kick()
-
-    def on_headers(self, list headers, bint end):
-        cdef H2Stream st = self.st
-        cdef Exchange ex = self.ex
-        cdef RouteRT route = ex.route
-        cdef list out = []
-        cdef bytes name, value
-        cdef int status = 200
-        if self.over:
-            return
-        remove = route.resp_remove
-        for name, value in headers:
-            if name == b":status":
-                status = int(value)
-                out.insert(0, (name, value))
-            elif name in GRPC_HOP or (remove is not None and name in remove) or name[:1] == b":":
-                continue
-            else:
-                if end and name == b"grpc-status":
-                    self.note_status(value)
-                out.append((name, value))
-        if route.resp_add:
-            _h2_lines(route.resp_add, out)
-        if route.on_response is not None and self.response_phase(route, out, status):   # phase: on_response
-            return
-        if ex.resp_extra is not None:
-            _h2_lines(ex.resp_extra, out)
-        out.append((b"x-request-id", ex.rid))
-        self.head_sent = True
-        ex.resp_started = True
-        ex.status = status
-        st.send_head(out, end)
-        if end:
-            self.finish()
-
-    def on_data(self, bytes data, long long n):
-        if self.over:
-            self.us.ack(n)
-            return
-        self.st.write_body(self.ex, data)
-        if self.paused:
-            self.up_owed += n
-        elif n:
-            self.us.ack(n)
-
-    def on_trailers(self, list headers):
-        cdef list out = []
-        cdef bytes name, value
-        if self.over:
-            return
-        for name, value in headers:
-            if name[:1] != b":" and name not in GRPC_HOP:
-                out.append((name, value))
-                if name == b"grpc-status":
-                    self.note_status(value)
-        self.st.trailers = out
-        self.st.write_end(self.ex)
-        self.finish()
-
-    def on_end(self):
-        """END_STREAM on DATA, without trailers (not gRPC, but relayed as it is)."""
-        if self.over:
-            return
-        self.st.write_end(self.ex)
-        self.finish()
-
-    def on_reset(self, int code):
+    # -- from the upstream stream (the H2Sink interface, upstream_h2.pxd) --------------------------------
+    cdef void on_reset(self, int code):
         """The upstream reset the stream: reset the client's with the same code."""
         if self.over:
             return
@@ -327,40 +148,7 @@ cdef class GrpcCall:
         self.st.w.observe(self.ex)             # the access log records the reset call and why
         self.st.reset(code)
 
-    def on_error(self, int status, str slug, bytes detail, int code, str kind=None):
-        """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream); `kind` and
-        `detail` (its reason) as for Exchange.name_failure."""
-        self.fail(status, slug, detail, code, kind)
-
-    cdef bint response_phase(self, RouteRT route, list out, int status):
-        """on_response over the upstream's head (`out`: :status first, then the relayed pairs). True when
-        the policies replaced it: the upstream stream is cancelled and the answer sent."""
-        cdef Exchange ex = self.ex
-        cdef list blocks = [_ph.join_pairs(out[1:])]
-        if route.phase_resp_add:
-            blocks.append(route.phase_resp_add)
-        r = ex.response_phase(route.on_response, blocks, status)
-        if r is False:
-            self.cancel()
-            ex.settle(0)
-            ex.policy_failed()
-            return True
-        lines = ex.phase_lines()
-        if r is None:
-            if lines is not None:
-                out[1:] = _h2_lines(lines, [])             # HTTP/2 field names: lowercase
-            elif route.phase_resp_add:
-                _h2_lines(route.phase_resp_add, out)
-            return False
-        self.cancel()
-        ex.settle(0)
-        ex.send_answer(ex.status, lines, (<Respond>r).body)
-        return True
-
     cdef void note_status(self, bytes value):
         if value.isdigit() and len(value) <= 3:
             self.ex.grpc_code = int(value) + 1
 
-    cdef void finish(self):
-        self.over = True
-        self.ex.complete()

@@ -11,15 +11,15 @@ cdef class ClientConn
 cdef class Worker
 cdef class H2Conn
 cdef class H2Stream
-cdef class GrpcCall
 
 include "stats.pxd"
 include "protocol.pxd"
 include "upstream_h1.pxd"
+include "h2call.pxd"
 include "exchange.pxd"
 include "h1engine.pxd"
-include "h2engine.pxd"
 include "upstream_grpc.pxd"
+include "h2engine.pxd"
 
 
 cdef class Clock:

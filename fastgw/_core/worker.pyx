@@ -8,7 +8,8 @@ counting, request ids), with the modules whose types refer to one another includ
   exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
   h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session
   h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine
-  upstream_grpc.pyx GrpcCall: gRPC passthrough to an HTTP/2 upstream stream
+  h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine
+  upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
 
 Rules kept here (and why):
 * Output produced while handling one read is written once, after the read (one syscall, not one per event).
@@ -57,6 +58,7 @@ include "upstream_h1.pyx"
 include "exchange.pyx"
 include "h1engine.pyx"
 include "h2engine.pyx"
+include "h2call.pyx"
 include "upstream_grpc.pyx"
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"

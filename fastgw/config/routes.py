@@ -39,7 +39,7 @@ class RouteCore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     host: str | None = None
     methods: list[str] | None = None
     strip_prefix: bool = False
-    protocol: Literal["http", "grpc"] = "http"   # grpc: HTTP/2 to the upstream, trailers relayed
+    protocol: Literal["http", "grpc"] = "http"   # grpc: an alias of the upstream's protocol = "grpc"
     max_body: Size | None = None
     request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
     response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)

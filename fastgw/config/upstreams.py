@@ -29,6 +29,10 @@ class UpstreamTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[str]
+    # How fastgw talks to the targets: HTTP/1.1 (pooled keep-alive connections), HTTP/2 ("h2": h2c with
+    # prior knowledge, or ALPN h2 with `tls`; multiplexed), or gRPC (HTTP/2, trailers relayed, gateway
+    # errors as gRPC statuses; HTTP/2 clients only).
+    protocol: Literal["http1", "h2", "grpc"] = "http1"
     keepalive: int = 128
     connect_timeout: Duration = 3.0
     timeout: Duration = 15.0

@@ -1,30 +1,32 @@
-"""HTTP/2 upstream connections for grpc routes (docs/grpc.md).
+# cython: language_level=3
+"""The multiplexed HTTP/2 upstream, for every upstream with `protocol = "h2"` or `"grpc"`.
 
-  Pool    one per upstream target used by a grpc route (Target.h2pool, attached by fastgw.compile): a few
-          long-lived multiplexed connections, new streams placed on the first one with room
-  Conn    one HTTP/2 connection (h2c prior knowledge, or TLS with ALPN "h2"): an asyncio protocol around
-          an h2 client-side H2Connection
-  Stream  one upstream stream, joined to a downstream call (fastgw._core.upstream_grpc.GrpcCall), which it calls
-          back: on_headers, on_data, on_trailers, on_end, on_reset, on_error, ack_request
+  H2Pool      one per target (Target.h2pool, attached by fastgw/compile.py): a few long-lived
+              multiplexed connections; a new stream goes on the first one with room
+  H2UpConn    one HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN "h2"): an asyncio protocol
+              around the h2 library's client-side connection (framing, HPACK, stream states, windows)
+  H2UpStream  one upstream stream, joined to the call that opened it (an H2Sink), which it reports to
+  H2Sink      the interface of that call (upstream_h2.pxd): the worker's calls implement it
 
-Rules kept here:
-* A connection takes at most the server's SETTINGS_MAX_CONCURRENT_STREAMS streams (never more than
-  MAX_STREAMS). Streams are opened only once the server's SETTINGS arrived; until then up to
-  FIRST_STREAMS wait on the new connection, and those over the server's limit then move to another
-  connection. With every connection full and MAX_CONNS open, new streams wait in the pool for a slot.
-* Request DATA is sent within the upstream's windows; the downstream acknowledgement (ack_request) is
-  given only for bytes handed to the transport while it is not paused.
-* Response DATA is acknowledged by the call (Stream.ack) once the client side took it.
-* GOAWAY: no new streams on that connection; streams above its last-stream-id fail with UNAVAILABLE
-  (the server did not process them), the others finish; the connection closes when it has none left.
+Rules kept here (and why):
+* A connection carries at most the server's SETTINGS_MAX_CONCURRENT_STREAMS streams (never more than
+  MAX_STREAMS). Streams are opened only once the server's SETTINGS arrived, so none is opened only to be
+  refused; until then up to FIRST_STREAMS wait on the new connection, and those over the server's limit
+  then move to another one. With every connection full and MAX_CONNS open, new streams wait in the pool.
+* Request DATA is sent within the upstream's windows; the client's bytes are acknowledged to the sink
+  (ack_request) only once handed to a transport that is not paused: a slow upstream slows the client
+  through its own flow control (or its paused socket) instead of growing the gateway's memory.
+* Response DATA is acknowledged by the sink (H2UpStream.ack) once the client side took it.
+* A stream the server did not process (REFUSED_STREAM, or above a GOAWAY's last-stream-id: RFC 9113 8.7)
+  is sent again on another stream, at most MAX_RETRIES times, while its request bytes sent so far fit in
+  REPLAY_MAX; the response has not started then, so the client never sees it. Beyond that it fails.
+* After a REFUSED_STREAM no stream goes on that connection for REFUSED_PAUSE: the server counts more open
+  streams than the client does (ones it has not forgotten yet).
+* GOAWAY: no new streams on that connection; those below its last-stream-id finish; it closes when empty.
 * An idle connection (no streams) is closed after the upstream's idle_timeout.
 """
-from __future__ import annotations
-
 import asyncio
-import ssl
 from collections import deque
-from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
@@ -41,33 +43,24 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 
-from fastgw import failures
+from fastgw import failures as _failures
+from fastgw._core.hpack import H2Decoder, H2Encoder
 
-MAX_CONNS = 4              # connections per target
-MAX_STREAMS = 1000         # streams per connection, whatever the server allows
-FIRST_STREAMS = 100        # streams per connection before the server's SETTINGS arrive
-STREAM_WINDOW = 262144     # our receive window per stream (response DATA in flight)
-CONN_WINDOW = 4194304      # and per connection
+from fastgw._core.balancer cimport Target, UpstreamGroup
 
-REPLAY_MAX = 65536         # request bytes kept for a retry of a refused stream
-MAX_RETRIES = 3            # retries of one refused stream
-REFUSED_PAUSE = 0.05       # after a REFUSED_STREAM, no new stream on that connection for this long
-
-UNAVAILABLE = 14
-CANCEL = 8
-REFUSED_STREAM = 7
+cdef double REFUSED_PAUSE = 0.05
 
 
 class ClientH2(H2Connection):
     """h2's client connection, except for a received GOAWAY. h2 moves the whole connection to CLOSED then,
     refusing every later frame: those of the streams the GOAWAY lets finish (RFC 9113 6.8) and the PING a
     gracefully stopping server (grpc among them) sends after its first GOAWAY; it also drops output already
-    queued. Here the connection stays open for the streams in flight (Conn.goaway keeps new ones off it)
-    and the queued output is kept (Conn.flush sends it first)."""
+    queued. Here the connection stays open for the streams in flight (H2UpConn.goaway keeps new ones off)
+    and the queued output is kept (H2UpConn.flush sends it first)."""
 
     kept = b""
 
-    def _receive_goaway_frame(self, frame: Any) -> Any:
+    def _receive_goaway_frame(self, frame):
         self.kept += self.data_to_send()
         state = self.state_machine.state
         result = super()._receive_goaway_frame(frame)
@@ -76,39 +69,44 @@ class ClientH2(H2Connection):
         return result
 
 
-class Stream:
-    __slots__ = ("pool", "conn", "call", "sid", "headers", "outq", "req_end", "end_sent", "done",
-                 "resp_done", "held", "replay", "replay_bytes", "retries")
+cdef class H2Sink:
+    cdef void ack_request(self, long long n):
+        pass
 
-    def __init__(self, pool: Pool, call: Any, headers: list | None) -> None:
-        self.pool = pool
-        self.conn: Conn | None = None
-        self.call = call
-        self.sid = 0
-        self.headers = headers
-        self.outq: list[list] = []     # [bytes, downstream bytes to acknowledge once sent]
-        self.req_end = False           # the client ended its request
-        self.end_sent = False
-        self.done = False              # reset, failed or finished: nothing more goes either way
-        self.resp_done = False         # the response ended (trailers or END_STREAM)
-        self.held = 0                  # downstream acknowledgements held while the transport is paused
-        # A copy of the request DATA sent, kept until the response starts (at most REPLAY_MAX bytes): a
-        # stream the server refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream) is sent
-        # again on another stream (RFC 9113 8.7), at most MAX_RETRIES times.
-        self.replay: list[bytes] | None = []
-        self.replay_bytes = 0
-        self.retries = 0
+    cdef void on_headers(self, list headers, bint end):
+        pass
 
-    def can_retry(self) -> bool:
+    cdef void on_data(self, bytes data, long long n):
+        pass
+
+    cdef void on_trailers(self, list headers):
+        pass
+
+    cdef void on_end(self):
+        pass
+
+    cdef void on_reset(self, int code):
+        pass
+
+    cdef void on_error(self, int status, str slug, bytes detail, str kind):
+        pass
+
+    cdef void on_replay(self, str kind):
+        pass
+
+
+cdef class H2UpStream:
+    cdef bint can_replay(self):
         return self.replay is not None and self.retries < MAX_RETRIES and not self.done
 
-    def retry(self, delay: float) -> None:
+    cdef void replay_later(self, double delay, str kind):
         """Send the request again on a new stream (any connection with room), after `delay` seconds."""
-        assert self.replay is not None
         self.retries += 1
+        self.sink.on_replay(kind)
         if self.held:
-            n, self.held = self.held, 0
-            self.call.ack_request(n)
+            n = self.held
+            self.held = 0
+            self.sink.ack_request(n)
         self.outq = [[d, 0] for d in self.replay] + self.outq
         self.replay = []
         self.replay_bytes = 0
@@ -120,91 +118,96 @@ class Stream:
         else:
             self.replace()
 
-    def replace(self) -> None:
+    def replace(self):
         if not self.done:
             self.pool.place(self)
 
-    def settle(self) -> None:
+    cdef void settle(self):
         """The stream is done: request bytes it still holds will never be sent; acknowledge them to the
         client (on a closed client stream that only returns the connection window)."""
+        cdef long long n = self.held
         self.done = True
-        n = self.held + sum(item[1] for item in self.outq)
+        for item in self.outq:
+            n += <long long>item[1]
         self.outq = []
         self.held = 0
         if n:
-            self.call.ack_request(n)
+            self.sink.ack_request(n)
 
-    def keep(self, data: bytes) -> None:
+    cdef void keep(self, bytes data):
         self.replay_bytes += len(data)
         if self.replay_bytes > REPLAY_MAX:
             self.replay = None
         else:
-            self.replay.append(data)   # type: ignore[union-attr]
+            self.replay.append(data)
 
-    # -- called by the downstream call -------------------------------------------------------------------
-    def send(self, data: bytes, owed: int) -> None:
+    # -- called by the sink ------------------------------------------------------------------------------
+    cpdef send(self, bytes data, long long owed):
+        """Request DATA; `owed` client bytes are acknowledged (ack_request) once it is sent."""
         if self.done:
             if owed:
-                self.call.ack_request(owed)
+                self.sink.ack_request(owed)
             return
         self.outq.append([data, owed])
         if self.sid:
-            self.conn.pump(self)           # type: ignore[union-attr]
+            self.conn.pump(self)
 
-    def end(self) -> None:
+    cpdef end(self):
         if self.done:
             return
         self.req_end = True
         if self.sid:
-            self.conn.pump(self)           # type: ignore[union-attr]
+            self.conn.pump(self)
 
-    def cancel(self) -> None:
+    cpdef cancel(self):
+        cdef H2UpConn conn = self.conn
         if self.done:
             return
         self.settle()
-        conn = self.conn
         if conn is None:
             self.pool.forget(self)
         elif self.sid:
-            conn.reset(self, CANCEL)
+            conn.reset(self, H2_CANCEL)
         else:
             conn.forget(self)
 
-    def ack(self, n: int) -> None:
-        conn = self.conn
+    cpdef ack(self, long long n):
+        cdef H2UpConn conn = self.conn
         if n and conn is not None and self.sid and not conn.closed:
             conn.h2.acknowledge_received_data(n, self.sid)
             conn.schedule()
 
 
-class Conn(asyncio.Protocol):
-    def __init__(self, pool: Pool) -> None:
+cdef class H2UpConn:
+    def __init__(self, H2Pool pool):
         self.pool = pool
-        cfg = H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = ClientH2(config=cfg)
-        self.transport: Any = None
-        self.streams: dict[int, Stream] = {}
-        self.queued: list[Stream] = []        # taken before the connection is up
-        self.closed = False
-        self.ready = False
-        self.goaway = False
-        self.paused = False
-        self.blocked: set[Stream] = set()      # request DATA waiting for window
-        self.flush_soon = False
-        self.idle_timer: Any = None
-        self.task: Any = None
-        self.full_until = 0.0
+        # The request fields come from a request head the readers validated against the wire table
+        # (exchange.pyx upstream_fields), so h2's outbound passes are skipped; the response fields are
+        # validated by h2 (they reach HTTP/1.1 clients). HPACK is the core's codec (hpack.pyx): h2's pure
+        # Python one was the largest cost of a request in the profile.
+        h = ClientH2(config=H2Configuration(client_side=True, header_encoding=None,
+                                            validate_outbound_headers=False, normalize_outbound_headers=False,
+                                            split_outbound_cookies=False))
+        h.encoder = H2Encoder()
+        h.decoder = H2Decoder(MAX_RESP_FIELDS)
+        self.h2 = h
+        self.streams = {}
+        self.queued = []
+        self.blocked = set()
 
     # -- capacity ----------------------------------------------------------------------------------------
-    def room(self) -> bool:
+    cdef bint room(self):
+        cdef long limit
         if self.closed or self.goaway:
             return False
         if self.full_until and asyncio.get_running_loop().time() < self.full_until:
             return False                       # it just refused a stream: its count runs behind ours
         limit = self.h2.remote_settings.max_concurrent_streams if self.ready else FIRST_STREAMS
-        return len(self.streams) + len(self.queued) < min(limit, MAX_STREAMS)
+        if limit > MAX_STREAMS:
+            limit = MAX_STREAMS
+        return len(self.streams) + len(self.queued) < limit
 
-    def take(self, s: Stream) -> None:
+    cdef void take(self, H2UpStream s):
         s.conn = self
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -214,10 +217,9 @@ class Conn(asyncio.Protocol):
         else:
             self.open(s)
 
-    def open(self, s: Stream) -> None:
+    cdef void open(self, H2UpStream s):
         h = self.h2
         sid = h.get_next_available_stream_id()
-        assert s.headers is not None
         try:
             h.send_headers(sid, s.headers, end_stream=False)
         except TooManyStreamsError:
@@ -228,52 +230,29 @@ class Conn(asyncio.Protocol):
         self.streams[sid] = s
         self.pump(s)
 
-    # -- connecting --------------------------------------------------------------------------------------
-    def connect(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        t = self.pool.target
-        g = t.group
-        loop = asyncio.get_running_loop()
-        try:
-            if self.pool.ssl is None:
-                coro = loop.create_connection(lambda: self, t.host, t.port)
-            else:
-                coro = loop.create_connection(lambda: self, t.host, t.port, ssl=self.pool.ssl,
-                                              server_hostname=g.server_name or t.host)
-            await asyncio.wait_for(coro, g.connect_timeout)
-        except TimeoutError:
-            self.failed(504, "upstream-timeout", b"", UNAVAILABLE, failures.CONNECT_TIMEOUT)
-        except asyncio.CancelledError:
-            self.failed(502, "bad-gateway", b"cancelled", UNAVAILABLE, failures.CONNECT_FAILED)
-        except OSError as exc:                         # (ssl.SSLError is an OSError)
-            kind, reason = failures.connect_error(exc)
-            self.failed(502, "bad-gateway", reason.encode(), UNAVAILABLE, kind)
-        finally:
-            self.task = None
-
-    def failed(self, status: int, slug: str, detail: bytes, code: int, kind: str) -> None:
+    cdef void failed(self, int status, str slug, bytes detail, str kind):
         """The connection failed: every stream on it fails (`kind` and its reason `detail`:
         fastgw/failures.py)."""
+        cdef H2UpStream s
         self.closed = True
         self.pool.drop(self)
-        queued, self.queued = self.queued, []
+        queued = self.queued
+        self.queued = []
         streams = list(self.streams.values())
         self.streams = {}
         for s in queued + streams:
             if not s.done:
                 s.settle()
-                s.call.on_error(status, slug, detail, code, kind)
+                s.sink.on_error(status, slug, detail, kind)
         if self.transport is not None:
             self.transport.abort()
 
     # -- asyncio protocol --------------------------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport):
         self.transport = transport
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
-            self.failed(502, "bad-gateway", b"ALPN h2 not negotiated", UNAVAILABLE, failures.TLS_FAILED)
+            self.failed(502, "bad-gateway", b"ALPN h2 not negotiated", _failures.TLS_FAILED)
             return
         h = self.h2
         h.local_settings = Settings(client=True, initial_values={
@@ -281,12 +260,13 @@ class Conn(asyncio.Protocol):
         h.initiate_connection()
         h.increment_flow_control_window(CONN_WINDOW - 65535)
         self.flush()
-        # Streams are opened once the server's SETTINGS arrived (data_received): its stream limit is
-        # known then, so no stream is opened only to be refused.
+        # Streams are opened once the server's SETTINGS arrived (data_received): see the rules above.
 
-    def settings_arrived(self) -> None:
+    cdef void settings_arrived(self):
+        cdef H2UpStream s
         self.ready = True
-        queued, self.queued = self.queued, []
+        queued = self.queued
+        self.queued = []
         for s in queued:
             if s.done:
                 continue
@@ -296,17 +276,18 @@ class Conn(asyncio.Protocol):
                 s.conn = None
                 self.pool.place(s)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, bytes data):
+        cdef H2UpStream s
+        cdef dict streams
         if self.closed:
             return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError:
             self.flush()
-            self.lost_all(failures.PROTOCOL_ERROR)
+            self.lost_all(_failures.PROTOCOL_ERROR)
             return
         streams = self.streams
-        ev: Any
         for ev in events:
             t = type(ev)
             if t is DataReceived:
@@ -315,7 +296,7 @@ class Conn(asyncio.Protocol):
                     if ev.flow_controlled_length:
                         self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     continue
-                s.call.on_data(ev.data, ev.flow_controlled_length)
+                s.sink.on_data(ev.data, ev.flow_controlled_length)
             elif t is ResponseReceived:
                 s = streams.get(ev.stream_id)
                 if s is not None and not s.done:
@@ -323,31 +304,29 @@ class Conn(asyncio.Protocol):
                     end = ev.stream_ended is not None
                     if end:
                         s.resp_done = True
-                    s.call.on_headers(ev.headers, end)
+                    s.sink.on_headers(ev.headers, end)
             elif t is TrailersReceived:
                 s = streams.get(ev.stream_id)
                 if s is not None and not s.done:
                     s.resp_done = True
-                    s.call.on_trailers(ev.headers)
+                    s.sink.on_trailers(ev.headers)
             elif t is StreamEnded:
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     if not s.resp_done and not s.done:
                         s.resp_done = True
-                        s.call.on_end()
+                        s.sink.on_end()
                     self.finished(s)
             elif t is StreamReset:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
                     self.blocked.discard(s)
-                    if ev.error_code == REFUSED_STREAM and s.can_retry():
-                        # The server counts more open streams than we do (e.g. ones it has not
-                        # forgotten yet): keep new streams off this connection for a moment, retry.
+                    if ev.error_code == H2_REFUSED_STREAM and s.can_replay():
                         self.full_until = asyncio.get_running_loop().time() + REFUSED_PAUSE
-                        s.retry(0.01 * (1 << s.retries))
+                        s.replay_later(0.01 * (1 << s.retries), _failures.STREAM_REFUSED)
                     elif not s.done:
                         s.settle()
-                        s.call.on_reset(ev.error_code)
+                        s.sink.on_reset(ev.error_code)
                     self.released()
             elif t is RemoteSettingsChanged and not self.ready:
                 self.settings_arrived()
@@ -362,29 +341,37 @@ class Conn(asyncio.Protocol):
         if self.goaway and not self.streams:
             self.close()
 
-    def connection_lost(self, exc: Any) -> None:
+    def eof_received(self):
+        return False                          # (the transport closes; connection_lost follows)
+
+    def connection_lost(self, exc):
         self.transport = None
         if not self.closed:
-            self.lost_all(failures.lost_error(exc))
+            self.lost_all(_failures.lost_error(exc))
 
-    def pause_writing(self) -> None:
+    def pause_writing(self):
         self.paused = True
 
-    def resume_writing(self) -> None:
+    def resume_writing(self):
+        cdef H2UpStream s
         self.paused = False
         for s in list(self.streams.values()):
             if s.held and not s.done:
-                n, s.held = s.held, 0
-                s.call.ack_request(n)
+                n = s.held
+                s.held = 0
+                s.sink.ack_request(n)
 
     # -- streams -----------------------------------------------------------------------------------------
-    def pump(self, s: Stream) -> None:
+    cdef void pump(self, H2UpStream s):
         """Send the stream's queued request DATA within the windows; END_STREAM after the last."""
+        cdef long long acks = 0
+        cdef Py_ssize_t win
+        cdef list item
+        cdef bytes data
         if self.closed or s.done:
             return
         h = self.h2
         sid = s.sid
-        acks = 0
         try:
             while s.outq:
                 item = s.outq[0]
@@ -394,8 +381,8 @@ class Conn(asyncio.Protocol):
                     if win <= 0:
                         break
                     if len(data) > win:
+                        item[0] = data[win:]
                         data = data[:win]
-                        item[0] = item[0][win:]
                         h.send_data(sid, data)
                         if s.replay is not None:
                             s.keep(data)
@@ -404,7 +391,7 @@ class Conn(asyncio.Protocol):
                     if s.replay is not None:
                         s.keep(data)
                 s.outq.pop(0)
-                acks += item[1]
+                acks += <long long>item[1]
             if s.outq:
                 self.blocked.add(s)
             else:
@@ -419,10 +406,10 @@ class Conn(asyncio.Protocol):
             if self.paused and not s.done:
                 s.held += acks
             else:
-                s.call.ack_request(acks)
+                s.sink.ack_request(acks)
         self.schedule()
 
-    def reset(self, s: Stream, code: int) -> None:
+    cdef void reset(self, H2UpStream s, int code):
         self.blocked.discard(s)
         if self.streams.pop(s.sid, None) is not None and not self.closed:
             try:
@@ -432,43 +419,46 @@ class Conn(asyncio.Protocol):
             self.schedule()
         self.released()
 
-    def forget(self, s: Stream) -> None:
+    cdef void forget(self, H2UpStream s):
         if s in self.queued:
             self.queued.remove(s)
 
-    def finished(self, s: Stream) -> None:
+    cdef void finished(self, H2UpStream s):
         """The response ended: the stream leaves the connection (reset if our side is still open)."""
         if self.streams.pop(s.sid, None) is None:
             return
         self.blocked.discard(s)
         if not s.end_sent and not self.closed:
             try:
-                self.h2.reset_stream(s.sid, CANCEL)
+                self.h2.reset_stream(s.sid, H2_CANCEL)
             except (ProtocolError, StreamClosedError):
                 pass
         s.settle()
         self.released()
 
-    def released(self) -> None:
+    cdef void released(self):
         """A slot may be free: give it to a stream waiting in the pool; arm the idle timer when empty."""
-        pool = self.pool
+        cdef H2Pool pool = self.pool
+        cdef H2UpStream s
         while pool.waiting and self.room():
             s = pool.waiting.popleft()
             if not s.done:
                 self.take(s)
         if not self.streams and not self.queued and not self.closed and self.idle_timer is None:
-            loop = asyncio.get_running_loop()
-            self.idle_timer = loop.call_later(self.pool.target.group.idle_timeout, self.idle)
+            self.idle_timer = asyncio.get_running_loop().call_later(pool.target.group.idle_timeout,
+                                                                    self.idle)
 
-    def idle(self) -> None:
+    def idle(self):
         self.idle_timer = None
         if not self.streams and not self.queued:
             self.close()
 
-    def on_goaway(self, last_sid: int) -> None:
+    cdef void on_goaway(self, int last_sid):
+        cdef H2UpStream s
         self.goaway = True
         self.pool.drop(self)
-        queued, self.queued = self.queued, []
+        queued = self.queued
+        self.queued = []
         for s in queued:                       # not opened yet: another connection takes them
             if not s.done:
                 s.conn = None
@@ -476,13 +466,14 @@ class Conn(asyncio.Protocol):
         for sid in [sid for sid in self.streams if sid > last_sid]:
             s = self.streams.pop(sid)
             self.blocked.discard(s)
-            if s.can_retry():
-                s.retry(0)
+            if s.can_replay():
+                s.replay_later(0, _failures.STREAM_REFUSED)
             elif not s.done:
                 s.settle()
-                s.call.on_error(502, "bad-gateway", b"", UNAVAILABLE, failures.STREAM_REFUSED)
+                s.sink.on_error(502, "bad-gateway", b"", _failures.STREAM_REFUSED)
 
-    def lost_all(self, kind: str) -> None:
+    cdef void lost_all(self, str kind):
+        cdef H2UpStream s
         self.closed = True
         self.pool.drop(self)
         streams = list(self.streams.values()) + self.queued
@@ -492,11 +483,11 @@ class Conn(asyncio.Protocol):
         for s in streams:
             if not s.done:
                 s.settle()
-                s.call.on_error(502, "bad-gateway", b"", UNAVAILABLE, kind)
+                s.sink.on_error(502, "bad-gateway", b"", kind)
         if self.transport is not None:
             self.transport.abort()
 
-    def close(self) -> None:
+    cpdef close(self):
         if self.closed:
             return
         self.closed = True
@@ -513,17 +504,17 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     # -- output ------------------------------------------------------------------------------------------
-    def schedule(self) -> None:
+    cdef void schedule(self):
         """Output is written once per event-loop iteration (many streams share one write)."""
         if not self.flush_soon and not self.closed:
             self.flush_soon = True
             asyncio.get_running_loop().call_soon(self.flush_later)
 
-    def flush_later(self) -> None:
+    def flush_later(self):
         self.flush_soon = False
         self.flush()
 
-    def flush(self) -> None:
+    cdef void flush(self):
         if self.transport is None or self.closed:
             return
         h = self.h2
@@ -535,36 +526,67 @@ class Conn(asyncio.Protocol):
             self.transport.write(data)
 
 
-class Pool:
+async def _connect(H2UpConn c):
+    cdef H2Pool pool = c.pool
+    cdef Target t = pool.target
+    cdef UpstreamGroup g = t.group
+    loop = asyncio.get_running_loop()
+    try:
+        if pool.ssl is None:
+            coro = loop.create_connection(lambda: c, t.host, t.port)
+        else:
+            coro = loop.create_connection(lambda: c, t.host, t.port, ssl=pool.ssl,
+                                          server_hostname=g.server_name or t.host)
+        await asyncio.wait_for(coro, g.connect_timeout)
+    except TimeoutError:
+        c.failed(504, "upstream-timeout", b"", _failures.CONNECT_TIMEOUT)
+    except asyncio.CancelledError:
+        c.failed(502, "bad-gateway", b"cancelled", _failures.CONNECT_FAILED)
+    except OSError as exc:                         # (ssl.SSLError is an OSError)
+        kind, reason = _failures.connect_error(exc)
+        c.failed(502, "bad-gateway", reason.encode(), kind)
+    finally:
+        c.task = None
+
+
+cdef class H2Pool:
     """The HTTP/2 connections of one target."""
 
-    def __init__(self, target: Any, ssl_ctx: ssl.SSLContext | None) -> None:
+    def __init__(self, Target target, ssl_ctx):
         self.target = target
         self.ssl = ssl_ctx
-        self.conns: list[Conn] = []
-        self.waiting: deque[Stream] = deque()
+        self.conns = []
+        self.waiting = deque()
 
-    def open(self, call: Any, headers: list) -> Stream:
-        s = Stream(self, call, headers)
+    cpdef H2UpStream open(self, H2Sink sink, list headers):
+        """A new stream for `sink` with the request's header list (pseudo-headers first)."""
+        cdef H2UpStream s = H2UpStream.__new__(H2UpStream)
+        s.pool = self
+        s.sink = sink
+        s.headers = headers
+        s.outq = []
+        s.replay = []
         self.place(s)
         return s
 
-    def place(self, s: Stream) -> None:
+    cdef void place(self, H2UpStream s):
         """The first connection with room, else a new one (up to MAX_CONNS), else wait for a slot."""
+        cdef H2UpConn c
         for c in self.conns:
             if c.room():
                 c.take(s)
                 return
         if len(self.conns) < MAX_CONNS:
-            c = Conn(self)
+            c = H2UpConn(self)
             self.conns.append(c)
             c.take(s)
-            c.connect()
+            c.task = asyncio.get_running_loop().create_task(_connect(c))
         else:
             self.waiting.append(s)
 
-    def drop(self, c: Conn) -> None:
+    cdef void drop(self, H2UpConn c):
         """`c` takes no new streams; streams waiting for a slot get a new connection."""
+        cdef H2UpStream s
         if c in self.conns:
             self.conns.remove(c)
         waiting = [s for s in self.waiting if not s.done]
@@ -573,12 +595,14 @@ class Pool:
             s.conn = None
             self.place(s)
 
-    def forget(self, s: Stream) -> None:
+    cdef void forget(self, H2UpStream s):
         try:
             self.waiting.remove(s)
         except ValueError:
             pass
 
-    def close(self) -> None:
+    def close(self):
+        """Close every connection (a reload that drops this target's upstream)."""
+        cdef H2UpConn c
         for c in list(self.conns):
             c.close()

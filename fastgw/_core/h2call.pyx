@@ -1,0 +1,265 @@
+# One exchange on an HTTP/2 upstream stream (included by worker.pyx), whatever the client speaks.
+#
+#   H2Call   joins an Exchange (its client an HTTP/1.1 connection or an HTTP/2 stream) to one stream of
+#            upstream_h2.pyx, whose H2Sink it is; GrpcCall (upstream_grpc.pyx) is its gRPC kind
+#   h2_start opens the call once the request passed its route's policies
+#
+# Rules kept here (and why):
+# * The upstream request is the exchange's (Exchange.upstream_fields), so an HTTP/1.1 client's request
+#   arrives as an HTTP/2 one: Host as :authority, the fields the wire table does not forward already
+#   dropped by the reader, names lowercase (RFC 9113 8.2.1), the body as DATA (a chunked body unframed by
+#   the reader and streamed as it comes, its length unknown), Content-Length kept when the client gave it.
+# * Request backpressure: an HTTP/2 client's DATA is acknowledged (its WINDOW_UPDATE) only once the
+#   upstream stream sent it, so its windows bound what the gateway holds; an HTTP/1.1 client's reading
+#   pauses while more than PENDING_LIMIT of its bytes wait for the upstream's windows.
+# * Response backpressure: the upstream's DATA is acknowledged while the client side takes it (set_paused),
+#   so a slow client slows the upstream stream through its window, not the gateway's memory.
+# * Response fields: the connection-specific ones (RFC 9113 8.2.2) and the route's removed ones are not
+#   relayed; the route's and the policies' are added, and X-Request-ID. Trailers go to an HTTP/2 client;
+#   an HTTP/1.1 client gets the body without them (fastgw frames its chunked body itself).
+# * The response head must come within the upstream's `timeout` (504). A reset or a failure before it is a
+#   502 problem; after it the client's response is cut (stream reset, connection closed): never a
+#   truncated response presented as complete.
+
+# The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
+cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.CONNECT_FAILED,
+                                          _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
+
+
+cdef void h2_start(Exchange ex):
+    """The request passed its route's policies: open its upstream stream and send what arrived so far."""
+    cdef ClientConn cl = ex.client
+    cdef RouteRT route = ex.route
+    cdef H2Stream st = None
+    cdef H2Call call
+    cdef list fields = ex.upstream_fields(route, ex.head)
+    cdef Target t = ex.target
+    cdef long long owed = 0
+    cdef bint ended
+    if route.grpc:
+        call = GrpcCall.__new__(GrpcCall)
+        (<GrpcCall>call).max_msg = route.max_body
+        fields.append((b"te", b"trailers"))
+    else:
+        call = H2Call.__new__(H2Call)
+    call.cl = cl
+    call.ex = ex
+    call.deadline = cl.w.clock.now + route.group.timeout
+    if isinstance(cl, H2Stream):
+        st = <H2Stream>cl
+        call.st = st
+        st.call = call
+    ex.call = call
+    pool = t.h2pool
+    if pool is None:                                  # (compile attaches one to every HTTP/2 upstream)
+        pool = t.h2pool = H2Pool(t, None)
+    ex.sent = True
+    call.us = (<H2Pool>pool).open(call, fields)
+    # The body that arrived while the policies ran, held: an HTTP/2 client's unacknowledged (P_PENDING),
+    # an HTTP/1.1 client's reading paused past PENDING_LIMIT.
+    if st is not None:
+        owed = st.owed
+        st.owed = 0
+        st.rpause &= ~P_PENDING
+        ended = st.rx_done
+    else:
+        ended = ex.body_done
+    if ex.pending:
+        data = concat(ex.pending)
+        ex.pending = []
+        ex.pending_bytes = 0
+        call.request_data(data, owed if st is not None else len(data))
+        if st is None:
+            cl.resume_reading(P_PENDING)
+    elif owed:
+        call.ack_request(owed)
+    if ended:
+        call.request_end()
+
+
+cdef class H2Call(H2Sink):
+    # -- from the client side (the engines and the exchange) ----------------------------------------------
+    cdef void request_data(self, bytes data, long long n):
+        """`n` client bytes (an HTTP/2 client's flow-controlled length; an HTTP/1.1 client's body bytes)."""
+        cdef Exchange ex = self.ex
+        if self.over:
+            self.ack_request(n)
+            return
+        if self.st is not None:
+            ex.body_bytes += len(data)           # (the HTTP/1.1 reader counts its own: request_body)
+            if ex.body_bytes > ex.route.max_body:
+                self.ack_request(n)
+                self.too_large()
+                return
+        else:
+            self.unsent += n
+            if self.unsent > PENDING_LIMIT:
+                self.cl.pause_reading(P_UPSTREAM)
+        self.us.send(data, n)
+
+    cdef void too_large(self):
+        """The request body went over the route's max_body: the client side's answer (413, or the cut)."""
+        self.us.cancel()
+        self.over = True
+        self.cl.body_too_large(self.ex)
+
+    cdef void request_end(self):
+        if not self.over:
+            self.us.end()
+
+    cdef void cancel(self):
+        """The client reset the stream or went away: reset the upstream stream."""
+        if not self.over:
+            self.over = True
+            self.us.cancel()
+
+    cdef void set_paused(self, bint want):
+        cdef long long n
+        self.paused = want
+        if not want and self.up_owed and not self.over:
+            n = self.up_owed
+            self.up_owed = 0
+            self.us.ack(n)
+
+    cdef void check(self, double now):
+        if not self.over and not self.head_sent and now > self.deadline:
+            self.us.cancel()
+            self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
+
+    cdef void fail(self, int status, str slug, bytes detail, int code, str kind=None):
+        """The upstream failed: the exchange's failure path answers (before the response head a problem,
+        or on a grpc route the gRPC status `code`; after it the client's response is cut)."""
+        if self.over:
+            return
+        self.over = True
+        self.code = code
+        self.ex.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT if kind in CONNECT_KINDS
+                                     else SRC_UPSTREAM_RESPONSE, False, detail, kind))
+
+    cdef void note_status(self, bytes value):
+        pass                                  # (gRPC: the grpc-status of the call, for the access log)
+
+    cdef void finish(self):
+        self.over = True
+        self.ex.complete()
+
+    # -- from the upstream stream (the H2Sink interface, upstream_h2.pxd) --------------------------------
+    cdef void ack_request(self, long long n):
+        """`n` client bytes went upstream: let the client send more."""
+        cdef H2Conn conn
+        if self.st is not None:
+            conn = self.st.conn
+            if n and not conn.closed:
+                conn.h2.acknowledge_received_data(n, self.st.sid)
+                self.st.kick()
+            return
+        self.unsent -= n
+        if self.unsent <= PENDING_LIMIT:
+            self.cl.resume_reading(P_UPSTREAM)
+
+    cdef void on_headers(self, list headers, bint end):
+        cdef Exchange ex = self.ex
+        cdef RouteRT route = ex.route
+        cdef list out = []
+        cdef bytes name, value
+        cdef int status = 200
+        if self.over:
+            return
+        remove = route.resp_remove
+        for name, value in headers:
+            if name == b":status":
+                status = int(value)
+            elif name in CONNECTION_SPECIFIC or (remove is not None and name in remove) or name[:1] == b":":
+                continue
+            else:
+                if end and name == b"grpc-status":
+                    self.note_status(value)
+                out.append((name, value))
+        if route.resp_add:
+            _h2_lines(route.resp_add, out)
+        if route.on_response is not None and self.response_phase(route, out, status):   # phase: on_response
+            return
+        if ex.resp_extra is not None:
+            _h2_lines(ex.resp_extra, out)
+        out.append((b"x-request-id", ex.rid))
+        self.head_sent = True
+        ex.resp_started = True
+        ex.status = status
+        ex.resp_nobody = ex.head.method == b"HEAD" or status == 204 or status == 304
+        self.cl.write_fields(ex, status, out, end)
+        if end:
+            self.cl.write_end(ex)
+            self.finish()
+
+    cdef bint response_phase(self, RouteRT route, list out, int status):
+        """on_response over the upstream's head (`out`: the relayed pairs, :status apart). True when the
+        policies replaced it: the upstream stream is cancelled and the answer sent instead."""
+        cdef Exchange ex = self.ex
+        cdef list blocks = [_ph.join_pairs(out)]
+        if route.phase_resp_add:
+            blocks.append(route.phase_resp_add)
+        r = ex.response_phase(route.on_response, blocks, status)
+        if r is False:
+            self.cancel()
+            ex.settle(0)
+            ex.policy_failed()
+            return True
+        lines = ex.phase_lines()
+        if r is None:
+            if lines is not None:
+                out[:] = _h2_lines(lines, [])             # HTTP/2 field names: lowercase
+            elif route.phase_resp_add:
+                _h2_lines(route.phase_resp_add, out)
+            return False
+        self.cancel()
+        ex.settle(0)
+        ex.send_answer(ex.status, lines, (<Respond>r).body)
+        return True
+
+    cdef void on_data(self, bytes data, long long n):
+        if self.over:
+            self.us.ack(n)
+            return
+        if data and not self.ex.resp_nobody:
+            self.cl.write_body(self.ex, data)
+        if self.paused:
+            self.up_owed += n
+        elif n:
+            self.us.ack(n)
+
+    cdef void on_trailers(self, list headers):
+        cdef list out = []
+        cdef bytes name, value
+        if self.over:
+            return
+        for name, value in headers:
+            if name[:1] != b":" and name not in CONNECTION_SPECIFIC:
+                out.append((name, value))
+                if name == b"grpc-status":
+                    self.note_status(value)
+        if self.st is not None:
+            self.st.trailers = out
+        self.cl.write_end(self.ex)
+        self.finish()
+
+    cdef void on_end(self):
+        """END_STREAM on DATA, without trailers."""
+        if self.over:
+            return
+        self.cl.write_end(self.ex)
+        self.finish()
+
+    cdef void on_reset(self, int code):
+        """The upstream reset the stream: before the response head a 502, after it the cut."""
+        self.fail(502, "bad-gateway", b"", 14, _failures.STREAM_RESET)
+
+    cdef void on_error(self, int status, str slug, bytes detail, str kind):
+        """The upstream connection failed (connect, TLS, lost, GOAWAY before this stream); `kind` and
+        `detail` (its reason) as for Exchange.name_failure; 14 is gRPC's UNAVAILABLE."""
+        self.fail(status, slug, detail, 14, kind)
+
+    cdef void on_replay(self, str kind):
+        """The upstream did not process the stream (REFUSED_STREAM, GOAWAY) and it is sent again: a
+        retryable failure, which the access log names as the one the call was retried after."""
+        self.ex.retried = True
+        self.ex.retried_err = gateway_error(502, "bad-gateway", SRC_UPSTREAM_RESPONSE, True, b"", kind)
