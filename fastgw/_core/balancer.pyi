@@ -1,5 +1,13 @@
 from typing import Any
 
+MAGLEV_SIZE: int
+SLOW_START_FLOOR: int
+
+def hash_bytes(data: bytes, seed: int = 0) -> int: ...
+
+class TargetTable:
+    def __init__(self, buf: Any, init: bool = False) -> None: ...
+    def slots_used(self) -> int: ...
 
 class UpstreamGroup:
     name: str
@@ -10,6 +18,15 @@ class UpstreamGroup:
     connect_timeout: float
     timeout: float
     idle_timeout: float
+    balance: int
+    uniform: bool
+    total: int
+    slow_start: float
+    msize: int
+    def __init__(self) -> None: ...
+    def setup(self, balance: str, hash_key: str | None = None, slow_start: float = 0.0, seed: int = 0) -> None: ...
+    def key_target(self, key: bytes) -> Target: ...
+    def build_maglev(self) -> None: ...
 
 class Target:
     host: str
@@ -19,5 +36,14 @@ class Target:
     group: UpstreamGroup
     hostport: bytes
     h2pool: Any                      # fastgw.grpc_upstream.Pool, for targets of grpc routes
-    def __init__(self, host: str, port: int, keepalive: int, group: UpstreamGroup) -> None: ...
+    weight: int
+    index: int
+    since: float
+    inflight: int
+    def __init__(self, host: str, port: int, keepalive: int, group: UpstreamGroup, weight: int = 1,
+                 table: TargetTable | None = None, key: int = 0) -> None: ...
+    def add_inflight(self, n: int) -> None: ...
     def close_idle(self) -> None: ...
+
+def pick_target(g: UpstreamGroup, ex: Any = None) -> Target: ...
+def finish_target(t: Target) -> None: ...

@@ -197,6 +197,9 @@ cdef class Exchange:
     cdef void complete(self):
         if not self.done:
             self.done = True
+            if self.counted:
+                self.counted = False
+                self.target.finish()
             if self.after is not None:
                 self.run_after()
             self.client.w.observe(self)
@@ -206,6 +209,9 @@ cdef class Exchange:
         """End the exchange where it stands (its client is gone): pending work is cancelled and the
         upstream connection, mid-request, is closed."""
         self.done = True
+        if self.counted:
+            self.counted = False
+            self.target.finish()
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
@@ -323,7 +329,8 @@ cdef class Exchange:
             pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
         # The target is picked here, once per request: a request without Host carries the address of
         # the target it reaches (acquire connects to it).
-        self.target = route.group.pick()
+        self.target = route.group.pick(self)
+        self.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
         host = h.host if h.host else self.target.hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         if pieces:

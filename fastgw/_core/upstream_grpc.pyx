@@ -92,7 +92,7 @@ cdef void grpc_start(H2Stream st, Exchange ex):
     cdef RequestHead h = ex.head
     cdef RouteRT route = ex.route
     cdef UpstreamGroup g = route.group
-    cdef Target t = g.pick()
+    cdef Target t = g.pick(ex)
     cdef GrpcCall call = GrpcCall.__new__(GrpcCall)
     cdef list pieces = h.pieces
     cdef list hdrs
@@ -100,6 +100,7 @@ cdef void grpc_start(H2Stream st, Exchange ex):
     cdef Py_ssize_t i
     cdef long long owed
     ex.target = t
+    ex.counted = g.balance == B_LEAST_REQUEST
     call.st = st
     call.ex = ex
     call.max_msg = route.max_body

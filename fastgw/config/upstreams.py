@@ -1,8 +1,10 @@
-"""[upstreams.NAME]: targets, keep-alive pool, timeouts and TLS to the upstream; their schema and checks."""
+"""[upstreams.NAME]: targets and their weights, balancing, keep-alive pool, timeouts and TLS to the upstream;
+their schema and checks."""
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Literal
@@ -27,13 +29,35 @@ class UpstreamTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
+class WeightedTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A target with its share: `{ address = "10.0.1.11:8000", weight = 3 }` (a bare string weighs 1)."""
+    address: str
+    weight: int = 1
+
+
+# Where `balance = "hash"` reads its key: a request header, a cookie, a query argument (each named after
+# the colon), the authenticated consumer, the client's address (after PROXY protocol) or the path.
+HASH_KEY = re.compile(r"(header|cookie|query):[!#$%&'*+.^_`|~0-9A-Za-z-]+|consumer|client_ip|path")
+MAX_WEIGHT = 1000        # weights are relative shares; a bound keeps the hash table's fill exact
+
+
+def address(t: str | WeightedTarget) -> str:
+    return t if isinstance(t, str) else t.address
+
+
+def weight(t: str | WeightedTarget) -> int:
+    return 1 if isinstance(t, str) else t.weight
+
+
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    targets: list[str]
+    targets: list[str | WeightedTarget]
     keepalive: int = 128
     connect_timeout: Duration = 3.0
     timeout: Duration = 15.0
     idle_timeout: Duration = 60.0
-    balance: Literal["round_robin"] = "round_robin"
+    balance: Literal["round_robin", "least_request", "hash"] = "round_robin"
+    hash_key: str | None = None              # balance = "hash" only; see HASH_KEY
+    slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
     tls: UpstreamTLS | None = None
 
 
@@ -51,9 +75,25 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
         errors.append(f"{path}.targets: at least one target is required")
     for i, target in enumerate(up.targets):
         try:
-            parse_hostport(target)
+            parse_hostport(address(target))
         except ValueError as e:
-            errors.append(f'{path}.targets[{i}]: invalid target "{target}": {e}')
+            errors.append(f'{path}.targets[{i}]: invalid target "{address(target)}": {e}')
+        if not 1 <= weight(target) <= MAX_WEIGHT:
+            errors.append(f"{path}.targets[{i}].weight: must be between 1 and {MAX_WEIGHT}")
+    addrs = [address(t) for t in up.targets]
+    for a in sorted({a for a in addrs if addrs.count(a) > 1}):
+        errors.append(f'{path}.targets: "{a}" is listed twice (give it a weight instead)')
+    if up.balance == "hash":
+        if up.hash_key is None:
+            errors.append(f'{path}.hash_key: required with balance = "hash" (header:NAME, cookie:NAME, '
+                          "query:NAME, consumer, client_ip or path)")
+        elif not HASH_KEY.fullmatch(up.hash_key):
+            errors.append(f'{path}.hash_key: invalid "{up.hash_key}" (header:NAME, cookie:NAME, query:NAME, '
+                          "consumer, client_ip or path)")
+    elif up.hash_key is not None:
+        errors.append(f'{path}.hash_key: only with balance = "hash"')
+    if up.slow_start < 0:
+        errors.append(f"{path}.slow_start: must not be negative")
     if up.keepalive < 0:
         errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
     for field, seconds in (("connect_timeout", up.connect_timeout), ("timeout", up.timeout),
@@ -82,7 +122,7 @@ def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     names: dict[str, list[str]] = {}
     for name, up in cfg.upstreams.items():
         for i, target in enumerate(up.targets):
-            host = parse_hostport(target)[0]
+            host = parse_hostport(address(target))[0]
             if not _is_ip(host):
                 names.setdefault(host, []).append(f"{keypath('upstreams', name)}.targets[{i}]")
     if not names:

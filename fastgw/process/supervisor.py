@@ -55,6 +55,7 @@ from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.process.binding import BindError, bind_error, listen_keys
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
+from fastgw.process.sections import owner_sections
 from fastgw.process.shm import SharedMemory
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
@@ -367,7 +368,7 @@ class Supervisor:
         set_level(self.cfg.server.log_level)
         loop = asyncio.get_running_loop()
         self.bind_all()
-        self.shm = SharedMemory.create([metrics.shm_section(self.nworkers),
+        self.shm = SharedMemory.create([metrics.shm_section(self.nworkers), *owner_sections(self.cfg, self.nworkers),
                                         *(s for p in POLICIES for s in runtime(p).shm_sections(self.cfg, self.nworkers))])
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics,
