@@ -80,6 +80,9 @@ def build_groups(cfg: Config, old: Config | None = None,
             if known is not None and up.slow_start > 0 and target.hostport not in known:
                 target.since = now
             g.targets.append(target)
+        o = up.outlier
+        g.outlier(o.consecutive_failures, o.base_ejection, o.max_ejection, o.max_ejected_percent,
+                  o.panic_threshold, o.on_panic == "fail")
         g.setup(up.balance, up.hash_key, up.slow_start, int.from_bytes(os.urandom(8), "little"))
         g.ssl = None
         g.server_name = None

@@ -16,10 +16,23 @@ cdef enum HashKind:                 # where balance = "hash" reads its key
     H_CLIENT_IP = 5
     H_PATH = 6
 
-cdef enum:                          # Record: one target's record in the TargetTable: 64-bit words, one cache line
+cdef enum:                          # Record: one target's record in the TargetTable: 64-bit words
     R_KEY = 0                       # hash of (upstream, address) | 1; 0: a free slot
     R_INFLIGHT = 1                  # requests in flight, pod-wide (least_request)
-    REC_WORDS = 8
+    R_FAILS = 2                     # consecutive failures (outlier detection), all workers
+    R_DOWN_UNTIL = 3                # ejected until (monotonic ms); 0: in service
+    R_EJECTIONS = 4                 # the ejection multiplier (base_ejection x this)
+    R_SINCE = 5                     # the last change of state (monotonic ms; 0: never)
+    R_REASON = 6                    # the last ejection's Reason
+    R_LAST_UNTIL = 7                # when the last ejection ended (monotonic ms)
+    R_EJECTED_BY = 8                # + Reason: ejections counted by reason (4 words)
+    REC_WORDS = 16                  # 128 bytes: two cache lines
+
+cdef enum Reason:                   # why a target failed (outlier detection)
+    REASON_CONNECT = 0              # connection refused or failed
+    REASON_RESET = 1                # reset, closed or invalid response once the request was on its way
+    REASON_TIMEOUT = 2              # connect timeout or no response within the upstream's timeout
+    REASON_STATUS = 3               # the target answered 502, 503 or 504
 
 
 cpdef uint64_t hash_bytes(bytes data, uint64_t seed=*)
@@ -52,11 +65,24 @@ cdef class UpstreamGroup:
     cdef object maglev_owner               # array('H') of target indexes
     cdef unsigned short* maglev
     cdef readonly Py_ssize_t msize
+    cdef Py_ssize_t last_slot              # the table entry of the last hashed pick
+    cdef readonly int max_fails            # outlier.consecutive_failures (0: detection off)
+    cdef readonly int64_t base_ms          # outlier.base_ejection, max_ejection in ms
+    cdef readonly int64_t max_ms
+    cdef readonly int eject_pct            # outlier.max_ejected_percent
+    cdef readonly int panic_pct            # outlier.panic_threshold
+    cdef readonly bint panic_fail          # outlier.on_panic = "fail"
+    cdef int64_t panic_checked             # when in_panic last counted (monotonic ms)
+    cdef bint panicking
     cdef Target pick(self, object ex)
     cdef Target swrr(self, double now)
     cdef Target draw(self, double now, Target other)
     cdef Target p2c(self, double now)
     cdef Target by_hash(self, object ex)
+    cdef Target avoid(self, Target first)
+    cdef Py_ssize_t usable(self, int64_t now)
+    cdef bint in_panic(self)
+    cdef void eject(self, Target t, int reason)
     cdef bytes hash_key_of(self, object ex)
     cdef uint64_t next_random(self) noexcept
     cdef int64_t eff(self, Target t, double now) noexcept
@@ -76,3 +102,7 @@ cdef class Target:
     cdef int64_t* rec                      # its record (TargetTable, or its own when there is none)
     cdef object rec_owner
     cdef void finish(self) noexcept
+    cdef bint down(self, int64_t now) noexcept
+    cdef void failure(self, int reason)
+    cdef void success(self) noexcept
+    cdef void failed_with(self, bint connect, int status)

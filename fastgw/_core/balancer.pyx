@@ -19,6 +19,14 @@
                                   without the key goes to a random target (documented in docs/upstreams.md)
                  slow_start: a target a reload adds starts at 10% of its weight and reaches it linearly over
                  the window (round_robin and least_request; a hash table is not re-weighted per request).
+                 Health is read at pick time from the targets' records (no event between workers to miss):
+                 a pick that lands on an ejected target chooses again among the others (avoid), or, below
+                 panic_threshold % in service, uses it anyway or none (on_panic).
+  outlier detection  every worker counts a target's consecutive failures in its record (failure, from the
+                 exchange's one failure path and from 502/503/504 answers; success ends the run); the
+                 worker whose failure reaches the threshold ejects it for base x ejections (capped), within
+                 max_ejected_percent; the ejection ends by itself when its time is over [Envoy's outlier
+                 detection; Kong's passive checks never re-admit a target by themselves].
   Target         one upstream address, its weight, its record in the TargetTable (in-flight requests), and
                  the list of its idle keep-alive connections (the pool's rules, LIFO and bounded by
                  `keepalive`, are upstream_h1.pyx's pool_take/pool_give)
@@ -38,6 +46,7 @@ cdef extern from *:
         return __atomic_add_fetch(p, v, __ATOMIC_RELAXED);
     }
     static inline int64_t fg_atomic_load(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void fg_atomic_store(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
     static inline int fg_atomic_claim(int64_t *p, int64_t expect, int64_t v) {
         return __atomic_compare_exchange_n(p, &expect, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) || expect == v;
     }
@@ -45,6 +54,7 @@ cdef extern from *:
     int64_t fg_atomic_add(int64_t *p, int64_t v) nogil
     int64_t fg_atomic_load(int64_t *p) nogil
     int fg_atomic_claim(int64_t *p, int64_t expect, int64_t v) nogil
+    void fg_atomic_store(int64_t *p, int64_t v) nogil
 
 
 # The Maglev table's size: a prime (every skip then walks all entries), fixed so that a target keeps its
@@ -54,6 +64,7 @@ MAGLEV_SIZE = 65521
 SLOW_START_FLOOR = 10          # % of its weight a slow-starting target begins with (Envoy's min_weight_percent)
 
 cdef enum:
+    PANIC_RECHECK_MS = 50      # on_panic = "fail": how stale the count of targets in service may be
     SCALE = 100                # effective weights are weight x SCALE, less while slow-starting
 
 
@@ -61,6 +72,14 @@ cdef inline double monotonic() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline int64_t monotonic_ms() noexcept:
+    """CLOCK_MONOTONIC in ms: one clock for every process of the host, so ejection times written by one
+    worker mean the same in another and in the supervisor (time.monotonic())."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000 + ts.tv_nsec // 1000000
 
 
 cdef inline uint64_t mix64(uint64_t h) noexcept:
@@ -112,6 +131,14 @@ cdef class TargetTable:
                 return rec
         return NULL
 
+    def words(self, uint64_t key):
+        """The record of `key` as 64-bit words (the supervisor's view: status, metrics), or None."""
+        cdef int64_t* rec = self.record(key)
+        if rec == NULL:
+            return None
+        off = (rec - self.base) * 8
+        return memoryview(self.owner).cast("B")[off:off + REC_WORDS * 8].cast("q")
+
     def slots_used(self):
         cdef Py_ssize_t i, n = 0
         for i in range(self.nslots):
@@ -126,6 +153,16 @@ cdef class UpstreamGroup:
         self.rr = 0
         self.balance = B_ROUND_ROBIN
         self.rng = 0x9e3779b97f4a7c15ULL
+
+    def outlier(self, int consecutive_failures, double base_ejection, double max_ejection,
+                int max_ejected_percent, int panic_threshold, bint panic_fail):
+        """Passive outlier detection's settings (outlier.*; durations in seconds)."""
+        self.max_fails = consecutive_failures
+        self.base_ms = <int64_t>(base_ejection * 1000)
+        self.max_ms = <int64_t>(max_ejection * 1000)
+        self.eject_pct = max_ejected_percent
+        self.panic_pct = panic_threshold
+        self.panic_fail = panic_fail
 
     def setup(self, str balance, str hash_key=None, double slow_start=0.0, uint64_t seed=0):
         """Fix the algorithm once the targets are set: weights, the Maglev table, the start offset
@@ -194,9 +231,96 @@ cdef class UpstreamGroup:
             t = self.p2c(monotonic() if self.ramping else 0.0)
         else:
             t = self.by_hash(ex)
+        if self.panic_fail and self.in_panic():
+            return None
+        if t.rec[R_DOWN_UNTIL] != 0:             # ejected, or its ejection just ended
+            t = self.avoid(t)
+            if t is None:
+                return None
         if self.balance == B_LEAST_REQUEST:
             fg_atomic_add(&t.rec[R_INFLIGHT], 1)
         return t
+
+    cdef bint in_panic(self):
+        """With on_panic = "fail": fewer than panic_threshold % of the targets in service, as counted at
+        most every PANIC_RECHECK_MS (a pick on a target in service does not otherwise look at the
+        others)."""
+        cdef int64_t now = monotonic_ms()
+        cdef Py_ssize_t ok
+        if now - self.panic_checked >= PANIC_RECHECK_MS:
+            self.panic_checked = now
+            ok = self.usable(now)
+            self.panicking = ok == 0 or ok * 100 < self.panic_pct * len(self.targets)
+        return self.panicking
+
+    cdef Py_ssize_t usable(self, int64_t now):
+        cdef Py_ssize_t n = 0
+        for x in self.targets:
+            if not (<Target>x).down(now):
+                n += 1
+        return n
+
+    cdef Target avoid(self, Target first):
+        """The algorithm chose an ejected target: choose again among the others, the same way (a hash
+        key walks on through the table from its entry, so only the ejected target's keys move). Below
+        panic_threshold % usable targets, on_panic decides: every target ("all": `first`) or none."""
+        cdef int64_t now = monotonic_ms()
+        cdef Py_ssize_t i, n = len(self.targets), ok
+        cdef Target t
+        if not first.down(now):
+            return first
+        ok = self.usable(now)
+        if ok == 0 or ok * 100 < self.panic_pct * n:
+            return None if self.panic_fail else first
+        if self.balance == B_HASH:
+            i = self.last_slot
+            for _ in range(self.msize):
+                i = (i + 1) % self.msize
+                t = <Target>self.targets[self.maglev[i]]
+                if not t.down(now):
+                    return t
+        elif self.balance == B_LEAST_REQUEST:
+            cands = [x for x in self.targets if not (<Target>x).down(now)]
+            a = <Target>cands[self.next_random() % <uint64_t>len(cands)]
+            if len(cands) == 1:
+                return a
+            cands.remove(a)
+            b = <Target>cands[self.next_random() % <uint64_t>len(cands)]
+            return b if fg_atomic_load(&b.rec[R_INFLIGHT]) * a.weight < fg_atomic_load(&a.rec[R_INFLIGHT]) * b.weight else a
+        else:
+            for _ in range(self.total + n):
+                if self.uniform and not self.ramping:
+                    self.rr += 1
+                    t = <Target>self.targets[self.rr % n]
+                else:
+                    t = self.swrr(0.0)
+                if not t.down(now):
+                    return t
+        return first
+
+    cdef void eject(self, Target t, int reason):
+        """`t` failed consecutive_failures times in a row: out of service for base_ejection x its
+        ejections (capped at max_ejection), unless max_ejected_percent of the targets already are (at
+        least one may always be). The multiplier starts again once a target has stayed in service for
+        max_ejection."""
+        cdef int64_t now = monotonic_ms(), k
+        cdef int64_t* rec = t.rec
+        cdef Py_ssize_t ejected = 0, n = len(self.targets)
+        if rec[R_DOWN_UNTIL] > now:
+            return
+        for x in self.targets:
+            if (<Target>x).rec[R_DOWN_UNTIL] > now:
+                ejected += 1
+        if ejected >= max(1, n * self.eject_pct // 100):
+            return
+        k = rec[R_EJECTIONS]
+        if rec[R_LAST_UNTIL] != 0 and now - rec[R_LAST_UNTIL] > self.max_ms:
+            k = 0
+        rec[R_EJECTIONS] = k + 1
+        rec[R_REASON] = reason
+        rec[R_SINCE] = now
+        fg_atomic_add(&rec[R_EJECTED_BY + reason], 1)
+        fg_atomic_store(&rec[R_DOWN_UNTIL], now + min(self.base_ms * (k + 1), self.max_ms))
 
     cdef Target swrr(self, double now):
         """nginx's smooth weighted round robin: every target gains its weight, the one with the most goes
@@ -258,9 +382,11 @@ cdef class UpstreamGroup:
         cdef bytes key = self.hash_key_of(ex)
         cdef uint64_t h
         if key is None:
-            return <Target>self.targets[self.next_random() % <uint64_t>len(self.targets)]
+            self.last_slot = <Py_ssize_t>(self.next_random() % <uint64_t>self.msize)
+            return <Target>self.targets[self.maglev[self.last_slot]]
         h = hash_bytes(key, 0)
-        return <Target>self.targets[self.maglev[h % <uint64_t>self.msize]]
+        self.last_slot = <Py_ssize_t>(h % <uint64_t>self.msize)
+        return <Target>self.targets[self.maglev[self.last_slot]]
 
     cdef bytes hash_key_of(self, object ex):
         """The request's hash key by `hash_key`, or None when the request has none."""
@@ -355,6 +481,54 @@ cdef class Target:
     cdef void finish(self) noexcept:
         """A request counted in flight at pick time ended."""
         fg_atomic_add(&self.rec[R_INFLIGHT], -1)
+
+    cdef bint down(self, int64_t now) noexcept:
+        """Out of service at `now`; an ejection that has run out is ended here (re-admission needs no
+        one: whoever reads it first records it)."""
+        cdef int64_t until = fg_atomic_load(&self.rec[R_DOWN_UNTIL])
+        if until == 0:
+            return False
+        if until > now:
+            return True
+        if fg_atomic_claim(&self.rec[R_DOWN_UNTIL], until, 0):
+            self.rec[R_LAST_UNTIL] = until
+            self.rec[R_SINCE] = now
+            fg_atomic_store(&self.rec[R_FAILS], 0)
+        return False
+
+    cdef void failure(self, int reason):
+        """A failure of this target (any worker): the one that makes consecutive_failures ejects it."""
+        cdef UpstreamGroup g = self.group
+        if g.max_fails > 0 and fg_atomic_add(&self.rec[R_FAILS], 1) == g.max_fails:
+            fg_atomic_store(&self.rec[R_FAILS], 0)
+            g.eject(self, reason)
+
+    cdef void success(self) noexcept:
+        """A response that is not a gateway error: the run of failures is over (written only when there
+        was one, so that healthy traffic does not bounce the record's cache line between cores)."""
+        if self.rec[R_FAILS] != 0:
+            fg_atomic_store(&self.rec[R_FAILS], 0)
+
+    cdef void failed_with(self, bint connect, int status):
+        """A failure the exchange saw (GatewayError source and status): its Reason counts."""
+        self.failure(REASON_TIMEOUT if status == 504 else (REASON_CONNECT if connect else REASON_RESET))
+
+    def record_failure(self, int reason):
+        """failure() from Python (tests)."""
+        self.failure(reason)
+
+    def record_success(self):
+        """success() from Python (tests)."""
+        self.success()
+
+    @property
+    def consecutive_failures(self):
+        return fg_atomic_load(&self.rec[R_FAILS])
+
+    @property
+    def ejected(self):
+        """Out of service now."""
+        return self.down(monotonic_ms())
 
     @property
     def inflight(self):

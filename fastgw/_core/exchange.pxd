@@ -1,6 +1,6 @@
 # Declarations of the exchange (see exchange.pyx; included by worker.pxd).
 
-from fastgw._core.balancer cimport B_LEAST_REQUEST, Target
+from fastgw._core.balancer cimport B_LEAST_REQUEST, REASON_STATUS, Target
 from fastgw._core.gateway_error cimport GatewayError
 from fastgw._core.http1 cimport RequestHead
 from fastgw._core.runtime cimport RouteRT, Runtime

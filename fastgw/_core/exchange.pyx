@@ -152,6 +152,8 @@ cdef class Exchange:
         if self.done:
             return
         if upstream:
+            if self.target is not None and not err.retryable:   # a stale kept-alive connection is no outlier
+                self.target.failed_with(err.source == SRC_UPSTREAM_CONNECT, err.status)
             if err.retryable and not self.retried and not self.resp_started:
                 self.retried = True
                 self.retried_err = err
@@ -172,6 +174,10 @@ cdef class Exchange:
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
         cdef bint is_head = self.head.method == b"HEAD"
+        if 502 <= status <= 504:
+            self.target.failure(REASON_STATUS)
+        else:
+            self.target.success()
         self.resp_started = True
         self.status = status
         self.resp_nobody = is_head or status == 204 or status == 304
@@ -288,6 +294,10 @@ cdef class Exchange:
             grpc_start(<H2Stream>self.client, self)
             return
         self.up_head = self.upstream_head(self.route, h)
+        if self.up_head is None:                # every target ejected, below panic_threshold, on_panic "fail"
+            self.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
+                                      _failures.NO_TARGET))
+            return
         if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
             self.client.write_continue()
         self.acquire(False)
@@ -330,6 +340,8 @@ cdef class Exchange:
         # The target is picked here, once per request: a request without Host carries the address of
         # the target it reaches (acquire connects to it).
         self.target = route.group.pick(self)
+        if self.target is None:
+            return None
         self.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
         host = h.host if h.host else self.target.hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]

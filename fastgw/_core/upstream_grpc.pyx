@@ -99,6 +99,10 @@ cdef void grpc_start(H2Stream st, Exchange ex):
     cdef bytes path = h.path
     cdef Py_ssize_t i
     cdef long long owed
+    if t is None:                               # every target ejected, on_panic "fail"
+        ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
+                                _failures.NO_TARGET))
+        return
     ex.target = t
     ex.counted = g.balance == B_LEAST_REQUEST
     call.st = st

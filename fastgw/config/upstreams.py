@@ -49,6 +49,17 @@ def weight(t: str | WeightedTarget) -> int:
     return 1 if isinstance(t, str) else t.weight
 
 
+class Outlier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Passive outlier detection, on by default with Envoy's numbers (consecutive gateway failures 5, 30 s
+    x ejections capped at 300 s, at most 10% ejected, panic below 50% healthy)."""
+    consecutive_failures: int = 5            # connect failure, reset, timeout, 502/503/504; 0: off
+    base_ejection: Duration = 30.0           # x the number of ejections of the target, capped
+    max_ejection: Duration = 300.0
+    max_ejected_percent: int = 10            # never more ejected (at least one may always be)
+    panic_threshold: int = 50                # below this % of usable targets, on_panic decides
+    on_panic: Literal["all", "fail"] = "all"
+
+
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[str | WeightedTarget]
     keepalive: int = 128
@@ -59,6 +70,7 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     hash_key: str | None = None              # balance = "hash" only; see HASH_KEY
     slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
     tls: UpstreamTLS | None = None
+    outlier: Outlier = msgspec.field(default_factory=Outlier)
 
 
 def check(cfg: Config, errors: list[str]) -> None:
@@ -100,6 +112,7 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
                            ("idle_timeout", up.idle_timeout)):
         if seconds <= 0:
             errors.append(f"{path}.{field}: must be greater than 0")
+    _check_outlier(up.outlier, f"{path}.outlier", errors)
     if up.tls is not None:
         t = up.tls
         if (t.cert is None) != (t.key is None):
@@ -113,6 +126,17 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
             except (OSError, ValueError) as e:        # ssl.SSLError is an OSError
                 errors.append(f"{path}.tls: unusable certificate or key: {e}")
 
+
+def _check_outlier(o: Outlier, path: str, errors: list[str]) -> None:
+    if o.consecutive_failures < 0:
+        errors.append(f"{path}.consecutive_failures: must not be negative (0 turns detection off)")
+    if o.base_ejection <= 0:
+        errors.append(f"{path}.base_ejection: must be greater than 0")
+    if o.max_ejection < o.base_ejection:
+        errors.append(f"{path}.max_ejection: must be at least base_ejection")
+    for field, pct in (("max_ejected_percent", o.max_ejected_percent), ("panic_threshold", o.panic_threshold)):
+        if not 0 <= pct <= 100:
+            errors.append(f"{path}.{field}: must be between 0 and 100 (a percentage)")
 
 
 def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:

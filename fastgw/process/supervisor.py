@@ -55,7 +55,7 @@ from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.process.binding import BindError, bind_error, listen_keys
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
-from fastgw.process.sections import owner_sections
+from fastgw.process.sections import owner_metrics, owner_pages, owner_sections
 from fastgw.process.shm import SharedMemory
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
@@ -276,7 +276,7 @@ class Supervisor:
                    "restarts": self.restarts, "draining": self.draining,
                    "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
         families = ([runtime(p).metrics(self.shm, self.nworkers, sorted(live), self.cfg) for p in POLICIES]
-                    if self.shm is not None else [])
+                    + [owner_metrics(self.shm, self.cfg)] if self.shm is not None else [])
         return 200, PROMETHEUS, render(snap, self.route_names, process, families) + self.exposition.render()
 
     # -- signals ---------------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ class Supervisor:
                                         *(s for p in POLICIES for s in runtime(p).shm_sections(self.cfg, self.nworkers))])
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics,
-                                  "/pid": self.pid})
+                                  "/pid": self.pid, **owner_pages(lambda: self.shm, lambda: self.cfg)})
         try:
             admin_host, admin_port = await self.admin.start(host, port)
         except OSError as e:

@@ -12,6 +12,9 @@ load for it).
 """
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastgw.process.shm import Section
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
 SECTION = "upstreams"
 RECORDS = 4096
-RECORD_BYTES = 64          # balancer.pxd REC_WORDS x 8: one cache line per target
+RECORD_BYTES = 128         # balancer.pxd REC_WORDS x 8
 
 
 def shm_sections(cfg: Config, workers: int) -> list[Section]:
@@ -34,3 +37,70 @@ def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> Non
     if shm is not None and SECTION in shm.layout.sections:
         from fastgw._core.balancer import TargetTable
         services["upstream_table"] = TargetTable(shm.section(SECTION))
+
+
+# Words of a record (fastgw/_core/balancer.pxd Record) the supervisor reads.
+W_FAILS, W_DOWN_UNTIL, W_SINCE, W_REASON, W_EJECTED_BY = 2, 3, 5, 6, 8
+REASONS = ("connect", "reset", "timeout", "status")     # balancer.pxd Reason, as labels
+
+
+def _records(shm: SharedMemory, cfg: Config) -> Iterator[tuple[str, str, Any]]:
+    """(upstream, address, record words) of every configured target."""
+    from fastgw._core.balancer import TargetTable
+    from fastgw.compile import target_key
+    from fastgw.config.upstreams import address
+    table = TargetTable(shm.section(SECTION))
+    for name, up in cfg.upstreams.items():
+        for t in up.targets:
+            words = table.words(target_key(name, address(t)))
+            if words is not None:
+                yield name, address(t), words
+
+
+def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
+    """GET /status/upstreams: each target's state ("up" or "ejected"), the reason of its last ejection,
+    since when (Unix seconds; null: in service since start), its ejections and its consecutive
+    failures."""
+    out: dict[str, Any] = {"upstreams": {}}
+    if shm is None or SECTION not in shm.layout.sections:
+        return out
+    now_ms = time.monotonic() * 1000
+    wall = time.time()
+    for name, addr, w in _records(shm, cfg):
+        ejected = w[W_DOWN_UNTIL] > now_ms
+        ejections = sum(w[W_EJECTED_BY + i] for i in range(len(REASONS)))
+        out["upstreams"].setdefault(name, {"targets": []})["targets"].append({
+            "target": addr,
+            "state": "ejected" if ejected else "up",
+            "reason": REASONS[w[W_REASON]] if ejections else None,
+            "since": round(wall - (now_ms - w[W_SINCE]) / 1000, 3) if w[W_SINCE] else None,
+            "until": round(wall + (w[W_DOWN_UNTIL] - now_ms) / 1000, 3) if ejected else None,
+            "ejections": ejections,
+            "consecutive_failures": w[W_FAILS],
+        })
+    return out
+
+
+def metrics(shm: SharedMemory | None, cfg: Config) -> list[str]:
+    """fastgw_upstream_target_up and fastgw_upstream_ejections_total, for every configured target."""
+    if shm is None or SECTION not in shm.layout.sections:
+        return []
+    now_ms = time.monotonic() * 1000
+    up = ["# HELP fastgw_upstream_target_up 1 when the target is in service, 0 while it is ejected.",
+          "# TYPE fastgw_upstream_target_up gauge"]
+    ej = ["# HELP fastgw_upstream_ejections_total Ejections of a target by outlier detection, by reason "
+          "(connect, reset, timeout, status: 502/503/504).",
+          "# TYPE fastgw_upstream_ejections_total counter"]
+    for name, addr, w in _records(shm, cfg):
+        labels = f'upstream="{name}",target="{addr}"'
+        up.append(f"fastgw_upstream_target_up{{{labels}}} {0 if w[W_DOWN_UNTIL] > now_ms else 1}")
+        ej += [f'fastgw_upstream_ejections_total{{{labels},reason="{r}"}} {w[W_EJECTED_BY + i]}'
+               for i, r in enumerate(REASONS)]
+    return up + ej
+
+
+def page(shm: SharedMemory | None, cfg: Config) -> tuple[int, str, str]:
+    return 200, "application/json", json.dumps(status(shm, cfg), indent=1) + "\n"
+
+
+PAGES = {"/status/upstreams": page}
