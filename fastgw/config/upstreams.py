@@ -60,6 +60,17 @@ class Outlier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     on_panic: Literal["all", "fail"] = "all"
 
 
+class Health(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Active checks (opt-in): one prober per host, in the supervisor."""
+    path: str = "/healthz"
+    host: str | None = None                  # the Host header of probes; default: the target's address
+    interval: Duration = 5.0                 # jittered +-10%
+    timeout: Duration = 1.0
+    healthy: int = 2                         # consecutive passes to mark a down target up
+    unhealthy: int = 3                       # consecutive failures to mark an up target down
+    expect: list[int] = msgspec.field(default_factory=lambda: [200, 399])   # inclusive status range
+
+
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[str | WeightedTarget]
     keepalive: int = 128
@@ -71,6 +82,7 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
     tls: UpstreamTLS | None = None
     outlier: Outlier = msgspec.field(default_factory=Outlier)
+    health: Health | None = None
 
 
 def check(cfg: Config, errors: list[str]) -> None:
@@ -113,6 +125,8 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
         if seconds <= 0:
             errors.append(f"{path}.{field}: must be greater than 0")
     _check_outlier(up.outlier, f"{path}.outlier", errors)
+    if up.health is not None:
+        _check_health(up.health, f"{path}.health", errors)
     if up.tls is not None:
         t = up.tls
         if (t.cert is None) != (t.key is None):
@@ -137,6 +151,20 @@ def _check_outlier(o: Outlier, path: str, errors: list[str]) -> None:
     for field, pct in (("max_ejected_percent", o.max_ejected_percent), ("panic_threshold", o.panic_threshold)):
         if not 0 <= pct <= 100:
             errors.append(f"{path}.{field}: must be between 0 and 100 (a percentage)")
+
+
+def _check_health(h: Health, path: str, errors: list[str]) -> None:
+    if not h.path.startswith("/"):
+        errors.append(f'{path}.path: must start with "/"')
+    if h.interval <= 0 or h.timeout <= 0:
+        errors.append(f"{path}: interval and timeout must be greater than 0")
+    elif h.timeout >= h.interval:
+        errors.append(f"{path}.timeout: must be shorter than interval")
+    for field, n in (("healthy", h.healthy), ("unhealthy", h.unhealthy)):
+        if n < 1:
+            errors.append(f"{path}.{field}: must be at least 1")
+    if len(h.expect) != 2 or not 100 <= h.expect[0] <= h.expect[1] <= 599:
+        errors.append(f"{path}.expect: an inclusive status range [low, high] within 100-599")
 
 
 def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:

@@ -57,6 +57,7 @@ from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
 from fastgw.process.sections import owner_metrics, owner_pages, owner_sections
 from fastgw.process.shm import SharedMemory
+from fastgw.upstream.health import Prober
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
 BACKOFF_FIRST = 0.25
@@ -99,6 +100,7 @@ class Supervisor:
         self.assign_slots(cfg)
         self.slots: list[Slot] = []
         self.shm: SharedMemory | None = None
+        self.prober: Prober | None = None
         self.admin: AdminServer | None = None
         self.reloads = {"success": 0, "error": 0}
         self.restarts = 0
@@ -144,6 +146,8 @@ class Supervisor:
                 log("config_needs_restart", level="warning", key=what,
                     detail="this setting only takes effect when fastgw restarts; the rest is reloaded")
             self.cfg, self.text, self.hash = cfg, text, config_hash(data)
+            if self.prober is not None:
+                self.prober.apply(cfg)
             set_level(cfg.server.log_level)
             self.gen += 1
             self.assign_slots(cfg)
@@ -386,7 +390,10 @@ class Supervisor:
             listen=self.listen, admin=self.admin_addr)
         for slot in self.slots:
             slot.task = loop.create_task(self.keep_alive(slot))
+        self.prober = Prober(self.shm)          # active health checks: one prober for the host
+        self.prober.apply(self.cfg)
         await self.done.wait()
+        self.prober.stop()
         self.admin.close()
         log("stopped", code=self.exit_code)
         return self.exit_code

@@ -41,7 +41,8 @@ def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> Non
 
 # Words of a record (fastgw/_core/balancer.pxd Record) the supervisor reads.
 W_FAILS, W_DOWN_UNTIL, W_SINCE, W_REASON, W_EJECTED_BY = 2, 3, 5, 6, 8
-REASONS = ("connect", "reset", "timeout", "status")     # balancer.pxd Reason, as labels
+REASONS = ("connect", "reset", "timeout", "status", "health")   # balancer.pxd Reason, as labels; "health":
+                                                                  # marked down by the prober (health.py)
 
 
 def _records(shm: SharedMemory, cfg: Config) -> Iterator[tuple[str, str, Any]]:
@@ -58,7 +59,8 @@ def _records(shm: SharedMemory, cfg: Config) -> Iterator[tuple[str, str, Any]]:
 
 
 def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
-    """GET /status/upstreams: each target's state ("up" or "ejected"), the reason of its last ejection,
+    """GET /status/upstreams: each target's state ("up", "ejected" by outlier detection, or "down" by the
+    active checks), the reason of its last ejection,
     since when (Unix seconds; null: in service since start), its ejections and its consecutive
     failures."""
     out: dict[str, Any] = {"upstreams": {}}
@@ -68,13 +70,14 @@ def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
     wall = time.time()
     for name, addr, w in _records(shm, cfg):
         ejected = w[W_DOWN_UNTIL] > now_ms
+        forever = w[W_DOWN_UNTIL] == (1 << 63) - 1       # health.py DOWN_FOREVER: until a check passes
         ejections = sum(w[W_EJECTED_BY + i] for i in range(len(REASONS)))
         out["upstreams"].setdefault(name, {"targets": []})["targets"].append({
             "target": addr,
-            "state": "ejected" if ejected else "up",
+            "state": "down" if forever else "ejected" if ejected else "up",
             "reason": REASONS[w[W_REASON]] if ejections else None,
             "since": round(wall - (now_ms - w[W_SINCE]) / 1000, 3) if w[W_SINCE] else None,
-            "until": round(wall + (w[W_DOWN_UNTIL] - now_ms) / 1000, 3) if ejected else None,
+            "until": round(wall + (w[W_DOWN_UNTIL] - now_ms) / 1000, 3) if ejected and not forever else None,
             "ejections": ejections,
             "consecutive_failures": w[W_FAILS],
         })
@@ -86,10 +89,10 @@ def metrics(shm: SharedMemory | None, cfg: Config) -> list[str]:
     if shm is None or SECTION not in shm.layout.sections:
         return []
     now_ms = time.monotonic() * 1000
-    up = ["# HELP fastgw_upstream_target_up 1 when the target is in service, 0 while it is ejected.",
+    up = ["# HELP fastgw_upstream_target_up 1 when the target is in service, 0 while it is ejected or down.",
           "# TYPE fastgw_upstream_target_up gauge"]
     ej = ["# HELP fastgw_upstream_ejections_total Ejections of a target by outlier detection, by reason "
-          "(connect, reset, timeout, status: 502/503/504).",
+          "(connect, reset, timeout, status: 502/503/504), and health: marked down by the active checks.",
           "# TYPE fastgw_upstream_ejections_total counter"]
     for name, addr, w in _records(shm, cfg):
         labels = f'upstream="{name}",target="{addr}"'
