@@ -18,6 +18,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fastgw._core.balancer import Target, UpstreamGroup, finish_target, pick_target  # noqa: E402
 
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from progress import Progress  # noqa: E402  (bench/progress.py: steps and time left on stderr)
+
 N = 200_000
 ROUNDS = 5
 
@@ -56,11 +59,13 @@ def main() -> None:
     ex = Req(b"account-000000000042")
     base = per_call(pick_target, group("round_robin", [1]), ex, False)
     rows = []
+    progress = Progress("pick", 5, heartbeat=0)
     for name, balance, weights in (("round_robin (equal weights)", "round_robin", [1] * 10),
                                    ("round_robin (weights 1..10)", "round_robin", list(range(1, 11))),
                                    ("least_request (equal weights)", "least_request", [1] * 10),
                                    ("least_request (weights 1..10)", "least_request", list(range(1, 11))),
                                    ("hash (header key)", "hash", [1] * 10)):
+        progress.step(name)
         g = group(balance, weights)
         fin = balance == "least_request"
         t = per_call(pick_target, g, ex, fin) - base
