@@ -23,7 +23,7 @@ from fastgw import __version__
 from fastgw.config.checks import parse_hostport
 from fastgw.config.locate import locate
 from fastgw.config.root import Config, ConfigError, config_hash, load
-from fastgw.config.upstreams import resolve_warnings
+from fastgw.config.upstreams import address, resolve_warnings, weight
 from fastgw.policies import POLICIES
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
@@ -250,7 +250,8 @@ def summary(cfg: Config, path: str) -> str:
     ]
     width = max((len(n) for n in cfg.upstreams), default=0)
     for name, up in cfg.upstreams.items():
-        lines.append(f"  {name:<{width}}  {', '.join(up.targets)}")
+        shown = [address(t) + (f" (weight {weight(t)})" if weight(t) != 1 else "") for t in up.targets]
+        lines.append(f"  {name:<{width}}  {', '.join(shown)}" + ("" if up.balance == "round_robin" else f"  ({up.balance})"))
     lines += ["", f"routes ({len(cfg.routes)}):"]
     rows = [("NAME", "HOST", "METHODS", "PATH", "UPSTREAM")]
     for r in cfg.routes:

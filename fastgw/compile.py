@@ -7,13 +7,16 @@ Runtime they started with.
 """
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
-from fastgw._core.balancer import Target, UpstreamGroup
+from fastgw._core.balancer import Target, TargetTable, UpstreamGroup, hash_bytes
 from fastgw._core.router import Router
 from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.wire import HeaderTable
 from fastgw.config.root import Config
+from fastgw.config.upstreams import address, weight
 from fastgw.errors import build_problems
 from fastgw.headers import fold, on_errors
 from fastgw.policies import POLICIES
@@ -52,21 +55,35 @@ def _policy_headers(cfg: Config) -> list[RequestHeaders]:
 
 
 def build_groups(cfg: Config, old: Config | None = None,
-                 old_groups: dict[str, UpstreamGroup] | None = None) -> dict[str, UpstreamGroup]:
+                 old_groups: dict[str, UpstreamGroup] | None = None,
+                 table: TargetTable | None = None) -> dict[str, UpstreamGroup]:
     """One UpstreamGroup per upstream. On a reload, pass the previous config and groups: an upstream
-    whose settings did not change keeps its group, and so its warm keep-alive pools."""
+    whose settings did not change keeps its group, and so its warm keep-alive pools and its round robin
+    position. `table` holds the targets' pod-wide records (fastgw/upstream/state.py); without it each
+    target keeps its own. A target a reload adds to an existing upstream slow-starts (`slow_start`)."""
     groups: dict[str, UpstreamGroup] = {}
+    now = time.monotonic()
     for name, up in cfg.upstreams.items():
         if old is not None and old_groups is not None and old.upstreams.get(name) == up and name in old_groups:
             groups[name] = old_groups[name]
             continue
+        known = {t.hostport for t in old_groups[name].targets} if old_groups and name in old_groups else None
         g = UpstreamGroup()
         g.name = name
-        g.rr = 0
         g.connect_timeout = up.connect_timeout
         g.timeout = up.timeout
         g.idle_timeout = up.idle_timeout
-        g.targets = [Target(*split_hostport(t), up.keepalive, g) for t in up.targets]
+        g.targets = []
+        for t in up.targets:
+            host, port = split_hostport(address(t))
+            target = Target(host, port, up.keepalive, g, weight(t), table, target_key(name, address(t)))
+            if known is not None and up.slow_start > 0 and target.hostport not in known:
+                target.since = now
+            g.targets.append(target)
+        o = up.outlier
+        g.outlier(o.consecutive_failures, o.base_ejection, o.max_ejection, o.max_ejected_percent,
+                  o.panic_threshold, o.on_panic == "fail")
+        g.setup(up.balance, up.hash_key, up.slow_start, int.from_bytes(os.urandom(8), "little"))
         g.ssl = None
         g.server_name = None
         if up.tls is not None:
@@ -75,6 +92,11 @@ def build_groups(cfg: Config, old: Config | None = None,
             g.server_name = up.tls.server_name
         groups[name] = g
     return groups
+
+
+def target_key(upstream: str, addr: str) -> int:
+    """The key of a target's pod-wide record: every worker derives the same from the config."""
+    return hash_bytes(f"{upstream}\0{addr}".encode())
 
 
 def _attach_h2_pools(group: UpstreamGroup, up: Any) -> None:

@@ -23,6 +23,7 @@ RESET = "reset"                           # the upstream reset the connection (R
 STREAM_REFUSED = "stream refused"         # HTTP/2: GOAWAY below the stream, or the stream refused
 STREAM_RESET = "stream reset"             # HTTP/2: the upstream reset the stream
 PROTOCOL_ERROR = "protocol error"         # HTTP/2: the upstream broke the protocol
+NO_TARGET = "no usable target"            # every target ejected and on_panic = "fail"
 
 # The sentence for the problem's `detail` (and grpc-message): {u} is the upstream name, {r} the reason.
 SENTENCES = {
@@ -37,6 +38,7 @@ SENTENCES = {
     STREAM_REFUSED: 'upstream "{u}" refused the stream (GOAWAY)',
     STREAM_RESET: 'upstream "{u}" reset the stream',
     PROTOCOL_ERROR: 'upstream "{u}" broke the HTTP/2 protocol',
+    NO_TARGET: 'no target of upstream "{u}" is in service (all ejected after failures)',
 }
 
 # The kind of a failure whose reporter named none (by the status it answers).

@@ -68,7 +68,7 @@ def _toml(value: Any) -> str:
 def render_config(port: int, upstreams: dict[str, dict], routes: list[dict],
                   limits: dict | None = None, server: dict | None = None, extra: str = "") -> str:
     """`server` adds keys to [server]; `extra` is TOML text appended as is (other top-level tables)."""
-    out = ["[server]", f'listen = ["127.0.0.1:{port}"]', "workers = 1"]
+    out = ["[server]", f'listen = ["127.0.0.1:{port}"]'] + ([] if "workers" in (server or {}) else ["workers = 1"])
     out += [f"{k} = {_toml(v)}" for k, v in (server or {}).items()]
     out.append("")
     if limits:

@@ -74,7 +74,7 @@ max_bdy = "1MiB"
     lines = proc.stderr.splitlines()
     # Schema errors (unknown key, enum) and a cross-reference error (unknown upstream) in the same run.
     assert lines == [
-        f'{path}:11: upstreams.payments.balance: expected "round_robin", got string "round_robn" '
+        f'{path}:11: upstreams.payments.balance: expected "round_robin" or "least_request" or "hash", got string "round_robn" '
         '(did you mean "round_robin"?)',
         f'{path}:17: routes[1].max_bdy: unknown key (did you mean "max_body"?)',
         f'{path}:16: routes[1].upstream: unknown upstream "paymnts" (known: accounts, payments)',

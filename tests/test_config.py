@@ -411,7 +411,7 @@ def test_addresses() -> None:
 
 def test_upstream_needs_targets_and_a_good_name() -> None:
     errs = errors_of(BASE + '[upstreams."a b"]\ntargets = []\nbalance = "random"\n')
-    assert errs == ['upstreams."a b".balance: expected "round_robin", got string "random"',
+    assert errs == ['upstreams."a b".balance: expected "round_robin" or "least_request" or "hash", got string "random"',
                     'upstreams."a b": invalid upstream name "a b" (use letters, digits, "_", ".", "-")',
                     'upstreams."a b".targets: at least one target is required']
     errs = errors_of(BASE + '[upstreams."a b"]\ntargets = []\n')

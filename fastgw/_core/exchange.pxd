@@ -1,6 +1,6 @@
 # Declarations of the exchange (see exchange.pyx; included by worker.pxd).
 
-from fastgw._core.balancer cimport Target
+from fastgw._core.balancer cimport B_LEAST_REQUEST, REASON_STATUS, Target
 from fastgw._core.gateway_error cimport GatewayError
 from fastgw._core.http1 cimport RequestHead
 from fastgw._core.phases cimport Respond
@@ -38,6 +38,7 @@ cdef class Exchange:
     cdef bint resp_nobody
     cdef bint done
     cdef bint retried
+    cdef bint counted                     # the target counts this request in flight (least_request)
     cdef bint close_after
     cdef GatewayError err                 # the failure that ended this exchange (or, queued, will), or None
     cdef GatewayError retried_err         # the failure the exchange was retried after, or None

@@ -155,6 +155,8 @@ cdef class Exchange:
         if self.done:
             return
         if upstream:
+            if self.target is not None and not err.retryable:   # a stale kept-alive connection is no outlier
+                self.target.failed_with(err.source == SRC_UPSTREAM_CONNECT, err.status)
             if err.retryable and not self.retried and not self.resp_started:
                 self.retried = True
                 self.retried_err = err
@@ -175,6 +177,10 @@ cdef class Exchange:
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
         cdef bint is_head = self.head.method == b"HEAD"
+        if 502 <= status <= 504:
+            self.target.failure(REASON_STATUS)
+        else:
+            self.target.success()
         if self.route.on_response is not None:          # phase: on_response
             if self.upstream_response(c, status):
                 return
@@ -203,6 +209,9 @@ cdef class Exchange:
     cdef void complete(self):
         if not self.done:
             self.done = True
+            if self.counted:
+                self.counted = False
+                self.target.finish()
             if self.after is not None:
                 self.run_after()
             self.client.w.observe(self)
@@ -212,6 +221,9 @@ cdef class Exchange:
         """End the exchange where it stands (its client is gone): pending work is cancelled and the
         upstream connection, mid-request, is closed."""
         self.done = True
+        if self.counted:
+            self.counted = False
+            self.target.finish()
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
@@ -302,6 +314,10 @@ cdef class Exchange:
             h2_start(self)                    # an HTTP/2 upstream stream (h2call.pyx)
         else:
             self.up_head = self.upstream_head(self.route, h)
+            if self.up_head is None:            # every target ejected, below panic_threshold, on_panic "fail"
+                self.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
+                                          _failures.NO_TARGET))
+                return
         if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
             self.client.write_continue()
         if not self.route.h2up:
@@ -344,7 +360,10 @@ cdef class Exchange:
             pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
         # The target is picked here, once per request: a request without Host carries the address of
         # the target it reaches (acquire connects to it).
-        self.target = route.group.pick()
+        self.target = route.group.pick(self)
+        if self.target is None:
+            return None
+        self.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
         host = h.host if h.host else self.target.hostport
         parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         if pieces:
@@ -392,7 +411,10 @@ cdef class Exchange:
             path = stripped(route, path)
         if h.drop is not None or route._req_remove is not None:
             pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-        self.target = route.group.pick()              # once per request, as in upstream_head
+        self.target = route.group.pick(self)          # once per request, as in upstream_head
+        if self.target is None:
+            return None
+        self.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
         fields = [(b":method", h.method), (b":scheme", b"http" if route.group.ssl is None else b"https"),
                   (b":authority", h.host if h.host else self.target.hostport), (b":path", path + h.query)]
         for i in range(0, len(pieces), 4):

@@ -1,5 +1,6 @@
 # Declarations of one exchange on an HTTP/2 upstream stream (see h2call.pyx; included by worker.pxd).
 
+from fastgw._core.runtime cimport RouteRT
 from fastgw._core.upstream_h2 cimport H2Pool, H2Sink, H2UpStream
 
 

@@ -36,6 +36,10 @@ cdef void h2_start(Exchange ex):
     cdef Target t = ex.target
     cdef long long owed = 0
     cdef bint ended
+    if fields is None:                                # every target ejected, on_panic "fail"
+        ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
+                                _failures.NO_TARGET))
+        return
     if route.grpc:
         call = GrpcCall.__new__(GrpcCall)
         (<GrpcCall>call).max_msg = route.max_body

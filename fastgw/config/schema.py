@@ -216,6 +216,10 @@ def _walk(tp: Any, value: object, path: str, errors: list[str], base: str | None
         arms = [a for a in get_args(tp) if a is not _NONE]
         if len(arms) == 1:  # X | None: TOML has no null, so an absent key is the only way to get None
             return _walk(arms[0], value, path, errors, base)
+        if isinstance(value, dict):   # a scalar-or-table key (`"host:port"` or `{ address, weight }`)
+            for a in arms:
+                if isinstance(a, type) and issubclass(a, msgspec.Struct):
+                    return walk_struct(a, value, path, errors, base)
     if origin is Annotated:
         if any(isinstance(m, _File) for m in get_args(tp)[1:]):
             value = _walk(get_args(tp)[0], value, path, errors)

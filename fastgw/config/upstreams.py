@@ -1,8 +1,10 @@
-"""[upstreams.NAME]: targets, keep-alive pool, timeouts and TLS to the upstream; their schema and checks."""
+"""[upstreams.NAME]: targets and their weights, balancing, keep-alive pool, timeouts and TLS to the upstream;
+their schema and checks."""
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Literal
@@ -27,8 +29,50 @@ class UpstreamTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
+class WeightedTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A target with its share: `{ address = "10.0.1.11:8000", weight = 3 }` (a bare string weighs 1)."""
+    address: str
+    weight: int = 1
+
+
+# Where `balance = "hash"` reads its key: a request header, a cookie, a query argument (each named after
+# the colon), the authenticated consumer, the client's address (after PROXY protocol) or the path.
+HASH_KEY = re.compile(r"(header|cookie|query):[!#$%&'*+.^_`|~0-9A-Za-z-]+|consumer|client_ip|path")
+MAX_WEIGHT = 1000        # weights are relative shares; a bound keeps the hash table's fill exact
+
+
+def address(t: str | WeightedTarget) -> str:
+    return t if isinstance(t, str) else t.address
+
+
+def weight(t: str | WeightedTarget) -> int:
+    return 1 if isinstance(t, str) else t.weight
+
+
+class Outlier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Passive outlier detection, on by default with Envoy's numbers (consecutive gateway failures 5, 30 s
+    x ejections capped at 300 s, at most 10% ejected, panic below 50% healthy)."""
+    consecutive_failures: int = 5            # connect failure, reset, timeout, 502/503/504; 0: off
+    base_ejection: Duration = 30.0           # x the number of ejections of the target, capped
+    max_ejection: Duration = 300.0
+    max_ejected_percent: int = 10            # never more ejected (at least one may always be)
+    panic_threshold: int = 50                # below this % of usable targets, on_panic decides
+    on_panic: Literal["all", "fail"] = "all"
+
+
+class Health(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Active checks (opt-in): one prober per host, in the supervisor."""
+    path: str = "/healthz"
+    host: str | None = None                  # the Host header of probes; default: the target's address
+    interval: Duration = 5.0                 # jittered +-10%
+    timeout: Duration = 1.0
+    healthy: int = 2                         # consecutive passes to mark a down target up
+    unhealthy: int = 3                       # consecutive failures to mark an up target down
+    expect: list[int] = msgspec.field(default_factory=lambda: [200, 399])   # inclusive status range
+
+
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    targets: list[str]
+    targets: list[str | WeightedTarget]
     # How fastgw talks to the targets: HTTP/1.1 (pooled keep-alive connections), HTTP/2 ("h2": h2c with
     # prior knowledge, or ALPN h2 with `tls`; multiplexed), or gRPC (HTTP/2, trailers relayed, gateway
     # errors as gRPC statuses; HTTP/2 clients only).
@@ -37,8 +81,12 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     connect_timeout: Duration = 3.0
     timeout: Duration = 15.0
     idle_timeout: Duration = 60.0
-    balance: Literal["round_robin"] = "round_robin"
+    balance: Literal["round_robin", "least_request", "hash"] = "round_robin"
+    hash_key: str | None = None              # balance = "hash" only; see HASH_KEY
+    slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
     tls: UpstreamTLS | None = None
+    outlier: Outlier = msgspec.field(default_factory=Outlier)
+    health: Health | None = None
 
 
 def check(cfg: Config, errors: list[str]) -> None:
@@ -55,15 +103,34 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
         errors.append(f"{path}.targets: at least one target is required")
     for i, target in enumerate(up.targets):
         try:
-            parse_hostport(target)
+            parse_hostport(address(target))
         except ValueError as e:
-            errors.append(f'{path}.targets[{i}]: invalid target "{target}": {e}')
+            errors.append(f'{path}.targets[{i}]: invalid target "{address(target)}": {e}')
+        if not 1 <= weight(target) <= MAX_WEIGHT:
+            errors.append(f"{path}.targets[{i}].weight: must be between 1 and {MAX_WEIGHT}")
+    addrs = [address(t) for t in up.targets]
+    for a in sorted({a for a in addrs if addrs.count(a) > 1}):
+        errors.append(f'{path}.targets: "{a}" is listed twice (give it a weight instead)')
+    if up.balance == "hash":
+        if up.hash_key is None:
+            errors.append(f'{path}.hash_key: required with balance = "hash" (header:NAME, cookie:NAME, '
+                          "query:NAME, consumer, client_ip or path)")
+        elif not HASH_KEY.fullmatch(up.hash_key):
+            errors.append(f'{path}.hash_key: invalid "{up.hash_key}" (header:NAME, cookie:NAME, query:NAME, '
+                          "consumer, client_ip or path)")
+    elif up.hash_key is not None:
+        errors.append(f'{path}.hash_key: only with balance = "hash"')
+    if up.slow_start < 0:
+        errors.append(f"{path}.slow_start: must not be negative")
     if up.keepalive < 0:
         errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
     for field, seconds in (("connect_timeout", up.connect_timeout), ("timeout", up.timeout),
                            ("idle_timeout", up.idle_timeout)):
         if seconds <= 0:
             errors.append(f"{path}.{field}: must be greater than 0")
+    _check_outlier(up.outlier, f"{path}.outlier", errors)
+    if up.health is not None:
+        _check_health(up.health, f"{path}.health", errors)
     if up.tls is not None:
         t = up.tls
         if (t.cert is None) != (t.key is None):
@@ -78,6 +145,31 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
                 errors.append(f"{path}.tls: unusable certificate or key: {e}")
 
 
+def _check_outlier(o: Outlier, path: str, errors: list[str]) -> None:
+    if o.consecutive_failures < 0:
+        errors.append(f"{path}.consecutive_failures: must not be negative (0 turns detection off)")
+    if o.base_ejection <= 0:
+        errors.append(f"{path}.base_ejection: must be greater than 0")
+    if o.max_ejection < o.base_ejection:
+        errors.append(f"{path}.max_ejection: must be at least base_ejection")
+    for field, pct in (("max_ejected_percent", o.max_ejected_percent), ("panic_threshold", o.panic_threshold)):
+        if not 0 <= pct <= 100:
+            errors.append(f"{path}.{field}: must be between 0 and 100 (a percentage)")
+
+
+def _check_health(h: Health, path: str, errors: list[str]) -> None:
+    if not h.path.startswith("/"):
+        errors.append(f'{path}.path: must start with "/"')
+    if h.interval <= 0 or h.timeout <= 0:
+        errors.append(f"{path}: interval and timeout must be greater than 0")
+    elif h.timeout >= h.interval:
+        errors.append(f"{path}.timeout: must be shorter than interval")
+    for field, n in (("healthy", h.healthy), ("unhealthy", h.unhealthy)):
+        if n < 1:
+            errors.append(f"{path}.{field}: must be at least 1")
+    if len(h.expect) != 2 or not 100 <= h.expect[0] <= h.expect[1] <= 599:
+        errors.append(f"{path}.expect: an inclusive status range [low, high] within 100-599")
+
 
 def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     """`fastgw check`: a target host name that does not resolve here is a warning, not an error. The
@@ -86,7 +178,7 @@ def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     names: dict[str, list[str]] = {}
     for name, up in cfg.upstreams.items():
         for i, target in enumerate(up.targets):
-            host = parse_hostport(target)[0]
+            host = parse_hostport(address(target))[0]
             if not _is_ip(host):
                 names.setdefault(host, []).append(f"{keypath('upstreams', name)}.targets[{i}]")
     if not names:

@@ -4,8 +4,9 @@ worker.
 The supervisor creates one shared-memory file (memfd: anonymous, gone when the last process holding it
 exits, nothing to clean up in /dev/shm) and hands its descriptor to every worker it spawns. The file is cut
 into the sections their owners register (a `Section`: name, size, how to format it): "metrics"
-(fastgw/observe/metrics.py) and each policy's (fastgw/policies/__init__.py, the registry: e.g. the traffic
-policy's bucket table). This module names none of them. Workers map the file and write; the supervisor
+(fastgw/observe/metrics.py), each policy's (fastgw/policies/__init__.py, the registry: e.g. the traffic
+policy's bucket table) and the gateway's other owners (fastgw/process/sections.py: e.g. the upstream
+targets' records). The supervisor and the workers name none of them. Workers map the file and write; the supervisor
 maps it and reads.
 """
 from __future__ import annotations
@@ -80,3 +81,4 @@ class SharedMemory:
     def section(self, name: str) -> memoryview:
         off, size = self.layout.sections[name]
         return memoryview(self.map)[off:off + size]
+

@@ -55,8 +55,10 @@ from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.process.binding import BindError, bind_error, listen_keys
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import bind
+from fastgw.process.sections import owner_metrics, owner_pages, owner_sections
 from fastgw.process.shm import SharedMemory
 from fastgw.store import stats as store_stats
+from fastgw.upstream.health import Prober
 
 STABLE_SECONDS = 10.0        # a worker that lived this long before dying is restarted without delay
 BACKOFF_FIRST = 0.25
@@ -99,6 +101,7 @@ class Supervisor:
         self.assign_slots(cfg)
         self.slots: list[Slot] = []
         self.shm: SharedMemory | None = None
+        self.prober: Prober | None = None
         self.admin: AdminServer | None = None
         self.reloads = {"success": 0, "error": 0}
         self.restarts = 0
@@ -144,6 +147,8 @@ class Supervisor:
                 log("config_needs_restart", level="warning", key=what,
                     detail="this setting only takes effect when fastgw restarts; the rest is reloaded")
             self.cfg, self.text, self.hash = cfg, text, config_hash(data)
+            if self.prober is not None:
+                self.prober.apply(cfg)
             set_level(cfg.server.log_level)
             self.gen += 1
             self.assign_slots(cfg)
@@ -276,7 +281,7 @@ class Supervisor:
                    "restarts": self.restarts, "draining": self.draining,
                    "log_dropped": log_dropped(self.shm, self.nworkers) if self.shm is not None else None}
         families = ([runtime(p).metrics(self.shm, self.nworkers, sorted(live), self.cfg) for p in POLICIES]
-                    if self.shm is not None else [])
+                    + [owner_metrics(self.shm, self.cfg)] if self.shm is not None else [])
         return 200, PROMETHEUS, render(snap, self.route_names, process, families) + self.exposition.render()
 
     def redis_status(self) -> tuple[int, str, str]:
@@ -375,11 +380,12 @@ class Supervisor:
         set_level(self.cfg.server.log_level)
         loop = asyncio.get_running_loop()
         self.bind_all()
-        self.shm = SharedMemory.create([metrics.shm_section(self.nworkers),
+        self.shm = SharedMemory.create([metrics.shm_section(self.nworkers), *owner_sections(self.cfg, self.nworkers),
                                         *(s for p in POLICIES for s in runtime(p).shm_sections(self.cfg, self.nworkers))])
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics,
-                                  "/pid": self.pid, "/status/redis": self.redis_status})
+                                  "/pid": self.pid, "/status/redis": self.redis_status,
+                                  **owner_pages(lambda: self.shm, lambda: self.cfg)})
         try:
             admin_host, admin_port = await self.admin.start(host, port)
         except OSError as e:
@@ -393,7 +399,10 @@ class Supervisor:
             listen=self.listen, admin=self.admin_addr)
         for slot in self.slots:
             slot.task = loop.create_task(self.keep_alive(slot))
+        self.prober = Prober(self.shm)          # active health checks: one prober for the host
+        self.prober.apply(self.cfg)
         await self.done.wait()
+        self.prober.stop()
         self.admin.close()
         log("stopped", code=self.exit_code)
         return self.exit_code

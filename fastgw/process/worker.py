@@ -36,6 +36,7 @@ from fastgw.policies import POLICIES, runtime
 from fastgw.process.admission import max_connections, raise_nofile
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import Listeners
+from fastgw.process.sections import attach_owners
 from fastgw.process.shm import Layout, SharedMemory
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
@@ -73,13 +74,14 @@ class WorkerProcess:
         """Compile the config in `msg` and make it current (raises on a config the worker cannot use)."""
         loop = asyncio.get_running_loop()
         cfg = loads(msg["toml"], source=f"config generation {msg['gen']}", base=msg.get("base"))
-        groups = build_groups(cfg, self.cfg, self.groups)
         if self.services is None:
             self.services = {"loop": loop}
             for p in POLICIES:
                 runtime(p).attach(self.shm, self.slot, self.services)
+            attach_owners(self.shm, self.slot, self.services)
             if self.shm is not None:
                 self.services["metrics_words"] = metrics.words(self.shm, self.slot)
+        groups = build_groups(cfg, self.cfg, self.groups, self.services.get("upstream_table"))
         rt = compile_config(cfg, groups, {k: int(v) for k, v in msg["slots"].items()}, self.services)
         if self.w is None:
             self.w = Worker(rt, loop, os.urandom(5).hex().encode() + b"%x-" % self.slot)

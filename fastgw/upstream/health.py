@@ -1,0 +1,120 @@
+"""Active health checks: one prober per host, in the supervisor, for the upstreams with a [upstreams.NAME.health]
+table.
+
+One prober per host, not one per worker: N workers probing on their own would multiply the probes every
+target receives (pods x workers x targets per interval) [the probe amplification gateways' users report].
+Each target is probed every `interval`, jittered by +-10% so that the probes of many targets and pods do
+not line up. A probe is one GET of `path` with the `host` Host header (default: the target's address) on
+a fresh connection, passed when its status is within `expect` before `timeout`. After `unhealthy`
+failures in a row a target in service is marked down; after `healthy` passes in a row a down target is
+back. The mark is the target's record in shared memory (fastgw/upstream/state.py): "down" is an ejection
+that never runs out (DOWN_FOREVER), with the reason "health", which every worker reads at pick time; "back"
+clears it (a passing check also ends a passive ejection, as in Envoy). A target starts in service: before
+its first verdict it is neither doubted nor trusted more than passive detection does.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastgw.config.checks import parse_hostport
+from fastgw.config.upstreams import Health, Upstream, address
+from fastgw.upstream.state import REASONS, W_DOWN_UNTIL, W_EJECTED_BY, W_REASON, W_SINCE
+
+REASON_HEALTH = REASONS.index("health")
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+    from fastgw.process.shm import SharedMemory
+
+JITTER = 0.10                 # +-10% of the interval
+DOWN_FOREVER = (1 << 63) - 1  # an ejection end no clock reaches: only a passing check lifts it
+MAX_HEAD = 16384              # bytes of a probe's response head read at most
+
+
+async def probe(host: str, port: int, hc: Health, ctx: ssl.SSLContext | None, server_name: str | None) -> bool:
+    """One probe: True when the target answers a status within `expect` in time."""
+    try:
+        async with asyncio.timeout(hc.timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=(server_name or host) if ctx is not None else None)
+            try:
+                hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                writer.write(f"GET {hc.path} HTTP/1.1\r\nHost: {hc.host or hostport}\r\n"
+                             "User-Agent: fastgw-health\r\nConnection: close\r\n\r\n".encode("latin-1"))
+                line = await reader.readuntil(b"\r\n")
+            finally:
+                writer.close()
+        parts = line.split(b" ", 2)
+        return (len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit()
+                and hc.expect[0] <= int(parts[1]) <= hc.expect[1])
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        return False
+
+
+class Prober:
+    """The host's prober: one task per checked target, restarted on each config that changes its checks."""
+
+    def __init__(self, shm: SharedMemory | None) -> None:
+        self.shm = shm
+        self.tasks: dict[tuple[str, str], tuple[Upstream, asyncio.Task[None]]] = {}
+
+    def apply(self, cfg: Config) -> None:
+        from fastgw._core.balancer import TargetTable
+        from fastgw.compile import target_key
+        from fastgw.upstream.state import SECTION
+        if self.shm is None or SECTION not in self.shm.layout.sections:
+            return
+        table = TargetTable(self.shm.section(SECTION))
+        want: dict[tuple[str, str], Upstream] = {}
+        for name, up in cfg.upstreams.items():
+            if up.health is not None:
+                for t in up.targets:
+                    want[(name, address(t))] = up
+        for key, (up, task) in list(self.tasks.items()):
+            if want.get(key) != up:
+                task.cancel()
+                del self.tasks[key]
+                if key not in want:           # no longer checked: its last verdict no longer holds
+                    words = table.words(target_key(*key))
+                    if words is not None and words[W_DOWN_UNTIL] == DOWN_FOREVER:
+                        words[W_DOWN_UNTIL] = 0
+        loop = asyncio.get_running_loop()
+        for key, up in want.items():
+            if key not in self.tasks:
+                words = table.words(target_key(*key))
+                if words is not None:
+                    self.tasks[key] = (up, loop.create_task(self.run(key[1], up, words)))
+
+    def stop(self) -> None:
+        for _, task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+
+    async def run(self, addr: str, up: Upstream, words: Any) -> None:
+        hc = up.health
+        assert hc is not None
+        host, port = parse_hostport(addr)
+        ctx = server_name = None
+        if up.tls is not None:
+            from fastgw.tls import upstream_context
+            ctx, server_name = upstream_context(up.tls), up.tls.server_name
+        passes = fails = 0
+        while True:
+            await asyncio.sleep(hc.interval * random.uniform(1 - JITTER, 1 + JITTER))
+            if await probe(host, port, hc, ctx, server_name):
+                passes, fails = passes + 1, 0
+                if passes >= hc.healthy and words[W_DOWN_UNTIL] != 0:
+                    words[W_DOWN_UNTIL] = 0
+                    words[W_SINCE] = int(time.monotonic() * 1000)
+            else:
+                passes, fails = 0, fails + 1
+                if fails >= hc.unhealthy and words[W_DOWN_UNTIL] != DOWN_FOREVER:
+                    words[W_REASON] = REASON_HEALTH
+                    words[W_SINCE] = int(time.monotonic() * 1000)
+                    words[W_EJECTED_BY + REASON_HEALTH] += 1
+                    words[W_DOWN_UNTIL] = DOWN_FOREVER
+

@@ -1,0 +1,109 @@
+"""The targets' pod-wide records: the "upstreams" section of the per-host shared memory.
+
+Every worker maps the section and finds a target's record by a key derived from the config (upstream name
+and address; fastgw/compile.py target_key), claimed atomically on first use (fastgw/_core/balancer.pyx
+TargetTable). No worker tells another anything: a worker reads the others' counts at pick time, so there
+is no event to miss [APISIX's health events between workers could be lost and a dead node kept traffic].
+
+The section has a fixed number of records (the file is cut once, at start): RECORDS, far more than the
+targets of a large config. A reload that changes addresses claims new records and never frees the old ones;
+once every record is taken, a new target counts in this worker only (least_request then sees this worker's
+load for it).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from fastgw.process.shm import Section
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+    from fastgw.process.shm import SharedMemory
+
+SECTION = "upstreams"
+RECORDS = 4096
+RECORD_BYTES = 128         # balancer.pxd REC_WORDS x 8
+
+
+def shm_sections(cfg: Config, workers: int) -> list[Section]:
+    return [Section(SECTION, RECORDS * RECORD_BYTES)]
+
+
+def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
+    """The table of records, for build_groups (fastgw/compile.py)."""
+    if shm is not None and SECTION in shm.layout.sections:
+        from fastgw._core.balancer import TargetTable
+        services["upstream_table"] = TargetTable(shm.section(SECTION))
+
+
+# Words of a record (fastgw/_core/balancer.pxd Record) the supervisor reads.
+W_FAILS, W_DOWN_UNTIL, W_SINCE, W_REASON, W_EJECTED_BY = 2, 3, 5, 6, 8
+REASONS = ("connect", "reset", "timeout", "status", "health")   # balancer.pxd Reason, as labels; "health":
+                                                                  # marked down by the prober (health.py)
+
+
+def _records(shm: SharedMemory, cfg: Config) -> Iterator[tuple[str, str, Any]]:
+    """(upstream, address, record words) of every configured target."""
+    from fastgw._core.balancer import TargetTable
+    from fastgw.compile import target_key
+    from fastgw.config.upstreams import address
+    table = TargetTable(shm.section(SECTION))
+    for name, up in cfg.upstreams.items():
+        for t in up.targets:
+            words = table.words(target_key(name, address(t)))
+            if words is not None:
+                yield name, address(t), words
+
+
+def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
+    """GET /status/upstreams: each target's state ("up", "ejected" by outlier detection, or "down" by the
+    active checks), the reason of its last ejection,
+    since when (Unix seconds; null: in service since start), its ejections and its consecutive
+    failures."""
+    out: dict[str, Any] = {"upstreams": {}}
+    if shm is None or SECTION not in shm.layout.sections:
+        return out
+    now_ms = time.monotonic() * 1000
+    wall = time.time()
+    for name, addr, w in _records(shm, cfg):
+        ejected = w[W_DOWN_UNTIL] > now_ms
+        forever = w[W_DOWN_UNTIL] == (1 << 63) - 1       # health.py DOWN_FOREVER: until a check passes
+        ejections = sum(w[W_EJECTED_BY + i] for i in range(len(REASONS)))
+        out["upstreams"].setdefault(name, {"targets": []})["targets"].append({
+            "target": addr,
+            "state": "down" if forever else "ejected" if ejected else "up",
+            "reason": REASONS[w[W_REASON]] if ejections else None,
+            "since": round(wall - (now_ms - w[W_SINCE]) / 1000, 3) if w[W_SINCE] else None,
+            "until": round(wall + (w[W_DOWN_UNTIL] - now_ms) / 1000, 3) if ejected and not forever else None,
+            "ejections": ejections,
+            "consecutive_failures": w[W_FAILS],
+        })
+    return out
+
+
+def metrics(shm: SharedMemory | None, cfg: Config) -> list[str]:
+    """fastgw_upstream_target_up and fastgw_upstream_ejections_total, for every configured target."""
+    if shm is None or SECTION not in shm.layout.sections:
+        return []
+    now_ms = time.monotonic() * 1000
+    up = ["# HELP fastgw_upstream_target_up 1 when the target is in service, 0 while it is ejected or down.",
+          "# TYPE fastgw_upstream_target_up gauge"]
+    ej = ["# HELP fastgw_upstream_ejections_total Ejections of a target by outlier detection, by reason "
+          "(connect, reset, timeout, status: 502/503/504), and health: marked down by the active checks.",
+          "# TYPE fastgw_upstream_ejections_total counter"]
+    for name, addr, w in _records(shm, cfg):
+        labels = f'upstream="{name}",target="{addr}"'
+        up.append(f"fastgw_upstream_target_up{{{labels}}} {0 if w[W_DOWN_UNTIL] > now_ms else 1}")
+        ej += [f'fastgw_upstream_ejections_total{{{labels},reason="{r}"}} {w[W_EJECTED_BY + i]}'
+               for i, r in enumerate(REASONS)]
+    return up + ej
+
+
+def page(shm: SharedMemory | None, cfg: Config) -> tuple[int, str, str]:
+    return 200, "application/json", json.dumps(status(shm, cfg), indent=1) + "\n"
+
+
+PAGES = {"/status/upstreams": page}

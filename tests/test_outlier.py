@@ -1,0 +1,209 @@
+"""Passive outlier detection: ejection after consecutive failures counted by every worker, automatic
+re-admission, max_ejected_percent, panic and on_panic (on the compiled balancer), then with real origins
+(one refusing connections, one answering 503, one stopped mid-load) through the gateway, /status/upstreams
+and the metrics."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from fastgw._core.balancer import Target, UpstreamGroup, finish_target, pick_target
+from tests.test_balancing import _Req
+from tests.upstreams import EchoOrigin
+
+CONNECT, RESET, TIMEOUT, STATUS = range(4)
+
+
+def group(n: int, balance: str = "round_robin", fails: int = 5, base: float = 0.3, pct: int = 100,
+          panic: int = 0, fail: bool = False) -> UpstreamGroup:
+    g = UpstreamGroup()
+    g.name = "u"
+    g.targets = [Target(f"10.0.0.{i + 1}", 80, 0, g) for i in range(n)]
+    g.outlier(fails, base, 10 * base, pct, panic, fail)
+    g.setup(balance, "header:k" if balance == "hash" else None, 0.0, 1)
+    return g
+
+
+def picks(g: UpstreamGroup, n: int = 300) -> Counter:
+    out: Counter = Counter()
+    for i in range(n):
+        t = pick_target(g, _Req(b"key-%d" % i))
+        out[None if t is None else t.index] += 1
+        if t is not None and g.balance == 1:
+            finish_target(t)
+    return out
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "least_request", "hash"])
+def test_a_target_is_ejected_after_consecutive_failures_and_readmitted_by_itself(balance: str) -> None:
+    g = group(3, balance)
+    t = g.targets[1]
+    for _ in range(4):
+        t.record_failure(CONNECT)
+    assert not t.ejected and picks(g)[1] > 0            # 4 failures: still in service
+    t.record_failure(CONNECT)
+    assert t.ejected and picks(g)[1] == 0               # the 5th: out, for base_ejection
+    time.sleep(0.35)
+    assert not t.ejected and picks(g)[1] > 0            # back without anyone's help
+    for _ in range(5):
+        t.record_failure(STATUS)
+    time.sleep(0.35)
+    assert t.ejected                                     # the 2nd ejection lasts twice as long
+    time.sleep(0.3)
+    assert not t.ejected
+
+
+def test_a_hashed_key_of_another_target_never_moves_when_one_is_ejected() -> None:
+    g = group(5, "hash")
+    keys = [b"acct-%d" % i for i in range(5000)]
+    before = {k: pick_target(g, _Req(k)).index for k in keys}
+    for _ in range(5):
+        g.targets[2].record_failure(RESET)
+    after = {k: pick_target(g, _Req(k)).index for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert moved and all(before[k] == 2 for k in moved) and 2 not in after.values()
+
+
+def test_never_more_than_max_ejected_percent() -> None:
+    g = group(10, pct=20)
+    for t in g.targets[:4]:
+        for _ in range(5):
+            t.record_failure(TIMEOUT)
+    assert [t.ejected for t in g.targets[:4]] == [True, True, False, False]
+    g = group(3, pct=0)                                   # 0%: still one may be ejected
+    for t in g.targets:
+        for _ in range(5):
+            t.record_failure(TIMEOUT)
+    assert sum(t.ejected for t in g.targets) == 1
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_below_the_panic_threshold_on_panic_decides(fail: bool) -> None:
+    g = group(3, panic=50, fail=fail)
+    for t in g.targets[:2]:
+        for _ in range(5):
+            t.record_failure(CONNECT)
+    counts = picks(g)                                      # 1 of 3 usable: 33% < 50%
+    if fail:
+        assert counts == {None: 300}
+    else:
+        assert set(counts) == {0, 1, 2}                   # all targets, ejected or not
+    g = group(3, panic=30, fail=fail)
+    for _ in range(5):
+        g.targets[0].record_failure(CONNECT)
+    assert set(picks(g)) == {1, 2}                        # 66% usable: above the threshold
+
+
+def test_a_success_ends_the_run_of_failures() -> None:
+    g = group(3)
+    t = g.targets[0]
+    for _ in range(4):
+        t.record_failure(CONNECT)
+    assert t.consecutive_failures == 4
+    t.record_success()
+    t.record_failure(CONNECT)
+    assert not t.ejected and t.consecutive_failures == 1
+
+
+# -- with real origins ------------------------------------------------------------------------------------
+class FlakyOrigin(EchoOrigin):
+    """Answers 503 while `failing`, else as the echo origin."""
+
+    failing = True
+
+    async def respond(self, rec, writer):  # type: ignore[no-untyped-def]
+        if self.failing:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            return True
+        return await super().respond(rec, writer)
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                    # nothing listens there: connections are refused
+    return port
+
+
+def admin_get(gw, path: str) -> str:  # type: ignore[no-untyped-def]
+    admin = next(e["admin"] for e in gw.events if e.get("event") == "started")
+    with urllib.request.urlopen(f"http://{admin}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_refusing_and_503_targets_are_ejected_then_readmitted(gateway) -> None:
+    good, flaky = EchoOrigin().start(), FlakyOrigin().start()
+    refused = closed_port()
+    try:
+        gw = gateway.start({"u": {"targets": [good.addr, flaky.addr, f"127.0.0.1:{refused}"],
+                                  "outlier": {"base_ejection": "1s", "max_ejected_percent": 70,
+                                              "panic_threshold": 30}}},
+                           [{"name": "r", "path": "/*", "upstream": "u"}], server={"workers": 2})
+        statuses: Counter = Counter()
+        with gw.client() as c:
+            for _ in range(120):
+                statuses[c.get("/x").status_code] += 1
+        # Each bad target fails at most consecutive_failures (5) times, counted across both workers,
+        # then is ejected: the rest goes to the good one.
+        assert statuses[200] >= 120 - 10 and statuses[502] <= 5 and statuses[503] <= 5, statuses
+        status = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"]
+        by_addr = {t["target"]: t for t in status}
+        assert by_addr[flaky.addr]["state"] == "ejected" and by_addr[flaky.addr]["reason"] == "status"
+        assert by_addr[f"127.0.0.1:{refused}"]["reason"] == "connect"
+        assert by_addr[good.addr] == {**by_addr[good.addr], "state": "up", "ejections": 0}
+        text = admin_get(gw, "/metrics")
+        assert f'fastgw_upstream_target_up{{upstream="u",target="{flaky.addr}"}} 0' in text
+        assert f'fastgw_upstream_ejections_total{{upstream="u",target="{flaky.addr}",reason="status"}} 1' in text
+        # Recovery: the 503 origin heals; once the ejection runs out it gets traffic again.
+        flaky.failing = False
+        time.sleep(1.2)
+        n = len(flaky.requests)
+        with gw.client() as c:
+            for _ in range(60):
+                assert c.get("/x").status_code in (200, 502)
+        assert len(flaky.requests) - n >= 15
+        status = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"]
+        assert {t["target"]: t["state"] for t in status}[flaky.addr] == "up"
+    finally:
+        good.stop()
+        flaky.stop()
+
+
+def test_an_origin_stopped_mid_load_costs_a_few_errors(gateway) -> None:
+    origins = [EchoOrigin().start() for _ in range(3)]
+    try:
+        gw = gateway.start({"u": {"targets": [o.addr for o in origins],
+                                  "outlier": {"max_ejected_percent": 50}}},
+                           [{"name": "r", "path": "/*", "upstream": "u"}], server={"workers": 2})
+        statuses: Counter = Counter()
+        lock = threading.Lock()
+
+        def load() -> None:
+            with gw.client() as c:
+                for _ in range(100):
+                    code = c.get("/x").status_code
+                    with lock:
+                        statuses[code] += 1
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        origins[1].stop()
+        for t in threads:
+            t.join()
+        errors = sum(n for code, n in statuses.items() if code != 200)
+        assert sum(statuses.values()) == 400 and errors <= 10, statuses
+        status = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"]
+        assert {t["target"]: t["state"] for t in status}[origins[1].addr] == "ejected"
+    finally:
+        for o in origins[::2]:
+            o.stop()
