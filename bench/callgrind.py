@@ -94,6 +94,22 @@ def jwt_config(st: dict, port: int, origin: int) -> str:
     return auth_jwt.fastgw_config(port, origin, st["jwks"], ratelimit=True)
 
 
+# A CORS route (and a deprecated one) on top of `plain`: the cost of the policies' phases per request.
+CORS_TABLE = '[cors.web]\norigins = ["https://app.bench.example", "https://*.partners.bench.example"]\n'
+LIFECYCLE = ('lifecycle = { deprecated = "2026-01-01T00:00:00Z", sunset = "2099-01-01T00:00:00Z", '
+             'link = "https://bench.example/migrate", successor = "/v2" }\n')
+
+
+def cors_config(lifecycle: bool) -> Callable[[dict, int, int], str]:
+    return lambda st, port, origin: run.FASTGW_TOML.format(
+        port=port, origin_port=origin, extra_server="", admin_port=run.free_port(),
+        extra_admin=CORS_TABLE) + 'cors = "web"\n' + (LIFECYCLE if lifecycle else "")
+
+
+def origin_header(st: dict) -> dict[str, str]:
+    return {"Origin": "https://app.bench.example"}
+
+
 def no_headers(st: dict) -> dict[str, str]:
     return {}
 
@@ -109,6 +125,10 @@ SCENARIOS = {s.name: s for s in [
              plain_config(), no_headers, h2=True),
     Scenario("access_log", "plain, with server.access_log = true",
              plain_config("access_log = true"), no_headers),
+    Scenario("cors", "plain on a CORS route ([cors.NAME], a granted Origin: headers echoed, Vary)",
+             cors_config(False), origin_header, expect="access-control-allow-origin"),
+    Scenario("cors_lifecycle", "cors, and the route deprecated (Deprecation, Sunset, Link; the counter)",
+             cors_config(True), origin_header, expect="deprecation"),
 ]}
 
 

@@ -3,8 +3,10 @@ Access-Control-Request-Method) is answered 204 here, before authentication (a br
 without credentials, so an authenticated route would otherwise refuse every one); any other OPTIONS goes
 upstream. Every response of the route, the gateway's own problems included (401/403/429/5xx run the route's
 on_response), gets `Vary: Origin` and, for an allowed origin, the matched origin echoed, so a page can read
-why it was refused. The upstream's own Access-Control-Allow-*/Expose fields are replaced: two sources of
-truth would give a browser two values, which it rejects.
+why it was refused. The response phase only adds lines: reading the response's header list to drop an
+upstream's own Access-Control-* fields built that list for every response (a CORS route cost 40,575
+instructions per request that way, 33,427 without, plain 25,398: bench/callgrind.py); an upstream that
+sends its own is stripped by the route's compiled `response_headers.remove` instead.
 """
 from __future__ import annotations
 
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 # Retry-After), to report a failure (X-Request-ID) and to learn of an API's retirement (Deprecation, Sunset,
 # Link). Listed by name: `*` is literal when credentials are allowed.
 EXPOSED_ALWAYS = ("RateLimit-Policy", "RateLimit", "Retry-After", "X-Request-ID", "Deprecation", "Sunset", "Link")
-# The gateway's on a CORS route: the upstream's copies are dropped.
-OWNED = (b"access-control-allow-origin", b"access-control-allow-credentials", b"access-control-expose-headers")
 _LABELS = re.compile(rb"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
@@ -66,9 +66,6 @@ class Cors(Gate):
         return Respond(204, self.preflight_ok if self.allowed(origin) else self.preflight_no, b"")
 
     def on_response(self, ex: Any) -> None:
-        for name in OWNED:
-            if ex.response_header(name) is not None:
-                ex.remove_response_header(name)
         origin = ex.header(b"origin")
         if origin is None or not self.allowed(origin):
             ex.add_response_lines(b"Vary: Origin\r\n")
