@@ -99,6 +99,22 @@ def h2_upstream_config(st: dict, port: int, origin: int) -> str:
     return plain_config()(st, port, st["h2c_port"]).replace("keepalive = 128\n", 'protocol = "h2"\n')
 
 
+# A CORS route (and a deprecated one) on top of `plain`: the cost of the policies' phases per request.
+CORS_TABLE = '[cors.web]\norigins = ["https://app.bench.example", "https://*.partners.bench.example"]\n'
+LIFECYCLE = ('lifecycle = { deprecated = "2026-01-01T00:00:00Z", sunset = "2099-01-01T00:00:00Z", '
+             'link = "https://bench.example/migrate", successor = "/v2" }\n')
+
+
+def cors_config(lifecycle: bool) -> Callable[[dict, int, int], str]:
+    return lambda st, port, origin: run.FASTGW_TOML.format(
+        port=port, origin_port=origin, extra_server="", admin_port=run.free_port(),
+        extra_admin=CORS_TABLE) + 'cors = "web"\n' + (LIFECYCLE if lifecycle else "")
+
+
+def origin_header(st: dict) -> dict[str, str]:
+    return {"Origin": "https://app.bench.example"}
+
+
 def no_headers(st: dict) -> dict[str, str]:
     return {}
 
@@ -116,6 +132,10 @@ SCENARIOS = {s.name: s for s in [
              plain_config("access_log = true"), no_headers),
     Scenario("h1_to_h2", "plain, the upstream over HTTP/2 (protocol = \"h2\", h2c): an HTTP/1.1 client's GET /3b as "
              "one stream of a multiplexed connection", h2_upstream_config, no_headers),
+    Scenario("cors", "plain on a CORS route ([cors.NAME], a granted Origin: headers echoed, Vary)",
+             cors_config(False), origin_header, expect="access-control-allow-origin"),
+    Scenario("cors_lifecycle", "cors, and the route deprecated (Deprecation, Sunset, Link; the counter)",
+             cors_config(True), origin_header, expect="deprecation"),
 ]}
 
 

@@ -27,6 +27,7 @@ PROBLEMS: dict[str, Slug] = {
     "request-timeout": Slug(408, "Request Timeout", "The request was not received in time."),
     "payload-too-large": Slug(413, "Content Too Large", "The request body exceeds the route's limit."),
     "uri-too-long": Slug(414, "URI Too Long", "The request target is too long."),
+    "gone": Slug(410, "Gone", "This API was retired at its announced sunset."),
     "header-too-large": Slug(431, "Request Header Fields Too Large", "The request head is too large."),
     "rate-limited": Slug(429, "Too Many Requests", "The rate limit for this consumer is exhausted."),
     "quota-exceeded": Slug(429, "Too Many Requests", "The quota for this consumer is exhausted."),
@@ -42,7 +43,7 @@ PROBLEMS: dict[str, Slug] = {
 }
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+            405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
             414: "URI Too Long", 500: "Internal Server Error", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
             505: "HTTP Version Not Supported"}

@@ -28,6 +28,8 @@ import msgspec
 
 from fastgw.policies.auth import config as auth
 from fastgw.policies.contract import RequestHeaders, Runtime
+from fastgw.policies.cors import config as cors
+from fastgw.policies.lifecycle import config as lifecycle
 from fastgw.policies.ratelimit import config as ratelimit
 
 
@@ -43,8 +45,12 @@ class Registration:
     summary: Callable[[Any, int], list[str]] | None = None    # (config, workers) -> `fastgw check` lines
 
 
-# In the order a route runs them: identity first (the rate limiter reads the consumer and its plan).
+# In the order a route runs them: CORS first (a browser's preflight carries no credentials, so it is
+# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan).
 POLICIES: tuple[Registration, ...] = (
+    Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
+    Registration("lifecycle", lifecycle.Sections, lifecycle.RouteKeys, None, lifecycle.check,
+                 "fastgw.policies.lifecycle.policy", summary=lifecycle.summary),
     Registration("auth", auth.Sections, auth.RouteKeys, auth.ConsumerKeys, auth.check,
                  "fastgw.policies.auth.policy", headers=auth.request_headers),
     Registration("ratelimit", ratelimit.Sections, ratelimit.RouteKeys, ratelimit.ConsumerKeys, ratelimit.check,

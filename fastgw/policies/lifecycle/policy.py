@@ -1,0 +1,130 @@
+"""What a route with a lifecycle tells its callers: Deprecation (RFC 9745, `@<epoch>`), Sunset (RFC 8594,
+HTTP-date) and Link (rel="deprecation", "sunset", "successor-version") on every response of the route,
+added in on_response so the gateway's own answers (401, 429, 5xx, a 304) carry them too; after the sunset
+instant, `410 gone` naming the successor (or the request passes, after_sunset = "passthrough"). The 410
+comes before authentication: a retired API has nothing left to protect, and a caller whose credentials
+went with it still learns why. Requests are counted per route from the deprecation instant on
+(fastgw_deprecated_requests_total{route}), so owners can see who still calls.
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from fastgw._core.gates import Gate
+from fastgw.config.checks import NAME
+from fastgw.policies.lifecycle.config import instant
+from fastgw.process.shm import Section
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+    from fastgw.config.routes import Route
+    from fastgw.policies.contract import Rejection
+    from fastgw.policies.lifecycle.config import Lifecycle
+    from fastgw.process.shm import SharedMemory
+
+# Section "lifecycle": per worker slot, ENTRIES entries of two 64-bit words: [0] crc32(route name) + 1
+# (0: unused), [1] deprecated requests. The supervisor sums the slots and names entries from its config.
+SECTION = "lifecycle"
+ENTRIES = 512
+REGION_BYTES = ENTRIES * 2 * 8
+FAMILY = "fastgw_deprecated_requests_total"
+
+
+def header_lines(lc: Lifecycle) -> bytes:
+    out = []
+    if lc.deprecated is not None:
+        out.append(b"Deprecation: @%d\r\n" % instant(lc.deprecated))
+    if lc.sunset is not None:
+        out.append(b"Sunset: " + formatdate(instant(lc.sunset), usegmt=True).encode() + b"\r\n")
+    links = []
+    if lc.link is not None:
+        if lc.deprecated is not None:
+            links.append(f'<{lc.link}>; rel="deprecation"')
+        if lc.sunset is not None:
+            links.append(f'<{lc.link}>; rel="sunset"')
+    if lc.successor is not None:
+        links.append(f'<{lc.successor}>; rel="successor-version"')
+    if links:
+        out.append(b"Link: " + ", ".join(links).encode() + b"\r\n")
+    return b"".join(out)
+
+
+class LifecyclePolicy(Gate):
+    def __init__(self, lc: Lifecycle, counter: tuple[Any, int] | None) -> None:
+        self.lines = header_lines(lc)
+        self.counting_from = instant(lc.deprecated) if lc.deprecated is not None else 0
+        sun = instant(lc.sunset) if lc.sunset is not None else None
+        self.gone_from = sun if sun is not None and lc.after_sunset == "410" else None
+        detail = f"This API was retired at {lc.sunset}."
+        if lc.successor is not None:
+            detail += f" Its successor is {lc.successor}."
+        self.detail = json.dumps(detail)[1:-1].encode()
+        self.words, self.at = counter if counter is not None else (None, 0)
+
+    def on_request(self, ex: Any) -> Rejection | None:
+        now = time.time()
+        if now >= self.counting_from and self.words is not None:
+            self.words[self.at] += 1
+        if self.gone_from is not None and now >= self.gone_from:
+            return (410, "gone", self.detail, None)
+        return None
+
+    def on_response(self, ex: Any) -> None:
+        ex.add_response_lines(self.lines)
+
+
+def _key(route: str) -> int:
+    return zlib.crc32(route.encode()) + 1
+
+
+def counter(words: Any, route: str) -> tuple[Any, int] | None:
+    """The word counting `route` in this worker's region (claimed on first use; the worker is its only
+    writer), or None when the region is full."""
+    key = _key(route)
+    for i in range(ENTRIES):
+        if words[2 * i] == key or words[2 * i] == 0:
+            words[2 * i] = key
+            return words, 2 * i + 1
+    return None
+
+
+def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> LifecyclePolicy | None:
+    if route.lifecycle is None:
+        return None
+    words = services.get("lifecycle_words")
+    return LifecyclePolicy(route.lifecycle, counter(words, route.name) if words is not None else None)
+
+
+# -- registered hooks (fastgw/policies/contract.py Runtime) ----------------------------------------------
+
+
+def shm_sections(cfg: Config, workers: int) -> list[Section]:
+    return [Section(SECTION, workers * REGION_BYTES)]
+
+
+def _region(shm: SharedMemory, slot: int) -> Any:
+    return shm.section(SECTION)[slot * REGION_BYTES:(slot + 1) * REGION_BYTES].cast("Q")
+
+
+def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
+    if shm is not None and SECTION in shm.layout.sections:
+        services["lifecycle_words"] = _region(shm, slot)
+
+
+def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
+    totals: dict[int, int] = {}
+    for slot in range(workers):
+        words = _region(shm, slot)
+        for i in range(ENTRIES):
+            if words[2 * i]:
+                totals[words[2 * i]] = totals.get(words[2 * i], 0) + words[2 * i + 1]
+    out = [f"# HELP {FAMILY} Requests to a route after its deprecation instant (410s after the sunset included).",
+           f"# TYPE {FAMILY} counter"]
+    for r in cfg.routes:
+        if r.lifecycle is not None and NAME.fullmatch(r.name):
+            out.append(f'{FAMILY}{{route="{r.name}"}} {totals.get(_key(r.name), 0)}')
+    return out
