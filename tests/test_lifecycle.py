@@ -96,7 +96,7 @@ def start(tmp_path: Path, text: str) -> Gateway:
 
 def metric(gw: Gateway, route: str) -> int:
     text = admin_get(gw.admin_base + "/metrics")[1]
-    m = re.search(r'^fastgw_deprecated_requests_total\{route="%s"\} ([0-9]+)$' % re.escape(route), text, re.M)
+    m = re.search(rf'^fastgw_deprecated_requests_total\{{route="{re.escape(route)}"\}} ([0-9]+)$', text, re.M)
     assert m, text
     return int(m.group(1))
 

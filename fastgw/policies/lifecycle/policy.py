@@ -34,12 +34,19 @@ REGION_BYTES = ENTRIES * 2 * 8
 FAMILY = "fastgw_deprecated_requests_total"
 
 
+def _at(text: str) -> int:
+    """The epoch seconds of an instant the config check has already accepted (so never None here)."""
+    t = instant(text)
+    assert t is not None, text
+    return t
+
+
 def header_lines(lc: Lifecycle) -> bytes:
     out = []
     if lc.deprecated is not None:
-        out.append(b"Deprecation: @%d\r\n" % instant(lc.deprecated))
+        out.append(b"Deprecation: @%d\r\n" % _at(lc.deprecated))
     if lc.sunset is not None:
-        out.append(b"Sunset: " + formatdate(instant(lc.sunset), usegmt=True).encode() + b"\r\n")
+        out.append(b"Sunset: " + formatdate(_at(lc.sunset), usegmt=True).encode() + b"\r\n")
     links = []
     if lc.link is not None:
         if lc.deprecated is not None:
@@ -56,13 +63,15 @@ def header_lines(lc: Lifecycle) -> bytes:
 class LifecyclePolicy(Gate):
     def __init__(self, lc: Lifecycle, counter: tuple[Any, int] | None) -> None:
         self.lines = header_lines(lc)
-        self.counting_from = instant(lc.deprecated) if lc.deprecated is not None else 0
-        sun = instant(lc.sunset) if lc.sunset is not None else None
+        self.counting_from = _at(lc.deprecated) if lc.deprecated is not None else 0
+        sun = _at(lc.sunset) if lc.sunset is not None else None
         self.gone_from = sun if sun is not None and lc.after_sunset == "410" else None
         detail = f"This API was retired at {lc.sunset}."
         if lc.successor is not None:
             detail += f" Its successor is {lc.successor}."
         self.detail = json.dumps(detail)[1:-1].encode()
+        self.words: Any
+        self.at: int
         self.words, self.at = counter if counter is not None else (None, 0)
 
     def on_request(self, ex: Any) -> Rejection | None:
