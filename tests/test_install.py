@@ -27,7 +27,11 @@ MODULES = [p.stem for p in _PYX if p.name not in _INCLUDED]
 
 
 def _make_dry_run(target: str) -> list[str]:
-    proc = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Under `make test` this runs as a sub-make: without the parent's MAKELEVEL/MAKEFLAGS (and with
+    # --no-print-directory) it prints only the recipe's commands, as on a terminal.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
