@@ -582,7 +582,7 @@ cdef class ClientConn(RequestReader):
             if self.rpause & (P_UPSTREAM | P_PENDING):
                 if ex.body_tick != 0:
                     ex.body_tick = now            # not the client's time
-                if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+                if ex.up is not None and now - ex.up_last > ex.try_timeout:
                     ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
                 elif ex.call is not None:
                     ex.call.check(now)
@@ -593,7 +593,7 @@ cdef class ClientConn(RequestReader):
             return
         if ex.call is not None:
             ex.call.check(now)
-        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
+        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.try_timeout:
             ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
 
     cdef void reset_connection(self):

@@ -37,6 +37,8 @@ class RouteRT:
     phase_resp_add: bytes | None
     grpc: bool
     h2up: bool
+    deadline: float
+    try_timeout: float
 
 class Runtime:
     router: Any

@@ -53,6 +53,7 @@ cdef class UpstreamConn:
     # asyncio protocol
     def connection_made(self, transport):
         self.transport = transport
+        self.target.group.connections(1)        # limits.max_connections
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
@@ -133,6 +134,7 @@ cdef class UpstreamConn:
         cdef Exchange ex = self.ex
         self.closed = True
         self.transport = None
+        self.target.group.connections(-1)
         if ex is not None:
             ex.upstream_failed(502, "bad-gateway", None, _failures.lost_error(exc))
 
@@ -255,7 +257,15 @@ cdef class UpstreamConn:
 
 
 async def _connect(Exchange ex, Target target):
+    """A new connection for `ex` (pending in its upstream's limits.max_pending until it is made or not)."""
     loop = asyncio.get_running_loop()
+    try:
+        await _open(ex, target, loop)
+    finally:
+        target.group.connect_done()
+
+
+async def _open(Exchange ex, Target target, loop):
     try:
         g = target.group
         if g.ssl is None:
