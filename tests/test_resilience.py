@@ -259,6 +259,46 @@ def test_a_503_is_retried_only_when_opted_in(gateway) -> None:
         good.stop()
 
 
+def test_a_policy_may_mark_a_post_safe_to_retry() -> None:
+    """The Idempotency-Key hook: a policy that validated the key sets exchange.retry_safe in on_request; the
+    POST is then retried like a GET (here: reset before its response, sent again to the other target with
+    its body)."""
+    from inprocess import InProcessWorker
+
+    from fastgw.compile import compile_config
+    from fastgw.config.root import loads
+    bad, good = ResetOrigin().start(), EchoOrigin().start()
+    cfg = loads(f"""
+[upstreams.u]
+targets = ["{bad.addr}", "{good.addr}"]
+outlier = {{ consecutive_failures = 0 }}
+[[routes]]
+name = "r"
+path = "/*"
+upstream = "u"
+""")
+    rt = compile_config(cfg)
+    route = rt.router.match(b"POST", b"h", b"/x")[1]
+
+    def gate(ex):  # type: ignore[no-untyped-def]
+        if ex.header(b"idempotency-key") is not None:     # (a real policy checks the key first)
+            ex.retry_safe = True
+
+    route.gate = gate
+    gw = InProcessWorker(rt)
+    try:
+        with httpx.Client(base_url=gw.base, timeout=10) as c:
+            keyed = [c.post(f"/k{i}", content=b"pay 10", headers={"Idempotency-Key": f"k{i}"}).status_code
+                     for i in range(6)]
+            plain = [c.post(f"/p{i}", content=b"pay 10").status_code for i in range(6)]
+        assert keyed == [200] * 6 and sorted(plain) == [200] * 3 + [502] * 3, (keyed, plain)
+        assert all(r.body == b"pay 10" for r in good.requests_for("/k"))
+    finally:
+        gw.stop()
+        bad.stop()
+        good.stop()
+
+
 class FlappingOrigin(EchoOrigin):
     """Answers 503 for 200 ms, then as the echo origin for 200 ms, and so on (every instance in phase),
     each answer after 50 ms. Counts, across instances, the requests it serves at once that are retries
