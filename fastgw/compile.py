@@ -104,7 +104,7 @@ def target_key(upstream: str, addr: str) -> int:
     return hash_bytes(f"{upstream}\0{addr}".encode())
 
 
-def _attach_h2_pools(group: UpstreamGroup, up: Any) -> None:
+def attach_h2_pools(group: UpstreamGroup, up: Any) -> None:
     """Give each target of an HTTP/2 upstream (protocol "h2" or "grpc", or used by a route with the
     route-level alias protocol = "grpc") its HTTP/2 connection pool, kept across reloads with the group.
     TLS upstreams get their own context offering ALPN "h2"."""
@@ -155,7 +155,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.grpc = r.protocol == "grpc" or up.protocol == "grpc"
         rt.h2up = rt.grpc or up.protocol == "h2"
         if rt.h2up:
-            _attach_h2_pools(rt.group, up)
+            attach_h2_pools(rt.group, up)
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))
     run = Runtime()

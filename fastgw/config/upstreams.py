@@ -112,6 +112,7 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     balance: Literal["round_robin", "least_request", "hash"] = "round_robin"
     hash_key: str | None = None              # balance = "hash" only; see HASH_KEY
     slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
+    resolve_every: Duration = 10.0           # host-name targets are resolved again this often (discovery.py)
     tls: UpstreamTLS | None = None
     outlier: Outlier = msgspec.field(default_factory=Outlier)
     health: Health | None = None
@@ -153,6 +154,8 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
         errors.append(f'{path}.hash_key: only with balance = "hash"')
     if up.slow_start < 0:
         errors.append(f"{path}.slow_start: must not be negative")
+    if up.resolve_every <= 0:
+        errors.append(f"{path}.resolve_every: must be greater than 0")
     if up.keepalive < 0:
         errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
     for field, seconds in (("connect_timeout", up.connect_timeout), ("timeout", up.timeout),
@@ -257,7 +260,7 @@ def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     for name, up in cfg.upstreams.items():
         for i, target in enumerate(up.targets):
             host = parse_hostport(address(target))[0]
-            if not _is_ip(host):
+            if not is_ip(host):
                 names.setdefault(host, []).append(f"{keypath('upstreams', name)}.targets[{i}]")
     if not names:
         return []
@@ -279,7 +282,7 @@ def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     return out
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -41,6 +41,9 @@ def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> Non
 
 # Words of a record (fastgw/_core/balancer.pxd Record) the supervisor reads.
 W_FAILS, W_DOWN_UNTIL, W_SINCE, W_REASON, W_EJECTED_BY = 2, 3, 5, 6, 8
+# A host-name target's DNS state (fastgw/upstream/discovery.py): addresses it resolved to last, when it
+# last resolved, since when it fails to (monotonic ms; 0: it does not).
+W_DNS_ADDRESSES, W_DNS_OK, W_DNS_FAILING = 13, 14, 15
 REASONS = ("connect", "reset", "timeout", "status", "health")   # balancer.pxd Reason, as labels; "health":
                                                                   # marked down by the prober (health.py)
 # An upstream's own records (balancer.pxd GroupRecord; keys: group_key): limits, then retries by condition.
@@ -96,6 +99,11 @@ def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
             "ejections": ejections,
             "consecutive_failures": w[W_FAILS],
         })
+        if w[W_DNS_OK] or w[W_DNS_FAILING]:                  # a host name (discovery.py)
+            out["upstreams"][name]["targets"][-1]["dns"] = {
+                "addresses": w[W_DNS_ADDRESSES],
+                "resolved": round(wall - (now_ms - w[W_DNS_OK]) / 1000, 3) if w[W_DNS_OK] else None,
+                "failing_since": round(wall - (now_ms - w[W_DNS_FAILING]) / 1000, 3) if w[W_DNS_FAILING] else None}
     for name, g, _ in _groups(shm, cfg):
         out["upstreams"].setdefault(name, {"targets": []})["limits"] = {
             "requests": g[G_ACTIVE], "pending": g[G_PENDING], "connections": g[G_CONNS],
