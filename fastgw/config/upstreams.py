@@ -80,8 +80,8 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_requests: int = 1024                 # requests in flight to the upstream (any protocol)
 
 
-# The conditions `retry.on` may name. The first three are safe for any method (nothing of the request can
-# have been processed); "reset-before-response" only for idempotent requests; the others are opt-in.
+# The conditions `retry.on` may name (exchange.pyx Exchange.retry): the first two for any method (nothing
+# was sent), the others for idempotent requests; the first four are on by default.
 RETRY_ON = ("connect-failure", "refused-stream", "reset-before-send", "reset-before-response",
             "timeout", "502", "503", "504")
 MAX_ATTEMPTS = 5                            # retries after the first try; more only multiplies load
