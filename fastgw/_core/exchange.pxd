@@ -11,7 +11,7 @@ cdef enum:
 
 
 cdef class Exchange:
-    cdef ClientConn client
+    cdef Downstream client                # the client side (downstream.pxd): an HTTP/1.1 connection or an HTTP/2 stream
     cdef Runtime rt
     cdef RequestHead head
     cdef RouteRT route
@@ -57,6 +57,8 @@ cdef class Exchange:
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
+    cdef void request_data(self, bytes data)
+    cdef void request_end(self)
     cdef void to_upstream(self, bytes data)
     cdef void flush_upstream(self)
     cdef void acquire(self, bint fresh)

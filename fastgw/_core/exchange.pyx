@@ -28,6 +28,22 @@ cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
 
 cdef class Exchange:
     # -- upstream request ------------------------------------------------------------------------------
+    cdef void request_data(self, bytes data):
+        """Request body bytes from the client side (within max_body: Downstream.body_data)."""
+        if self.head.chunked:
+            self.to_upstream(b"%x\r\n" % len(data))
+            self.to_upstream(data)
+            self.to_upstream(b"\r\n")
+        else:
+            self.to_upstream(data)
+
+    cdef void request_end(self):
+        """The request body ended (Downstream.body_end)."""
+        if self.head.chunked:
+            self.to_upstream(b"0\r\n\r\n")
+        elif self.call is not None:
+            self.call.request_end()
+
     cdef void to_upstream(self, bytes data):
         if self.call is not None:
             self.call.request_data(data, len(data))      # an HTTP/2 upstream stream (h2call.pyx)
@@ -51,7 +67,7 @@ cdef class Exchange:
     cdef void acquire(self, bint fresh):
         """A connection to the target the upstream head was built for (upstream_head picked it):
         a pooled one, or a new one (`fresh`: always new, as the retry on a closed kept-alive one wants)."""
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         cdef UpstreamConn c = None
         cdef Target t = self.target
         if not fresh:
@@ -187,7 +203,7 @@ cdef class Exchange:
         self.resp_started = True
         self.status = status
         self.resp_nobody = is_head or status == 204 or status == 304
-        self.client.write_head(self, c, status)
+        self.client.write_head(self, status, c.rpieces, c.r_cl if c.r_has_cl and not c.r_chunked else None)
         if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
             # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
             # the connection (it would wait for body bytes that never come).
@@ -249,14 +265,14 @@ cdef class Exchange:
     # -- driving the request ---------------------------------------------------------------------------
     # The exchange is the request's only driver: route -> the route's policies -> the upstream head (the
     # target is picked there, once) -> the upstream call -> the response -> the log. The connection (an
-    # HTTP/1.1 ClientConn or an HTTP/2 H2Stream) parses and writes; it starts an exchange when its turn
-    # comes (ClientConn.start) and hands it the body.
+    # Downstream, downstream.pxd: an HTTP/1.1 ClientConn or an HTTP/2 H2Stream) parses and writes; it
+    # starts an exchange when its turn comes (Downstream.start) and hands it the body (body_data).
     cdef void run(self):
         """Route the request and run the route's policies; then `proceed`, or the rejection."""
         cdef Runtime rt = self.rt
         cdef RequestHead h = self.head
         cdef RouteRT route
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         if self.err is not None:
             self.failed(self.err)                   # a request that failed before its turn
             return
@@ -274,7 +290,7 @@ cdef class Exchange:
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
         if route.h2up:
-            if route.grpc and not isinstance(cl, H2Stream):
+            if route.grpc and not cl.caps & CAP_GRPC:
                 # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
                 self.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
                 return
@@ -334,7 +350,7 @@ cdef class Exchange:
 
     cdef void gate_done(self, object res):
         """A policy that awaited (Redis, a JWKS fetch) answered: go on or reject, output batched."""
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         cl.batching = True
         try:
             if res is None:
@@ -406,7 +422,7 @@ cdef class Exchange:
         cdef list pieces = h.pieces
         cdef list fields
         cdef Py_ssize_t i
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         if route.strip:
             path = stripped(route, path)
         if h.drop is not None or route._req_remove is not None:
@@ -696,7 +712,7 @@ cdef class Exchange:
     cdef void settle(self, int status):
         """Before an answer the gateway makes itself (before any upstream response byte): stop the upstream
         work, and decide whether the connection closes after it (`status`: of a problem, else 0)."""
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         if self.connect_task is not None:
             t = self.connect_task
             self.connect_task = None

@@ -5,7 +5,7 @@ from fastgw._core.upstream_h2 cimport H2Pool, H2Sink, H2UpStream
 
 
 cdef class H2Call(H2Sink):
-    cdef ClientConn cl             # the client side: an HTTP/1.1 connection or an HTTP/2 stream
+    cdef Downstream cl             # the client side: an HTTP/1.1 connection or an HTTP/2 stream
     cdef H2Stream st               # the same when it is an HTTP/2 stream, else None
     cdef Exchange ex
     cdef H2UpStream us             # the upstream stream (upstream_h2.pyx)

@@ -28,7 +28,7 @@ cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.C
 
 cdef void h2_start(Exchange ex):
     """The request passed its route's policies: open its upstream stream and send what arrived so far."""
-    cdef ClientConn cl = ex.client
+    cdef Downstream cl = ex.client
     cdef RouteRT route = ex.route
     cdef H2Stream st = None
     cdef H2Call call
@@ -241,8 +241,7 @@ cdef class H2Call(H2Sink):
                 out.append((name, value))
                 if name == b"grpc-status":
                     self.note_status(value)
-        if self.st is not None:
-            self.st.trailers = out
+        self.cl.write_trailers(self.ex, out)
         self.cl.write_end(self.ex)
         self.finish()
 

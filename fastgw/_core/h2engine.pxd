@@ -24,7 +24,8 @@ cdef enum:
     E_CALM = 11
 
 
-cdef class H2Stream(ClientConn):
+cdef class H2Stream(Downstream):
+    # (the Downstream methods it implements are declared in downstream.pxd)
     cdef H2Conn conn
     cdef int sid
     cdef list outq                # response DATA waiting for flow-control window
@@ -39,27 +40,11 @@ cdef class H2Stream(ClientConn):
     cdef double blocked_since
     cdef H2Call call              # the upstream HTTP/2 stream's call (h2call.pyx), or None
     cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
-    cdef void send(self, bytes data)
-    cdef void flush(self)
     cdef void kick(self)
-    cdef bint reader_done(self)
-    cdef object peercert(self)
-    cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
-    cdef void write_fields(self, Exchange ex, int status, list fields, bint end)
     cdef void send_head(self, list headers, bint end)
-    cdef void write_body(self, Exchange ex, bytes data)
-    cdef void write_end(self, Exchange ex)
-    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body)
-    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra)
-    cdef void pause_reading(self, int why)
-    cdef void resume_reading(self, int why)
     cdef void update_wpause(self)
-    cdef void close(self)
-    cdef void abort(self)
-    cdef void flush_now(self)
     cdef void reset(self, int code)
     cdef void drop_exchange(self)
-    cdef void finished(self, Exchange ex)
 
 cdef class H2Conn:
     cdef ClientConn cl

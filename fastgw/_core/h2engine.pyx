@@ -2,9 +2,8 @@
 #
 #   H2Conn    one HTTP/2 client connection: an h2.H2Connection fed by the connection's ClientConn (which
 #             stays the asyncio protocol and the member of Worker.conns, and hands every read to H2Conn)
-#   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
-#             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
-#             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
+#   H2Stream  one request stream: a Downstream (downstream.pxd) of its own, as ClientConn is for HTTP/1.1,
+#             so Exchange, routing, policies and the upstream pools are the same for both engines.
 #             On a route to an HTTP/2 upstream the stream is joined to an upstream stream (h2call.pyx: the
 #             `call` field; the `trailers` sent after the last DATA).
 #
@@ -111,10 +110,13 @@ cdef list _h2_lines(bytes block, list out):
     return out
 
 
-cdef class H2Stream(ClientConn):
-    # -- the downstream interface --------------------------------------------------------------------
-    cdef void send(self, bytes data):
-        pass                                  # HTTP/1.1 bytes (100 Continue) have no HTTP/2 meaning
+cdef class H2Stream(Downstream):
+    # -- the Downstream interface (downstream.pxd) ---------------------------------------------------------
+    cdef void write_continue(self):
+        pass                                  # (100 Continue: HTTP/2 clients send their body without it)
+
+    cdef void stop_requests(self):
+        self.discard = True                   # (a stream carries one request)
 
     cdef void flush(self):
         cdef Exchange ex = self.active
@@ -133,19 +135,19 @@ cdef class H2Stream(ClientConn):
     cdef object peercert(self):
         return self.conn.cl.peercert()        # the TLS connection's certificate, for every stream
 
-    cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
+    cdef void write_head(self, Exchange ex, int status, list lines, bytes length):
         cdef RouteRT route = ex.route
         cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
         cdef bytes piece
-        for piece in c.rpieces:
+        for piece in lines:
             _h2_lines(piece, headers)
         if route.resp_add:
             _h2_lines(route.resp_add, headers)
         if ex.resp_extra is not None:
             _h2_lines(ex.resp_extra, headers)
         headers.append((b"x-request-id", ex.rid))
-        if c.r_has_cl and status != 204 and (ex.resp_nobody or not c.r_chunked):
-            headers.append((b"content-length", c.r_cl))
+        if length is not None and status != 204:
+            headers.append((b"content-length", length))
         self.send_head(headers, ex.resp_nobody)
 
     cdef void write_fields(self, Exchange ex, int status, list fields, bint end):
@@ -174,6 +176,9 @@ cdef class H2Stream(ClientConn):
         if self.outq_bytes > STREAM_OUTQ:
             self.update_wpause()
         self.kick()
+
+    cdef void write_trailers(self, Exchange ex, list fields):
+        self.trailers = fields                # sent with END_STREAM after the queued DATA (H2Conn.push)
 
     cdef void write_end(self, Exchange ex):
         if self.ended:
@@ -248,14 +253,8 @@ cdef class H2Stream(ClientConn):
                     up.transport.resume_reading()
                     ex.up_last = self.w.clock.now     # paused for the client: not the upstream's time
 
-    cdef void close(self):
-        self.reset(E_CANCEL)
-
     cdef void abort(self):
         self.reset(E_INTERNAL)
-
-    cdef void flush_now(self):
-        self.conn.flush()
 
     cdef void reset(self, int code):
         """RST_STREAM (unless the stream already ended) and drop the exchange."""
@@ -447,6 +446,7 @@ cdef class H2Conn:
         st.peer = self.cl.peer
         st.tcp_peer = self.cl.tcp_peer
         st.proto = self.cl.proto
+        st.caps = CAP_GRPC
         st.outq = []
         st.counted = True
         st.last_rx = self.last_active
@@ -641,7 +641,7 @@ cdef class H2Conn:
         ex = st.rx
         st.last_rx = self.last_active
         if data:
-            st.request_body(data)
+            st.body_data(data)
         if st.rx is not ex or ex.done:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
@@ -668,7 +668,7 @@ cdef class H2Conn:
         if st.call is not None:
             st.call.request_end()
         elif st.rx is not None:
-            st.request_end()
+            st.body_end()
 
     cdef void on_reset(self, int sid):
         cdef H2Stream st = self.streams.get(sid)
@@ -896,7 +896,7 @@ cdef class H2Conn:
                 ex = st.active
                 if st.outq and ex.up is not None:
                     ex.up_last = now            # the upstream timer waits while the client holds us up
-                ClientConn.check(st, now)
+                st.check_exchange(ex, now)
             if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
                 st.reset(E_CANCEL)              # no progress against the client's windows
         if not self.streams:

@@ -56,7 +56,7 @@ cdef class UpstreamConn:
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
-        cdef ClientConn cl
+        cdef Downstream cl
         cdef bint overrun = False
         if ex is None:
             # Bytes on an idle connection: beyond the end of the last response; never reuse it.

@@ -7,6 +7,7 @@ from fastgw._core.runtime cimport Runtime
 
 cdef class UpstreamConn
 cdef class Exchange
+cdef class Downstream
 cdef class ClientConn
 cdef class Worker
 cdef class H2Conn
@@ -17,6 +18,7 @@ include "protocol.pxd"
 include "upstream_h1.pxd"
 include "h2call.pxd"
 include "exchange.pxd"
+include "downstream.pxd"
 include "h1engine.pxd"
 include "upstream_grpc.pxd"
 include "h2engine.pxd"

@@ -6,8 +6,9 @@ counting, request ids), with the modules whose types refer to one another includ
   protocol.pyx      write batching, the TLS handshake protocol
   upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan
   exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
-  h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session
-  h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine
+  downstream.pyx    Downstream: what an exchange asks of its client side (downstream.pxd), the shared part
+  h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session (a Downstream)
+  h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine (an H2Stream is a Downstream)
   h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine
   upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
 
@@ -56,6 +57,7 @@ include "stats.pyx"
 include "protocol.pyx"
 include "upstream_h1.pyx"
 include "exchange.pyx"
+include "downstream.pyx"
 include "h1engine.pyx"
 include "h2engine.pyx"
 include "h2call.pyx"
@@ -176,7 +178,7 @@ cdef class Worker:
             if c.h2 is not None:
                 c.h2.drain()                  # GOAWAY; in-flight streams finish, then it closes
                 continue
-            if c.active is None and c._state == ST_IDLE and (
+            if c.active is None and c.reader._state == ST_IDLE and (
                     c.nreq > 0 or (fresh_idle >= 0 and self.clock.now - c.head_start > fresh_idle)):
                 c.close()
 
