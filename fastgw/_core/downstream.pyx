@@ -144,27 +144,17 @@ cdef class Downstream:
     # -- timeouts of the exchange being answered (called by the engines' checks) --------------------------
     cdef void check_exchange(self, Exchange ex, double now):
         cdef Runtime rt = self.rt0
-        if ex.connect_task is not None:
-            if now > ex.connect_deadline:
-                ex.connect_task.cancel()
-            return
-        if not ex.body_done and self.rx is ex:
-            if self.rpause & (P_UPSTREAM | P_PENDING):
-                if ex.body_tick != 0:
-                    ex.body_tick = now            # not the client's time
-                if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
-                    ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
-                elif ex.call is not None:
-                    ex.call.check(now)
-            elif now - self.last_rx > rt.body_timeout:
+        cdef bint sending = not ex.body_done and self.rx is ex
+        cdef bint held = sending and self.rpause & (P_UPSTREAM | P_PENDING) != 0
+        if held and ex.body_tick != 0:
+            ex.body_tick = now                    # not the client's time
+        if ex.drv is not None and ex.drv.check(ex, now, sending, held):
+            return                                # the upstream's time (Upstream.check)
+        if sending and not held:
+            if now - self.last_rx > rt.body_timeout:
                 self.body_timed_out(ex, b"request body not received in time")
             elif rt.min_body_rate > 0 and self.body_slow(ex, rt, now):
                 self.body_timed_out(ex, b"request body arriving too slowly")
-            return
-        if ex.call is not None:
-            ex.call.check(now)
-        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
-            ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
 
     cdef bint body_slow(self, Exchange ex, Runtime rt, double now):
         """The minimum body rate [Apache mod_reqtimeout body=20,MinRate=500; Kestrel

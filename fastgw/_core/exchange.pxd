@@ -21,6 +21,7 @@ cdef class Exchange:
     cdef Py_ssize_t pending_bytes
     cdef list out
     cdef UpstreamConn up
+    cdef Upstream drv                     # the route's upstream driver (upstream.pxd), once routed
     cdef H2Call call                      # the HTTP/2 upstream stream's call (h2call.pyx), or None
     cdef Target target
     cdef object connect_task
@@ -59,6 +60,7 @@ cdef class Exchange:
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
     cdef void request_data(self, bytes data)
     cdef void request_end(self)
+    cdef void hold(self, bytes data)
     cdef void to_upstream(self, bytes data)
     cdef void flush_upstream(self)
     cdef void acquire(self, bint fresh)

@@ -170,32 +170,19 @@ cdef class ClientConn(Downstream):
         self.queue = []
 
     def pause_writing(self):
-        cdef UpstreamConn up
         self.wpaused = True
         self.wpaused_at = self.w.clock.now
         if self.h2 is not None:
             self.h2.pause_writing()
-        if self.active is not None and self.active.up is not None:
-            up = self.active.up
-            if up.transport is not None and not up.rpaused:
-                up.rpaused = True
-                up.transport.pause_reading()
-        elif self.active is not None and self.active.call is not None:
-            self.active.call.set_paused(True)
+        if self.active is not None and self.active.drv is not None:
+            self.active.drv.set_paused(self.active, True)
 
     def resume_writing(self):
-        cdef UpstreamConn up
         self.wpaused = False
         if self.h2 is not None:
             self.h2.resume_writing()
-        if self.active is not None and self.active.up is not None:
-            up = self.active.up
-            if up.transport is not None and up.rpaused:
-                up.rpaused = False
-                up.transport.resume_reading()
-                self.active.up_last = self.w.clock.now    # the upstream's time runs again from here
-        elif self.active is not None and self.active.call is not None:
-            self.active.call.set_paused(False)
+        if self.active is not None and self.active.drv is not None:
+            self.active.drv.set_paused(self.active, False)
 
     # -- HTTP/2 selection -----------------------------------------------------------------------------
     cdef bytes sniff(self, bytes data):

@@ -4,6 +4,10 @@ from fastgw._core.runtime cimport RouteRT
 from fastgw._core.upstream_h2 cimport H2Pool, H2Sink, H2UpStream
 
 
+cdef class H2Upstream(Upstream):
+    cdef bint grpc                 # its gRPC kind: GrpcCall, the client side must carry gRPC
+
+
 cdef class H2Call(H2Sink):
     cdef Downstream cl             # the client side: an HTTP/1.1 connection or an HTTP/2 stream
     cdef H2Stream st               # the same when it is an HTTP/2 stream, else None

@@ -2,7 +2,8 @@
 #
 #   H2Call   joins an Exchange (its client an HTTP/1.1 connection or an HTTP/2 stream) to one stream of
 #            upstream_h2.pyx, whose H2Sink it is; GrpcCall (upstream_grpc.pyx) is its gRPC kind
-#   h2_start opens the call once the request passed its route's policies
+#   H2Upstream the driver (upstream.pxd) of a route to an HTTP/2 upstream: h2_start opens the call once
+#            the request passed its route's policies
 #
 # Rules kept here (and why):
 # * The upstream request is the exchange's (Exchange.upstream_fields), so an HTTP/1.1 client's request
@@ -26,8 +27,43 @@ cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.C
                                           _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
 
 
-cdef void h2_start(Exchange ex):
-    """The request passed its route's policies: open its upstream stream and send what arrived so far."""
+cdef class H2Upstream(Upstream):
+    cdef bint start(self, Exchange ex):
+        return h2_start(ex, self.grpc)
+
+    cdef void send(self, Exchange ex, bytes data):
+        ex.call.request_data(data, len(data))       # (an HTTP/2 client's DATA goes to the call directly)
+
+    cdef void end(self, Exchange ex):
+        ex.call.request_end()
+
+    cdef void retry(self, Exchange ex):
+        pass                            # (never: a stream the upstream did not process is replayed there)
+
+    cdef void cancel(self, Exchange ex):
+        if ex.call is not None:
+            ex.call.cancel()
+
+    cdef void set_paused(self, Exchange ex, bint want):
+        if ex.call is not None:
+            ex.call.set_paused(want)
+
+    cdef bint check(self, Exchange ex, double now, bint sending, bint held):
+        if ex.call is None or (sending and not held):
+            return False
+        ex.call.check(now)
+        return True
+
+
+cdef H2Upstream H2_UPSTREAM = H2Upstream()
+cdef H2Upstream GRPC_UPSTREAM = H2Upstream()
+GRPC_UPSTREAM.grpc = True
+GRPC_UPSTREAM.needs = CAP_GRPC
+
+
+cdef bint h2_start(Exchange ex, bint grpc):
+    """The request passed its route's policies: open its upstream stream and send what arrived so far.
+    False when no target was usable (answered)."""
     cdef Downstream cl = ex.client
     cdef RouteRT route = ex.route
     cdef H2Stream st = None
@@ -39,8 +75,8 @@ cdef void h2_start(Exchange ex):
     if fields is None:                                # every target ejected, on_panic "fail"
         ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                 _failures.NO_TARGET))
-        return
-    if route.grpc:
+        return False
+    if grpc:
         call = GrpcCall.__new__(GrpcCall)
         (<GrpcCall>call).max_msg = route.max_body
         fields.append((b"te", b"trailers"))
@@ -79,6 +115,7 @@ cdef void h2_start(Exchange ex):
         call.ack_request(owed)
     if ended:
         call.request_end()
+    return True
 
 
 cdef class H2Call(H2Sink):

@@ -237,21 +237,11 @@ cdef class H2Stream(Downstream):
         connection's transport is full; resume when neither holds."""
         cdef bint want = self.conn.wpaused or self.outq_bytes > STREAM_OUTQ
         cdef Exchange ex = self.active
-        cdef UpstreamConn up
         if want == self.wpaused:
             return
         self.wpaused = want
-        if self.call is not None:
-            self.call.set_paused(want)
-        if ex is not None and ex.up is not None:
-            up = ex.up
-            if up.transport is not None and up.rpaused != want:
-                up.rpaused = want
-                if want:
-                    up.transport.pause_reading()
-                else:
-                    up.transport.resume_reading()
-                    ex.up_last = self.w.clock.now     # paused for the client: not the upstream's time
+        if ex is not None and ex.drv is not None:
+            ex.drv.set_paused(ex, want)
 
     cdef void abort(self):
         self.reset(E_INTERNAL)

@@ -6,6 +6,7 @@ from libc.stdint cimport uint64_t
 from fastgw._core.runtime cimport Runtime
 
 cdef class UpstreamConn
+cdef class Upstream
 cdef class Exchange
 cdef class Downstream
 cdef class ClientConn
@@ -15,6 +16,7 @@ cdef class H2Stream
 
 include "stats.pxd"
 include "protocol.pxd"
+include "upstream.pxd"
 include "upstream_h1.pxd"
 include "h2call.pxd"
 include "exchange.pxd"

@@ -4,12 +4,14 @@ counting, request ids), with the modules whose types refer to one another includ
 
   stats.pyx         the per-worker counters (layout of observe/metrics.py)
   protocol.pyx      write batching, the TLS handshake protocol
-  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan
+  upstream.pyx      Upstream: how an exchange drives its route's upstream, whatever it speaks (upstream.pxd)
+  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan; H1Upstream
   exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
   downstream.pyx    Downstream: what an exchange asks of its client side (downstream.pxd), the shared part
   h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session (a Downstream)
   h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine (an H2Stream is a Downstream)
-  h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine
+  h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine;
+                    H2Upstream
   upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
 
 Rules kept here (and why):
@@ -55,6 +57,7 @@ from fastgw._core.runtime import H2Limits, Problem, RouteRT, Runtime, json_bytes
 
 include "stats.pyx"
 include "protocol.pyx"
+include "upstream.pyx"
 include "upstream_h1.pyx"
 include "exchange.pyx"
 include "downstream.pyx"
@@ -64,6 +67,18 @@ include "h2call.pyx"
 include "upstream_grpc.pyx"
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
+
+
+def upstream_for(str protocol):
+    """The upstream driver (upstream.pxd) of a route whose upstream speaks `protocol` ("http1", "h2",
+    "grpc"): what compile.py sets as RouteRT.upstream."""
+    if protocol == "grpc":
+        return GRPC_UPSTREAM
+    if protocol == "h2":
+        return H2_UPSTREAM
+    if protocol == "http1":
+        return H1_UPSTREAM
+    raise ValueError(f"unknown upstream protocol {protocol!r}")
 
 
 cdef class Clock:
