@@ -36,6 +36,7 @@ cdef class Exchange:
     cdef bint sent
     cdef bint resp_started
     cdef bint resp_chunked
+    cdef bytes resp_trailers              # an HTTP/1.1 client's trailer section (lines), or None
     cdef bint resp_nobody
     cdef bint done
     cdef bint retried

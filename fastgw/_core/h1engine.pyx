@@ -350,11 +350,30 @@ cdef class ClientConn(Downstream):
             self.send(data)
 
     cdef void write_trailers(self, Exchange ex, list fields):
-        pass                                  # (an HTTP/1.1 client gets the body without them)
+        """An upstream's trailer fields (already without pseudo and connection-specific ones) go in the
+        chunked body's trailer section when the client said it takes them (TE: trailers, RFC 9110 10.1.4)
+        [nginx grpc/http2 proxies drop them for HTTP/1.1]; otherwise, or when the body is not chunked
+        (HTTP/1.0, Content-Length, HEAD), they are dropped, as RFC 9110 6.5.1 lets a recipient do. Framing
+        fields never go there, nor a value with CR, LF or NUL."""
+        cdef bytes name, value
+        cdef list lines
+        if not ex.resp_chunked or not ex.head.te_trailers:
+            return
+        lines = []
+        for name, value in fields:
+            if name == b"content-length" or name == b"host" or b"\r" in value or b"\n" in value \
+                    or b"\x00" in value:
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        if lines:
+            ex.resp_trailers = concat(lines)
 
     cdef void write_end(self, Exchange ex):
         if ex.resp_chunked:
-            self.send(b"0\r\n\r\n")
+            if ex.resp_trailers is not None:
+                self.send(b"0\r\n" + ex.resp_trailers + b"\r\n")
+            else:
+                self.send(b"0\r\n\r\n")
 
     cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
         """A response a policy made (Respond): its header lines and body, framed here."""

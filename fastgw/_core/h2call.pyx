@@ -16,10 +16,13 @@
 # * Response backpressure: the upstream's DATA is acknowledged while the client side takes it (set_paused),
 #   so a slow client slows the upstream stream through its window, not the gateway's memory.
 # * Response fields: the connection-specific ones (RFC 9113 8.2.2) and the route's removed ones are not
-#   relayed; the route's and the policies' are added, and X-Request-ID. Trailers go to an HTTP/2 client;
-#   an HTTP/1.1 client gets the body without them (fastgw frames its chunked body itself).
-# * The response head must come within the upstream's `timeout` (504). A reset or a failure before it is a
-#   502 problem; after it the client's response is cut (stream reset, connection closed): never a
+#   relayed; the route's and the policies' are added, and X-Request-ID. Trailers go to an HTTP/2 client,
+#   and to an HTTP/1.1 client that sent TE: trailers in its chunked body's trailer section (h1engine.pyx
+#   write_trailers); otherwise the body comes without them.
+# * The upstream's silence is bounded by its `timeout`, as an HTTP/1.1 upstream's: to the response head
+#   (504 problem) and then between DATA frames (the response is cut), except while the client side does
+#   not take the response (set_paused: then it is the client's time). A reset or a failure before the head
+#   is a 502 problem; after it the client's response is cut (stream reset, connection closed): never a
 #   truncated response presented as complete.
 
 # The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
@@ -156,6 +159,8 @@ cdef class H2Call(H2Sink):
 
     cdef void set_paused(self, bint want):
         cdef long long n
+        if self.paused and not want:            # the upstream's time runs again from here
+            self.deadline = self.ex.client.w.clock.now + self.ex.route.group.timeout
         self.paused = want
         if not want and self.up_owed and not self.over:
             n = self.up_owed
@@ -163,7 +168,7 @@ cdef class H2Call(H2Sink):
             self.us.ack(n)
 
     cdef void check(self, double now):
-        if not self.over and not self.head_sent and now > self.deadline:
+        if not self.over and now > self.deadline and not (self.head_sent and self.paused):
             self.us.cancel()
             self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
 
@@ -206,6 +211,7 @@ cdef class H2Call(H2Sink):
         cdef int status = 200
         if self.over:
             return
+        self.deadline = ex.client.w.clock.now + route.group.timeout
         remove = route.resp_remove
         for name, value in headers:
             if name == b":status":
@@ -258,9 +264,11 @@ cdef class H2Call(H2Sink):
         return True
 
     cdef void on_data(self, bytes data, long long n):
+        cdef Exchange ex = self.ex
         if self.over:
             self.us.ack(n)
             return
+        self.deadline = ex.client.w.clock.now + ex.route.group.timeout
         if data and not self.ex.resp_nobody:
             self.cl.write_body(self.ex, data)
         if self.paused:

@@ -34,6 +34,7 @@ cdef class RequestHead:
     cdef public bint chunked
     cdef public long long content_length
     cdef public bint expect_continue
+    cdef public bint te_trailers       # TE names "trailers": the client takes a response's trailer fields
     cdef public object drop
     cdef public bytes traceparent      # the one well-formed traceparent; b"" when refused (wire.pyx)
     cdef public bytes tracestate

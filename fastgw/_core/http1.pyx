@@ -19,7 +19,7 @@ from httptools import HttpRequestParser
 
 from fastgw._core.wire cimport (
     A_ALIAS, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD, A_FORWARDED_FOR, A_HOST,
-    A_REQUEST_ID, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
+    A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
     C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only, traceparent_ok,
 )
 from fastgw._core.wire import DEFAULT_TABLE
@@ -243,6 +243,10 @@ cdef class RequestReader:
         elif code == A_EXPECT:
             if value.lower() == b"100-continue":
                 h.expect_continue = True
+        elif code == A_TE:
+            for tok in value.lower().split(b","):
+                if tok.split(b";")[0].strip() == b"trailers":
+                    h.te_trailers = True
         elif code == A_REQUEST_ID:
             if 0 < len(value) <= 128 and only(value, C_REQUEST_ID):
                 h.request_id = value
