@@ -24,6 +24,7 @@ include "downstream.pxd"
 include "h1engine.pxd"
 include "upstream_grpc.pxd"
 include "h2engine.pxd"
+include "h2stream.pxd"
 
 
 cdef class Clock:

@@ -9,7 +9,8 @@ counting, request ids), with the modules whose types refer to one another includ
   exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
   downstream.pyx    Downstream: what an exchange asks of its client side (downstream.pxd), the shared part
   h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session (a Downstream)
-  h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine (an H2Stream is a Downstream)
+  h2engine.pyx      H2Conn: the downstream HTTP/2 engine
+  h2stream.pyx      H2Stream: one HTTP/2 request stream, a Downstream
   h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine;
                     H2Upstream
   upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
@@ -37,7 +38,9 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from fastgw._core.http1 cimport ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead, RequestReader
+from fastgw._core.http1 cimport (
+    FIELD_DUPLICATE, ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead, RequestReader, take_field,
+)
 from fastgw._core.router cimport Router
 from fastgw._core.wire cimport (
     A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_FORWARD, A_FORWARDED_FOR,
@@ -63,6 +66,7 @@ include "exchange.pyx"
 include "downstream.pyx"
 include "h1engine.pyx"
 include "h2engine.pyx"
+include "h2stream.pyx"
 include "h2call.pyx"
 include "upstream_grpc.pyx"
 
