@@ -117,10 +117,9 @@ cdef class Downstream:
         if ex is None:
             return
         ex.body_done = True
-        if ex.done:
+        if ex.done or not ex.has_body:        # (a call started without a body was ended by its start)
             return
-        if ex.has_body:
-            ex.up_last = self.w.clock.now      # the whole request is sent: the response timeout starts
+        ex.up_last = self.w.clock.now          # the whole request is sent: the response timeout starts
         ex.request_end()
 
     cdef void body_too_large(self, Exchange ex):

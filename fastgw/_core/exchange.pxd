@@ -10,6 +10,7 @@ cdef enum:
     PENDING_LIMIT = 262144    # request body bytes held while the upstream connection is not ready
 
 
+@cython.final
 cdef class Exchange:
     cdef Downstream client                # the client side (downstream.pxd): an HTTP/1.1 connection or an HTTP/2 stream
     cdef Runtime rt

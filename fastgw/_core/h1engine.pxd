@@ -4,10 +4,12 @@ from fastgw._core.http1 cimport RequestHead, RequestReader
 from fastgw._core.runtime cimport Runtime
 
 
+@cython.final
 cdef class H1Reader(RequestReader):
     cdef ClientConn conn                  # the connection its events go to
 
 
+@cython.final
 cdef class ClientConn(Downstream):
     # (the Downstream methods it implements are declared in downstream.pxd)
     cdef public object transport

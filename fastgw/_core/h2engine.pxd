@@ -25,6 +25,7 @@ cdef enum:
     E_CALM = 11
 
 
+@cython.final
 cdef class H2Conn:
     cdef ClientConn cl
     cdef public object h2

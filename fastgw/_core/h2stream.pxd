@@ -1,6 +1,7 @@
 # Declarations of one downstream HTTP/2 stream (see h2stream.pyx; included by worker.pxd).
 
 
+@cython.final
 cdef class H2Stream(Downstream):
     # (the Downstream methods it implements are declared in downstream.pxd)
     cdef H2Conn conn

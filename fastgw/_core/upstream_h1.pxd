@@ -15,6 +15,7 @@ cdef class H1Upstream(Upstream):
     pass
 
 
+@cython.final
 cdef class UpstreamConn:
     cdef object transport
     cdef object parser

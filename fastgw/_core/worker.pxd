@@ -1,6 +1,7 @@
 # Declarations of the data plane extension (see worker.pyx): the files it includes declare their types in
 # their own .pxd, included here in dependency order.
 
+cimport cython
 from libc.stdint cimport uint64_t
 
 from fastgw._core.runtime cimport Runtime
