@@ -51,6 +51,11 @@ cdef class H2Upstream(Upstream):
         if ex.call is not None:
             ex.call.set_paused(want)
 
+    cdef void held_up(self, Exchange ex, double now):
+        cdef H2Call call = ex.call
+        if call is not None and call.head_sent:
+            call.deadline = now + ex.route.group.timeout
+
     cdef bint check(self, Exchange ex, double now, bint sending, bint held):
         if ex.call is None or (sending and not held):
             return False

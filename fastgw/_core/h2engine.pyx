@@ -431,7 +431,7 @@ cdef class H2Conn:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
             return
-        if ex.up is None or not ex.sent:
+        if not ex.sent:                      # (the upstream call has not started)
             st.rpause |= P_PENDING           # held until attach() hands it to the upstream transport
         st.owed += n
         if st.rpause == 0:
@@ -675,12 +675,12 @@ cdef class H2Conn:
         if self.goaway_stage == 1 and now - self.goaway_at > GOAWAY_ACK_WAIT:
             self.final_goaway()                 # the drain's PING went unanswered
         for st in list(self.streams.values()):
+            ex = st.active
+            if st.outq and ex is not None and ex.drv is not None:
+                ex.drv.held_up(ex, now)         # the upstream's time waits while the client holds us up
             if st.call is not None:
                 st.call.check(now)
-            elif st.active is not None:
-                ex = st.active
-                if st.outq and ex.up is not None:
-                    ex.up_last = now            # the upstream timer waits while the client holds us up
+            elif ex is not None:
                 st.check_exchange(ex, now)
             if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
                 st.reset(E_CANCEL)              # no progress against the client's windows

@@ -13,4 +13,5 @@ cdef class Upstream:
     cdef void retry(self, Exchange ex)
     cdef void cancel(self, Exchange ex)
     cdef void set_paused(self, Exchange ex, bint want)
+    cdef void held_up(self, Exchange ex, double now)
     cdef bint check(self, Exchange ex, double now, bint sending, bint held)

@@ -36,6 +36,11 @@ cdef class Upstream:
         """The client side takes no more response now (want), or again."""
         raise NotImplementedError
 
+    cdef void held_up(self, Exchange ex, double now):
+        """The client side still holds response bytes it has not taken (an HTTP/2 stream's queue): the
+        upstream's silence does not count until now."""
+        raise NotImplementedError
+
     cdef bint check(self, Exchange ex, double now, bint sending, bint held):
         """The upstream's timers (Downstream.check_exchange, every sweep); `sending`: the request body is
         still coming, `held`: the client's reading is paused for the upstream. True when the client's

@@ -301,6 +301,10 @@ cdef class H1Upstream(Upstream):
                 up.transport.resume_reading()
                 ex.up_last = ex.client.w.clock.now    # the upstream's time runs again from here
 
+    cdef void held_up(self, Exchange ex, double now):
+        if ex.up is not None:
+            ex.up_last = now
+
     cdef bint check(self, Exchange ex, double now, bint sending, bint held):
         if ex.connect_task is not None:
             if now > ex.connect_deadline:
