@@ -39,6 +39,7 @@ class RouteRT:
     h2up: bool
     deadline: float
     try_timeout: float
+    upstream: Any              # the upstream driver (fastgw._core.worker.upstream_for), None: HTTP/1.1
 
 class Runtime:
     router: Any
