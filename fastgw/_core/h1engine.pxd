@@ -52,6 +52,7 @@ cdef class ClientConn(RequestReader):
     cdef bint reader_done(self)
     cdef object peercert(self)
     cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
+    cdef void write_switch(self, Exchange ex, UpstreamConn c)
     cdef void end_head(self, Exchange ex, RequestHead h, list parts)
     cdef void write_fields(self, Exchange ex, int status, list fields, bint end)
     cdef void write_body(self, Exchange ex, bytes data)

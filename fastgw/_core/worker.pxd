@@ -11,6 +11,7 @@ cdef class ClientConn
 cdef class Worker
 cdef class H2Conn
 cdef class H2Stream
+cdef class Tunnel
 
 include "stats.pxd"
 include "protocol.pxd"
@@ -20,6 +21,7 @@ include "exchange.pxd"
 include "h1engine.pxd"
 include "upstream_grpc.pxd"
 include "h2engine.pxd"
+include "tunnel.pxd"
 
 
 cdef class Clock:
@@ -31,6 +33,7 @@ cdef class Worker:
     cdef public object loop
     cdef public Clock clock
     cdef public set conns
+    cdef public set tunnels               # open Tunnels (tunnel.pyx); their clients are out of `conns`
     cdef bytes id_prefix
     cdef unsigned long long id_counter
     cdef public bint draining             # new connections answer with Connection: close
