@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run as base  # noqa: E402  (bench/run.py: process management, CPU accounting)
+from progress import Progress  # noqa: E402
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -157,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"missing tool: {tool}")
     tmp = tempfile.mkdtemp(prefix="fastgw-wsbench-")
     os.chmod(tmp, 0o755)
-    env = base.Env()
-    env.tmp, env.procs = tmp, base.Procs()
+    env = base.Env(tmp, base.Procs())
     try:
         oport = base.free_port()
         env.procs.spawn("origin", ["taskset", "-c", base.LOAD_CORE, sys.executable, "-c", ORIGIN, str(oport)],
@@ -182,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             if p.poll() is not None:
                 sys.exit(f"a proxy exited: see {p.log_path}")   # type: ignore[attr-defined]
         rows: dict[str, list[tuple[float, float]]] = {"fastgw": [], "nginx": []}
+        progress = Progress("websocket", 2 * args.rounds, per_step=args.seconds)
         for rnd in range(args.rounds):
             for name, port, p in (("fastgw", gport, gw), ("nginx", nport, nginx)):
+                progress.step(f"c{args.conns} {args.size}B round {rnd + 1}/{args.rounds} {name}", args.seconds)
                 rate, cpu = measure(port, p.pid, args.conns, args.size, args.seconds)
                 rows[name].append((rate, cpu))
-                print(f"round {rnd + 1} {name}: {rate:,.0f} msgs/s, {cpu:.3f} CPU s per 1k msgs", flush=True)
+                progress.note(f"{name}: {rate:,.0f} msgs/s, {cpu:.3f} CPU s per 1k msgs")
+        progress.finish()
     finally:
         env.procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -469,3 +469,57 @@ def test_a_client_that_stops_reading_holds_the_origin_back(origin: WsOrigin, tmp
                 got += len(ws.recv(10))
     finally:
         gw.close()
+
+
+def test_config_checks() -> None:
+    from fastgw.config.root import ConfigError, loads
+    base = '''
+[upstreams.h2]
+targets = ["127.0.0.1:9"]
+protocol = "h2"
+[upstreams.h1]
+targets = ["127.0.0.1:9"]
+[[routes]]
+name = "a"
+path = "/a"
+upstream = "h2"
+websocket = true
+[websocket]
+ping_every = "10m"
+max_per_route = -1
+'''
+    with pytest.raises(ConfigError) as e:
+        loads(base)
+    text = "\n".join(e.value.errors)
+    assert 'routes[0].websocket: a tunnel needs an HTTP/1.1 upstream (upstream "h2" has protocol "h2")' in text
+    assert "websocket.ping_every: must be shorter than websocket.idle_timeout" in text
+    assert "websocket.max_per_route: must be 0 (no cap) or more" in text
+    warnings: list[str] = []
+    loads('[upstreams.h1]\ntargets = ["127.0.0.1:9"]\n[[routes]]\nname = "a"\npath = "/a"\nupstream = "h1"\n'
+          'websocket = true\n', warnings=warnings)
+    assert any("routes[0].websocket: no cors policy on the route" in w for w in warnings), warnings
+
+
+def test_over_tls_with_a_large_message(origin: WsOrigin, tmp_path: Path) -> None:
+    """wss: the tunnel takes over the TLS transport of the client connection."""
+    import ssl
+
+    from certs import CA, write_pair
+    ca = CA("ws test CA")
+    (tmp_path / "ca.pem").write_bytes(ca.pem())
+    cert, key = write_pair(tmp_path, "api", ca.issue("api.test", ["api.test"], ips=["127.0.0.1"]))
+    from conftest import free_port
+    port = free_port()
+    text = config(origin).replace("[admin]", f'[[server.tls]]\nlisten = ["127.0.0.1:{port}"]\ncert = "{cert}"\n'
+                                             f'key = "{key}"\n[admin]', 1)
+    gw = start(tmp_path, text)
+    try:
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with connect(f"wss://127.0.0.1:{port}/ws/echo", ssl=ctx, server_hostname="api.test", max_size=None) as ws:
+            big = os.urandom(3 * 1024 * 1024)
+            ws.send(big)
+            assert ws.recv(10) == big
+            ws.send("over TLS")
+            assert ws.recv(5) == "over TLS"
+    finally:
+        gw.close()
