@@ -151,6 +151,10 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         # The route-level protocol = "grpc" is an alias of the upstream's (kept for existing configs).
         rt.grpc = r.protocol == "grpc" or up.protocol == "grpc"
         rt.h2up = rt.grpc or up.protocol == "h2"
+        if any(getattr(p, "transcodes", False) for p in policies):
+            # The client speaks HTTP/JSON (any HTTP version; the gateway's answers problem+json): the gRPC
+            # call is the transcoder's (fastgw/_core/transcode.pyx).
+            rt.grpc = False
         if rt.h2up:
             _attach_h2_pools(rt.group, up)
         methods = tuple(r.methods) if r.methods else None

@@ -39,6 +39,7 @@ PROBLEMS: dict[str, Slug] = {
     "websocket-limit": Slug(429, "Too Many Requests", "Too many WebSocket connections are open."),
     "websocket-unavailable": Slug(503, "Service Unavailable",
                                   "The gateway accepts no more WebSocket connections now."),
+    "not-implemented": Slug(501, "Not Implemented", "This method cannot be called over HTTP/JSON."),
     "internal-error": Slug(500, "Internal Server Error", "The gateway failed to process the request."),
     "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
     "store-unavailable": Slug(503, "Service Unavailable", "The shared limit store is unavailable."),
@@ -52,7 +53,7 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not
             405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
             414: "URI Too Long", 426: "Upgrade Required", 500: "Internal Server Error", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-            505: "HTTP Version Not Supported"}
+            501: "Not Implemented", 505: "HTTP Version Not Supported"}
 
 
 def _j(value: object) -> bytes:

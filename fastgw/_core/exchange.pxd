@@ -59,6 +59,8 @@ cdef class Exchange:
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
     cdef public object tunnel            # a policy's tunnel session (WebSocket): the origin's 101 opens a
                                          #   Tunnel (tunnel.pyx); None on every other request
+    cdef public object transcode         # a policy's transcoding call (HTTP/JSON -> gRPC): h2_start opens a
+                                         #   TranscodeCall (transcode.pyx); None on every other request
     cdef void to_upstream(self, bytes data)
     cdef void flush_upstream(self)
     cdef void acquire(self, bint fresh)

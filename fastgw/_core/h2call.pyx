@@ -40,7 +40,9 @@ cdef void h2_start(Exchange ex):
         ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                 _failures.NO_TARGET))
         return
-    if route.grpc:
+    if ex.transcode is not None:
+        call = transcode_call(ex, fields)             # HTTP/JSON -> gRPC (transcode.pyx)
+    elif route.grpc:
         call = GrpcCall.__new__(GrpcCall)
         (<GrpcCall>call).max_msg = route.max_body
         fields.append((b"te", b"trailers"))

@@ -22,6 +22,7 @@ include "h1engine.pxd"
 include "upstream_grpc.pxd"
 include "h2engine.pxd"
 include "tunnel.pxd"
+include "transcode.pxd"
 
 
 cdef class Clock:

@@ -11,6 +11,7 @@ counting, request ids), with the modules whose types refer to one another includ
   h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine
   upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
   tunnel.pyx        Tunnel: the byte relay after an origin's 101 (WebSocket), its timers and close frames
+  transcode.pyx     TranscodeCall: H2Call's HTTP/JSON -> gRPC kind (one JSON request, JSON or NDJSON answers)
 
 Rules kept here (and why):
 * Output produced while handling one read is written once, after the read (one syscall, not one per event).
@@ -62,6 +63,7 @@ include "h2engine.pyx"
 include "h2call.pyx"
 include "upstream_grpc.pyx"
 include "tunnel.pyx"
+include "transcode.pyx"
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
 
