@@ -63,10 +63,12 @@ class WsOrigin:
         self.port = self.server.sockets[0].getsockname()[1]
         ready.set()
 
-    def check(self, conn: Any, request: Any) -> Response | None:
+    async def check(self, conn: Any, request: Any) -> Response | None:
         self.handshakes.append({k.lower(): v for k, v in request.headers.raw_items()})
         if request.path == "/ws/refuse":
             return Response(403, "Forbidden", Headers({"Content-Length": "6"}), b"nope!\n")
+        if request.path == "/ws/silent":
+            await asyncio.sleep(3)         # the gateway's handshake timeout comes first
         return None
 
     async def handler(self, ws: Any) -> None:
@@ -362,8 +364,12 @@ def test_caps_before_the_upgrade_pod_wide(origin: WsOrigin, tmp_path: Path) -> N
 
 
 def test_idle_timeout_and_pings(origin: WsOrigin, tmp_path: Path) -> None:
-    gw = start(tmp_path, config(origin, 'idle_timeout = "1s"'))
+    gw = start(tmp_path, config(origin, 'idle_timeout = "1s"\nhandshake_timeout = "1s"'))
     try:
+        t0 = time.monotonic()
+        with pytest.raises(InvalidStatus) as e:                        # the origin does not answer in time
+            connect(url(gw, "/ws/silent"), open_timeout=10)
+        assert e.value.response.status_code == 504 and 0.9 < time.monotonic() - t0 < 2.5
         with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:
             t0 = time.monotonic()
             rcvd = wait_closed(ws, 5)

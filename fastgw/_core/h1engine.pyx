@@ -610,7 +610,9 @@ cdef class ClientConn(RequestReader):
             return
         if ex.call is not None:
             ex.call.check(now)
-        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
+        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > (
+                ex.route.group.timeout if ex.tunnel is None else ex.tunnel.handshake):
+            # (a tunnel request waits for its 101 at most the session's handshake timeout)
             ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
 
     cdef void reset_connection(self):

@@ -23,6 +23,7 @@ class WebSocket(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """[websocket]: what every websocket route's tunnels get. Caps count open tunnels across the pod's
     workers; 0 is no cap."""
 
+    handshake_timeout: Duration = 10.0      # the origin's 101 within this (else 504) [Envoy PR #41075]
     idle_timeout: Duration = 300.0          # no byte either way: close 1001 [Envoy stream_idle_timeout 5 min]
     ping_every: Duration = 0.0              # gateway pings to the client (0: none) [NAT/LB idle 350 s on AWS NLB]
     max_connections: int = 0                # open tunnels per pod; beyond: 503 before the upgrade

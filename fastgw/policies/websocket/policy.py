@@ -47,10 +47,12 @@ def key_ok(key: bytes | None) -> bool:
 class Session:
     """One tunnel's settings (read by the tunnel at the 101) and its place in the counts."""
 
-    __slots__ = ("route", "idle", "ping", "grace", "expires", "words", "keys", "held")
+    __slots__ = ("route", "idle", "ping", "grace", "expires", "words", "keys", "held", "handshake")
 
-    def __init__(self, route: str, ws: Any, expires: float, words: Any, keys: tuple[int, ...]) -> None:
+    def __init__(self, route: str, ws: Any, expires: float, words: Any, keys: tuple[int, ...],
+                 upstream_timeout: float) -> None:
         self.route = route
+        self.handshake = min(ws.handshake_timeout, upstream_timeout)     # the wait for the origin's 101
         self.idle = ws.idle_timeout
         self.ping = ws.ping_every
         self.grace = ws.removed_route_grace
@@ -81,8 +83,9 @@ class WebSocketPolicy(Gate):
     opens_tunnels = True                       # compile.py: the route is in Runtime.tunnel_routes
 
     def __init__(self, route: str, ws: Any, cors: Cors | None, regions: list[Any] | None,
-                 words: Any) -> None:
+                 words: Any, upstream_timeout: float) -> None:
         self.route = route
+        self.upstream_timeout = upstream_timeout
         self.ws = ws
         self.cors = cors
         self.regions = regions or []
@@ -119,7 +122,7 @@ class WebSocketPolicy(Gate):
         claims = ident.claims if ident is not None else None
         exp = claims.get("exp") if isinstance(claims, dict) else None
         session = Session(self.route, ws, float(exp) if isinstance(exp, (int, float)) else 0.0,
-                          self.words, keys)
+                          self.words, keys, self.upstream_timeout)
         if self.words is not None:
             counts.add_open(self.words, keys, 1)
         ex.tunnel = session
@@ -133,7 +136,7 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
         return None
     cors = Cors(cfg.cors[route.cors]) if route.cors is not None else None
     return WebSocketPolicy(route.name, cfg.websocket, cors, services.get("websocket_regions"),
-                           services.get("websocket_words"))
+                           services.get("websocket_words"), cfg.upstreams[route.upstream].timeout)
 
 
 # -- registered hooks (fastgw/policies/contract.py Runtime) ----------------------------------------------
