@@ -69,6 +69,10 @@ service Accounts {
   rpc Fail(FailRequest) returns (Empty) { option (google.api.http) = { post: "/v1/fail" body: "*" }; }
   rpc Upload(stream Account) returns (Empty) { option (google.api.http) = { post: "/v1/upload" body: "*" }; }
   rpc Ping(Empty) returns (Empty);
+  rpc GetBalance(GetAccountRequest) returns (Account) {
+    option (google.api.http) = { custom: { kind: "HEAD" path: "/v1/nothing" }
+                                 additional_bindings { get: "/v1/accounts/{id}/balance" response_body: "balance" } };
+  }
 }
 """
 
@@ -129,6 +133,7 @@ class Bank:
             rpc("ListAccounts", "ListRequest", "Account", self.list, stream=True),
             rpc("Fail", "FailRequest", "Empty", self.fail),
             rpc("Ping", "Empty", "Empty", lambda req, ctx: M["Empty"]()),
+            rpc("GetBalance", "GetAccountRequest", "Account", self.get),
         ])
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bank.v1.Accounts", handlers)])
@@ -239,6 +244,11 @@ def test_post_with_field_body_and_additional_binding(client: httpx.Client, setup
     assert r.status_code == 200 and r.json() == {"id": "n3", "kind": "CHECKING"}
 
 
+def test_response_body_field(client: httpx.Client) -> None:
+    r = client.get("/v1/accounts/acc-9/balance")
+    assert r.status_code == 200 and r.json() == {"currency": "EUR", "units": str(-(2**60))}
+
+
 def test_method_without_a_rule(client: httpx.Client) -> None:
     r = client.post("/bank.v1.Accounts/Ping", json={})
     assert r.status_code == 200 and r.json() == {}
@@ -346,9 +356,22 @@ transcode = {{ descriptors = "{pb}", service = "bank.v1.Nope" }}
     text = "\n".join(e.value.errors)
     assert 'routes[0].transcode: the upstream must have protocol = "grpc"' in text
     assert 'no service "bank.v1.Nope"' in text
-
-
-
+    # Two methods bound to the same verb and template: which one would a request call?
+    d = tmp_path / "conflict"
+    d.mkdir()
+    compile_descriptors(d)
+    (d / "bank.proto").write_text(BANK_PROTO.replace('{ get: "/v1/accounts/{id}" }', '{ get: "/v1/accounts/{id}/kind" }')
+                                  .replace('patch: "/v1/accounts/{id}/kind" body: "*"', 'get: "/v1/accounts/{owner_name}/kind"'))
+    r = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{d}",
+                        f"-I{Path(__import__('grpc_tools').__file__).parent / '_proto'}",
+                        f"--descriptor_set_out={d / 'c.pb'}", "--include_imports", "bank.proto"],
+                       capture_output=True, text=True, cwd=d)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(ConfigError) as e:
+        loads(base.replace(str(pb), str(d / "c.pb")).replace("bank.v1.Nope", "bank.v1.Accounts")
+              .replace('targets = ["127.0.0.1:9"]', 'targets = ["127.0.0.1:9"]\nprotocol = "grpc"'))
+    assert e.value.errors == ["routes[0].transcode: template conflict: GET /v1/accounts/{owner_name}/kind: "
+                              "bank.v1.Accounts.GetAccount and bank.v1.Accounts.UpdateKind"]
 
 
 def test_fast_json_paths_match_json_format(setup: Any) -> None:

@@ -46,6 +46,7 @@ class WsOrigin:
         self.loop = asyncio.new_event_loop()
         self.sent = 0
         self.handshakes: list[dict[str, str]] = []
+        self.closes: list[tuple[str, int | None, str | None]] = []    # (path, code, reason) the origin received
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
@@ -91,6 +92,9 @@ class WsOrigin:
                 await ws.send(msg)
         except ConnectionClosed:
             pass
+        exc = ws.close_exc
+        rcvd = exc.rcvd if exc is not None else None
+        self.closes.append((path, rcvd.code if rcvd else None, rcvd.reason if rcvd else None))
 
     async def _stop(self) -> None:
         self.server.close()
@@ -393,14 +397,19 @@ def test_idle_timeout_and_pings(origin: WsOrigin, tmp_path: Path) -> None:
         gw.close()
 
 
-def test_jwt_expiry_closes_with_1008(gw: Gateway) -> None:
-    with connect(url(gw, "/wsjwt/ws/echo"), additional_headers={"Authorization": "Bearer " + token(2)}) as ws:
+def test_jwt_expiry_closes_with_1008(gw: Gateway, origin: WsOrigin) -> None:
+    with connect(url(gw, "/wsjwt/ws/expiring"), additional_headers={"Authorization": "Bearer " + token(2)}) as ws:
         ws.send("before expiry")
         assert ws.recv(5) == "before expiry"
         t0 = time.monotonic()
         rcvd = wait_closed(ws, 6)
         assert rcvd is not None and rcvd.code == 1008 and rcvd.reason == "token expired"
         assert time.monotonic() - t0 < 3.5
+    # The origin got the gateway's close frame too (masked, as a client's must be: else it closes with 1002).
+    deadline = time.monotonic() + 5
+    while not any(p == "/ws/expiring" for p, _, _ in origin.closes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ("/ws/expiring", 1008, "token expired") in origin.closes, origin.closes
 
 
 def test_reload_keeps_tunnels_and_a_removed_route_closes_them(origin: WsOrigin, tmp_path: Path) -> None:
