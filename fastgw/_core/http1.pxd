@@ -35,8 +35,8 @@ cdef class RequestHead:
     cdef public long long content_length
     cdef public bint expect_continue
     cdef public object drop
-    cdef public bytes traceparent      # the one well-formed traceparent; b"" when refused (wire.pyx)
-    cdef public bytes tracestate
+    cdef public bytes traceparent      # the one traceparent field's value; b"" when it came twice
+    cdef public bytes tracestate       # the tracestate fields joined; None when dropped (tracecontext.pyx)
     cdef public list dropped           # [(Action, name)] dropped by the underscore rule, or None
 
 cdef class RequestReader:

@@ -20,7 +20,7 @@ from httptools import HttpRequestParser
 from fastgw._core.wire cimport (
     A_ALIAS, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD, A_FORWARDED_FOR, A_HOST,
     A_REQUEST_ID, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
-    C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only, traceparent_ok,
+    C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only,
 )
 from fastgw._core.wire import DEFAULT_TABLE
 
@@ -259,8 +259,9 @@ cdef class RequestReader:
             pieces.append(value)
             pieces.append(b"\r\n")
         elif code == A_TRACEPARENT:
-            # Kept when exactly one well-formed field came; b"" marks "refused" (W3C Trace Context 3.2).
-            h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
+            # The first field's value; b"" when a second came (W3C Trace Context 3.2: one traceparent).
+            # Whether it is valid is decided when the request's trace starts (tracecontext.pyx).
+            h.traceparent = value if h.traceparent is None else b""
         elif code == A_TRACESTATE:
             h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
         elif code == A_UNDERSCORE or code == A_ALIAS:

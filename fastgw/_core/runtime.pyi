@@ -57,6 +57,11 @@ class Runtime:
     h2: H2Limits | None
     unrouted_response: tuple[Callable[[Exchange], Any], ...] | None
     unrouted_log: tuple[Callable[[Exchange], None], ...] | None
+    trace_trust: bool
+    trace_threshold: int
+    trace_export: bool
+    trace_errors: bool
+    trace_slow_ns: int
 
 class H2Limits:
     max_streams: int
