@@ -297,3 +297,18 @@ def test_tracing_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError) as e:
         loads(base + '[tracing]\nsample_ratio = -0.1\n')
     assert e.value.errors == ["tracing.sample_ratio: must be between 0 and 1, got -0.1"]
+
+
+def test_check_summary_names_the_export(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[upstreams.u]\ntargets = ["127.0.0.1:9000"]\n[[routes]]\nname = "r"\npath = "/r"\nupstream = "u"\n'
+                   '[tracing]\notlp_endpoint = "http://otel:4318/v1/traces"\nsample_ratio = 0.05\n')
+    out = subprocess.run([sys.executable, "-m", "fastgw", "check", "-c", str(cfg)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "tracing: spans to http://otel:4318/v1/traces  sample_ratio 0.05  incoming keep-trace-id" in out.stdout
