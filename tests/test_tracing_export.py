@@ -136,6 +136,10 @@ def test_sampled_span_has_the_semantic_convention_attributes(gateway_launcher: A
     assert "error.type" not in a and sp.status.code != Status.STATUS_CODE_ERROR
     res = next(res for res, s in receiver.spans if s.span_id == sp.span_id)
     assert res["service.name"] == "edge-gw"
+    with httpx.Client(base_url=gw.url, http2=True, http1=False, timeout=10) as c:     # h2c prior knowledge
+        r2 = c.get("/users/7")
+    a2 = attributes(receiver.by_rid(r2.headers["x-request-id"]).attributes)
+    assert a2["network.protocol.version"] == "2" and a2["url.path"] == "/users/7" and a2["server.port"] == gw.port
     deadline = time.monotonic() + 5
     while metric(metrics(gw), "fastgw_tracing_spans_total", outcome="exported") < 1:
         assert time.monotonic() < deadline
