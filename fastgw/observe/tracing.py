@@ -67,6 +67,10 @@ class SpanExporter:
         self.endpoint, self.timeout, self.service = t.otlp_endpoint, t.timeout, t.service_name
         self.paths = route_paths
         if self.thread is None:
+            # The OTLP messages are imported here, while the worker applies its config, not by the
+            # thread's first export: an import holds the GIL for tens of milliseconds, which the event
+            # loop would wait out mid-traffic.
+            import opentelemetry.proto.collector.trace.v1.trace_service_pb2  # noqa: F401
             self.thread = threading.Thread(target=self.run, name="fastgw-span-export", daemon=True)
             self.thread.start()
         return self.spans
