@@ -176,6 +176,11 @@ path = "/old/*"
 upstream = "origin"
 lifecycle = {{ deprecated = "2026-01-01T00:00:00Z", sunset = "2099-01-01T00:00:00Z", link = "https://dev.test/migrate" }}
 [[routes]]
+name = "ws"
+path = "/ws/*"
+upstream = "origin"
+websocket = true
+[[routes]]
 name = "all"
 path = "/*"
 upstream = "origin"

@@ -64,6 +64,10 @@ cdef class Exchange:
     cdef bytes tp                        # tc as the HTTP/1.1 traceparent line, made on first use (traceparent_line)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
+    cdef public object tunnel            # a policy's tunnel session (WebSocket): the origin's 101 opens a
+                                         #   Tunnel (tunnel.pyx); None on every other request
+    cdef public object transcode         # a policy's transcoding call (HTTP/JSON -> gRPC): h2_start opens a
+                                         #   TranscodeCall (transcode.pyx); None on every other request
     cdef void request_data(self, bytes data)
     cdef void request_end(self)
     cdef void hold(self, bytes data)
@@ -80,6 +84,7 @@ cdef class Exchange:
     cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=*)
     cdef void failed(self, GatewayError err)
     cdef void resp_head(self, UpstreamConn c, int status)
+    cdef void switch(self, UpstreamConn c, bytes tail)
     cdef void resp_body(self, bytes data)
     cdef void resp_end(self, bint reusable)
     cdef void complete(self)

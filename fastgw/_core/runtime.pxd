@@ -68,6 +68,8 @@ cdef class Runtime:
     # of policy methods, as RouteRT's.
     cdef public tuple unrouted_response
     cdef public tuple unrouted_log
+    cdef public frozenset tunnel_routes   # names of the routes whose policies open tunnels (WebSocket): a
+                                          #   live tunnel whose route is not in a reloaded Runtime closes
     # Trace context and span export ([tracing]; fastgw/_core/tracecontext.pyx, fastgw/observe/tracing.py)
     cdef public bint trace_trust          # incoming = "trust": the caller's sampled flag is followed
     cdef public uint64_t trace_threshold  # head sampling: sample_ratio * 2**64 (0: nothing is sampled)

@@ -31,6 +31,8 @@ from fastgw.policies.contract import RequestHeaders, Runtime
 from fastgw.policies.cors import config as cors
 from fastgw.policies.lifecycle import config as lifecycle
 from fastgw.policies.ratelimit import config as ratelimit
+from fastgw.policies.transcode import config as transcode
+from fastgw.policies.websocket import config as websocket
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class Registration:
 
 
 # In the order a route runs them: CORS first (a browser's preflight carries no credentials, so it is
-# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan).
+# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan),
+# then the WebSocket handshake (its caps count per consumer; the upgrade has counted as one request), then
+# the transcoding (which gRPC method a JSON request calls: the last check before the upstream).
 POLICIES: tuple[Registration, ...] = (
     Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
     Registration("lifecycle", lifecycle.Sections, lifecycle.RouteKeys, None, lifecycle.check,
@@ -55,6 +59,10 @@ POLICIES: tuple[Registration, ...] = (
                  "fastgw.policies.auth.policy", headers=auth.request_headers),
     Registration("ratelimit", ratelimit.Sections, ratelimit.RouteKeys, ratelimit.ConsumerKeys, ratelimit.check,
                  "fastgw.policies.ratelimit.policy", summary=ratelimit.summary),
+    Registration("websocket", websocket.Sections, websocket.RouteKeys, None, websocket.check,
+                 "fastgw.policies.websocket.policy", summary=websocket.summary),
+    Registration("transcode", transcode.Sections, transcode.RouteKeys, None, transcode.check,
+                 "fastgw.policies.transcode.policy", summary=transcode.summary),
 )
 
 
