@@ -111,6 +111,21 @@ def cors_config(lifecycle: bool) -> Callable[[dict, int, int], str]:
         extra_admin=CORS_TABLE) + 'cors = "web"\n' + (LIFECYCLE if lifecycle else "")
 
 
+# Trace context (always on) with a client traceparent to continue, and span export to a collector (the
+# nginx origin stands in: the worker encodes and POSTs each batch the same whatever the answer).
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def tracing_config(ratio: float) -> Callable[[dict, int, int], str]:
+    return lambda st, port, origin: run.FASTGW_TOML.format(
+        port=port, origin_port=origin, extra_server="", admin_port=run.free_port(),
+        extra_admin=f'[tracing]\notlp_endpoint = "http://127.0.0.1:{origin}/v1/traces"\nsample_ratio = {ratio}\n')
+
+
+def traceparent_header(st: dict) -> dict[str, str]:
+    return {"traceparent": TRACEPARENT}
+
+
 def origin_header(st: dict) -> dict[str, str]:
     return {"Origin": "https://app.bench.example"}
 
@@ -132,6 +147,12 @@ SCENARIOS = {s.name: s for s in [
              plain_config("access_log = true"), no_headers),
     Scenario("h1_to_h2", "plain, the upstream over HTTP/2 (protocol = \"h2\", h2c): an HTTP/1.1 client's GET /3b as "
              "one stream of a multiplexed connection", h2_upstream_config, no_headers),
+    Scenario("traceparent", "plain, the client sending a traceparent (continued: parsed, its trace id kept)",
+             plain_config(), traceparent_header),
+    Scenario("tracing_1pct", "plain with [tracing]: 1% of requests sampled, their spans exported over OTLP/HTTP",
+             tracing_config(0.01), no_headers),
+    Scenario("tracing_100pct", "plain with [tracing]: every request's span exported over OTLP/HTTP",
+             tracing_config(1.0), no_headers),
     Scenario("cors", "plain on a CORS route ([cors.NAME], a granted Origin: headers echoed, Vary)",
              cors_config(False), origin_header, expect="access-control-allow-origin"),
     Scenario("cors_lifecycle", "cors, and the route deprecated (Deprecation, Sunset, Link; the counter)",

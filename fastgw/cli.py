@@ -260,6 +260,10 @@ def summary(cfg: Config, path: str) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    t = cfg.tracing
+    if t.otlp_endpoint:           # (trace context itself is on for every request: nothing to say)
+        lines += ["", f"tracing: spans to {t.otlp_endpoint}  sample_ratio {t.sample_ratio}  incoming {t.incoming}"
+                  + (f"  errors and slower than {t.slow:g}s always" if t.export_errors else "")]
     workers = cfg.server.workers if isinstance(cfg.server.workers, int) else len(os.sched_getaffinity(0))
     for p in POLICIES:
         if p.summary is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from fastgw._core.balancer import Target, TargetTable, UpstreamGroup, hash_bytes
 from fastgw._core.router import Router
 from fastgw._core.runtime import H2Limits, RouteRT, Runtime
+from fastgw._core.tracecontext import threshold
 from fastgw._core.wire import HeaderTable
 from fastgw._core.worker import upstream_for
 from fastgw.config.root import Config
@@ -185,4 +186,12 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run.max_headers = limits.max_headers
     h2 = cfg.server.http2
     run.h2 = H2Limits(h2.max_concurrent_streams, h2.stream_window, h2.connection_window, h2.stall_timeout)
+    # Trace context: without an exporter nothing is sampled here (no span would be recorded); "trust"
+    # still passes the caller's sampled flag on.
+    tr = cfg.tracing
+    run.trace_trust = tr.incoming == "trust"
+    run.trace_export = bool(tr.otlp_endpoint)
+    run.trace_threshold = threshold(tr.sample_ratio) if run.trace_export else 0
+    run.trace_errors = tr.export_errors
+    run.trace_slow_ns = int(tr.slow * 1e9)
     return run

@@ -17,8 +17,8 @@ Request headers (client -> gateway), by role:
   request-id      X-Request-ID: kept when safe, else generated, then set by the gateway
   forwarded-for   X-Forwarded-For: the client's list, to which the gateway appends the peer
   forwarded       the rest of X-Forwarded-*: set by the gateway only [the client's would be believed]
-  trace           traceparent: forwarded only when well formed (W3C Trace Context 3.2); tracestate
-                  only with it
+  trace           traceparent: always set by the gateway, continuing a valid one (W3C Trace Context
+                  3.2; fastgw/_core/tracecontext.pyx); tracestate only with a continued trace, when valid
   identity        set by the gateway from verified credentials only (plus every claims_to_headers target)
   credential      read by the gateway: forwarded once, never twice (plus the API-key header, issuers'
                   headers and, with a cookie issuer, Cookie: see compile.header_actions)
@@ -106,7 +106,7 @@ _WHAT = {
     REQUEST_ID: "fastgw sets X-Request-ID",
     FORWARDED_FOR: "fastgw sets X-Forwarded-*",
     FORWARDED: "fastgw sets X-Forwarded-*",
-    TRACE: "fastgw passes trace context on only when it is well formed",
+    TRACE: "fastgw sets trace context (it continues a valid traceparent)",
     IDENTITY: "identity headers are set by fastgw from verified credentials",
     CREDENTIAL: "fastgw reads credentials from it",
 }

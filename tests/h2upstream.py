@@ -6,6 +6,7 @@ it received, so a test can check the conversion an HTTP/1.1 request went through
 
   x-seen-method, x-seen-path, x-seen-authority, x-seen-scheme   the pseudo-fields
   x-seen-fields      the regular field names, in order, comma-separated
+  x-seen-traceparent, x-seen-tracestate                         the trace context received ("" when none)
   x-body-len, x-body-sha256                                     the request body
   the body           the request body echoed, or with /big/N: N bytes of `pattern()`
 
@@ -119,6 +120,8 @@ class H2Origin:
             fields = [(b":status", status), (b"x-seen-method", head[b":method"]),
                       (b"x-seen-path", path), (b"x-seen-authority", head.get(b":authority", b"")),
                       (b"x-seen-scheme", head[b":scheme"]), (b"x-seen-fields", names.encode()),
+                      (b"x-seen-traceparent", head.get(b"traceparent", b"")),
+                      (b"x-seen-tracestate", head.get(b"tracestate", b"")),
                       (b"x-body-len", b"%d" % len(body)),
                       (b"x-body-sha256", hashlib.sha256(body).hexdigest().encode())]
             if path.startswith(b"/big/"):

@@ -344,8 +344,8 @@ claims_to_headers = { sub = "X-Forwarded-User", t = "X-Tenant" }
         "credentials)",
         "auth.jwt.i.claims_to_headers.sub: X-Forwarded-User cannot carry a claim (fastgw sets X-Forwarded-*)",
         "routes[1].request_headers.add.X-Request-ID: cannot add X-Request-ID: fastgw sets X-Request-ID",
-        "routes[1].request_headers.add.traceparent: cannot add traceparent: fastgw passes trace context on "
-        "only when it is well formed",
+        "routes[1].request_headers.add.traceparent: cannot add traceparent: fastgw sets trace context (it "
+        "continues a valid traceparent)",
         "routes[1].request_headers.remove[0]: cannot remove X_Forwarded_Port: fastgw sets X-Forwarded-*",
     ]
     assert loads(BASE + route() + '[server.limits]\nallow_underscores = true\n[auth.api_key]\nheader = "X_Key"\n')

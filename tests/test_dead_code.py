@@ -23,6 +23,8 @@ ALLOWED = {
     "source_port": "a field of the parsed PROXY protocol header (tests read it)",
     "context": "ssl.SSLObject.context, set by the SNI callback (fastgw/tls.py)",
     "collect": "prometheus_client's Collector interface: the registry calls it at each scrape",
+    "string_value": "a field of the OTLP AnyValue message, set for the collector (fastgw/observe/tracing.py)",
+    "double_value": "a field of the OTLP AnyValue message, set for the collector (fastgw/observe/tracing.py)",
 }
 
 

@@ -5,7 +5,7 @@ sent byte for byte) and HTTP/2 (httpx with prior knowledge).
 A name with "_" is dropped by default [nginx underscores_in_headers off] and counted; one that folds
 ("_" read as "-", as CGI/WSGI/PHP upstreams read it) to a managed name is dropped even with
 server.limits.allow_underscores. HTTP2-Settings is connection-specific; X-Forwarded-* is the gateway's;
-traceparent passes only when well formed.
+traceparent is the gateway's (continued when well formed).
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def drops(gw: Any) -> dict[str, float]:
 
 
 # What the gateway itself sets on every upstream request (and the values it sets here).
-OWN = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+OWN = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent"}
 
 
 def assert_clean(got: list[tuple[str, str]]) -> None:
@@ -166,23 +166,29 @@ def test_connection_specific_and_forwarding_headers_never_cross(gws: dict) -> No
 
 
 @pytest.mark.parametrize("proto", ["http1", "http2"])
-def test_traceparent_passes_only_when_well_formed(gws: dict, proto: str) -> None:
+def test_traceparent_is_the_gateways(gws: dict, proto: str) -> None:
+    """A well-formed traceparent is continued (its trace id, the gateway's span as the parent), anything
+    else replaced by a new trace; tracestate only with a continued one (tests/test_tracecontext.py has the
+    vectors)."""
     gw = gws["default"]
 
-    def send(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def send(headers: list[tuple[str, str]]) -> dict[str, str]:
         if proto == "http1":
-            return [(n.lower(), v) for n, v in received(h1(gw, f"/echo/{mark()}", headers))]
-        with httpx.Client(base_url=gw.url, http2=True, http1=False, timeout=10) as c:
-            return [(n.lower(), v) for n, v in received(c.get(f"/echo/{mark()}", headers=headers))]
+            got = received(h1(gw, f"/echo/{mark()}", headers))
+        else:
+            with httpx.Client(base_url=gw.url, http2=True, http1=False, timeout=10) as c:
+                got = received(c.get(f"/echo/{mark()}", headers=headers))
+        assert sum(1 for n, _ in got if n.lower() == "traceparent") == 1, got
+        return {n.lower(): v for n, v in got if n.lower() in ("traceparent", "tracestate")}
 
     got = send([("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")])
-    assert [p for p in got if p[0] in ("traceparent", "tracestate")] == [("traceparent", TP),
-                                                                          ("tracestate", "congo=t61rcWkgMzE")]
+    assert got["traceparent"][:36] == TP[:36] and got["traceparent"][36:52] != TP[36:52]
+    assert got["tracestate"] == "congo=t61rcWkgMzE"
     for bad in (TP.upper(), "ff" + TP[2:], TP[:3] + "0" * 32 + TP[35:], "garbage"):
         got = send([("traceparent", bad), ("tracestate", "congo=t61rcWkgMzE")])
-        assert not [p for p in got if p[0] in ("traceparent", "tracestate")], (bad, got)
+        assert got["traceparent"][3:35] not in (TP[3:35], "0" * 32) and "tracestate" not in got, (bad, got)
     got = send([("traceparent", TP), ("traceparent", TP)])
-    assert not [p for p in got if p[0] == "traceparent"]
+    assert got["traceparent"][3:35] != TP[3:35]
 
 
 def test_credential_headers_once_each_with_the_right_detail(gws: dict) -> None:

@@ -134,17 +134,16 @@ def test_credential_headers_are_forwarded_once_each():
     assert details == [(400, "duplicate x-api-key header")]
 
 
-def test_traceparent_kept_only_when_well_formed_and_alone():
+def test_trace_context_fields_kept_for_the_trace_to_judge():
+    """The reader keeps the one traceparent's value (b"" when it came twice) and the tracestate fields
+    joined; whether they are valid is decided when the trace starts (tests/test_tracecontext.py)."""
     tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     h = head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + tp + b"\r\ntracestate: a=1\r\n"
                 b"tracestate: b=2\r\n\r\n")
     assert (h.traceparent, h.tracestate, h.headers()) == (tp, b"a=1,b=2", [])
-    for bad in (tp.upper(), b"ff" + tp[2:], tp[:3] + b"0" * 32 + tp[35:], tp[:36] + b"0" * 16 + tp[52:],
-                tp + b"-x", b"01" + tp[2:] + b"x", tp[:-1]):
-        assert not head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + bad + b"\r\n\r\n").traceparent, bad
-    assert head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: 01" + tp[2:] + b"-later\r\n\r\n").traceparent
+    assert head_of(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + tp.upper() + b"\r\n\r\n").traceparent == tp.upper()
     two = b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + tp + b"\r\ntraceparent: " + tp + b"\r\n\r\n"
-    assert not head_of(two).traceparent
+    assert head_of(two).traceparent == b""
 
 
 def test_request_id_kept_only_when_safe():

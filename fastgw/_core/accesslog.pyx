@@ -4,9 +4,9 @@ JSON lines, and whole lines written to an output other processes write to as wel
 both: formatting on the event loop, writing in a thread).
 
 Format. One JSON object per line, fields in this order (README "Logs"):
-  ts, type ("access"), request_id, client, peer, method, host, path, route, upstream, target, status,
-  duration_ms, worker, then upstream_error, grpc_status, error_source, error_retryable, retried_after and
-  attempts only when set, "truncated": true only when cut.
+  ts, type ("access"), request_id, trace_id, span_id, client, peer, method, host, path, route, upstream,
+  target, status, duration_ms, gateway_ms, upstream_ms, worker, then upstream_error, grpc_status, error_source,
+  error_retryable, retried_after and attempts only when set, "truncated": true only when cut.
 Request-derived bytes are latin-1 (every byte is kept: a byte >= 0x80 becomes that code point in UTF-8,
 control bytes become \\u00XX). Formatting in C costs a few hundred instructions a line; the same loop in
 Python (building msgspec structs) cost ~20k instructions per request.
@@ -194,14 +194,17 @@ cdef inline Py_ssize_t slen(str v) noexcept:
 def format_lines(list batch, long long mono_ns, double wall, int worker, object client_text):
     """The access lines of `batch` (tuples from Worker.observe: end and duration in monotonic ns, status,
     request head, client address, TCP peer, request id, route, upstream, target, upstream error, gRPC
-    status, then, when present, the GatewayError that ended the exchange and the one it was retried
-    after), as bytes. `mono_ns` and `wall` are the monotonic and wall clocks now; `client_text(peer,
+    status, the GatewayError that ended the exchange and the one it was retried after (or None), the
+    traceparent forwarded, at the end of its bytes (its trace id and the gateway's span id are logged) and the upstream's part of
+    the duration in ns (-1: the request never went upstream), then the attempts' text (or None)), as bytes. `mono_ns` and `wall` are the monotonic and wall clocks now; `client_text(peer,
     xff)` names the client when X-Forwarded-For may (fastgw/clientaddr.py), None when no proxy is
     trusted."""
     cdef Buf b
     cdef tuple t
     cdef RequestHead h
-    cdef bytes peer, tcp_peer, rid, target, method, host, path, xff
+    cdef bytes peer, tcp_peer, rid, target, method, host, path, xff, tp
+    cdef const char* tps
+    cdef long long up
     cdef str route, upstream, up_error, client, tries
     cdef object grpc
     cdef GatewayError err, retried
@@ -223,12 +226,17 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
             up_error = t[10]
             grpc = t[11]
             err = retried = None
+            tp = None
             tries = None
+            up = -1
             if len(t) > 12:
                 err = t[12]
                 retried = t[13]
-                if len(t) > 14:
-                    tries = t[14]
+            if len(t) > 14:
+                tp = t[14]
+                up = t[15]
+            if len(t) > 16:
+                tries = t[16]
             method = host = path = xff = None
             if h is not None:
                 method, host, path, xff = h.method, h.host, h.path, h.xff
@@ -247,6 +255,15 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
                 put_fixed(&b, wall_us - (mono_ns - <long long>t[0]) // 1000, 6)
                 put(&b, ',"type":"access","request_id":', 30)
                 put_bytes(&b, rid, -1)
+                if tp is not None and len(tp) >= 55:      # the version-00 traceparent forwarded, at the end
+                    tps = <const char*>tp + len(tp) - 55
+                    put(&b, ',"trace_id":"', 13)
+                    put(&b, tps + 3, 32)
+                    put(&b, '","span_id":"', 13)
+                    put(&b, tps + 36, 16)
+                    put(&b, '"', 1)
+                else:
+                    put(&b, ',"trace_id":null,"span_id":null', 31)
                 put(&b, ',"client":', 10)
                 if client is not None:
                     put_str(&b, client)
@@ -270,6 +287,13 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
                 put_int(&b, <int>t[2])
                 put(&b, ',"duration_ms":', 15)
                 put_fixed(&b, (<long long>t[1] + 500) // 1000, 3)
+                put(&b, ',"gateway_ms":', 14)
+                put_fixed(&b, (<long long>t[1] - (up if up >= 0 else 0) + 500) // 1000, 3)
+                put(&b, ',"upstream_ms":', 15)
+                if up >= 0:
+                    put_fixed(&b, (up + 500) // 1000, 3)
+                else:
+                    put(&b, "null", 4)
                 put(&b, ',"worker":', 10)
                 put_int(&b, worker)
                 if up_error is not None:

@@ -90,6 +90,14 @@ cdef class Downstream:
             ex.rid = head.request_id
         else:
             ex.rid = self.w.next_id()
+        # The request's trace (tracecontext.pyx): continued when its traceparent is valid, else started;
+        # a tracestate goes with a continued trace only, and only when valid and within bounds.
+        if head is None:
+            trace_start(&ex.tc, None, False, ex.rt.trace_threshold)
+        elif not trace_start(&ex.tc, head.traceparent, ex.rt.trace_trust, ex.rt.trace_threshold):
+            head.tracestate = None
+        elif head.tracestate is not None and not tracestate_ok(head.tracestate):
+            head.tracestate = None
         if head is not None and head.dropped is not None:
             self.w.headers_dropped(ex)
         return ex

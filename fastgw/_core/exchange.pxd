@@ -7,6 +7,7 @@ from fastgw._core.gateway_error cimport (
 from fastgw._core.http1 cimport RequestHead
 from fastgw._core.phases cimport Respond
 from fastgw._core.runtime cimport RouteRT, Runtime
+from fastgw._core.tracecontext cimport TraceCtx
 
 cdef enum:
     PENDING_LIMIT = 262144    # request body bytes held while the upstream connection is not ready
@@ -70,6 +71,9 @@ cdef class Exchange:
     cdef bint viewed
     cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef long long t0                    # monotonic ns at the request head (metrics)
+    cdef long long tu0                   # monotonic ns when the upstream's part began (0: never): proceed
+    cdef TraceCtx tc                     # the request's trace (tracecontext.pyx), started in new_exchange
+    cdef bytes tp                        # tc as the HTTP/1.1 traceparent line, made on first use (traceparent_line)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
     cdef public object tunnel            # a policy's tunnel session (WebSocket): the origin's 101 opens a
@@ -117,3 +121,5 @@ cdef class Exchange:
     cdef void send_answer(self, int status, bytes lines, bytes body)
     cdef void policy_failed(self)
     cdef void settle(self, int status)
+    cdef bytes traceparent_line(self)
+    cdef bytes traceparent(self)

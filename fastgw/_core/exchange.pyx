@@ -497,6 +497,7 @@ cdef class Exchange:
             return
         self.admitted = True
         self.try_timeout = self.route.try_timeout
+        self.tu0 = mono_ns()                      # the gateway's part ends here, the upstream's begins
         if not self.drv.start(self):
             return                                # no usable target: answered
         if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
@@ -563,12 +564,10 @@ cdef class Exchange:
             parts.append(h.host)
         parts.append(b"\r\nX-Request-ID: ")
         parts.append(self.rid)
-        if h.traceparent:
-            parts.append(b"\r\ntraceparent: ")
-            parts.append(h.traceparent)
-            if h.tracestate is not None:
-                parts.append(b"\r\ntracestate: ")
-                parts.append(h.tracestate)
+        parts.append(self.traceparent_line())        # always: the trace continued or started here
+        if h.tracestate is not None:                  # valid, within bounds, with a continued trace
+            parts.append(b"\r\ntracestate: ")
+            parts.append(h.tracestate)
         if h.chunked:
             parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         elif h.content_length >= 0:
@@ -607,10 +606,9 @@ cdef class Exchange:
         if h.host:
             fields.append((b"x-forwarded-host", h.host))
         fields.append((b"x-request-id", self.rid))
-        if h.traceparent:
-            fields.append((b"traceparent", h.traceparent))
-            if h.tracestate is not None:
-                fields.append((b"tracestate", h.tracestate))
+        fields.append((b"traceparent", self.traceparent()))
+        if h.tracestate is not None:
+            fields.append((b"tracestate", h.tracestate))
         if h.content_length >= 0:
             fields.append((b"content-length", b"%d" % h.content_length))
         return fields
@@ -906,6 +904,17 @@ cdef class Exchange:
         if cl.draining or cl.reader_done() or cl.nreq + 1 >= cl.rt0.max_requests \
                 or (self.head is not None and not self.head.keep_alive):   # the client asked to close
             self.close_after = True
+
+    cdef bytes traceparent_line(self):
+        """b"\r\ntraceparent: " and the traceparent forwarded upstream (the request's trace, the gateway's
+        span id as the parent), made once, when first needed (the access log reads its ids there)."""
+        if self.tp is None:
+            self.tp = traceparent_bytes(&self.tc, True)
+        return self.tp
+
+    cdef bytes traceparent(self):
+        """The traceparent value alone (an HTTP/2 field)."""
+        return self.traceparent_line()[TP_LINE:]
 
     cdef void respond_problem(self, GatewayError err):
         """A response made by fastgw (problem+json), before any upstream response byte. It passes the

@@ -33,7 +33,7 @@
 #   whitespace, no connection-specific fields, TE only "trailers" (RFC 9113 8.2, 8.3): a malformed request
 #   is reset with PROTOCOL_ERROR and never reaches an HTTP/1.1 upstream (no H2->H1 smuggling). Every other
 #   field goes through the HTTP/1.1 reader's wire table (wire.pyx): the same names dropped, the same
-#   underscore rule, the same credential and traceparent checks.
+#   underscore rule, the same credential and traceparent rules.
 # * Drain: GOAWAY NO_ERROR naming the last stream taken; streams in flight finish, then the connection
 #   closes. That GOAWAY is the second of two [RFC 9113 6.8; Envoy drain_timeout]: the first names 2^31-1
 #   and comes with a PING, so that streams the client sent before it saw a GOAWAY are still taken; the

@@ -36,8 +36,8 @@ cdef class RequestHead:
     cdef public bint expect_continue
     cdef public bint te_trailers       # TE names "trailers": the client takes a response's trailer fields
     cdef public object drop
-    cdef public bytes traceparent      # the one well-formed traceparent; b"" when refused (wire.pyx)
-    cdef public bytes tracestate
+    cdef public bytes traceparent      # the one traceparent field's value; b"" when it came twice
+    cdef public bytes tracestate       # the tracestate fields joined; None when dropped (tracecontext.pyx)
     cdef public list dropped           # [(Action, name)] dropped by the underscore rule, or None
     cdef public bytes upgrade          # the Upgrade field (never forwarded as such), or None: a tunnel
                                        #   route reads it (fastgw/policies/websocket)

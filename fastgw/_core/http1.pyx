@@ -21,7 +21,6 @@ from fastgw._core.wire cimport (
     A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD,
     A_FORWARDED_FOR, A_HOST, A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING,
     A_UNDERSCORE, C_HOST, C_PATH, C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only,
-    traceparent_ok,
 )
 from fastgw._core.wire import DEFAULT_TABLE
 
@@ -70,7 +69,8 @@ cdef int take_field(RequestHead h, int code, bytes name, bytes value, unsigned l
     a field by its wire-table action (wire.pxd), except the actions about Host, framing and the
     connection, which are each reader's own: forward it; one field of each credential (a second is an
     ambiguity: which one did the gateway check?); the request id when well-formed; X-Forwarded-For
-    joined; one well-formed traceparent (b"" marks "refused": W3C Trace Context 3.2), tracestate joined;
+    joined; the one traceparent field's value (b"" when a second came: W3C Trace Context 3.2; whether
+    it is valid is decided when the request's trace starts, tracecontext.pyx), tracestate joined;
     the names the underscore rule dropped, noted. `creds`: bit k set once credential k was seen."""
     cdef list pieces
     if code == A_FORWARD or code >= A_CREDENTIALS:
@@ -89,7 +89,7 @@ cdef int take_field(RequestHead h, int code, bytes name, bytes value, unsigned l
     elif code == A_FORWARDED_FOR:
         h.xff = value if h.xff is None else h.xff + b", " + value
     elif code == A_TRACEPARENT:
-        h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
+        h.traceparent = value if h.traceparent is None else b""
     elif code == A_TRACESTATE:
         h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
     elif code == A_UNDERSCORE or code == A_ALIAS:

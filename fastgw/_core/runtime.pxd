@@ -72,6 +72,12 @@ cdef class Runtime:
     cdef public tuple unrouted_log
     cdef public frozenset tunnel_routes   # names of the routes whose policies open tunnels (WebSocket): a
                                           #   live tunnel whose route is not in a reloaded Runtime closes
+    # Trace context and span export ([tracing]; fastgw/_core/tracecontext.pyx, fastgw/observe/tracing.py)
+    cdef public bint trace_trust          # incoming = "trust": the caller's sampled flag is followed
+    cdef public uint64_t trace_threshold  # head sampling: sample_ratio * 2**64 (0: nothing is sampled)
+    cdef public bint trace_export         # an otlp_endpoint is configured: finished spans are buffered
+    cdef public bint trace_errors         # export_errors: every 5xx and slow response is exported too
+    cdef public long long trace_slow_ns   # `slow`, in ns
 
 cdef class H2Limits:
     cdef public int max_streams

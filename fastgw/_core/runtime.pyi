@@ -61,6 +61,11 @@ class Runtime:
     unrouted_response: tuple[Callable[[Exchange], Any], ...] | None
     unrouted_log: tuple[Callable[[Exchange], None], ...] | None
     tunnel_routes: frozenset[str] | None
+    trace_trust: bool
+    trace_threshold: int
+    trace_export: bool
+    trace_errors: bool
+    trace_slow_ns: int
 
 class H2Limits:
     max_streams: int

@@ -5,9 +5,11 @@
 from fastgw.observe import metrics as _metrics
 from fastgw.observe.metrics import HEADER_DROPS, H_HDROP
 
-if (M_HEADER, M_ROUTE, M_HIST, M_NBOUNDS, M_SUM_US, M_UPERR, M_OVERRUNS, M_CONN_FULL) != (
+if (M_HEADER, M_ROUTE, M_HIST, M_NBOUNDS, M_SUM_US, M_UPERR, M_OVERRUNS, M_CONN_FULL, M_GW_HIST, M_UP_HIST,
+        M_SPANS_DROPPED) != (
         _metrics.HEADER, _metrics.ROUTE, _metrics.HIST, _metrics.NBOUNDS, _metrics.SUM_US, _metrics.UPERR,
-        _metrics.H_OVERRUNS, _metrics.H_CONN_FULL):
+        _metrics.H_OVERRUNS, _metrics.H_CONN_FULL, _metrics.GW_HIST, _metrics.UP_HIST,
+        _metrics.H_SPANS + _metrics.SPAN_OUTCOMES.index("dropped")):
     raise ImportError("fastgw._core stats.pxd and fastgw/observe/metrics.py disagree on the metrics layout")
 
 
@@ -46,3 +48,12 @@ cdef inline int method_index(bytes method):
         return 5 if method == b"PATCH" else 7
     if n == 7:
         return 6 if method == b"OPTIONS" else 7
+
+
+cdef inline void count_time(uint64_t* h, long long ns) noexcept:
+    """One duration into a histogram of the route block: its bucket (not cumulative), then the sum in us."""
+    cdef int b = 0
+    while b < M_NBOUNDS and ns > HIST_NS[b]:
+        b += 1
+    h[b] += 1
+    h[M_NBOUNDS + 1] += <uint64_t>(ns // 1000)

@@ -43,7 +43,6 @@ cdef enum CharClass:
 cdef unsigned char CHARS[256]
 
 cdef bint bad_path(bytes path, int flags)
-cdef bint traceparent_ok(bytes value) noexcept
 
 
 # Response header names by length (wire.pyx fills them from fastgw/headers.py RESPONSE).

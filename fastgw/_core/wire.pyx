@@ -59,36 +59,6 @@ cdef bint bad_path(bytes path, int flags):
     return False
 
 
-cdef inline bint _hex(const unsigned char* p, Py_ssize_t n, bint nonzero) noexcept:
-    """n lowercase hex digits (W3C Trace Context allows no uppercase); with `nonzero`, not all "0"."""
-    cdef Py_ssize_t i
-    cdef bint any_set = False
-    for i in range(n):
-        if not (48 <= p[i] <= 57 or 97 <= p[i] <= 102):
-            return False
-        if p[i] != 48:
-            any_set = True
-    return any_set or not nonzero
-
-
-cdef bint traceparent_ok(bytes value) noexcept:
-    """W3C Trace Context 3.2: version "-" trace-id "-" parent-id "-" flags, lowercase hex; version ff
-    and all-zero ids are invalid; version 00 is exactly 55 characters, a later version at least that,
-    with "-" after the 55th if longer."""
-    cdef const unsigned char* p = value
-    cdef Py_ssize_t n = len(value)
-    if n < 55 or p[2] != 45 or p[35] != 45 or p[52] != 45:
-        return False
-    if not _hex(p, 2, False) or (p[0] == 102 and p[1] == 102):
-        return False
-    if p[0] == 48 and p[1] == 48:
-        if n != 55:
-            return False
-    elif n > 55 and p[55] != 45:
-        return False
-    return _hex(p + 3, 32, True) and _hex(p + 36, 16, True) and _hex(p + 53, 2, False)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Response heads
 

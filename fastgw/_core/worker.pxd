@@ -46,6 +46,7 @@ cdef class Worker:
     cdef public bint draining             # new connections answer with Connection: close
     cdef public object access_log         # list of per-request tuples, or None (see observe)
     cdef public object debug_log          # None, or f(request_id, peer, dropped) at log level "debug"
+    cdef public object spans              # the span export buffer (collections.deque with maxlen), or None
     cdef uint64_t* mbuf                   # this worker's metrics region (fastgw.metrics layout), or NULL
     cdef Py_ssize_t mroutes               # route slots in the region
     cdef object mkeep                     # keeps the buffer behind mbuf alive
@@ -63,5 +64,6 @@ cdef class Worker:
     cdef void count(self, Py_ssize_t word)
     cdef bytes next_id(self)
     cdef void observe(self, Exchange ex)
+    cdef void export_span(self, Exchange ex, long long now, long long dur, long long up)
     cdef void headers_dropped(self, Exchange ex)
     cdef void upstream_error(self, Exchange ex, int status)

@@ -1,4 +1,5 @@
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,6 +86,7 @@ class Worker:
     draining: bool
     access_log: list[tuple[Any, ...]] | None
     debug_log: Callable[[bytes, bytes, list[tuple[str, bytes]]], None] | None
+    spans: collections.deque[tuple[Any, ...]] | None
     max_conns: int
     nconns: int
     full: bool

@@ -48,9 +48,10 @@ from fastgw._core.wire cimport (
     A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_FORWARD, A_FORWARDED_FOR,
     A_HOST, A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, CHARS,
     C_HOST, C_NAME, C_PATH, C_REQUEST_ID, HeaderTable, R_CONNECTION, R_CONTENT_LENGTH, R_HOP, R_KEEP,
-    R_TRANSFER_ENCODING, bad_path, ieq, name_lengths, only, response_kind, traceparent_ok,
+    R_TRANSFER_ENCODING, bad_path, ieq, name_lengths, only, response_kind,
 )
 from fastgw._core.wire import CONNECTION_SPECIFIC
+from fastgw._core.tracecontext cimport FLAG_SAMPLED, TP_LINE, trace_start, traceparent_bytes, tracestate_ok
 from fastgw._core.balancer cimport Target, UpstreamGroup
 from fastgw._core.gateway_error cimport (
     SRC_DOWNSTREAM, SRC_POLICY, SRC_STORE, SRC_UPSTREAM_CONNECT, SRC_UPSTREAM_RESPONSE, GatewayError, gateway_error,
@@ -231,16 +232,25 @@ cdef class Worker:
 
     cdef void observe(self, Exchange ex):
         """One finished response: plain increments into this worker's own region (no lock: one writer;
-        the supervisor reads aligned 64-bit words), and a tuple for the access log when it is on."""
+        the supervisor reads aligned 64-bit words), a tuple for the access log when it is on, and the
+        span's fields when it is exported (export_span).
+
+        The duration splits at ex.tu0, when the request passed the gateway's part (routing, policies,
+        Redis, waiting for its turn) and the upstream's began (connecting or a pooled connection, the
+        request and its streamed body, the response until its last byte): "is it us or them?"."""
         cdef uint64_t* m = self.mbuf
+        cdef Runtime rt = ex.rt
         cdef Target t
-        cdef long long dur
+        cdef long long dur, up = -1, now
         cdef int cls
         cdef Py_ssize_t slot = 0
         cdef int b = 0
-        if m == NULL and self.access_log is None:
+        if m == NULL and self.access_log is None and not rt.trace_export:
             return
-        dur = mono_ns() - ex.t0
+        now = mono_ns()
+        dur = now - ex.t0
+        if ex.tu0 != 0:
+            up = now - ex.tu0
         if ex.route is not None:
             slot = ex.route.mslot
         if m != NULL:
@@ -255,6 +265,9 @@ cdef class Worker:
                 b += 1
             m[M_HIST + b] += 1
             m[M_SUM_US] += <uint64_t>(dur // 1000)
+            count_time(m + M_GW_HIST, dur - up if up >= 0 else dur)
+            if up >= 0:
+                count_time(m + M_UP_HIST, up)
         if self.access_log is not None:         # (fields: fastgw/_core/accesslog.pyx format_lines)
             t = ex.target
             self.access_log.append((ex.t0 + dur, dur, ex.status, ex.head, ex.client.peer, ex.client.tcp_peer,
@@ -262,7 +275,25 @@ cdef class Worker:
                                     t.group.name if t is not None else None, t.hostport if t is not None else None,
                                     ex.err.kind if ex.err is not None else None,
                                     ex.grpc_code - 1 if ex.grpc_code else None, ex.err, ex.retried_err,
+                                    ex.traceparent_line(), up,
                                     ex.attempt_log() if ex.attempts is not None else None))
+        if rt.trace_export and self.spans is not None and (
+                ex.tc.flags & FLAG_SAMPLED or (rt.trace_errors and (ex.status >= 500 or dur >= rt.trace_slow_ns))):
+            self.export_span(ex, now, dur, up)
+
+    cdef void export_span(self, Exchange ex, long long now, long long dur, long long up):
+        """The finished span's fields into the bounded export buffer (a deque the exporter thread empties,
+        fastgw/observe/tracing.py): when it is full the oldest span goes, counted."""
+        cdef Target t = ex.target
+        cdef RequestHead h = ex.head
+        if len(self.spans) >= self.spans.maxlen and self.mbuf != NULL:
+            self.mbuf[M_SPANS_DROPPED] += 1
+        self.spans.append((now, dur, up, ex.tc.hi, ex.tc.lo, ex.tc.span, ex.tc.parent, ex.tc.flags, ex.status,
+                           h, ex.client.proto, isinstance(ex.client, H2Stream), ex.client.peer, ex.rid,
+                           ex.route.name if ex.route is not None else None,
+                           t.group.name if t is not None else None, t.hostport if t is not None else None,
+                           ex.retried_err is not None, ex.err, ex.identity,
+                           ex.grpc_code - 1 if ex.grpc_code else None))
 
     cdef void headers_dropped(self, Exchange ex):
         """Header fields the wire table dropped for their "_" (RequestHead.dropped, fastgw/headers.py):

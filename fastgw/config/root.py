@@ -18,7 +18,7 @@ Loading has three passes:
 Errors and warnings name the line of their key in the file (fastgw/config/locate.py).
 
 Each section's schema and checks live with what it configures: fastgw/config/server.py, upstreams.py,
-routes.py, consumers.py, and the policies' own (fastgw/policies/*/config.py), which the policy registry
+routes.py, consumers.py, tracing.py, and the policies' own (fastgw/policies/*/config.py), which the policy registry
 (fastgw/policies/__init__.py) composes into the root, [[routes]] and [consumers.NAME].
 """
 from __future__ import annotations
@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fastgw.config import consumers, routes, server, upstreams
+from fastgw.config import consumers, routes, server, tracing, upstreams
 from fastgw.config.checks import ConfigWarning
 from fastgw.config.consumers import Consumer
 from fastgw.config.locate import error_path, locate, under
 from fastgw.config.routes import Route
 from fastgw.config.schema import _from_msgspec, _syntax_error, compose, walk_struct
 from fastgw.config.server import Admin, Server
+from fastgw.config.tracing import Tracing
 from fastgw.config.upstreams import Upstream
 from fastgw.policies import POLICIES
 
@@ -49,6 +50,7 @@ class ConfigCore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     upstreams: dict[str, Upstream]
     routes: list[Route]
     consumers: dict[str, Consumer] = msgspec.field(default_factory=dict)
+    tracing: Tracing = msgspec.field(default_factory=Tracing)
 
     if TYPE_CHECKING:
         def __getattr__(self, name: str) -> Any: ...     # a policy's section (typed in its config module)
@@ -132,6 +134,7 @@ def _validate(cfg: Config, best_effort: bool = False) -> list[str]:
     errors: list[str] = []
     try:
         server.check(cfg, errors)
+        tracing.check(cfg, errors)
         consumers.check(cfg, errors)
         for p in POLICIES:
             p.check(cfg, errors)

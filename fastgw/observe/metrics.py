@@ -17,7 +17,9 @@ Region layout, in words (fastgw/_core/stats.pxd declares it for the data path; s
                  Worker.headers_dropped)
                  [5] upstream connections closed for bytes beyond the end of a response (counter, the
                  data path) [8] the worker's max_connections (gauge) [9] times the worker reached it
-                 (counter, the data path); the rest reserved
+                 (counter, the data path) [10..12] spans by SPAN_OUTCOMES: exported and failed (counters,
+                 written by the exporter thread, fastgw/observe/tracing.py), dropped from a full buffer
+                 (the data path); the rest reserved
   then ROUTE words per route slot (slot 0: requests that matched no route; other slots are assigned to
   route names by the supervisor, never reused, so a name keeps its counters across reloads):
   [0..39]  responses by method (8) x status class (5): index method * 5 + class
@@ -25,6 +27,8 @@ Region layout, in words (fastgw/_core/stats.pxd declares it for the data path; s
   [54]     sum of durations in microseconds
   [55..57] upstream errors: bad gateway (502), unavailable (503), timeout (504)
   [58..63] auth failures by AUTH_REASONS (written by the auth policy, fastgw._core.gates.AuthGate)
+  [64..78] gateway time: histogram (13 bounds + overflow), then the sum in microseconds
+  [79..93] upstream time (only requests that went upstream): likewise
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
     from fastgw.process.shm import SharedMemory
 
 HEADER = 16
-ROUTE = 64
+ROUTE = 96
 H_CONNS, H_PID, H_GEN = 0, 1, 2
 H_LOG_DROPPED, H_LOG_LOST = 3, 4
 LOG_DROP_REASONS = (("backlog", H_LOG_DROPPED), ("write_error", H_LOG_LOST))
@@ -48,6 +52,11 @@ H_HDROP = 6
 HEADER_DROPS = ("underscore", "managed_alias")
 H_OVERRUNS, H_CONN_LIMIT, H_CONN_FULL = 5, 8, 9      # M_OVERRUNS, M_CONN_FULL in _core/stats.pxd
 HIST, NBOUNDS, SUM_US, UPERR, AUTHF = 40, 13, 54, 55, 58
+GW_HIST, UP_HIST = 64, 79       # each NBOUNDS + 1 buckets, then the sum in microseconds
+H_SPANS = 10
+# What became of a finished span chosen for export: sent to the collector (exported), pushed out of the
+# worker's full buffer (dropped), or lost with a batch the collector refused or did not answer (failed).
+SPAN_OUTCOMES = ("exported", "dropped", "failed")
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -60,7 +69,8 @@ NO_ROUTE = "(none)"      # not a valid route name, so it cannot collide with one
 ROUTE_SLOTS = 1024       # route names one process lifetime can count; later ones count under slot 0
 
 assert len(BOUNDS) == NBOUNDS and HIST + NBOUNDS + 1 == SUM_US and UPERR + 3 <= AUTHF
-assert AUTHF + len(AUTH_REASONS) <= ROUTE and H_HDROP + len(HEADER_DROPS) <= HEADER
+assert AUTHF + len(AUTH_REASONS) <= GW_HIST and GW_HIST + NBOUNDS + 2 == UP_HIST and UP_HIST + NBOUNDS + 2 <= ROUTE
+assert H_HDROP + len(HEADER_DROPS) <= HEADER and H_CONN_FULL < H_SPANS and H_SPANS + len(SPAN_OUTCOMES) <= HEADER
 
 
 def route_base(slot: int) -> int:
@@ -119,6 +129,10 @@ class Snapshot:
     connection_limit: int = 0          # sum of live workers' max_connections
     limit_reached: int = 0             # times a worker paused accepting at its cap
     overruns: int = 0                  # upstream connections closed for bytes beyond a response's end
+    # slot -> NBOUNDS + 1 bucket counts then the sum in microseconds: the gateway's and the upstream's time
+    gateway: dict[int, list[int]] = field(default_factory=dict)
+    upstream: dict[int, list[int]] = field(default_factory=dict)
+    spans: list[int] = field(default_factory=lambda: [0] * len(SPAN_OUTCOMES))
 
 
 def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -> Snapshot:
@@ -131,6 +145,9 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
     authf: dict[tuple[int, int], int] = {}
     conns = limit = reached = overruns = 0
     hdrop = [0] * len(HEADER_DROPS)
+    spans = [0] * len(SPAN_OUTCOMES)
+    gateway: dict[int, list[int]] = {}
+    upstream: dict[int, list[int]] = {}
     for w in range(workers):
         ws = words(shm, w)
         if w in live:
@@ -139,6 +156,8 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
         for k in range(len(HEADER_DROPS)):
             hdrop[k] += ws[H_HDROP + k]
         reached += ws[H_CONN_FULL]
+        for k in range(len(SPAN_OUTCOMES)):
+            spans[k] += ws[H_SPANS + k]
         overruns += ws[H_OVERRUNS]
         for slot in range(used_slots):
             base = route_base(slot)
@@ -159,8 +178,14 @@ def snapshot(shm: SharedMemory, workers: int, used_slots: int, live: set[int]) -
             for k in range(len(AUTH_REASONS)):
                 if block[AUTHF + k]:
                     authf[(slot, k)] = authf.get((slot, k), 0) + block[AUTHF + k]
+            for sums, base in ((gateway, GW_HIST), (upstream, UP_HIST)):
+                if any(block[base:base + NBOUNDS + 1]):
+                    acc = sums.setdefault(slot, [0] * (NBOUNDS + 2))
+                    for b in range(NBOUNDS + 2):
+                        acc[b] += block[base + b]
         ws.release()
-    return Snapshot(requests, hist, sum_us, uperr, conns, authf, hdrop, limit, reached, overruns)
+    return Snapshot(requests, hist, sum_us, uperr, conns, authf, hdrop, limit, reached, overruns,
+                    gateway, upstream, spans)
 
 
 def log_dropped(shm: SharedMemory, workers: int) -> dict[str, int]:
@@ -190,18 +215,32 @@ def render(snap: Snapshot | None, names: list[str], process: dict[str, object],
                "Responses sent to clients, by route, method and status class.")
         for (slot, m, c), n in sorted(snap.requests.items()):
             out.append(f"fastgw_requests_total{_labels(route=names[slot], method=METHODS[m], status_class=CLASSES[c])} {n}")
-        family("fastgw_request_duration_seconds", "histogram",
-               "Time from the request head to the last response byte handed to the kernel, by route.")
-        for slot, h in sorted(snap.hist.items()):
-            route = names[slot]
-            acc = 0
-            for b, bound in enumerate(BOUNDS):
-                acc += h[b]
-                out.append(f"fastgw_request_duration_seconds_bucket{_labels(route=route, le=_num(bound))} {acc}")
-            acc += h[NBOUNDS]
-            out.append(f"fastgw_request_duration_seconds_bucket{_labels(route=route, le='+Inf')} {acc}")
-            out.append(f"fastgw_request_duration_seconds_sum{_labels(route=route)} {snap.sum_us[slot] / 1e6}")
-            out.append(f"fastgw_request_duration_seconds_count{_labels(route=route)} {acc}")
+        for name, hists, what in (
+                ("fastgw_request_duration_seconds",
+                 {slot: [*h, snap.sum_us[slot]] for slot, h in snap.hist.items()},
+                 "Time from the request head to the last response byte handed to the kernel, by route."),
+                ("fastgw_gateway_duration_seconds", snap.gateway,
+                 "The gateway's part of each request, by route: from the request head until the request went "
+                 "upstream (routing, policies, their Redis calls), or the whole request when it never did."),
+                ("fastgw_upstream_duration_seconds", snap.upstream,
+                 "The upstream's part of each request that went upstream, by route: from connecting (or "
+                 "taking a pooled connection) to the last byte of its response.")):
+            family(name, "histogram", what)
+            for slot, h in sorted(hists.items()):      # h: NBOUNDS + 1 bucket counts, the sum in microseconds
+                route = names[slot]
+                acc = 0
+                for b, bound in enumerate(BOUNDS):
+                    acc += h[b]
+                    out.append(f"{name}_bucket{_labels(route=route, le=_num(bound))} {acc}")
+                acc += h[NBOUNDS]
+                out.append(f"{name}_bucket{_labels(route=route, le='+Inf')} {acc}")
+                out.append(f"{name}_sum{_labels(route=route)} {h[NBOUNDS + 1] / 1e6}")
+                out.append(f"{name}_count{_labels(route=route)} {acc}")
+        family("fastgw_tracing_spans_total", "counter",
+               "Finished spans chosen for export ([tracing]), by outcome: exported to the collector, dropped "
+               "from a worker's full buffer, failed with a batch the collector refused or did not answer.")
+        for k, outcome in enumerate(SPAN_OUTCOMES):
+            out.append(f"fastgw_tracing_spans_total{_labels(outcome=outcome)} {snap.spans[k]}")
         family("fastgw_upstream_errors_total", "counter",
                "Requests that failed because of the upstream, by route and kind "
                "(bad_gateway 502, unavailable 503, timeout 504).")

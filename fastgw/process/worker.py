@@ -23,6 +23,7 @@ from typing import Any
 import uvloop
 
 from fastgw import __version__
+from fastgw._core import tracecontext
 from fastgw._core.balancer import UpstreamGroup
 from fastgw._core.worker import Worker
 from fastgw.clientaddr import nets
@@ -32,6 +33,7 @@ from fastgw.observe import metrics
 from fastgw.observe.access import AccessLog
 from fastgw.observe.log import log, log_dropped_headers, set_context, set_level
 from fastgw.observe.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS
+from fastgw.observe.tracing import SpanExporter
 from fastgw.policies import POLICIES, runtime
 from fastgw.process.admission import max_connections, raise_nofile
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
@@ -64,6 +66,7 @@ class WorkerProcess:
         self.w: Worker | None = None
         self.listeners = Listeners(socks, ["plain"] * len(socks))
         self.access: AccessLog | None = None
+        self.exporter: SpanExporter | None = None      # started with the first config that exports spans
         self.gen = 0
         self.stop = asyncio.Event()
         self.exit_code = 0
@@ -107,6 +110,7 @@ class WorkerProcess:
             self.discovery = Discovery(self.services.get("upstream_table"))
         self.discovery.apply(cfg, groups)
         self.set_access_log(cfg)
+        self.set_tracing(cfg)
         set_level(cfg.server.log_level)
         self.w.debug_log = log_dropped_headers if cfg.server.log_level == "debug" else None
         self.listeners.cfg = cfg
@@ -128,6 +132,17 @@ class WorkerProcess:
         elif not on and self.w.access_log is not None:
             self.flush_access_log()
             self.w.access_log = None
+
+    def set_tracing(self, cfg: Config) -> None:
+        """Span export ([tracing]): the exporter thread starts here, in the worker process, with the first
+        config that names an endpoint (fastgw/observe/tracing.py); without one the buffer is detached."""
+        assert self.w is not None
+        if cfg.tracing.otlp_endpoint:
+            if self.exporter is None:
+                self.exporter = SpanExporter(self.words)
+            self.w.spans = self.exporter.configure(cfg.tracing, {r.name: r.path for r in cfg.routes})
+        else:
+            self.w.spans = None
 
     def flush_access_log(self) -> None:
         if self.w is not None and self.w.access_log and self.access is not None:
@@ -214,6 +229,7 @@ class WorkerProcess:
         loop.add_signal_handler(signal.SIGINT, self.finish, 0, "SIGINT (fast stop)")
         loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)   # reloads come from the supervisor
+        tracecontext.seed()       # this process's own sequence of trace and span ids
         reader, writer = await asyncio.open_connection(sock=self.ctl, limit=MSG_LIMIT)
         first = await read_msg(reader)
         if first is None or first.get("op") != "config":
@@ -236,6 +252,8 @@ class WorkerProcess:
         if self.drain_task is not None:
             self.drain_task.cancel()
         self.flush_access_log()
+        if self.exporter is not None:
+            self.exporter.close()
         if self.access is not None:
             self.access.close()
             self.access.publish(loop.time(), final=True)
