@@ -194,8 +194,9 @@ def _check_outlier(o: Outlier, path: str, errors: list[str]) -> None:
 
 
 def _check_limits(lim: Limits, path: str, errors: list[str]) -> None:
-    for field in ("max_connections", "max_pending", "max_requests"):
-        if getattr(lim, field) < 1:
+    for field, value in (("max_connections", lim.max_connections), ("max_pending", lim.max_pending),
+                         ("max_requests", lim.max_requests)):
+        if value < 1:
             errors.append(f"{path}.{field}: must be at least 1")
 
 
