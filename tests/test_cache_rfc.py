@@ -294,3 +294,40 @@ def test_http2_client_hit(gw: Any, origin: CacheOrigin) -> None:
 def test_route_without_cache_has_no_cache_status(c: httpx.Client) -> None:
     r = c.get("/other", params={"hdr": "Cache-Control: max-age=60"})
     assert "cache-status" not in r.headers and "age" not in r.headers
+
+
+@pytest.mark.parametrize("path", ["/big/50000", "/trailers/t"])
+def test_http2_upstream_response_is_captured(tmp_path: Path, path: str) -> None:
+    """The body tap on an HTTP/2 upstream stream (DATA, then END_STREAM or trailers): stored whole, the
+    second request a hit with the same bytes. The route declares the freshness (the origin sends none)."""
+    from h2upstream import H2Origin
+
+    o = H2Origin().start()
+    text = f'''
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+[upstreams.h2]
+targets = ["{o.addr}"]
+protocol = "h2"
+[cache.c]
+[[routes]]
+name = "h2"
+path = "/*"
+upstream = "h2"
+cache = "c"
+[routes.response_headers]
+add = {{ "Cache-Control" = "max-age=60" }}
+'''
+    gw = start(tmp_path, text)
+    try:
+        with httpx.Client(base_url=gw.base, timeout=10) as c:
+            first = c.get(path)
+            again = c.get(path)
+        assert first.status_code == 200 and "stored" in cs(first)
+        assert cs(again).startswith("fastgw; hit") and again.content == first.content
+        assert o.seen.count(path.encode()) == 1
+    finally:
+        gw.close()
+        o.stop()

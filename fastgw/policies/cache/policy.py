@@ -2,7 +2,8 @@
 has the rules, store.py the storage):
 
   GET/HEAD  on_request looks the key up: a fresh entry is the answer (a Respond built when the entry was
-            stored, reused by every hit; HEAD is answered from the GET entry); a stale one within its
+            stored, reused by every hit; HEAD is answered from the GET entry; the plain fresh hit is
+            answered in C by fastgw/_core/gates.pyx CacheGate, the rest comes to slow_request here); a stale one within its
             stale-while-revalidate window is the answer while one background conditional request refreshes
             it; otherwise the request goes upstream, with the entry's validators when it has some (a 304
             refreshes the entry and the client gets the entry). A GET miss is single-flight: the first
@@ -15,8 +16,9 @@ has the rules, store.py the storage):
   unsafe    POST, PUT, PATCH, DELETE that succeed (status < 400) drop the URL's entries (RFC 9111 4.4).
 
 Every response of the route carries Cache-Status (RFC 9211); every answer from the cache carries Age.
-Single-flight is per worker: workers do not share entries (each keeps its own store), so a pod of N
-workers sends at most N requests upstream for one cold key.
+Single-flight spans the pod: within a worker the others wait on the first in memory; across workers the
+first worker claims the key in a shared-memory table and hands what it stored to the others' waiters
+(fastgw/policies/cache/flights.py), which keep a copy in their own stores.
 """
 from __future__ import annotations
 
@@ -28,18 +30,18 @@ from math import floor
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastgw._core.gates import Gate
+from fastgw._core.gates import CacheGate
 from fastgw._core.phases import Respond
 from fastgw.config.upstreams import address
 from fastgw.fetch import http_request
 from fastgw.policies.cache import stats
-from fastgw.policies.cache.rules import fields, judge, normal, query_key
+from fastgw.policies.cache import flights as shared, rules
+from fastgw.policies.cache.rules import Verdict, fields, judge, normal, query_key
 from fastgw.policies.cache.store import OVERHEAD, Entry, Primary, Store
 
 if TYPE_CHECKING:
     from fastgw.config.root import Config
     from fastgw.config.routes import Route
-    from fastgw.policies.cache.config import CachePolicy
     from fastgw.process.shm import Section, SharedMemory
 
 UNSAFE = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
@@ -65,7 +67,7 @@ class State:
     """The request's cache state (ex.ctx): what on_request decided, read by the later phases."""
 
     __slots__ = ("outcome", "status_line", "primary", "values", "entry", "fwd", "leader", "capture", "size",
-                 "verdict", "conditional", "coalesced")
+                 "verdict", "conditional", "coalesced", "shared")
 
     def __init__(self, outcome: int, primary: Primary | None = None) -> None:
         self.outcome = outcome
@@ -80,6 +82,7 @@ class State:
         self.verdict: Any = None
         self.conditional = False                    # we added the entry's validators upstream
         self.coalesced = False
+        self.shared: tuple[int, int] | None = None   # (slot, key hash) this request leads in the pod's table
 
 
 def _hit_lines(e: Entry, now: float, detail: bytes = b"", coalesced: bool = False) -> bytes:
@@ -107,16 +110,25 @@ def _etag_matches(tags: bytes, etag: bytes | None) -> bool:
     return any((t.strip()[2:] if t.strip().startswith(b"W/") else t.strip()) == want for t in tags.split(b","))
 
 
-class CacheGate(Gate):
-    def __init__(self, pol: CachePolicy, store: Store, route: Route, words: Any, at: int | None,
-                 store_at: int | None, origin: Any) -> None:
+class CachePolicy(CacheGate):
+    """The route's cache. A fresh hit is answered by the compiled CacheGate (fastgw/_core/gates.pyx);
+    every other request comes here (slow_request, slow_response, slow_log)."""
+
+    def __init__(self, pol: Any, store: Store, route: Route, words: Any, at: int | None,
+                 store_at: int | None, origin: Any, flights: shared.Flights | None) -> None:
         self.pol = pol
+        self.flights = flights
         self.store = store
         self.route = route.name
-        self.allowed = frozenset(q.encode() for q in pol.query)
+        self.entries = store.entries                  # the compiled fast path reads the store's dicts
+        self.vary = store.vary
+        self.allowed = frozenset(q.encode() for q in pol.query) or None
+        self.query_key = query_key
+        self.normal = rules.normal
         self.per_consumer = pol.per_consumer
         self.lock_timeout = pol.lock_timeout
         self.words = words
+        self.hit_word = at + 1 + stats.HIT if at is not None else -1
         self.at = at
         self.store_at = store_at
         self.origin = origin                 # (url base, request lines) for background revalidation, or None
@@ -126,9 +138,10 @@ class CacheGate(Gate):
         ident = ex.identity
         consumer = ident.consumer if (self.per_consumer and ident is not None) else ""
         host = ex.host
-        return (self.route, host.lower() if host else b"", ex.path, query_key(ex.query, self.allowed), consumer)
+        return (self.route, host.lower() if host else b"", ex.path,
+                query_key(ex.query, self.allowed) if self.allowed else b"", consumer)
 
-    def on_request(self, ex: Any) -> Any:
+    def slow_request(self, ex: Any) -> Any:
         m = ex.method
         if m == b"GET" or m == b"HEAD":
             primary = self.primary(ex)
@@ -136,10 +149,17 @@ class CacheGate(Gate):
             if r is not None or m == b"HEAD":
                 return r
             flight = self.store.flights.get(primary)
-            if flight is None:
-                ex.ctx.leader = self.store.flights[primary] = Flight()
-                return None
-            return self.wait(ex, primary, flight)
+            if flight is not None:
+                return self.wait(ex, primary, flight)
+            ex.ctx.leader = self.store.flights[primary] = Flight()
+            if self.flights is not None:                   # the pod's table (flights.py)
+                h = shared.key_hash(primary)
+                claim = self.flights.claim(h, self.lock_timeout)
+                if claim is not None and claim[0] == "wait":
+                    return self.wait_shared(ex, primary, claim[1], h)
+                if claim is not None:
+                    ex.ctx.shared = (claim[1], h)
+            return None
         if m in UNSAFE:
             ex.ctx = State(stats.BYPASS, self.primary(ex))
             ex.ctx.status_line = METHOD
@@ -207,6 +227,28 @@ class CacheGate(Gate):
                 return None
             flight = nxt
 
+    async def wait_shared(self, ex: Any, primary: Primary, i: int, h: int) -> Respond | None:
+        """This worker's first miss of a key another worker is fetching: wait for the answer it publishes
+        (bounded), store it here and answer from it; else go upstream (still this worker's leader)."""
+        leader = ex.ctx.leader
+        answer = await self.flights.wait(i, h, self.lock_timeout)
+        r = None
+        if answer is not None:
+            status, kept, body, lifetime, age, swr, sie, etag, lm, vary, values = answer
+            v = Verdict(None)
+            v.lifetime, v.age, v.swr, v.sie, v.etag, v.last_modified = lifetime, age, swr, sie, etag, lm
+            v.vary = tuple(vary)
+            v.kept = [(n, val) for n, val in kept]
+            self.put(primary, tuple(values), status, v, body, time.monotonic())
+            r = self.lookup(ex, primary, time.monotonic())
+            if r is not None:
+                e = self.store.get((primary, ex.ctx.values))
+                if e is not None and ex.ctx.outcome == stats.HIT:
+                    ex.ctx.status_line = _hit_lines(e, time.monotonic(), coalesced=True)
+                ex.ctx.coalesced = True
+        ex.ctx.leader = leader
+        return r
+
     def revalidate(self, ex: Any, e: Entry) -> bool:
         """Start the entry's background conditional request (one at a time); False when this route cannot
         make one (its upstream is not HTTP/1.1, or the request is authenticated: the background request
@@ -259,7 +301,7 @@ class CacheGate(Gate):
             e.lifetime, e.age, e.swr, e.sie = v.lifetime, v.age, v.swr, v.sie
 
     # -- on_response ------------------------------------------------------------------------------------
-    def on_response(self, ex: Any) -> Respond | None:
+    def slow_response(self, ex: Any) -> Respond | None:
         st = ex.ctx
         if type(st) is not State:
             ex.add_response_lines(GATEWAY_ANSWER)
@@ -296,6 +338,8 @@ class CacheGate(Gate):
                 return None
         if st.leader is not None and reason != b"gateway-answer":
             st.leader.pass_through = True
+        if st.shared is not None:
+            self.flights.release(*st.shared)
         ex.add_response_lines(b"Cache-Status: fastgw; fwd=%s; fwd-status=%d; detail=%s\r\n" % (st.fwd, status, reason))
         st.outcome = stats.BYPASS if reason != b"gateway-answer" else stats.MISS
         return None
@@ -319,6 +363,10 @@ class CacheGate(Gate):
         v = st.verdict
         values = tuple(normal(ex.header(n)) for n in v.vary)
         self.put(st.primary, values, ex.response_status, v, body, time.monotonic())
+        if st.shared is not None:                      # hand it to the other workers' waiters
+            self.flights.publish(*st.shared, [ex.response_status, v.kept, body, v.lifetime, v.age, v.swr, v.sie,
+                                              v.etag, v.last_modified, list(v.vary), list(values)])
+            st.shared = None
 
     def put(self, primary: Primary, values: tuple[bytes | None, ...], status: int, v: Any, body: bytes,
             now: float) -> None:
@@ -339,10 +387,12 @@ class CacheGate(Gate):
             w[at + stats.EVICTIONS] = self.store.evictions
 
     # -- on_log -----------------------------------------------------------------------------------------
-    def on_log(self, ex: Any) -> None:
+    def slow_log(self, ex: Any) -> None:
         st = ex.ctx
         if type(st) is not State:
             return
+        if st.shared is not None:
+            self.flights.release(*st.shared)           # no answer to hand over (cut, failed, too large)
         if st.leader is not None:
             if self.store.flights.get(st.primary) is st.leader:
                 del self.store.flights[st.primary]
@@ -372,7 +422,7 @@ def _origin(cfg: Config, route: Route) -> Any:
     return bases, extra
 
 
-def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> CacheGate | None:
+def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> CachePolicy | None:
     if route.cache is None:
         return None
     pol = cfg.cache[route.cache]
@@ -384,7 +434,7 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
     words = services.get("cache_words")
     at = stats.row(words, "r", route.name) if words is not None else None
     store_at = stats.row(words, "c", route.cache) if words is not None else None
-    gate = CacheGate(pol, store, route, words, at, store_at, _origin(cfg, route))
+    gate = CachePolicy(pol, store, route, words, at, store_at, _origin(cfg, route), services.get("cache_flights"))
     services.setdefault("cache_gates", {})[route.name] = gate      # the purge finds the route's store here
     return gate
 
@@ -393,12 +443,14 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
 
 
 def shm_sections(cfg: Config, workers: int) -> list[Section]:
-    return stats.shm_sections(cfg, workers)
+    return stats.shm_sections(cfg, workers) + ([shared.section()] if cfg.cache and workers > 1 else [])
 
 
 def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
     if shm is not None and stats.SECTION in shm.layout.sections:
         services["cache_words"] = stats.region(shm, slot)
+    if shm is not None and shared.SECTION in shm.layout.sections:
+        services["cache_flights"] = shared.Flights(shm.section(shared.SECTION), slot)
 
 
 def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
@@ -433,7 +485,7 @@ def admin_action(cfg: Config, method: str, query: str) -> tuple[int, str, dict[s
     return 202, json.dumps({"purge": msg, "workers": "each purges on receipt"}) + "\n", msg
 
 
-def _key_url(key: str, pol: CachePolicy) -> bytes:
+def _key_url(key: str, pol: Any) -> bytes:
     """A purge key as the store holds URLs: the path, then the allow-listed query parameters sorted."""
     path, _, qs = key.partition("?")
     kept = query_key(b"?" + qs.encode(), frozenset(q.encode() for q in pol.query)) if qs else b""

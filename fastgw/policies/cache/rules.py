@@ -30,7 +30,9 @@ MAX_VARIANTS = 16          # variants kept per key (the oldest goes); a crafted 
 # Fields not kept with a stored response: the gateway writes its own Date and the hit's Age.
 # Request fields whose upstream value the gateway makes (the client's copy is not what the upstream saw).
 _GATEWAY_SET = _headers.SET_BY_GATEWAY | {_headers.IDENTITY}
-NOT_STORED = frozenset({b"date", b"age", b"set-cookie", b"x-request-id"})
+# Framing is the gateway's on every answer (an HTTP/2 upstream's content-length reaches the view).
+NOT_STORED = frozenset({b"date", b"age", b"set-cookie", b"x-request-id", b"content-length", b"transfer-encoding",
+                        b"connection", b"keep-alive"})
 
 
 def directives(value: bytes | None) -> dict[bytes, bytes | None]:

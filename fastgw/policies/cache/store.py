@@ -1,6 +1,11 @@
-"""Where a worker keeps one [cache.NAME]'s answers: a memory store bounded in bytes, least recently used
-evicted first, at most MAX_VARIANTS variants per key, with the index a URL's invalidation and the admin's
-purge read.
+"""Where a worker keeps one [cache.NAME]'s answers: a memory store bounded in bytes, the least recently
+used evicted first, at most MAX_VARIANTS variants per key, with the index a URL's invalidation and the
+admin's purge read.
+
+Recency is kept the CLOCK way (second chance): a hit only sets its entry's `used` bit (the compiled fast
+path, fastgw/_core/gates.pyx CacheGate, does that and nothing else to the store); the eviction hand walks
+from the oldest insertion, moves a used entry to the young end with its bit cleared, and evicts the first
+unused one. Moving an entry on every hit (OrderedDict.move_to_end) costs each hit a method call.
 
 A key is (route, host, path, query, consumer) (`Primary`); its variants are told apart by the values of the
 request fields its latest response's Vary names (`Entry.vary`). An entry's size is its body plus its header
@@ -8,9 +13,9 @@ bytes plus a fixed OVERHEAD for the objects around it, so max_memory bounds what
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
+from fastgw._core.gates import CacheEntry
 from fastgw.policies.cache.rules import MAX_VARIANTS
 
 Primary = tuple[str, bytes, bytes, bytes, str]
@@ -19,12 +24,8 @@ Primary = tuple[str, bytes, bytes, bytes, str]
 OVERHEAD = 1024
 
 
-class Entry:
-    """One stored response: its prebuilt answer (a Respond, reused by every hit), its freshness and its
-    validators. `stored` is the monotonic time it was received; `age` its age then."""
-
-    __slots__ = ("respond", "stored", "age", "lifetime", "swr", "sie", "etag", "last_modified", "vary",
-                 "size", "key", "revalidating")
+class Entry(CacheEntry):
+    """One stored response (the fields: fastgw/_core/gates.pyx CacheEntry)."""
 
     def __init__(self, respond: Any, stored: float, verdict: Any, size: int) -> None:
         self.respond = respond
@@ -37,15 +38,9 @@ class Entry:
         self.last_modified = verdict.last_modified
         self.vary = verdict.vary
         self.size = size
-        self.key: tuple[Primary, tuple[bytes | None, ...]] | None = None
+        self.key = None
         self.revalidating = False
-
-    def current_age(self, now: float) -> float:
-        return self.age + (now - self.stored)
-
-    def ttl(self, now: float) -> float:
-        """Seconds left fresh (negative: stale for that long)."""
-        return self.lifetime - self.current_age(now)
+        self.used = False
 
 
 class Store:
@@ -54,7 +49,7 @@ class Store:
         self.max_object = max_object
         self.bytes = 0
         self.evictions = 0
-        self.entries: OrderedDict[tuple[Primary, tuple[bytes | None, ...]], Entry] = OrderedDict()
+        self.entries: dict[tuple[Primary, tuple[bytes | None, ...]], Entry] = {}     # oldest first
         self.vary: dict[Primary, tuple[bytes, ...]] = {}           # a key's Vary names (latest response)
         self.variants: dict[Primary, dict[tuple[bytes | None, ...], None]] = {}   # insertion order
         self.urls: dict[tuple[bytes, bytes, bytes], set[Primary]] = {}   # (host, path, query) -> keys
@@ -66,7 +61,7 @@ class Store:
     def get(self, key: tuple[Primary, tuple[bytes | None, ...]]) -> Entry | None:
         e = self.entries.get(key)
         if e is not None:
-            self.entries.move_to_end(key)
+            e.used = True
         return e
 
     def put(self, primary: Primary, values: tuple[bytes | None, ...], e: Entry) -> bool:
@@ -92,9 +87,22 @@ class Store:
         self.entries[key] = e
         self.bytes += e.size
         while self.bytes > self.max_memory and self.entries:
-            self.remove(next(iter(self.entries)))
-            self.evictions += 1
+            self.evict_one()
         return True
+
+    def evict_one(self) -> None:
+        """The CLOCK hand: used entries from the old end go to the young end (bit cleared); the first
+        unused one is evicted. Ends: each pass clears the bits it moves."""
+        while True:
+            key = next(iter(self.entries))
+            e = self.entries[key]
+            if not e.used:
+                self.remove(key)
+                self.evictions += 1
+                return
+            e.used = False
+            del self.entries[key]
+            self.entries[key] = e
 
     def remove(self, key: tuple[Primary, tuple[bytes | None, ...]]) -> None:
         e = self.entries.pop(key, None)
