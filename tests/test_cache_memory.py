@@ -9,8 +9,6 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import free_port
-
 from tests.cacheutil import CacheOrigin, start
 from tests.procutil import admin_get, metric
 

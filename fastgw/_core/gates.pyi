@@ -120,8 +120,8 @@ class CacheEntry:
 
 class CacheGate(Gate):
     route: str
-    entries: dict[Any, CacheEntry]
-    vary: dict[Any, tuple[bytes, ...]]
+    entries: dict[Any, Any]            # the store's (fastgw/policies/cache/store.py)
+    vary: dict[Any, Any]
     allowed: frozenset[bytes] | None
     query_key: Callable[[bytes, frozenset[bytes]], bytes]
     normal: Callable[[bytes | None], bytes | None]

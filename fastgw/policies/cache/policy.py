@@ -25,17 +25,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import urllib.parse
 from math import floor
-import time
 from typing import TYPE_CHECKING, Any
 
 from fastgw._core.gates import CacheGate
 from fastgw._core.phases import Respond
 from fastgw.config.upstreams import address
 from fastgw.fetch import http_request
-from fastgw.policies.cache import stats
-from fastgw.policies.cache import flights as shared, rules
+from fastgw.policies.cache import flights as shared
+from fastgw.policies.cache import rules, stats
 from fastgw.policies.cache.rules import Verdict, fields, judge, normal, query_key
 from fastgw.policies.cache.store import OVERHEAD, Entry, Primary, Store
 
@@ -231,6 +231,7 @@ class CachePolicy(CacheGate):
         """This worker's first miss of a key another worker is fetching: wait for the answer it publishes
         (bounded), store it here and answer from it; else go upstream (still this worker's leader)."""
         leader = ex.ctx.leader
+        assert self.flights is not None                # a claim came from it
         answer = await self.flights.wait(i, h, self.lock_timeout)
         r = None
         if answer is not None:
@@ -324,6 +325,7 @@ class CachePolicy(CacheGate):
                 return _replacement(ex, e, b"fastgw; fwd=stale; fwd-status=%d; ttl=%d; detail=stale-if-error"
                                     % (status, floor(e.ttl(now))), now)
         lines = ex.response_lines
+        reason: bytes | None
         if ex.method != b"GET" or lines is None:
             reason = b"head" if ex.method == b"HEAD" else b"gateway-answer"
         else:
@@ -338,7 +340,7 @@ class CachePolicy(CacheGate):
                 return None
         if st.leader is not None and reason != b"gateway-answer":
             st.leader.pass_through = True
-        if st.shared is not None:
+        if st.shared is not None and self.flights is not None:
             self.flights.release(*st.shared)
         ex.add_response_lines(b"Cache-Status: fastgw; fwd=%s; fwd-status=%d; detail=%s\r\n" % (st.fwd, status, reason))
         st.outcome = stats.BYPASS if reason != b"gateway-answer" else stats.MISS
@@ -362,8 +364,9 @@ class CachePolicy(CacheGate):
         st.capture = None
         v = st.verdict
         values = tuple(normal(ex.header(n)) for n in v.vary)
+        assert st.primary is not None                  # a GET's state always has its key
         self.put(st.primary, values, ex.response_status, v, body, time.monotonic())
-        if st.shared is not None:                      # hand it to the other workers' waiters
+        if st.shared is not None and self.flights is not None:     # hand it to the other workers' waiters
             self.flights.publish(*st.shared, [ex.response_status, v.kept, body, v.lifetime, v.age, v.swr, v.sie,
                                               v.etag, v.last_modified, list(v.vary), list(values)])
             st.shared = None
@@ -391,9 +394,9 @@ class CachePolicy(CacheGate):
         st = ex.ctx
         if type(st) is not State:
             return
-        if st.shared is not None:
+        if st.shared is not None and self.flights is not None:
             self.flights.release(*st.shared)           # no answer to hand over (cut, failed, too large)
-        if st.leader is not None:
+        if st.leader is not None and st.primary is not None:
             if self.store.flights.get(st.primary) is st.leader:
                 del self.store.flights[st.primary]
             if not st.leader.done.done():

@@ -99,18 +99,18 @@ def judge(status: int, pairs: list[tuple[bytes, bytes]], authorized: bool, per_c
     if status not in STORABLE:
         return Verdict("status")
     low = [(n.lower(), v) for n, v in pairs]
-    get = {}
+    get: dict[bytes, bytes] = {}
     vary: list[bytes] = []
     cc_parts = []
-    for n, v in low:
+    for n, value in low:
         if n == b"cache-control":
-            cc_parts.append(v)
+            cc_parts.append(value)
         elif n == b"vary":
-            vary.extend(t.strip().lower() for t in v.split(b",") if t.strip())
+            vary.extend(t.strip().lower() for t in value.split(b",") if t.strip())
         elif n == b"set-cookie":
             return Verdict("set-cookie")
         else:
-            get.setdefault(n, v)
+            get.setdefault(n, value)
     cc = directives(b", ".join(cc_parts))
     if b"no-store" in cc:
         return Verdict("no-store")
