@@ -64,6 +64,7 @@ def start_nginx_cache(env: run.Env) -> tuple[int, object]:
     port = run.free_port()
     cache = tempfile.mkdtemp(prefix="fastgw-nginx-cache-", dir="/dev/shm")
     CLEANUP.append(cache)
+    os.chmod(cache, 0o777)          # nginx's worker (nobody, when started as root) writes the entries
     conf = os.path.join(env.tmp, "cache-proxy.conf")
     with open(conf, "w") as f:
         f.write(NGINX_CACHE.replace("@DIR@", env.tmp).replace("@CACHE@", cache)
@@ -106,6 +107,7 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=64)
     a = ap.parse_args()
     env = run.Env(tmp=tempfile.mkdtemp(prefix="fastgw-bench-cache-"), procs=run.Procs())
+    os.chmod(env.tmp, 0o755)        # nginx workers run as nobody when we are root: they must read www/
     try:
         run.start_origin(env)
         for name, size in SIZES.items():
