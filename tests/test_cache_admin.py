@@ -161,3 +161,40 @@ def test_route_naming_an_unknown_cache() -> None:
     with pytest.raises(ConfigError) as e:
         loads(base + '[[routes]]\nname = "r"\npath = "/*"\nupstream = "u"\ncache = "x"\nmethods = ["POST"]\n')
     assert "routes[0].cache: no [cache.x] (known: none)" in str(e.value)
+
+
+def test_reload_keeps_entries_and_adds_a_cache(tmp_path: Path) -> None:
+    """A SIGHUP reload keeps the entries of a [cache.NAME] that still exists; a cache added by the reload
+    works (and is counted) at once: its shared-memory sections exist from the start."""
+    import signal
+
+    o = CacheOrigin().start()
+    cfg = tmp_path / "fastgw.toml"
+    cfg.write_text(config(o.addr, f"127.0.0.1:{free_port()}"))
+    gw = start_gateway(cfg)
+    try:
+        with httpx.Client(base_url=gw.base, timeout=5) as c:
+            c.get("/c/keep", params=H)
+            assert "cache-status" not in c.get("/later", params=H).headers
+            n = len(gw.events)
+            cfg.write_text(cfg.read_text().replace('name = "plain"\npath = "/*"\nupstream = "origin"\n',
+                                                   'name = "plain"\npath = "/*"\nupstream = "origin"\ncache = "keyed"\n'))
+            gw.signal(signal.SIGHUP)
+            gw.wait_event("config_applied", after=n)
+            assert c.get("/c/keep", params=H).headers["cache-status"].startswith("fastgw; hit")
+            c.get("/later", params=H)
+            assert c.get("/later", params=H).headers["cache-status"].startswith("fastgw; hit")
+        assert o.n("/c/keep") == 1 and o.n("/later") == 2          # /later: once before the reload
+        text = admin_get(gw.admin_base + "/metrics")[1]
+        assert metric(text, "fastgw_cache_requests_total", route="plain", status="hit") == 1
+    finally:
+        gw.close()
+        o.stop()
+
+
+def start_gateway(cfg: Path) -> Any:
+    from tests.procutil import Gateway
+
+    gw = Gateway(cfg, workers=1)
+    gw.wait_ready()
+    return gw

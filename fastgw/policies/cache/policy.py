@@ -446,7 +446,9 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
 
 
 def shm_sections(cfg: Config, workers: int) -> list[Section]:
-    return stats.shm_sections(cfg, workers) + ([shared.section()] if cfg.cache and workers > 1 else [])
+    # The flight table too (8 MiB of the shared file, its pages touched only when used): a reload may add
+    # the first cached route.
+    return stats.shm_sections(cfg, workers) + ([shared.section()] if workers > 1 else [])
 
 
 def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:

@@ -45,7 +45,8 @@ def row(words: Any, kind: str, name: str) -> int | None:
 
 
 def shm_sections(cfg: Config, workers: int) -> list[Section]:
-    return [Section(SECTION, workers * REGION_BYTES)] if cfg.cache else []
+    """Always made (32 KiB a worker): a reload that adds the first [cache.NAME] counts from its start."""
+    return [Section(SECTION, workers * REGION_BYTES)]
 
 
 def region(shm: SharedMemory, slot: int) -> Any:
