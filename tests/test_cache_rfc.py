@@ -332,3 +332,39 @@ add = {{ "Cache-Control" = "max-age=60" }}
     finally:
         gw.close()
         o.stop()
+
+
+def test_cors_headers_are_added_after_the_lookup(tmp_path: Path, origin: CacheOrigin) -> None:
+    """Entries hold the upstream's fields only: a hit for another origin carries that origin's CORS
+    headers, never the first requester's (the cache stores ex.response_lines, before CORS adds its own)."""
+    text = f'''
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+[upstreams.origin]
+targets = ["{origin.addr}"]
+[cors.web]
+origins = ["https://a.example", "https://b.example"]
+[cache.c]
+[[routes]]
+name = "x"
+path = "/*"
+upstream = "origin"
+cors = "web"
+cache = "c"
+'''
+    gw = start(tmp_path, text)
+    try:
+        with httpx.Client(base_url=gw.base, timeout=10) as c:
+            a = get(c, "/cors-x", "Cache-Control: max-age=60", headers={"Origin": "https://a.example"})
+            b = get(c, "/cors-x", "Cache-Control: max-age=60", headers={"Origin": "https://b.example"})
+            none = get(c, "/cors-x", "Cache-Control: max-age=60")
+        assert a.headers["access-control-allow-origin"] == "https://a.example" and "stored" in cs(a)
+        assert cs(b).startswith("fastgw; hit") and b.headers["access-control-allow-origin"] == "https://b.example"
+        assert b.headers.get_list("access-control-allow-origin") == ["https://b.example"]
+        assert cs(none).startswith("fastgw; hit") and "access-control-allow-origin" not in none.headers
+        assert none.headers["vary"] == "Origin"
+        assert origin.n("/cors-x") == 1
+    finally:
+        gw.close()
