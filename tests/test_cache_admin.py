@@ -146,7 +146,7 @@ def test_check_shows_each_cached_routes_key(tmp_path: Path) -> None:
     ('[cache.x]\nquery = ["a", "a"]', "cache.x.query: a parameter is listed twice"),
     ('[cache.x]\nstale_if_error = "48h"', "cache.x.stale_if_error: between 0s and 86400s"),
     ('[cache.x]\nlock_timeout = "0s"', "cache.x.lock_timeout"),
-    ('[cache.x]\nshared = true', "cache.x.shared: the Redis second level is not available"),
+    ('[cache.x]\nshared = true', "cache.x.shared: the Redis second level needs a [redis] section"),
     ('[cache.x]\nmax_memory = 5', "cache.x.max_memory"),
 ])
 def test_config_errors_name_the_key(snippet: str, error: str) -> None:

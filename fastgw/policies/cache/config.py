@@ -38,7 +38,7 @@ class CachePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     stale_while_revalidate: Duration = 0.0     # the longest stale-while-revalidate a response may ask for
     stale_if_error: Duration = 0.0             # the longest stale-if-error a response may ask for
     lock_timeout: Duration = 5.0               # how long a miss waits for the same key's request in flight
-    shared: bool = False                       # Redis as a second level (not available yet: refused)
+    shared: bool = False                       # Redis as a second level for every instance ([redis])
 
 
 class Sections(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -70,9 +70,8 @@ def check(cfg: Config, errors: list[str]) -> None:
                 errors.append(f"{p}.{key}: between 0s and {int(MAX_STALE)}s")
         if not 0 < pol.lock_timeout <= MAX_LOCK:
             errors.append(f"{p}.lock_timeout: more than 0s, at most {int(MAX_LOCK)}s")
-        if pol.shared:
-            errors.append(f"{p}.shared: the Redis second level is not available in this version; "
-                          "each worker caches in its own memory (remove the key)")
+        if pol.shared and cfg.redis is None:
+            errors.append(f"{p}.shared: the Redis second level needs a [redis] section")
     for i, r in enumerate(cfg.routes):
         if r.cache is None:
             continue
@@ -89,7 +88,7 @@ def key_definition(pol: CachePolicy) -> str:
     parts.append("Vary values")
     if pol.per_consumer:
         parts.append("consumer")
-    return " + ".join(parts)
+    return " + ".join(parts) + ("; second level in Redis" if pol.shared else "")
 
 
 def summary(cfg: Config, workers: int) -> list[str]:

@@ -15,6 +15,9 @@ has the rules, store.py the storage):
             within its stale-if-error window.
   unsafe    POST, PUT, PATCH, DELETE that succeed (status < 400) drop the URL's entries (RFC 9111 4.4).
 
+With `shared = true` a pod's first miss asks Redis before the upstream, and what is stored is also written
+there (fastgw/policies/cache/shared.py).
+
 Every response of the route carries Cache-Status (RFC 9211); every answer from the cache carries Age.
 Single-flight spans the pod: within a worker the others wait on the first in memory; across workers the
 first worker claims the key in a shared-memory table and hands what it stored to the others' waiters
@@ -34,9 +37,10 @@ from fastgw._core.gates import CacheGate
 from fastgw._core.phases import Respond
 from fastgw.config.upstreams import address
 from fastgw.fetch import http_request
-from fastgw.policies.cache import flights as shared
+from fastgw.policies.cache import flights as pod
 from fastgw.policies.cache import rules, stats
 from fastgw.policies.cache.rules import Verdict, fields, judge, normal, query_key
+from fastgw.policies.cache.shared import Shared
 from fastgw.policies.cache.store import OVERHEAD, Entry, Primary, Store
 
 if TYPE_CHECKING:
@@ -115,9 +119,10 @@ class CachePolicy(CacheGate):
     every other request comes here (slow_request, slow_response, slow_log)."""
 
     def __init__(self, pol: Any, store: Store, route: Route, words: Any, at: int | None,
-                 store_at: int | None, origin: Any, flights: shared.Flights | None) -> None:
+                 store_at: int | None, origin: Any, flights: pod.Flights | None, l2: Shared | None) -> None:
         self.pol = pol
         self.flights = flights
+        self.l2 = l2
         self.store = store
         self.route = route.name
         self.entries = store.entries                  # the compiled fast path reads the store's dicts
@@ -153,12 +158,14 @@ class CachePolicy(CacheGate):
                 return self.wait(ex, primary, flight)
             ex.ctx.leader = self.store.flights[primary] = Flight()
             if self.flights is not None:                   # the pod's table (flights.py)
-                h = shared.key_hash(primary)
+                h = pod.key_hash(primary)
                 claim = self.flights.claim(h, self.lock_timeout)
                 if claim is not None and claim[0] == "wait":
                     return self.wait_shared(ex, primary, claim[1], h)
                 if claim is not None:
                     ex.ctx.shared = (claim[1], h)
+            if self.l2 is not None:                        # the fleet's second level, before the upstream
+                return self.from_l2(ex, primary)
             return None
         if m in UNSAFE:
             ex.ctx = State(stats.BYPASS, self.primary(ex))
@@ -248,6 +255,30 @@ class CachePolicy(CacheGate):
                     ex.ctx.status_line = _hit_lines(e, time.monotonic(), coalesced=True)
                 ex.ctx.coalesced = True
         ex.ctx.leader = leader
+        return r
+
+    async def from_l2(self, ex: Any, primary: Primary) -> Respond | None:
+        """This pod's first miss of a key: the answer another instance kept in Redis, if any (then also
+        handed to this pod's waiting workers); else None: the upstream (still the leader)."""
+        leader, slot = ex.ctx.leader, ex.ctx.shared
+        assert self.l2 is not None
+        got = await self.l2.read(primary)
+        r = None
+        if got is not None:
+            status, v, body = got
+            now = time.monotonic()
+            self.put(primary, (), status, v, body, now)
+            r = self.lookup(ex, primary, now)
+            if r is not None:
+                e = self.store.get((primary, ()))
+                if e is not None and ex.ctx.outcome == stats.HIT:
+                    ex.ctx.status_line = _hit_lines(e, now, b"; detail=shared")
+                if slot is not None and self.flights is not None:
+                    i, h = slot
+                    self.flights.publish(i, h, [status, v.kept, body, v.lifetime, v.age, v.swr, v.sie, v.etag,
+                                                v.last_modified, [], []])
+                    slot = None
+        ex.ctx.leader, ex.ctx.shared = leader, slot
         return r
 
     def revalidate(self, ex: Any, e: Entry) -> bool:
@@ -366,6 +397,8 @@ class CachePolicy(CacheGate):
         values = tuple(normal(ex.header(n)) for n in v.vary)
         assert st.primary is not None                  # a GET's state always has its key
         self.put(st.primary, values, ex.response_status, v, body, time.monotonic())
+        if self.l2 is not None:                        # and to every instance
+            self.l2.write(st.primary, ex.response_status, v, body)
         if st.shared is not None and self.flights is not None:     # hand it to the other workers' waiters
             self.flights.publish(*st.shared, [ex.response_status, v.kept, body, v.lifetime, v.age, v.swr, v.sie,
                                               v.etag, v.last_modified, list(v.vary), list(values)])
@@ -379,6 +412,8 @@ class CachePolicy(CacheGate):
         self.publish()
 
     def invalidate(self, primary: Primary) -> None:
+        if self.l2 is not None:
+            self.l2.drop(primary)
         if self.store.invalidate(primary[1], primary[2], primary[3]):
             self.publish()
 
@@ -437,7 +472,15 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
     words = services.get("cache_words")
     at = stats.row(words, "r", route.name) if words is not None else None
     store_at = stats.row(words, "c", route.cache) if words is not None else None
-    gate = CachePolicy(pol, store, route, words, at, store_at, _origin(cfg, route), services.get("cache_flights"))
+    l2 = None
+    if pol.shared and cfg.redis is not None and "loop" in services:
+        client = services.get("cache_redis")
+        if client is None:
+            from fastgw.store.redis import connect
+
+            client = services["cache_redis"] = connect(cfg.redis, [], services["loop"])
+        l2 = Shared(client)
+    gate = CachePolicy(pol, store, route, words, at, store_at, _origin(cfg, route), services.get("cache_flights"), l2)
     services.setdefault("cache_gates", {})[route.name] = gate      # the purge finds the route's store here
     return gate
 
@@ -448,14 +491,15 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
 def shm_sections(cfg: Config, workers: int) -> list[Section]:
     # The flight table too (8 MiB of the shared file, its pages touched only when used): a reload may add
     # the first cached route.
-    return stats.shm_sections(cfg, workers) + ([shared.section()] if workers > 1 else [])
+    return stats.shm_sections(cfg, workers) + ([pod.section()] if workers > 1 else [])
 
 
 def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
+    services["cache_slot"] = slot
     if shm is not None and stats.SECTION in shm.layout.sections:
         services["cache_words"] = stats.region(shm, slot)
-    if shm is not None and shared.SECTION in shm.layout.sections:
-        services["cache_flights"] = shared.Flights(shm.section(shared.SECTION), slot)
+    if shm is not None and pod.SECTION in shm.layout.sections:
+        services["cache_flights"] = pod.Flights(shm.section(pod.SECTION), slot)
 
 
 def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
@@ -506,5 +550,16 @@ def control(msg: dict[str, Any], services: dict[str, Any]) -> dict[str, Any]:
             prefix = msg["prefix"].encode() if msg.get("prefix") else None
             n = gate.store.purge(route, key, prefix)
             gate.publish()
+            if gate.l2 is not None and services.get("cache_slot") == 0:      # Redis: once per pod
+                asyncio.get_running_loop().create_task(_purge_l2(gate.l2, route, key, prefix))
             return {"route": route, "purged": n}
     return {"route": route, "purged": 0}
+
+
+async def _purge_l2(l2: Shared, route: str, key: bytes | None, prefix: bytes | None) -> None:
+    from fastgw.observe.log import log
+
+    try:
+        log("cache_shared_purged", route=route, purged=await l2.purge(route, key, prefix))
+    except Exception as exc:                       # Redis down: its keys expire with their TTLs
+        log("cache_shared_purge_failed", level="warning", route=route, error=str(exc))
