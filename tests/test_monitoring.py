@@ -182,6 +182,11 @@ path = "/cached/*"
 upstream = "origin"
 cache = "mon"
 [[routes]]
+name = "ws"
+path = "/ws/*"
+upstream = "origin"
+websocket = true
+[[routes]]
 name = "all"
 path = "/*"
 upstream = "origin"

@@ -34,6 +34,8 @@ from fastgw.policies.contract import AdminRuntime, RequestHeaders, Runtime
 from fastgw.policies.cors import config as cors
 from fastgw.policies.lifecycle import config as lifecycle
 from fastgw.policies.ratelimit import config as ratelimit
+from fastgw.policies.transcode import config as transcode
+from fastgw.policies.websocket import config as websocket
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,10 @@ class Registration:
 
 # In the order a route runs them: CORS first (a browser's preflight carries no credentials, so it is
 # answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan),
-# then the cache last: a hit is served only to a caller that passed authentication and its limits, and the
-# cache stores the response's own fields (ex.response_lines), never what the policies before it add.
+# then the WebSocket handshake (its caps count per consumer; the upgrade has counted as one request), then
+# the transcoding (which gRPC method a JSON request calls), then the cache last: a hit is served only to a
+# caller that passed every check, and the cache stores the response's own fields (ex.response_lines),
+# never what the policies before it add.
 POLICIES: tuple[Registration, ...] = (
     Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
     Registration("lifecycle", lifecycle.Sections, lifecycle.RouteKeys, None, lifecycle.check,
@@ -61,6 +65,10 @@ POLICIES: tuple[Registration, ...] = (
                  "fastgw.policies.auth.policy", headers=auth.request_headers),
     Registration("ratelimit", ratelimit.Sections, ratelimit.RouteKeys, ratelimit.ConsumerKeys, ratelimit.check,
                  "fastgw.policies.ratelimit.policy", summary=ratelimit.summary),
+    Registration("websocket", websocket.Sections, websocket.RouteKeys, None, websocket.check,
+                 "fastgw.policies.websocket.policy", summary=websocket.summary),
+    Registration("transcode", transcode.Sections, transcode.RouteKeys, None, transcode.check,
+                 "fastgw.policies.transcode.policy", summary=transcode.summary),
     Registration("cache", cache.Sections, cache.RouteKeys, None, cache.check, "fastgw.policies.cache.policy",
                  summary=cache.summary, admin="/cache"),
 )
