@@ -126,6 +126,17 @@ def traceparent_header(st: dict) -> dict[str, str]:
     return {"traceparent": TRACEPARENT}
 
 
+# A cached route: every request after the first is a hit answered from the worker's store (the route declares
+# the freshness the nginx origin does not send, as bench/cache.py does for both proxies).
+CACHE_TABLE = '[cache.bench]\n'
+CACHED_ROUTE = 'cache = "bench"\n[routes.response_headers]\nadd = { "Cache-Control" = "max-age=86400" }\n'
+
+
+def cache_config(st: dict, port: int, origin: int) -> str:
+    return run.FASTGW_TOML.format(port=port, origin_port=origin, extra_server="", admin_port=run.free_port(),
+                                  extra_admin=CACHE_TABLE) + CACHED_ROUTE
+
+
 def origin_header(st: dict) -> dict[str, str]:
     return {"Origin": "https://app.bench.example"}
 
@@ -157,6 +168,8 @@ SCENARIOS = {s.name: s for s in [
              cors_config(False), origin_header, expect="access-control-allow-origin"),
     Scenario("cors_lifecycle", "cors, and the route deprecated (Deprecation, Sunset, Link; the counter)",
              cors_config(True), origin_header, expect="deprecation"),
+    Scenario("cache_hit", "plain on a cached route ([cache.NAME]): GET /3b answered from the worker's store "
+             "(Age, Cache-Status)", cache_config, no_headers, expect="cache-status"),
 ]}
 
 

@@ -1,5 +1,5 @@
-"""A small HTTP/1.1 GET client for the gateway's own fetches (today a JWT issuer's JWK Set; later health
-probes): one request per connection, http or https (certificate verified), a 200 or an error, and a body
+"""A small HTTP/1.1 GET client for the gateway's own fetches (a JWT issuer's JWK Set; the cache's
+background revalidation): one request per connection, http or https (certificate verified), a 200 or an error, and a body
 of at most `max_body` bytes (Content-Length, chunked, or read to the close).
 """
 from __future__ import annotations
@@ -12,6 +12,17 @@ import urllib.parse
 async def http_get(url: str, timeout: float, max_body: int) -> bytes:
     """GET `url` (http or https, certificate verified), returning the body of a 200 response (at most
     `max_body` bytes, else ValueError)."""
+    status, _, body = await http_request(url, timeout, max_body, b"Accept: application/json\r\n")
+    if status != 200:
+        raise ValueError(f"status {status}")
+    return body
+
+
+async def http_request(url: str, timeout: float, max_body: int, extra: bytes = b"",
+                       host_header: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """GET `url` with the header lines `extra` (and Host `host_header`, default the URL's): the final
+    status, the header fields (lowercase names) and the body (at most `max_body` bytes, else ValueError).
+    A 204 or 304 has no body."""
     u = urllib.parse.urlsplit(url)
     https = u.scheme == "https"
     host = u.hostname or ""
@@ -22,17 +33,26 @@ async def http_get(url: str, timeout: float, max_body: int) -> bytes:
             host, port, ssl=ssl.create_default_context() if https else None,
             server_hostname=host if https else None, limit=max_body + 65536)
         try:
-            writer.write(f"GET {target} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: application/json\r\n"
-                         f"User-Agent: fastgw\r\nConnection: close\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = lines[0].split(" ", 2)
-            if len(status) < 2 or status[1] != "200":
-                raise ValueError(f"status {lines[0]!r}")
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: {host_header or u.netloc}\r\n".encode() + extra
+                         + b"User-Agent: fastgw\r\nConnection: close\r\n\r\n")
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status_line = lines[0].split(" ", 2)
+                if len(status_line) < 2 or not status_line[1].isdigit():
+                    raise ValueError(f"status {lines[0]!r}")
+                status = int(status_line[1])
+                if status >= 200:
+                    break                                      # 1xx: interim, skipped
+            pairs = []
             fields = {}
             for line in lines[1:]:
-                name, _, value = line.partition(":")
-                fields[name.strip().lower()] = value.strip()
+                name, colon, value = line.partition(":")
+                if colon:
+                    pairs.append((name.strip().lower(), value.strip()))
+                    fields[name.strip().lower()] = value.strip()
+            if status in (204, 304):
+                return status, pairs, b""
             if "chunked" in fields.get("transfer-encoding", "").lower():
                 parts = []
                 size_total = 0
@@ -45,16 +65,15 @@ async def http_get(url: str, timeout: float, max_body: int) -> bytes:
                         break
                     parts.append(await reader.readexactly(size))
                     await reader.readexactly(2)
-                return b"".join(parts)
+                return status, pairs, b"".join(parts)
             if "content-length" in fields:
                 n = int(fields["content-length"])
                 if n > max_body:
                     raise ValueError("body too large")
-                return await reader.readexactly(n)
+                return status, pairs, await reader.readexactly(n)
             body = await reader.read(max_body + 1)
             if len(body) > max_body:
                 raise ValueError("body too large")
-            return body
+            return status, pairs, body
         finally:
             writer.close()
-

@@ -138,7 +138,7 @@ class Prometheus:
 def gateway_config(origin: Origin, dead_port: int, tls: tuple[str, str]) -> str:
     """Every policy whose series the dashboard shows: an API-key route with a tiny rate plan kept in a
     Redis nobody answers on (Redis errors, degraded decisions, 429s), a route to a dead upstream (502s),
-    a deprecated route, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
+    a deprecated route, a cached route, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
     key = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
 [server]
@@ -175,6 +175,12 @@ name = "old"
 path = "/old/*"
 upstream = "origin"
 lifecycle = {{ deprecated = "2026-01-01T00:00:00Z", sunset = "2099-01-01T00:00:00Z", link = "https://dev.test/migrate" }}
+[cache.mon]
+[[routes]]
+name = "cached"
+path = "/cached/*"
+upstream = "origin"
+cache = "mon"
 [[routes]]
 name = "ws"
 path = "/ws/*"
@@ -214,12 +220,15 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
             assert c.get("/api/x").status_code == 401
             assert c.get("/slow/1").status_code == 200
             assert c.get("/old/x").headers["deprecation"] == "@1767225600"
+            assert "cache-status" in c.get("/cached/x").headers
             prom.wait_for('count_over_time(fastgw_upstream_errors_total{route="dead"}[1m]) >= 2')
             prom.wait_for('count_over_time(fastgw_request_duration_seconds_count{route="all"}[1m]) >= 2')
             statuses = [c.get("/dead/x").status_code for _ in range(ERRORS)]
             assert statuses == [502] * ERRORS
             limited = [c.get("/api/x", headers={"X-API-Key": API_KEY}).status_code for _ in range(6)]
             assert 429 in limited, limited
+            for _ in range(3):
+                c.get("/cached/x")
             slow = [threading.Thread(target=lambda: c.get(f"/slow/{SLOW_MS}")) for _ in range(3)]
             for t in slow:
                 t.start()
@@ -300,7 +309,7 @@ def test_every_panel_query_evaluates_on_a_real_prometheus(monitored: Monitored) 
     jobs = prom.api("label/job/values", **{"match[]": "fastgw_config_version_info"})
     assert jobs == ["fastgw"]
     routes = prom.api("label/route/values", **{"match[]": "fastgw_requests_total"})
-    assert set(routes) == {"all", "api", "dead", "old"}
+    assert set(routes) == {"all", "api", "cached", "dead", "old"}
 
 
 def test_alert_rules_evaluate_and_fire_on_real_series(monitored: Monitored) -> None:

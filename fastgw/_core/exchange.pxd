@@ -69,6 +69,7 @@ cdef class Exchange:
     cdef list resp_view                   # while on_response runs: the response's header blocks (bytes), or
                                           #   once a policy read or edited them (`viewed`), its (name, value) pairs
     cdef bint viewed
+    cdef list resp_blocks                 # while on_response runs: the header blocks the response came with
     cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef long long tu0                   # monotonic ns when the upstream's part began (0: never): proceed
@@ -103,6 +104,7 @@ cdef class Exchange:
     cdef void switch(self, UpstreamConn c, bytes tail)
     cdef void resp_body(self, bytes data)
     cdef void resp_end(self, bint reusable)
+    cdef void body_tap(self, bytes data, bint end)
     cdef void complete(self)
     cdef void drop(self)
     cdef void run_after(self)

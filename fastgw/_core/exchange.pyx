@@ -388,13 +388,27 @@ cdef class Exchange:
         if self.resp_nobody:
             return
         self.client.write_body(self, data)
+        if self.route.on_response_body is not None:     # phase: on_response_body
+            self.body_tap(data, False)
 
     cdef void resp_end(self, bint reusable):
         if self.done:
             return
         self.client.write_end(self)
+        if self.route.on_response_body is not None:     # phase: on_response_body (the end)
+            self.body_tap(b"", True)
         self.release_upstream(reusable)
         self.complete()
+
+    cdef void body_tap(self, bytes data, bint end):
+        """phase: on_response_body, each policy in order: a chunk of the upstream's response body as it
+        went to the client, or (`end`) its end. A response cut before its end never gets the end. A policy
+        that raises is reported; the response, already on its way, goes on."""
+        try:
+            for fn in self.route.on_response_body:
+                fn(self, data, end)
+        except Exception as exc:
+            _report_policy_error(self.route.name, exc)
 
     cdef void complete(self):
         if not self.done:
@@ -742,6 +756,13 @@ cdef class Exchange:
         are the gateway's, not in it."""
         return tuple(self.edit_view()) if self.resp_view is not None else None
 
+    @property
+    def response_lines(self):
+        """on_response: the header lines the response came with (the upstream's kept fields and the route's
+        response_headers.add; a Respond's; a problem's extra lines), before any policy added to or edited
+        them (None outside the phase). What a policy that keeps a response (the cache) stores."""
+        return b"".join(self.resp_blocks) if self.resp_blocks is not None else None
+
     def response_header(self, bytes lname):
         """on_response: the first value of response header `lname` (lowercase), or None."""
         return _ph.first(self.edit_view(), lname)
@@ -808,6 +829,7 @@ cdef class Exchange:
         cdef object replaced = None
         self.phased = True
         self.resp_view = blocks
+        self.resp_blocks = blocks
         self.viewed = False
         self.status = status
         try:
@@ -833,6 +855,7 @@ cdef class Exchange:
         added on the way are in them), or None when they stand as they were (resp_extra still to add)."""
         cdef bytes lines = _ph.join_pairs(self.resp_view) if self.viewed else None
         self.resp_view = None
+        self.resp_blocks = None
         return lines
 
     cdef bint upstream_response(self, UpstreamConn c, int status):

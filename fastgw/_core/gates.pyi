@@ -98,3 +98,39 @@ class RateGate(Gate):
     def count(self, plan_name: str, decision: int) -> None: ...
     def local(self, ex: Any, pg: PlanGate, bp: Plan, keys: tuple[int, ...], degraded: bytes | None) -> Rejection | None: ...
     def reject(self, ex: Any, pg: PlanGate, idx: int, reset_s: int, retry_s: int, degraded: bytes | None) -> Rejection: ...
+
+CACHE_HIT: object
+
+class CacheEntry:
+    respond: Respond
+    stored: float
+    age: float
+    lifetime: float
+    swr: float
+    sie: float
+    etag: bytes | None
+    last_modified: bytes | None
+    vary: tuple[bytes, ...]
+    size: int
+    key: Any
+    revalidating: bool
+    used: bool
+    def current_age(self, now: float) -> float: ...
+    def ttl(self, now: float) -> float: ...
+
+class CacheGate(Gate):
+    route: str
+    entries: dict[Any, Any]            # the store's (fastgw/policies/cache/store.py)
+    vary: dict[Any, Any]
+    allowed: frozenset[bytes] | None
+    query_key: Callable[[bytes, frozenset[bytes]], bytes]
+    normal: Callable[[bytes | None], bytes | None]
+    per_consumer: bool
+    words: Any
+    hit_word: int
+    def on_response(self, ex: Any) -> Respond | None: ...
+    def on_log(self, ex: Any) -> None: ...
+
+def shm_cas(words: Any, i: int, expect: int, value: int) -> bool: ...
+def shm_load(words: Any, i: int) -> int: ...
+def shm_store(words: Any, i: int, value: int) -> None: ...

@@ -16,6 +16,9 @@ cannot tell.
   RateGate   rate limits on a plan kept in the host bucket table (sync = "local", or no [redis]): key
              hash, the bucket check, the decision counter and the RateLimit headers in one call; plans
              kept in Redis go to the Python `shared` (strict, lease, failure modes).
+  CacheGate  the response cache: a GET/HEAD whose entry is fresh (and needs no Vary value or validator
+             work) -> the entry's Respond with Age and Cache-Status, the hit counted; else the Python
+             `slow_request` (fastgw/policies/cache/policy.py).
 
 Measured with callgrind on the gateway scenario (bench/ratelimit.py): the Python policies cost ~33k
 instructions per request on top of the ~32k of plain proxying; see the README's benchmark section.
@@ -567,3 +570,142 @@ cdef class RateGate(Gate):
         elif degraded is not None:
             ex.add_response_lines(b"RateLimit-Degraded: " + degraded + b"\r\n")
         return (429, pg.slugs[idx], None, b"Retry-After: %d\r\n" % (retry_s if retry_s > 1 else 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The response cache
+
+from libc.stdio cimport snprintf
+
+# ex.ctx of a request answered by CacheGate's fast path: its on_response and on_log have nothing to decide.
+CACHE_HIT = object()
+
+
+cdef class CacheEntry:
+    """A stored response (fastgw/policies/cache/store.py Entry): its prebuilt answer (a Respond, reused by
+    every hit), when it was received (monotonic seconds) and its age then, its freshness and stale
+    windows, validators, Vary names, size in bytes, its key in the store and the store's bits (a
+    background revalidation out; `used`: hit since the eviction hand last passed it)."""
+    cdef public object respond
+    cdef public double stored
+    cdef public double age
+    cdef public double lifetime
+    cdef public double swr
+    cdef public double sie
+    cdef public object etag
+    cdef public object last_modified
+    cdef public tuple vary
+    cdef public Py_ssize_t size
+    cdef public object key
+    cdef public bint revalidating
+    cdef public bint used
+
+    def current_age(self, double now):
+        return self.age + (now - self.stored)
+
+    def ttl(self, double now):
+        """Seconds left fresh (negative: stale for that long)."""
+        return self.lifetime - (self.age + (now - self.stored))
+
+
+cdef class CacheGate(Gate):
+    """Fast path of fastgw.policies.cache.policy.CachePolicy: a GET or HEAD whose entry is fresh, with
+    no Vary or with its values already known, and no If-None-Match to answer, is answered here (the
+    entry's Respond, Age and Cache-Status added, the hit counted); everything else goes to the Python
+    `slow_request` (misses, Vary, validators, stale entries, single-flight, unsafe methods).
+    `entries` and `vary` are the store's dicts (the same objects: the store mutates them in place)."""
+    cdef public str route
+    cdef public dict entries
+    cdef public dict vary
+    cdef public object allowed              # the key's query parameters (frozenset of bytes), or None
+    cdef public object query_key            # rules.query_key
+    cdef public object normal               # rules.normal
+    cdef public bint per_consumer
+    cdef public object words                # the worker's cache counters (memoryview "Q"), or None
+    cdef public Py_ssize_t hit_word         # index of this route's hit counter in words (-1: none)
+
+    cpdef object on_request(self, object ex):
+        cdef CacheEntry e
+        cdef double now, ttl
+        cdef char buf[96]
+        cdef int n
+        m = ex.method
+        if m != b"GET" and m != b"HEAD":
+            return self.slow_request(ex)
+        consumer = ""
+        if self.per_consumer:
+            ident = ex.identity
+            if ident is not None:
+                consumer = (<Identity?>ident).consumer
+        host = ex.host
+        q = ex.query
+        primary = (self.route, host.lower() if host else b"", ex.path,
+                   self.query_key(q, self.allowed) if q and self.allowed else b"", consumer)
+        names = self.vary.get(primary)
+        if names is None:
+            return self.slow_request(ex)
+        if names:
+            values = tuple([self.normal(ex.header(name)) for name in <tuple>names])
+        else:
+            values = ()
+        hit = self.entries.get((primary, values))
+        if hit is None:
+            return self.slow_request(ex)
+        e = <CacheEntry>hit
+        now = _now(CLOCK_MONOTONIC) / 1e9
+        ttl = e.lifetime - (e.age + (now - e.stored))
+        if ttl <= 0 or (e.etag is not None and ex.header(b"if-none-match") is not None):
+            return self.slow_request(ex)
+        e.used = True
+        ex.ctx = CACHE_HIT
+        n = snprintf(buf, sizeof(buf), b"Age: %lld\r\nCache-Status: fastgw; hit; ttl=%lld\r\n",
+                     <long long>(e.age + (now - e.stored)), <long long>ttl)
+        ex.add_response_lines(PyBytes_FromStringAndSize(buf, n))
+        return e.respond
+
+    def on_response(self, ex):
+        if ex.ctx is CACHE_HIT:
+            return None
+        return self.slow_response(ex)
+
+    def on_log(self, ex):
+        if ex.ctx is CACHE_HIT:
+            if self.hit_word >= 0:
+                self.words[self.hit_word] += 1
+            return
+        self.slow_log(ex)
+
+
+cdef extern from *:
+    """
+    static inline int fgw_cas64(unsigned long long *p, unsigned long long expect, unsigned long long v) {
+        return __atomic_compare_exchange_n(p, &expect, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    static inline unsigned long long fgw_load64(unsigned long long *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void fgw_store64(unsigned long long *p, unsigned long long v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    int fgw_cas64(unsigned long long *p, unsigned long long expect, unsigned long long v) nogil
+    unsigned long long fgw_load64(unsigned long long *p) nogil
+    void fgw_store64(unsigned long long *p, unsigned long long v) nogil
+
+
+def shm_cas(unsigned long long[::1] words, Py_ssize_t i, unsigned long long expect, unsigned long long value):
+    """Atomically set words[i] to `value` if it holds `expect` (shared memory written by several workers,
+    fastgw/policies/cache/flights.py); True when it did."""
+    if i < 0 or i >= words.shape[0]:
+        raise IndexError(i)
+    return fgw_cas64(&words[i], expect, value) != 0
+
+
+def shm_load(unsigned long long[::1] words, Py_ssize_t i):
+    """words[i], read with acquire ordering (what another worker published before it is visible)."""
+    if i < 0 or i >= words.shape[0]:
+        raise IndexError(i)
+    return fgw_load64(&words[i])
+
+
+def shm_store(unsigned long long[::1] words, Py_ssize_t i, unsigned long long value):
+    """words[i] = value with release ordering (what was written before it is visible to its readers)."""
+    if i < 0 or i >= words.shape[0]:
+        raise IndexError(i)
+    fgw_store64(&words[i], value)

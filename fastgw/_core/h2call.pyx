@@ -248,6 +248,8 @@ cdef class H2Call(H2Sink):
         self.cl.write_fields(ex, status, out, end)
         if end:
             self.cl.write_end(ex)
+            if route.on_response_body is not None:          # phase: on_response_body (the end)
+                ex.body_tap(b"", True)
             self.finish()
 
     cdef bint response_phase(self, RouteRT route, list out, int status):
@@ -283,6 +285,8 @@ cdef class H2Call(H2Sink):
         self.deadline = ex.client.w.clock.now + ex.route.group.timeout
         if data and not self.ex.resp_nobody:
             self.cl.write_body(self.ex, data)
+            if self.ex.route.on_response_body is not None:      # phase: on_response_body
+                self.ex.body_tap(data, False)
         if self.paused:
             self.up_owed += n
         elif n:
@@ -300,6 +304,8 @@ cdef class H2Call(H2Sink):
                     self.note_status(value)
         self.cl.write_trailers(self.ex, out)
         self.cl.write_end(self.ex)
+        if self.ex.route.on_response_body is not None:          # phase: on_response_body (the end)
+            self.ex.body_tap(b"", True)
         self.finish()
 
     cdef void on_end(self):
@@ -307,6 +313,8 @@ cdef class H2Call(H2Sink):
         if self.over:
             return
         self.cl.write_end(self.ex)
+        if self.ex.route.on_response_body is not None:          # phase: on_response_body (the end)
+            self.ex.body_tap(b"", True)
         self.finish()
 
     cdef void on_reset(self, int code):

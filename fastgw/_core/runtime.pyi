@@ -33,6 +33,7 @@ class RouteRT:
     mslot: int
     on_upstream_request: tuple[Callable[[Exchange], None], ...] | None
     on_response: tuple[Callable[[Exchange], Any], ...] | None
+    on_response_body: tuple[Callable[[Exchange, bytes, bool], None], ...] | None
     on_log: tuple[Callable[[Exchange], None], ...] | None
     phase_resp_add: bytes | None
     grpc: bool

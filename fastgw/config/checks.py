@@ -55,6 +55,15 @@ class ConfigWarning(str):
     meant. A check appends it to its errors list like an error; loading sorts the two apart."""
 
 
+def check_reference(name: str, known: dict, key: str, section: str, errors: list[str]) -> bool:
+    """A route's reference to a named table ([section.NAME]): an error naming the known ones when there is
+    none of that name. True when it resolves."""
+    if name in known:
+        return True
+    errors.append(f"{key}: no [{section}.{name}] (known: {', '.join(sorted(known)) or 'none'})")
+    return False
+
+
 def check_cidrs(values: list[str], path: str, errors: list[str]) -> None:
     for i, v in enumerate(values):
         try:

@@ -11,8 +11,10 @@ policy only through this registry:
   fastgw/compile.py      builds each route's phases from its policies (fastgw/policies/chain.py: a
                          policy implements a phase by defining its method, fastgw/policies/contract.py)
                          and the wire table's policy-given header roles (`headers`)
-  fastgw/process/        the supervisor creates the registered shared-memory sections and renders the
-                         registered metric families; a worker attaches each policy's resources
+  fastgw/process/        the supervisor creates the registered shared-memory sections, renders the
+                         registered metric families and serves each policy's `admin` path (its
+                         admin_action; the workers apply the resulting message with its control hook);
+                         a worker attaches each policy's resources
   fastgw/cli.py          `fastgw check` prints each policy's `summary`
 
 Adding a policy is a new package and one entry in POLICIES.
@@ -27,7 +29,8 @@ from typing import Any, cast
 import msgspec
 
 from fastgw.policies.auth import config as auth
-from fastgw.policies.contract import RequestHeaders, Runtime
+from fastgw.policies.cache import config as cache
+from fastgw.policies.contract import AdminRuntime, RequestHeaders, Runtime
 from fastgw.policies.cors import config as cors
 from fastgw.policies.lifecycle import config as lifecycle
 from fastgw.policies.ratelimit import config as ratelimit
@@ -45,12 +48,15 @@ class Registration:
     runtime: str                                      # the module of its Runtime hooks (compiled code allowed)
     headers: Callable[[Any], RequestHeaders] | None = None    # request headers its config gives a role
     summary: Callable[[Any, int], list[str]] | None = None    # (config, workers) -> `fastgw check` lines
+    admin: str | None = None                          # its admin path (runtime hooks admin_action, control)
 
 
 # In the order a route runs them: CORS first (a browser's preflight carries no credentials, so it is
 # answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan),
 # then the WebSocket handshake (its caps count per consumer; the upgrade has counted as one request), then
-# the transcoding (which gRPC method a JSON request calls: the last check before the upstream).
+# the transcoding (which gRPC method a JSON request calls), then the cache last: a hit is served only to a
+# caller that passed every check, and the cache stores the response's own fields (ex.response_lines),
+# never what the policies before it add.
 POLICIES: tuple[Registration, ...] = (
     Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
     Registration("lifecycle", lifecycle.Sections, lifecycle.RouteKeys, None, lifecycle.check,
@@ -63,9 +69,16 @@ POLICIES: tuple[Registration, ...] = (
                  "fastgw.policies.websocket.policy", summary=websocket.summary),
     Registration("transcode", transcode.Sections, transcode.RouteKeys, None, transcode.check,
                  "fastgw.policies.transcode.policy", summary=transcode.summary),
+    Registration("cache", cache.Sections, cache.RouteKeys, None, cache.check, "fastgw.policies.cache.policy",
+                 summary=cache.summary, admin="/cache"),
 )
 
 
 def runtime(p: Registration) -> Runtime:
     """The policy's runtime module (imported on first use: it may load compiled code)."""
     return cast(Runtime, importlib.import_module(p.runtime))
+
+
+def admin_runtime(p: Registration) -> AdminRuntime:
+    """The runtime module of a policy with an admin path (Registration.admin)."""
+    return cast(AdminRuntime, importlib.import_module(p.runtime))

@@ -25,6 +25,12 @@ interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the req
                            policies see the replacement). Never awaits. Framing, hop-by-hop fields and
                            X-Request-ID are the gateway's: not in the list, refused by the setters. The
                            header list is built only when a policy reads or edits it (adding is cheap).
+                           ex.response_lines: the lines the response came with, before any policy's.
+  on_response_body(ex, chunk, end)
+                           each chunk of the upstream's response body (bytes), after it went to the client,
+                           then once with (b"", True) at its end; a response cut before its end never gets
+                           the end (on_log still runs). Read only: the chunk is already sent. Returns None;
+                           never awaits. A route without it pays one pointer check per chunk.
   on_log(ex)               the exchange ended, whatever the outcome (with the on_complete callbacks):
                            ex.response_status is what the client got (499: it went away first).
 
@@ -53,7 +59,7 @@ if TYPE_CHECKING:
     from fastgw.process.shm import Section, SharedMemory
 
 # The phases, in the order a request meets them.
-PHASES = ("on_request", "on_upstream_request", "on_response", "on_log")
+PHASES = ("on_request", "on_upstream_request", "on_response", "on_response_body", "on_log")
 
 # A rejection: (status, problem slug, detail bytes | None, extra header lines bytes | None).
 Rejection = tuple[int, str, bytes | None, bytes | None]
@@ -90,3 +96,16 @@ class Runtime(Protocol):
     def metrics(self, shm: SharedMemory, workers: int, live: list[int], cfg: Any) -> list[str]:
         """The policy's Prometheus families (text format lines), at scrape time; `live` are the slots of
         the workers running now (gauges come from them only)."""
+
+
+class AdminRuntime(Protocol):
+    """The hooks of a policy that registers an admin path (Registration.admin)."""
+
+    methods: frozenset[str]
+
+    def admin_action(self, cfg: Any, method: str, query: str) -> tuple[int, str, dict[str, Any] | None]:
+        """Supervisor side: (status, body text, message for every worker or None) for a request to the
+        policy's admin path; a bad argument is a 400 with the reason, no message."""
+
+    def control(self, msg: dict[str, Any], services: dict[str, Any]) -> dict[str, Any]:
+        """Worker side: apply the message; the result is logged by the worker."""

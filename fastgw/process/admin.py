@@ -1,8 +1,9 @@
 """The admin listener: GET /healthz, /readyz and /metrics, served by the supervisor (never by a worker,
-never on a public listener).
+never on a public listener), and the actions policies register (PURGE/DELETE /cache).
 
 A deliberately small HTTP/1.1 server: one request per connection (answered with Connection: close),
-a head of at most 8 KiB read within 5 s, GET and HEAD only. Probes and Prometheus need no more.
+a head of at most 8 KiB read within 5 s, no request body. GET and HEAD on the read-only paths; an action's
+path takes only the methods it names (its arguments are in the query).
 """
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ MAX_HEAD = 8192
 HEAD_TIMEOUT = 5.0
 
 Handler = Callable[[], tuple[int, str, str]]   # -> (status, content type, body)
+# (method, query string) -> (status, content type, body)
+Action = tuple[frozenset[str], Callable[[str, str], tuple[int, str, str]]]
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 TEXT = "text/plain; charset=utf-8"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class AdminServer:
-    def __init__(self, routes: dict[str, Handler]) -> None:
+    def __init__(self, routes: dict[str, Handler], actions: dict[str, Action] | None = None) -> None:
         self.routes = routes
+        self.actions = actions or {}
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -64,7 +68,15 @@ class AdminServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return 400, TEXT, "bad request line\n", False
         method, target = parts[0], parts[1]
-        path = target.split("?", 1)[0]
+        path, _, query = target.partition("?")
+        if path in self.actions:
+            methods, act = self.actions[path]
+            if method not in methods:
+                return 405, TEXT, f"only {', '.join(sorted(methods))}\n", False
+            try:
+                return (*act(method, query), False)
+            except Exception as e:  # a bug in an action must not take the admin listener down
+                return 500, TEXT, f"internal error: {type(e).__name__}\n", False
         handler = self.routes.get(path)
         if handler is None:
             return 404, TEXT, "not found (try /healthz, /readyz, /metrics)\n", False

@@ -12,6 +12,9 @@ The supervisor sends:
       the listeners, give requests in flight up to T seconds, exit 0.
   {"op": "stop"}
       stop at once.
+  {"op": "policy", "policy": NAME, ...}
+      a policy's admin action (PURGE /cache...): the worker hands it to that policy's `control` hook
+      (fastgw/policies/contract.py AdminRuntime) and logs the result; nothing is answered.
 
 and the worker answers {"ev": "ready" | "applied" | "rejected", "gen": N, ...}. The supervisor validated
 the text before sending it, and the text travels with the message, so every worker compiles exactly the

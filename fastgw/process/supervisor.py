@@ -50,7 +50,7 @@ from fastgw.observe import metrics
 from fastgw.observe.exposition import Exposition
 from fastgw.observe.log import log, set_context, set_level
 from fastgw.observe.metrics import NO_ROUTE, ROUTE_SLOTS, log_dropped, render, snapshot
-from fastgw.policies import POLICIES, runtime
+from fastgw.policies import POLICIES, admin_runtime, runtime
 from fastgw.process.admin import PROMETHEUS, TEXT, AdminServer
 from fastgw.process.binding import BindError, bind_error, listen_keys
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
@@ -291,6 +291,18 @@ class Supervisor:
         live = sorted(s.index for s in self.slots if s.proc is not None)
         return 200, "application/json", store_stats.status_json([store_stats.region(self.shm, i) for i in live])
 
+    def policy_action(self, p: Any) -> Any:
+        """A policy's admin path (PURGE /cache...): its answer, and its message to every live worker
+        (delivered in order on each control channel; the workers log what they did)."""
+        def act(method: str, query: str) -> tuple[int, str, str]:
+            status, body, msg = admin_runtime(p).admin_action(self.cfg, method, query)
+            if msg is not None:
+                loop = asyncio.get_running_loop()
+                for slot in self.slots:
+                    loop.create_task(self.send(slot, {"op": "policy", "policy": p.name, **msg}))
+            return status, "application/json" if body.startswith("{") else TEXT, body
+        return act
+
     # -- signals ---------------------------------------------------------------------------------------
     def on_sighup(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
@@ -385,7 +397,8 @@ class Supervisor:
         host, port = parse_hostport(self.cfg.admin.listen, allow_port_zero=True)
         self.admin = AdminServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics,
                                   "/pid": self.pid, "/status/redis": self.redis_status,
-                                  **owner_pages(lambda: self.shm, lambda: self.cfg)})
+                                  **owner_pages(lambda: self.shm, lambda: self.cfg)},
+                                 {p.admin: (admin_runtime(p).methods, self.policy_action(p)) for p in POLICIES if p.admin})
         try:
             admin_host, admin_port = await self.admin.start(host, port)
         except OSError as e:

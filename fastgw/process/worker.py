@@ -34,7 +34,7 @@ from fastgw.observe.access import AccessLog
 from fastgw.observe.log import log, log_dropped_headers, set_context, set_level
 from fastgw.observe.metrics import H_CONN_LIMIT, H_CONNS, H_GEN, H_PID, ROUTE_SLOTS
 from fastgw.observe.tracing import SpanExporter
-from fastgw.policies import POLICIES, runtime
+from fastgw.policies import POLICIES, admin_runtime, runtime
 from fastgw.process.admission import max_connections, raise_nofile
 from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import Listeners
@@ -190,6 +190,10 @@ class WorkerProcess:
                 self.start_drain(float(msg["accept"]), float(msg["timeout"]))
             elif op == "stop":
                 self.finish(0, "stop requested")
+            elif op == "policy":                 # a policy's admin action (fastgw/policies: Registration.admin)
+                reg = next((p for p in POLICIES if p.name == msg.get("policy") and p.admin), None)
+                if reg is not None and self.services is not None:
+                    log("policy_control", policy=reg.name, **admin_runtime(reg).control(msg, self.services))
 
     def start_drain(self, accept: float, timeout: float) -> None:
         if self.drain_task is None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from fastgw.config.checks import NAME, TOKEN
+from fastgw.config.checks import NAME, TOKEN, check_reference
 from fastgw.config.schema import Duration, keypath
 
 if TYPE_CHECKING:
@@ -83,8 +83,6 @@ def check(cfg: Config, errors: list[str]) -> None:
     for i, r in enumerate(cfg.routes):
         if r.cors is None:
             continue
-        if r.cors not in cfg.cors:
-            known = ", ".join(sorted(cfg.cors)) or "none"
-            errors.append(f"routes[{i}].cors: no [cors.{r.cors}] (known: {known})")
+        check_reference(r.cors, cfg.cors, f"routes[{i}].cors", "cors", errors)
         if r.methods is not None and "OPTIONS" not in r.methods:
             errors.append(f"routes[{i}].methods: a CORS route answers preflights: add \"OPTIONS\"")
