@@ -243,6 +243,53 @@ def test_awaitable_on_request_and_ctx_carried_to_on_response_and_on_log(serve: A
     assert len(echo.heads_for("/edit/one")) == 2 and echo.heads_for("/edit/two") == []
 
 
+def test_read_body_holds_the_whole_body_and_on_response_body_taps_the_upstreams(serve: Any,
+                                                                                echo: EchoOrigin) -> None:
+    """read_body: the whole request body in on_request before any upstream work (larger than the pending
+    limit and than an HTTP/2 stream window, chunked or not), still forwarded as sent; over the limit the
+    policy answers 413. on_response_body: every chunk of an upstream's body, then one end; nothing for the
+    gateway's own answer (502)."""
+    import hashlib
+    held: list[bytes] = []
+    tapped: list[tuple[bytes, bytes, bool]] = []
+
+    class Tap(Gate):
+        def on_request(self, ex: Any) -> Any:
+            if ex.method != b"POST":
+                return None
+
+            async def whole() -> Any:
+                body = await ex.read_body(400_000)
+                if body is None:
+                    return (413, "payload-too-large", None, None)
+                held.append(body)
+                return None
+            return whole()
+
+        def on_response_body(self, ex: Any, chunk: bytes, end: bool) -> None:
+            tapped.append((ex.path, chunk, end))
+
+    gw = serve({"edit": [Tap()], "down": [Tap()]})
+    body = bytes(range(256)) * 1200                          # 307,200 bytes
+    for c in clients():
+        with c:
+            tapped.clear()
+            r = c.get(gw.base + "/edit/big?size=300000")
+            assert r.status_code == 200 and len(r.content) == 300000
+            assert b"".join(ch for _, ch, _ in tapped) == r.content
+            assert [end for *_, end in tapped].count(True) == 1 and tapped[-1] == (b"/edit/big", b"", True)
+            tapped.clear()
+            assert c.get(gw.base + "/down/x").status_code == 502 and tapped == []
+            for content in (body, iter([body[:1000], body[1000:]])):
+                held.clear()
+                r = c.post(gw.base + "/edit/post", content=content)
+                assert r.status_code == 200 and held == [body]
+                assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+            r = c.post(gw.base + "/edit/post", content=b"x" * 400_001)
+            assert r.status_code == 413
+    assert len(echo.heads_for("/edit/post")) == 4
+
+
 def test_on_upstream_request_adds_and_removes_request_headers(serve: Any) -> None:
     class Upstream(Gate):
         def on_request(self, ex: Any) -> None:

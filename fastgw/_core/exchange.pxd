@@ -54,6 +54,8 @@ cdef class Exchange:
                                           #   once a policy read or edited them (`viewed`), its (name, value) pairs
     cdef bint viewed
     cdef bint phased                      # on_response ran: an answer made from here on skips it
+    cdef object body_waiter               # read_body's future while a policy waits for the whole body, or None
+    cdef long long body_limit             # ...and the most it may hold (more: the future gives None)
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
@@ -90,3 +92,6 @@ cdef class Exchange:
     cdef void send_answer(self, int status, bytes lines, bytes body)
     cdef void policy_failed(self)
     cdef void settle(self, int status)
+    cdef void body_ready(self)
+    cdef bytes held_body(self)
+    cdef void tap(self, bytes chunk, bint end)

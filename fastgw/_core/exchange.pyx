@@ -35,7 +35,7 @@ cdef class Exchange:
         if self.up is None or not self.sent:
             self.pending.append(data)
             self.pending_bytes += len(data)
-            if self.pending_bytes > PENDING_LIMIT:
+            if self.pending_bytes > PENDING_LIMIT and self.body_waiter is None:   # (read_body: body_limit)
                 self.client.pause_reading(P_PENDING)
         elif self.client.batching:
             self.out.append(data)
@@ -197,11 +197,15 @@ cdef class Exchange:
     cdef void resp_body(self, bytes data):
         if self.resp_nobody:
             return
+        if self.route.on_response_body is not None:     # phase: on_response_body
+            self.tap(data, False)
         self.client.write_body(self, data)
 
     cdef void resp_end(self, bint reusable):
         if self.done:
             return
+        if self.route.on_response_body is not None:     # phase: on_response_body
+            self.tap(b"", True)
         self.client.write_end(self)
         self.release_upstream(reusable)
         self.complete()
@@ -209,6 +213,9 @@ cdef class Exchange:
     cdef void complete(self):
         if not self.done:
             self.done = True
+            if self.body_waiter is not None:            # a policy waited for a body that never came whole
+                self.body_waiter.cancel()
+                self.body_waiter = None
             if self.counted:
                 self.counted = False
                 self.target.finish()
@@ -531,6 +538,53 @@ cdef class Exchange:
         if self.after is None:
             self.after = []
         self.after.append(fn)
+
+    @property
+    def request_sent(self):
+        """The request went (or was going) to an upstream connection: after a failure, its outcome is
+        unknown (the upstream may have acted on it); False while nothing was sent (a connect failure)."""
+        return self.sent
+
+    def read_body(self, long long limit):
+        """on_request: an awaitable of the whole request body (bytes, without chunked framing) once it has
+        arrived, or of None as soon as it is larger than `limit` bytes (the policy answers 413). The body is
+        still sent upstream as it came. While a policy waits, the body is held in memory up to `limit` (the
+        connection keeps reading; an HTTP/2 stream's window is given back), under the route's body timeouts;
+        a client that sent `Expect: 100-continue` is told to go on."""
+        fut = self.client.loop.create_future()
+        if self.body_done or self.body_bytes > limit:
+            fut.set_result(self.held_body() if self.body_bytes <= limit else None)
+            return fut
+        self.body_waiter = fut
+        self.body_limit = limit
+        self.client.resume_reading(P_PENDING)
+        if self.head.expect_continue and self.head.minor == 1 and self.body_bytes == 0:
+            self.client.write_continue()
+            self.client.flush()
+        return fut
+
+    cdef bytes held_body(self):
+        cdef list parts = self.pending
+        if self.head.chunked:
+            parts = parts[1::3]                 # [size line, data, CRLF] per chunk, then the last chunk
+        return b"".join(parts)
+
+    cdef void body_ready(self):
+        """The body read_body waits for is whole (body_done), or over its limit: wake the policy."""
+        fut = self.body_waiter
+        self.body_waiter = None
+        if not fut.done():
+            fut.set_result(self.held_body() if self.body_bytes <= self.body_limit else None)
+
+    cdef void tap(self, bytes chunk, bint end):
+        """phase: on_response_body, each policy in order, over one chunk of an upstream's response body
+        as it goes to the client (`end`: the response is complete; chunk is then b""). A policy that raises
+        is reported and the response goes on: the body is the upstream's, a tap only observes it."""
+        try:
+            for fn in self.route.on_response_body:
+                fn(self, chunk, end)
+        except Exception as exc:
+            _report_policy_error(self.route.name, exc)
 
     # -- policy interface: the phases (fastgw/policies/contract.py) --------------------------------------
     @property

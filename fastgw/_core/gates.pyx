@@ -103,8 +103,8 @@ cdef class Identity:
 cdef class Gate:
     """A route policy (fastgw/policies/contract.py). Its request phase is `on_request(exchange)` -> None
     (go on), a rejection tuple, a Respond (the policy answers), or an awaitable of one of those; a policy
-    may also define on_upstream_request, on_response and on_log (plain methods: a route's phase tuples
-    hold only the phases its policies define, fastgw/policies/chain.py)."""
+    may also define on_upstream_request, on_response, on_response_body and on_log (plain methods: a
+    route's phase tuples hold only the phases its policies define, fastgw/policies/chain.py)."""
     cpdef object on_request(self, object ex):
         return None
 

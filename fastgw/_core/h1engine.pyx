@@ -438,6 +438,8 @@ cdef class ClientConn(RequestReader):
             ex.to_upstream(b"\r\n")
         else:
             ex.to_upstream(data)
+        if ex.body_waiter is not None and ex.body_bytes > ex.body_limit:
+            ex.body_ready()                       # a policy waits for the body (read_body): too large
 
     cdef void body_too_large(self, Exchange ex):
         self.discard = True
@@ -465,6 +467,8 @@ cdef class ClientConn(RequestReader):
             ex.to_upstream(b"0\r\n\r\n")
         elif ex.call is not None:
             ex.call.request_end()
+        if ex.body_waiter is not None:
+            ex.body_ready()                       # a policy waits for the whole body (read_body)
 
     cpdef request_error(self, int status, str slug, str detail):
         cdef Exchange ex = self.rx

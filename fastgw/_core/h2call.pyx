@@ -192,6 +192,8 @@ cdef class H2Call(H2Sink):
         ex.resp_nobody = ex.head.method == b"HEAD" or status == 204 or status == 304
         self.cl.write_fields(ex, status, out, end)
         if end:
+            if route.on_response_body is not None:       # phase: on_response_body
+                ex.tap(b"", True)
             self.cl.write_end(ex)
             self.finish()
 
@@ -225,6 +227,8 @@ cdef class H2Call(H2Sink):
             self.us.ack(n)
             return
         if data and not self.ex.resp_nobody:
+            if self.ex.route.on_response_body is not None:    # phase: on_response_body
+                self.ex.tap(data, False)
             self.cl.write_body(self.ex, data)
         if self.paused:
             self.up_owed += n
@@ -243,6 +247,8 @@ cdef class H2Call(H2Sink):
                     self.note_status(value)
         if self.st is not None:
             self.st.trailers = out
+        if self.ex.route.on_response_body is not None:        # phase: on_response_body
+            self.ex.tap(b"", True)
         self.cl.write_end(self.ex)
         self.finish()
 
@@ -250,6 +256,8 @@ cdef class H2Call(H2Sink):
         """END_STREAM on DATA, without trailers."""
         if self.over:
             return
+        if self.ex.route.on_response_body is not None:        # phase: on_response_body
+            self.ex.tap(b"", True)
         self.cl.write_end(self.ex)
         self.finish()
 

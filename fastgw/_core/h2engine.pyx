@@ -646,7 +646,7 @@ cdef class H2Conn:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
             return
-        if ex.up is None or not ex.sent:
+        if (ex.up is None or not ex.sent) and ex.body_waiter is None:   # (read_body holds it: body_limit)
             st.rpause |= P_PENDING           # held until attach() hands it to the upstream transport
         st.owed += n
         if st.rpause == 0:

@@ -40,6 +40,7 @@ cdef class RouteRT:
     # are in phase_resp_add (the policies see them) and resp_add is empty.
     cdef public tuple on_upstream_request
     cdef public tuple on_response
+    cdef public tuple on_response_body    # on_response_body(ex, chunk, end) over an upstream's response body
     cdef public tuple on_log
     cdef public bytes phase_resp_add
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (upstream_grpc.pyx)

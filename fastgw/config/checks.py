@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")            # route/upstream/consumer/plan names: they become metric labels
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # RFC 9110 §5.6.2 token
@@ -72,3 +74,11 @@ def check_cidrs(values: list[str], path: str, errors: list[str]) -> None:
 def check_file(value: str, path: str, errors: list[str]) -> None:
     if not Path(value).is_file():
         errors.append(f'{path}: cannot read "{value}": no such file')
+
+
+def route_settings(routes: list[Any], key: str) -> Iterator[tuple[str, Any, Any]]:
+    """(key path, value, route) of every route that sets routes[].`key` (a policy's table), for its check."""
+    for i, r in enumerate(routes):
+        value = getattr(r, key)
+        if value is not None:
+            yield f"routes[{i}].{key}", value, r

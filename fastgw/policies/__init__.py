@@ -29,8 +29,10 @@ import msgspec
 from fastgw.policies.auth import config as auth
 from fastgw.policies.contract import RequestHeaders, Runtime
 from fastgw.policies.cors import config as cors
+from fastgw.policies.idempotency import config as idempotency
 from fastgw.policies.lifecycle import config as lifecycle
 from fastgw.policies.ratelimit import config as ratelimit
+from fastgw.policies.validate import config as validate
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,10 @@ class Registration:
 
 
 # In the order a route runs them: CORS first (a browser's preflight carries no credentials, so it is
-# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan).
+# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity
+# (the rate limiter reads the consumer and its plan), validation (a malformed request costs no idempotency
+# record), and Idempotency-Key last (its record key names the consumer; a request refused by an earlier
+# policy never takes a key's lock).
 POLICIES: tuple[Registration, ...] = (
     Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
     Registration("lifecycle", lifecycle.Sections, lifecycle.RouteKeys, None, lifecycle.check,
@@ -55,6 +60,10 @@ POLICIES: tuple[Registration, ...] = (
                  "fastgw.policies.auth.policy", headers=auth.request_headers),
     Registration("ratelimit", ratelimit.Sections, ratelimit.RouteKeys, ratelimit.ConsumerKeys, ratelimit.check,
                  "fastgw.policies.ratelimit.policy", summary=ratelimit.summary),
+    Registration("validate", validate.Sections, validate.RouteKeys, None, validate.check,
+                 "fastgw.policies.validate.policy"),
+    Registration("idempotency", idempotency.Sections, idempotency.RouteKeys, None, idempotency.check,
+                 "fastgw.policies.idempotency.policy"),
 )
 
 

@@ -14,7 +14,9 @@ interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the req
                            those (only to wait for I/O: Redis, a JWKS fetch). The first answer wins: later
                            policies do not run. May read the request, add upstream and response headers
                            (ex.add_upstream_header, ex.add_response_header), set ex.identity and ex.ctx,
-                           register ex.on_complete callbacks.
+                           register ex.on_complete callbacks. `await ex.read_body(limit)` gives the
+                           whole request body (or None past `limit`: answer 413) before going on; it is
+                           still sent upstream as it came.
   on_upstream_request(ex)  the request passed on_request and goes upstream now: add or remove request
                            headers (ex.add_upstream_header, ex.remove_upstream_header). Returns None;
                            never awaits.
@@ -25,6 +27,12 @@ interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the req
                            policies see the replacement). Never awaits. Framing, hop-by-hop fields and
                            X-Request-ID are the gateway's: not in the list, refused by the setters. The
                            header list is built only when a policy reads or edits it (adding is cheap).
+  on_response_body(ex, chunk, end)
+                           each chunk of an upstream's response body (bytes) as it goes to the client,
+                           then once with end=True (chunk b"") when the response is complete; never for a
+                           cut response, nor for an answer the gateway makes itself (a problem, a
+                           Respond: its body is known in on_response). Observes only: returns None,
+                           never awaits; a policy that raises is reported and the response goes on.
   on_log(ex)               the exchange ended, whatever the outcome (with the on_complete callbacks):
                            ex.response_status is what the client got (499: it went away first).
 
@@ -53,7 +61,7 @@ if TYPE_CHECKING:
     from fastgw.process.shm import Section, SharedMemory
 
 # The phases, in the order a request meets them.
-PHASES = ("on_request", "on_upstream_request", "on_response", "on_log")
+PHASES = ("on_request", "on_upstream_request", "on_response", "on_response_body", "on_log")
 
 # A rejection: (status, problem slug, detail bytes | None, extra header lines bytes | None).
 Rejection = tuple[int, str, bytes | None, bytes | None]
