@@ -260,3 +260,45 @@ def test_config_checks() -> None:
             assert words in str(e), str(e)
         else:
             raise AssertionError(extra)
+
+
+def test_replay_through_an_http2_upstream(tmp_path: Path, redis_server: Any) -> None:
+    """The body tap on an HTTP/2 upstream (DATA frames, a response ended by trailers) and the held request
+    body sent as DATA: stored and replayed the same, the upstream answering each key once."""
+    from h2upstream import H2Origin
+    origin = H2Origin().start()
+    text = f'''
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+[redis]
+url = "{redis_server.url}"
+timeout = "250ms"
+[upstreams.h2]
+targets = ["{origin.addr}"]
+protocol = "h2"
+[[routes]]
+name = "h2pay"
+path = "/*"
+upstream = "h2"
+idempotency = {{ lock_ttl = "2s" }}
+'''
+    gw = start(tmp_path, text)
+    try:
+        body = bytes(range(256)) * 400                     # 102,400 bytes: past the stream window
+        for http2 in (False, True):
+            with httpx.Client(base_url=gw.base, timeout=10, http1=not http2, http2=http2) as c:
+                for path in (f"/big/70000?{uuid.uuid4().hex}", f"/trailers/{uuid.uuid4().hex}"):
+                    k = uuid.uuid4().hex
+                    first = c.post(path, content=body, headers={"Idempotency-Key": k})
+                    assert first.status_code == 200
+                    assert first.headers["x-body-sha256"] == hashlib.sha256(body).hexdigest()
+                    time.sleep(0.1)
+                    again = c.post(path, content=iter([body[:5000], body[5000:]]), headers={"Idempotency-Key": k})
+                    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+                    assert again.content == first.content and "x-body-sha256" not in again.headers
+                    assert origin.answered.count(path.encode()) == 1
+    finally:
+        gw.close()
+        origin.stop()

@@ -138,7 +138,7 @@ class Prometheus:
 def gateway_config(origin: Origin, dead_port: int, tls: tuple[str, str]) -> str:
     """Every policy whose series the dashboard shows: an API-key route with a tiny rate plan kept in a
     Redis nobody answers on (Redis errors, degraded decisions, 429s), a route to a dead upstream (502s),
-    a deprecated route, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
+    a deprecated route, an idempotent one, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
     key = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
 [server]
@@ -175,6 +175,11 @@ name = "old"
 path = "/old/*"
 upstream = "origin"
 lifecycle = {{ deprecated = "2026-01-01T00:00:00Z", sunset = "2099-01-01T00:00:00Z", link = "https://dev.test/migrate" }}
+[[routes]]
+name = "pay"
+path = "/pay/*"
+upstream = "origin"
+idempotency = {{}}
 [[routes]]
 name = "all"
 path = "/*"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +76,11 @@ def check_file(value: str, path: str, errors: list[str]) -> None:
         errors.append(f'{path}: cannot read "{value}": no such file')
 
 
-def route_settings(routes: list[Any], key: str) -> Iterator[tuple[str, Any, Any]]:
-    """(key path, value, route) of every route that sets routes[].`key` (a policy's table), for its check."""
+
+def route_settings(routes: list[Any], key: str, get: Callable[[Any], Any]) -> Iterator[tuple[str, Any, Any]]:
+    """(key path, value, route) of every route whose routes[].`key` (`get(route)`) is set, for a policy's
+    check."""
     for i, r in enumerate(routes):
-        value = getattr(r, key)
+        value = get(r)
         if value is not None:
             yield f"routes[{i}].{key}", value, r

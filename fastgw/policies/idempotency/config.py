@@ -41,7 +41,7 @@ class Sections(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 def check(cfg: Config, errors: list[str]) -> None:
-    for p, idem, r in route_settings(cfg.routes, "idempotency"):
+    for p, idem, r in route_settings(cfg.routes, "idempotency", lambda r: r.idempotency):
         if cfg.redis is None:
             errors.append(f"{p}: needs [redis]: the records must be seen by every worker and every pod, or a "
                           "retry that reaches another one runs twice")

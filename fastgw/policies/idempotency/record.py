@@ -38,7 +38,7 @@ return 1
 """, (b"fastgw:idem:{<tag>}",))
 
 SCRIPTS = [BEGIN, FINISH]
-LOCKED, DONE = 76, 68                 # b"L", b"D"
+LOCKED = 76                            # b"L" (a done record starts with b"D")
 FP = 32                                # fingerprint bytes
 
 # The Idempotency-Key field (draft-ietf-httpapi-idempotency-key-header: an sf-string): a quoted string of

@@ -61,8 +61,10 @@ def region(shm: SharedMemory, slot: int) -> Any:
 
 def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> list[str]:
     routes = [r.name for r in cfg.routes if r.idempotency is not None and NAME.fullmatch(r.name)]
+    out = [f"# HELP {FAMILY} Requests with an Idempotency-Key on the route's methods, by what the gateway did.",
+           f"# TYPE {FAMILY} counter"]
     if not routes or SECTION not in shm.layout.sections:
-        return []
+        return out
     totals: dict[int, list[int]] = {}
     for slot in range(workers):
         words = region(shm, slot)
@@ -72,8 +74,6 @@ def metrics(shm: SharedMemory, workers: int, live: list[int], cfg: Config) -> li
                 t = totals.setdefault(k, [0] * len(OUTCOMES))
                 for j in range(len(OUTCOMES)):
                     t[j] += words[WORDS * i + 1 + j]
-    out = [f"# HELP {FAMILY} Requests with an Idempotency-Key on the route's methods, by what the gateway did.",
-           f"# TYPE {FAMILY} counter"]
     for name in routes:
         t = totals.get(_key(name), [0] * len(OUTCOMES))
         out.extend(f'{FAMILY}{{route="{name}",outcome="{o}"}} {t[j]}' for j, o in enumerate(OUTCOMES))

@@ -57,7 +57,7 @@ def describes(ops: list[Operation], route_path: str) -> bool:
 
 def check(cfg: Config, errors: list[str]) -> None:
     from fastgw.policies.validate.openapi import DocumentError, cached
-    for p, v, r in route_settings(cfg.routes, "validate"):
+    for p, v, r in route_settings(cfg.routes, "validate", lambda r: r.validate):
         if not 0 < v.max_errors <= MAX_ERRORS_CAP:
             errors.append(f"{p}.max_errors: between 1 and {MAX_ERRORS_CAP}")
         if not 0 < v.max_depth <= MAX_DEPTH_CAP:
