@@ -132,6 +132,8 @@ SCENARIOS = {s.name: s for s in [
              plain_config("access_log = true"), no_headers),
     Scenario("h1_to_h2", "plain, the upstream over HTTP/2 (protocol = \"h2\", h2c): an HTTP/1.1 client's GET /3b as "
              "one stream of a multiplexed connection", h2_upstream_config, no_headers),
+    Scenario("plain_origin", "plain with the cors scenario's Origin request header (no CORS route): what "
+             "the header itself costs, for reading the cors figures", plain_config(), origin_header),
     Scenario("cors", "plain on a CORS route ([cors.NAME], a granted Origin: headers echoed, Vary)",
              cors_config(False), origin_header, expect="access-control-allow-origin"),
     Scenario("cors_lifecycle", "cors, and the route deprecated (Deprecation, Sunset, Link; the counter)",
