@@ -278,6 +278,8 @@ cdef class Exchange:
             return
         route = <RouteRT>m[1]
         self.route = route
+        if route.line_gates is not None:        # the policies' response lines, on every answer (gates.pyx)
+            self.resp_extra = route_lines(route.line_gates, h)
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
         if route.h2up:
@@ -794,6 +796,16 @@ cdef class Exchange:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
         self.client.write_problem(self, err.slug, err.detail, extra)
         self.complete()
+
+
+cdef bytes route_lines(tuple gates, RequestHead h):
+    cdef bytes out = None
+    cdef bytes lines
+    for g in gates:
+        lines = (<Gate>g).response_lines(h)
+        if lines is not None:
+            out = lines if out is None else out + lines
+    return out
 
 
 cdef bytes stripped(RouteRT route, bytes path):

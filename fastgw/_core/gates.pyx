@@ -111,6 +111,12 @@ cdef class Gate:
     cpdef object on_request(self, object ex):
         return None
 
+    cdef bytes response_lines(self, RequestHead h):
+        """The response lines this policy adds to every answer of the request (a problem, a Respond, the
+        upstream's response), known from the request alone; called by the exchange in C when the route is
+        chosen, before on_request, for the policies that set `has_lines` (CORS, the lifecycle)."""
+        return None
+
     def check(self, ex):
         """on_request under its earlier name (callers that test a policy directly)."""
         return self.on_request(ex)
@@ -575,12 +581,32 @@ cdef class RateGate(Gate):
 # ---------------------------------------------------------------------------------------------------
 # API products: CORS and the lifecycle (fastgw/policies/cors, fastgw/policies/lifecycle)
 #
-# Both only add response lines that depend on the request alone (its Origin; the route's dates), so they
-# add them in the request phase, to the lines every answer of the exchange carries (the upstream's
-# response, the gateway's problems, a Respond): no response phase runs on these routes. That phase, in
-# Python, cost a CORS route 8,046 instructions per request over a plain one (+31.6%; bench/callgrind.py).
+# Both only add response lines that depend on the request alone (its Origin; the route's dates): the
+# exchange asks their `response_lines` in C once the route is chosen and puts them on every answer of the
+# exchange (the upstream's response, the gateway's problems, a Respond, a 413 before any policy ran). No
+# response phase runs on these routes: in Python it cost a CORS route 8,046 instructions per request over
+# a plain one (+31.6%; bench/callgrind.py); calling back into the exchange for the Origin and to add the
+# lines cost ~930 more than this.
 
 cdef bytes VARY_ORIGIN = b"Vary: Origin\r\n"
+
+
+cdef bytes _origin(RequestHead h):
+    """The request's Origin value (the first), or None: the head's fields scanned in C."""
+    cdef list pieces = h.pieces
+    cdef Py_ssize_t i, k
+    cdef const char* p
+    cdef const char* want = b"origin"
+    for i in range(0, len(pieces), 4):
+        if PyBytes_GET_SIZE(<bytes>pieces[i]) != 6:
+            continue
+        p = PyBytes_AS_STRING(<bytes>pieces[i])
+        for k in range(6):
+            if (p[k] | 0x20) != want[k]:
+                break
+        else:
+            return <bytes>pieces[i + 2]
+    return None
 
 
 cdef class CorsGate(Gate):
@@ -591,28 +617,35 @@ cdef class CorsGate(Gate):
     cdef public bint more                # host patterns or "*": `allowed` decides what `granted` does not
     cdef public bytes tail               # the lines after the echoed origin (credentials, expose, Vary)
 
-    cpdef object on_request(self, object ex):
-        cdef bytes origin = ex.header(b"origin")
-        cdef bytes lines = None
+    def __cinit__(self):
+        self.has_lines = True
+
+    cdef bytes grant(self, bytes origin):
+        """The lines for an `origin` that is granted, else None."""
         cdef bytes o
-        cdef Py_ssize_t n
-        if origin is None:
-            ex.add_response_lines(VARY_ORIGIN)
-            return None
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(origin)
         # A route lists a few origins: compared by length and bytes, their lines prebuilt (hashing the
         # origin and joining its lines cost more than the rest of the phase).
-        n = PyBytes_GET_SIZE(origin)
         for pair in self.granted:
             o = <bytes>(<tuple>pair)[0]
             if PyBytes_GET_SIZE(o) == n and memcmp(PyBytes_AS_STRING(o), PyBytes_AS_STRING(origin), n) == 0:
-                lines = <bytes>(<tuple>pair)[1]
-                break
-        if lines is None and self.more and self.allowed(origin):
-            lines = b"Access-Control-Allow-Origin: " + origin + self.tail
-        ex.add_response_lines(lines if lines is not None else VARY_ORIGIN)
-        if ex.method == b"OPTIONS" and ex.header(b"access-control-request-method") is not None:
-            return self.preflight(lines is not None)
+                return <bytes>(<tuple>pair)[1]
+        if self.more and self.allowed(origin):
+            return b"Access-Control-Allow-Origin: " + origin + self.tail
         return None
+
+    cdef bytes response_lines(self, RequestHead h):
+        cdef bytes origin = _origin(h)
+        cdef bytes lines = self.grant(origin) if origin is not None else None
+        return lines if lines is not None else VARY_ORIGIN
+
+    cpdef object on_request(self, object ex):
+        if ex.method != b"OPTIONS":
+            return None
+        origin = ex.header(b"origin")
+        if origin is None or ex.header(b"access-control-request-method") is None:
+            return None                                    # not a preflight: the upstream's OPTIONS
+        return self.preflight(self.grant(origin) is not None)
 
 
 cdef class LifecycleGate(Gate):
@@ -625,6 +658,12 @@ cdef class LifecycleGate(Gate):
     cdef unsigned long long[:] words     # this worker's lifecycle region (fastgw/policies/lifecycle), if any
     cdef Py_ssize_t at
 
+    def __cinit__(self):
+        self.has_lines = True
+
+    cdef bytes response_lines(self, RequestHead h):
+        return self.lines
+
     def count_in(self, words, Py_ssize_t at):
         """Count the route's deprecated requests in words[at] (a 64-bit shared-memory word)."""
         self.words = words
@@ -634,7 +673,6 @@ cdef class LifecycleGate(Gate):
         cdef long long now = _now(CLOCK_REALTIME) // 1000000000
         if now >= self.counting_from and self.words is not None:
             self.words[self.at] += 1
-        ex.add_response_lines(self.lines)
         if self.gone_from >= 0 and now >= self.gone_from:
             return (410, "gone", self.detail, None)
         return None

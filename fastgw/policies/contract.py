@@ -47,6 +47,11 @@ What runs for an answer the gateway makes itself:
   - a response cut after its head was sent: on_log only.
 A policy that raises is reported on stderr and the client gets a 500 problem (on_log: nothing changes).
 
+Compiled response lines: a policy deriving from a compiled gate that sets `has_lines` (fastgw/_core/gates.pyx:
+CORS, the lifecycle) gives the response lines a request gets, known from its head alone, in C when the
+route is chosen; they go on every answer of the exchange (a 413 before on_request too; not the 500 after
+a policy raised), without any response phase.
+
 A policy's runtime module (the registry names it) provides the hooks of `Runtime`; the gateway's processes
 call them through the registry, never by the policy's name.
 """
