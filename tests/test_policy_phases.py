@@ -290,6 +290,31 @@ def test_read_body_holds_the_whole_body_and_on_response_body_taps_the_upstreams(
     assert len(echo.heads_for("/edit/post")) == 4
 
 
+def test_compiled_response_lines_on_every_answer_and_a_raising_policy_gives_none(serve: Any) -> None:
+    """A compiled line-giving policy (gates.pyx CorsGate): its lines on the upstream's response and on the
+    gateway's own 502; one whose Python half raises is reported and the request goes on without them."""
+    from fastgw._core.gates import CorsGate
+
+    class Lines(CorsGate):
+        def __init__(self, boom: bool) -> None:
+            self.granted, self.more, self.tail, self.boom = (), True, b"\r\nVary: Origin\r\n", boom
+
+        def allowed(self, origin: bytes) -> bool:
+            if self.boom:
+                raise RuntimeError("a bug in the policy")
+            return True
+
+    gw = serve({"edit": [Lines(True)], "answer": [Lines(False)], "down": [Lines(False)]})
+    for c in clients():
+        with c:
+            r = c.get(gw.base + "/answer/x", headers={"Origin": "https://a.example"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://a.example"
+            r = c.get(gw.base + "/down/x", headers={"Origin": "https://a.example"})
+            assert r.status_code == 502 and r.headers["access-control-allow-origin"] == "https://a.example"
+            r = c.get(gw.base + "/edit/x", headers={"Origin": "https://a.example"})
+            assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
 def test_on_upstream_request_adds_and_removes_request_headers(serve: Any) -> None:
     class Upstream(Gate):
         def on_request(self, ex: Any) -> None:

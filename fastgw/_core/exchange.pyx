@@ -279,7 +279,7 @@ cdef class Exchange:
         route = <RouteRT>m[1]
         self.route = route
         if route.line_gates is not None:        # the policies' response lines, on every answer (gates.pyx)
-            self.resp_extra = route_lines(route.line_gates, h)
+            self.resp_extra = route_lines(route, h)
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
         if route.h2up:
@@ -798,13 +798,18 @@ cdef class Exchange:
         self.complete()
 
 
-cdef bytes route_lines(tuple gates, RequestHead h):
+cdef bytes route_lines(RouteRT route, RequestHead h):
+    """The response lines the route's line-giving policies give this request (gates.pyx response_lines).
+    A policy that raises is reported and gives none: the request goes on (run() must never stop halfway)."""
     cdef bytes out = None
     cdef bytes lines
-    for g in gates:
-        lines = (<Gate>g).response_lines(h)
-        if lines is not None:
-            out = lines if out is None else out + lines
+    try:
+        for g in route.line_gates:
+            lines = (<Gate>g).response_lines(h)
+            if lines is not None:
+                out = lines if out is None else out + lines
+    except Exception as exc:
+        _report_policy_error(route.name, exc)
     return out
 
 
