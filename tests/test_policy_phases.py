@@ -288,6 +288,18 @@ def test_read_body_holds_the_whole_body_and_on_response_body_taps_the_upstreams(
             r = c.post(gw.base + "/edit/post", content=b"x" * 400_001)
             assert r.status_code == 413
     assert len(echo.heads_for("/edit/post")) == 4
+    # A client that waits for 100 Continue before its body is told to go on while the policy waits.
+    import socket
+    host, port = gw.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), 5) as sock:
+        sock.sendall(b"POST /edit/expect HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        held.clear()
+        sock.sendall(b"hello")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200 ") and held == [b"hello"]
 
 
 def test_compiled_response_lines_on_every_answer_and_a_raising_policy_gives_none(serve: Any) -> None:
