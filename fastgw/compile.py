@@ -15,6 +15,7 @@ from fastgw._core.balancer import Target, TargetTable, UpstreamGroup, hash_bytes
 from fastgw._core.router import Router
 from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.wire import HeaderTable
+from fastgw._core.worker import upstream_for
 from fastgw.config.root import Config
 from fastgw.config.upstreams import address, weight
 from fastgw.errors import build_problems
@@ -149,6 +150,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.h2up = rt.grpc or up.protocol == "h2"
         if rt.h2up:
             _attach_h2_pools(rt.group, up)
+        rt.upstream = upstream_for("grpc" if rt.grpc else "h2" if rt.h2up else "http1")
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))
     run = Runtime()

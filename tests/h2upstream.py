@@ -9,8 +9,8 @@ it received, so a test can check the conversion an HTTP/1.1 request went through
   x-body-len, x-body-sha256                                     the request body
   the body           the request body echoed, or with /big/N: N bytes of `pattern()`
 
-Paths shape the behaviour: /trailers/... ends the response with trailers (x-trailer: yes); a path with
-"refuse-once" is refused (RST_STREAM REFUSED_STREAM) the first time it is seen. With goaway_after=N the
+Paths shape the behaviour: /trailers/... ends the response with trailers (x-trailer: yes); /stall/...
+sends its head and 5 body bytes, then nothing more (never ends the stream); a path with "refuse-once" is refused (RST_STREAM REFUSED_STREAM) the first time it is seen. With goaway_after=N the
 first connection, once N streams have arrived, sends GOAWAY naming the Nth: the streams after it are
 never processed (RFC 9113 6.8), the others are answered, then the connection closes.
 
@@ -123,7 +123,12 @@ class H2Origin:
             if path.startswith(b"/big/"):
                 body = pattern(0, int(path[5:].split(b"?")[0]))
             trailers = path.startswith(b"/trailers/")
-            self.answered.append(path)           # before any byte goes out: a client may see it at once
+            self.answered.append(path)
+            if path.startswith(b"/stall/"):
+                conn.send_headers(sid, fields, end_stream=False)
+                conn.send_data(sid, b"stall")
+                writer.write(conn.data_to_send())
+                await asyncio.Event().wait()         # until the connection's tasks are cancelled           # before any byte goes out: a client may see it at once
             conn.send_headers(sid, fields + [(b"content-length", b"%d" % len(body))] if not trailers else fields,
                               end_stream=not body and not trailers)
             writer.write(conn.data_to_send())

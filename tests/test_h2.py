@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -120,6 +121,19 @@ def test_curl_prior_knowledge(gw):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("HTTP/2 200")
     assert "x-request-id:" in out.stdout
+
+
+def test_several_urls_on_one_connection_with_nghttp(gw):
+    """Ten requests of different paths multiplexed on one connection, as `curl --parallel
+    --http2-prior-knowledge URL...` sends them (that curl, 7.88, fails them itself: docs/http2.md): every
+    stream is answered, each with its own response."""
+    urls = [f"{gw.url}/echo/par{i}" + ("?size=300000" if i % 3 == 0 else "") for i in range(10)]
+    out = subprocess.run(["nghttp", "-n", "--stat", *urls], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s*\d+\s+\+", line)]
+    assert len(rows) == 10, out.stdout
+    assert all(r[4] == "200" for r in rows), out.stdout
+    assert sorted(r[-1] for r in rows) == sorted(u[len(gw.url):] for u in urls)
 
 
 def test_h2load(gw):

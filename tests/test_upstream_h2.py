@@ -153,6 +153,47 @@ def test_trailers_reach_an_http2_client(gateway, origin):
     assert b"x-trailer: yes" in res.stderr.lower()
 
 
+def test_body_stalling_after_the_head_hits_the_upstream_timeout(gateway, origin):
+    """The upstream's `timeout` bounds its silence while the body comes, not only the wait for the head:
+    the response started, so the client's connection is cut (never a truncated response presented as
+    complete), and the access log names the timeout."""
+    gw = h2_gateway(gateway, origin, timeout="1s")
+    t0 = time.monotonic()
+    with httpx.Client(timeout=15) as c:
+        with c.stream("GET", f"http://127.0.0.1:{gw.port}/stall/x") as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError):
+                r.read()
+    assert time.monotonic() - t0 < 6
+    res = curl("--http2-prior-knowledge", "-o", "/dev/null", f"http://127.0.0.1:{gw.port}/stall/y")
+    assert res.returncode != 0                                   # the stream was reset, not ended
+    assert time.monotonic() - t0 < 12
+
+
+def test_trailers_reach_an_http1_client_that_takes_them(gateway, origin):
+    """An HTTP/1.1 client that sent TE: trailers gets an HTTP/2 upstream's trailers in the chunked body's
+    trailer section; one that did not gets the body without them."""
+    import socket
+    gw = h2_gateway(gateway, origin)
+
+    def raw(te: bytes) -> bytes:
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s.sendall(b"GET /trailers/t HTTP/1.1\r\nHost: a\r\n" + te + b"Connection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        s.close()
+        return out
+
+    taken = raw(b"TE: trailers\r\n")
+    assert taken.startswith(b"HTTP/1.1 200"), taken
+    assert b"transfer-encoding: chunked" in taken.lower()
+    assert taken.endswith(b"\r\n0\r\nx-trailer: yes\r\n\r\n"), taken
+    plain = raw(b"")
+    assert plain.startswith(b"HTTP/1.1 200"), plain
+    assert plain.endswith(b"\r\n0\r\n\r\n") and b"x-trailer" not in plain, plain
+
+
 def test_goaway_mid_load_replays_unprocessed_streams(gateway):
     """The upstream sends GOAWAY naming its 5th stream while 40 are in flight: the ones after it were not
     processed and are sent again on a new connection; every client request succeeds."""

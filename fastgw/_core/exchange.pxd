@@ -10,8 +10,9 @@ cdef enum:
     PENDING_LIMIT = 262144    # request body bytes held while the upstream connection is not ready
 
 
+@cython.final
 cdef class Exchange:
-    cdef ClientConn client
+    cdef Downstream client                # the client side (downstream.pxd): an HTTP/1.1 connection or an HTTP/2 stream
     cdef Runtime rt
     cdef RequestHead head
     cdef RouteRT route
@@ -21,13 +22,14 @@ cdef class Exchange:
     cdef Py_ssize_t pending_bytes
     cdef list out
     cdef UpstreamConn up
+    cdef Upstream drv                     # the route's upstream driver (upstream.pxd), once routed
     cdef H2Call call                      # the HTTP/2 upstream stream's call (h2call.pyx), or None
     cdef Target target
     cdef object connect_task
     cdef double connect_deadline
     cdef double up_last
     cdef long long body_bytes
-    cdef long long body_seen              # body_bytes at the last minimum-rate check (ClientConn.body_slow)
+    cdef long long body_seen              # body_bytes at the last minimum-rate check (Downstream.body_slow)
     cdef double body_allow                # seconds the body may still take at the minimum rate
     cdef double body_tick                 # when body_allow was last updated (0: not yet)
     cdef bint body_done
@@ -35,6 +37,7 @@ cdef class Exchange:
     cdef bint sent
     cdef bint resp_started
     cdef bint resp_chunked
+    cdef bytes resp_trailers              # an HTTP/1.1 client's trailer section (lines), or None
     cdef bint resp_nobody
     cdef bint done
     cdef bint retried
@@ -59,6 +62,9 @@ cdef class Exchange:
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
+    cdef void request_data(self, bytes data)
+    cdef void request_end(self)
+    cdef void hold(self, bytes data)
     cdef void to_upstream(self, bytes data)
     cdef void flush_upstream(self)
     cdef void acquire(self, bint fresh)

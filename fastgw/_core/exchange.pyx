@@ -28,15 +28,31 @@ cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
 
 cdef class Exchange:
     # -- upstream request ------------------------------------------------------------------------------
+    cdef void request_data(self, bytes data):
+        """Request body bytes from the client side (within max_body: Downstream.body_data): to the
+        upstream call once it started, held until then."""
+        if self.sent:
+            self.drv.send(self, data)
+        else:
+            self.hold(data)
+
+    cdef void request_end(self):
+        """The request body ended (Downstream.body_end); before the call started, its start ends it."""
+        if self.sent:
+            self.drv.end(self)
+
+    cdef void hold(self, bytes data):
+        """Body bytes the upstream cannot take yet (the route unknown, its policies running, the
+        connection being made), unframed; past PENDING_LIMIT the client's reading pauses."""
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > PENDING_LIMIT and self.body_waiter is None:   # (read_body: body_limit)
+            self.client.pause_reading(P_PENDING)
+
     cdef void to_upstream(self, bytes data):
-        if self.call is not None:
-            self.call.request_data(data, len(data))      # an HTTP/2 upstream stream (h2call.pyx)
-            return
+        """HTTP/1.1 request bytes (framed) to the upstream connection (H1Upstream)."""
         if self.up is None or not self.sent:
-            self.pending.append(data)
-            self.pending_bytes += len(data)
-            if self.pending_bytes > PENDING_LIMIT and self.body_waiter is None:   # (read_body: body_limit)
-                self.client.pause_reading(P_PENDING)
+            self.hold(data)
         elif self.client.batching:
             self.out.append(data)
         else:
@@ -51,7 +67,7 @@ cdef class Exchange:
     cdef void acquire(self, bint fresh):
         """A connection to the target the upstream head was built for (upstream_head picked it):
         a pooled one, or a new one (`fresh`: always new, as the retry on a closed kept-alive one wants)."""
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         cdef UpstreamConn c = None
         cdef Target t = self.target
         if not fresh:
@@ -108,7 +124,20 @@ cdef class Exchange:
             c.rpaused = True
             c.transport.pause_reading()
         cdef list parts = self.pending
-        if parts:
+        cdef bytes piece
+        if self.head.chunked:
+            # The body held so far, framed (H1Upstream.send frames what comes later), and its end if it
+            # ended already.
+            parts = [self.up_head]
+            for piece in self.pending:
+                parts += (b"%x\r\n" % len(piece), piece, b"\r\n")
+            if self.body_done:
+                parts.append(b"0\r\n\r\n")
+            self.pending = []
+            self.pending_bytes = 0
+            write_parts(c.transport, parts)
+            self.client.resume_reading(P_PENDING)
+        elif parts:
             parts.insert(0, self.up_head)
             self.pending = []
             self.pending_bytes = 0
@@ -160,8 +189,7 @@ cdef class Exchange:
             if err.retryable and not self.retried and not self.resp_started:
                 self.retried = True
                 self.retried_err = err
-                self.sent = False
-                self.acquire(True)
+                self.drv.retry(self)
                 return
             self.err = err
             self.client.w.upstream_error(self, err.status)
@@ -187,7 +215,7 @@ cdef class Exchange:
         self.resp_started = True
         self.status = status
         self.resp_nobody = is_head or status == 204 or status == 304
-        self.client.write_head(self, c, status)
+        self.client.write_head(self, status, c.rpieces, c.r_cl if c.r_has_cl and not c.r_chunked else None)
         if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
             # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
             # the connection (it would wait for body bytes that never come).
@@ -231,18 +259,13 @@ cdef class Exchange:
         if self.counted:
             self.counted = False
             self.target.finish()
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
         if self.gate_task is not None:
             self.gate_task.cancel()
             self.gate_task = None
         if self.after is not None:
             self.run_after()
-        if self.up is not None:
-            self.release_upstream(False)
-        if self.call is not None:
-            self.call.cancel()
+        if self.drv is not None:
+            self.drv.cancel(self)
 
     cdef void run_after(self):
         fns = self.after
@@ -256,14 +279,14 @@ cdef class Exchange:
     # -- driving the request ---------------------------------------------------------------------------
     # The exchange is the request's only driver: route -> the route's policies -> the upstream head (the
     # target is picked there, once) -> the upstream call -> the response -> the log. The connection (an
-    # HTTP/1.1 ClientConn or an HTTP/2 H2Stream) parses and writes; it starts an exchange when its turn
-    # comes (ClientConn.start) and hands it the body.
+    # Downstream, downstream.pxd: an HTTP/1.1 ClientConn or an HTTP/2 H2Stream) parses and writes; it
+    # starts an exchange when its turn comes (Downstream.start) and hands it the body (body_data).
     cdef void run(self):
         """Route the request and run the route's policies; then `proceed`, or the rejection."""
         cdef Runtime rt = self.rt
         cdef RequestHead h = self.head
         cdef RouteRT route
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         if self.err is not None:
             self.failed(self.err)                   # a request that failed before its turn
             return
@@ -280,20 +303,13 @@ cdef class Exchange:
         self.route = route
         if route.line_gates is not None:        # the policies' response lines, on every answer (gates.pyx)
             self.resp_extra = route_lines(route, h)
+        self.drv = <Upstream>route.upstream if route.upstream is not None else H1_UPSTREAM
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
-        if route.h2up:
-            if route.grpc and not isinstance(cl, H2Stream):
-                # gRPC needs HTTP/2 end to end (upstream_grpc.pyx)
-                self.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
-                return
-            if h.chunked:
-                # The body goes to an HTTP/2 stream as DATA, unframed: what the HTTP/1.1 reader framed
-                # before the route was known (a pipelined request's, read with the one before it) is
-                # [size line, data, CRLF] per chunk (request_body), then the last chunk.
-                h.chunked = False
-                if self.pending:
-                    self.pending = self.pending[1::3]
+        if self.drv.needs & ~cl.caps:
+            # The upstream needs what this client side cannot carry (gRPC: HTTP/2 end to end)
+            self.failed(gateway_error(505, "http2-required", SRC_DOWNSTREAM, False, None, None))
+            return
         if h.content_length > route.max_body or self.body_bytes > route.max_body:
             cl.body_too_large(self)
             return
@@ -319,18 +335,10 @@ cdef class Exchange:
         cdef RequestHead h = self.head
         if self.route.on_upstream_request is not None and not self.upstream_request_phase():
             return                                # phase: on_upstream_request (a policy failed: 500)
-        if self.route.h2up:
-            h2_start(self)                    # an HTTP/2 upstream stream (h2call.pyx)
-        else:
-            self.up_head = self.upstream_head(self.route, h)
-            if self.up_head is None:            # every target ejected, below panic_threshold, on_panic "fail"
-                self.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
-                                          _failures.NO_TARGET))
-                return
+        if not self.drv.start(self):
+            return                                # no usable target: answered
         if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
             self.client.write_continue()
-        if not self.route.h2up:
-            self.acquire(False)
 
     cdef void reject(self, tuple res):
         """A policy's rejection (status, slug, detail, extra header lines); a store it needs being
@@ -343,7 +351,7 @@ cdef class Exchange:
 
     cdef void gate_done(self, object res):
         """A policy that awaited (Redis, a JWKS fetch) answered: go on or reject, output batched."""
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         cl.batching = True
         try:
             if res is None:
@@ -415,7 +423,7 @@ cdef class Exchange:
         cdef list pieces = h.pieces
         cdef list fields
         cdef Py_ssize_t i
-        cdef ClientConn cl = self.client
+        cdef Downstream cl = self.client
         if route.strip:
             path = stripped(route, path)
         if h.drop is not None or route._req_remove is not None:
@@ -566,10 +574,7 @@ cdef class Exchange:
         return fut
 
     cdef bytes held_body(self):
-        cdef list parts = self.pending
-        if self.head.chunked:
-            parts = parts[1::3]                 # [size line, data, CRLF] per chunk, then the last chunk
-        return b"".join(parts)
+        return b"".join(self.pending)           # (held unframed: hold)
 
     cdef void body_ready(self):
         """The body read_body waits for is whole (body_done), or over its limit: wake the policy."""
@@ -752,15 +757,9 @@ cdef class Exchange:
     cdef void settle(self, int status):
         """Before an answer the gateway makes itself (before any upstream response byte): stop the upstream
         work, and decide whether the connection closes after it (`status`: of a problem, else 0)."""
-        cdef ClientConn cl = self.client
-        if self.connect_task is not None:
-            t = self.connect_task
-            self.connect_task = None
-            t.cancel()
-        if self.up is not None:
-            self.release_upstream(False)
-        if self.call is not None:
-            self.call.cancel()
+        cdef Downstream cl = self.client
+        if self.drv is not None:
+            self.drv.cancel(self)
         if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
                 or status == 414:
             self.close_after = True

@@ -1,34 +1,24 @@
 # Declarations of the HTTP/1.1 downstream connection (see h1engine.pyx; included by worker.pxd).
 
+from fastgw._core.http1 cimport RequestHead, RequestReader
 from fastgw._core.runtime cimport Runtime
 
-from fastgw._core.http1 cimport RequestHead, RequestReader
+
+@cython.final
+cdef class H1Reader(RequestReader):
+    cdef ClientConn conn                  # the connection its events go to
 
 
-cdef class ClientConn(RequestReader):
+@cython.final
+cdef class ClientConn(Downstream):
+    # (the Downstream methods it implements are declared in downstream.pxd)
     cdef public object transport
-    cdef object loop
-    cdef Worker w
-    cdef bytes peer                       # the client address: the TCP peer, or a PROXY header's source
-    cdef bytes tcp_peer                   # the TCP peer (the access log's `peer`)
-    cdef Exchange active
-    cdef Exchange rx
+    cdef H1Reader reader                  # the HTTP/1.1 request reader (http1.pyx) of this connection
     cdef list queue
-    cdef int rpause
-    cdef bint wpaused
-    cdef public bint closed
-    cdef public bint batching
     cdef bint eof
-    cdef bint discard
-    cdef public bint draining
     cdef list wbuf
-    cdef double last_rx
-    cdef double head_start
-    cdef int nreq
-    cdef Runtime rt0
     cdef public bint want_proxy           # server.proxy_protocol: a PROXY v1/v2 header comes first
     cdef public bytes proxied_peer        # the client address from a PROXY header read before TLS (worker.py)
-    cdef public bytes proto               # b"http" | b"https", for X-Forwarded-Proto
     cdef bytes pre                        # input held until the PROXY header is complete
     cdef H2Conn h2                        # set when the connection speaks HTTP/2 (h2engine.pyx)
     cdef bint sniffed                     # the first bytes were checked for the h2c preface
@@ -43,35 +33,14 @@ cdef class ClientConn(RequestReader):
     cdef bytes sniff(self, bytes data)
     cpdef start_h2(self, bytes data)
     cdef void send(self, bytes data)
-    cdef void flush(self)
     cdef void close(self)
-    cdef void abort(self)
     cdef void flush_now(self)
-    cdef void pause_reading(self, int why)
-    cdef void resume_reading(self, int why)
-    cdef bint reader_done(self)
-    cdef object peercert(self)
-    cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
+    cdef void frame_head(self, Exchange ex, int status, bytes length, list parts)
     cdef void end_head(self, Exchange ex, RequestHead h, list parts)
-    cdef void write_fields(self, Exchange ex, int status, list fields, bint end)
-    cdef void write_body(self, Exchange ex, bytes data)
-    cdef void write_end(self, Exchange ex)
-    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body)
-    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra)
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail, bytes extra, bint close, bytes members=*)
-    cdef Exchange new_exchange(self, RequestHead head)
     cdef void enqueue(self, Exchange ex)
-    cpdef request_head(self, RequestHead head)
-    cpdef request_body(self, bytes data)
-    cdef void body_too_large(self, Exchange ex)
-    cpdef request_end(self)
-    cpdef request_error(self, int status, str slug, str detail)
-    cdef void start(self, Exchange ex)
-    cdef void write_continue(self)
-    cdef void finished(self, Exchange ex)
-    cdef void client_gone(self, Exchange ex)
+    cdef void request_head(self, RequestHead head)
+    cdef void request_error(self, int status, str slug, str detail)
     cdef void check(self, double now)
     cdef void reset_connection(self)
-    cdef bint body_slow(self, Exchange ex, Runtime rt, double now)
-    cdef void body_timed_out(self, Exchange ex, bytes detail)
     cdef void timeout_response(self, int status, str slug, bytes detail)

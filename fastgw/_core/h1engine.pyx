@@ -23,10 +23,30 @@ def _init_status_lines():
 _init_status_lines()
 
 
-cdef class ClientConn(RequestReader):
+cdef class H1Reader(RequestReader):
+    """The HTTP/1.1 request reader (http1.pyx) of one ClientConn: its events go to the connection."""
+    cpdef request_head(self, RequestHead head):
+        self.conn.request_head(head)
+
+    cpdef request_body(self, bytes data):
+        self.conn.body_data(data)
+
+    cpdef request_end(self):
+        self.conn.body_end()
+
+    cpdef request_error(self, int status, str slug, str detail):
+        self.conn.request_error(status, slug, detail)
+
+
+cdef class ClientConn(Downstream):
+    """One client connection: the asyncio protocol, and the Downstream (downstream.pxd) of its HTTP/1.1
+    exchanges, one at a time; an HTTP/2 connection hands its input to H2Conn, whose streams are the
+    Downstreams of its exchanges."""
     def __init__(self, Worker w):
         cdef Runtime rt = w.rt
-        RequestReader.__init__(self, rt.max_line, rt.max_hbytes, rt.max_headers, rt.headers)
+        cdef H1Reader reader = H1Reader(rt.max_line, rt.max_hbytes, rt.max_headers, rt.headers)
+        reader.conn = self
+        self.reader = reader
         self.w = w
         self.loop = w.loop
         self.rt0 = rt
@@ -83,11 +103,11 @@ cdef class ClientConn(RequestReader):
             if data is None:
                 return
         self.last_rx = self.w.clock.now
-        if self.active is None and self._state == ST_IDLE:
+        if self.active is None and self.reader._state == ST_IDLE:
             self.head_start = self.last_rx
         self.batching = True
         try:
-            self.feed(data)
+            self.reader.feed(data)
         finally:
             self.batching = False
         self.flush()
@@ -120,8 +140,7 @@ cdef class ClientConn(RequestReader):
             # The client closed before its request body ended: the request can never complete. Abort it
             # upstream now [nginx, HAProxy abort on client close] rather than at the upstream timeout.
             self.rx = None
-            self.discard = True
-            self._state = ST_DEAD
+            self.stop_requests()
             if ex is self.active:
                 self.abort()                  # nothing of the response can be owed (connection_lost)
                 return False
@@ -151,32 +170,19 @@ cdef class ClientConn(RequestReader):
         self.queue = []
 
     def pause_writing(self):
-        cdef UpstreamConn up
         self.wpaused = True
         self.wpaused_at = self.w.clock.now
         if self.h2 is not None:
             self.h2.pause_writing()
-        if self.active is not None and self.active.up is not None:
-            up = self.active.up
-            if up.transport is not None and not up.rpaused:
-                up.rpaused = True
-                up.transport.pause_reading()
-        elif self.active is not None and self.active.call is not None:
-            self.active.call.set_paused(True)
+        if self.active is not None and self.active.drv is not None:
+            self.active.drv.set_paused(self.active, True)
 
     def resume_writing(self):
-        cdef UpstreamConn up
         self.wpaused = False
         if self.h2 is not None:
             self.h2.resume_writing()
-        if self.active is not None and self.active.up is not None:
-            up = self.active.up
-            if up.transport is not None and up.rpaused:
-                up.rpaused = False
-                up.transport.resume_reading()
-                self.active.up_last = self.w.clock.now    # the upstream's time runs again from here
-        elif self.active is not None and self.active.call is not None:
-            self.active.call.set_paused(False)
+        if self.active is not None and self.active.drv is not None:
+            self.active.drv.set_paused(self.active, False)
 
     # -- HTTP/2 selection -----------------------------------------------------------------------------
     cdef bytes sniff(self, bytes data):
@@ -254,7 +260,11 @@ cdef class ClientConn(RequestReader):
                 self.transport.resume_reading()
 
     cdef bint reader_done(self):
-        return self._state == ST_DEAD or self.upgraded or self.eof or self.discard
+        return self.reader._state == ST_DEAD or self.reader.upgraded or self.eof or self.discard
+
+    cdef void stop_requests(self):
+        self.discard = True
+        self.reader._state = ST_DEAD
 
     cdef object peercert(self):
         """The verified TLS client certificate of this connection, or None (asked of the TLS transport
@@ -262,13 +272,9 @@ cdef class ClientConn(RequestReader):
         t = self.transport
         return t.get_extra_info("peercert") if t is not None else None
 
-    # -- response output (the downstream interface the Exchange writes through) ------------------------
-    # ClientConn serialises HTTP/1.1 here; H2Stream (h2engine.pyx) overrides these four for HTTP/2. The
-    # Exchange calls them and nothing protocol-specific: routing, policies and upstream handling are the
-    # exchange's (exchange.pyx), for both engines.
-    cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
+    # -- response output (the Downstream interface, downstream.pxd): HTTP/1.1 framing -------------------
+    cdef void write_head(self, Exchange ex, int status, list lines, bytes length):
         cdef RouteRT route = ex.route
-        cdef RequestHead h = ex.head
         cdef list parts
         line = STATUS_LINES.get(status)
         if line is None:
@@ -276,26 +282,50 @@ cdef class ClientConn(RequestReader):
         # Straight into the output batch when there is one (flush joins it once with the body).
         parts = self.wbuf if self.batching else []
         parts.append(line)
-        if c.rpieces:
-            parts.extend(c.rpieces)
+        if lines:
+            parts.extend(lines)
         if route.resp_add:
             parts.append(route.resp_add)
         if ex.resp_extra is not None:
             parts.append(ex.resp_extra)
         parts.append(b"X-Request-ID: ")
         parts.append(ex.rid)
-        if ex.resp_nobody:
-            if c.r_has_cl and status != 204:
+        self.frame_head(ex, status, length, parts)
+
+    cdef void write_fields(self, Exchange ex, int status, list fields, bint end):
+        """The response head from an HTTP/2 upstream's field list (h2call.pyx), framed as write_head
+        frames an HTTP/1.1 upstream's."""
+        cdef list parts
+        cdef bytes name, value, length = None, sep = b""
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d Unknown\r\n" % status
+        parts = self.wbuf if self.batching else []
+        parts.append(line)
+        for name, value in fields:              # (never empty: x-request-id is the last)
+            if name == b"content-length":
+                length = value
+                continue
+            parts += (sep, name, b": ", value)
+            sep = b"\r\n"
+        self.frame_head(ex, status, length, parts)
+
+    cdef void frame_head(self, Exchange ex, int status, bytes length, list parts):
+        """End a response head whose last line has no CRLF yet with its framing: the upstream's
+        Content-Length when it gave one (kept on a HEAD or 304 answer, which has no body, as the length
+        the body would have: RFC 9110 8.6), else chunked for an HTTP/1.1 client or the close for an
+        HTTP/1.0 one; then Connection (end_head)."""
+        cdef RequestHead h = ex.head
+        if length is not None:
+            if status != 204:
                 parts.append(b"\r\nContent-Length: ")
-                parts.append(c.r_cl)
-        elif c.r_has_cl and not c.r_chunked:
-            parts.append(b"\r\nContent-Length: ")
-            parts.append(c.r_cl)
-        elif h.minor == 1:
-            ex.resp_chunked = True
-            parts.append(b"\r\nTransfer-Encoding: chunked")
-        else:
-            ex.close_after = True            # HTTP/1.0 client: the end of the body is the close
+                parts.append(length)
+        elif not ex.resp_nobody:
+            if h.minor == 1:
+                ex.resp_chunked = True
+                parts.append(b"\r\nTransfer-Encoding: chunked")
+            else:
+                ex.close_after = True            # HTTP/1.0 client: the end of the body is the close
         self.end_head(ex, h, parts)
 
     cdef void end_head(self, Exchange ex, RequestHead h, list parts):
@@ -313,43 +343,37 @@ cdef class ClientConn(RequestReader):
         if not self.batching and not self.closed:
             self.transport.write(concat(parts))
 
-    cdef void write_fields(self, Exchange ex, int status, list fields, bint end):
-        """The response head from an HTTP/2 upstream's field list (h2call.pyx), framed for HTTP/1.1 as
-        write_head frames an HTTP/1.1 upstream's: its Content-Length kept, else chunked (HTTP/1.1) or the
-        close (HTTP/1.0)."""
-        cdef RequestHead h = ex.head
-        cdef list parts
-        cdef bytes name, value, cl = None, sep = b""
-        line = STATUS_LINES.get(status)
-        if line is None:
-            line = b"HTTP/1.1 %d Unknown\r\n" % status
-        parts = self.wbuf if self.batching else []
-        parts.append(line)
-        for name, value in fields:              # (never empty: x-request-id is the last)
-            if name == b"content-length":
-                cl = value
-                continue
-            parts += (sep, name, b": ", value)
-            sep = b"\r\n"
-        if cl is not None and status != 204 and status != 304:
-            parts += (b"\r\ncontent-length: ", cl)
-        elif not ex.resp_nobody:
-            if h.minor == 1:
-                ex.resp_chunked = True
-                parts.append(b"\r\ntransfer-encoding: chunked")
-            else:
-                ex.close_after = True        # HTTP/1.0 client: the end of the body is the close
-        self.end_head(ex, h, parts)
-
     cdef void write_body(self, Exchange ex, bytes data):
         if ex.resp_chunked:
             self.send(b"%x\r\n" % len(data) + data + b"\r\n")
         else:
             self.send(data)
 
+    cdef void write_trailers(self, Exchange ex, list fields):
+        """An upstream's trailer fields (already without pseudo and connection-specific ones) go in the
+        chunked body's trailer section when the client said it takes them (TE: trailers, RFC 9110 10.1.4)
+        [nginx grpc/http2 proxies drop them for HTTP/1.1]; otherwise, or when the body is not chunked
+        (HTTP/1.0, Content-Length, HEAD), they are dropped, as RFC 9110 6.5.1 lets a recipient do. Framing
+        fields never go there, nor a value with CR, LF or NUL."""
+        cdef bytes name, value
+        cdef list lines
+        if not ex.resp_chunked or not ex.head.te_trailers:
+            return
+        lines = []
+        for name, value in fields:
+            if name == b"content-length" or name == b"host" or b"\r" in value or b"\n" in value \
+                    or b"\x00" in value:
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        if lines:
+            ex.resp_trailers = concat(lines)
+
     cdef void write_end(self, Exchange ex):
         if ex.resp_chunked:
-            self.send(b"0\r\n\r\n")
+            if ex.resp_trailers is not None:
+                self.send(b"0\r\n" + ex.resp_trailers + b"\r\n")
+            else:
+                self.send(b"0\r\n\r\n")
 
     cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
         """A response a policy made (Respond): its header lines and body, framed here."""
@@ -383,23 +407,7 @@ cdef class ClientConn(RequestReader):
                         rid, self.w.clock.date,
                         json_bytes(detail) if detail is not None else None, extra or b"", close, members)
 
-    # -- reader events ---------------------------------------------------------------------------------
-    cdef Exchange new_exchange(self, RequestHead head):
-        cdef Exchange ex = Exchange.__new__(Exchange)
-        ex.client = self
-        ex.head = head
-        ex.rt = self.w.rt
-        ex.t0 = mono_ns()
-        ex.pending = []
-        ex.out = []
-        if head is not None and head.request_id is not None:
-            ex.rid = head.request_id
-        else:
-            ex.rid = self.w.next_id()
-        if head is not None and head.dropped is not None:
-            self.w.headers_dropped(ex)
-        return ex
-
+    # -- reader events (H1Reader) ----------------------------------------------------------------------
     cdef void enqueue(self, Exchange ex):
         if self.active is None:
             self.start(ex)
@@ -413,7 +421,7 @@ cdef class ClientConn(RequestReader):
             else:
                 self.pause_reading(P_PIPELINE)
 
-    cpdef request_head(self, RequestHead head):
+    cdef void request_head(self, RequestHead head):
         cdef Exchange ex
         if self.discard:
             self.rx = None
@@ -424,53 +432,7 @@ cdef class ClientConn(RequestReader):
         self.rx = ex
         self.enqueue(ex)
 
-    cpdef request_body(self, bytes data):
-        cdef Exchange ex = self.rx
-        if ex is None or ex.done:
-            return
-        ex.body_bytes += len(data)
-        if ex.route is not None and ex.body_bytes > ex.route.max_body:
-            self.body_too_large(ex)
-            return
-        if ex.head.chunked:
-            ex.to_upstream(b"%x\r\n" % len(data))
-            ex.to_upstream(data)
-            ex.to_upstream(b"\r\n")
-        else:
-            ex.to_upstream(data)
-        if ex.body_waiter is not None and ex.body_bytes > ex.body_limit:
-            ex.body_ready()                       # a policy waits for the body (read_body): too large
-
-    cdef void body_too_large(self, Exchange ex):
-        self.discard = True
-        self._state = ST_DEAD                         # stop reading requests on this connection
-        ex.body_done = False
-        if ex.resp_started:
-            ex.done = True
-            self.abort()
-        else:
-            ex.err_extra = None
-            ex.failed(gateway_error(413, "payload-too-large", SRC_DOWNSTREAM, False,
-                                    b"request body exceeds the route's limit", None))
-
-    cpdef request_end(self):
-        cdef Exchange ex = self.rx
-        self.rx = None
-        if ex is None:
-            return
-        ex.body_done = True
-        if ex.done:
-            return
-        if ex.has_body:
-            ex.up_last = self.w.clock.now      # the whole request is sent: the response timeout starts
-        if ex.head.chunked:
-            ex.to_upstream(b"0\r\n\r\n")
-        elif ex.call is not None:
-            ex.call.request_end()
-        if ex.body_waiter is not None:
-            ex.body_ready()                       # a policy waits for the whole body (read_body)
-
-    cpdef request_error(self, int status, str slug, str detail):
+    cdef void request_error(self, int status, str slug, str detail):
         cdef Exchange ex = self.rx
         cdef GatewayError err = gateway_error(status, slug, SRC_DOWNSTREAM, False, detail.encode(), None)
         self.rx = None
@@ -499,11 +461,6 @@ cdef class ClientConn(RequestReader):
         self.enqueue(ex)
 
     # -- running exchanges -----------------------------------------------------------------------------
-    cdef void start(self, Exchange ex):
-        """`ex` is this connection's turn: the exchange drives it from here (exchange.pyx run)."""
-        self.active = ex
-        ex.run()
-
     cdef void write_continue(self):
         """Tell an HTTP/1.1 client waiting on Expect: 100-continue to send its body."""
         self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -532,31 +489,18 @@ cdef class ClientConn(RequestReader):
             if self.eof:
                 self.close()
 
-    cdef void client_gone(self, Exchange ex):
-        """`ex` ends because its client went away (closed or reset): its upstream request is aborted (the
-        connection closed, never pooled) and it is logged with the status sent, or 499 if none was
-        [nginx 499 "client closed request"]."""
-        if not ex.resp_started:
-            ex.status = 499
-        ex.drop()
-        self.w.observe(ex)
-
-    # -- timeouts (called by Worker.sweep) -------------------------------------------------------------
-    # Whose time is it? While the request body is coming, the client's: body_timeout (silence) and the
-    # minimum body rate; while the gateway does not read it (the upstream or the pending buffer is full),
-    # nobody's but the upstream's. Once the whole request is sent upstream, the upstream's `timeout`; it
-    # stops while the upstream is paused because the client does not take the response, which is the
-    # client's time again: send_timeout.
+    # -- timeouts (called by Worker.sweep; the exchange's own: Downstream.check_exchange) ---------------
     cdef void check(self, double now):
         cdef Exchange ex = self.active
         cdef Runtime rt = self.rt0
+        cdef int state = self.reader._state
         if self.closed:
             # Closed with output the client does not take (uvloop keeps the socket until it is sent):
             # dropped send_timeout after the close [nginx send_timeout applies to the lingering close].
             if self.transport is not None and now - self.closed_at > rt.send_timeout:
                 self.reset_connection()
             return
-        if self.transport is not None:        # the connection itself (an H2Stream has no transport)
+        if self.transport is not None:
             if self.parked:
                 return                        # like a connection in the kernel's backlog: no timers
             if self.wpaused and now - self.wpaused_at > rt.send_timeout:
@@ -569,36 +513,16 @@ cdef class ClientConn(RequestReader):
             self.h2.check(now)
             return
         if ex is None:
-            if self._state == ST_IDLE and self.nreq == 0:
+            if state == ST_IDLE and self.nreq == 0:
                 if now - self.head_start > rt.header_timeout:
                     self.close()                  # connected, sent nothing: drop silently
-            elif self._state == ST_HEAD or self._state == ST_BODY:
+            elif state == ST_HEAD or state == ST_BODY:
                 if now - self.head_start > rt.header_timeout:
                     self.timeout_response(408, "request-timeout", b"request head not received in time")
             elif now - self.last_rx > rt.idle_timeout:
                 self.close()
             return
-        if ex.connect_task is not None:
-            if now > ex.connect_deadline:
-                ex.connect_task.cancel()
-            return
-        if not ex.body_done and self.rx is ex:
-            if self.rpause & (P_UPSTREAM | P_PENDING):
-                if ex.body_tick != 0:
-                    ex.body_tick = now            # not the client's time
-                if ex.up is not None and now - ex.up_last > ex.route.group.timeout:
-                    ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
-                elif ex.call is not None:
-                    ex.call.check(now)
-            elif now - self.last_rx > rt.body_timeout:
-                self.body_timed_out(ex, b"request body not received in time")
-            elif rt.min_body_rate > 0 and self.body_slow(ex, rt, now):
-                self.body_timed_out(ex, b"request body arriving too slowly")
-            return
-        if ex.call is not None:
-            ex.call.check(now)
-        elif ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
-            ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
+        self.check_exchange(ex, now)
 
     cdef void reset_connection(self):
         """Drop the connection with a reset, discarding unsent output in the kernel too (a plain close
@@ -614,34 +538,9 @@ cdef class ClientConn(RequestReader):
         self.wbuf = []
         self.transport.abort()
 
-    cdef bint body_slow(self, Exchange ex, Runtime rt, double now):
-        """The minimum body rate [Apache mod_reqtimeout body=20,MinRate=500; Kestrel
-        MinRequestBodyDataRate 240 B/s after a 5 s grace]: the body gets a time allowance of body_timeout,
-        refilled by one second per min_body_rate bytes received and capped at body_timeout (a burst does
-        not buy a later trickle), spent while the gateway waits for the client. Empty: too slow."""
-        if ex.body_tick == 0:
-            ex.body_allow = rt.body_timeout
-        else:
-            ex.body_allow += (ex.body_bytes - ex.body_seen) / rt.min_body_rate - (now - ex.body_tick)
-            if ex.body_allow > rt.body_timeout:
-                ex.body_allow = rt.body_timeout
-        ex.body_seen = ex.body_bytes
-        ex.body_tick = now
-        return ex.body_allow < 0
-
-    cdef void body_timed_out(self, Exchange ex, bytes detail):
-        """408 from the gateway; the upstream request is aborted (Exchange.fail: never pooled)."""
-        self.discard = True
-        self._state = ST_DEAD
-        if ex.resp_started:
-            self.abort()
-        else:
-            ex.failed(gateway_error(408, "request-timeout", SRC_DOWNSTREAM, False, detail, None))
-
     cdef void timeout_response(self, int status, str slug, bytes detail):
         cdef Exchange ex = self.new_exchange(None)
-        self.discard = True
-        self._state = ST_DEAD
+        self.stop_requests()
         ex.close_after = True
         self.active = ex
         ex.failed(gateway_error(status, slug, SRC_DOWNSTREAM, False, detail, None))

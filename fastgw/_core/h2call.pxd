@@ -4,8 +4,12 @@ from fastgw._core.runtime cimport RouteRT
 from fastgw._core.upstream_h2 cimport H2Pool, H2Sink, H2UpStream
 
 
+cdef class H2Upstream(Upstream):
+    cdef bint grpc                 # its gRPC kind: GrpcCall, the client side must carry gRPC
+
+
 cdef class H2Call(H2Sink):
-    cdef ClientConn cl             # the client side: an HTTP/1.1 connection or an HTTP/2 stream
+    cdef Downstream cl             # the client side: an HTTP/1.1 connection or an HTTP/2 stream
     cdef H2Stream st               # the same when it is an HTTP/2 stream, else None
     cdef Exchange ex
     cdef H2UpStream us             # the upstream stream (upstream_h2.pyx)
@@ -15,7 +19,7 @@ cdef class H2Call(H2Sink):
     cdef bint paused               # the client side cannot take more response now
     cdef long long up_owed         # response bytes received from upstream, not acknowledged yet
     cdef long long unsent          # an HTTP/1.1 client's body bytes not yet sent upstream
-    cdef double deadline           # the response head must arrive by then (upstream `timeout`)
+    cdef double deadline           # the upstream must have sent something by then (its `timeout`)
     cdef void request_data(self, bytes data, long long n)
     cdef void too_large(self)
     cdef void request_end(self)

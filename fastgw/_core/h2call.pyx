@@ -2,7 +2,8 @@
 #
 #   H2Call   joins an Exchange (its client an HTTP/1.1 connection or an HTTP/2 stream) to one stream of
 #            upstream_h2.pyx, whose H2Sink it is; GrpcCall (upstream_grpc.pyx) is its gRPC kind
-#   h2_start opens the call once the request passed its route's policies
+#   H2Upstream the driver (upstream.pxd) of a route to an HTTP/2 upstream: h2_start opens the call once
+#            the request passed its route's policies
 #
 # Rules kept here (and why):
 # * The upstream request is the exchange's (Exchange.upstream_fields), so an HTTP/1.1 client's request
@@ -15,10 +16,13 @@
 # * Response backpressure: the upstream's DATA is acknowledged while the client side takes it (set_paused),
 #   so a slow client slows the upstream stream through its window, not the gateway's memory.
 # * Response fields: the connection-specific ones (RFC 9113 8.2.2) and the route's removed ones are not
-#   relayed; the route's and the policies' are added, and X-Request-ID. Trailers go to an HTTP/2 client;
-#   an HTTP/1.1 client gets the body without them (fastgw frames its chunked body itself).
-# * The response head must come within the upstream's `timeout` (504). A reset or a failure before it is a
-#   502 problem; after it the client's response is cut (stream reset, connection closed): never a
+#   relayed; the route's and the policies' are added, and X-Request-ID. Trailers go to an HTTP/2 client,
+#   and to an HTTP/1.1 client that sent TE: trailers in its chunked body's trailer section (h1engine.pyx
+#   write_trailers); otherwise the body comes without them.
+# * The upstream's silence is bounded by its `timeout`, as an HTTP/1.1 upstream's: to the response head
+#   (504 problem) and then between DATA frames (the response is cut), except while the client side does
+#   not take the response (set_paused: then it is the client's time). A reset or a failure before the head
+#   is a 502 problem; after it the client's response is cut (stream reset, connection closed): never a
 #   truncated response presented as complete.
 
 # The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
@@ -26,9 +30,49 @@ cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.C
                                           _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
 
 
-cdef void h2_start(Exchange ex):
-    """The request passed its route's policies: open its upstream stream and send what arrived so far."""
-    cdef ClientConn cl = ex.client
+cdef class H2Upstream(Upstream):
+    cdef bint start(self, Exchange ex):
+        return h2_start(ex, self.grpc)
+
+    cdef void send(self, Exchange ex, bytes data):
+        ex.call.request_data(data, len(data))       # (an HTTP/2 client's DATA goes to the call directly)
+
+    cdef void end(self, Exchange ex):
+        ex.call.request_end()
+
+    cdef void retry(self, Exchange ex):
+        pass                            # (never: a stream the upstream did not process is replayed there)
+
+    cdef void cancel(self, Exchange ex):
+        if ex.call is not None:
+            ex.call.cancel()
+
+    cdef void set_paused(self, Exchange ex, bint want):
+        if ex.call is not None:
+            ex.call.set_paused(want)
+
+    cdef void held_up(self, Exchange ex, double now):
+        cdef H2Call call = ex.call
+        if call is not None and call.head_sent:
+            call.deadline = now + ex.route.group.timeout
+
+    cdef bint check(self, Exchange ex, double now, bint sending, bint held):
+        if ex.call is None or (sending and not held):
+            return False
+        ex.call.check(now)
+        return True
+
+
+cdef H2Upstream H2_UPSTREAM = H2Upstream()
+cdef H2Upstream GRPC_UPSTREAM = H2Upstream()
+GRPC_UPSTREAM.grpc = True
+GRPC_UPSTREAM.needs = CAP_GRPC
+
+
+cdef bint h2_start(Exchange ex, bint grpc):
+    """The request passed its route's policies: open its upstream stream and send what arrived so far.
+    False when no target was usable (answered)."""
+    cdef Downstream cl = ex.client
     cdef RouteRT route = ex.route
     cdef H2Stream st = None
     cdef H2Call call
@@ -39,8 +83,8 @@ cdef void h2_start(Exchange ex):
     if fields is None:                                # every target ejected, on_panic "fail"
         ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                 _failures.NO_TARGET))
-        return
-    if route.grpc:
+        return False
+    if grpc:
         call = GrpcCall.__new__(GrpcCall)
         (<GrpcCall>call).max_msg = route.max_body
         fields.append((b"te", b"trailers"))
@@ -79,6 +123,7 @@ cdef void h2_start(Exchange ex):
         call.ack_request(owed)
     if ended:
         call.request_end()
+    return True
 
 
 cdef class H2Call(H2Sink):
@@ -119,6 +164,8 @@ cdef class H2Call(H2Sink):
 
     cdef void set_paused(self, bint want):
         cdef long long n
+        if self.paused and not want:            # the upstream's time runs again from here
+            self.deadline = self.ex.client.w.clock.now + self.ex.route.group.timeout
         self.paused = want
         if not want and self.up_owed and not self.over:
             n = self.up_owed
@@ -126,7 +173,7 @@ cdef class H2Call(H2Sink):
             self.us.ack(n)
 
     cdef void check(self, double now):
-        if not self.over and not self.head_sent and now > self.deadline:
+        if not self.over and now > self.deadline and not (self.head_sent and self.paused):
             self.us.cancel()
             self.fail(504, "upstream-timeout", None, 4, _failures.TIMEOUT)
 
@@ -169,6 +216,7 @@ cdef class H2Call(H2Sink):
         cdef int status = 200
         if self.over:
             return
+        self.deadline = ex.client.w.clock.now + route.group.timeout
         remove = route.resp_remove
         for name, value in headers:
             if name == b":status":
@@ -223,9 +271,11 @@ cdef class H2Call(H2Sink):
         return True
 
     cdef void on_data(self, bytes data, long long n):
+        cdef Exchange ex = self.ex
         if self.over:
             self.us.ack(n)
             return
+        self.deadline = ex.client.w.clock.now + ex.route.group.timeout
         if data and not self.ex.resp_nobody:
             if self.ex.route.on_response_body is not None:    # phase: on_response_body
                 self.ex.tap(data, False)
@@ -245,10 +295,9 @@ cdef class H2Call(H2Sink):
                 out.append((name, value))
                 if name == b"grpc-status":
                     self.note_status(value)
-        if self.st is not None:
-            self.st.trailers = out
         if self.ex.route.on_response_body is not None:        # phase: on_response_body
             self.ex.tap(b"", True)
+        self.cl.write_trailers(self.ex, out)
         self.cl.write_end(self.ex)
         self.finish()
 

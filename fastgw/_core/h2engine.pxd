@@ -1,4 +1,5 @@
-# Declarations of the downstream HTTP/2 engine (see h2engine.pyx; included by worker.pxd).
+# Declarations of the downstream HTTP/2 engine (see h2engine.pyx; included by worker.pxd; its streams:
+# h2stream.pxd).
 
 from fastgw._core.h2clock cimport HeaderClock
 from fastgw._core.runtime cimport H2Limits
@@ -24,43 +25,7 @@ cdef enum:
     E_CALM = 11
 
 
-cdef class H2Stream(ClientConn):
-    cdef H2Conn conn
-    cdef int sid
-    cdef list outq                # response DATA waiting for flow-control window
-    cdef Py_ssize_t outq_bytes
-    cdef bint head_sent
-    cdef bint end_pending         # the response ended; END_STREAM goes with the last queued DATA
-    cdef bint ended               # END_STREAM sent (or the stream reset)
-    cdef bint rx_done             # the client's END_STREAM arrived
-    cdef bint counted             # still counts as "not yet answered" (for Rapid Reset accounting)
-    cdef bint dirty
-    cdef long long owed           # flow-controlled bytes received but not acknowledged yet
-    cdef double blocked_since
-    cdef H2Call call              # the upstream HTTP/2 stream's call (h2call.pyx), or None
-    cdef list trailers            # response trailers, sent with END_STREAM after the queued DATA
-    cdef void send(self, bytes data)
-    cdef void flush(self)
-    cdef void kick(self)
-    cdef bint reader_done(self)
-    cdef object peercert(self)
-    cdef void write_head(self, Exchange ex, UpstreamConn c, int status)
-    cdef void write_fields(self, Exchange ex, int status, list fields, bint end)
-    cdef void send_head(self, list headers, bint end)
-    cdef void write_body(self, Exchange ex, bytes data)
-    cdef void write_end(self, Exchange ex)
-    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body)
-    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra)
-    cdef void pause_reading(self, int why)
-    cdef void resume_reading(self, int why)
-    cdef void update_wpause(self)
-    cdef void close(self)
-    cdef void abort(self)
-    cdef void flush_now(self)
-    cdef void reset(self, int code)
-    cdef void drop_exchange(self)
-    cdef void finished(self, Exchange ex)
-
+@cython.final
 cdef class H2Conn:
     cdef ClientConn cl
     cdef public object h2

@@ -2,9 +2,8 @@
 #
 #   H2Conn    one HTTP/2 client connection: an h2.H2Connection fed by the connection's ClientConn (which
 #             stays the asyncio protocol and the member of Worker.conns, and hands every read to H2Conn)
-#   H2Stream  one request stream; a ClientConn subclass that overrides the downstream interface
-#             (write_head/write_body/write_end/write_problem, flush, pause/resume_reading, abort,
-#             finished), so Exchange, routing, policies and the upstream pools are the H1 ones, unchanged.
+#   H2Stream  one request stream (h2stream.pyx): a Downstream (downstream.pxd) of its own, as ClientConn is
+#             for HTTP/1.1, so Exchange, routing, policies and the upstream pools are the same for both.
 #             On a route to an HTTP/2 upstream the stream is joined to an upstream stream (h2call.pyx: the
 #             `call` field; the `trailers` sent after the last DATA).
 #
@@ -109,193 +108,6 @@ cdef list _h2_lines(bytes block, list out):
             out.append((block[pos:colon].lower(), block[colon + 1:eol].strip(b" \t")))
         pos = eol + 2
     return out
-
-
-cdef class H2Stream(ClientConn):
-    # -- the downstream interface --------------------------------------------------------------------
-    cdef void send(self, bytes data):
-        pass                                  # HTTP/1.1 bytes (100 Continue) have no HTTP/2 meaning
-
-    cdef void flush(self):
-        cdef Exchange ex = self.active
-        if ex is not None:
-            ex.flush_upstream()
-        if not self.conn.batching:
-            self.conn.schedule()
-
-    cdef void kick(self):
-        if not self.batching and not self.conn.batching:
-            self.conn.schedule()
-
-    cdef bint reader_done(self):
-        return False
-
-    cdef object peercert(self):
-        return self.conn.cl.peercert()        # the TLS connection's certificate, for every stream
-
-    cdef void write_head(self, Exchange ex, UpstreamConn c, int status):
-        cdef RouteRT route = ex.route
-        cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
-        cdef bytes piece
-        for piece in c.rpieces:
-            _h2_lines(piece, headers)
-        if route.resp_add:
-            _h2_lines(route.resp_add, headers)
-        if ex.resp_extra is not None:
-            _h2_lines(ex.resp_extra, headers)
-        headers.append((b"x-request-id", ex.rid))
-        if c.r_has_cl and status != 204 and (ex.resp_nobody or not c.r_chunked):
-            headers.append((b"content-length", c.r_cl))
-        self.send_head(headers, ex.resp_nobody)
-
-    cdef void write_fields(self, Exchange ex, int status, list fields, bint end):
-        cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
-        headers.extend(fields)
-        self.send_head(headers, end or ex.resp_nobody)
-
-    cdef void send_head(self, list headers, bint end):
-        if self.ended or self.conn.closed:
-            return
-        self.conn.h2.send_headers(self.sid, headers, end_stream=end)
-        self.head_sent = True
-        if end:
-            self.ended = True
-            self.conn.stream_ended(self)
-        self.kick()
-
-    cdef void write_body(self, Exchange ex, bytes data):
-        if self.ended or not data:
-            return
-        self.outq.append(data)
-        self.outq_bytes += len(data)
-        if not self.dirty:
-            self.dirty = True
-            self.conn.dirty.append(self)
-        if self.outq_bytes > STREAM_OUTQ:
-            self.update_wpause()
-        self.kick()
-
-    cdef void write_end(self, Exchange ex):
-        if self.ended:
-            return
-        self.end_pending = True
-        if not self.dirty:
-            self.dirty = True
-            self.conn.dirty.append(self)
-        self.kick()
-
-    cdef void write_answer(self, Exchange ex, int status, bytes lines, bytes body):
-        cdef list headers = [(b":status", H2_STATUS.get(status) or b"%d" % status)]
-        cdef bint nobody = ex.resp_nobody or not body
-        _h2_lines(lines, headers)
-        headers.append((b"x-request-id", ex.rid))
-        if status != 204 and status != 304:
-            headers.append((b"content-length", b"%d" % len(body)))
-        self.send_head(headers, nobody)
-        if not nobody:
-            self.write_body(ex, body)
-            self.write_end(ex)
-
-    cdef void write_problem(self, Exchange ex, str slug, bytes detail, bytes extra):
-        cdef Problem p = <Problem>ex.rt.problems[slug]
-        cdef RequestHead h = ex.head
-        cdef list headers
-        if ex.route is not None and ex.route.grpc:
-            grpc_problem(self, ex, p, detail, extra)       # a gRPC status, not problem+json
-            return
-        instance = h.path if h is not None and h.path is not None else b"urn:fastgw:request:" + ex.rid
-        if ex.route is not None and ex.route.err_add:
-            extra = (extra or b"") + ex.route.err_add
-        body = p.body(instance, ex.rid, None if detail is None else json_bytes(detail), ex.failure_members())
-        headers = [(b":status", H2_STATUS.get(p.status) or b"%d" % p.status),
-                   (b"content-type", b"application/problem+json"), (b"cache-control", b"no-store"),
-                   (b"content-length", b"%d" % len(body)), (b"x-request-id", ex.rid)]
-        if p.extra:
-            _h2_lines(p.extra, headers)
-        if extra:
-            _h2_lines(extra, headers)
-        self.send_head(headers, False)
-        self.write_body(ex, body)
-        self.write_end(ex)
-
-    cdef void pause_reading(self, int why):
-        self.rpause |= why
-
-    cdef void resume_reading(self, int why):
-        if self.rpause & why:
-            self.rpause &= ~why
-            if self.rpause == 0 and self.owed:
-                self.conn.ack(self)
-
-    cdef void update_wpause(self):
-        """Pause the upstream's reading while this stream holds too much unsent response, or the client
-        connection's transport is full; resume when neither holds."""
-        cdef bint want = self.conn.wpaused or self.outq_bytes > STREAM_OUTQ
-        cdef Exchange ex = self.active
-        cdef UpstreamConn up
-        if want == self.wpaused:
-            return
-        self.wpaused = want
-        if self.call is not None:
-            self.call.set_paused(want)
-        if ex is not None and ex.up is not None:
-            up = ex.up
-            if up.transport is not None and up.rpaused != want:
-                up.rpaused = want
-                if want:
-                    up.transport.pause_reading()
-                else:
-                    up.transport.resume_reading()
-                    ex.up_last = self.w.clock.now     # paused for the client: not the upstream's time
-
-    cdef void close(self):
-        self.reset(E_CANCEL)
-
-    cdef void abort(self):
-        self.reset(E_INTERNAL)
-
-    cdef void flush_now(self):
-        self.conn.flush()
-
-    cdef void reset(self, int code):
-        """RST_STREAM (unless the stream already ended) and drop the exchange."""
-        if not self.ended and not self.conn.closed:
-            self.ended = True
-            try:
-                self.conn.h2.reset_stream(self.sid, code)
-            except H2ProtocolError:
-                pass
-        self.ended = True
-        self.outq = []
-        self.outq_bytes = 0
-        self.drop_exchange()
-        self.conn.stream_ended(self)
-        self.kick()
-
-    cdef void drop_exchange(self):
-        cdef Exchange ex = self.active
-        self.closed = True
-        self.active = None
-        self.rx = None
-        if self.call is not None:
-            self.call.cancel()                # RST_STREAM CANCEL upstream, unless it already ended
-        if ex is not None:
-            ex.drop()
-
-    cdef void finished(self, Exchange ex):
-        if ex is not self.active:
-            return
-        self.active = None
-        self.counted = False
-        if self.rx is ex:
-            self.rx = None
-        self.conn.nreq += 1
-        if not self.rx_done:
-            # Answered before the request body ended: the rest is not wanted (RFC 9113 8.1). The reset
-            # follows the response's END_STREAM (queued first).
-            self.rx_done = True
-            self.conn.after_end.append(self)
-        self.conn.stream_ended(self)
 
 
 cdef bytes DRAIN_PING = b"fgdrain\x00"     # the drain's PING payload; its ACK ends the first round trip
@@ -447,6 +259,7 @@ cdef class H2Conn:
         st.peer = self.cl.peer
         st.tcp_peer = self.cl.tcp_peer
         st.proto = self.cl.proto
+        st.caps = CAP_GRPC
         st.outq = []
         st.counted = True
         st.last_rx = self.last_active
@@ -489,6 +302,7 @@ cdef class H2Conn:
         h.host = b""
         h.minor = 1
         h.keep_alive = True
+        h.pieces = pieces                        # (take_field appends the forwarded fields to it)
         for name, value in headers:
             if not _h2_value_ok(value):
                 return 1
@@ -521,17 +335,12 @@ cdef class H2Conn:
             if n > rt.max_headers:
                 return 431
             code = table.classify(name, True)
-            if code == A_FORWARD:
-                if name == b"cookie":
-                    # Split cookie fields (RFC 9113 8.2.3) become one field for HTTP/1.1.
-                    if cookies is None:
-                        cookies = []
-                    cookies.append(value)
-                    continue
-                pieces.append(name)
-                pieces.append(b": ")
-                pieces.append(value)
-                pieces.append(b"\r\n")
+            if (code == A_FORWARD or code >= A_CREDENTIALS) and name == b"cookie":
+                # Split cookie fields (RFC 9113 8.2.3) become one field for HTTP/1.1 (a cookie that
+                # carries a credential too: its crumbs are joined, then read once).
+                if cookies is None:
+                    cookies = []
+                cookies.append(value)
                 continue
             if code == A_HOST:                   # host: :authority wins when both are present
                 if authority is None:
@@ -547,32 +356,8 @@ cdef class H2Conn:
             elif code == A_TE:
                 if value != b"trailers":
                     return 1
-            elif code == A_REQUEST_ID:
-                if 0 < len(value) <= 128 and only(value, C_REQUEST_ID):
-                    h.request_id = value
-            elif code == A_FORWARDED_FOR:
-                h.xff = value if h.xff is None else h.xff + b", " + value
-            elif code >= A_CREDENTIALS:
-                if name == b"cookie":            # a cookie issuer: crumbs are joined, then read once
-                    if cookies is None:
-                        cookies = []
-                    cookies.append(value)
-                    continue
-                if creds >> (code - A_CREDENTIALS) & 1:
-                    return 1                     # forwarded, never twice
-                creds |= 1ULL << (code - A_CREDENTIALS)
-                pieces.append(name)
-                pieces.append(b": ")
-                pieces.append(value)
-                pieces.append(b"\r\n")
-            elif code == A_TRACEPARENT:
-                h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
-            elif code == A_TRACESTATE:
-                h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
-            elif code == A_UNDERSCORE or code == A_ALIAS:
-                if h.dropped is None:
-                    h.dropped = []
-                h.dropped.append((code, name))
+            elif take_field(h, code, name, value, &creds) == FIELD_DUPLICATE:
+                return 1                         # a credential forwarded, never twice
             # the rest (expect, hop-by-hop, X-Forwarded-*, identity): dropped
         if method is None or method == b"CONNECT" or path is None or scheme is None:
             return 1
@@ -641,12 +426,12 @@ cdef class H2Conn:
         ex = st.rx
         st.last_rx = self.last_active
         if data:
-            st.request_body(data)
+            st.body_data(data)
         if st.rx is not ex or ex.done:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
             return
-        if (ex.up is None or not ex.sent) and ex.body_waiter is None:   # (read_body holds it: body_limit)
+        if not ex.sent and ex.body_waiter is None:   # (the upstream call has not started; read_body holds it)
             st.rpause |= P_PENDING           # held until attach() hands it to the upstream transport
         st.owed += n
         if st.rpause == 0:
@@ -668,7 +453,7 @@ cdef class H2Conn:
         if st.call is not None:
             st.call.request_end()
         elif st.rx is not None:
-            st.request_end()
+            st.body_end()
 
     cdef void on_reset(self, int sid):
         cdef H2Stream st = self.streams.get(sid)
@@ -890,13 +675,13 @@ cdef class H2Conn:
         if self.goaway_stage == 1 and now - self.goaway_at > GOAWAY_ACK_WAIT:
             self.final_goaway()                 # the drain's PING went unanswered
         for st in list(self.streams.values()):
+            ex = st.active
+            if st.outq and ex is not None and ex.drv is not None:
+                ex.drv.held_up(ex, now)         # the upstream's time waits while the client holds us up
             if st.call is not None:
                 st.call.check(now)
-            elif st.active is not None:
-                ex = st.active
-                if st.outq and ex.up is not None:
-                    ex.up_last = now            # the upstream timer waits while the client holds us up
-                ClientConn.check(st, now)
+            elif ex is not None:
+                st.check_exchange(ex, now)
             if st.outq and st.blocked_since and now - st.blocked_since > self.lim.stall_timeout:
                 st.reset(E_CANCEL)              # no progress against the client's windows
         if not self.streams:

@@ -34,10 +34,19 @@ cdef class RequestHead:
     cdef public bint chunked
     cdef public long long content_length
     cdef public bint expect_continue
+    cdef public bint te_trailers       # TE names "trailers": the client takes a response's trailer fields
     cdef public object drop
     cdef public bytes traceparent      # the one well-formed traceparent; b"" when refused (wire.pyx)
     cdef public bytes tracestate
     cdef public list dropped           # [(Action, name)] dropped by the underscore rule, or None
+
+# What take_field did with a field (both request readers: this one and h2engine.pyx's).
+cdef enum:
+    FIELD_TAKEN = 0        # forwarded or noted
+    FIELD_DUPLICATE = 1    # a second field of one credential: the request is refused
+    FIELD_OTHER = 2        # an action that is the reader's own (Host, framing, connection, TE, Expect, dropped)
+
+cdef int take_field(RequestHead h, int code, bytes name, bytes value, unsigned long long* creds) except -1
 
 cdef class RequestReader:
     cdef object _parser

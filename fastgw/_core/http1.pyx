@@ -19,7 +19,7 @@ from httptools import HttpRequestParser
 
 from fastgw._core.wire cimport (
     A_ALIAS, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD, A_FORWARDED_FOR, A_HOST,
-    A_REQUEST_ID, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
+    A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
     C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only, traceparent_ok,
 )
 from fastgw._core.wire import DEFAULT_TABLE
@@ -62,6 +62,42 @@ cdef int _version_from_line(bytes line, bytes method, bytes url):
     if s[off + 7] == b'0':
         return 0
     return -1
+
+
+cdef int take_field(RequestHead h, int code, bytes name, bytes value, unsigned long long* creds) except -1:
+    """What both request readers (this one and the HTTP/2 engine's field validation, h2engine.pyx) do with
+    a field by its wire-table action (wire.pxd), except the actions about Host, framing and the
+    connection, which are each reader's own: forward it; one field of each credential (a second is an
+    ambiguity: which one did the gateway check?); the request id when well-formed; X-Forwarded-For
+    joined; one well-formed traceparent (b"" marks "refused": W3C Trace Context 3.2), tracestate joined;
+    the names the underscore rule dropped, noted. `creds`: bit k set once credential k was seen."""
+    cdef list pieces
+    if code == A_FORWARD or code >= A_CREDENTIALS:
+        if code >= A_CREDENTIALS:
+            if creds[0] >> (code - A_CREDENTIALS) & 1:
+                return FIELD_DUPLICATE
+            creds[0] |= 1ULL << (code - A_CREDENTIALS)
+        pieces = h.pieces
+        pieces.append(name)
+        pieces.append(b": ")
+        pieces.append(value)
+        pieces.append(b"\r\n")
+    elif code == A_REQUEST_ID:
+        if 0 < len(value) <= 128 and only(value, C_REQUEST_ID):
+            h.request_id = value
+    elif code == A_FORWARDED_FOR:
+        h.xff = value if h.xff is None else h.xff + b", " + value
+    elif code == A_TRACEPARENT:
+        h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
+    elif code == A_TRACESTATE:
+        h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
+    elif code == A_UNDERSCORE or code == A_ALIAS:
+        if h.dropped is None:
+            h.dropped = []
+        h.dropped.append((code, name))
+    else:
+        return FIELD_OTHER
+    return FIELD_TAKEN
 
 
 cdef class RequestReader:
@@ -243,31 +279,13 @@ cdef class RequestReader:
         elif code == A_EXPECT:
             if value.lower() == b"100-continue":
                 h.expect_continue = True
-        elif code == A_REQUEST_ID:
-            if 0 < len(value) <= 128 and only(value, C_REQUEST_ID):
-                h.request_id = value
-        elif code == A_FORWARDED_FOR:
-            h.xff = value if h.xff is None else h.xff + b", " + value
-        elif code >= A_CREDENTIALS:
-            # Forwarded, but only one: a second credential is an ambiguity (which one did the gateway check?).
-            if self._creds >> (code - A_CREDENTIALS) & 1:
-                self._reject(400, "bad-request", f"duplicate {name.decode('latin-1')} header")
-            self._creds |= 1ULL << (code - A_CREDENTIALS)
-            pieces = h.pieces
-            pieces.append(name)
-            pieces.append(b": ")
-            pieces.append(value)
-            pieces.append(b"\r\n")
-        elif code == A_TRACEPARENT:
-            # Kept when exactly one well-formed field came; b"" marks "refused" (W3C Trace Context 3.2).
-            h.traceparent = value if h.traceparent is None and traceparent_ok(value) else b""
-        elif code == A_TRACESTATE:
-            h.tracestate = value if h.tracestate is None else h.tracestate + b"," + value
-        elif code == A_UNDERSCORE or code == A_ALIAS:
-            if h.dropped is None:
-                h.dropped = []
-            h.dropped.append((code, name))
-        # the rest (hop-by-hop, X-Forwarded-*, identity, TE, Expect): dropped
+        elif code == A_TE:
+            for tok in value.lower().split(b","):
+                if tok.split(b";")[0].strip() == b"trailers":
+                    h.te_trailers = True
+        elif take_field(h, code, name, value, &self._creds) == FIELD_DUPLICATE:
+            self._reject(400, "bad-request", f"duplicate {name.decode('latin-1')} header")
+        # the rest (hop-by-hop, X-Forwarded-*, identity): dropped
 
     def on_headers_complete(self):
         cdef RequestHead h = self._head

@@ -37,6 +37,7 @@ class RouteRT:
     phase_resp_add: bytes | None
     grpc: bool
     h2up: bool
+    upstream: Any              # the upstream driver (fastgw._core.worker.upstream_for), None: HTTP/1.1
 
 class Runtime:
     router: Any

@@ -11,6 +11,11 @@ cdef enum:
     MAX_RESP_LINES = 256      # header lines of one upstream response head; more is a 502
 
 
+cdef class H1Upstream(Upstream):
+    pass
+
+
+@cython.final
 cdef class UpstreamConn:
     cdef object transport
     cdef object parser

@@ -56,7 +56,7 @@ cdef class UpstreamConn:
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
-        cdef ClientConn cl
+        cdef Downstream cl
         cdef bint overrun = False
         if ex is None:
             # Bytes on an idle connection: beyond the end of the last response; never reuse it.
@@ -252,6 +252,74 @@ cdef class UpstreamConn:
         if self.ex is not None and self.r_head_done:
             self.r_done = True                        # ended after the read: see end_response
             self.r_keep = self.keep_alive()
+
+
+cdef class H1Upstream(Upstream):
+    """An HTTP/1.1 upstream: the request's state is the exchange's (the head built, the pending body,
+    the connect task) and its pooled UpstreamConn's; the exchange's acquire/attach/release_upstream and
+    upstream_failed are this kind's helpers."""
+    cdef bint start(self, Exchange ex):
+        ex.up_head = ex.upstream_head(ex.route, ex.head)
+        if ex.up_head is None:              # every target ejected, below panic_threshold, on_panic "fail"
+            ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
+                                    _failures.NO_TARGET))
+            return False
+        ex.acquire(False)
+        return True
+
+    cdef void send(self, Exchange ex, bytes data):
+        if ex.head.chunked:                 # fastgw frames a chunked body itself (its extensions dropped)
+            ex.to_upstream(b"%x\r\n" % len(data))
+            ex.to_upstream(data)
+            ex.to_upstream(b"\r\n")
+        else:
+            ex.to_upstream(data)
+
+    cdef void end(self, Exchange ex):
+        if ex.head.chunked:
+            ex.to_upstream(b"0\r\n\r\n")
+
+    cdef void retry(self, Exchange ex):
+        ex.sent = False
+        ex.acquire(True)
+
+    cdef void cancel(self, Exchange ex):
+        if ex.connect_task is not None:
+            t = ex.connect_task
+            ex.connect_task = None
+            t.cancel()
+        if ex.up is not None:
+            ex.release_upstream(False)
+
+    cdef void set_paused(self, Exchange ex, bint want):
+        cdef UpstreamConn up = ex.up
+        if up is not None and up.transport is not None and up.rpaused != want:
+            up.rpaused = want
+            if want:
+                up.transport.pause_reading()
+            else:
+                up.transport.resume_reading()
+                ex.up_last = ex.client.w.clock.now    # the upstream's time runs again from here
+
+    cdef void held_up(self, Exchange ex, double now):
+        if ex.up is not None:
+            ex.up_last = now
+
+    cdef bint check(self, Exchange ex, double now, bint sending, bint held):
+        if ex.connect_task is not None:
+            if now > ex.connect_deadline:
+                ex.connect_task.cancel()
+            return True
+        if sending:
+            if held and ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+                ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
+            return held
+        if ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
+            ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
+        return True
+
+
+cdef H1Upstream H1_UPSTREAM = H1Upstream()
 
 
 async def _connect(Exchange ex, Target target):

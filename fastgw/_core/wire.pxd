@@ -14,7 +14,7 @@ cdef enum Action:
     A_REQUEST_ID = 7
     A_FORWARDED_FOR = 8
     A_CONN_SPECIFIC = 9    # keep-alive, proxy-connection, upgrade: dropped (HTTP/1.1), malformed (HTTP/2)
-    A_TE = 10              # dropped; on HTTP/2 only "trailers" is valid
+    A_TE = 10              # dropped; "trailers" noted (RequestHead.te_trailers); on HTTP/2 the only valid value
     A_TRACEPARENT = 11
     A_TRACESTATE = 12
     A_UNDERSCORE = 13      # a name with "_" and server.limits.allow_underscores off: dropped, counted

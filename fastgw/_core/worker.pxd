@@ -1,12 +1,15 @@
 # Declarations of the data plane extension (see worker.pyx): the files it includes declare their types in
 # their own .pxd, included here in dependency order.
 
+cimport cython
 from libc.stdint cimport uint64_t
 
 from fastgw._core.runtime cimport Runtime
 
 cdef class UpstreamConn
+cdef class Upstream
 cdef class Exchange
+cdef class Downstream
 cdef class ClientConn
 cdef class Worker
 cdef class H2Conn
@@ -14,12 +17,15 @@ cdef class H2Stream
 
 include "stats.pxd"
 include "protocol.pxd"
+include "upstream.pxd"
 include "upstream_h1.pxd"
 include "h2call.pxd"
 include "exchange.pxd"
+include "downstream.pxd"
 include "h1engine.pxd"
 include "upstream_grpc.pxd"
 include "h2engine.pxd"
+include "h2stream.pxd"
 
 
 cdef class Clock:

@@ -2,7 +2,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastgw._core.http1 import RequestReader
 from fastgw._core.runtime import Runtime
 
 Rejection = tuple[int, str, bytes | None, bytes | None]   # (status, slug, detail, extra header lines)
@@ -48,14 +47,22 @@ class Exchange:
     def remove_response_header(self, name: bytes | str) -> int: ...
     def remove_upstream_header(self, name: bytes | str) -> None: ...
 
-class ClientConn(RequestReader, asyncio.Protocol):
-    transport: Any
+class Downstream:
+    """The client side of an exchange (downstream.pxd): an HTTP/1.1 ClientConn or an HTTP/2 stream."""
     closed: bool
     batching: bool
     draining: bool
+    proto: bytes
+
+class Upstream:
+    """How an exchange drives its route's upstream (upstream.pxd); one object per kind."""
+
+def upstream_for(protocol: str) -> Upstream: ...
+
+class ClientConn(Downstream, asyncio.Protocol):
+    transport: Any
     want_proxy: bool
     proxied_peer: bytes | None
-    proto: bytes
     def __init__(self, w: Worker) -> None: ...
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def data_received(self, data: bytes) -> None: ...

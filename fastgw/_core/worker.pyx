@@ -4,11 +4,15 @@ counting, request ids), with the modules whose types refer to one another includ
 
   stats.pyx         the per-worker counters (layout of observe/metrics.py)
   protocol.pyx      write batching, the TLS handshake protocol
-  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan
+  upstream.pyx      Upstream: how an exchange drives its route's upstream, whatever it speaks (upstream.pxd)
+  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan; H1Upstream
   exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
-  h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session
-  h2engine.pyx      H2Conn, H2Stream: the downstream HTTP/2 engine
-  h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine
+  downstream.pyx    Downstream: what an exchange asks of its client side (downstream.pxd), the shared part
+  h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session (a Downstream)
+  h2engine.pyx      H2Conn: the downstream HTTP/2 engine
+  h2stream.pyx      H2Stream: one HTTP/2 request stream, a Downstream
+  h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine;
+                    H2Upstream
   upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
 
 Rules kept here (and why):
@@ -34,7 +38,9 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from fastgw._core.http1 cimport ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead, RequestReader
+from fastgw._core.http1 cimport (
+    FIELD_DUPLICATE, ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead, RequestReader, take_field,
+)
 from fastgw._core.router cimport Router
 from fastgw._core.wire cimport (
     A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_FORWARD, A_FORWARDED_FOR,
@@ -55,14 +61,29 @@ from fastgw._core.runtime import H2Limits, Problem, RouteRT, Runtime, json_bytes
 
 include "stats.pyx"
 include "protocol.pyx"
+include "upstream.pyx"
 include "upstream_h1.pyx"
 include "exchange.pyx"
+include "downstream.pyx"
 include "h1engine.pyx"
 include "h2engine.pyx"
+include "h2stream.pyx"
 include "h2call.pyx"
 include "upstream_grpc.pyx"
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
+
+
+def upstream_for(str protocol):
+    """The upstream driver (upstream.pxd) of a route whose upstream speaks `protocol` ("http1", "h2",
+    "grpc"): what compile.py sets as RouteRT.upstream."""
+    if protocol == "grpc":
+        return GRPC_UPSTREAM
+    if protocol == "h2":
+        return H2_UPSTREAM
+    if protocol == "http1":
+        return H1_UPSTREAM
+    raise ValueError(f"unknown upstream protocol {protocol!r}")
 
 
 cdef class Clock:
@@ -177,7 +198,7 @@ cdef class Worker:
             if c.h2 is not None:
                 c.h2.drain()                  # GOAWAY; in-flight streams finish, then it closes
                 continue
-            if c.active is None and c._state == ST_IDLE and (
+            if c.active is None and c.reader._state == ST_IDLE and (
                     c.nreq > 0 or (fresh_idle >= 0 and self.clock.now - c.head_start > fresh_idle)):
                 c.close()
 
