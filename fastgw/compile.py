@@ -127,6 +127,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     groups = groups if groups is not None else build_groups(cfg)
     services = services if services is not None else {}     # one for every route (issuers are shared)
     specs = []
+    tunnels: set[str] = set()
     strip = [name for h in _policy_headers(cfg) for name in h.strip]
     for i, r in enumerate(cfg.routes):
         rt = RouteRT()
@@ -143,11 +144,18 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.resp_add = _header_bytes(r.response_headers.add)
         rt.err_add = _header_bytes({k: v for k, v in r.response_headers.add.items() if on_errors(k)})
         rt.resp_remove = _remove_set(list(r.response_headers.remove) + list(r.response_headers.add))
-        install_phases(rt, build_route_policies(cfg, r, services, rt.mslot))
+        policies = build_route_policies(cfg, r, services, rt.mslot)
+        install_phases(rt, policies)
+        if any(getattr(p, "opens_tunnels", False) for p in policies):
+            tunnels.add(r.name)
         up = cfg.upstreams[r.upstream]
         # The route-level protocol = "grpc" is an alias of the upstream's (kept for existing configs).
         rt.grpc = r.protocol == "grpc" or up.protocol == "grpc"
         rt.h2up = rt.grpc or up.protocol == "h2"
+        if any(getattr(p, "transcodes", False) for p in policies):
+            # The client speaks HTTP/JSON (any HTTP version; the gateway's answers problem+json): the gRPC
+            # call is the transcoder's (fastgw/_core/transcode.pyx).
+            rt.grpc = False
         if rt.h2up:
             _attach_h2_pools(rt.group, up)
         rt.upstream = upstream_for("grpc" if rt.grpc else "h2" if rt.h2up else "http1")
@@ -156,6 +164,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
     run = Runtime()
     run.router = Router(specs)
     run.problems = build_problems()
+    run.tunnel_routes = frozenset(tunnels)
     run.headers = header_table(cfg)
     run.header_timeout = limits.header_timeout
     run.idle_timeout = limits.idle_timeout

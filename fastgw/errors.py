@@ -42,6 +42,13 @@ PROBLEMS: dict[str, Slug] = {
     "quota-exceeded": Slug(429, "Too Many Requests", "The quota for this consumer is exhausted."),
     "auth-throttled": Slug(429, "Too Many Requests",
                            "Too many failed authentication attempts from this client address."),
+    "websocket-version": Slug(426, "Upgrade Required",
+                              "This route speaks WebSocket version 13 (Sec-WebSocket-Version: 13)."),
+    "websocket-origin": Slug(403, "Forbidden", "The Origin of this WebSocket handshake is not allowed."),
+    "websocket-limit": Slug(429, "Too Many Requests", "Too many WebSocket connections are open."),
+    "websocket-unavailable": Slug(503, "Service Unavailable",
+                                  "The gateway accepts no more WebSocket connections now."),
+    "not-implemented": Slug(501, "Not Implemented", "This method cannot be called over HTTP/JSON."),
     "internal-error": Slug(500, "Internal Server Error", "The gateway failed to process the request."),
     "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
     "store-unavailable": Slug(503, "Service Unavailable", "The shared limit store is unavailable."),
@@ -53,10 +60,10 @@ PROBLEMS: dict[str, Slug] = {
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
-            413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content",
+            413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content", 426: "Upgrade Required",
             429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-            505: "HTTP Version Not Supported"}
+            501: "Not Implemented", 505: "HTTP Version Not Supported"}
 
 
 def _j(value: object) -> bytes:

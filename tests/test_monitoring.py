@@ -181,6 +181,11 @@ path = "/pay/*"
 upstream = "origin"
 idempotency = {{}}
 [[routes]]
+name = "ws"
+path = "/ws/*"
+upstream = "origin"
+websocket = true
+[[routes]]
 name = "all"
 path = "/*"
 upstream = "origin"

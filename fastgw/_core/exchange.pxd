@@ -62,6 +62,10 @@ cdef class Exchange:
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef int status                      # response status sent to the client (metrics)
     cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
+    cdef public object tunnel            # a policy's tunnel session (WebSocket): the origin's 101 opens a
+                                         #   Tunnel (tunnel.pyx); None on every other request
+    cdef public object transcode         # a policy's transcoding call (HTTP/JSON -> gRPC): h2_start opens a
+                                         #   TranscodeCall (transcode.pyx); None on every other request
     cdef void request_data(self, bytes data)
     cdef void request_end(self)
     cdef void hold(self, bytes data)
@@ -78,6 +82,7 @@ cdef class Exchange:
     cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=*)
     cdef void failed(self, GatewayError err)
     cdef void resp_head(self, UpstreamConn c, int status)
+    cdef void switch(self, UpstreamConn c, bytes tail)
     cdef void resp_body(self, bytes data)
     cdef void resp_end(self, bint reusable)
     cdef void complete(self)

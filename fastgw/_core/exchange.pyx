@@ -222,6 +222,28 @@ cdef class Exchange:
             self.release_upstream(False)
             self.complete()
 
+    cdef void switch(self, UpstreamConn c, bytes tail):
+        """The origin answered 101 to a request a policy made a tunnel request (`tunnel`, its session):
+        the 101 goes to the client, the exchange ends (logged with status 101), and the two connections
+        become a Tunnel (tunnel.pyx); `tail` is what the origin sent after its 101 in the same read."""
+        cdef ClientConn cl = self.client
+        self.target.success()
+        self.resp_started = True
+        self.status = 101
+        cl.write_switch(self, c)
+        cl.flush_now()
+        self.done = True
+        if self.counted:
+            self.counted = False
+            self.target.finish()
+        c.ex = None
+        self.up = None
+        cl.active = None
+        open_tunnel(cl, c.transport, self.tunnel, tail)
+        if self.after is not None:
+            self.run_after()
+        cl.w.observe(self)
+
     cdef void resp_body(self, bytes data):
         if self.resp_nobody:
             return
@@ -501,6 +523,25 @@ cdef class Exchange:
     @property
     def route_params(self):
         return self.params
+
+    @property
+    def upgrade(self):
+        """The protocol an HTTP/1.1 request asks to switch to (its Upgrade field, lowercase) when its
+        Connection names "upgrade" (the reader then reads nothing more of the connection), else None."""
+        cdef RequestHead h = self.head
+        if h is None or h.upgrade is None or h.drop is None or b"upgrade" not in h.drop:
+            return None
+        return h.upgrade.strip().lower()
+
+    @property
+    def with_body(self):
+        """The request has a body (Content-Length above 0, or chunked)."""
+        return self.has_body
+
+    @property
+    def draining(self):
+        """The worker is draining (SIGTERM): a policy opens no new long-lived session."""
+        return self.client.draining
 
     def header(self, bytes lname):
         """The value of the forwarded request header `lname` (lowercase), or None. Headers the gateway

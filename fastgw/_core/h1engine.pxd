@@ -36,6 +36,7 @@ cdef class ClientConn(Downstream):
     cdef void close(self)
     cdef void flush_now(self)
     cdef void frame_head(self, Exchange ex, int status, bytes length, list parts)
+    cdef void write_switch(self, Exchange ex, UpstreamConn c)
     cdef void end_head(self, Exchange ex, RequestHead h, list parts)
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail, bytes extra, bint close, bytes members=*)
     cdef void enqueue(self, Exchange ex)

@@ -328,6 +328,23 @@ cdef class ClientConn(Downstream):
                 ex.close_after = True            # HTTP/1.0 client: the end of the body is the close
         self.end_head(ex, h, parts)
 
+    cdef void write_switch(self, Exchange ex, UpstreamConn c):
+        """The origin's 101 to a tunnel request: its kept lines, the route's and the policies' added
+        ones, X-Request-ID, and the Upgrade the client asked for (Upgrade and Connection are hop-by-hop:
+        the gateway writes its own)."""
+        parts = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        if c.rpieces:
+            parts.extend(c.rpieces)
+        if ex.route.resp_add:
+            parts.append(ex.route.resp_add)
+        elif ex.route.phase_resp_add:            # (the 101 passes no on_response: nothing to edit)
+            parts.append(ex.route.phase_resp_add)
+        if ex.resp_extra is not None:
+            parts.append(ex.resp_extra)
+        parts += (b"X-Request-ID: ", ex.rid, b"\r\nUpgrade: ", ex.head.upgrade.strip(),
+                  b"\r\nConnection: Upgrade\r\n\r\n")
+        self.send(concat(parts))
+
     cdef void end_head(self, Exchange ex, RequestHead h, list parts):
         """End a response head whose last line has no CRLF yet: Connection as the exchange goes on or not,
         then write it (unless it went into the output batch)."""

@@ -84,7 +84,9 @@ cdef bint h2_start(Exchange ex, bint grpc):
         ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                 _failures.NO_TARGET))
         return False
-    if grpc:
+    if ex.transcode is not None:
+        call = transcode_call(ex, fields)             # HTTP/JSON -> gRPC (transcode.pyx)
+    elif grpc:
         call = GrpcCall.__new__(GrpcCall)
         (<GrpcCall>call).max_msg = route.max_body
         fields.append((b"te", b"trailers"))

@@ -39,6 +39,8 @@ cdef class RequestHead:
     cdef public bytes traceparent      # the one well-formed traceparent; b"" when refused (wire.pyx)
     cdef public bytes tracestate
     cdef public list dropped           # [(Action, name)] dropped by the underscore rule, or None
+    cdef public bytes upgrade          # the Upgrade field (never forwarded as such), or None: a tunnel
+                                       #   route reads it (fastgw/policies/websocket)
 
 # What take_field did with a field (both request readers: this one and h2engine.pyx's).
 cdef enum:

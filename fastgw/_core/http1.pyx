@@ -18,9 +18,10 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from httptools import HttpRequestParser
 
 from fastgw._core.wire cimport (
-    A_ALIAS, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD, A_FORWARDED_FOR, A_HOST,
-    A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING, A_UNDERSCORE, C_HOST, C_PATH,
-    C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only, traceparent_ok,
+    A_ALIAS, A_CONN_SPECIFIC, A_CONNECTION, A_CONTENT_LENGTH, A_CREDENTIALS, A_EXPECT, A_FORWARD,
+    A_FORWARDED_FOR, A_HOST, A_REQUEST_ID, A_TE, A_TRACEPARENT, A_TRACESTATE, A_TRANSFER_ENCODING,
+    A_UNDERSCORE, C_HOST, C_PATH, C_PATH_REFUSED, C_REQUEST_ID, CHARS, HeaderTable, bad_path, only,
+    traceparent_ok,
 )
 from fastgw._core.wire import DEFAULT_TABLE
 
@@ -283,6 +284,10 @@ cdef class RequestReader:
             for tok in value.lower().split(b","):
                 if tok.split(b";")[0].strip() == b"trailers":
                     h.te_trailers = True
+        elif code == A_CONN_SPECIFIC and len(name) == 7:
+            # Upgrade (the only connection-specific name of 7 bytes): kept aside, never forwarded; only a
+            # route that opens tunnels reads it (Exchange.upgrade), with the Connection tokens in h.drop.
+            h.upgrade = value
         elif take_field(h, code, name, value, &self._creds) == FIELD_DUPLICATE:
             self._reject(400, "bad-request", f"duplicate {name.decode('latin-1')} header")
         # the rest (hop-by-hop, X-Forwarded-*, identity): dropped

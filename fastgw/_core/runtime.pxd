@@ -70,6 +70,8 @@ cdef class Runtime:
     # of policy methods, as RouteRT's.
     cdef public tuple unrouted_response
     cdef public tuple unrouted_log
+    cdef public frozenset tunnel_routes   # names of the routes whose policies open tunnels (WebSocket): a
+                                          #   live tunnel whose route is not in a reloaded Runtime closes
 
 cdef class H2Limits:
     cdef public int max_streams

@@ -58,6 +58,7 @@ class Runtime:
     h2: H2Limits | None
     unrouted_response: tuple[Callable[[Exchange], Any], ...] | None
     unrouted_log: tuple[Callable[[Exchange], None], ...] | None
+    tunnel_routes: frozenset[str] | None
 
 class H2Limits:
     max_streams: int

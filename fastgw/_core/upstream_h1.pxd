@@ -39,6 +39,7 @@ cdef class UpstreamConn:
     cdef long long r_extra     # bytes received after the head, less the body bytes llhttp delivered
     cdef bint r_done           # the response ended inside the current read; ended after the read
     cdef bint r_keep           # ... and llhttp says the connection may be kept
+    cdef Py_ssize_t r_switch   # a 101 to a tunnel request: the offset in hbuf after its head (0: none)
     cdef Worker w              # set when connected (metrics)
     cdef void close(self)
     cdef void abort(self)

@@ -76,6 +76,12 @@ cdef class UpstreamConn:
             self.feed(data)
             if not self.r_head_done and self.hbuf is not None and len(self.hbuf) > MAX_RESP_HEAD:
                 raise HttpParserError("response head too large")
+        except HttpParserUpgrade:
+            # llhttp stops after a 101 with Upgrade: only a tunnel request's 101 gets here (see
+            # on_headers_complete); the bytes after its head are the tunnel's.
+            if self.r_switch and self.ex is ex:
+                ex.switch(self, self.hbuf[self.r_switch:])
+                self.hbuf = None
         except HttpParserError as exc:
             if self.r_done:
                 overrun = True                # llhttp refused what followed the end of the response
@@ -155,6 +161,7 @@ cdef class UpstreamConn:
         self.r_has_cl = False
         self.r_cl = None
         self.r_done = False
+        self.r_switch = 0
 
     cdef int scan_head(self, bytes buf, Py_ssize_t end, object remove) except -1:
         """Walk the validated head buf[:end] (status line and header lines, each ending in CRLF):
@@ -230,7 +237,12 @@ cdef class UpstreamConn:
             raise HttpParserError("response on an idle connection")
         if status < 200:
             if status == 101:
-                raise HttpParserError("unexpected 101 Switching Protocols")
+                if ex.tunnel is None or not self.parser.should_upgrade():
+                    raise HttpParserError("unexpected 101 Switching Protocols")
+                if self.scan_head(buf, end, ex.route.resp_remove):
+                    raise HttpParserError("too many response header lines")
+                self.r_switch = end + 2               # the tunnel opens when llhttp stops (data_received)
+                return
             self.hbuf = buf[end + 2:]             # interim responses are not relayed
             return
         if self.r_done:
@@ -314,7 +326,9 @@ cdef class H1Upstream(Upstream):
             if held and ex.up is not None and now - ex.up_last > ex.route.group.timeout:
                 ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
             return held
-        if ex.up is not None and not ex.up.rpaused and now - ex.up_last > ex.route.group.timeout:
+        if ex.up is not None and not ex.up.rpaused and now - ex.up_last > (
+                ex.route.group.timeout if ex.tunnel is None else ex.tunnel.handshake):
+            # (a tunnel request waits for its 101 at most the session's handshake timeout)
             ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
         return True
 

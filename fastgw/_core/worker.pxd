@@ -14,6 +14,7 @@ cdef class ClientConn
 cdef class Worker
 cdef class H2Conn
 cdef class H2Stream
+cdef class Tunnel
 
 include "stats.pxd"
 include "protocol.pxd"
@@ -26,6 +27,8 @@ include "h1engine.pxd"
 include "upstream_grpc.pxd"
 include "h2engine.pxd"
 include "h2stream.pxd"
+include "tunnel.pxd"
+include "transcode.pxd"
 
 
 cdef class Clock:
@@ -37,6 +40,7 @@ cdef class Worker:
     cdef public object loop
     cdef public Clock clock
     cdef public set conns
+    cdef public set tunnels               # open Tunnels (tunnel.pyx); their clients are out of `conns`
     cdef bytes id_prefix
     cdef unsigned long long id_counter
     cdef public bint draining             # new connections answer with Connection: close

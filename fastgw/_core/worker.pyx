@@ -14,6 +14,8 @@ counting, request ids), with the modules whose types refer to one another includ
   h2call.pyx        H2Call: one exchange on an HTTP/2 upstream stream (upstream_h2.pyx), from either engine;
                     H2Upstream
   upstream_grpc.pyx GrpcCall: its gRPC kind (message limits, gRPC statuses for the gateway's errors)
+  tunnel.pyx        Tunnel: the byte relay after an origin's 101 (WebSocket), its timers and close frames
+  transcode.pyx     TranscodeCall: H2Call's HTTP/JSON -> gRPC kind (one JSON request, JSON or NDJSON answers)
 
 Rules kept here (and why):
 * Output produced while handling one read is written once, after the read (one syscall, not one per event).
@@ -31,7 +33,7 @@ import ssl
 
 from fastgw import failures as _failures
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
@@ -70,6 +72,8 @@ include "h2engine.pyx"
 include "h2stream.pyx"
 include "h2call.pyx"
 include "upstream_grpc.pyx"
+include "tunnel.pyx"
+include "transcode.pyx"
 
 cdef const char* HEXDIGITS = b"0123456789abcdef"
 
@@ -96,6 +100,7 @@ cdef class Worker:
         self.loop = loop
         self.clock = Clock()
         self.conns = set()
+        self.tunnels = set()
         self.id_prefix = id_prefix
         self.id_counter = 0
         self.parked = []
@@ -178,6 +183,9 @@ cdef class Worker:
         self.clock.date = date
         for c in list(self.conns):
             c.check(now)
+        if self.tunnels:
+            for t in list(self.tunnels):
+                (<Tunnel>t).check(now)
         # The cap may have changed on reload, and connections freed without connection_lost.
         if self.full:
             self.make_room()
@@ -201,6 +209,16 @@ cdef class Worker:
             if c.active is None and c.reader._state == ST_IDLE and (
                     c.nreq > 0 or (fresh_idle >= 0 and self.clock.now - c.head_start > fresh_idle)):
                 c.close()
+
+    def drain_tunnels(self, double window):
+        """SIGTERM: each open tunnel gets its close (1012 "service restart") at its own instant, spread
+        evenly over `window` seconds from now (jittered), so their clients do not all reconnect at once
+        [block/buzz#2575: without a close frame clients only learn of a restart from a reset]."""
+        tunnel_spread(self, window)
+
+    @property
+    def open_tunnels(self):
+        return len(self.tunnels)
 
     # -- metrics and access log (layout: fastgw/metrics.py) -------------------------------------------
     def attach_metrics(self, buf, Py_ssize_t routes):

@@ -42,6 +42,7 @@ from fastgw.process.shm import Layout, SharedMemory
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
 RETIRE_SECONDS = 300.0    # how long the idle pools of a replaced upstream group are still swept
 FRESH_IDLE = 1.0          # after the listeners close, a connection silent this long since it opened is closed
+TUNNEL_SPREAD = 0.8       # the share of the drain timeout over which open tunnels get their 1012 close
 
 
 def date_header(now: float) -> bytes:
@@ -186,12 +187,15 @@ class WorkerProcess:
             await asyncio.sleep(min(SWEEP_SECONDS, max(0.0, end_accept - loop.time())))
             w.drain()
         self.listeners.close()
-        log("listeners_closed", open_connections=len(w.conns))
+        log("listeners_closed", open_connections=len(w.conns), open_tunnels=w.open_tunnels)
+        # Tunnels (WebSocket) end with a close frame each, spread over most of the window so that their
+        # clients reconnect elsewhere over time, not all at once; the rest of the window is their close.
+        w.drain_tunnels(timeout * TUNNEL_SPREAD)
         end = loop.time() + timeout
-        while w.conns and loop.time() < end:
+        while (w.conns or w.open_tunnels) and loop.time() < end:
             w.drain(FRESH_IDLE)
             await asyncio.sleep(0.05)
-        left = len(w.conns)
+        left = len(w.conns) + w.open_tunnels
         self.finish(0, "drained" if not left else f"drain timeout with {left} connections open")
 
     def finish(self, code: int, reason: str) -> None:
