@@ -35,6 +35,7 @@ COLUMNS: dict[str, tuple[str, Callable[[float], float]]] = {
     "p50 ms": ("p50_ms", float), "p99 ms": ("p99_ms", float),
     "RSS B/conn": ("rss_b", float), "Pss B/conn": ("pss_b", float),
     "instructions/request": ("instructions", float),
+    "failed requests": ("failed", float), "recovery ms": ("recovery_ms", float),
 }
 # Figure key -> panel title (in the order panels are drawn).
 FIGURES = {
@@ -45,12 +46,14 @@ FIGURES = {
     "rss_b": "RSS bytes per idle connection",
     "pss_b": "Pss bytes per idle connection",
     "instructions": "worker instructions per request",
+    "failed": "failed client requests (lower is better)",
+    "recovery_ms": "ms from the kill to the last failed request (lower is better)",
 }
 SYSTEM_COLUMNS = ("system", "proxy", "variant")
 # Where the latest result of each kind is: latest-<kind>.md, else the last of the pattern by name
 # (timestamped names sort by time).
 KINDS = {"proxy": "*-proxy.md", "ratelimit": "*-ratelimit.md", "jwt": "*-jwt.md", "workers": "*-workers.md",
-         "h2": "h2-*.md", "memory": "*-memory.md"}
+         "h2": "h2-*.md", "memory": "*-memory.md", "resilience": "*-resilience.md"}
 PALETTE = ("#1f6fb4", "#e07b24", "#2a9d5c", "#b03a7a", "#7a5cc4", "#8c6d31")
 NGINX_COLOUR = "#8a8a8a"
 

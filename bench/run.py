@@ -468,6 +468,16 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def save_report(text: str, kind: str) -> None:
+    """Save a bench script's markdown result as <timestamp>-<kind>.md and latest-<kind>.md in
+    bench/results, and draw its plot."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for name in (f"{stamp}-{kind}.md", f"latest-{kind}.md"):
+        with open(os.path.join(RESULTS_DIR, name), "w") as f:
+            f.write(text)
+    plots.after_run(os.path.join(RESULTS_DIR, f"latest-{kind}.md"))
+
+
 def fmt(x: float, digits: int = 2) -> str:
     if x != x:  # NaN
         return "n/a"

@@ -23,7 +23,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import plots  # noqa: E402  (bench/plots.py: the PNG beside the result)
 import run  # noqa: E402  (bench/run.py: the shared harness)
 from progress import Progress  # noqa: E402
 from rounds import table as rounds_table  # noqa: E402  (bench/rounds.py: the per-round table)
@@ -112,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_save:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        for name in (f"{stamp}-workers.md", "latest-workers.md"):
-            with open(os.path.join(run.RESULTS_DIR, name), "w") as f:
-                f.write(report)
-        plots.after_run(os.path.join(run.RESULTS_DIR, "latest-workers.md"))
+        run.save_report(report, "workers")
     return 0
 
 

@@ -17,7 +17,7 @@ from fastgw._core.runtime import H2Limits, RouteRT, Runtime
 from fastgw._core.wire import HeaderTable
 from fastgw._core.worker import upstream_for
 from fastgw.config.root import Config
-from fastgw.config.upstreams import address, weight
+from fastgw.config.upstreams import RETRY_ON, address, weight
 from fastgw.errors import build_problems
 from fastgw.headers import fold, on_errors
 from fastgw.policies import POLICIES
@@ -81,6 +81,11 @@ def build_groups(cfg: Config, old: Config | None = None,
             if known is not None and up.slow_start > 0 and target.hostport not in known:
                 target.since = now
             g.targets.append(target)
+        g.attach_records(table, target_key(name, ""))
+        lim, rt = up.limits, up.retry
+        g.limits(lim.max_connections, lim.max_pending, lim.max_requests)
+        g.retry(rt.attempts, sum(1 << RETRY_ON.index(c) for c in set(rt.on)), rt.budget_percent, rt.budget_min,
+                rt.backoff, rt.backoff_max, rt.per_try_timeout or up.timeout, rt.replay_buffer)
         o = up.outlier
         g.outlier(o.consecutive_failures, o.base_ejection, o.max_ejection, o.max_ejected_percent,
                   o.panic_threshold, o.on_panic == "fail")
@@ -100,7 +105,7 @@ def target_key(upstream: str, addr: str) -> int:
     return hash_bytes(f"{upstream}\0{addr}".encode())
 
 
-def _attach_h2_pools(group: UpstreamGroup, up: Any) -> None:
+def attach_h2_pools(group: UpstreamGroup, up: Any) -> None:
     """Give each target of an HTTP/2 upstream (protocol "h2" or "grpc", or used by a route with the
     route-level alias protocol = "grpc") its HTTP/2 connection pool, kept across reloads with the group.
     TLS upstreams get their own context offering ALPN "h2"."""
@@ -134,6 +139,9 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         rt.name = r.name
         rt.mslot = slots.get(r.name, 0) if slots is not None else i + 1
         rt.group = groups[r.upstream]
+        up = cfg.upstreams[r.upstream]
+        rt.deadline = r.timeout or up.timeout
+        rt.try_timeout = min(up.retry.per_try_timeout or up.timeout, rt.deadline)
         rt.max_body = r.max_body if r.max_body is not None else limits.max_body
         rt.strip = len(r.path[:-2].encode()) if (r.strip_prefix and r.path.endswith("/*")) else 0
         rt.req_add = _header_bytes(r.request_headers.add)
@@ -148,7 +156,6 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
         install_phases(rt, policies)
         if any(getattr(p, "opens_tunnels", False) for p in policies):
             tunnels.add(r.name)
-        up = cfg.upstreams[r.upstream]
         # The route-level protocol = "grpc" is an alias of the upstream's (kept for existing configs).
         rt.grpc = r.protocol == "grpc" or up.protocol == "grpc"
         rt.h2up = rt.grpc or up.protocol == "h2"
@@ -157,7 +164,7 @@ def compile_config(cfg: Config, groups: dict[str, UpstreamGroup] | None = None,
             # call is the transcoder's (fastgw/_core/transcode.pyx).
             rt.grpc = False
         if rt.h2up:
-            _attach_h2_pools(rt.group, up)
+            attach_h2_pools(rt.group, up)
         rt.upstream = upstream_for("grpc" if rt.grpc else "h2" if rt.h2up else "http1")
         methods = tuple(r.methods) if r.methods else None
         specs.append((r.host, r.path, methods, rt))

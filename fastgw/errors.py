@@ -53,6 +53,8 @@ PROBLEMS: dict[str, Slug] = {
     "bad-gateway": Slug(502, "Bad Gateway", "The upstream sent an invalid or incomplete response."),
     "store-unavailable": Slug(503, "Service Unavailable", "The shared limit store is unavailable."),
     "upstream-unavailable": Slug(503, "Service Unavailable", "No target of the upstream is in service."),
+    "upstream-overloaded": Slug(503, "Service Unavailable",
+                                "The upstream is at its limit of concurrent requests or connections; retry later."),
     "upstream-timeout": Slug(504, "Gateway Timeout", "The upstream did not answer in time."),
     "http2-required": Slug(505, "HTTP Version Not Supported",
                            "This route serves gRPC, which needs HTTP/2 (prior knowledge, or ALPN h2 over TLS)."),

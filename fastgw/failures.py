@@ -24,6 +24,7 @@ STREAM_REFUSED = "stream refused"         # HTTP/2: GOAWAY below the stream, or 
 STREAM_RESET = "stream reset"             # HTTP/2: the upstream reset the stream
 PROTOCOL_ERROR = "protocol error"         # HTTP/2: the upstream broke the protocol
 NO_TARGET = "no usable target"            # every target ejected and on_panic = "fail"
+OVERLOADED = "overloaded"                  # circuit breaking: a limit of the upstream reached (which one)
 
 # The sentence for the problem's `detail` (and grpc-message): {u} is the upstream name, {r} the reason.
 SENTENCES = {
@@ -39,6 +40,7 @@ SENTENCES = {
     STREAM_RESET: 'upstream "{u}" reset the stream',
     PROTOCOL_ERROR: 'upstream "{u}" broke the HTTP/2 protocol',
     NO_TARGET: 'no target of upstream "{u}" is in service (all ejected after failures)',
+    OVERLOADED: 'upstream "{u}" is at its limit: {r}',
 }
 
 # The kind of a failure whose reporter named none (by the status it answers).

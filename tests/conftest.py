@@ -176,7 +176,8 @@ class GatewayLauncher:
         self.started: list[Gateway] = []
 
     def start(self, upstreams: dict[str, dict], routes: list[dict], limits: dict | None = None,
-              server: dict | None = None, extra: str = "") -> Gateway:
+              server: dict | None = None, extra: str = "", prefix: list[str] | None = None) -> Gateway:
+        """`prefix`: a command the gateway runs under (e.g. unshare with its own /etc/hosts)."""
         port = free_port()
         n = len(self.started)
         text = render_config(port, upstreams, routes, limits, server, extra)
@@ -185,7 +186,7 @@ class GatewayLauncher:
         stderr_path = self.directory / f"fastgw-{n}.stderr"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "fastgw", "run", "-c", str(cfg)], cwd=ROOT,
+            proc = subprocess.Popen((prefix or []) + [sys.executable, "-m", "fastgw", "run", "-c", str(cfg)], cwd=ROOT,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env)
         gw = Gateway(proc, port, stderr_path, text)
         self.started.append(gw)

@@ -115,7 +115,8 @@ class H2Origin:
             body = bytes(bodies.pop(sid, b""))
             path = head[b":path"]
             names = ",".join(n.decode() for n in head if not n.startswith(b":"))
-            fields = [(b":status", b"200"), (b"x-seen-method", head[b":method"]),
+            status = path[8:11] if path.startswith(b"/status/") else b"200"     # /status/503/...: that status
+            fields = [(b":status", status), (b"x-seen-method", head[b":method"]),
                       (b"x-seen-path", path), (b"x-seen-authority", head.get(b":authority", b"")),
                       (b"x-seen-scheme", head[b":scheme"]), (b"x-seen-fields", names.encode()),
                       (b"x-body-len", b"%d" % len(body)),

@@ -1,6 +1,9 @@
-"""GatewayError: every failure says who failed (its source) and whether a retry is safe (retryable), and the
-exchange retries exactly the retryable ones. Real origins on loopback, a real gateway process; what the
-exchange decided is read from its access log (`error_source`, `error_retryable`, `retried_after`)."""
+"""GatewayError: every failure says who failed (its source), whether the upstream can have processed
+nothing of it (retryable), and which retry condition it meets; the exchange's one retry decision retries
+(retry.attempts = 1 by default) what nothing reached, and an idempotent request lost before its response.
+Real origins on loopback, a real gateway process; what the exchange decided is read from its access log
+(`error_source`, `error_retryable`, `retried_after`, `attempts`). Retries on other targets, the budget and
+the opt-in conditions: tests/test_resilience.py."""
 from __future__ import annotations
 
 import asyncio
@@ -57,29 +60,33 @@ def access_line(gw, path: str, timeout: float = 5.0) -> dict:
     raise AssertionError(f"no access line for {path}")
 
 
-def test_connect_failure_is_upstream_connect_and_not_retryable(gw):
+def test_connect_failure_is_upstream_connect_retryable_and_retried_once(gw):
     path = f"/refused/{mark()}"
     with gw.client() as client:
-        r = client.get(path)
+        r = client.post(path, content=b"nothing was sent")    # any method: nothing reached the upstream
     assert r.status_code == 502 and r.json()["upstream_error"] == "connect refused", r.text
     line = access_line(gw, path)
     assert line["error_source"] == "upstream_connect"
-    assert line["error_retryable"] is False
-    assert "retried_after" not in line
+    assert line["error_retryable"] is True
+    assert line["retried_after"] == "upstream_connect"          # the only target, once more: refused again
+    assert line["attempts"] == f"{line['target']} connect refused; {line['target']} connect refused"
 
 
-def test_reset_on_a_fresh_connection_is_upstream_response_and_not_retried(gw, origins):
+def test_reset_on_a_fresh_connection_is_retried_for_a_get_only(gw, origins):
     reset, _ = origins
-    path = f"/reset/{mark()}"
+    path, post = f"/reset/{mark()}", f"/reset/{mark()}"
     with gw.client() as client:
         r = client.get(path)
+        assert client.post(post, content=b"once").status_code == 502
     assert r.status_code == 502, r.text
     line = access_line(gw, path)
     assert line["error_source"] == "upstream_response"
-    assert line["error_retryable"] is False            # nothing says the upstream did not act on it
+    assert line["error_retryable"] is False            # nothing says the upstream did not act on it...
     assert line["upstream_error"] == "reset"
-    assert "retried_after" not in line
-    assert len([h for h in reset.heads if h.target == path]) == 1, "not retryable, yet sent twice"
+    assert line["retried_after"] == "upstream_response"  # ...but a GET may be repeated
+    assert len([h for h in reset.heads if h.target == path]) == 2, "expected exactly one retry"
+    assert "retried_after" not in access_line(gw, post)
+    assert len([h for h in reset.heads if h.target == post]) == 1, "a POST was sent twice"
 
 
 def test_reset_on_a_reused_connection_is_retryable_and_retried_once(gw, origins):

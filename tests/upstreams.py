@@ -154,18 +154,19 @@ class Origin:
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{getattr(self, 'host', '127.0.0.1')}:{self.port}"
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> Origin:
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Origin:
         ready = threading.Event()
+        self.host = host
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             self.loop = loop
             asyncio.set_event_loop(loop)
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._accept, "127.0.0.1", 0, limit=1 << 20, backlog=256))
+                asyncio.start_server(self._accept, host, port, limit=1 << 20, backlog=256))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             loop.run_forever()

@@ -5,8 +5,8 @@ both: formatting on the event loop, writing in a thread).
 
 Format. One JSON object per line, fields in this order (README "Logs"):
   ts, type ("access"), request_id, client, peer, method, host, path, route, upstream, target, status,
-  duration_ms, worker, then upstream_error, grpc_status, error_source, error_retryable and retried_after
-  only when set, "truncated": true only when cut.
+  duration_ms, worker, then upstream_error, grpc_status, error_source, error_retryable, retried_after and
+  attempts only when set, "truncated": true only when cut.
 Request-derived bytes are latin-1 (every byte is kept: a byte >= 0x80 becomes that code point in UTF-8,
 control bytes become \\u00XX). Formatting in C costs a few hundred instructions a line; the same loop in
 Python (building msgspec structs) cost ~20k instructions per request.
@@ -202,7 +202,7 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
     cdef tuple t
     cdef RequestHead h
     cdef bytes peer, tcp_peer, rid, target, method, host, path, xff
-    cdef str route, upstream, up_error, client
+    cdef str route, upstream, up_error, client, tries
     cdef object grpc
     cdef GatewayError err, retried
     cdef long long wall_us = <long long>(wall * 1e6)
@@ -223,9 +223,12 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
             up_error = t[10]
             grpc = t[11]
             err = retried = None
+            tries = None
             if len(t) > 12:
                 err = t[12]
                 retried = t[13]
+                if len(t) > 14:
+                    tries = t[14]
             method = host = path = xff = None
             if h is not None:
                 method, host, path, xff = h.method, h.host, h.path, h.xff
@@ -234,7 +237,7 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
                 client = client_text(peer, xff)
             room = FIXED + 6 * (blen(peer) + blen(tcp_peer) + blen(rid) + blen(target) + blen(method)
                                 + blen(host) + blen(path) + slen(route) + slen(upstream) + slen(up_error)
-                                + slen(client))
+                                + slen(client) + slen(tries))
             reserve(&b, room)
             cm = ch = cp = -1
             cut = False
@@ -285,6 +288,9 @@ def format_lines(list batch, long long mono_ns, double wall, int worker, object 
                 if retried is not None:
                     put(&b, ',"retried_after":', 17)
                     put_str(&b, <str>SOURCES[retried.source])
+                if tries is not None:
+                    put(&b, ',"attempts":', 12)
+                    put_str(&b, tries)
                 if cut:
                     put(&b, ',"truncated":true', 17)
                 put(&b, "}\n", 2)

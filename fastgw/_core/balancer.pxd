@@ -25,8 +25,23 @@ cdef enum:                          # Record: one target's record in the TargetT
     R_SINCE = 5                     # the last change of state (monotonic ms; 0: never)
     R_REASON = 6                    # the last ejection's Reason
     R_LAST_UNTIL = 7                # when the last ejection ended (monotonic ms)
-    R_EJECTED_BY = 8                # + Reason: ejections counted by reason (4 words)
+    R_EJECTED_BY = 8                # + Reason: ejections counted by reason (4 words, and health's)
+                                    # words 13-15 of a host-name target: its DNS state (upstream/discovery.py)
     REC_WORDS = 16                  # 128 bytes: two cache lines
+
+cdef enum:                          # GroupRecord: an upstream's own records in the TargetTable (words)
+    G_ACTIVE = 1                    # requests in flight to the upstream, pod-wide (limits.max_requests)
+    G_PENDING = 2                   # requests waiting for a new connection to open (limits.max_pending)
+    G_CONNS = 3                     # upstream connections open (limits.max_connections)
+    G_RETRYING = 4                  # requests in flight that have been retried (the retry budget)
+    G_BUDGET_OUT = 5                # retries the budget refused
+    G_OVERFLOW = 6                  # + Overflow: requests answered 503 upstream-overloaded, by limit (3)
+    # the second record (rrec): retries by RetryCond, words 1 + cond
+
+cdef enum Overflow:
+    OV_REQUESTS = 0
+    OV_PENDING = 1
+    OV_CONNECTIONS = 2
 
 cdef enum Reason:                   # why a target failed (outlier detection)
     REASON_CONNECT = 0              # connection refused or failed
@@ -74,6 +89,20 @@ cdef class UpstreamGroup:
     cdef readonly bint panic_fail          # outlier.on_panic = "fail"
     cdef int64_t panic_checked             # when in_panic last counted (monotonic ms)
     cdef bint panicking
+    cdef int64_t* grec                     # the upstream's limits record (GroupRecord words), and
+    cdef int64_t* rrec                     #   its retries-by-condition record
+    cdef object grec_owner
+    cdef readonly int64_t max_conns        # limits.*
+    cdef readonly int64_t max_pending
+    cdef readonly int64_t max_requests
+    cdef readonly int attempts             # retry.attempts
+    cdef readonly int retry_on             # retry.on: bits (1 << RetryCond)
+    cdef readonly int budget_pct
+    cdef readonly int budget_min
+    cdef readonly double backoff           # seconds
+    cdef readonly double backoff_max
+    cdef readonly double try_timeout       # retry.per_try_timeout, or the upstream's timeout
+    cdef readonly long long replay_max     # retry.replay_buffer (bytes)
     cdef Target pick(self, object ex)
     cdef Target swrr(self, double now)
     cdef Target draw(self, double now, Target other)
@@ -86,6 +115,16 @@ cdef class UpstreamGroup:
     cdef bytes hash_key_of(self, object ex)
     cdef uint64_t next_random(self) noexcept
     cdef int64_t eff(self, Target t, double now) noexcept
+    cdef bint admit(self) noexcept
+    cdef void release(self) noexcept
+    cdef bint retry_admit(self, bint unsent) noexcept
+    cdef void retry_done(self) noexcept
+    cdef void count_retry(self, int cond) noexcept
+    cdef int connect_slot(self) noexcept
+    cdef void connect_done(self) noexcept
+    cdef void connections(self, int delta) noexcept
+    cdef double backoff_delay(self, int retry) noexcept
+    cdef Target pick_other(self, object ex, Target failed)
 
 cdef class Target:
     cdef public str host

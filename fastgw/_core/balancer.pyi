@@ -30,7 +30,22 @@ class UpstreamGroup:
     eject_pct: int
     panic_pct: int
     panic_fail: bool
+    max_conns: int
+    max_pending: int
+    max_requests: int
+    attempts: int
+    retry_on: int
+    budget_pct: int
+    budget_min: int
+    backoff: float
+    backoff_max: float
+    try_timeout: float
+    replay_max: int
     def __init__(self) -> None: ...
+    def attach_records(self, table: TargetTable | None, key: int) -> None: ...
+    def limits(self, max_connections: int, max_pending: int, max_requests: int) -> None: ...
+    def retry(self, attempts: int, on_bits: int, budget_percent: int, budget_min: int, backoff: float,
+              backoff_max: float, try_timeout: float, replay_buffer: int) -> None: ...
     def outlier(self, consecutive_failures: int, base_ejection: float, max_ejection: float,
                 max_ejected_percent: int, panic_threshold: int, panic_fail: bool) -> None: ...
     def setup(self, balance: str, hash_key: str | None = None, slow_start: float = 0.0, seed: int = 0) -> None: ...

@@ -153,6 +153,134 @@ cdef class UpstreamGroup:
         self.rr = 0
         self.balance = B_ROUND_ROBIN
         self.rng = 0x9e3779b97f4a7c15ULL
+        self.max_conns = self.max_pending = self.max_requests = 1 << 62
+        self.attach_records(None, 0)
+
+    def attach_records(self, TargetTable table, uint64_t key):
+        """The upstream's own records (limits and retry counts, pod-wide): `key` and key + 1 in `table`,
+        or this process's own when there is no table (or it is full)."""
+        cdef bytearray own
+        self.grec = table.record(key) if table is not None else NULL
+        self.rrec = table.record(key + 2) if table is not None and self.grec != NULL else NULL
+        if self.rrec != NULL:
+            self.grec_owner = table
+        else:
+            own = bytearray(2 * REC_WORDS * 8)
+            self.grec_owner = own
+            self.grec = <int64_t*><char*>own
+            self.rrec = self.grec + REC_WORDS
+
+    def limits(self, long long max_connections, long long max_pending, long long max_requests):
+        """Circuit breaking's limits (limits.*), per upstream per pod."""
+        self.max_conns = max_connections
+        self.max_pending = max_pending
+        self.max_requests = max_requests
+
+    def retry(self, int attempts, int on_bits, int budget_percent, int budget_min, double backoff,
+              double backoff_max, double try_timeout, long long replay_buffer):
+        """Retry settings (retry.*; on_bits: 1 << RetryCond per condition; durations in seconds)."""
+        self.attempts = attempts
+        self.retry_on = on_bits
+        self.budget_pct = budget_percent
+        self.budget_min = budget_min
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.try_timeout = try_timeout
+        self.replay_max = replay_buffer
+
+    cdef bint admit(self) noexcept:
+        """A request to this upstream starts: False (and not counted) when max_requests are in flight
+        pod-wide."""
+        if fg_atomic_add(&self.grec[G_ACTIVE], 1) > self.max_requests:
+            fg_atomic_add(&self.grec[G_ACTIVE], -1)
+            fg_atomic_add(&self.grec[G_OVERFLOW + OV_REQUESTS], 1)
+            return False
+        return True
+
+    cdef void release(self) noexcept:
+        fg_atomic_add(&self.grec[G_ACTIVE], -1)
+
+    cdef int connect_slot(self) noexcept:
+        """A request needs a new connection: -1 when it may open one (it is then pending until
+        connect_done), else the Overflow it meets (max_connections open, or max_pending opening)."""
+        if fg_atomic_load(&self.grec[G_CONNS]) >= self.max_conns:
+            fg_atomic_add(&self.grec[G_OVERFLOW + OV_CONNECTIONS], 1)
+            return OV_CONNECTIONS
+        if fg_atomic_add(&self.grec[G_PENDING], 1) > self.max_pending:
+            fg_atomic_add(&self.grec[G_PENDING], -1)
+            fg_atomic_add(&self.grec[G_OVERFLOW + OV_PENDING], 1)
+            return OV_PENDING
+        return -1
+
+    cdef void connect_done(self) noexcept:
+        fg_atomic_add(&self.grec[G_PENDING], -1)
+
+    cdef void connections(self, int delta) noexcept:
+        """An upstream connection opened (+1) or closed (-1)."""
+        fg_atomic_add(&self.grec[G_CONNS], delta)
+
+    cdef bint retry_admit(self, bint unsent) noexcept:
+        """A retry may start: fewer retried requests in flight than budget_percent of the requests in
+        flight, or than budget_min [Envoy's retry budget: 20% of active, at least 3]. Counted when
+        admitted (G_RETRYING, released by the exchange when it ends), else counted as refused. A retry
+        after a failure that sent nothing to any upstream (`unsent`: connect-failure, refused-stream,
+        reset-before-send) is counted but always admitted: it adds no work to the upstreams (the first
+        try did none), and refusing it would turn a refused connection into a client error."""
+        cdef int64_t active = fg_atomic_load(&self.grec[G_ACTIVE])
+        cdef int64_t allowed = max(<int64_t>self.budget_min, active * self.budget_pct // 100)
+        if fg_atomic_add(&self.grec[G_RETRYING], 1) > allowed and not unsent:
+            fg_atomic_add(&self.grec[G_RETRYING], -1)
+            fg_atomic_add(&self.grec[G_BUDGET_OUT], 1)
+            return False
+        return True
+
+    cdef void retry_done(self) noexcept:
+        fg_atomic_add(&self.grec[G_RETRYING], -1)
+
+    cdef void count_retry(self, int cond) noexcept:
+        """A retry made, by its condition (RetryCond: fastgw_upstream_retries_total)."""
+        fg_atomic_add(&self.rrec[1 + cond], 1)
+
+    cdef double backoff_delay(self, int retry) noexcept:
+        """Full jitter: uniform in [0, min(backoff_max, backoff x 2^(retry-1))) [AWS architecture blog,
+        "Exponential Backoff And Jitter"; Envoy: 25 ms base]."""
+        cdef double cap = self.backoff * (1 << min(retry - 1, 20))
+        if cap > self.backoff_max:
+            cap = self.backoff_max
+        return cap * <double>(self.next_random() >> 11) / 9007199254740992.0
+
+    cdef Target pick_other(self, object ex, Target failed):
+        """A target for a retry: another than `failed` when one is in service, else `failed`. It does not
+        move the algorithm's own course (a retry taking round robin's next turn would send every first
+        try to the same target): round robin takes the next target in order after `failed`, least_request
+        draws another by weight (counted in flight), a hashed key walks on through the table to the next
+        other target."""
+        cdef Py_ssize_t i, n = len(self.targets)
+        cdef int64_t now = monotonic_ms()
+        cdef Target t
+        if n == 1:
+            return failed
+        if self.balance == B_HASH:
+            self.by_hash(ex)                    # the key's entry again (other picks moved last_slot)
+            i = self.last_slot
+            for _ in range(self.msize):
+                i = (i + 1) % self.msize
+                t = <Target>self.targets[self.maglev[i]]
+                if t is not failed and not t.down(now):
+                    return t
+            return failed
+        if self.balance == B_LEAST_REQUEST:
+            t = self.draw(monotonic() if self.ramping else 0.0, failed)
+            if not t.down(now):
+                fg_atomic_add(&t.rec[R_INFLIGHT], 1)
+                return t
+        for i in range(1, n):
+            t = <Target>self.targets[(failed.index + i) % n]
+            if not t.down(now):
+                if self.balance == B_LEAST_REQUEST:
+                    fg_atomic_add(&t.rec[R_INFLIGHT], 1)
+                return t
+        return failed
 
     def outlier(self, int consecutive_failures, double base_ejection, double max_ejection,
                 int max_ejected_percent, int panic_threshold, bint panic_fail):

@@ -1,7 +1,9 @@
 # Declarations of the exchange (see exchange.pyx; included by worker.pxd).
 
-from fastgw._core.balancer cimport B_LEAST_REQUEST, REASON_STATUS, Target
-from fastgw._core.gateway_error cimport GatewayError
+from fastgw._core.balancer cimport B_LEAST_REQUEST, OV_REQUESTS, REASON_STATUS, Target
+from fastgw._core.gateway_error cimport (
+    RC_502, RC_CONNECT, RC_NONE, RC_REFUSED, RC_RESPONSE, RC_SEND, RC_TIMEOUT, GatewayError,
+)
 from fastgw._core.http1 cimport RequestHead
 from fastgw._core.phases cimport Respond
 from fastgw._core.runtime cimport RouteRT, Runtime
@@ -43,6 +45,16 @@ cdef class Exchange:
     cdef bint retried
     cdef bint counted                     # the target counts this request in flight (least_request)
     cdef bint close_after
+    cdef bint admitted                    # counted in its upstream's requests in flight (limits.max_requests)
+    cdef bint retrying                    # holds one of its upstream's retry-budget slots
+    cdef int tries                        # retries made (retry.attempts bounds them)
+    cdef bint resent                      # retried once after a stale pooled connection (reset-before-send)
+    cdef double try_timeout               # this try's response timeout (RouteRT.try_timeout, less on a retry)
+    cdef list replay                      # the body bytes sent on this try, kept to send again (or None)
+    cdef list attempts                    # "target outcome" of each try that failed and was retried, or None
+    cdef object retry_handle              # the backoff's timer, or None
+    cdef public bint retry_safe           # a policy validated the request's Idempotency-Key: a non-idempotent
+                                          #   request may be retried like an idempotent one
     cdef GatewayError err                 # the failure that ended this exchange (or, queued, will), or None
     cdef GatewayError retried_err         # the failure the exchange was retried after, or None
     cdef bytes err_extra                  # header lines for the problem response (Allow, a policy's)
@@ -81,6 +93,10 @@ cdef class Exchange:
     cdef void release_upstream(self, bint reusable)
     cdef void upstream_failed(self, int status, str slug, bytes detail, str kind=*)
     cdef void failed(self, GatewayError err)
+    cdef bint retry(self, GatewayError err)
+    cdef void overloaded(self, int which)
+    cdef void release_slots(self)
+    cdef str attempt_log(self)
     cdef void resp_head(self, UpstreamConn c, int status)
     cdef void switch(self, UpstreamConn c, bytes tail)
     cdef void resp_body(self, bytes data)

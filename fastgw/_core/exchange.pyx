@@ -26,12 +26,24 @@ async def _await_gate(Exchange ex, aw):
 cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
 
 
+def _retry_now(Exchange ex, bint fresh):
+    """A retry's backoff is over: the next try (a fresh connection when it goes to the same target)."""
+    ex.retry_handle = None
+    if not ex.done and not ex.client.closed:
+        ex.acquire(fresh)
+
+
 cdef class Exchange:
     # -- upstream request ------------------------------------------------------------------------------
     cdef void request_data(self, bytes data):
         """Request body bytes from the client side (within max_body: Downstream.body_data): to the
         upstream call once it started, held until then."""
         if self.sent:
+            if self.replay is not None:          # kept to send again on a retry, up to replay_buffer
+                if self.body_bytes > self.route.group.replay_max:
+                    self.replay = None
+                else:
+                    self.replay.append(data)
             self.drv.send(self, data)
         else:
             self.hold(data)
@@ -70,10 +82,15 @@ cdef class Exchange:
         cdef Downstream cl = self.client
         cdef UpstreamConn c = None
         cdef Target t = self.target
+        cdef int over
         if not fresh:
             c = pool_take(t, cl.w.clock.now)
         if c is not None:
             self.attach(c)
+            return
+        over = t.group.connect_slot()           # circuit breaking: max_connections, max_pending
+        if over >= 0:
+            self.overloaded(over)
             return
         self.connect_deadline = cl.w.clock.now + self.route.group.connect_timeout
         self.connect_task = cl.loop.create_task(_connect(self, t))
@@ -89,9 +106,20 @@ cdef class Exchange:
 
     cdef void connect_failed(self, int status, str slug, bytes detail, str kind=None):
         """Refused or unreachable: 502; no connection within connect_timeout: 504. (503 is kept for
-        "no usable target", e.g. every target's circuit open.) Never retryable: see gateway_error.pyx."""
+        "no usable target" and "overloaded".) Retryable whatever the method: nothing was sent."""
+        cdef GatewayError err = gateway_error(status, slug, SRC_UPSTREAM_CONNECT, True, detail, kind)
+        err.cond = RC_CONNECT
         self.connect_task = None
-        self.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT, False, detail, kind))
+        self.failed(err)
+
+    cdef void overloaded(self, int which):
+        """Circuit breaking: the upstream is at a limit (Overflow: max_requests, max_pending or
+        max_connections, pod-wide): 503 upstream-overloaded at once, with Retry-After, never a queue
+        [Envoy: 503 with x-envoy-overloaded]. No target failed: outlier detection does not count it."""
+        cdef bytes line = b"Retry-After: 1\r\n"
+        self.err_extra = line if self.err_extra is None else self.err_extra + line
+        self.failed(gateway_error(503, "upstream-overloaded", SRC_UPSTREAM_CONNECT, False,
+                                  (b"max_requests", b"max_pending", b"max_connections")[which], _failures.OVERLOADED))
 
     cdef void name_failure(self, GatewayError err):
         """Name an upstream failure for the access log and the problem body: err.kind (fastgw/failures.py)
@@ -124,7 +152,16 @@ cdef class Exchange:
             c.rpaused = True
             c.transport.pause_reading()
         cdef list parts = self.pending
+        cdef UpstreamGroup g
         cdef bytes piece
+        if self.has_body:
+            # A request with a body keeps what it sends (unframed: request_data adds the rest), to be sent
+            # again if a retry may need it: an idempotent one (or retry_safe), under replay_buffer.
+            g = self.route.group
+            self.replay = None
+            if g.attempts > self.tries and self.body_bytes <= g.replay_max and (
+                    self.retry_safe or IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0):
+                self.replay = parts[:] if parts else []
         if self.head.chunked:
             # The body held so far, framed (H1Upstream.send frames what comes later), and its end if it
             # ended already.
@@ -161,40 +198,48 @@ cdef class Exchange:
         """The upstream connection failed once the request was on its way (closed, reset, invalid
         response: 502; timeout: 504): the connection is dropped and the failure goes to `failed`."""
         cdef UpstreamConn c = self.up
-        cdef bint retryable
+        cdef bint stale
+        cdef int cond = RC_NONE
+        cdef GatewayError err
         if self.done:
             return
-        # Safe to send again (gateway_error.pyx): a kept-alive connection the upstream closed or reset
-        # just as it was reused, before any response byte, for a request that can be sent again whole.
-        retryable = (c is not None and c.reused and not c.got_bytes and status == 502 and not self.has_body
-                     and IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0)
+        # Before any response byte, the failure meets a retry condition (gateway_error.pyx): a kept-alive
+        # connection the upstream closed or reset just as it was reused (no sign of a sick target) most
+        # likely never reached it, but the bytes were written: retryable for a request that may be
+        # repeated (nginx retries a non-idempotent request never once it was sent); a fresh one may have
+        # reached it (the method decides).
+        stale = (c is not None and c.reused and not c.got_bytes and status == 502
+                 and (self.retry_safe or IDEMPOTENT.find(b" " + self.head.method + b" ") >= 0))
+        if c is not None and not c.got_bytes:
+            cond = RC_SEND if stale else (RC_TIMEOUT if status == 504 else RC_RESPONSE)
         if c is not None:
             c.ex = None
             c.abort()
             self.up = None
-        self.failed(gateway_error(status, slug, SRC_UPSTREAM_RESPONSE, retryable, detail, kind))
+        err = gateway_error(status, slug, SRC_UPSTREAM_RESPONSE, stale, detail, kind)
+        err.cond = cond
+        self.failed(err)
 
     cdef void failed(self, GatewayError err):
         """The one failure path of an exchange: every failure, whoever detected it, arrives here. An
-        upstream failure is retried when it is retryable (once: `retried`; on a fresh connection to the
-        same target), counted, and named; once the response has started the client connection is cut
-        (never a silently truncated response); otherwise the client gets the problem (`respond_problem`).
-        The error stays on the exchange for the access log."""
+        upstream failure counts against its target (outlier detection), is retried when `retry` decides
+        so, else counted and named; once the response has started the client connection is cut (never a
+        silently truncated response); otherwise the client gets the problem (`respond_problem`). The
+        error stays on the exchange for the access log."""
         cdef bint upstream = err.source == SRC_UPSTREAM_CONNECT or err.source == SRC_UPSTREAM_RESPONSE
         if self.done:
             return
         if upstream:
-            if self.target is not None and not err.retryable:   # a stale kept-alive connection is no outlier
+            # A stale kept-alive connection is no outlier; a 503 made here (overloaded, no target) is none.
+            if self.target is not None and err.cond != RC_SEND and err.status != 503:
                 self.target.failed_with(err.source == SRC_UPSTREAM_CONNECT, err.status)
-            if err.retryable and not self.retried and not self.resp_started:
-                self.retried = True
-                self.retried_err = err
-                self.drv.retry(self)
+            if err.cond != RC_NONE and not self.resp_started and self.retry(err):
                 return
             self.err = err
             self.client.w.upstream_error(self, err.status)
             self.name_failure(err)
             if self.resp_started:
+                self.release_slots()
                 self.done = True
                 self.client.w.observe(self)      # the access log records the cut response and why
                 self.client.abort()              # never a silently truncated response
@@ -202,11 +247,106 @@ cdef class Exchange:
         self.err = err
         self.respond_problem(err)
 
+    cdef bint retry(self, GatewayError err):
+        """The one retry decision. An upstream failure before any response byte went to the client is
+        tried again, on another target when there is one, when all of these hold:
+          - its condition (err.cond) is in the upstream's retry.on, and retry.attempts are not used up;
+          - nothing was sent (connect-failure), or the request may be repeated: an idempotent method
+            [RFC 9110 9.2.2] or `retry_safe` (a policy validated its Idempotency-Key), with its body kept
+            whole (replay_buffer);
+          - the retry budget admits it (retried requests in flight within budget_percent of the requests
+            in flight, or budget_min), so a failing upstream never meets a retry storm (a retry after a
+            failure that sent nothing anywhere adds no upstream work: counted, always admitted);
+          - after a full-jitter backoff, some of the route's deadline (timeout) is left: the try gets
+            per_try_timeout or what remains.
+        HTTP/2 upstreams re-send refused streams themselves (upstream_h2.pyx) and retry nothing here."""
+        cdef RouteRT route = self.route
+        cdef UpstreamGroup g = route.group
+        cdef int cond = err.cond
+        cdef double now, delay, remaining
+        cdef Target t, failed = self.target
+        cdef UpstreamConn c
+        if route.h2up or failed is None or not (g.retry_on >> cond) & 1:
+            return False
+        if (self.resent if cond == RC_SEND else self.tries >= g.attempts):
+            return False                        # (a stale pooled connection: once, not an attempt)
+        if cond != RC_CONNECT and cond != RC_REFUSED:       # sent: the upstream may have acted on it
+            if not self.retry_safe and IDEMPOTENT.find(b" " + self.head.method + b" ") < 0:
+                return False
+            if self.has_body and self.replay is None:       # not kept: over replay_buffer
+                return False
+        now = self.client.w.clock.now
+        delay = 0.0 if cond == RC_SEND else g.backoff_delay(self.tries + 1)
+        remaining = self.t0 * 1e-9 + route.deadline - now - delay
+        if remaining <= 0:
+            return False
+        if not self.retrying:
+            if not g.retry_admit(cond == RC_CONNECT or cond == RC_REFUSED or cond == RC_SEND):
+                return False
+            self.retrying = True
+        if self.attempts is None:
+            self.attempts = []
+        self.attempts.append(f"{failed.hostport.decode()} {err.kind or err.status}")
+        g.count_retry(cond)
+        if cond == RC_SEND:
+            self.resent = True
+        else:
+            self.tries += 1
+        self.retried = True
+        self.retried_err = err
+        self.try_timeout = route.try_timeout if route.try_timeout < remaining else remaining
+        if self.up is not None:                 # an answer retried on its status: not relayed
+            c = self.up
+            self.up = None
+            c.ex = None
+            c.abort()
+        self.sent = False
+        self.out = []
+        if self.replay is not None:
+            self.pending = self.replay + self.pending
+            self.pending_bytes = sum(len(<bytes>x) for x in self.pending)
+            self.replay = None
+        t = failed
+        if self.head.host:                      # (without Host, the head carries the target's address)
+            t = g.pick_other(self, failed)
+            if t is not failed and self.counted:
+                failed.finish()                 # pick_other counted the new one in flight
+        self.target = t
+        self.retry_handle = self.client.loop.call_later(delay, _retry_now, self, t is failed)
+        return True
+
+    cdef void release_slots(self):
+        """The exchange ends: its places in its upstream's counts (requests in flight, retry budget) are
+        given back, and a pending retry is called off."""
+        if self.admitted:
+            self.admitted = False
+            self.route.group.release()
+        if self.retrying:
+            self.retrying = False
+            self.route.group.retry_done()
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+
+    cdef str attempt_log(self):
+        """The access log's `attempts`: each try's target and outcome, the last one's status included;
+        None when there was one try."""
+        if self.attempts is None:
+            return None
+        last = self.target.hostport.decode() if self.target is not None else "-"
+        return "; ".join(self.attempts + [f"{last} {self.err.kind if self.err is not None else self.status}"])
+
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
         cdef bint is_head = self.head.method == b"HEAD"
+        cdef GatewayError err
         if 502 <= status <= 504:
             self.target.failure(REASON_STATUS)
+            if (self.route.group.retry_on >> (RC_502 + status - 502)) & 1:       # opt-in: retry.on "50x"
+                err = gateway_error(status, "bad-gateway", SRC_UPSTREAM_RESPONSE, False, None, str(status))
+                err.cond = RC_502 + status - 502
+                if self.retry(err):
+                    return
         else:
             self.target.success()
         if self.route.on_response is not None:          # phase: on_response
@@ -266,6 +406,8 @@ cdef class Exchange:
             if self.body_waiter is not None:            # a policy waited for a body that never came whole
                 self.body_waiter.cancel()
                 self.body_waiter = None
+            if self.admitted or self.retrying:
+                self.release_slots()
             if self.counted:
                 self.counted = False
                 self.target.finish()
@@ -278,6 +420,8 @@ cdef class Exchange:
         """End the exchange where it stands (its client is gone): pending work is cancelled and the
         upstream connection, mid-request, is closed."""
         self.done = True
+        if self.admitted or self.retrying:
+            self.release_slots()
         if self.counted:
             self.counted = False
             self.target.finish()
@@ -357,6 +501,11 @@ cdef class Exchange:
         cdef RequestHead h = self.head
         if self.route.on_upstream_request is not None and not self.upstream_request_phase():
             return                                # phase: on_upstream_request (a policy failed: 500)
+        if not self.route.group.admit():          # circuit breaking: max_requests
+            self.overloaded(OV_REQUESTS)
+            return
+        self.admitted = True
+        self.try_timeout = self.route.try_timeout
         if not self.drv.start(self):
             return                                # no usable target: answered
         if h.expect_continue and self.has_body and h.minor == 1 and self.body_bytes == 0:
@@ -801,6 +950,9 @@ cdef class Exchange:
         cdef Downstream cl = self.client
         if self.drv is not None:
             self.drv.cancel(self)
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
         if not self.body_done or status == 400 or status == 408 or status == 413 or status == 431 \
                 or status == 414:
             self.close_after = True

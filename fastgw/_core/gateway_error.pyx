@@ -8,12 +8,14 @@ retry from `retryable` alone, counts upstream errors, writes the problem (fastgw
 catalogue of slugs) and leaves the error on the exchange for the access log (`error_source`,
 `error_retryable`, `retried_after`).
 
-`retryable` is true only when sending the request again cannot make the upstream act on it twice: the
-upstream processed nothing of it (a kept-alive connection it closed or reset before any response byte)
-and the request can be sent again whole (no body, an idempotent method) [RFC 9110 9.2.2; nginx
-proxy_next_upstream retries only idempotent requests by default]. A failure made on a fresh connection
-is not retryable: today's retry goes to the same target (one pick per request) and would meet the same
-failure.
+`retryable` is true only when the upstream cannot have processed anything of the request: no connection
+was made (refused, failed, timed out, TLS), a kept-alive connection was lost before any response byte
+(the upstream closed it as it was reused: the request never reached it), or an HTTP/2 stream was refused.
+Sending such a request again is safe whatever its method. `cond` names the retry condition a failure
+meets (RetryCond: connect-failure, reset-before-response, timeout, ...); the exchange's one retry decision
+(exchange.pyx Exchange.retry) weighs it against the upstream's `retry.on`, the method (RFC 9110 9.2.2
+idempotent methods, or a policy's `retry_safe`), the attempts, the budget and the deadline [nginx
+proxy_next_upstream retries only idempotent requests once they were sent].
 """
 
 SOURCES = ("downstream", "upstream_connect", "upstream_response", "policy", "store")
@@ -23,7 +25,8 @@ cdef class GatewayError:
     """One failure (status, slug, source, retryable, detail); see the module docstring."""
 
     def __init__(self, int status, str slug, int source, bint retryable=False, bytes detail=None,
-                 str kind=None):
+                 str kind=None, int cond=RC_NONE):
+        self.cond = cond
         self.status = status
         self.slug = slug
         self.source = source
@@ -50,4 +53,5 @@ cdef GatewayError gateway_error(int status, str slug, int source, bint retryable
     e.retryable = retryable
     e.detail = detail
     e.kind = kind
+    e.cond = RC_NONE
     return e

@@ -229,6 +229,11 @@ cdef class H2Call(H2Sink):
                 if end and name == b"grpc-status":
                     self.note_status(value)
                 out.append((name, value))
+        if ex.target is not None:               # outlier detection: a 502/503/504 counts, any other ends a run
+            if 502 <= status <= 504:
+                ex.target.failure(REASON_STATUS)
+            else:
+                ex.target.success()
         if route.resp_add:
             _h2_lines(route.resp_add, out)
         if route.on_response is not None and self.response_phase(route, out, status):   # phase: on_response

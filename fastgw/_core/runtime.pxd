@@ -46,6 +46,8 @@ cdef class RouteRT:
     cdef public bytes phase_resp_add
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (upstream_grpc.pyx)
     cdef public bint h2up                 # an HTTP/2 upstream (protocol "h2" or "grpc"): h2call.pyx
+    cdef public double deadline           # seconds from the request head its retries must fit in (timeout)
+    cdef public double try_timeout        # one try's response timeout: per_try_timeout within deadline
     cdef public object upstream           # the upstream driver (worker.upstream_for): how the exchange
                                           #   drives the route's upstream; None: HTTP/1.1
 

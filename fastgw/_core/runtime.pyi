@@ -37,6 +37,8 @@ class RouteRT:
     phase_resp_add: bytes | None
     grpc: bool
     h2up: bool
+    deadline: float
+    try_timeout: float
     upstream: Any              # the upstream driver (fastgw._core.worker.upstream_for), None: HTTP/1.1
 
 class Runtime:

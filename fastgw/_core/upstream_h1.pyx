@@ -53,6 +53,7 @@ cdef class UpstreamConn:
     # asyncio protocol
     def connection_made(self, transport):
         self.transport = transport
+        self.target.group.connections(1)        # limits.max_connections
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
@@ -139,6 +140,7 @@ cdef class UpstreamConn:
         cdef Exchange ex = self.ex
         self.closed = True
         self.transport = None
+        self.target.group.connections(-1)
         if ex is not None:
             ex.upstream_failed(502, "bad-gateway", None, _failures.lost_error(exc))
 
@@ -323,11 +325,11 @@ cdef class H1Upstream(Upstream):
                 ex.connect_task.cancel()
             return True
         if sending:
-            if held and ex.up is not None and now - ex.up_last > ex.route.group.timeout:
+            if held and ex.up is not None and now - ex.up_last > ex.try_timeout:
                 ex.upstream_failed(504, "upstream-timeout", b"upstream did not take the request in time")
             return held
         if ex.up is not None and not ex.up.rpaused and now - ex.up_last > (
-                ex.route.group.timeout if ex.tunnel is None else ex.tunnel.handshake):
+                ex.try_timeout if ex.tunnel is None else ex.tunnel.handshake):
             # (a tunnel request waits for its 101 at most the session's handshake timeout)
             ex.upstream_failed(504, "upstream-timeout", None, _failures.TIMEOUT)
         return True
@@ -337,7 +339,15 @@ cdef H1Upstream H1_UPSTREAM = H1Upstream()
 
 
 async def _connect(Exchange ex, Target target):
+    """A new connection for `ex` (pending in its upstream's limits.max_pending until it is made or not)."""
     loop = asyncio.get_running_loop()
+    try:
+        await _open(ex, target, loop)
+    finally:
+        target.group.connect_done()
+
+
+async def _open(Exchange ex, Target target, loop):
     try:
         g = target.group
         if g.ssl is None:

@@ -23,8 +23,8 @@ Rules kept here (and why):
 * Pipelined requests are served one at a time, in order; at most `max_pipelined` wait, beyond that the
   connection answers the queued ones and closes (a client may always retry an unanswered request).
 * Timeouts are swept by the Worker every quarter second from a coarse clock: no timer per request.
-* A pooled connection that fails before any response byte is retried once on a fresh connection, and only
-  for a request without a body (nothing of it can have been processed twice); everything else is 502.
+* A failure before any response byte reached the client is retried by one decision (Exchange.retry:
+  the upstream's retry.on, idempotency, attempts, budget, deadline), on another target when there is one.
 * If the upstream fails after the response started, the client connection is closed: a truncated
   response is never presented as a complete one.
 """
@@ -262,7 +262,8 @@ cdef class Worker:
                                     ex.rid, ex.route.name if ex.route is not None else None,
                                     t.group.name if t is not None else None, t.hostport if t is not None else None,
                                     ex.err.kind if ex.err is not None else None,
-                                    ex.grpc_code - 1 if ex.grpc_code else None, ex.err, ex.retried_err))
+                                    ex.grpc_code - 1 if ex.grpc_code else None, ex.err, ex.retried_err,
+                                    ex.attempt_log() if ex.attempts is not None else None))
 
     cdef void headers_dropped(self, Exchange ex):
         """Header fields the wire table dropped for their "_" (RequestHead.dropped, fastgw/headers.py):

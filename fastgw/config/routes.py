@@ -12,7 +12,7 @@ import msgspec
 
 from fastgw import headers
 from fastgw.config.checks import HOSTNAME, NAME, TOKEN
-from fastgw.config.schema import Size, compose, keypath
+from fastgw.config.schema import Duration, Size, compose, keypath
 from fastgw.policies import POLICIES
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class RouteCore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     strip_prefix: bool = False
     protocol: Literal["http", "grpc"] = "http"   # grpc: an alias of the upstream's protocol = "grpc"
     max_body: Size | None = None
+    timeout: Duration | None = None              # the whole request's deadline across retries (None: the upstream's)
     request_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
     response_headers: HeaderRules = msgspec.field(default_factory=HeaderRules)
 
@@ -124,6 +125,8 @@ def check(cfg: Config, errors: list[str]) -> None:
             _check_methods(r.methods, f"{p}.methods", errors)
         if r.max_body is not None and r.max_body < 0:
             errors.append(f"{p}.max_body: must not be negative")
+        if r.timeout is not None and r.timeout <= 0:
+            errors.append(f"{p}.timeout: must be greater than 0")
         _check_headers(r.request_headers, f"{p}.request_headers", errors, headers.owned)
         _check_headers(r.response_headers, f"{p}.response_headers", errors, headers.owned_response)
         if not bad_path:

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from fastgw.config.checks import NAME, parse_hostport
-from fastgw.config.schema import Duration, FilePath, keypath
+from fastgw.config.checks import NAME, ConfigWarning, parse_hostport
+from fastgw.config.schema import Duration, FilePath, Size, keypath
 from fastgw.tls import upstream_context
 
 if TYPE_CHECKING:
@@ -71,6 +71,34 @@ class Health(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     expect: list[int] = msgspec.field(default_factory=lambda: [200, 399])   # inclusive status range
 
 
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Circuit breaking, per upstream per host (every worker counts in shared memory): beyond a limit a
+    request is answered at once with 503 upstream-overloaded and Retry-After, never queued [Envoy's
+    circuit breakers, 1024 each; Envoy's are per process, so N workers allow N x 1024]."""
+    max_connections: int = 1024              # upstream connections open (HTTP/1.1 upstreams)
+    max_pending: int = 1024                  # requests waiting for a new connection to open (HTTP/1.1)
+    max_requests: int = 1024                 # requests in flight to the upstream (any protocol)
+
+
+# The conditions `retry.on` may name (exchange.pyx Exchange.retry): the first two for any method (nothing
+# was sent), the others for idempotent requests; the first four are on by default.
+RETRY_ON = ("connect-failure", "refused-stream", "reset-before-send", "reset-before-response",
+            "timeout", "502", "503", "504")
+MAX_ATTEMPTS = 5                            # retries after the first try; more only multiplies load
+
+
+class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Retries on another target, inside a budget (docs/upstreams.md#retries)."""
+    attempts: int = 1                        # retries after the first try (0: none)
+    on: list[str] = msgspec.field(default_factory=lambda: list(RETRY_ON[:4]))
+    budget_percent: int = 20                 # retries in flight at most this % of the requests in flight
+    budget_min: int = 3                      # ...but always this many
+    backoff: Duration = 0.025                # full jitter, doubling per retry
+    backoff_max: Duration = 0.25
+    per_try_timeout: Duration = 0.0          # 0: the upstream's timeout
+    replay_buffer: Size = 65536              # a request body larger than this is never retried
+
+
 class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[str | WeightedTarget]
     # How fastgw talks to the targets: HTTP/1.1 (pooled keep-alive connections), HTTP/2 ("h2": h2c with
@@ -84,9 +112,12 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     balance: Literal["round_robin", "least_request", "hash"] = "round_robin"
     hash_key: str | None = None              # balance = "hash" only; see HASH_KEY
     slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
+    resolve_every: Duration = 10.0           # host-name targets are resolved again this often (discovery.py)
     tls: UpstreamTLS | None = None
     outlier: Outlier = msgspec.field(default_factory=Outlier)
     health: Health | None = None
+    limits: Limits = msgspec.field(default_factory=Limits)
+    retry: Retry = msgspec.field(default_factory=Retry)
 
 
 def check(cfg: Config, errors: list[str]) -> None:
@@ -94,6 +125,7 @@ def check(cfg: Config, errors: list[str]) -> None:
         errors.append("upstreams: at least one upstream is required")
     for name, up in cfg.upstreams.items():
         _check_upstream(name, up, keypath("upstreams", name), errors)
+    errors += retry_warnings(cfg)
 
 
 def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> None:
@@ -122,6 +154,8 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
         errors.append(f'{path}.hash_key: only with balance = "hash"')
     if up.slow_start < 0:
         errors.append(f"{path}.slow_start: must not be negative")
+    if up.resolve_every <= 0:
+        errors.append(f"{path}.resolve_every: must be greater than 0")
     if up.keepalive < 0:
         errors.append(f"{path}.keepalive: must not be negative (0 disables pooling)")
     for field, seconds in (("connect_timeout", up.connect_timeout), ("timeout", up.timeout),
@@ -131,6 +165,8 @@ def _check_upstream(name: str, up: Upstream, path: str, errors: list[str]) -> No
     _check_outlier(up.outlier, f"{path}.outlier", errors)
     if up.health is not None:
         _check_health(up.health, f"{path}.health", errors)
+    _check_limits(up.limits, f"{path}.limits", errors)
+    _check_retry(up.retry, f"{path}.retry", errors)
     if up.tls is not None:
         t = up.tls
         if (t.cert is None) != (t.key is None):
@@ -157,6 +193,51 @@ def _check_outlier(o: Outlier, path: str, errors: list[str]) -> None:
             errors.append(f"{path}.{field}: must be between 0 and 100 (a percentage)")
 
 
+def _check_limits(lim: Limits, path: str, errors: list[str]) -> None:
+    for field in ("max_connections", "max_pending", "max_requests"):
+        if getattr(lim, field) < 1:
+            errors.append(f"{path}.{field}: must be at least 1")
+
+
+def _check_retry(r: Retry, path: str, errors: list[str]) -> None:
+    if not 0 <= r.attempts <= MAX_ATTEMPTS:
+        errors.append(f"{path}.attempts: must be between 0 and {MAX_ATTEMPTS} (retries after the first try)")
+    for i, cond in enumerate(r.on):
+        if cond not in RETRY_ON:
+            errors.append(f'{path}.on[{i}]: unknown condition "{cond}" (one of {", ".join(RETRY_ON)})')
+    if not 0 <= r.budget_percent <= 100:
+        errors.append(f"{path}.budget_percent: must be between 0 and 100 (a percentage)")
+    if r.budget_min < 0:
+        errors.append(f"{path}.budget_min: must not be negative")
+    if r.backoff < 0 or r.backoff_max < r.backoff:
+        errors.append(f"{path}.backoff_max: must be at least backoff (and backoff not negative)")
+    if r.per_try_timeout < 0:
+        errors.append(f"{path}.per_try_timeout: must not be negative (0: the upstream's timeout)")
+    if r.replay_buffer < 0:
+        errors.append(f"{path}.replay_buffer: must not be negative")
+
+
+def retry_warnings(cfg: Config) -> list[ConfigWarning]:
+    """`fastgw check`: a route whose deadline cannot hold every attempt its upstream allows (the first try
+    and `retry.attempts` retries, each up to per_try_timeout) ends before the last of them can finish.
+    Without per_try_timeout a try may take the whole deadline (then a timed-out request is not retried,
+    which is the default: Envoy's too)."""
+    out = []
+    for i, route in enumerate(cfg.routes):
+        up = cfg.upstreams.get(route.upstream)
+        if up is None or up.retry.attempts == 0 or up.retry.per_try_timeout == 0:
+            continue                         # (without per_try_timeout, a try may take the whole deadline)
+        per_try = up.retry.per_try_timeout
+        deadline = route.timeout or up.timeout
+        tries = up.retry.attempts + 1
+        if tries * per_try > deadline:
+            out.append(ConfigWarning(
+                f"routes[{i}].timeout: {tries} attempts (upstream \"{route.upstream}\" retry.attempts + 1) x "
+                f"per-try timeout {per_try:g}s = {tries * per_try:g}s exceed the route's deadline of "
+                f"{deadline:g}s; a try that times out leaves the next one only what remains of it"))
+    return out
+
+
 def _check_health(h: Health, path: str, errors: list[str]) -> None:
     if not h.path.startswith("/"):
         errors.append(f'{path}.path: must start with "/"')
@@ -179,7 +260,7 @@ def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     for name, up in cfg.upstreams.items():
         for i, target in enumerate(up.targets):
             host = parse_hostport(address(target))[0]
-            if not _is_ip(host):
+            if not is_ip(host):
                 names.setdefault(host, []).append(f"{keypath('upstreams', name)}.targets[{i}]")
     if not names:
         return []
@@ -201,7 +282,7 @@ def resolve_warnings(cfg: Config, timeout: float = 3.0) -> list[str]:
     return out
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -38,6 +38,7 @@ from fastgw.process.control import MSG_LIMIT, read_msg, send_msg
 from fastgw.process.listeners import Listeners
 from fastgw.process.sections import attach_owners
 from fastgw.process.shm import Layout, SharedMemory
+from fastgw.upstream.discovery import Discovery
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
 RETIRE_SECONDS = 300.0    # how long the idle pools of a replaced upstream group are still swept
@@ -69,6 +70,7 @@ class WorkerProcess:
         self.exit_reason = ""
         self.drain_task: asyncio.Task[None] | None = None
         self.services: dict[str, Any] | None = None    # long-lived resources of policies (compile_config)
+        self.discovery: Discovery | None = None         # host-name targets' resolvers
 
     # -- config ----------------------------------------------------------------------------------------
     def apply(self, msg: dict[str, Any]) -> None:
@@ -101,6 +103,9 @@ class WorkerProcess:
                 for t in g.targets:
                     t.close_idle()
         self.cfg, self.groups, self.gen = cfg, groups, int(msg["gen"])
+        if self.discovery is None:
+            self.discovery = Discovery(self.services.get("upstream_table"))
+        self.discovery.apply(cfg, groups)
         self.set_access_log(cfg)
         set_level(cfg.server.log_level)
         self.w.debug_log = log_dropped_headers if cfg.server.log_level == "debug" else None

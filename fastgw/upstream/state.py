@@ -41,8 +41,26 @@ def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> Non
 
 # Words of a record (fastgw/_core/balancer.pxd Record) the supervisor reads.
 W_FAILS, W_DOWN_UNTIL, W_SINCE, W_REASON, W_EJECTED_BY = 2, 3, 5, 6, 8
+# A host-name target's DNS state (fastgw/upstream/discovery.py): addresses it resolved to last, when it
+# last resolved, since when it fails to (monotonic ms; 0: it does not).
+W_DNS_ADDRESSES, W_DNS_OK, W_DNS_FAILING = 13, 14, 15
 REASONS = ("connect", "reset", "timeout", "status", "health")   # balancer.pxd Reason, as labels; "health":
                                                                   # marked down by the prober (health.py)
+# An upstream's own records (balancer.pxd GroupRecord; keys: group_key): limits, then retries by condition.
+G_ACTIVE, G_PENDING, G_CONNS, G_RETRYING, G_BUDGET_OUT, G_OVERFLOW = 1, 2, 3, 4, 5, 6
+LIMITS = ("requests", "pending", "connections")                 # balancer.pxd Overflow, as labels
+
+
+def _groups(shm: SharedMemory, cfg: Config) -> Iterator[tuple[str, Any, Any]]:
+    """(upstream, limits record words, retries record words) of every configured upstream."""
+    from fastgw._core.balancer import TargetTable
+    from fastgw.compile import target_key
+    table = TargetTable(shm.section(SECTION))
+    for name in cfg.upstreams:
+        key = target_key(name, "")
+        g, r = table.words(key), table.words(key + 2)
+        if g is not None and r is not None:
+            yield name, g, r
 
 
 def _records(shm: SharedMemory, cfg: Config) -> Iterator[tuple[str, str, Any]]:
@@ -81,6 +99,15 @@ def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
             "ejections": ejections,
             "consecutive_failures": w[W_FAILS],
         })
+        if w[W_DNS_OK] or w[W_DNS_FAILING]:                  # a host name (discovery.py)
+            out["upstreams"][name]["targets"][-1]["dns"] = {
+                "addresses": w[W_DNS_ADDRESSES],
+                "resolved": round(wall - (now_ms - w[W_DNS_OK]) / 1000, 3) if w[W_DNS_OK] else None,
+                "failing_since": round(wall - (now_ms - w[W_DNS_FAILING]) / 1000, 3) if w[W_DNS_FAILING] else None}
+    for name, g, _ in _groups(shm, cfg):
+        out["upstreams"].setdefault(name, {"targets": []})["limits"] = {
+            "requests": g[G_ACTIVE], "pending": g[G_PENDING], "connections": g[G_CONNS],
+            "retrying": g[G_RETRYING]}
     return out
 
 
@@ -89,17 +116,40 @@ def metrics(shm: SharedMemory | None, cfg: Config) -> list[str]:
     if shm is None or SECTION not in shm.layout.sections:
         return []
     now_ms = time.monotonic() * 1000
-    up = ["# HELP fastgw_upstream_target_up 1 when the target is in service, 0 while it is ejected or down.",
-          "# TYPE fastgw_upstream_target_up gauge"]
-    ej = ["# HELP fastgw_upstream_ejections_total Ejections of a target by outlier detection, by reason "
-          "(connect, reset, timeout, status: 502/503/504), and health: marked down by the active checks.",
-          "# TYPE fastgw_upstream_ejections_total counter"]
+    up = _family("fastgw_upstream_target_up", "gauge",
+                 "1 when the target is in service, 0 while it is ejected or down.")
+    ej = _family("fastgw_upstream_ejections_total", "counter", "Ejections of a target by outlier detection, by "
+                 "reason (connect, reset, timeout, status: 502/503/504), and health: marked down by the active "
+                 "checks.")
     for name, addr, w in _records(shm, cfg):
         labels = f'upstream="{name}",target="{addr}"'
         up.append(f"fastgw_upstream_target_up{{{labels}}} {0 if w[W_DOWN_UNTIL] > now_ms else 1}")
         ej += [f'fastgw_upstream_ejections_total{{{labels},reason="{r}"}} {w[W_EJECTED_BY + i]}'
                for i, r in enumerate(REASONS)]
-    return up + ej
+    return up + ej + _group_metrics(shm, cfg)
+
+
+def _family(name: str, kind: str, text: str) -> list[str]:
+    return [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+
+
+def _group_metrics(shm: SharedMemory, cfg: Config) -> list[str]:
+    """fastgw_upstream_overflow_total, fastgw_upstream_retries_total and
+    fastgw_upstream_retry_budget_exhausted_total, for every configured upstream."""
+    from fastgw.config.upstreams import RETRY_ON
+    ov = _family("fastgw_upstream_overflow_total", "counter", "Requests answered 503 upstream-overloaded "
+                 "(circuit breaking), by the limit reached (requests, pending, connections).")
+    rt = _family("fastgw_upstream_retries_total", "counter",
+                 "Retries made, by the condition that caused them (retry.on).")
+    bx = _family("fastgw_upstream_retry_budget_exhausted_total", "counter",
+                 "Retries not made because the retry budget was used up.")
+    for name, g, r in _groups(shm, cfg):
+        ov += [f'fastgw_upstream_overflow_total{{upstream="{name}",limit="{lim}"}} {g[G_OVERFLOW + i]}'
+               for i, lim in enumerate(LIMITS)]
+        rt += [f'fastgw_upstream_retries_total{{upstream="{name}",reason="{c}"}} {r[1 + i]}'
+               for i, c in enumerate(RETRY_ON)]
+        bx.append(f'fastgw_upstream_retry_budget_exhausted_total{{upstream="{name}"}} {g[G_BUDGET_OUT]}')
+    return ov + rt + bx
 
 
 def page(shm: SharedMemory | None, cfg: Config) -> tuple[int, str, str]:
