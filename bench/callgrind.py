@@ -164,6 +164,8 @@ SCENARIOS = {s.name: s for s in [
              tracing_config(0.01), no_headers),
     Scenario("tracing_100pct", "plain with [tracing]: every request's span exported over OTLP/HTTP",
              tracing_config(1.0), no_headers),
+    Scenario("plain_origin", "plain with the cors scenario's Origin request header (no CORS route): what "
+             "the header itself costs, for reading the cors figures", plain_config(), origin_header),
     Scenario("cors", "plain on a CORS route ([cors.NAME], a granted Origin: headers echoed, Vary)",
              cors_config(False), origin_header, expect="access-control-allow-origin"),
     Scenario("cors_lifecycle", "cors, and the route deprecated (Deprecation, Sunset, Link; the counter)",

@@ -28,6 +28,15 @@ PROBLEMS: dict[str, Slug] = {
     "payload-too-large": Slug(413, "Content Too Large", "The request body exceeds the route's limit."),
     "uri-too-long": Slug(414, "URI Too Long", "The request target is too long."),
     "gone": Slug(410, "Gone", "This API was retired at its announced sunset."),
+    "validation-failed": Slug(400, "Bad Request", "The request does not match the API's description."),
+    "idempotency-key-required": Slug(400, "Bad Request", "This operation requires an Idempotency-Key header."),
+    "idempotency-key-invalid": Slug(400, "Bad Request",
+                                    "The Idempotency-Key header is malformed: one string of 1 to 255 printable "
+                                    "ASCII characters."),
+    "idempotency-conflict": Slug(409, "Conflict",
+                                 "A request with this Idempotency-Key is still being processed; retry later."),
+    "idempotency-mismatch": Slug(422, "Unprocessable Content",
+                                 "This Idempotency-Key was used with a different request; use a new key."),
     "header-too-large": Slug(431, "Request Header Fields Too Large", "The request head is too large."),
     "rate-limited": Slug(429, "Too Many Requests", "The rate limit for this consumer is exhausted."),
     "quota-exceeded": Slug(429, "Too Many Requests", "The quota for this consumer is exhausted."),
@@ -52,8 +61,9 @@ PROBLEMS: dict[str, Slug] = {
 }
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone", 413: "Content Too Large",
-            414: "URI Too Long", 426: "Upgrade Required", 500: "Internal Server Error", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+            413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content", 426: "Upgrade Required",
+            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
             501: "Not Implemented", 505: "HTTP Version Not Supported"}
 

@@ -46,6 +46,7 @@ def gw(gateway: Any, echo_origin: Any) -> Any:
         {"name": "sandbox", "path": "/sandbox/*", "upstream": "echo", "cors": "sandbox"},
         {"name": "down", "path": "/down/*", "upstream": "down", "cors": "web"},
         {"name": "plain", "path": "/plain/*", "upstream": "echo"},
+        {"name": "small", "path": "/small/*", "upstream": "echo", "cors": "web", "max_body": 10},
         {"name": "strip", "path": "/strip/*", "upstream": "echo", "cors": "web",
          "response_headers": {"remove": ["Access-Control-Allow-Origin"]}},
     ]
@@ -152,6 +153,17 @@ def test_upstream_cors_fields_stripped_by_the_route_and_its_vary_kept(gw: Any) -
                   headers={"Origin": "https://app.bank.example"})
         assert r.headers.get_list("access-control-allow-origin") == ["https://app.bank.example"]
         assert {"accept", "origin"} <= vary(r)
+
+
+def test_a_413_answered_before_any_policy_ran_carries_them_too(gw: Any, echo_origin: Any) -> None:
+    """A Content-Length over the route's max_body is refused when the route is chosen, before its
+    policies' request phase: the CORS lines are there all the same (they are known from the request)."""
+    for c in clients(gw):
+        with c:
+            r = c.post("/small/x", content=b"x" * 11, headers={"Origin": "https://app.bank.example"})
+            assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+            assert r.headers["access-control-allow-origin"] == "https://app.bank.example" and "origin" in vary(r)
+    assert echo_origin.heads_for("/small/x") == []
 
 
 def test_gateway_errors_carry_cors_headers_401_429_502(gw: Any) -> None:

@@ -138,7 +138,7 @@ class Prometheus:
 def gateway_config(origin: Origin, dead_port: int, tls: tuple[str, str]) -> str:
     """Every policy whose series the dashboard shows: an API-key route with a tiny rate plan kept in a
     Redis nobody answers on (Redis errors, degraded decisions, 429s), a route to a dead upstream (502s),
-    a deprecated route, a cached route, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
+    a deprecated route, a cached route, an idempotent one, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
     key = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
 [server]
@@ -181,6 +181,11 @@ name = "cached"
 path = "/cached/*"
 upstream = "origin"
 cache = "mon"
+[[routes]]
+name = "pay"
+path = "/pay/*"
+upstream = "origin"
+idempotency = {{}}
 [[routes]]
 name = "ws"
 path = "/ws/*"

@@ -243,6 +243,90 @@ def test_awaitable_on_request_and_ctx_carried_to_on_response_and_on_log(serve: A
     assert len(echo.heads_for("/edit/one")) == 2 and echo.heads_for("/edit/two") == []
 
 
+def test_read_body_holds_the_whole_body_and_on_response_body_taps_the_upstreams(serve: Any,
+                                                                                echo: EchoOrigin) -> None:
+    """read_body: the whole request body in on_request before any upstream work (larger than the pending
+    limit and than an HTTP/2 stream window, chunked or not), still forwarded as sent; over the limit the
+    policy answers 413. on_response_body: every chunk of an upstream's body, then one end; nothing for the
+    gateway's own answer (502)."""
+    import hashlib
+    held: list[bytes] = []
+    tapped: list[tuple[bytes, bytes, bool]] = []
+
+    class Tap(Gate):
+        def on_request(self, ex: Any) -> Any:
+            if ex.method != b"POST":
+                return None
+
+            async def whole() -> Any:
+                body = await ex.read_body(400_000)
+                if body is None:
+                    return (413, "payload-too-large", None, None)
+                held.append(body)
+                return None
+            return whole()
+
+        def on_response_body(self, ex: Any, chunk: bytes, end: bool) -> None:
+            tapped.append((ex.path, chunk, end))
+
+    gw = serve({"edit": [Tap()], "down": [Tap()]})
+    body = bytes(range(256)) * 1200                          # 307,200 bytes
+    for c in clients():
+        with c:
+            tapped.clear()
+            r = c.get(gw.base + "/edit/big?size=300000")
+            assert r.status_code == 200 and len(r.content) == 300000
+            assert b"".join(ch for _, ch, _ in tapped) == r.content
+            assert [end for *_, end in tapped].count(True) == 1 and tapped[-1] == (b"/edit/big", b"", True)
+            tapped.clear()
+            assert c.get(gw.base + "/down/x").status_code == 502 and tapped == []
+            for content in (body, iter([body[:1000], body[1000:]])):
+                held.clear()
+                r = c.post(gw.base + "/edit/post", content=content)
+                assert r.status_code == 200 and held == [body]
+                assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+            r = c.post(gw.base + "/edit/post", content=b"x" * 400_001)
+            assert r.status_code == 413
+    assert len(echo.heads_for("/edit/post")) == 4
+    # A client that waits for 100 Continue before its body is told to go on while the policy waits.
+    import socket
+    host, port = gw.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), 5) as sock:
+        sock.sendall(b"POST /edit/expect HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        held.clear()
+        sock.sendall(b"hello")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200 ") and held == [b"hello"]
+
+
+def test_compiled_response_lines_on_every_answer_and_a_raising_policy_gives_none(serve: Any) -> None:
+    """A compiled line-giving policy (gates.pyx CorsGate): its lines on the upstream's response and on the
+    gateway's own 502; one whose Python half raises is reported and the request goes on without them."""
+    from fastgw._core.gates import CorsGate
+
+    class Lines(CorsGate):
+        def __init__(self, boom: bool) -> None:
+            self.granted, self.more, self.tail, self.boom = (), True, b"\r\nVary: Origin\r\n", boom
+
+        def allowed(self, origin: bytes) -> bool:
+            if self.boom:
+                raise RuntimeError("a bug in the policy")
+            return True
+
+    gw = serve({"edit": [Lines(True)], "answer": [Lines(False)], "down": [Lines(False)]})
+    for c in clients():
+        with c:
+            r = c.get(gw.base + "/answer/x", headers={"Origin": "https://a.example"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://a.example"
+            r = c.get(gw.base + "/down/x", headers={"Origin": "https://a.example"})
+            assert r.status_code == 502 and r.headers["access-control-allow-origin"] == "https://a.example"
+            r = c.get(gw.base + "/edit/x", headers={"Origin": "https://a.example"})
+            assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
 def test_on_upstream_request_adds_and_removes_request_headers(serve: Any) -> None:
     class Upstream(Gate):
         def on_request(self, ex: Any) -> None:

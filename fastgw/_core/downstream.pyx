@@ -117,6 +117,8 @@ cdef class Downstream:
             self.body_too_large(ex)
             return
         ex.request_data(data)
+        if ex.body_waiter is not None and ex.body_bytes > ex.body_limit:
+            ex.body_ready()                       # a policy waits for the body (read_body): too large
 
     cdef void body_end(self):
         """The request body of the exchange being received ended."""
@@ -129,6 +131,8 @@ cdef class Downstream:
             return
         ex.up_last = self.w.clock.now          # the whole request is sent: the response timeout starts
         ex.request_end()
+        if ex.body_waiter is not None:
+            ex.body_ready()                       # a policy waits for the whole body (read_body)
 
     cdef void body_too_large(self, Exchange ex):
         self.stop_requests()

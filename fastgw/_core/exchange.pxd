@@ -71,6 +71,8 @@ cdef class Exchange:
     cdef bint viewed
     cdef list resp_blocks                 # while on_response runs: the header blocks the response came with
     cdef bint phased                      # on_response ran: an answer made from here on skips it
+    cdef object body_waiter               # read_body's future while a policy waits for the whole body, or None
+    cdef long long body_limit             # ...and the most it may hold (more: the future gives None)
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef long long tu0                   # monotonic ns when the upstream's part began (0: never): proceed
     cdef TraceCtx tc                     # the request's trace (tracecontext.pyx), started in new_exchange
@@ -125,3 +127,5 @@ cdef class Exchange:
     cdef void settle(self, int status)
     cdef bytes traceparent_line(self)
     cdef bytes traceparent(self)
+    cdef void body_ready(self)
+    cdef bytes held_body(self)

@@ -58,7 +58,7 @@ cdef class Exchange:
         connection being made), unframed; past PENDING_LIMIT the client's reading pauses."""
         self.pending.append(data)
         self.pending_bytes += len(data)
-        if self.pending_bytes > PENDING_LIMIT:
+        if self.pending_bytes > PENDING_LIMIT and self.body_waiter is None:   # (read_body: body_limit)
             self.client.pause_reading(P_PENDING)
 
     cdef void to_upstream(self, bytes data):
@@ -413,6 +413,9 @@ cdef class Exchange:
     cdef void complete(self):
         if not self.done:
             self.done = True
+            if self.body_waiter is not None:            # a policy waited for a body that never came whole
+                self.body_waiter.cancel()
+                self.body_waiter = None
             if self.admitted or self.retrying:
                 self.release_slots()
             if self.counted:
@@ -474,6 +477,8 @@ cdef class Exchange:
             return
         route = <RouteRT>m[1]
         self.route = route
+        if route.line_gates is not None:        # the policies' response lines, on every answer (gates.pyx)
+            self.resp_extra = route_lines(route, h)
         self.drv = <Upstream>route.upstream if route.upstream is not None else H1_UPSTREAM
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
@@ -742,6 +747,40 @@ cdef class Exchange:
             self.after = []
         self.after.append(fn)
 
+    @property
+    def request_sent(self):
+        """The request went (or was going) to an upstream connection: after a failure, its outcome is
+        unknown (the upstream may have acted on it); False while nothing was sent (a connect failure)."""
+        return self.sent
+
+    def read_body(self, long long limit):
+        """on_request: an awaitable of the whole request body (bytes, without chunked framing) once it has
+        arrived, or of None as soon as it is larger than `limit` bytes (the policy answers 413). The body is
+        still sent upstream as it came. While a policy waits, the body is held in memory up to `limit` (the
+        connection keeps reading; an HTTP/2 stream's window is given back), under the route's body timeouts;
+        a client that sent `Expect: 100-continue` is told to go on."""
+        fut = self.client.loop.create_future()
+        if self.body_done or self.body_bytes > limit:
+            fut.set_result(self.held_body() if self.body_bytes <= limit else None)
+            return fut
+        self.body_waiter = fut
+        self.body_limit = limit
+        self.client.resume_reading(P_PENDING)
+        if self.head.expect_continue and self.head.minor == 1 and self.body_bytes == 0:
+            self.client.write_continue()
+            self.client.flush()
+        return fut
+
+    cdef bytes held_body(self):
+        return b"".join(self.pending)           # (held unframed: hold)
+
+    cdef void body_ready(self):
+        """The body read_body waits for is whole (body_done), or over its limit: wake the policy."""
+        fut = self.body_waiter
+        self.body_waiter = None
+        if not fut.done():
+            fut.set_result(self.held_body() if self.body_bytes <= self.body_limit else None)
+
     # -- policy interface: the phases (fastgw/policies/contract.py) --------------------------------------
     @property
     def response_status(self):
@@ -967,6 +1006,21 @@ cdef class Exchange:
             extra = self.resp_extra if extra is None else extra + self.resp_extra
         self.client.write_problem(self, err.slug, err.detail, extra)
         self.complete()
+
+
+cdef bytes route_lines(RouteRT route, RequestHead h):
+    """The response lines the route's line-giving policies give this request (gates.pyx response_lines).
+    A policy that raises is reported and gives none: the request goes on (run() must never stop halfway)."""
+    cdef bytes out = None
+    cdef bytes lines
+    try:
+        for g in route.line_gates:
+            lines = (<Gate>g).response_lines(h)
+            if lines is not None:
+                out = lines if out is None else out + lines
+    except Exception as exc:
+        _report_policy_error(route.name, exc)
+    return out
 
 
 cdef bytes stripped(RouteRT route, bytes path):

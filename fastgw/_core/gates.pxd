@@ -13,3 +13,12 @@ cdef enum:
     P_IP = 1
     P_ROUTE = 2
     P_HEADER = 3
+
+
+from fastgw._core.http1 cimport RequestHead
+
+
+cdef class Gate:
+    cdef public bint has_lines           # response_lines gives this request's lines for every answer
+    cpdef object on_request(self, object ex)
+    cdef bytes response_lines(self, RequestHead h)

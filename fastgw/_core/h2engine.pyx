@@ -431,7 +431,7 @@ cdef class H2Conn:
             if n:
                 self.h2.acknowledge_received_data(n, sid)
             return
-        if not ex.sent:                      # (the upstream call has not started)
+        if not ex.sent and ex.body_waiter is None:   # (the upstream call has not started; read_body holds it)
             st.rpause |= P_PENDING           # held until attach() hands it to the upstream transport
         st.owed += n
         if st.rpause == 0:

@@ -42,6 +42,7 @@ cdef class RouteRT:
     cdef public tuple on_response
     cdef public tuple on_response_body    # called (ex, chunk, end) per response body chunk and at its end
     cdef public tuple on_log
+    cdef public tuple line_gates          # Gates whose response_lines go on every answer (CORS, lifecycle), or None
     cdef public bytes phase_resp_add
     cdef public bint grpc                 # protocol = "grpc": HTTP/2 upstream streams (upstream_grpc.pyx)
     cdef public bint h2up                 # an HTTP/2 upstream (protocol "h2" or "grpc"): h2call.pyx

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")            # route/upstream/consumer/plan names: they become metric labels
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # RFC 9110 §5.6.2 token
@@ -81,3 +83,13 @@ def check_cidrs(values: list[str], path: str, errors: list[str]) -> None:
 def check_file(value: str, path: str, errors: list[str]) -> None:
     if not Path(value).is_file():
         errors.append(f'{path}: cannot read "{value}": no such file')
+
+
+
+def route_settings(routes: list[Any], key: str, get: Callable[[Any], Any]) -> Iterator[tuple[str, Any, Any]]:
+    """(key path, value, route) of every route whose routes[].`key` (`get(route)`) is set, for a policy's
+    check."""
+    for i, r in enumerate(routes):
+        value = get(r)
+        if value is not None:
+            yield f"routes[{i}].{key}", value, r

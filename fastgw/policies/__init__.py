@@ -32,9 +32,11 @@ from fastgw.policies.auth import config as auth
 from fastgw.policies.cache import config as cache
 from fastgw.policies.contract import AdminRuntime, RequestHeaders, Runtime
 from fastgw.policies.cors import config as cors
+from fastgw.policies.idempotency import config as idempotency
 from fastgw.policies.lifecycle import config as lifecycle
 from fastgw.policies.ratelimit import config as ratelimit
 from fastgw.policies.transcode import config as transcode
+from fastgw.policies.validate import config as validate
 from fastgw.policies.websocket import config as websocket
 
 
@@ -52,10 +54,13 @@ class Registration:
 
 
 # In the order a route runs them: CORS first (a browser's preflight carries no credentials, so it is
-# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity (the rate limiter reads the consumer and its plan),
-# then the WebSocket handshake (its caps count per consumer; the upgrade has counted as one request), then
-# the transcoding (which gRPC method a JSON request calls), then the cache last: a hit is served only to a
-# caller that passed every check, and the cache stores the response's own fields (ex.response_lines),
+# answered before authentication), the lifecycle (a retired route answers 410 whoever calls), then identity
+# (the rate limiter reads the consumer and its plan), then the WebSocket handshake (its caps count per
+# consumer; the upgrade has counted as one request), validation (a malformed request costs no idempotency
+# record), Idempotency-Key (its record key names the consumer; a request refused by an earlier policy never
+# takes a key's lock; it fingerprints the body as the client sent it), then the transcoding (which gRPC
+# method a JSON request calls: the last check before the upstream), then the cache last: a hit is served only to
+# a caller that passed every check, and the cache stores the response's own fields (ex.response_lines),
 # never what the policies before it add.
 POLICIES: tuple[Registration, ...] = (
     Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
@@ -67,6 +72,10 @@ POLICIES: tuple[Registration, ...] = (
                  "fastgw.policies.ratelimit.policy", summary=ratelimit.summary),
     Registration("websocket", websocket.Sections, websocket.RouteKeys, None, websocket.check,
                  "fastgw.policies.websocket.policy", summary=websocket.summary),
+    Registration("validate", validate.Sections, validate.RouteKeys, None, validate.check,
+                 "fastgw.policies.validate.policy"),
+    Registration("idempotency", idempotency.Sections, idempotency.RouteKeys, None, idempotency.check,
+                 "fastgw.policies.idempotency.policy"),
     Registration("transcode", transcode.Sections, transcode.RouteKeys, None, transcode.check,
                  "fastgw.policies.transcode.policy", summary=transcode.summary),
     Registration("cache", cache.Sections, cache.RouteKeys, None, cache.check, "fastgw.policies.cache.policy",

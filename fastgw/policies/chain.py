@@ -1,8 +1,9 @@
 """A route's phases: its policies, built once per config load by each registered policy's `build`
 (fastgw/policies/__init__.py), in the registry's order, compiled into one entry per phase on the route
 (RouteRT): `gate` (on_request: the chain, the first answer wins), and the tuples `on_upstream_request`,
-`on_response`, `on_response_body`, `on_log` of the methods of the policies that define them. A phase no policy of the route
-defines is None, so a route pays only for the phases its policies use (a route without policies: nothing).
+`on_response`, `on_response_body`, `on_log` of the methods of the policies that define them. A phase no
+policy of the route defines is None, so a route pays only for the phases its policies use (a route
+without policies: nothing).
 
 ``services`` holds the worker's long-lived resources (shared memory, store clients, "metrics_words": the
 worker's metrics region), or is empty when compiling for ``fastgw check``; ``mslot`` is the route's
@@ -55,8 +56,9 @@ def install_phases(rt: Any, policies: Sequence[Policy]) -> None:
     policies, in their order. With an on_response phase, the route's response_headers.add lines move into
     it (phase_resp_add), so the policies see and may change them."""
     rt.gate = chain([p for p in policies if method(p, "on_request") is not None])
-    rt.on_upstream_request, rt.on_response, rt.on_response_body, rt.on_log = (
-        phase(policies, name) for name in PHASES[1:])
+    rt.line_gates = tuple(p for p in policies if p.has_lines) or None
+    rt.on_upstream_request, rt.on_response, rt.on_response_body, rt.on_log = (phase(policies, name)
+                                                                              for name in PHASES[1:])
     if rt.on_response is not None and rt.resp_add:
         rt.phase_resp_add, rt.resp_add = rt.resp_add, b""
 

@@ -14,7 +14,9 @@ interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the req
                            those (only to wait for I/O: Redis, a JWKS fetch). The first answer wins: later
                            policies do not run. May read the request, add upstream and response headers
                            (ex.add_upstream_header, ex.add_response_header), set ex.identity and ex.ctx,
-                           register ex.on_complete callbacks.
+                           register ex.on_complete callbacks. `await ex.read_body(limit)` gives the
+                           whole request body (or None past `limit`: answer 413) before going on; it is
+                           still sent upstream as it came.
   on_upstream_request(ex)  the request passed on_request and goes upstream now: add or remove request
                            headers (ex.add_upstream_header, ex.remove_upstream_header). Returns None;
                            never awaits.
@@ -29,8 +31,9 @@ interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the req
   on_response_body(ex, chunk, end)
                            each chunk of the upstream's response body (bytes), after it went to the client,
                            then once with (b"", True) at its end; a response cut before its end never gets
-                           the end (on_log still runs). Read only: the chunk is already sent. Returns None;
-                           never awaits. A route without it pays one pointer check per chunk.
+                           the end (on_log still runs); never for an answer the gateway makes itself (a problem, a Respond: its
+                           body is known in on_response). Read only: the chunk is already sent. Returns None;
+                           never awaits; a policy that raises is reported and the response goes on. A route without it pays one pointer check per chunk.
   on_log(ex)               the exchange ended, whatever the outcome (with the on_complete callbacks):
                            ex.response_status is what the client got (499: it went away first).
 
@@ -44,6 +47,11 @@ What runs for an answer the gateway makes itself:
     on_response, the 500 after a policy raised) goes out as it is.
   - a response cut after its head was sent: on_log only.
 A policy that raises is reported on stderr and the client gets a 500 problem (on_log: nothing changes).
+
+Compiled response lines: a policy deriving from a compiled gate that sets `has_lines` (fastgw/_core/gates.pyx:
+CORS, the lifecycle) gives the response lines a request gets, known from its head alone, in C when the
+route is chosen; they go on every answer of the exchange (a 413 before on_request too; not the 500 after
+a policy raised), without any response phase.
 
 A policy's runtime module (the registry names it) provides the hooks of `Runtime`; the gateway's processes
 call them through the registry, never by the policy's name.

@@ -9,12 +9,11 @@ went with it still learns why. Requests are counted per route from the deprecati
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from fastgw._core.gates import Gate
+from fastgw._core.gates import LifecycleGate
 from fastgw.config.checks import NAME
 from fastgw.policies.lifecycle.config import instant
 from fastgw.process.shm import Section
@@ -22,7 +21,6 @@ from fastgw.process.shm import Section
 if TYPE_CHECKING:
     from fastgw.config.root import Config
     from fastgw.config.routes import Route
-    from fastgw.policies.contract import Rejection
     from fastgw.policies.lifecycle.config import Lifecycle
     from fastgw.process.shm import SharedMemory
 
@@ -60,30 +58,21 @@ def header_lines(lc: Lifecycle) -> bytes:
     return b"".join(out)
 
 
-class LifecyclePolicy(Gate):
+class LifecyclePolicy(LifecycleGate):
+    """The request phase is compiled (fastgw._core.gates.LifecycleGate): it adds the lines to every answer
+    of the exchange, counts, and answers 410 after the sunset; the route runs no response phase."""
+
     def __init__(self, lc: Lifecycle, counter: tuple[Any, int] | None) -> None:
         self.lines = header_lines(lc)
         self.counting_from = _at(lc.deprecated) if lc.deprecated is not None else 0
         sun = _at(lc.sunset) if lc.sunset is not None else None
-        self.gone_from = sun if sun is not None and lc.after_sunset == "410" else None
+        self.gone_from = sun if sun is not None and lc.after_sunset == "410" else -1
         detail = f"This API was retired at {lc.sunset}."
         if lc.successor is not None:
             detail += f" Its successor is {lc.successor}."
         self.detail = json.dumps(detail)[1:-1].encode()
-        self.words: Any
-        self.at: int
-        self.words, self.at = counter if counter is not None else (None, 0)
-
-    def on_request(self, ex: Any) -> Rejection | None:
-        now = time.time()
-        if now >= self.counting_from and self.words is not None:
-            self.words[self.at] += 1
-        if self.gone_from is not None and now >= self.gone_from:
-            return (410, "gone", self.detail, None)
-        return None
-
-    def on_response(self, ex: Any) -> None:
-        ex.add_response_lines(self.lines)
+        if counter is not None:
+            self.count_in(*counter)
 
 
 def _key(route: str) -> int:

@@ -1,0 +1,1 @@
+"""The Idempotency-Key policy (routes[].idempotency): see policy.py."""

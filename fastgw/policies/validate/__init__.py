@@ -1,0 +1,1 @@
+"""The request validation policy (routes[].validate): see policy.py."""
