@@ -23,6 +23,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402  (bench/run.py: the shared harness)
+from progress import Progress  # noqa: E402
 
 SIZES = {"1k": 1024, "64k": 65536}
 CLEANUP: list[str] = []           # the tmpfs cache directories to remove at the end
@@ -120,9 +121,11 @@ def main() -> int:
                     status, body = run.http_get(port, f"/{size}")
                     assert status == 200 and len(body) == SIZES[size], (name, size, status, len(body))
         results: dict[tuple[str, str], list[run.WrkResult]] = {}
+        progress = Progress("cache", a.rounds * len(SIZES) * len(proxies), per_step=a.duration)
         for rnd in range(a.rounds):
             for size in SIZES:
                 for name, (port, proc) in proxies.items():
+                    progress.step(f"{size} hit round {rnd + 1}/{a.rounds} {name}", a.duration)
                     origin_before = run.tree_cpu_seconds(env.origin.pid)   # type: ignore[union-attr]
                     r = one(port, proc, f"/{size}", a.conns, a.duration)
                     origin_cpu = run.tree_cpu_seconds(env.origin.pid) - origin_before   # type: ignore[union-attr]
@@ -131,6 +134,7 @@ def main() -> int:
                           f"p99 {r.p99_ms:6.2f} ms  CPU {r.cpu_s / r.requests * 1e6:6.1f} us/req  "
                           f"origin CPU {origin_cpu:.2f} s", flush=True)
                     results.setdefault((size, name), []).append(r)
+        progress.finish()
         print("\n| response | proxy | req/s | p50 ms | p99 ms | CPU us/req | req/s vs nginx | CPU vs nginx |")
         print("|---|---|---|---|---|---|---|---|")
         for size in SIZES:
