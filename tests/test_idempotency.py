@@ -253,7 +253,9 @@ def test_config_checks() -> None:
                          ('idempotency = { methods = ["GET"] }\n[redis]\nurl = "redis://127.0.0.1:6379"\n',
                           "safe method"),
                          ('idempotency = { lock_ttl = "10s", ttl = "5s" }\n[redis]\nurl = "redis://127.0.0.1:6379"\n',
-                          "shorter than lock_ttl")):
+                          "shorter than lock_ttl"),
+                         ('idempotency = {}\ncache = "c"\n[cache.c]\n[redis]\nurl = "redis://127.0.0.1:6379"\n',
+                          "not together with routes[].cache")):
         try:
             loads(base + extra)
         except ConfigError as e:
