@@ -36,6 +36,8 @@ cdef enum:                          # GroupRecord: an upstream's own records in 
     G_RETRYING = 4                  # requests in flight that have been retried (the retry budget)
     G_BUDGET_OUT = 5                # retries the budget refused
     G_OVERFLOW = 6                  # + Overflow: requests answered 503 upstream-overloaded, by limit (3)
+    G_CHANGES = 9                   # returns to service of its targets (an ejection ended, a check passed):
+                                    #   a worker that has seen fewer re-reads its targets' slow starts
     # the second record (rrec): retries by RetryCond, words 1 + cond
 
 cdef enum Overflow:
@@ -74,6 +76,7 @@ cdef class UpstreamGroup:
     cdef readonly int64_t total            # sum of the weights
     cdef readonly double slow_start        # seconds (0: off)
     cdef bint ramping                      # some target is still slow-starting
+    cdef int64_t changes                   # G_CHANGES when this worker last read its targets' returns
     cdef uint64_t rng
     cdef int hash_kind                     # HashKind
     cdef bytes hash_name                   # header/cookie/query name (lowercase for header and cookie)
@@ -104,6 +107,7 @@ cdef class UpstreamGroup:
     cdef readonly double try_timeout       # retry.per_try_timeout, or the upstream's timeout
     cdef readonly long long replay_max     # retry.replay_buffer (bytes)
     cdef Target pick(self, object ex)
+    cdef void notice(self)
     cdef Target swrr(self, double now)
     cdef Target draw(self, double now, Target other)
     cdef Target p2c(self, double now)

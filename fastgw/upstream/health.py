@@ -9,20 +9,23 @@ a fresh connection, passed when its status is within `expect` before `timeout`. 
 failures in a row a target in service is marked down; after `healthy` passes in a row a down target is
 back. The mark is the target's record in shared memory (fastgw/upstream/state.py): "down" is an ejection
 that never runs out (DOWN_FOREVER), with the reason "health", which every worker reads at pick time; "back"
-clears it (a passing check also ends a passive ejection, as in Envoy). A target starts in service: before
+clears it (a passing check also ends a passive ejection, as in Envoy) and counts the return in the upstream's
+G_CHANGES, from which every worker's balancer starts the target's slow start. A target starts in service: before
 its first verdict it is neither doubted nor trusted more than passive detection does.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastgw.config.checks import parse_hostport
 from fastgw.config.upstreams import Health, Upstream, address
-from fastgw.upstream.state import REASONS, W_DOWN_UNTIL, W_EJECTED_BY, W_REASON, W_SINCE
+from fastgw.upstream.state import G_CHANGES, REASONS, W_DOWN_UNTIL, W_EJECTED_BY, W_REASON, W_SINCE
 
 REASON_HEALTH = REASONS.index("health")
 
@@ -87,14 +90,16 @@ class Prober:
             if key not in self.tasks:
                 words = table.words(target_key(*key))
                 if words is not None:
-                    self.tasks[key] = (up, loop.create_task(self.run(key[1], up, words)))
+                    back = functools.partial(table.add, target_key(key[0], ""), G_CHANGES, 1)
+                    self.tasks[key] = (up, loop.create_task(self.run(key[1], up, words, back)))
 
     def stop(self) -> None:
         for _, task in self.tasks.values():
             task.cancel()
         self.tasks.clear()
 
-    async def run(self, addr: str, up: Upstream, words: Any) -> None:
+    async def run(self, addr: str, up: Upstream, words: Any, back: Callable[[], None]) -> None:
+        """Probe one target for ever; `back` counts its return to service in its upstream's record."""
         hc = up.health
         assert hc is not None
         host, port = parse_hostport(addr)
@@ -108,8 +113,9 @@ class Prober:
             if await probe(host, port, hc, ctx, server_name):
                 passes, fails = passes + 1, 0
                 if passes >= hc.healthy and words[W_DOWN_UNTIL] != 0:
-                    words[W_DOWN_UNTIL] = 0
                     words[W_SINCE] = int(time.monotonic() * 1000)
+                    words[W_DOWN_UNTIL] = 0
+                    back()
             else:
                 passes, fails = 0, fails + 1
                 if fails >= hc.unhealthy and words[W_DOWN_UNTIL] != DOWN_FOREVER:

@@ -48,6 +48,7 @@ REASONS = ("connect", "reset", "timeout", "status", "health")   # balancer.pxd R
                                                                   # marked down by the prober (health.py)
 # An upstream's own records (balancer.pxd GroupRecord; keys: group_key): limits, then retries by condition.
 G_ACTIVE, G_PENDING, G_CONNS, G_RETRYING, G_BUDGET_OUT, G_OVERFLOW = 1, 2, 3, 4, 5, 6
+G_CHANGES = 9              # returns to service of its targets: each worker then re-reads their slow starts
 LIMITS = ("requests", "pending", "connections")                 # balancer.pxd Overflow, as labels
 
 
