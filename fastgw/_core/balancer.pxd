@@ -26,7 +26,8 @@ cdef enum:                          # Record: one target's record in the TargetT
     R_REASON = 6                    # the last ejection's Reason
     R_LAST_UNTIL = 7                # when the last ejection ended (monotonic ms)
     R_EJECTED_BY = 8                # + Reason: ejections counted by reason (4 words, and health's)
-                                    # words 13-15 of a host-name target: its DNS state (upstream/discovery.py)
+                                    # words 13-15 of a host-name target: its DNS state (upstream/discovery.py);
+                                    # of an address it resolved to: the name's record key and the address
     REC_WORDS = 16                  # 128 bytes: two cache lines
 
 cdef enum:                          # GroupRecord: an upstream's own records in the TargetTable (words)

@@ -145,6 +145,19 @@ cdef class TargetTable:
         off = (rec - self.base) * 8
         return memoryview(self.owner).cast("B")[off:off + REC_WORDS * 8].cast("q")
 
+    def having(self, int word, int64_t value):
+        """The records (as words) whose `word` holds `value`: the addresses DNS discovery found for a name
+        (upstream/state.py W_DNS_OWNER), which their keys alone do not tell."""
+        cdef Py_ssize_t i
+        out = []
+        if not 0 < word < REC_WORDS:
+            return out
+        for i in range(self.nslots):
+            if self.base[i * REC_WORDS + R_KEY] != 0 and fg_atomic_load(&self.base[i * REC_WORDS + word]) == value:
+                off = i * REC_WORDS * 8
+                out.append(memoryview(self.owner).cast("B")[off:off + REC_WORDS * 8].cast("q"))
+        return out
+
     def add(self, uint64_t key, int word, int64_t delta):
         """Add `delta` to a word of the record of `key`, atomically (the prober counts a target's return in
         its upstream's G_CHANGES while workers may count one too)."""
