@@ -30,7 +30,10 @@ def _retry_now(Exchange ex, bint fresh):
     """A retry's backoff is over: the next try (a fresh connection when it goes to the same target)."""
     ex.retry_handle = None
     if not ex.done and not ex.client.closed:
-        ex.acquire(fresh)
+        if ex.route.h2up:
+            ex.drv.retry(ex)                    # a new stream (h2call.pyx)
+        else:
+            ex.acquire(fresh)
 
 
 cdef class Exchange:
@@ -259,14 +262,18 @@ cdef class Exchange:
             failure that sent nothing anywhere adds no upstream work: counted, always admitted);
           - after a full-jitter backoff, some of the route's deadline (timeout) is left: the try gets
             per_try_timeout or what remains.
-        HTTP/2 upstreams re-send refused streams themselves (upstream_h2.pyx) and retry nothing here."""
+        An HTTP/2 upstream's pool re-sends refused streams itself (upstream_h2.pyx) before it comes to this;
+        here its requests without a body are retried on a new stream by the same rules (its body went to
+        the stream as it came and is not kept here)."""
         cdef RouteRT route = self.route
         cdef UpstreamGroup g = route.group
         cdef int cond = err.cond
         cdef double now, delay, remaining
         cdef Target t, failed = self.target
         cdef UpstreamConn c
-        if route.h2up or failed is None or not (g.retry_on >> cond) & 1:
+        if failed is None or not (g.retry_on >> cond) & 1:
+            return False
+        if route.h2up and (self.has_body or route.grpc or self.transcode is not None):
             return False
         if (self.resent if cond == RC_SEND else self.tries >= g.attempts):
             return False                        # (a stale pooled connection: once, not an attempt)
