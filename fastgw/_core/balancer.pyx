@@ -390,20 +390,21 @@ cdef class UpstreamGroup:
     cdef Target pick(self, object ex):
         cdef Py_ssize_t n = len(self.targets)
         cdef Target t
-        if self.slow_start > 0 and fg_atomic_load(&self.grec[G_CHANGES]) != self.changes:
-            self.notice()
         if n == 1:
             t = <Target>self.targets[0]
-        elif self.balance == B_ROUND_ROBIN:
-            if self.uniform and not self.ramping:
-                self.rr += 1
-                t = <Target>self.targets[self.rr % n]
-            else:
-                t = self.swrr(monotonic() if self.ramping else 0.0)
-        elif self.balance == B_LEAST_REQUEST:
-            t = self.p2c(monotonic() if self.ramping else 0.0)
         else:
-            t = self.by_hash(ex)
+            if self.slow_start > 0 and fg_atomic_load(&self.grec[G_CHANGES]) != self.changes:
+                self.notice()
+            if self.balance == B_ROUND_ROBIN:
+                if self.uniform and not self.ramping:
+                    self.rr += 1
+                    t = <Target>self.targets[self.rr % n]
+                else:
+                    t = self.swrr(monotonic() if self.ramping else 0.0)
+            elif self.balance == B_LEAST_REQUEST:
+                t = self.p2c(monotonic() if self.ramping else 0.0)
+            else:
+                t = self.by_hash(ex)
         if self.panic_fail and self.in_panic():
             return None
         if t.rec[R_DOWN_UNTIL] != 0:             # ejected, or its ejection just ended
