@@ -250,11 +250,16 @@ cdef class UpstreamGroup:
         flight, or than budget_min [Envoy's retry budget: 20% of active, at least 3]. Counted when
         admitted (G_RETRYING, released by the exchange when it ends), else counted as refused. A retry
         after a failure that sent nothing to any upstream (`unsent`: connect-failure, refused-stream,
-        reset-before-send) is counted but always admitted: it adds no work to the upstreams (the first
-        try did none), and refusing it would turn a refused connection into a client error."""
+        reset-before-send) is always admitted and takes no room in the budget (True, not counted in
+        G_RETRYING): it adds no work to the upstreams (the first try did none), refusing it would turn a
+        refused connection into a client error, and counting it would let the re-sends of a dead
+        target's pooled connections refuse the retries the budget is there for (bench/resilience.py's
+        kill: a GET on the connection just opened to it was a 502)."""
         cdef int64_t active = fg_atomic_load(&self.grec[G_ACTIVE])
         cdef int64_t allowed = max(<int64_t>self.budget_min, active * self.budget_pct // 100)
-        if fg_atomic_add(&self.grec[G_RETRYING], 1) > allowed and not unsent:
+        if unsent:
+            return True
+        if fg_atomic_add(&self.grec[G_RETRYING], 1) > allowed:
             fg_atomic_add(&self.grec[G_RETRYING], -1)
             fg_atomic_add(&self.grec[G_BUDGET_OUT], 1)
             return False

@@ -269,6 +269,7 @@ cdef class Exchange:
         cdef UpstreamGroup g = route.group
         cdef int cond = err.cond
         cdef double now, delay, remaining
+        cdef bint unsent
         cdef Target t, failed = self.target
         cdef UpstreamConn c
         if failed is None or not (g.retry_on >> cond) & 1:
@@ -288,9 +289,10 @@ cdef class Exchange:
         if remaining <= 0:
             return False
         if not self.retrying:
-            if not g.retry_admit(cond == RC_CONNECT or cond == RC_REFUSED or cond == RC_SEND):
+            unsent = cond == RC_CONNECT or cond == RC_REFUSED or cond == RC_SEND
+            if not g.retry_admit(unsent):
                 return False
-            self.retrying = True
+            self.retrying = not unsent          # (a retry that sent nothing before holds no budget place)
         if self.attempts is None:
             self.attempts = []
         self.attempts.append(f"{failed.hostport.decode()} {err.kind or err.status}")
