@@ -4,6 +4,16 @@
 # (upstream_fields); both carry the same fields, in the same order.
 
 
+cdef inline bint pick_target(Exchange ex, RouteRT route):
+    """The target is picked here, once per request (both forms): a request without Host carries the
+    address of the target it reaches (acquire connects to it). False: no target is available."""
+    ex.target = route.group.pick(ex)
+    if ex.target is None:
+        return False
+    ex.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
+    return True
+
+
 cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
     """The HTTP/1.1 request head sent upstream: the path without the stripped prefix, the forwarded
     fields less those the route removes, the route's and the policies' additions, then the fields the
@@ -15,12 +25,8 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
         path = stripped(route, path)
     if h.drop is not None or route._req_remove is not None:
         pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-    # The target is picked here, once per request: a request without Host carries the address of
-    # the target it reaches (acquire connects to it).
-    ex.target = route.group.pick(ex)
-    if ex.target is None:
+    if not pick_target(ex, route):
         return None
-    ex.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
     host = h.host if h.host else ex.target.hostport
     parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     if pieces:
@@ -67,10 +73,8 @@ cdef list upstream_fields(Exchange ex, RouteRT route, RequestHead h):
         path = stripped(route, path)
     if h.drop is not None or route._req_remove is not None:
         pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-    ex.target = route.group.pick(ex)          # once per request, as in upstream_head
-    if ex.target is None:
+    if not pick_target(ex, route):
         return None
-    ex.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
     fields = [(b":method", h.method), (b":scheme", b"http" if route.group.ssl is None else b"https"),
               (b":authority", h.host if h.host else ex.target.hostport), (b":path", path + h.query)]
     for i in range(0, len(pieces), 4):
