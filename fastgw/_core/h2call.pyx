@@ -6,7 +6,7 @@
 #            the request passed its route's policies
 #
 # Rules kept here (and why):
-# * The upstream request is the exchange's (Exchange.upstream_fields), so an HTTP/1.1 client's request
+# * The upstream request is the exchange's (upstream_request.pyx upstream_fields), so an HTTP/1.1 client's request
 #   arrives as an HTTP/2 one: Host as :authority, the fields the wire table does not forward already
 #   dropped by the reader, names lowercase (RFC 9113 8.2.1), the body as DATA (a chunked body unframed by
 #   the reader and streamed as it comes, its length unknown), Content-Length kept when the client gave it.
@@ -44,7 +44,7 @@ cdef class H2Upstream(Upstream):
         ex.call.request_end()
 
     cdef void retry(self, Exchange ex):
-        """The exchange's retry decided to try again (Exchange.retry; a stream the upstream did not process
+        """The exchange's retry decided to try again (retry.pyx decide_retry; a stream the upstream did not process
         was replayed by the pool before it came to that): the same request on a new stream, to the target
         the retry chose."""
         h2_open(ex, self.grpc, (<H2Call>ex.call).fields)
@@ -78,9 +78,8 @@ GRPC_UPSTREAM.needs = CAP_GRPC
 cdef bint h2_start(Exchange ex, bint grpc):
     """The request passed its route's policies: open its upstream stream and send what arrived so far.
     False when no target was usable (answered)."""
-    cdef Downstream cl = ex.client
     cdef RouteRT route = ex.route
-    cdef list fields = ex.upstream_fields(route, ex.head)
+    cdef list fields = upstream_fields(ex, route, ex.head)
     if fields is None:                                # every target ejected, on_panic "fail"
         ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                 _failures.NO_TARGET))
@@ -204,7 +203,7 @@ cdef class H2Call(H2Sink):
         self.over = True
         self.code = code
         # Before the response head, the failure meets a retry condition as an HTTP/1.1 upstream's does
-        # (gateway_error.pyx; Exchange.retry decides): nothing sent (no connection, a stream the upstream
+        # (gateway_error.pyx; retry.pyx decide_retry decides): nothing sent (no connection, a stream the upstream
         # did not process) is retryable whatever the method; a stream lost or reset may have been acted on.
         err = gateway_error(status, slug, SRC_UPSTREAM_CONNECT if connect else SRC_UPSTREAM_RESPONSE,
                             connect or refused, detail, kind)
