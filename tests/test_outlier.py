@@ -213,10 +213,12 @@ def test_an_origin_stopped_mid_load_costs_a_few_errors(gateway) -> None:
 def test_a_target_back_from_an_ejection_slow_starts_in_every_worker() -> None:
     """Two balancers on one shared table, as two workers: the ejection's end is recorded by the one that
     finds it over; the other ramps the target up from the same instant (G_CHANGES, R_SINCE)."""
+    from scipy.stats import chisquare
+
     from fastgw._core.balancer import TargetTable
     from fastgw.compile import target_key
-    from tests.test_balancing import P_FLOOR, group as wgroup, shares
-    from scipy.stats import chisquare
+    from tests.test_balancing import P_FLOOR, shares
+    from tests.test_balancing import group as wgroup
     table = TargetTable(bytearray(64 * 128), init=True)
     workers = []
     for seed in (1, 2):

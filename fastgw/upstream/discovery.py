@@ -94,7 +94,14 @@ class Discovery:
     def note(self, upstream: str, addr: str, found: list[str] | None) -> None:
         """The name target's record: how many addresses, when it last resolved, since when it fails."""
         from fastgw.compile import target_key
-        from fastgw.upstream.state import W_DNS_ADDRESSES, W_DNS_FAILING, W_DNS_OK, mark_resolved, owner_of, resolved
+        from fastgw.upstream.state import (
+            W_DNS_ADDRESSES,
+            W_DNS_FAILING,
+            W_DNS_OK,
+            mark_resolved,
+            owner_of,
+            resolved,
+        )
         words = self.table.words(target_key(upstream, addr)) if self.table is not None else None
         if words is None:
             return

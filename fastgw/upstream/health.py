@@ -9,9 +9,9 @@ a fresh connection, passed when its status is within `expect` before `timeout`. 
 failures in a row a target in service is marked down; after `healthy` passes in a row a down target is
 back. The mark is the target's record in shared memory (fastgw/upstream/state.py): "down" is an ejection
 that never runs out (DOWN_FOREVER), with the reason "health", which every worker reads at pick time; "back"
-clears it (a passing check also ends a passive ejection, as in Envoy) and counts the return in the upstream's
-G_CHANGES, from which every worker's balancer starts the target's slow start. A target starts in service: before
-its first verdict it is neither doubted nor trusted more than passive detection does.
+clears it (a passing check also ends a passive ejection, as in Envoy) and counts the return in the
+upstream's G_CHANGES, from which every worker's balancer starts the target's slow start. A target starts in
+service: before its first verdict it is neither doubted nor trusted more than passive detection does.
 
 A host-name target (DNS discovery) is checked as the addresses the workers resolved it to, each on its own
 record (the ones the balancers pick; fastgw/upstream/state.py `resolved`), with the name as the default Host
@@ -29,8 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from fastgw.config.checks import parse_hostport
 from fastgw.config.upstreams import Health, Upstream, address, is_ip
-from fastgw.upstream.state import (G_CHANGES, REASONS, W_DOWN_UNTIL, W_EJECTED_BY, W_REASON, W_SINCE, owner_of,
-                                   resolved)
+from fastgw.upstream.state import (
+    G_CHANGES,
+    REASONS,
+    W_DOWN_UNTIL,
+    W_EJECTED_BY,
+    W_REASON,
+    W_SINCE,
+    owner_of,
+    resolved,
+)
 
 REASON_HEALTH = REASONS.index("health")
 
@@ -128,7 +136,8 @@ class Prober:
             name = host if checks else None
             if not checks:
                 checks = [(host, words)]
-            verdicts = await asyncio.gather(*(probe(ip, port, hc, ctx, server_name, name) for ip, _ in checks))
+            verdicts = await asyncio.gather(*(probe(ip, port, hc, ctx, server_name, name)
+                                              for ip, _ in checks))
             runs = {ip: runs.get(ip) or Run() for ip, _ in checks}       # vanished addresses are forgotten
             for (ip, w), ok in zip(checks, verdicts, strict=True):
                 runs[ip].judge(ok, hc, w, back)

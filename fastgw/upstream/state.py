@@ -74,7 +74,7 @@ def resolved(table: Any, owner: int) -> list[tuple[str, Any]]:
     sorted by address."""
     out = []
     for words in table.having(W_DNS_OWNER, owner):
-        raw = words[W_DNS_IP].to_bytes(8, "little", signed=True) + words[W_DNS_IP + 1].to_bytes(8, "little", signed=True)
+        raw = b"".join(w.to_bytes(8, "little", signed=True) for w in (words[W_DNS_IP], words[W_DNS_IP + 1]))
         ip = ipaddress.IPv6Address(raw)
         out.append((str(ip.ipv4_mapped or ip), words))
     return sorted(out, key=lambda x: x[0])
