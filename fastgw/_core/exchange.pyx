@@ -776,9 +776,11 @@ cdef class Exchange:
         self.complete()
 
     cdef void policy_failed(self):
-        """A policy raised in a phase: a 500 problem (without what the policies had added)."""
+        """A policy raised in a phase: a 500 problem without what the policies had added, but with the
+        route's compiled response lines (CORS, the lifecycle: a browser reads the 500 like any error)."""
         self.err_extra = None
-        self.resp_extra = None
+        self.resp_extra = route_lines(self.route, self.head) \
+            if self.route is not None and self.route.line_gates is not None else None
         self.resp_view = None
         self.failed(gateway_error(500, "internal-error", SRC_POLICY, False, None, None))
 

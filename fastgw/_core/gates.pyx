@@ -111,8 +111,28 @@ cdef class Gate:
     (go on), a rejection tuple, a Respond (the policy answers), or an awaitable of one of those; a policy
     may also define on_upstream_request, on_response, on_response_body and on_log (plain methods: a
     route's phase tuples hold only the phases its policies define, fastgw/policies/chain.py)."""
+    def __cinit__(self):
+        self.nslots = 1                  # (a policy built outside a route: its own one slot)
+
     cpdef object on_request(self, object ex):
         return None
+
+    # Per-policy request state. Each policy of a route has its own slot in `ex.states`, a list made by the
+    # first policy that keeps state (None until then: a route whose policies keep none pays nothing); the
+    # slot is the policy's index in the route's policies, set at config load (chain.install_phases). Two
+    # policies on one route (the cache and the Idempotency-Key) never see each other's state.
+    cpdef object state(self, object ex):
+        """This policy's state for the request `ex` (set_state), or None."""
+        s = ex.states
+        return None if s is None else (<list>s)[self.slot]
+
+    cpdef set_state(self, object ex, object value):
+        """Keep `value` as this policy's state for the request `ex`, until the exchange ends."""
+        s = ex.states
+        if s is None:
+            s = [None] * self.nslots
+            ex.states = s
+        (<list>s)[self.slot] = value
 
     cdef bytes response_lines(self, RequestHead h):
         """The response lines this policy adds to every answer of the request (a problem, a Respond, the
@@ -586,7 +606,8 @@ cdef class RateGate(Gate):
 
 from libc.stdio cimport snprintf
 
-# ex.ctx of a request answered by CacheGate's fast path: its on_response and on_log have nothing to decide.
+# The cache's state (Gate.state) of a request answered by CacheGate's fast path: its on_response and on_log
+# have nothing to decide.
 CACHE_HIT = object()
 
 
@@ -666,19 +687,19 @@ cdef class CacheGate(Gate):
         if ttl <= 0 or (e.etag is not None and ex.header(b"if-none-match") is not None):
             return self.slow_request(ex)
         e.used = True
-        ex.ctx = CACHE_HIT
+        self.set_state(ex, CACHE_HIT)
         n = snprintf(buf, sizeof(buf), b"Age: %lld\r\nCache-Status: fastgw; hit; ttl=%lld\r\n",
                      <long long>(e.age + (now - e.stored)), <long long>ttl)
         ex.add_response_lines(PyBytes_FromStringAndSize(buf, n))
         return e.respond
 
     def on_response(self, ex):
-        if ex.ctx is CACHE_HIT:
+        if self.state(ex) is CACHE_HIT:
             return None
         return self.slow_response(ex)
 
     def on_log(self, ex):
-        if ex.ctx is CACHE_HIT:
+        if self.state(ex) is CACHE_HIT:
             if self.hit_word >= 0:
                 self.words[self.hit_word] += 1
             return
