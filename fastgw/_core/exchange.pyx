@@ -394,8 +394,9 @@ cdef class Exchange:
             return
         route = <RouteRT>m[1]
         self.route = route
-        if route.line_gates is not None:        # the policies' response lines, on every answer (gates.pyx)
-            self.resp_extra = route_lines(route, h)
+        head_res = None
+        if route.line_gates is not None:        # the policies' response lines, on every answer (gates.pyx),
+            head_res = route_head(self, route, h, True)     # and their answer from the head
         self.drv = <Upstream>route.upstream if route.upstream is not None else H1_UPSTREAM
         if route.on_log is not None:            # phase: on_log (run with the on_complete callbacks)
             self.after = list(route.on_log)
@@ -405,6 +406,13 @@ cdef class Exchange:
             return
         if h.content_length > route.max_body or self.body_bytes > route.max_body:
             cl.body_too_large(self)
+            return
+        if head_res is not None:                # phase: on_request, answered from the head (route_head)
+            self.params = m[2]
+            if type(head_res) is tuple:
+                self.reject(<tuple>head_res)
+            else:
+                self.answer(<Respond>head_res)
             return
         if route.gate is not None:
             self.params = m[2]
@@ -779,8 +787,9 @@ cdef class Exchange:
         """A policy raised in a phase: a 500 problem without what the policies had added, but with the
         route's compiled response lines (CORS, the lifecycle: a browser reads the 500 like any error)."""
         self.err_extra = None
-        self.resp_extra = route_lines(self.route, self.head) \
-            if self.route is not None and self.route.line_gates is not None else None
+        self.resp_extra = None
+        if self.route is not None and self.route.line_gates is not None:
+            route_head(self, self.route, self.head, False)
         self.resp_view = None
         self.failed(gateway_error(500, "internal-error", SRC_POLICY, False, None, None))
 
@@ -841,16 +850,35 @@ cdef class Exchange:
         self.complete()
 
 
-cdef bytes route_lines(RouteRT route, RequestHead h):
-    """The response lines the route's line-giving policies give this request (gates.pyx response_lines).
-    A policy that raises is reported and gives none: the request goes on (run() must never stop halfway)."""
+cdef object route_head(Exchange ex, RouteRT route, RequestHead h, bint ask):
+    """The route's line-giving policies (gates.pyx: CORS, the lifecycle) over the request's head, in C:
+    the response lines they give it become ex.resp_extra (on every answer of the exchange) and, when
+    `ask`, the first answer of their head_request (a preflight's 204, the 410 after a sunset) is returned
+    (else None). Whatever a policy's bug, run() goes on (it must never stop halfway): one that raises in
+    response_lines is reported and gives no lines; in head_request, it is reported and the answer is a 500,
+    as for on_request."""
     cdef bytes out = None
     cdef bytes lines
-    try:
-        for g in route.line_gates:
-            lines = (<Gate>g).response_lines(h)
-            if lines is not None:
-                out = lines if out is None else out + lines
-    except Exception as exc:
-        _report_policy_error(route.name, exc)
-    return out
+    cdef object res = None
+    cdef Gate g
+    cdef tuple gates = route.line_gates
+    cdef Py_ssize_t i
+    for i in range(len(gates)):
+        g = <Gate>gates[i]
+        try:
+            lines = g.response_lines(h)
+        except Exception as exc:
+            _report_policy_error(route.name, exc)
+            lines = None
+        if lines is not None:
+            out = lines if out is None else out + lines
+        if ask and res is None:
+            try:
+                res = g.head_request(h)
+                if res is not None and type(res) is not tuple and type(res) is not Respond:
+                    raise TypeError(f"head_request returned {type(res).__name__}, not None, a tuple or a Respond")
+            except Exception as exc:
+                _report_policy_error(route.name, exc)
+                res = (500, "internal-error", None, None)
+    ex.resp_extra = out
+    return res

@@ -26,3 +26,4 @@ cdef class Gate:
     cpdef object state(self, object ex)
     cpdef set_state(self, object ex, object value)
     cdef bytes response_lines(self, RequestHead h)
+    cdef object head_request(self, RequestHead h)

@@ -56,7 +56,10 @@ A policy that raises is reported on stderr and the client gets a 500 problem (on
 Compiled response lines: a policy deriving from a compiled gate that sets `has_lines` (fastgw/_core/gates.pyx:
 CORS, the lifecycle) gives the response lines a request gets, known from its head alone, in C when the
 route is chosen; they go on every answer of the exchange (a 413 before on_request too, and the 500 after
-a policy raised: it drops what the policies added, not these), without any response phase.
+a policy raised: it drops what the policies added, not these), without any response phase. Its request
+phase, when the head alone decides it (a CORS preflight, the lifecycle's counter and 410), is its
+`head_request`, also in C and before every on_request (these policies come first in the registry); such a
+policy defines no on_request, so a route with only them runs no request phase call.
 
 A policy's runtime module (the registry names it) provides the hooks of `Runtime`; the gateway's processes
 call them through the registry, never by the policy's name.
