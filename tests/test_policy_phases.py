@@ -327,6 +327,12 @@ def test_compiled_response_lines_on_every_answer_and_a_raising_policy_gives_none
             assert r.status_code == 502 and r.headers["access-control-allow-origin"] == "https://a.example"
             r = c.get(gw.base + "/edit/x", headers={"Origin": "https://a.example"})
             assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+            # Its request phase in C (head_request: a preflight) raising -- Lines has no `preflight` -- is
+            # reported and answered 500, as an on_request that raises; the lines are still on it.
+            r = c.options(gw.base + "/answer/x", headers={"Origin": "https://a.example",
+                                                          "Access-Control-Request-Method": "GET"})
+            assert r.status_code == 500 and r.json()["type"] == "urn:fastgw:problem:internal-error"
+            assert r.headers["access-control-allow-origin"] == "https://a.example"
 
 
 def test_on_upstream_request_adds_and_removes_request_headers(serve: Any) -> None:
