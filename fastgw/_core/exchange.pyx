@@ -870,8 +870,8 @@ cdef object route_head(Exchange ex, RouteRT route, RequestHead h, bint ask):
         except Exception as exc:
             _report_policy_error(route.name, exc)
             lines = None
-        if lines is not None:
-            out = lines if out is None else out + lines
+        if lines is not None:                   # (concat: `+` on bytes cost ~425 instructions)
+            out = lines if out is None else concat([out, lines])
         if ask and res is None:
             try:
                 res = g.head_request(h)
