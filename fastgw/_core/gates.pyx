@@ -758,6 +758,16 @@ def shm_store(unsigned long long[::1] words, Py_ssize_t i, unsigned long long va
 # lines cost ~930 more than this.
 
 cdef bytes VARY_ORIGIN = b"Vary: Origin\r\n"
+cdef tuple INTERNAL_ERROR = (500, "internal-error", None, None)
+
+
+cdef void _report(str where, exc):
+    """A line-giving policy's Python half raised: reported on stderr (as the exchange reports a policy's
+    error); the compiled half answers as if it had said no (its callers run no try per request)."""
+    import sys
+    import traceback
+    sys.stderr.write(f"fastgw: policy error in {where}: {exc!r}\n")
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 cdef bytes _field(RequestHead h, const char* want, Py_ssize_t n):
@@ -800,8 +810,12 @@ cdef class CorsGate(Gate):
             o = <bytes>(<tuple>pair)[0]
             if PyBytes_GET_SIZE(o) == n and memcmp(PyBytes_AS_STRING(o), PyBytes_AS_STRING(origin), n) == 0:
                 return <bytes>(<tuple>pair)[1]
-        if self.more and self.allowed(origin):
-            return b"Access-Control-Allow-Origin: " + origin + self.tail
+        if self.more:
+            try:
+                if self.allowed(origin):
+                    return b"Access-Control-Allow-Origin: " + origin + self.tail
+            except Exception as exc:
+                _report("cors", exc)                      # not granted
         return None
 
     cdef bytes response_lines(self, RequestHead h):
@@ -816,7 +830,14 @@ cdef class CorsGate(Gate):
         origin = _field(h, b"origin", 6)
         if origin is None or _field(h, b"access-control-request-method", 29) is None:
             return None                                    # not a preflight: the upstream's OPTIONS
-        return self.preflight(self.grant(origin) is not None)
+        try:
+            res = self.preflight(self.grant(origin) is not None)
+            if type(res) is not Respond:
+                raise TypeError(f"preflight returned {type(res).__name__}, not a Respond")
+            return res
+        except Exception as exc:
+            _report("cors", exc)
+            return INTERNAL_ERROR
 
 
 cdef class LifecycleGate(Gate):
