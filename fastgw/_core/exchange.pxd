@@ -66,6 +66,8 @@ cdef class Exchange:
     cdef object gate_task
     cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
     cdef public object ctx                # per-request policy state: None unless a policy sets it
+    cdef public list states               # each policy's own state (gates.pyx Gate.state), by its slot in
+                                          #   the route's policies: None until one keeps some
     cdef list resp_view                   # while on_response runs: the response's header blocks (bytes), or
                                           #   once a policy read or edited them (`viewed`), its (name, value) pairs
     cdef bint viewed
