@@ -1,0 +1,119 @@
+"""Usage metering, separate from rate limiting: when an exchange ends (on_log, whatever its outcome), the
+route's MeteringPolicy counts it for its consumer.
+
+  always ([metering] present)  the per-worker tally in shared memory (tally.py):
+                               fastgw_consumer_requests_total{consumer,route,status_class} (every status),
+                               and on a deprecated route, from its deprecation instant on,
+                               fastgw_deprecated_consumer_requests_total{route,consumer}
+  sink = "redis"               the billable requests (`billable`: non5xx | 2xx | all) aggregated per
+                               (consumer, plan, route, status class, minute) with their request and
+                               response body bytes, flushed as batches (sink.py); read back by the admin
+                               path GET /usage (usage.py)
+
+Without [metering] no route gets the policy: nothing is counted and nothing runs.
+The consumer is the verified identity's, when the config lists it (a JWT consumer claim the config does
+not know counts as "(unlisted)": labels and keys stay bounded by the config); no identity: "(anonymous)".
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastgw._core.gates import Gate
+from fastgw.policies.lifecycle.config import instant
+from fastgw.policies.metering import tally as T
+from fastgw.policies.metering import usage
+from fastgw.policies.metering.sink import RedisSink
+
+if TYPE_CHECKING:
+    from fastgw.config.root import Config
+    from fastgw.config.routes import Route
+    from fastgw.process.shm import SharedMemory
+
+# billable -> the lowest and highest status counted in the usage records
+BILLABLE = {"all": (0, 999), "non5xx": (0, 499), "2xx": (200, 299)}
+
+
+class MeteringPolicy(Gate):
+    def __init__(self, route: str, tally: T.Tally, sink: RedisSink | None, known: frozenset[str],
+                 billable: str, deprecated_from: int) -> None:
+        self.route = route
+        self.tally = tally
+        self.words = tally.words
+        self.sink = sink
+        self.known = known
+        self.lo, self.hi = BILLABLE[billable]
+        self.deprecated_from = deprecated_from      # epoch seconds; 0: not a deprecated route
+        self.slots: dict[tuple[str, int], int] = {}
+
+    def on_log(self, ex: Any) -> None:
+        ident = ex.identity
+        if ident is None:
+            consumer, plan = T.ANONYMOUS, "-"
+        else:
+            consumer = ident.consumer if ident.consumer in self.known else T.UNLISTED
+            plan = ident.plan or "-"
+        status = ex.response_status
+        cls = status // 100
+        if not 1 <= cls <= 5:       # outside 100-599: the gateway did not answer properly
+            cls = 5
+        i = self.slots.get((consumer, cls))
+        if i is None:
+            i = self.slots[(consumer, cls)] = self.tally.slot(consumer, self.route, cls)
+        w = self.words
+        if w is not None:
+            if i >= 0:
+                w[i] += 1
+                if self.deprecated_from and time.time() >= self.deprecated_from:
+                    w[i + 1] += 1
+            else:
+                w[T.W_OVERFLOW] += 1
+        if self.sink is not None and self.lo <= status <= self.hi:
+            self.sink.record(consumer, plan, self.route, cls, ex.request_body_bytes, ex.response_body_bytes)
+
+
+def _sink(cfg: Config, services: dict[str, Any], tally: T.Tally) -> RedisSink | None:
+    """The worker's sink (made on first use; its settings follow a reload; closed when the sink goes)."""
+    m = cfg.metering
+    old = services.get("metering_sink")
+    if m is None or m.sink != "redis" or cfg.redis is None or services.get("loop") is None:
+        return None
+    if old is not None and old.rd == cfg.redis:
+        old.configure(m)
+        return old
+    if old is not None:         # [redis] changed: the old client flushes what it has, then goes
+        services["loop"].create_task(old.close())
+    sink = services["metering_sink"] = RedisSink(m, cfg.redis, services["loop"], tally)
+    stops = services.setdefault("at_stop", [])
+    stops[:] = [fn for fn in stops if old is None or fn != old.close] + [sink.close]
+    return sink
+
+
+def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> MeteringPolicy | None:
+    m = cfg.metering
+    if m is None:
+        return None
+    tally = services.get("metering_tally")
+    if tally is None:
+        tally = services["metering_tally"] = T.Tally(None)
+    lc = route.lifecycle
+    dep = instant(lc.deprecated) if lc is not None and lc.deprecated is not None else None
+    return MeteringPolicy(route.name, tally, _sink(cfg, services, tally), frozenset(cfg.consumers), m.billable,
+                          dep or 0)
+
+
+# -- registered hooks (fastgw/policies/contract.py Runtime, AdminRuntime) -------------------------------
+
+shm_sections = T.shm_sections
+metrics = T.metrics
+methods = usage.methods
+admin_action = usage.admin_action
+
+
+def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:
+    words = T.region(shm, slot) if shm is not None and T.SECTION in shm.layout.sections else None
+    services["metering_tally"] = T.Tally(words)
+
+
+def control(msg: dict[str, Any], services: dict[str, Any]) -> dict[str, Any]:
+    return {}
