@@ -140,6 +140,26 @@ def test_counts_bytes_and_billable_over_h1_and_h2(tmp_path: Path, echo_origin: A
         gw.close()
 
 
+def test_two_instances_two_workers_exact(tmp_path: Path, echo_origin: Any, redis_server: Any) -> None:
+    """2 gateway instances x 2 workers flushing into one Redis: /usage (read from either) is the exact sum."""
+    text = config(echo_origin.addr, redis_server.url)
+    gws = [start(tmp_path, text, name=f"gw{i}") for i in range(2)]
+    try:
+        sent = {"partner-a": 0, "partner-b": 0}
+        for i, gw in enumerate(gws):
+            with httpx.Client(base_url=gw.base, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+                for n in range(20 + 7 * i):
+                    who = "partner-a" if n % 3 else "partner-b"
+                    assert send(c, f"/pay/{n}", who).status_code == 200
+                    sent[who] += 1
+        for who, n in sent.items():
+            for gw in gws:
+                assert wait_usage(gw, who, n)["totals"]["requests"] == n, who
+    finally:
+        for gw in gws:
+            gw.close()
+
+
 def test_billable_2xx_and_memory_sink(tmp_path: Path, echo_origin: Any, redis_server: Any) -> None:
     gw = start(tmp_path, config(echo_origin.addr, redis_server.url,
                                 'sink = "redis"\nflush_every = "200ms"\nbillable = "2xx"'), workers=1)
