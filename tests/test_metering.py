@@ -160,6 +160,28 @@ def test_two_instances_two_workers_exact(tmp_path: Path, echo_origin: Any, redis
             gw.close()
 
 
+def test_bytes_through_an_http2_upstream(tmp_path: Path, redis_server: Any) -> None:
+    """The response body bytes of an HTTP/2 upstream (the H2 call's DATA path) are counted too."""
+    from h2upstream import H2Origin
+
+    origin = H2Origin().start()
+    text = config(origin.addr, redis_server.url).replace(
+        f'targets = ["{origin.addr}"]\n', f'targets = ["{origin.addr}"]\nprotocol = "h2"\n').replace(
+        'path = "/pay/*"\n', 'path = "/pay/*"\nstrip_prefix = true\n')
+    gw = start(tmp_path, text, workers=1)
+    try:
+        sizes = [1000, 70000, 5]
+        with httpx.Client(base_url=gw.base, timeout=10) as c:
+            for n in sizes:
+                r = send(c, f"/pay/big/{n}", "partner-a", b"b" * 33)
+                assert r.status_code == 200 and len(r.content) == n
+        doc = wait_usage(gw, "partner-a", 3)
+        assert doc["totals"] == {"requests": 3, "request_bytes": 99, "response_bytes": sum(sizes)}
+    finally:
+        gw.close()
+        origin.stop()
+
+
 def test_billable_2xx_and_memory_sink(tmp_path: Path, echo_origin: Any, redis_server: Any) -> None:
     gw = start(tmp_path, config(echo_origin.addr, redis_server.url,
                                 'sink = "redis"\nflush_every = "200ms"\nbillable = "2xx"'), workers=1)
