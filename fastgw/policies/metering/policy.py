@@ -1,5 +1,5 @@
 """Usage metering, separate from rate limiting: when an exchange ends (on_log, whatever its outcome), the
-route's MeteringPolicy counts it for its consumer.
+route's MeterGate (compiled: fastgw/_core/meter.pyx) counts it for its consumer.
 
   always ([metering] present)  the per-worker tally in shared memory (tally.py):
                                fastgw_consumer_requests_total{consumer,route,status_class} (every status),
@@ -16,10 +16,9 @@ not know counts as "(unlisted)": labels and keys stay bounded by the config); no
 """
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from fastgw._core.gates import Gate
+from fastgw._core.meter import MeterGate
 from fastgw.policies.lifecycle.config import instant
 from fastgw.policies.metering import tally as T
 from fastgw.policies.metering import usage
@@ -32,44 +31,6 @@ if TYPE_CHECKING:
 
 # billable -> the lowest and highest status counted in the usage records
 BILLABLE = {"all": (0, 999), "non5xx": (0, 499), "2xx": (200, 299)}
-
-
-class MeteringPolicy(Gate):
-    def __init__(self, route: str, tally: T.Tally, sink: RedisSink | None, known: frozenset[str],
-                 billable: str, deprecated_from: int) -> None:
-        self.route = route
-        self.tally = tally
-        self.words = tally.words
-        self.sink = sink
-        self.known = known
-        self.lo, self.hi = BILLABLE[billable]
-        self.deprecated_from = deprecated_from      # epoch seconds; 0: not a deprecated route
-        self.slots: dict[tuple[str, int], int] = {}
-
-    def on_log(self, ex: Any) -> None:
-        ident = ex.identity
-        if ident is None:
-            consumer, plan = T.ANONYMOUS, "-"
-        else:
-            consumer = ident.consumer if ident.consumer in self.known else T.UNLISTED
-            plan = ident.plan or "-"
-        status = ex.response_status
-        cls = status // 100
-        if not 1 <= cls <= 5:       # outside 100-599: the gateway did not answer properly
-            cls = 5
-        i = self.slots.get((consumer, cls))
-        if i is None:
-            i = self.slots[(consumer, cls)] = self.tally.slot(consumer, self.route, cls)
-        w = self.words
-        if w is not None:
-            if i >= 0:
-                w[i] += 1
-                if self.deprecated_from and time.time() >= self.deprecated_from:
-                    w[i + 1] += 1
-            else:
-                w[T.W_OVERFLOW] += 1
-        if self.sink is not None and self.lo <= status <= self.hi:
-            self.sink.record(consumer, plan, self.route, cls, ex.request_body_bytes, ex.response_body_bytes)
 
 
 def _sink(cfg: Config, services: dict[str, Any], tally: T.Tally) -> RedisSink | None:
@@ -89,7 +50,7 @@ def _sink(cfg: Config, services: dict[str, Any], tally: T.Tally) -> RedisSink | 
     return sink
 
 
-def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> MeteringPolicy | None:
+def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> MeterGate | None:
     m = cfg.metering
     if m is None:
         return None
@@ -98,8 +59,8 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
         tally = services["metering_tally"] = T.Tally(None)
     lc = route.lifecycle
     dep = instant(lc.deprecated) if lc is not None and lc.deprecated is not None else None
-    return MeteringPolicy(route.name, tally, _sink(cfg, services, tally), frozenset(cfg.consumers), m.billable,
-                          dep or 0)
+    lo, hi = BILLABLE[m.billable]
+    return MeterGate(route.name, tally, _sink(cfg, services, tally), frozenset(cfg.consumers), lo, hi, dep or 0)
 
 
 # -- registered hooks (fastgw/policies/contract.py Runtime, AdminRuntime) -------------------------------
