@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastgw._core.meter import MeterGate
 from fastgw.policies.lifecycle.config import instant
 from fastgw.policies.metering import tally as T
-from fastgw.policies.metering import usage
-from fastgw.policies.metering.sink import RedisSink
 
 if TYPE_CHECKING:
+    from fastgw._core.meter import MeterGate
     from fastgw.config.root import Config
     from fastgw.config.routes import Route
+    from fastgw.policies.metering.sink import RedisSink
     from fastgw.process.shm import SharedMemory
+
+# The compiled gate, the sink and the admin read-back are imported on first use: a gateway without
+# [metering] loads none of them (loaded anyway, they cost `plain` ~80 instructions per request in
+# bench/callgrind.py, the registry's runtime modules being imported by every worker).
 
 # billable -> the lowest and highest status counted in the usage records
 BILLABLE = {"all": (0, 999), "non5xx": (0, 499), "2xx": (200, 299)}
@@ -44,6 +47,8 @@ def _sink(cfg: Config, services: dict[str, Any], tally: T.Tally) -> RedisSink | 
         return old
     if old is not None:         # [redis] changed: the old client flushes what it has, then goes
         services["loop"].create_task(old.close())
+    from fastgw.policies.metering.sink import RedisSink
+
     sink = services["metering_sink"] = RedisSink(m, cfg.redis, services["loop"], tally)
     stops = services.setdefault("at_stop", [])
     stops[:] = [fn for fn in stops if old is None or fn != old.close] + [sink.close]
@@ -59,6 +64,8 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
         tally = services["metering_tally"] = T.Tally(None)
     lc = route.lifecycle
     dep = instant(lc.deprecated) if lc is not None and lc.deprecated is not None else None
+    from fastgw._core.meter import MeterGate
+
     lo, hi = BILLABLE[m.billable]
     return MeterGate(route.name, tally, _sink(cfg, services, tally), frozenset(cfg.consumers), lo, hi, dep or 0)
 
@@ -67,8 +74,14 @@ def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) 
 
 shm_sections = T.shm_sections
 metrics = T.metrics
-methods = usage.methods
-admin_action = usage.admin_action
+methods = frozenset({"GET"})
+
+
+def admin_action(cfg: Config, method: str, query: str) -> Any:
+    """GET /usage (fastgw/policies/metering/usage.py)."""
+    from fastgw.policies.metering import usage
+
+    return usage.admin_action(cfg, method, query)
 
 
 def attach(shm: SharedMemory | None, slot: int, services: dict[str, Any]) -> None:

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from fastgw.config.root import Config
     from fastgw.store.config import RedisSettings
 
-methods = frozenset({"GET"})
 MAX_BUCKETS = {"minute": 1440, "hour": 744, "day": 400}
 CONNECT_WAIT = 2.0               # seconds the first read waits for the supervisor's store connection
 _client_of: list[Any] = []          # [settings, client]: one client, for the current [redis]
