@@ -90,6 +90,13 @@ def apikey_config(st: dict, port: int, origin: int) -> str:
                                      extra_admin=ratelimit.PLAN_LOCAL)
 
 
+def metering_config(st: dict, port: int, origin: int) -> str:
+    """apikey_limit with [metering] (the memory sink: every request counted per consumer, route and status
+    class in the worker's shared-memory tally; no Redis)."""
+    return ratelimit.TEMPLATE.format(port=port, origin_port=origin, extra_server="", admin_port=run.free_port(),
+                                     extra_admin=ratelimit.PLAN_LOCAL + '[metering]\nsink = "memory"\n')
+
+
 def jwt_config(st: dict, port: int, origin: int) -> str:
     return auth_jwt.fastgw_config(port, origin, st["jwks"], ratelimit=True)
 
@@ -150,6 +157,8 @@ SCENARIOS = {s.name: s for s in [
              plain_config(), no_headers),
     Scenario("apikey_limit", "API key + local rate limit (never exceeded) + request id + metrics",
              apikey_config, lambda st: {"X-API-Key": ratelimit.API_KEY}, expect="ratelimit"),
+    Scenario("metering", "apikey_limit with [metering] (memory sink): each request counted for its consumer",
+             metering_config, lambda st: {"X-API-Key": ratelimit.API_KEY}, expect="ratelimit"),
     Scenario("jwt_limit", "JWT RS256 (one token, verified once then cached) + rate limit + claims to headers",
              jwt_config, lambda st: {"Authorization": f"Bearer {st['token']}"}, expect="ratelimit"),
     Scenario("h2c", "h2c with prior knowledge: one connection, streams one after another (h2load -c1 -m1)",

@@ -138,7 +138,7 @@ class Prometheus:
 def gateway_config(origin: Origin, dead_port: int, tls: tuple[str, str]) -> str:
     """Every policy whose series the dashboard shows: an API-key route with a tiny rate plan kept in a
     Redis nobody answers on (Redis errors, degraded decisions, 429s), a route to a dead upstream (502s),
-    a deprecated route, a cached route, an idempotent one, a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
+    a deprecated route, a cached route, an idempotent one, usage metering (its Redis down too), a catch-all to a real origin (its /slow/<ms> answers late), and a TLS listener (certificate expiry)."""
     key = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
 [server]
@@ -151,6 +151,8 @@ key = "{tls[1]}"
 listen = "127.0.0.1:0"
 [redis]
 url = "redis://127.0.0.1:{dead_port}/0"
+[metering]
+sink = "redis"
 [upstreams.origin]
 targets = ["{origin.addr}"]
 [upstreams.dead]

@@ -32,6 +32,7 @@ cdef class Exchange:
     cdef double connect_deadline
     cdef double up_last
     cdef long long body_bytes
+    cdef long long resp_bytes             # response body bytes from the upstream written to the client (metering)
     cdef long long body_seen              # body_bytes at the last minimum-rate check (Downstream.body_slow)
     cdef double body_allow                # seconds the body may still take at the minimum rate
     cdef double body_tick                 # when body_allow was last updated (0: not yet)

@@ -305,6 +305,7 @@ cdef class Exchange:
         if self.resp_nobody:
             return
         self.client.write_body(self, data)
+        self.resp_bytes += len(data)
         if self.route.on_response_body is not None:     # phase: on_response_body
             self.body_tap(data, False)
 
@@ -528,6 +529,17 @@ cdef class Exchange:
         if h is None or h.upgrade is None or h.drop is None or b"upgrade" not in h.drop:
             return None
         return h.upgrade.strip().lower()
+
+    @property
+    def request_body_bytes(self):
+        """on_log: the request body bytes received from the client (without chunked framing)."""
+        return self.body_bytes
+
+    @property
+    def response_body_bytes(self):
+        """on_log: the upstream's response body bytes written to the client (an answer the gateway made
+        itself: 0)."""
+        return self.resp_bytes
 
     @property
     def with_body(self):

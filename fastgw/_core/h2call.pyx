@@ -308,6 +308,7 @@ cdef class H2Call(H2Sink):
         self.deadline = ex.client.w.clock.now + ex.route.group.timeout
         if data and not self.ex.resp_nobody:
             self.cl.write_body(self.ex, data)
+            ex.resp_bytes += len(data)
             if self.ex.route.on_response_body is not None:      # phase: on_response_body
                 self.ex.body_tap(data, False)
         if self.paused:

@@ -34,6 +34,7 @@ from fastgw.policies.contract import AdminRuntime, RequestHeaders, Runtime
 from fastgw.policies.cors import config as cors
 from fastgw.policies.idempotency import config as idempotency
 from fastgw.policies.lifecycle import config as lifecycle
+from fastgw.policies.metering import config as metering
 from fastgw.policies.ratelimit import config as ratelimit
 from fastgw.policies.transcode import config as transcode
 from fastgw.policies.validate import config as validate
@@ -61,7 +62,8 @@ class Registration:
 # takes a key's lock; it fingerprints the body as the client sent it), then the transcoding (which gRPC
 # method a JSON request calls: the last check before the upstream), then the cache last: a hit is served only to
 # a caller that passed every check, and the cache stores the response's own fields (ex.response_lines),
-# never what the policies before it add.
+# never what the policies before it add. Metering runs last (its only phase is on_log: it counts what the
+# client got, whichever policy answered).
 POLICIES: tuple[Registration, ...] = (
     Registration("cors", cors.Sections, cors.RouteKeys, None, cors.check, "fastgw.policies.cors.policy"),
     Registration("lifecycle", lifecycle.Sections, lifecycle.RouteKeys, None, lifecycle.check,
@@ -80,6 +82,8 @@ POLICIES: tuple[Registration, ...] = (
                  "fastgw.policies.transcode.policy", summary=transcode.summary),
     Registration("cache", cache.Sections, cache.RouteKeys, None, cache.check, "fastgw.policies.cache.policy",
                  summary=cache.summary, admin="/cache"),
+    Registration("metering", metering.Sections, None, None, metering.check, "fastgw.policies.metering.policy",
+                 summary=metering.summary, admin="/usage"),
 )
 
 

@@ -119,9 +119,11 @@ class AdminRuntime(Protocol):
 
     methods: frozenset[str]
 
-    def admin_action(self, cfg: Any, method: str, query: str) -> tuple[int, str, dict[str, Any] | None]:
+    def admin_action(self, cfg: Any, method: str, query: str) -> (tuple[int, str, dict[str, Any] | None]
+                                                                 | Awaitable[tuple[int, str, dict[str, Any] | None]]):
         """Supervisor side: (status, body text, message for every worker or None) for a request to the
-        policy's admin path; a bad argument is a 400 with the reason, no message."""
+        policy's admin path, or an awaitable of it (a read from the store: GET /usage); a bad argument is a
+        400 with the reason, no message."""
 
     def control(self, msg: dict[str, Any], services: dict[str, Any]) -> dict[str, Any]:
         """Worker side: apply the message; the result is logged by the worker."""

@@ -1,5 +1,5 @@
 """The admin listener: GET /healthz, /readyz and /metrics, served by the supervisor (never by a worker,
-never on a public listener), and the actions policies register (PURGE/DELETE /cache).
+never on a public listener), and the actions policies register (PURGE/DELETE /cache, GET /usage; an action may await).
 
 A deliberately small HTTP/1.1 server: one request per connection (answered with Connection: close),
 a head of at most 8 KiB read within 5 s, no request body. GET and HEAD on the read-only paths; an action's
@@ -8,14 +8,15 @@ path takes only the methods it names (its arguments are in the query).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 MAX_HEAD = 8192
 HEAD_TIMEOUT = 5.0
 
 Handler = Callable[[], tuple[int, str, str]]   # -> (status, content type, body)
 # (method, query string) -> (status, content type, body)
-Action = tuple[frozenset[str], Callable[[str, str], tuple[int, str, str]]]
+Action = tuple[frozenset[str], Callable[[str, str], tuple[int, str, str] | Awaitable[tuple[int, str, str]]]]
 
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -74,7 +75,8 @@ class AdminServer:
             if method not in methods:
                 return 405, TEXT, f"only {', '.join(sorted(methods))}\n", False
             try:
-                return (*act(method, query), False)
+                res = act(method, query)
+                return (*(await res if inspect.isawaitable(res) else res), False)
             except Exception as e:  # a bug in an action must not take the admin listener down
                 return 500, TEXT, f"internal error: {type(e).__name__}\n", False
         handler = self.routes.get(path)

@@ -31,6 +31,7 @@ within 10 s of its start.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shlex
 import signal
@@ -294,8 +295,9 @@ class Supervisor:
     def policy_action(self, p: Any) -> Any:
         """A policy's admin path (PURGE /cache...): its answer, and its message to every live worker
         (delivered in order on each control channel; the workers log what they did)."""
-        def act(method: str, query: str) -> tuple[int, str, str]:
-            status, body, msg = admin_runtime(p).admin_action(self.cfg, method, query)
+        async def act(method: str, query: str) -> tuple[int, str, str]:
+            res = admin_runtime(p).admin_action(self.cfg, method, query)
+            status, body, msg = await res if inspect.isawaitable(res) else res    # a read from the store
             if msg is not None:
                 loop = asyncio.get_running_loop()
                 for slot in self.slots:

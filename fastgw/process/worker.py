@@ -44,6 +44,7 @@ from fastgw.upstream.discovery import Discovery
 
 SWEEP_SECONDS = 0.25      # resolution of every timeout (header, idle, body, upstream, connect)
 RETIRE_SECONDS = 300.0    # how long the idle pools of a replaced upstream group are still swept
+AT_STOP = 2.0             # seconds each policy's stop hook (services["at_stop"]) may take
 FRESH_IDLE = 1.0          # after the listeners close, a connection silent this long since it opened is closed
 TUNNEL_SPREAD = 0.8       # the share of the drain timeout over which open tunnels get their 1012 close
 
@@ -256,6 +257,7 @@ class WorkerProcess:
         if self.drain_task is not None:
             self.drain_task.cancel()
         self.flush_access_log()
+        await self.run_at_stop()
         if self.exporter is not None:
             self.exporter.close()
         if self.access is not None:
@@ -266,6 +268,15 @@ class WorkerProcess:
         log("worker_exit", code=self.exit_code, reason=self.exit_reason)
         writer.close()
         return self.exit_code
+
+    async def run_at_stop(self) -> None:
+        """The policies' last words (services["at_stop"]: coroutine functions; metering's final flush),
+        each within AT_STOP seconds: a store that does not answer must not keep a stopping worker."""
+        for fn in (self.services or {}).get("at_stop", ()):
+            try:
+                await asyncio.wait_for(fn(), AT_STOP)
+            except Exception as e:          # noqa: BLE001 - a policy's failure must not stop the exit
+                log("at_stop_failed", level="error", error=f"{type(e).__name__}: {e}")
 
     def on_sigterm(self) -> None:
         d = self.cfg.server.drain if self.cfg is not None else None
