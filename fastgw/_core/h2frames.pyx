@@ -220,6 +220,8 @@ cdef class H2Wire:
         if ftype == F_WINDOW_UPDATE:
             return self.on_window(sid, buf, at, n, events)
         if ftype == F_SETTINGS:
+            if sid:
+                return self.conn_error(H2E_PROTOCOL, "SETTINGS on a stream")
             return self.on_settings(flags, buf, at, n, events)
         if ftype == F_PING:
             self.fixed(sid, False, n, 8, "PING")
