@@ -79,6 +79,28 @@ cdef inline bint _h2_value_ok(bytes v):
 
 cdef H2Limits H2_DEFAULTS = H2Limits()
 
+# RFC 9113 3.5 on the port shared by HTTP/1.1 and h2c (prior knowledge): a start that is not the exact
+# preface goes to the HTTP/1.1 reader, which answers what it cannot parse with a 400. When the start was not
+# HTTP/1.x either, that 400 is replaced by HTTP/2's answer to an invalid preface: GOAWAY PROTOCOL_ERROR
+# (last stream 0), then close. "Not HTTP/1.x": preface-shaped (the preface's first line, then something
+# else), or a first line of three parts whose third is not an HTTP version ("INVALID CONNECTION
+# PREFACE", h2spec http2/3.5/2). A request line with an HTTP version (also "HTTP/2.0") or HTTP/0.9's two
+# parts keeps the HTTP/1.1 400. Only the connection's first bytes count, only on the error path.
+cdef bytes H2_PREFACE_ERROR = goaway_bytes(0, E_PROTOCOL)
+
+cdef bint not_http1_start(bytes start):
+    cdef Py_ssize_t eol
+    cdef list parts
+    if start is None:
+        return False
+    if start.startswith(b"PRI * HTTP/2.0\r\n"):
+        return True
+    eol = start.find(b"\n")
+    if eol < 0:
+        return False
+    parts = start[:eol].rstrip(b"\r").split(b" ")
+    return len(parts) == 3 and not (<bytes>parts[2]).startswith(b"HTTP/")
+
 
 cdef list _h2_lines(bytes block, list out):
     """Append (lowercase name, value) for each "Name: value\\r\\n" line of an H1 header block."""
