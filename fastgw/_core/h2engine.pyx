@@ -103,15 +103,41 @@ cdef bint not_http1_start(bytes start):
 
 
 cdef list _h2_lines(bytes block, list out):
-    """Append (lowercase name, value) for each "Name: value\\r\\n" line of an H1 header block."""
-    cdef Py_ssize_t pos = 0, n = len(block), eol, colon
+    """Append (lowercase name, value) for each "Name: value\\r\\n" line of an H1 header block (a line
+    without a colon, or starting with one, is skipped; the value loses surrounding SP/HTAB). One C pass:
+    this runs for every response head."""
+    cdef const char* p = block
+    cdef const char* hit
+    cdef Py_ssize_t n = len(block), pos = 0, eol, k, vs, ve, i
+    cdef bytes name
+    cdef char* w
     while pos < n:
-        eol = block.find(b"\r\n", pos)
-        if eol < 0:
-            eol = n
-        colon = block.find(b":", pos, eol)
-        if colon > pos:
-            out.append((block[pos:colon].lower(), block[colon + 1:eol].strip(b" \t")))
+        eol = n
+        k = pos
+        while k < n:
+            hit = <const char*>memchr(p + k, 13, n - k)
+            if hit == NULL:
+                break
+            k = hit - p
+            if k + 1 < n and p[k + 1] == 10:
+                eol = k
+                break
+            k += 1
+        hit = <const char*>memchr(p + pos, 58, eol - pos)
+        if hit != NULL and hit - p > pos:
+            k = hit - p
+            name = PyBytes_FromStringAndSize(p + pos, k - pos)
+            w = PyBytes_AS_STRING(name)
+            for i in range(k - pos):
+                if 65 <= w[i] <= 90:
+                    w[i] += 32
+            vs = k + 1
+            ve = eol
+            while vs < ve and (p[vs] == 32 or p[vs] == 9):
+                vs += 1
+            while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
+                ve -= 1
+            out.append((name, PyBytes_FromStringAndSize(p + vs, ve - vs)))
         pos = eol + 2
     return out
 
