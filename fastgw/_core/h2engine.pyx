@@ -39,8 +39,8 @@
 #   closes. That GOAWAY is the second of two [RFC 9113 6.8; Envoy drain_timeout]: the first names 2^31-1
 #   and comes with a PING, so that streams the client sent before it saw a GOAWAY are still taken; the
 #   PING's answer (or `GOAWAY_ACK_WAIT`) ends that round trip. After the second, new streams are refused.
-# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (h2 would stop all
-#   output: _H2Server keeps the connection open), new ones are refused, then GOAWAY and close.
+# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (the wire layer only
+#   reports it; h2's H2Connection would have stopped all output), new ones are refused, then GOAWAY and close.
 # * Timers, each with its own job [nginx: client_header_timeout, send_timeout and proxy_read_timeout are
 #   separate]: `header_timeout` bounds a header block (and the preface) from its first byte to its last,
 #   whatever arrives in between (HeaderClock, h2clock.pyx: the CONTINUATION slowloris);
