@@ -475,3 +475,22 @@ def test_random_frame_streams_end_only_in_connection_errors():
             else:
                 del buf[i:i + rnd.randint(1, 6)]
         fuzz.one_input(bytes(buf))
+
+
+def test_closed_stream_frames_match_h2():
+    """A stream closed both ways (h2spec http2/5.1 "closed"): DATA on it is a stream error STREAM_CLOSED,
+    HEADERS a connection error STREAM_CLOSED (RFC 9113 5.1), on both sides; a lower id never opened is
+    PROTOCOL_ERROR instead (5.1.1: told apart by the closed streams H2Wire remembers)."""
+    pair = Pair()
+    same(pair, START + head(1) + head(5))
+    ours, ref = pair.both("send_headers", 1, [(b":status", b"204")], True)
+    assert ours == ref
+    (_e, out, code), (_e2, out_ref, code_ref) = pair.feed(data(1, b"x"))
+    assert code is None and code_ref is None
+    assert answer(code, out) == answer(code_ref, out_ref) == ("rst", 1, STREAM_CLOSED)
+    (_e, out, code), (_e2, out_ref, code_ref) = pair.feed(head(1))
+    assert code == code_ref == STREAM_CLOSED
+    pair = Pair()
+    same(pair, START + head(1) + head(5))
+    (_e, out, code), (_e2, out_ref, code_ref) = pair.feed(head(3))
+    assert code == code_ref == PROTOCOL

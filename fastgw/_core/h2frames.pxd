@@ -55,7 +55,8 @@ cdef enum:
     FRAME_MIN = 16384             # SETTINGS_MAX_FRAME_SIZE's default and floor (RFC 9113 6.5.2)
     FRAME_MAX = 16777215          # ... and its ceiling (2^24-1)
     MAX_CONTINUATION = 64         # CONTINUATION frames per header block (h2's CONTINUATION_BACKLOG)
-    CLOSED_MEMORY = 1024          # closed streams remembered, to tell them from never-opened ones
+    CLOSED_MEMORY = 256           # closed streams remembered, to tell them from never-opened ones: more than
+                                  # the 2 x 100 a burst can open (and we refuse) at once, ~17 KB at most
     CLOSED_BY_US = 1              # ... closed by our RST_STREAM: its late frames are ignored
     CLOSED_OTHER = 2              # ... by END_STREAM both ways or the client's RST_STREAM
 
