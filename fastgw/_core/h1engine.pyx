@@ -452,6 +452,10 @@ cdef class ClientConn(Downstream):
     cdef void request_error(self, int status, str slug, str detail):
         cdef Exchange ex = self.rx
         cdef GatewayError err = gateway_error(status, slug, SRC_DOWNSTREAM, False, detail.encode(), None)
+        if status == 400 and self.nreq == 0 and ex is None and self.active is None and not_http1_start(self.reader._line):
+            self.send(H2_PREFACE_ERROR)       # neither HTTP/1.x nor the h2c preface (h2engine.pyx)
+            self.close()
+            return
         self.rx = None
         self.discard = True
         if ex is not None and not ex.done:

@@ -4,15 +4,15 @@
 #
 # Rule: server.limits.header_timeout bounds a header block from its first byte to its last, whatever else
 # arrives meanwhile. A HEADERS frame without END_HEADERS must be followed by CONTINUATION frames only (RFC
-# 9113 6.10), and h2 hands nothing of the block to fastgw before END_HEADERS, so a client that sends
-# 1-byte CONTINUATION frames (or a HEADERS frame a byte at a time) keeps the connection busy for ever
+# 9113 6.10), and the wire layer (h2frames.pyx) hands nothing of the block to the engine before
+# END_HEADERS, so a client that sends 1-byte CONTINUATION frames (or a HEADERS frame a byte at a time) keeps the connection busy for ever
 # while each byte looks like activity: the CONTINUATION slowloris. The connection preface is timed the same
 # way, and so is a frame header split between reads (9 bytes; a client that stops inside one is stuck).
 # [nginx times an unfinished frame with client_header_timeout and ends the connection with GOAWAY
 # PROTOCOL_ERROR; H2Conn.check does the same.]
 #
-# The clock follows frame boundaries only (the 9-byte headers: 24-bit length, type, flags, stream id); h2
-# parses the frames. Frame types: HEADERS 1, CONTINUATION 9; flag END_HEADERS 4.
+# The clock follows frame boundaries only (the 9-byte headers: 24-bit length, type, flags, stream id); the
+# wire layer parses the frames. Frame types: HEADERS 1, CONTINUATION 9; flag END_HEADERS 4.
 
 
 cdef class HeaderClock:

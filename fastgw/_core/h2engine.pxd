@@ -2,6 +2,7 @@
 # h2stream.pxd).
 
 from fastgw._core.h2clock cimport HeaderClock
+from fastgw._core.h2frames cimport H2Event, H2Wire
 from fastgw._core.runtime cimport H2Limits
 
 cdef enum:
@@ -28,7 +29,7 @@ cdef enum:
 @cython.final
 cdef class H2Conn:
     cdef ClientConn cl
-    cdef public object h2
+    cdef public H2Wire h2
     cdef object transport
     cdef Worker w
     cdef H2Limits lim
@@ -54,9 +55,9 @@ cdef class H2Conn:
     cdef bint flush_soon          # a flush is scheduled for the end of this loop iteration
     cdef HeaderClock hclock       # times header blocks (server.limits.header_timeout)
     cdef void feed(self, bytes data)
-    cdef void on_request(self, ev)
+    cdef void on_request(self, H2Event ev)
     cdef int build_head(self, RequestHead h, list headers, bint ended)
-    cdef void on_data(self, ev)
+    cdef void on_data(self, H2Event ev)
     cdef void ack(self, H2Stream st)
     cdef void on_end(self, int sid)
     cdef void on_reset(self, int sid)
@@ -66,7 +67,7 @@ cdef class H2Conn:
     cdef void schedule(self)
     cdef void stream_ended(self, H2Stream st)
     cdef void calm(self)
-    cdef void fatal(self, int code=*)
+    cdef void fatal(self)
     cdef void final_goaway(self)
     cdef void close_if_done(self)
     cdef void close(self)

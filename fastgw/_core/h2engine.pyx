@@ -1,7 +1,8 @@
 # The downstream HTTP/2 engine (included by worker.pyx).
 #
-#   H2Conn    one HTTP/2 client connection: an h2.H2Connection fed by the connection's ClientConn (which
-#             stays the asyncio protocol and the member of Worker.conns, and hands every read to H2Conn)
+#   H2Conn    one HTTP/2 client connection: an H2Wire (h2frames.pyx: frames, stream states, flow control)
+#             fed by the connection's ClientConn (which stays the asyncio protocol and the member of
+#             Worker.conns, and hands every read to H2Conn)
 #   H2Stream  one request stream (h2stream.pyx): a Downstream (downstream.pxd) of its own, as ClientConn is
 #             for HTTP/1.1, so Exchange, routing, policies and the upstream pools are the same for both.
 #             On a route to an HTTP/2 upstream the stream is joined to an upstream stream (h2call.pyx: the
@@ -38,8 +39,8 @@
 #   closes. That GOAWAY is the second of two [RFC 9113 6.8; Envoy drain_timeout]: the first names 2^31-1
 #   and comes with a PING, so that streams the client sent before it saw a GOAWAY are still taken; the
 #   PING's answer (or `GOAWAY_ACK_WAIT`) ends that round trip. After the second, new streams are refused.
-# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (h2 would stop all
-#   output: _H2Server keeps the connection open), new ones are refused, then GOAWAY and close.
+# * The client's GOAWAY [RFC 9113 6.8]: the streams it had opened are answered in full (the wire layer only
+#   reports it; h2's H2Connection would have stopped all output), new ones are refused, then GOAWAY and close.
 # * Timers, each with its own job [nginx: client_header_timeout, send_timeout and proxy_read_timeout are
 #   separate]: `header_timeout` bounds a header block (and the preface) from its first byte to its last,
 #   whatever arrives in between (HeaderClock, h2clock.pyx: the CONTINUATION slowloris);
@@ -49,28 +50,11 @@
 #   reading from it).
 # * HPACK decoding errors are connection errors of type COMPRESSION_ERROR [RFC 9113 4.3].
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import _error_code_from_int
-from h2.exceptions import ProtocolError as H2ProtocolError
-from h2.settings import SettingCodes, Settings as H2SettingsTable
-from h2.events import (
-    ConnectionTerminated as EvConnectionTerminated,
-    DataReceived as EvDataReceived,
-    PingAckReceived as EvPingAckReceived,
-    PingReceived as EvPingReceived,
-    PriorityUpdated as EvPriorityUpdated,
-    RemoteSettingsChanged as EvRemoteSettingsChanged,
-    RequestReceived as EvRequestReceived,
-    StreamEnded as EvStreamEnded,
-    StreamReset as EvStreamReset,
-    TrailersReceived as EvTrailersReceived,
-    WindowUpdated as EvWindowUpdated,
+from fastgw._core.h2frames import H2Error
+from fastgw._core.h2frames cimport (
+    EV_DATA, EV_END, EV_GOAWAY, EV_IGNORED, EV_PING, EV_PING_ACK, EV_PRIORITY, EV_REQUEST, EV_RESET, EV_SETTINGS,
+    EV_TRAILERS, EV_WINDOW, F_PING, frame_bytes, goaway_bytes,
 )
-from hpack.exceptions import HPACKError
-from hyperframe.frame import GoAwayFrame, PingFrame
-
-from fastgw._core.hpack import H2Decoder, H2Encoder
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -95,38 +79,71 @@ cdef inline bint _h2_value_ok(bytes v):
 
 cdef H2Limits H2_DEFAULTS = H2Limits()
 
+# RFC 9113 3.5 on the port shared by HTTP/1.1 and h2c (prior knowledge): a start that is not the exact
+# preface goes to the HTTP/1.1 reader, which answers what it cannot parse with a 400. When the start was not
+# HTTP/1.x either, that 400 is replaced by HTTP/2's answer to an invalid preface: GOAWAY PROTOCOL_ERROR
+# (last stream 0), then close. "Not HTTP/1.x": preface-shaped (the preface's first line, then something
+# else), or a first line of three parts whose third is not an HTTP version ("INVALID CONNECTION
+# PREFACE", h2spec http2/3.5/2). A request line with an HTTP version (also "HTTP/2.0") or HTTP/0.9's two
+# parts keeps the HTTP/1.1 400. Only the connection's first bytes count, only on the error path.
+cdef bytes H2_PREFACE_ERROR = goaway_bytes(0, E_PROTOCOL)
+
+cdef bint not_http1_start(bytes start):
+    cdef Py_ssize_t eol
+    cdef list parts
+    if start is None:
+        return False
+    if start.startswith(b"PRI * HTTP/2.0\r\n"):
+        return True
+    eol = start.find(b"\n")
+    if eol < 0:
+        return False
+    parts = start[:eol].rstrip(b"\r").split(b" ")
+    return len(parts) == 3 and not (<bytes>parts[2]).startswith(b"HTTP/")
+
 
 cdef list _h2_lines(bytes block, list out):
-    """Append (lowercase name, value) for each "Name: value\\r\\n" line of an H1 header block."""
-    cdef Py_ssize_t pos = 0, n = len(block), eol, colon
+    """Append (lowercase name, value) for each "Name: value\\r\\n" line of an H1 header block (a line
+    without a colon, or starting with one, is skipped; the value loses surrounding SP/HTAB). One C pass:
+    this runs for every response head."""
+    cdef const char* p = block
+    cdef const char* hit
+    cdef Py_ssize_t n = len(block), pos = 0, eol, k, vs, ve, i
+    cdef bytes name
+    cdef char* w
     while pos < n:
-        eol = block.find(b"\r\n", pos)
-        if eol < 0:
-            eol = n
-        colon = block.find(b":", pos, eol)
-        if colon > pos:
-            out.append((block[pos:colon].lower(), block[colon + 1:eol].strip(b" \t")))
+        eol = n
+        k = pos
+        while k < n:
+            hit = <const char*>memchr(p + k, 13, n - k)
+            if hit == NULL:
+                break
+            k = hit - p
+            if k + 1 < n and p[k + 1] == 10:
+                eol = k
+                break
+            k += 1
+        hit = <const char*>memchr(p + pos, 58, eol - pos)
+        if hit != NULL and hit - p > pos:
+            k = hit - p
+            name = PyBytes_FromStringAndSize(p + pos, k - pos)
+            w = PyBytes_AS_STRING(name)
+            for i in range(k - pos):
+                if 65 <= w[i] <= 90:
+                    w[i] += 32
+            vs = k + 1
+            ve = eol
+            while vs < ve and (p[vs] == 32 or p[vs] == 9):
+                vs += 1
+            while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
+                ve -= 1
+            out.append((name, PyBytes_FromStringAndSize(p + vs, ve - vs)))
         pos = eol + 2
     return out
 
 
 cdef bytes DRAIN_PING = b"fgdrain\x00"     # the drain's PING payload; its ACK ends the first round trip
-cdef bytes DRAIN_FIRST = (GoAwayFrame(0, last_stream_id=LAST_STREAM_ID, error_code=0).serialize()
-                          + PingFrame(0, opaque_data=DRAIN_PING).serialize())
-
-
-class _H2Server(H2Connection):
-    """h2's connection, except on a GOAWAY from the client: h2 closes its state machine and clears its
-    output, so the responses of the streams the client already opened could never be sent, although
-    RFC 9113 6.8 lets them complete. Here the GOAWAY is only reported (ConnectionTerminated); H2Conn
-    refuses new streams, finishes the others, then closes."""
-
-    def _receive_goaway_frame(self, frame):
-        ev = EvConnectionTerminated()
-        ev.error_code = _error_code_from_int(frame.error_code)
-        ev.last_stream_id = frame.last_stream_id
-        ev.additional_data = frame.additional_data or None
-        return [], [ev]
+cdef bytes DRAIN_FIRST = goaway_bytes(LAST_STREAM_ID, 0) + frame_bytes(F_PING, 0, 0, DRAIN_PING)
 
 
 cdef class H2Conn:
@@ -143,29 +160,9 @@ cdef class H2Conn:
         self.win_start = self.last_active
         self.hclock = HeaderClock(len(H2_PREFACE), self.last_active)
         # fastgw validates request fields itself (below, in one pass that it needs anyway to build the
-        # upstream head) and builds response fields lowercase and clean: h2's own passes are skipped.
-        cfg = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
-                              normalize_inbound_headers=False, validate_outbound_headers=False,
-                              normalize_outbound_headers=False, split_outbound_cookies=False)
-        h = _H2Server(config=cfg)
-        h.local_settings = H2SettingsTable(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: self.lim.max_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: self.lim.stream_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: rt.max_hbytes,
-            SettingCodes.ENABLE_PUSH: 0,
-        })
-        h.decoder = H2Decoder(rt.max_hbytes)
-        h.encoder = H2Encoder()
+        # upstream head) and builds response fields lowercase and clean: the wire layer only frames them.
+        h = H2Wire(self.lim.max_streams, self.lim.stream_window, rt.max_hbytes)
         h.initiate_connection()
-        # The SETTINGS frame above advertises max_streams. A stream beyond it is refused on its own
-        # (RST_STREAM REFUSED_STREAM, in on_request: RFC 9113 5.1.2), so h2's own check, which fails the
-        # whole connection, is moved to twice the limit; the other settings stay as advertised.
-        h.local_settings = H2SettingsTable(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: 2 * self.lim.max_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: self.lim.stream_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: rt.max_hbytes,
-            SettingCodes.ENABLE_PUSH: 0,
-        })
         if self.lim.conn_window > 65535:
             h.increment_flow_control_window(self.lim.conn_window - 65535)
         self.h2 = h
@@ -173,7 +170,9 @@ cdef class H2Conn:
 
     # -- input -------------------------------------------------------------------------------------------
     cdef void feed(self, bytes data):
-        cdef int new = 0
+        cdef int new = 0, k
+        cdef H2Event ev
+        cdef list events
         cdef double now = self.w.clock.now
         if self.closed:
             return
@@ -186,50 +185,44 @@ cdef class H2Conn:
         self.hclock.feed(data, now)
         try:
             events = self.h2.receive_data(data)
-        except H2ProtocolError as e:
-            # h2 queued a GOAWAY with the error's code. It reports HPACK decoding errors as PROTOCOL_ERROR
-            # (h2.connection._decode_headers): RFC 9113 4.3 makes them COMPRESSION_ERROR.
-            self.fatal(E_COMPRESSION if type(e) is H2ProtocolError and isinstance(e.__cause__, HPACKError)
-                       else -1)
+        except H2Error:
+            self.fatal()                           # the GOAWAY with the error's code is queued
             return
         self.batching = True
         try:
             for ev in events:
-                t = type(ev)
-                if t is EvRequestReceived:
+                k = ev.kind
+                if k == EV_REQUEST:
                     self.win_opened += 1
                     if self.peer_goaway or self.goaway_stage == 2 or len(self.streams) >= self.lim.max_streams:
                         # Not processed, safe to retry (RFC 9113 5.1.2, 6.8).
-                        self.h2.reset_stream((<object>ev).stream_id, E_REFUSED)
+                        self.h2.reset_stream(ev.stream_id, E_REFUSED)
                         continue
                     new += 1
                     if new > self.lim.max_streams:
                         self.calm()                # more streams taken than can be open at once
                         return
                     self.on_request(ev)
-                elif t is EvDataReceived:
+                elif k == EV_DATA:
                     self.on_data(ev)
-                elif t is EvStreamEnded:
-                    self.on_end((<object>ev).stream_id)
-                elif t is EvStreamReset:
-                    self.on_reset((<object>ev).stream_id)
-                elif t is EvWindowUpdated:
+                elif k == EV_END:
+                    self.on_end(ev.stream_id)
+                elif k == EV_RESET:
+                    self.on_reset(ev.stream_id)
+                elif k == EV_WINDOW or k == EV_SETTINGS:
                     self.win_ctrl += 1
                     self.push_blocked()
-                elif t is EvPingReceived or t is EvPriorityUpdated:
+                elif k == EV_PING or k == EV_PRIORITY or k == EV_IGNORED:
+                    self.win_ctrl += 1             # (EV_IGNORED: a frame on a closed stream, or unknown)
+                elif k == EV_PING_ACK:
                     self.win_ctrl += 1
-                elif t is EvPingAckReceived:
-                    self.win_ctrl += 1
-                    if self.goaway_stage == 1 and (<object>ev).ping_data == DRAIN_PING:
+                    if self.goaway_stage == 1 and ev.ping_data == DRAIN_PING:
                         self.final_goaway()
-                elif t is EvRemoteSettingsChanged:
-                    self.win_ctrl += 1
-                    self.push_blocked()
-                elif t is EvTrailersReceived:
+                elif k == EV_TRAILERS:
                     # Request trailers cannot be forwarded on an HTTP/1.1 upstream request fastgw framed
-                    # itself; they are dropped (their END_STREAM arrives as StreamEnded).
+                    # itself; they are dropped (their END_STREAM follows as EV_END).
                     pass
-                elif t is EvConnectionTerminated:
+                elif k == EV_GOAWAY:
                     self.peer_goaway = True
                     self.draining = True
                 if self.closed:
@@ -242,12 +235,12 @@ cdef class H2Conn:
         self.flush()
         self.close_if_done()
 
-    cdef void on_request(self, ev):
+    cdef void on_request(self, H2Event ev):
         cdef int sid = ev.stream_id
         cdef H2Stream st
         cdef RequestHead h
         cdef Exchange ex
-        cdef bint ended = ev.stream_ended is not None
+        cdef bint ended = ev.stream_ended
         if sid > self.last_sid:
             self.last_sid = sid
         st = H2Stream.__new__(H2Stream)
@@ -403,14 +396,14 @@ cdef class H2Conn:
             return 1                          # content-length disagrees with the (empty) body
         return 0
 
-    cdef void on_data(self, ev):
+    cdef void on_data(self, H2Event ev):
         cdef int sid = ev.stream_id
         cdef H2Stream st = self.streams.get(sid)
         cdef long long n = ev.flow_controlled_length
         cdef bytes data = ev.data
         cdef Exchange ex
         if not data:
-            if ev.stream_ended is None:
+            if not ev.stream_ended:
                 self.empty_run += 1
                 self.win_ctrl += 1
         else:
@@ -536,10 +529,7 @@ cdef class H2Conn:
         if self.after_end:
             for st in self.after_end:
                 if st.ended and not st.outq:
-                    try:
-                        self.h2.reset_stream(st.sid, E_NO_ERROR)
-                    except H2ProtocolError:
-                        pass
+                    self.h2.reset_stream(st.sid, E_NO_ERROR)
             self.after_end = [st for st in self.after_end if not st.ended]
         data = self.h2.data_to_send()
         if data:
@@ -583,25 +573,22 @@ cdef class H2Conn:
         self.h2.close_connection(error_code=E_CALM, last_stream_id=self.last_sid)
         self.fatal()
 
-    cdef void fatal(self, int code=-1):
-        """Write h2's output, whose last frame is the GOAWAY h2 queued for a connection error (its code
-        replaced by `code` when given), and close."""
+    cdef void fatal(self):
+        """Write the pending output, whose last frame is the GOAWAY of a connection error, and close."""
         data = self.h2.data_to_send()
-        if code >= 0 and data[-17:-13] == b"\x00\x00\x08\x07":      # a GOAWAY without debug data, last
-            data = data[:-4] + (<int>code).to_bytes(4, "big")
         if data and not self.closed:
             self.transport.write(data)
         self.lost()
         self.cl.close()
 
     cdef void final_goaway(self):
-        """GOAWAY NO_ERROR naming the last stream taken; in-flight streams finish (h2's close_connection
-        would stop accepting their frames, so the frame is written directly, after h2's pending output)."""
+        """GOAWAY NO_ERROR naming the last stream taken; in-flight streams finish (written directly, after
+        the pending output: the wire layer goes on taking their frames)."""
         if self.goaway_stage == 2 or self.closed:
             return
         self.goaway_stage = 2
         self.flush()
-        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_sid, error_code=0).serialize())
+        self.transport.write(goaway_bytes(self.last_sid, 0))
 
     def drain(self):
         """Graceful shutdown, first step: GOAWAY(2^31-1) and a PING (see the header comment). Called again

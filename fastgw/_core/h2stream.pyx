@@ -153,10 +153,7 @@ cdef class H2Stream(Downstream):
         """RST_STREAM (unless the stream already ended) and drop the exchange."""
         if not self.ended and not self.conn.closed:
             self.ended = True
-            try:
-                self.conn.h2.reset_stream(self.sid, code)
-            except H2ProtocolError:
-                pass
+            self.conn.h2.reset_stream(self.sid, code)
         self.ended = True
         self.outq = []
         self.outq_bytes = 0

@@ -17,4 +17,5 @@ cdef class H2Encoder:
     cdef dict cache
     cdef Py_ssize_t ncache
     cdef bytes pending           # a dynamic table size update owed at the start of the next block
+    cpdef bytes encode(self, object headers, bint huffman=*)
     cdef bytes encode1(self, bytes name, bytes value)

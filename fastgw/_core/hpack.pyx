@@ -180,6 +180,9 @@ cdef bytes _hp_int(Py_ssize_t value, int prefix_bits, int first):
     return bytes(out)
 
 
+cdef bytes HP_XRID = b"\x00\x0cx-request-id"   # a literal without indexing, new name: x-request-id
+
+
 cdef class H2Encoder:
     """Stands in for h2's hpack.Encoder (h2 calls encode(headers) and sets header_table_size)."""
 
@@ -196,7 +199,7 @@ cdef class H2Encoder:
         # fastgw's own use of the table stays zero whatever the size.
         self.pending = _hp_int(min(int(value), 4096), 5, 0x20)
 
-    def encode(self, headers, huffman=True):
+    cpdef bytes encode(self, object headers, bint huffman=True):
         cdef list out = []
         cdef dict byname
         cdef bytes name, value, enc
@@ -210,10 +213,15 @@ cdef class H2Encoder:
                 if enc is not None:
                     out.append(enc)
                     continue
+            if name == b"x-request-id":           # unique per response: not worth a cache slot
+                out.append(HP_XRID)
+                out.append(_hp_int(len(value), 7, 0))
+                out.append(value)
+                continue
             enc = self.encode1(name, value)
             out.append(enc)
-            if name == b"x-request-id" or name == b"date":
-                continue                          # unique per response: not worth a cache slot
+            if name == b"date":
+                continue                          # (the same, once a second)
             if self.ncache >= HP_CACHE_MAX:
                 self.cache = {}
                 self.ncache = 0
