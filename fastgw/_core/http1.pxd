@@ -97,7 +97,8 @@ cdef class RequestReader:
     cdef Py_ssize_t _nheaders
     cdef RequestHead _head
     cdef bytes _url
-    cdef int _minor                # of the request line; -1: a version that is refused when the head ends
+    cdef int _minor                # of the request line; < 0: refused when the head ends (-1: HTTP/0.9 or 2.0,
+                                   #   -3: no version), or after the line (-2: PRI, the HTTP/2 preface)
     cdef FieldState _fs
     cdef bint _cl_seen
     cdef bint _closing             # the last message did not keep the connection: nothing may follow

@@ -77,6 +77,13 @@ cdef tuple METHODS = (
     b"UNSUBSCRIBE", b"PURGE", b"MKCALENDAR", b"LINK", b"UNLINK", b"SOURCE", METHOD_PRI,
 )
 
+# RTSP's own methods: llhttp reads them (and "RTSP/1.0" or "ICE/1.0" request lines) as requests; fastgw
+# refuses them (400) once the method is complete, but not before, like any other unknown method.
+cdef tuple RTSP_METHODS = (
+    b"DESCRIBE", b"ANNOUNCE", b"SETUP", b"PLAY", b"PAUSE", b"TEARDOWN", b"GET_PARAMETER", b"SET_PARAMETER",
+    b"REDIRECT", b"RECORD", b"FLUSH",
+)
+
 
 cdef bint _absolute_start(const char* s, Py_ssize_t n, bint partial) noexcept:
     """s[:n] starts as an absolute-form target does: scheme (letters) "://" (or is a prefix of one)."""
@@ -358,8 +365,13 @@ cdef class RequestReader:
             e = q - p
             self._hfed += e + 1 - pos
             if e == pos or p[e - 1] != 13:
-                self._fail(400, "bad-request", "malformed HTTP/1.1: a line does not end with CRLF")
-                return n
+                # (llhttp ends an HTTP/0.9-form request line at a bare LF too: refused when the head ends)
+                if self._head.method is not None or self._request_line(p + pos, e - pos, False) < 0 \
+                        or self._minor != -3:
+                    self._bad("a line does not end with CRLF")
+                    return n
+                pos = e + 1
+                continue
             r = self._line(p + pos, e - 1 - pos)
             pos = e + 1
             if r:
@@ -399,18 +411,20 @@ cdef class RequestReader:
 
     cdef int _request_line(self, const char* s, Py_ssize_t n, bint partial) except -2:
         """METHOD SP+ request-target SP+ HTTP/DIGIT.DIGIT (RFC 9112 3; several SP accepted, as llhttp
-        does). `partial`: s[:n] is the line so far; only what is already wrong (or too long) is refused."""
-        cdef Py_ssize_t i = 0, t
+        does). `partial`: s[:n] is the line so far (perhaps ending with its CR); what is already wrong
+        (or too long) is refused, at the byte where llhttp refuses it."""
+        cdef Py_ssize_t i = 0, t, te, r
         cdef bytes method
         cdef int major, minor
-        if partial and n and s[n - 1] == b'\r':
-            n -= 1                             # (the line's CR, its LF still to come)
+        cdef bint cr = partial and n and s[n - 1] == b'\r'
+        if cr:
+            n -= 1
         while i < n and P[<unsigned char>s[i]] & P_TCHAR:
             i += 1
         if i == n:
-            if partial:
+            if partial and not cr:
                 # llhttp refuses a method at its first byte that no method starts with
-                for method in METHODS:
+                for method in METHODS + RTSP_METHODS:
                     if len(method) >= n and memcmp(<const char*>method, s, n) == 0:
                         return 0
                 return self._bad("unknown request method")
@@ -425,6 +439,7 @@ cdef class RequestReader:
         t = i
         while i < n and P[<unsigned char>s[i]] & P_TARGET:
             i += 1
+        te = i
         if i - t > self._max_line:
             self._fail(414, "uri-too-long", "request target too long")
             return -1
@@ -435,33 +450,40 @@ cdef class RequestReader:
             # (an absolute-form or CONNECT's authority-form target is refused when the head ends, as
             # fastgw refused it after llhttp read it; anything else is not a target at all)
             return self._bad("invalid request target")
-        if partial:
+        if i == n and partial:
             return 0
         if i == t:
             return self._bad("request line without a target")
-        url = PyBytes_FromStringAndSize(s + t, i - t)
-        if i == n:
-            # "METHOD target": HTTP/0.9's request line; llhttp reads the fields after it, and the head
-            # is refused when it ends (a limit may be reached first)
-            self._minor = -1
-        else:
+        if i < n:
             while i < n and s[i] == b' ':
                 i += 1
-            if n - i != 8 or memcmp(s + i, b"HTTP/", 5) != 0 or s[i + 6] != b'.' \
-                    or not b'0' <= s[i + 5] <= b'9' or not b'0' <= s[i + 7] <= b'9':
+            # HTTP/DIGIT.DIGIT, checked byte by byte as it comes
+            r = n - i
+            if r > 8 or memcmp(s + i, b"HTTP/", r if r < 5 else 5) != 0 or \
+                    (r > 5 and not b'0' <= s[i + 5] <= b'9') or (r > 6 and s[i + 6] != b'.') or \
+                    (r > 7 and not b'0' <= s[i + 7] <= b'9') or (r < 8 and (cr or not partial)):
                 return self._bad("invalid HTTP version")
+            if r < 8:
+                return 0
             major = s[i + 5] - 48
             minor = s[i + 7] - 48
             if major == 1 and minor <= 1:
-                self._minor = minor
+                pass
             elif (major == 0 and minor == 9) or (major == 2 and minor == 0):
-                self._minor = -1                   # a version llhttp knows, refused when the head ends
+                minor = -1                     # a version llhttp knows, refused when the head ends
             else:
                 return self._bad("invalid HTTP version")
             if method is METHOD_PRI:
-                self._minor = -2                   # the rest of the preface is read, then refused
+                minor = -2                     # the rest of the preface is read, then refused
+        else:
+            # "METHOD target": HTTP/0.9's request line; llhttp reads the fields after it, and the head
+            # is refused when it ends (a limit may be reached first)
+            minor = -3
+        if partial:
+            return 0
+        self._minor = minor
         self._head.method = method
-        self._url = url
+        self._url = PyBytes_FromStringAndSize(s + t, te - t)
         return 0
 
     cdef int _pri_line(self, const char* s, Py_ssize_t n, bint partial) except -2:
