@@ -599,6 +599,7 @@ cdef class RequestReader:
     cdef void _complete(self):
         self._state = ST_IDLE
         self._closing = not self._head.keep_alive
+        self._head = None                  # (the exchange keeps it; an idle connection holds no head)
         self.request_end()
 
     # -- the body --------------------------------------------------------------------------------------
