@@ -1,6 +1,6 @@
 # One request and its response (included by worker.pyx), driven from here: routing, the route's policies,
-# the upstream head, the upstream call, the retry, the one failure path, the response, the log; and the
-# policy interface.
+# the upstream call, the one failure path, the response, the log; and the policy interface. The request
+# the upstream receives is built in upstream_request.pyx, the retry decided in retry.pyx.
 
 def _report_policy_error(where, exc):
     import sys
@@ -24,13 +24,6 @@ async def _await_gate(Exchange ex, aw):
 
 
 cdef bytes IDEMPOTENT = b" GET HEAD OPTIONS TRACE PUT DELETE "
-
-
-def _retry_now(Exchange ex, bint fresh):
-    """A retry's backoff is over: the next try (a fresh connection when it goes to the same target)."""
-    ex.retry_handle = None
-    if not ex.done and not ex.client.closed:
-        ex.acquire(fresh)
 
 
 cdef class Exchange:
@@ -233,7 +226,7 @@ cdef class Exchange:
             # A stale kept-alive connection is no outlier; a 503 made here (overloaded, no target) is none.
             if self.target is not None and err.cond != RC_SEND and err.status != 503:
                 self.target.failed_with(err.source == SRC_UPSTREAM_CONNECT, err.status)
-            if err.cond != RC_NONE and not self.resp_started and self.retry(err):
+            if err.cond != RC_NONE and not self.resp_started and decide_retry(self, err):
                 return
             self.err = err
             self.client.w.upstream_error(self, err.status)
@@ -246,74 +239,6 @@ cdef class Exchange:
                 return
         self.err = err
         self.respond_problem(err)
-
-    cdef bint retry(self, GatewayError err):
-        """The one retry decision. An upstream failure before any response byte went to the client is
-        tried again, on another target when there is one, when all of these hold:
-          - its condition (err.cond) is in the upstream's retry.on, and retry.attempts are not used up;
-          - nothing was sent (connect-failure), or the request may be repeated: an idempotent method
-            [RFC 9110 9.2.2] or `retry_safe` (a policy validated its Idempotency-Key), with its body kept
-            whole (replay_buffer);
-          - the retry budget admits it (retried requests in flight within budget_percent of the requests
-            in flight, or budget_min), so a failing upstream never meets a retry storm (a retry after a
-            failure that sent nothing anywhere adds no upstream work: counted, always admitted);
-          - after a full-jitter backoff, some of the route's deadline (timeout) is left: the try gets
-            per_try_timeout or what remains.
-        HTTP/2 upstreams re-send refused streams themselves (upstream_h2.pyx) and retry nothing here."""
-        cdef RouteRT route = self.route
-        cdef UpstreamGroup g = route.group
-        cdef int cond = err.cond
-        cdef double now, delay, remaining
-        cdef Target t, failed = self.target
-        cdef UpstreamConn c
-        if route.h2up or failed is None or not (g.retry_on >> cond) & 1:
-            return False
-        if (self.resent if cond == RC_SEND else self.tries >= g.attempts):
-            return False                        # (a stale pooled connection: once, not an attempt)
-        if cond != RC_CONNECT and cond != RC_REFUSED:       # sent: the upstream may have acted on it
-            if not self.retry_safe and IDEMPOTENT.find(b" " + self.head.method + b" ") < 0:
-                return False
-            if self.has_body and self.replay is None:       # not kept: over replay_buffer
-                return False
-        now = self.client.w.clock.now
-        delay = 0.0 if cond == RC_SEND else g.backoff_delay(self.tries + 1)
-        remaining = self.t0 * 1e-9 + route.deadline - now - delay
-        if remaining <= 0:
-            return False
-        if not self.retrying:
-            if not g.retry_admit(cond == RC_CONNECT or cond == RC_REFUSED or cond == RC_SEND):
-                return False
-            self.retrying = True
-        if self.attempts is None:
-            self.attempts = []
-        self.attempts.append(f"{failed.hostport.decode()} {err.kind or err.status}")
-        g.count_retry(cond)
-        if cond == RC_SEND:
-            self.resent = True
-        else:
-            self.tries += 1
-        self.retried = True
-        self.retried_err = err
-        self.try_timeout = route.try_timeout if route.try_timeout < remaining else remaining
-        if self.up is not None:                 # an answer retried on its status: not relayed
-            c = self.up
-            self.up = None
-            c.ex = None
-            c.abort()
-        self.sent = False
-        self.out = []
-        if self.replay is not None:
-            self.pending = self.replay + self.pending
-            self.pending_bytes = sum(len(<bytes>x) for x in self.pending)
-            self.replay = None
-        t = failed
-        if self.head.host:                      # (without Host, the head carries the target's address)
-            t = g.pick_other(self, failed)
-            if t is not failed and self.counted:
-                failed.finish()                 # pick_other counted the new one in flight
-        self.target = t
-        self.retry_handle = self.client.loop.call_later(delay, _retry_now, self, t is failed)
-        return True
 
     cdef void release_slots(self):
         """The exchange ends: its places in its upstream's counts (requests in flight, retry budget) are
@@ -328,14 +253,6 @@ cdef class Exchange:
             self.retry_handle.cancel()
             self.retry_handle = None
 
-    cdef str attempt_log(self):
-        """The access log's `attempts`: each try's target and outcome, the last one's status included;
-        None when there was one try."""
-        if self.attempts is None:
-            return None
-        last = self.target.hostport.decode() if self.target is not None else "-"
-        return "; ".join(self.attempts + [f"{last} {self.err.kind if self.err is not None else self.status}"])
-
     # -- response --------------------------------------------------------------------------------------
     cdef void resp_head(self, UpstreamConn c, int status):
         cdef bint is_head = self.head.method == b"HEAD"
@@ -345,7 +262,7 @@ cdef class Exchange:
             if (self.route.group.retry_on >> (RC_502 + status - 502)) & 1:       # opt-in: retry.on "50x"
                 err = gateway_error(status, "bad-gateway", SRC_UPSTREAM_RESPONSE, False, None, str(status))
                 err.cond = RC_502 + status - 502
-                if self.retry(err):
+                if decide_retry(self, err):
                     return
         else:
             self.target.success()
@@ -545,92 +462,6 @@ cdef class Exchange:
         finally:
             cl.batching = False
             cl.flush()
-
-    cdef bytes upstream_head(self, RouteRT route, RequestHead h):
-        """The HTTP/1.1 request head sent upstream: the path without the stripped prefix, the forwarded
-        fields less those the route removes, the route's and the policies' additions, then the fields the
-        gateway owns (X-Forwarded-*, X-Request-ID, trace context) and framing rebuilt by fastgw."""
-        cdef bytes path = h.path
-        cdef list parts
-        cdef list pieces = h.pieces
-        if route.strip:
-            path = stripped(route, path)
-        if h.drop is not None or route._req_remove is not None:
-            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-        # The target is picked here, once per request: a request without Host carries the address of
-        # the target it reaches (acquire connects to it).
-        self.target = route.group.pick(self)
-        if self.target is None:
-            return None
-        self.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
-        host = h.host if h.host else self.target.hostport
-        parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        if pieces:
-            parts.extend(pieces)
-        if route.req_add:
-            parts.append(route.req_add)
-        if self.up_extra is not None:
-            parts.append(self.up_extra)
-        parts.append(b"X-Forwarded-For: ")
-        if h.xff is not None:
-            parts.append(h.xff)
-            parts.append(b", ")
-        parts.append(self.client.peer)
-        parts.append(b"\r\nX-Forwarded-Proto: ")
-        parts.append(self.client.proto)
-        if h.host:
-            parts.append(b"\r\nX-Forwarded-Host: ")
-            parts.append(h.host)
-        parts.append(b"\r\nX-Request-ID: ")
-        parts.append(self.rid)
-        parts.append(self.traceparent_line())        # always: the trace continued or started here
-        if h.tracestate is not None:                  # valid, within bounds, with a continued trace
-            parts.append(b"\r\ntracestate: ")
-            parts.append(h.tracestate)
-        if h.chunked:
-            parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
-        elif h.content_length >= 0:
-            parts.append(b"\r\nContent-Length: %d\r\n\r\n" % h.content_length)
-        else:
-            parts.append(b"\r\n\r\n")
-        return concat(parts)
-
-    cdef list upstream_fields(self, RouteRT route, RequestHead h):
-        """The same request as upstream_head, as an HTTP/2 field list (pseudo-fields first, names
-        lowercase): Host becomes :authority; the body is DATA, so the only framing field kept is
-        Content-Length, when the client gave one."""
-        cdef bytes path = h.path
-        cdef list pieces = h.pieces
-        cdef list fields
-        cdef Py_ssize_t i
-        cdef Downstream cl = self.client
-        if route.strip:
-            path = stripped(route, path)
-        if h.drop is not None or route._req_remove is not None:
-            pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
-        self.target = route.group.pick(self)          # once per request, as in upstream_head
-        if self.target is None:
-            return None
-        self.counted = route.group.balance == B_LEAST_REQUEST      # pick counted it in flight
-        fields = [(b":method", h.method), (b":scheme", b"http" if route.group.ssl is None else b"https"),
-                  (b":authority", h.host if h.host else self.target.hostport), (b":path", path + h.query)]
-        for i in range(0, len(pieces), 4):
-            fields.append(((<bytes>pieces[i]).lower(), pieces[i + 2]))
-        if route.req_add:
-            _h2_lines(route.req_add, fields)
-        if self.up_extra is not None:
-            _h2_lines(self.up_extra, fields)
-        fields.append((b"x-forwarded-for", cl.peer if h.xff is None else h.xff + b", " + cl.peer))
-        fields.append((b"x-forwarded-proto", cl.proto))
-        if h.host:
-            fields.append((b"x-forwarded-host", h.host))
-        fields.append((b"x-request-id", self.rid))
-        fields.append((b"traceparent", self.traceparent()))
-        if h.tracestate is not None:
-            fields.append((b"tracestate", h.tracestate))
-        if h.content_length >= 0:
-            fields.append((b"content-length", b"%d" % h.content_length))
-        return fields
 
     # -- policy interface ------------------------------------------------------------------------------
     # A route's phases (compiled from its policies at config load; fastgw/policies/contract.py) receive
@@ -1021,37 +852,3 @@ cdef bytes route_lines(RouteRT route, RequestHead h):
     except Exception as exc:
         _report_policy_error(route.name, exc)
     return out
-
-
-cdef bytes stripped(RouteRT route, bytes path):
-    """The path sent upstream on a strip_prefix route: without the route's prefix, never empty."""
-    path = path[route.strip:]
-    if len(path) == 0 or path[0] != 47:
-        path = b"/" + path
-    return path
-
-
-cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):
-    """Pieces without the headers named in `drop` or `remove` (folded: lowercase, "_" read as "-", as
-    upstreams that fold names read them; fastgw/headers.py): `pieces` itself when none is (the common
-    case: nothing allocated). A name is folded and looked up only when its length is the length of a name
-    in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
-    cdef list out = None
-    cdef Py_ssize_t i, k, n = len(pieces)
-    cdef uint64_t lengths = remove_lengths | name_lengths(drop)
-    cdef bint hit
-    cdef bytes name
-    for i in range(0, n, 4):
-        k = len(<bytes>pieces[i])
-        hit = False
-        if (lengths >> (k if k < 63 else 63)) & 1:
-            name = (<bytes>pieces[i]).lower()
-            if memchr(<const char*>name, 95, k) != NULL:       # '_'
-                name = name.replace(b"_", b"-")
-            hit = (drop is not None and name in drop) or (remove is not None and name in remove)
-        if hit:
-            if out is None:
-                out = pieces[:i]
-        elif out is not None:
-            out += pieces[i:i + 4]
-    return pieces if out is None else out

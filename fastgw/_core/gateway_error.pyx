@@ -13,7 +13,7 @@ was made (refused, failed, timed out, TLS), a kept-alive connection was lost bef
 (the upstream closed it as it was reused: the request never reached it), or an HTTP/2 stream was refused.
 Sending such a request again is safe whatever its method. `cond` names the retry condition a failure
 meets (RetryCond: connect-failure, reset-before-response, timeout, ...); the exchange's one retry decision
-(exchange.pyx Exchange.retry) weighs it against the upstream's `retry.on`, the method (RFC 9110 9.2.2
+(retry.pyx decide_retry) weighs it against the upstream's `retry.on`, the method (RFC 9110 9.2.2
 idempotent methods, or a policy's `retry_safe`), the attempts, the budget and the deadline [nginx
 proxy_next_upstream retries only idempotent requests once they were sent].
 """

@@ -6,7 +6,7 @@
 #            the request passed its route's policies
 #
 # Rules kept here (and why):
-# * The upstream request is the exchange's (Exchange.upstream_fields), so an HTTP/1.1 client's request
+# * The upstream request is the exchange's (upstream_request.pyx upstream_fields), so an HTTP/1.1 client's request
 #   arrives as an HTTP/2 one: Host as :authority, the fields the wire table does not forward already
 #   dropped by the reader, names lowercase (RFC 9113 8.2.1), the body as DATA (a chunked body unframed by
 #   the reader and streamed as it comes, its length unknown), Content-Length kept when the client gave it.
@@ -76,7 +76,7 @@ cdef bint h2_start(Exchange ex, bint grpc):
     cdef RouteRT route = ex.route
     cdef H2Stream st = None
     cdef H2Call call
-    cdef list fields = ex.upstream_fields(route, ex.head)
+    cdef list fields = upstream_fields(ex, route, ex.head)
     cdef Target t = ex.target
     cdef long long owed = 0
     cdef bint ended

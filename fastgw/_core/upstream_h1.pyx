@@ -273,7 +273,7 @@ cdef class H1Upstream(Upstream):
     the connect task) and its pooled UpstreamConn's; the exchange's acquire/attach/release_upstream and
     upstream_failed are this kind's helpers."""
     cdef bint start(self, Exchange ex):
-        ex.up_head = ex.upstream_head(ex.route, ex.head)
+        ex.up_head = upstream_head(ex, ex.route, ex.head)
         if ex.up_head is None:              # every target ejected, below panic_threshold, on_panic "fail"
             ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                     _failures.NO_TARGET))

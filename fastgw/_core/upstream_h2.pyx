@@ -182,7 +182,7 @@ cdef class H2UpConn:
     def __init__(self, H2Pool pool):
         self.pool = pool
         # The request fields come from a request head the readers validated against the wire table
-        # (exchange.pyx upstream_fields), so h2's outbound passes are skipped; the response fields are
+        # (upstream_request.pyx upstream_fields), so h2's outbound passes are skipped; the response fields are
         # validated by h2 (they reach HTTP/1.1 clients). HPACK is the core's codec (hpack.pyx): h2's pure
         # Python one was the largest cost of a request in the profile.
         h = ClientH2(config=H2Configuration(client_side=True, header_encoding=None,

@@ -6,7 +6,9 @@ counting, request ids), with the modules whose types refer to one another includ
   protocol.pyx      write batching, the TLS handshake protocol
   upstream.pyx      Upstream: how an exchange drives its route's upstream, whatever it speaks (upstream.pxd)
   upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan; H1Upstream
-  exchange.pyx      Exchange: one request and its response, the retry, the failure path, the policy API
+  exchange.pyx      Exchange: one request and its response, the failure path, the policy API
+  upstream_request.pyx  the request an upstream receives: upstream_head (HTTP/1.1), upstream_fields (HTTP/2)
+  retry.pyx         the one retry decision (decide_retry) and the access log's attempts
   downstream.pyx    Downstream: what an exchange asks of its client side (downstream.pxd), the shared part
   h1engine.pyx      ClientConn: the client connection's protocol and its HTTP/1.1 session (a Downstream)
   h2engine.pyx      H2Conn: the downstream HTTP/2 engine
@@ -23,7 +25,7 @@ Rules kept here (and why):
 * Pipelined requests are served one at a time, in order; at most `max_pipelined` wait, beyond that the
   connection answers the queued ones and closes (a client may always retry an unanswered request).
 * Timeouts are swept by the Worker every quarter second from a coarse clock: no timer per request.
-* A failure before any response byte reached the client is retried by one decision (Exchange.retry:
+* A failure before any response byte reached the client is retried by one decision (retry.pyx decide_retry:
   the upstream's retry.on, idempotency, attempts, budget, deadline), on another target when there is one.
 * If the upstream fails after the response started, the client connection is closed: a truncated
   response is never presented as a complete one.
@@ -67,6 +69,8 @@ include "protocol.pyx"
 include "upstream.pyx"
 include "upstream_h1.pyx"
 include "exchange.pyx"
+include "upstream_request.pyx"
+include "retry.pyx"
 include "downstream.pyx"
 include "h1engine.pyx"
 include "h2engine.pyx"
@@ -277,7 +281,7 @@ cdef class Worker:
                                     ex.err.kind if ex.err is not None else None,
                                     ex.grpc_code - 1 if ex.grpc_code else None, ex.err, ex.retried_err,
                                     ex.traceparent_line(), up,
-                                    ex.attempt_log() if ex.attempts is not None else None))
+                                    attempt_log(ex) if ex.attempts is not None else None))
         if rt.trace_export and self.spans is not None and (
                 ex.tc.flags & FLAG_SAMPLED or (rt.trace_errors and (ex.status >= 500 or dur >= rt.trace_slow_ns))):
             self.export_span(ex, now, dur, up)

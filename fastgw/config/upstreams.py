@@ -80,7 +80,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_requests: int = 1024                 # requests in flight to the upstream (any protocol)
 
 
-# The conditions `retry.on` may name (exchange.pyx Exchange.retry): the first two for any method (nothing
+# The conditions `retry.on` may name (retry.pyx decide_retry): the first two for any method (nothing
 # was sent), the others for idempotent requests; the first four are on by default.
 RETRY_ON = ("connect-failure", "refused-stream", "reset-before-send", "reset-before-response",
             "timeout", "502", "503", "504")
