@@ -13,7 +13,6 @@ from fastgw._core.http1 cimport (
     RequestReader, h1_field, h1_head_done,
 )
 from fastgw._core.wire cimport A_CONTENT_LENGTH, HeaderTable
-from fastgw._core.wire import DEFAULT_TABLE
 
 
 cdef int version_from_line(bytes line, bytes method, bytes url):
@@ -44,16 +43,11 @@ cdef int version_from_line(bytes line, bytes method, bytes url):
 cdef class LlhttpRequestReader(RequestReader):
     def __init__(self, Py_ssize_t max_request_line=8192, Py_ssize_t max_header_bytes=32768,
                  Py_ssize_t max_headers=100, HeaderTable table=None):
+        RequestReader.__init__(self, max_request_line, max_header_bytes, max_headers, table)
         self._parser = HttpRequestParser(self)
         self._feed = self._parser.feed_data     # bound once: no method lookup per read (nor per head below)
         self._get_method = self._parser.get_method
         self._keep_alive = self._parser.should_keep_alive
-        self._table = DEFAULT_TABLE if table is None else table
-        self._max_line = max_request_line
-        self._max_hbytes = max_header_bytes
-        self._max_headers = max_headers
-        self._state = ST_IDLE
-        self.upgraded = False
         self._slack = 0
 
     # -- input -----------------------------------------------------------------------------------------
