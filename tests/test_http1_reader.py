@@ -200,6 +200,12 @@ BAD = {
                          + b"\r\n", 431),
     "headers-too-large": (b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
     "request-line-too-long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
+    # llhttp reads RTSP and ICE request lines; the httptools reader forwarded them as HTTP/1.x
+    "rtsp-version": (b"GET / RTSP/1.0\r\nHost: h\r\n\r\n", 400),
+    "rtsp-method": (b"FLUSH / RTSP/1.0\r\nHost: h\r\n\r\n", 400),
+    "ice-version": (b"SOURCE / ICE/1.0\r\nHost: h\r\n\r\n", 400),
+    # over 2**63 - 1: the httptools reader raised OverflowError out of feed()
+    "cl-over-int64": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9223372036854775808\r\n\r\n", 400),
 }
 
 

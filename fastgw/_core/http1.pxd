@@ -9,17 +9,41 @@ cdef enum:
     ST_BODY = 2      # head done, body (possibly empty) in progress
     ST_DEAD = 3      # an error was reported, or the connection reads no more requests
 
-# Bytes of chunk-size lines beyond "HEX CRLF" (extensions, padding) tolerated per request. llhttp parses
-# extensions without buffering them, and fastgw re-chunks bodies so they are never forwarded; the cap stops
-# a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class).
-# Input is fed to llhttp in slices so that this bound is checked before a message can complete: a
-# chunked body is fed CHUNK_SLICE bytes at a time and rejected once its slack passes
-# MAX_CHUNK_SLACK - CHUNK_SLICE, so a message with more than MAX_CHUNK_SLACK bytes of slack never
-# completes, and one with up to MAX_CHUNK_SLACK - CHUNK_SLICE (3 KiB) always passes.
+# Bytes of chunk-size lines beyond "HEX CRLF" (extensions, padding) tolerated per request. The parser
+# reads extensions without keeping them, and fastgw re-chunks bodies so they are never forwarded; the cap
+# stops a client from streaming unbounded non-data bytes (the 2024 chunk-extension DoS class). It is
+# counted byte by byte, so a message with more never completes.
+# (The reference reader, http1_llhttp.pyx, feeds llhttp CHUNK_SLICE bytes at a time inside a chunked
+# body, SLICE elsewhere, to check the same bound there; it refuses past MAX_CHUNK_SLACK - CHUNK_SLICE.)
 cdef enum:
     MAX_CHUNK_SLACK = 4096
     SLICE = 4096
     CHUNK_SLICE = 1024
+
+# Where the reader is inside a chunked body (RequestReader._chunk).
+cdef enum:
+    CH_SIZE0 = 0        # the first hex digit of a chunk-size
+    CH_SIZE = 1         # more digits, ';' or CR
+    CH_EXT0 = 2         # after ';'
+    CH_EXT_NAME = 3
+    CH_EXT_VAL0 = 4     # after '='
+    CH_EXT_VAL = 5      # a token value
+    CH_EXT_QUOTED = 6   # inside a quoted value
+    CH_EXT_QEND = 7     # after its closing quote
+    CH_SIZE_LF = 8      # the LF of the chunk-size line
+    CH_DATA = 9
+    CH_DATA_CR = 10
+    CH_DATA_LF = 11
+    CH_LAST_CR = 12     # after the last chunk's line: the empty line (a trailer field is refused)
+    CH_LAST_LF = 13
+
+# Connection semantics of one head (FieldState.conn): the Connection tokens close, keep-alive, upgrade,
+# and an Upgrade field present (both upgrade bits: the request switches protocols, as CONNECT does).
+cdef enum:
+    CONN_CLOSE = 1
+    CONN_KEEP_ALIVE = 2
+    CONN_UPGRADE = 4
+    CONN_UPGRADE_FIELD = 8
 
 cdef class RequestHead:
     cdef public bytes method
@@ -50,37 +74,54 @@ cdef enum:
 
 cdef int take_field(RequestHead h, int code, bytes name, bytes value, unsigned long long* creds) except -1
 
+# What a reader knows of a head's fields so far, for the checks both HTTP/1.1 readers share.
+cdef struct FieldState:
+    bint host_seen
+    bint te_seen
+    bint te_chunked                # the Transfer-Encoding field is exactly "chunked"
+    int conn                       # CONN_* bits
+    unsigned long long creds       # bit k: credential header k (wire.pxd A_CREDENTIALS) seen in this head
+
+cdef str h1_field(RequestHead h, int code, bytes name, bytes value, FieldState* st)
+cdef str h1_head_done(RequestHead h, bytes url, int minor, FieldState* st)
+
 cdef class RequestReader:
-    cdef object _parser
-    cdef object _feed
-    cdef object _get_method
-    cdef object _keep_alive
     cdef HeaderTable _table
     cdef Py_ssize_t _max_line
     cdef Py_ssize_t _max_hbytes
     cdef Py_ssize_t _max_headers
     cdef int _state
-    cdef list _url
-    cdef Py_ssize_t _url_len
+    cdef bytearray _buf            # the incomplete line of a head split over reads; None otherwise
+    cdef Py_ssize_t _hfed          # bytes of this head's complete lines
     cdef Py_ssize_t _hbytes
     cdef Py_ssize_t _nheaders
-    cdef Py_ssize_t _head_fed
     cdef RequestHead _head
-    cdef bint _host_seen
-    cdef bint _te_seen
-    cdef unsigned long long _creds # bit k: credential header k (wire.pxd A_CREDENTIALS) seen in this head
-    cdef bytes _te
-    cdef long long _chunk_bytes
-    cdef long long _feed_acc
-    cdef long long _slack
-    cdef bytes _line               # the fed slice that began while idle: usually starts with the request line
+    cdef bytes _url
+    cdef int _minor                # of the request line; < 0: refused when the head ends (-1: HTTP/0.9 or 2.0,
+                                   #   -3: no version), or after the line (-2: PRI, the HTTP/2 preface)
+    cdef FieldState _fs
+    cdef bint _cl_seen
+    cdef bint _closing             # the last message did not keep the connection: nothing may follow
+    cdef int _chunk                # CH_* inside a chunked body
+    cdef unsigned long long _left  # body bytes still due (Content-Length), or of the current chunk
+    cdef int _digits               # hex digits of the current chunk-size
+    cdef long long _slack          # chunk-extension and padding bytes of this request
     cdef public bint upgraded
 
     cpdef feed(self, bytes data)
-    cdef int _feed1(self, bytes data) except -1
-    cdef int _reject(self, int status, str slug, str detail) except -1
     cdef void _fail(self, int status, str slug, str detail)
     cdef void _begin(self)
+    cdef Py_ssize_t _head_in(self, bytes data, Py_ssize_t i) except -1
+    cdef int _line(self, const char* s, Py_ssize_t n) except -2
+    cdef int _request_line(self, const char* s, Py_ssize_t n, bint partial) except -2
+    cdef int _pri_line(self, const char* s, Py_ssize_t n, bint partial) except -2
+    cdef int _bad(self, str detail) except -2
+    cdef int _field_line(self, const char* s, Py_ssize_t n) except -2
+    cdef int _head_done(self) except -2
+    cdef void _complete(self)
+    cdef Py_ssize_t _body(self, bytes data, Py_ssize_t i) except -1
+    cdef Py_ssize_t _chunked(self, bytes data, Py_ssize_t i) except -1
+    cdef Py_ssize_t _bad_body(self, str detail) except -1
     cpdef request_head(self, RequestHead head)
     cpdef request_body(self, bytes data)
     cpdef request_end(self)
