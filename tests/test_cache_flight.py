@@ -29,7 +29,9 @@ async def burst(base: str, path: str, params: list[tuple[str, str]]) -> list[htt
 
 def run(tmp_path: Path, workers: int, path: str, params: list[tuple[str, str]]) -> tuple[Any, CacheOrigin, list[httpx.Response]]:
     o = CacheOrigin().start()
-    o.delay = 0.5                                # the leader's response takes a while: the others pile up
+    # The leader's response takes a while: the others pile up. Long enough for all 200 to arrive during
+    # the flight on a loaded machine (0.5 s let a third of them arrive after the entry was stored).
+    o.delay = 2.0
     gw = start(tmp_path, config(o.addr, f"127.0.0.1:{free_port()}"), workers=workers)
     try:
         rs = asyncio.run(burst(gw.base, path, params))
