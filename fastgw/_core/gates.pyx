@@ -602,8 +602,32 @@ cdef class PlanGate:
 cdef class RateGate(Gate):
     """Fast path of fastgw.policies.ratelimit.RateLimitPolicy (set up by its __init__)."""
     cdef public PlanGate default             # the route's plan, or None
-    cdef public dict by_name                 # plan name -> PlanGate (a consumer's or token's plan)
-    cdef public dict counters                # plan name -> Counter (absent: not counted)
+    cdef dict plans                          # by_name
+    cdef dict counted                        # counters
+    # The last lookup in each, kept: the names come from the shared Identity and PlanGate objects, so the
+    # same str objects recur request after request (compared by identity; set again with the dict).
+    cdef object seen_plan, seen_gate         # plan name -> its PlanGate (or None)
+    cdef object seen_count, seen_counter     # plan name -> its Counter (or None)
+
+    @property
+    def by_name(self):
+        """plan name -> PlanGate (a consumer's or token's plan)."""
+        return self.plans
+
+    @by_name.setter
+    def by_name(self, dict plans):
+        self.plans = plans
+        self.seen_plan = self.seen_gate = None
+
+    @property
+    def counters(self):
+        """plan name -> Counter (absent: not counted)."""
+        return self.counted
+
+    @counters.setter
+    def counters(self, dict counted):
+        self.counted = counted
+        self.seen_count = self.seen_counter = None
 
     cpdef object on_request(self, object ex):
         cdef PlanGate pg = self.default
@@ -613,7 +637,10 @@ cdef class RateGate(Gate):
             consumer = (<Identity?>ident).consumer      # checked: only AuthGate sets it
             pname = (<Identity>ident).plan
             if pname is not None:
-                hit = self.by_name.get(pname)
+                if pname is not self.seen_plan:
+                    self.seen_gate = self.plans.get(pname)
+                    self.seen_plan = pname
+                hit = self.seen_gate
                 if hit is not None:
                     pg = <PlanGate>hit
         if pg is None:
@@ -666,7 +693,10 @@ cdef class RateGate(Gate):
         """A shadow limit was over its budget (Python subclass: count and log)."""
 
     cpdef void count(self, object plan_name, int decision):
-        c = self.counters.get(plan_name)
+        if plan_name is not self.seen_count:
+            self.seen_counter = self.counted.get(plan_name)
+            self.seen_count = plan_name
+        c = self.seen_counter
         if c is not None:
             (<Counter>c).count(decision)
 
