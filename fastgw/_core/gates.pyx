@@ -26,6 +26,7 @@ cannot tell.
 Measured with callgrind on the gateway scenario (bench/ratelimit.py): the Python policies cost ~33k
 instructions per request on top of the ~32k of plain proxying; see the README's benchmark section.
 """
+cimport cython
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
@@ -599,35 +600,31 @@ cdef class PlanGate:
             self.conc[i] = 1 if lim.is_conc else 0
 
 
+@cython.final
+cdef class LastLookup:
+    """One dict lookup kept: d.get(key) again for the same dict and key object (compared by identity)
+    returns the value found then. For keys that recur as the same objects request after request (plan
+    names from the shared Identity and PlanGate objects) in dicts set up once (RateGate's)."""
+    cdef object d, key, value
+
+    cdef inline object get(self, dict d, object key):
+        if key is not self.key or d is not self.d:
+            self.value = d.get(key)
+            self.key = key
+            self.d = d
+        return self.value
+
+
 cdef class RateGate(Gate):
     """Fast path of fastgw.policies.ratelimit.RateLimitPolicy (set up by its __init__)."""
     cdef public PlanGate default             # the route's plan, or None
-    cdef dict plans                          # by_name
-    cdef dict counted                        # counters
-    # The last lookup in each, kept: the names come from the shared Identity and PlanGate objects, so the
-    # same str objects recur request after request (compared by identity; set again with the dict).
-    cdef object seen_plan, seen_gate         # plan name -> its PlanGate (or None)
-    cdef object seen_count, seen_counter     # plan name -> its Counter (or None)
+    cdef public dict by_name                 # plan name -> PlanGate (a consumer's or token's plan)
+    cdef public dict counters                # plan name -> Counter (absent: not counted)
+    cdef LastLookup plan_seen, count_seen    # the last lookup in each
 
-    @property
-    def by_name(self):
-        """plan name -> PlanGate (a consumer's or token's plan)."""
-        return self.plans
-
-    @by_name.setter
-    def by_name(self, dict plans):
-        self.plans = plans
-        self.seen_plan = self.seen_gate = None
-
-    @property
-    def counters(self):
-        """plan name -> Counter (absent: not counted)."""
-        return self.counted
-
-    @counters.setter
-    def counters(self, dict counted):
-        self.counted = counted
-        self.seen_count = self.seen_counter = None
+    def __cinit__(self):
+        self.plan_seen = LastLookup()
+        self.count_seen = LastLookup()
 
     cpdef object on_request(self, object ex):
         cdef PlanGate pg = self.default
@@ -637,10 +634,7 @@ cdef class RateGate(Gate):
             consumer = (<Identity?>ident).consumer      # checked: only AuthGate sets it
             pname = (<Identity>ident).plan
             if pname is not None:
-                if pname is not self.seen_plan:
-                    self.seen_gate = self.plans.get(pname)
-                    self.seen_plan = pname
-                hit = self.seen_gate
+                hit = self.plan_seen.get(self.by_name, pname)
                 if hit is not None:
                     pg = <PlanGate>hit
         if pg is None:
@@ -693,10 +687,7 @@ cdef class RateGate(Gate):
         """A shadow limit was over its budget (Python subclass: count and log)."""
 
     cpdef void count(self, object plan_name, int decision):
-        if plan_name is not self.seen_count:
-            self.seen_counter = self.counted.get(plan_name)
-            self.seen_count = plan_name
-        c = self.seen_counter
+        c = self.count_seen.get(self.counters, plan_name)
         if c is not None:
             (<Counter>c).count(decision)
 
