@@ -11,7 +11,8 @@ it received, so a test can check the conversion an HTTP/1.1 request went through
   the body           the request body echoed, or with /big/N: N bytes of `pattern()`
 
 Paths shape the behaviour: /trailers/... ends the response with trailers (x-trailer: yes); /stall/...
-sends its head and 5 body bytes, then nothing more (never ends the stream); a path with "refuse-once" is refused (RST_STREAM REFUSED_STREAM) the first time it is seen. With goaway_after=N the
+sends its head and 5 body bytes, then nothing more (never ends the stream); a path with "refuse-once" is refused (RST_STREAM REFUSED_STREAM) the first time it is seen, one with
+"reset-once" reset (RST_STREAM INTERNAL_ERROR: it may have been processed) the first time. With goaway_after=N the
 first connection, once N streams have arrived, sends GOAWAY naming the Nth: the streams after it are
 never processed (RFC 9113 6.8), the others are answered, then the connection closes.
 
@@ -169,11 +170,13 @@ class H2Origin:
                         head = dict(ev.headers)
                         path = head[b":path"]
                         refuse = b"refuse-once" in path and path not in self.seen
+                        drop = b"reset-once" in path and path not in self.seen
                         self.seen.append(path)
                         if last_sid and ev.stream_id > last_sid:
                             continue                     # after our GOAWAY: never processed
-                        if refuse:
-                            conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                        if refuse or drop:
+                            conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM if refuse
+                                              else h2.errors.ErrorCodes.INTERNAL_ERROR)
                             continue
                         heads[ev.stream_id] = head
                         bodies[ev.stream_id] = bytearray()

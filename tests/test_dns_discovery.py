@@ -94,3 +94,47 @@ def test_addresses_join_and_leave_under_load_and_a_failing_name_keeps_its_last_s
     finally:
         for o in origins.values():
             o.stop()
+
+
+def test_the_prober_checks_each_resolved_address_and_the_status_lists_them(gateway, tmp_path: Path) -> None:
+    """With [health] on a name target, every address the name resolves to is probed and judged on its own
+    record (the one the balancers pick); /status/upstreams lists them under the name, each with its state."""
+    from tests.test_health_checks import CheckedOrigin
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed: add it to .ci/run's apt list")
+    first = CheckedOrigin().start("127.0.0.2")
+    port = first.port
+    origins = {"127.0.0.2": first, "127.0.0.3": CheckedOrigin().start("127.0.0.3", port)}
+    hosts = tmp_path / "hosts"
+    hosts.write_text("")
+    write_hosts(hosts, "127.0.0.2", "127.0.0.3")
+    prefix = ["unshare", "-rm", "sh", "-c", f'mount --bind {hosts} /etc/hosts && exec "$0" "$@"']
+    try:
+        gw = gateway.start({"u": {"targets": [f"{NAME}:{port}"], "resolve_every": "300ms",
+                                  "health": {"interval": "100ms", "timeout": "80ms", "healthy": 1,
+                                             "unhealthy": 2}}},
+                           [{"name": "r", "path": "/*", "upstream": "u"}], server={"workers": 2}, prefix=prefix)
+        origins["127.0.0.3"].sick = True
+        time.sleep(1.5)
+        assert all(o.probes >= 5 for o in origins.values()), {ip: o.probes for ip, o in origins.items()}
+        assert all(r.head.values("host") == [f"{NAME}:{port}"] for o in origins.values()
+                   for r in o.requests if r.head.target == "/healthz")
+        target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
+        states = {t["target"]: (t["state"], t["reason"]) for t in target["dns"]["targets"]}
+        assert states == {f"127.0.0.2:{port}": ("up", None), f"127.0.0.3:{port}": ("down", "health")}, target
+        assert target["state"] == "up"                 # the name's own record: not judged once it resolved
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            assert Counter(c.get("/x").status_code for _ in range(40)) == {200: 40}
+        traffic = {ip: sum(1 for r in o.requests if r.head.target == "/x") for ip, o in origins.items()}
+        assert traffic == {"127.0.0.2": 40, "127.0.0.3": 0}, traffic        # the down address gets none
+        origins["127.0.0.3"].sick = False
+        time.sleep(0.6)
+        target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
+        assert {t["state"] for t in target["dns"]["targets"]} == {"up"}, target
+        write_hosts(hosts, "127.0.0.2")                # a vanished address leaves the list
+        time.sleep(1.0)
+        target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
+        assert [t["target"] for t in target["dns"]["targets"]] == [f"127.0.0.2:{port}"], target
+    finally:
+        for o in origins.values():
+            o.stop()

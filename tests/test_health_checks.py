@@ -66,3 +66,29 @@ def test_one_prober_per_host_marks_a_sick_target_down_and_back(gateway) -> None:
     finally:
         for o in origins:
             o.stop()
+
+
+def test_a_target_a_check_brings_back_slow_starts(gateway) -> None:
+    """The prober counts the return in the upstream's record; the workers ramp the target up from it."""
+    origins = [CheckedOrigin().start() for _ in range(2)]
+    try:
+        gw = gateway.start({"u": {"targets": [o.addr for o in origins], "slow_start": "5s",
+                                  "health": {"interval": "100ms", "timeout": "80ms", "healthy": 1,
+                                             "unhealthy": 1}}},
+                           [{"name": "r", "path": "/*", "upstream": "u"}], server={"workers": 2})
+        origins[0].sick = True
+        deadline = time.monotonic() + 5
+        while states(gw)[origins[0].addr] != "down" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        origins[0].sick = False
+        while states(gw)[origins[0].addr] != "up" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        n = len([r for r in origins[0].requests if r.head.target != "/healthz"])
+        with gw.client() as c:
+            for _ in range(100):                            # within the window's first second or so
+                assert c.get("/x").status_code == 200
+        back = len([r for r in origins[0].requests if r.head.target != "/healthz"]) - n
+        assert back < 30, back                               # at full weight: 50 of 100
+    finally:
+        for o in origins:
+            o.stop()

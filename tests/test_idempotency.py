@@ -28,9 +28,8 @@ from tests.procutil import Gateway, admin_get
 KEYS = {"partner-a": "key-a", "partner-b": "key-b"}
 
 
-def config(origin: str, redis_url: str, *, idem: str = "", timeout: str = "5s") -> str:
-    consumers = "".join(f'[consumers.{c}]\napi_keys_sha256 = ["{hashlib.sha256(k.encode()).hexdigest()}"]\n'
-                        for c, k in KEYS.items())
+def base(redis_url: str) -> str:
+    """The listeners and the store every gateway of these tests has."""
     return f'''
 [server]
 listen = ["127.0.0.1:0"]
@@ -39,6 +38,13 @@ listen = "127.0.0.1:0"
 [redis]
 url = "{redis_url}"
 timeout = "250ms"
+'''
+
+
+def config(origin: str, redis_url: str, *, idem: str = "", timeout: str = "5s") -> str:
+    consumers = "".join(f'[consumers.{c}]\napi_keys_sha256 = ["{hashlib.sha256(k.encode()).hexdigest()}"]\n'
+                        for c, k in KEYS.items())
+    return base(redis_url) + f'''
 [upstreams.echo]
 targets = ["{origin}"]
 timeout = "{timeout}"
@@ -253,9 +259,7 @@ def test_config_checks() -> None:
                          ('idempotency = { methods = ["GET"] }\n[redis]\nurl = "redis://127.0.0.1:6379"\n',
                           "safe method"),
                          ('idempotency = { lock_ttl = "10s", ttl = "5s" }\n[redis]\nurl = "redis://127.0.0.1:6379"\n',
-                          "shorter than lock_ttl"),
-                         ('idempotency = {}\ncache = "c"\n[cache.c]\n[redis]\nurl = "redis://127.0.0.1:6379"\n',
-                          "not together with routes[].cache")):
+                          "shorter than lock_ttl")):
         try:
             loads(base + extra)
         except ConfigError as e:
@@ -269,14 +273,7 @@ def test_replay_through_an_http2_upstream(tmp_path: Path, redis_server: Any) -> 
     body sent as DATA: stored and replayed the same, the upstream answering each key once."""
     from h2upstream import H2Origin
     origin = H2Origin().start()
-    text = f'''
-[server]
-listen = ["127.0.0.1:0"]
-[admin]
-listen = "127.0.0.1:0"
-[redis]
-url = "{redis_server.url}"
-timeout = "250ms"
+    text = base(redis_server.url) + f'''
 [upstreams.h2]
 targets = ["{origin.addr}"]
 protocol = "h2"
@@ -304,3 +301,91 @@ idempotency = {{ lock_ttl = "2s" }}
     finally:
         gw.close()
         origin.stop()
+
+
+def test_with_the_cache_on_one_route(tmp_path: Path, echo_origin: Any, redis_server: Any) -> None:
+    """Each policy keeps its own request state (Gate.state): on a route with both the cache and the
+    Idempotency-Key, a keyed POST is recorded and replayed, and a GET is still cached (and dropped by the
+    POST that succeeded, as any unsafe method does). Refused by `fastgw check` before the slots."""
+    text = base(redis_server.url) + f'''
+[upstreams.echo]
+targets = ["{echo_origin.addr}"]
+[cache.c]
+[[routes]]
+name = "shop"
+path = "/shop/*"
+upstream = "echo"
+cache = "c"
+idempotency = {{ lock_ttl = "2s" }}
+'''
+    gw = start(tmp_path, text)
+    try:
+        m = uuid.uuid4().hex
+        url = f"/shop/{m}?hdr=Cache-Control:%20max-age=60"
+        with httpx.Client(base_url=gw.base, timeout=5) as c:
+            first = c.get(url)
+            assert first.status_code == 200 and first.headers["cache-status"].startswith("fastgw; fwd=")
+            again = c.get(url)
+            assert again.headers["cache-status"].startswith("fastgw; hit") and again.content == first.content
+            assert len(echo_origin.heads_for(m)) == 1
+            k = uuid.uuid4().hex
+            paid = c.post(url, content=b'{"amount": 10}', headers={"Idempotency-Key": k})
+            assert paid.status_code == 200 and "idempotent-replayed" not in paid.headers
+            time.sleep(0.1)                                # (the record is written as the response ends)
+            replay = c.post(url, content=b'{"amount": 10}', headers={"Idempotency-Key": k})
+            assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
+            assert replay.content == paid.content
+            assert [r.head.method for r in echo_origin.requests_for(m)] == ["GET", "POST"]
+            # The POST succeeded: the URL's entry was dropped (the cache's state was kept beside the key's).
+            assert c.get(url).headers["cache-status"].startswith("fastgw; fwd=")
+            assert c.get(url).headers["cache-status"].startswith("fastgw; hit")
+            assert [r.head.method for r in echo_origin.requests_for(m)] == ["GET", "POST", "GET"]
+        o = outcomes(gw, "shop")
+        assert o["first"] == 1 and o["stored"] == 1 and o["replayed"] == 1
+    finally:
+        gw.close()
+
+
+def test_a_keyed_post_is_retried_on_another_target(tmp_path: Path, echo_origin: Any, redis_server: Any) -> None:
+    """A validated Idempotency-Key makes a POST safe to send again (ex.retry_safe, retry.pyx): reset by the
+    first target before any answer, it goes to the second with its body, the client gets that answer and
+    exactly one record is kept (the same key is then replayed, the upstream not called again). Without a
+    key the POST is never sent twice: the requests that met the reset get 502."""
+    from upstreams import ResetOrigin
+    bad = ResetOrigin().start()
+    text = base(redis_server.url) + f'''
+[upstreams.two]
+targets = ["{bad.addr}", "{echo_origin.addr}"]
+outlier = {{ consecutive_failures = 0 }}
+[[routes]]
+name = "pay"
+path = "/pay/*"
+upstream = "two"
+idempotency = {{ lock_ttl = "5s" }}
+'''
+    gw = start(tmp_path, text)
+    try:
+        m = uuid.uuid4().hex
+        with httpx.Client(base_url=gw.base, timeout=10) as c:
+            keyed = [c.post(f"/pay/{m}-k{i}", content=b"pay %d" % i, headers={"Idempotency-Key": f"{m}-{i}"})
+                     for i in range(6)]
+            plain = [c.post(f"/pay/{m}-p{i}", content=b"pay 10").status_code for i in range(6)]
+            assert [r.status_code for r in keyed] == [200] * 6, [r.text for r in keyed]
+            assert sorted(plain) == [200] * 3 + [502] * 3, plain
+            assert len(bad.heads_for(f"{m}-k")) == 3              # half met the reset, then went on
+            for i in range(6):
+                got = echo_origin.requests_for(f"/pay/{m}-k{i}")
+                assert len(got) == 1 and got[0].body == b"pay %d" % i
+            assert all(len(bad.heads_for(f"{m}-p{i}")) + len(echo_origin.heads_for(f"{m}-p{i}")) == 1
+                       for i in range(6))
+            time.sleep(0.1)
+            for i in range(6):
+                r = c.post(f"/pay/{m}-k{i}", content=b"pay %d" % i, headers={"Idempotency-Key": f"{m}-{i}"})
+                assert r.status_code == 200 and r.headers["idempotent-replayed"] == "true"
+                assert r.content == keyed[i].content
+            assert len(echo_origin.requests_for(f"{m}-k")) == 6
+        o = outcomes(gw, "pay")
+        assert o["first"] == 6 and o["stored"] == 6 and o["replayed"] == 6 and o.get("unknown", 0) == 0
+    finally:
+        gw.close()
+        bad.stop()

@@ -207,3 +207,110 @@ def test_an_origin_stopped_mid_load_costs_a_few_errors(gateway) -> None:
     finally:
         for o in origins[::2]:
             o.stop()
+
+
+# -- slow start after a return to service -----------------------------------------------------------------
+def test_a_target_back_from_an_ejection_slow_starts_in_every_worker() -> None:
+    """Two balancers on one shared table, as two workers: the ejection's end is recorded by the one that
+    finds it over; the other ramps the target up from the same instant (G_CHANGES, R_SINCE)."""
+    from scipy.stats import chisquare
+
+    from fastgw._core.balancer import TargetTable
+    from fastgw.compile import target_key
+    from tests.test_balancing import P_FLOOR, shares
+    from tests.test_balancing import group as wgroup
+    table = TargetTable(bytearray(64 * 128), init=True)
+    workers = []
+    for seed in (1, 2):
+        g = wgroup([1, 1, 1], slow_start=100.0, seed=seed, table=table)
+        g.attach_records(table, target_key("up", ""))
+        g.outlier(5, 0.2, 2.0, 50, 0, False)
+        workers.append(g)
+    a, b = workers
+    for _ in range(5):
+        a.targets[1].record_failure(STATUS)
+    assert b.targets[1].ejected and shares(b, 300)[1] == 0
+    time.sleep(0.25)
+    shares(a, 30)                                  # a finds the ejection over and records the return
+    for g in workers:                              # both ramp: the target starts near 10% of its weight
+        counts = shares(g, 20000)
+        share = [1 / 2.1, 0.1 / 2.1, 1 / 2.1]
+        assert chisquare(counts, [20000 * s for s in share]).pvalue > P_FLOOR, counts
+
+
+class _TimedOrigin(FlakyOrigin):
+    """Records (when, the gateway's local port) of each request it answers 200."""
+
+    failing = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[float, int]] = []
+
+    async def respond(self, rec, writer):  # type: ignore[no-untyped-def]
+        if not self.failing:
+            self.seen.append((time.monotonic(), writer.get_extra_info("peername")[1]))
+        return await super().respond(rec, writer)
+
+
+def test_a_recovered_target_ramps_up_in_both_workers(gateway) -> None:
+    """slow_start after an ejection, through the gateway with 2 workers: counted at the origins and split by
+    the worker whose connection carried each request, the recovered target's share over the first part of
+    the window is well below its weight, and is its weight after the window, in each worker."""
+    import psutil
+    steady, back = _TimedOrigin().start(), _TimedOrigin().start()
+    try:
+        gw = gateway.start({"u": {"targets": [steady.addr, back.addr], "slow_start": "4s",
+                                  "outlier": {"consecutive_failures": 3, "base_ejection": "1s",
+                                              "max_ejected_percent": 50}}},
+                           [{"name": "r", "path": "/*", "upstream": "u"}], server={"workers": 2})
+        owner: dict[int, int] = {}                 # the gateway's local port -> worker pid
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                for pid in gw.worker_pids:
+                    try:
+                        for c in psutil.Process(pid).net_connections(kind="tcp"):
+                            if c.raddr and c.raddr.port in (steady.port, back.port):
+                                owner[c.laddr.port] = pid
+                    except psutil.Error:
+                        pass
+                time.sleep(0.05)
+
+        def load() -> None:
+            with gw.client() as c:
+                while not stop.is_set():
+                    c.get("/x")
+
+        threads = [threading.Thread(target=watch)] + [threading.Thread(target=load) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        back.failing = True
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            state = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"]
+            if {t["target"]: t["state"] for t in state}[back.addr] == "ejected":
+                break
+            time.sleep(0.02)
+        cleared = time.monotonic()
+        back.failing = False
+        time.sleep(1.0 + 4.0 + 2.5)                # the ejection, the window, then at full weight
+        stop.set()
+        for t in threads:
+            t.join()
+        t0 = min(w for w, _ in back.seen if w > cleared)   # the first request after the ejection's end
+
+        def share(pid: int, start: float, end: float) -> tuple[float, int]:
+            n = {o: sum(1 for w, p in o.seen if start <= w < end and owner.get(p) == pid) for o in (steady, back)}
+            return n[back] / max(1, n[steady] + n[back]), n[steady] + n[back]
+
+        for pid in set(gw.worker_pids):
+            early, n_early = share(pid, t0, t0 + 1.5)       # weight from 10% to ~44%: a share of ~20%
+            late, n_late = share(pid, t0 + 4.5, t0 + 6.5)   # full weight: 50%
+            assert n_early >= 40 and n_late >= 40, (pid, n_early, n_late)
+            assert early < 0.35 and 0.4 < late < 0.6, (pid, early, late)
+    finally:
+        steady.stop()
+        back.stop()

@@ -18,7 +18,7 @@ from conftest import free_port
 from inprocess import InProcessWorker
 from upstreams import EchoOrigin
 
-from fastgw._core.gates import Gate
+from fastgw._core.gates import CorsGate, Gate
 from fastgw._core.phases import Respond
 from fastgw.compile import compile_config
 from fastgw.config.root import loads
@@ -302,20 +302,22 @@ def test_read_body_holds_the_whole_body_and_on_response_body_taps_the_upstreams(
         assert got.startswith(b"HTTP/1.1 200 ") and held == [b"hello"]
 
 
+class Lines(CorsGate):
+    """A compiled line-giving policy (gates.pyx CorsGate) granting every origin; `boom`: its Python half
+    raises."""
+
+    def __init__(self, boom: bool = False) -> None:
+        self.granted, self.more, self.tail, self.boom = (), True, b"\r\nVary: Origin\r\n", boom
+
+    def allowed(self, origin: bytes) -> bool:
+        if self.boom:
+            raise RuntimeError("a bug in the policy")
+        return True
+
+
 def test_compiled_response_lines_on_every_answer_and_a_raising_policy_gives_none(serve: Any) -> None:
     """A compiled line-giving policy (gates.pyx CorsGate): its lines on the upstream's response and on the
     gateway's own 502; one whose Python half raises is reported and the request goes on without them."""
-    from fastgw._core.gates import CorsGate
-
-    class Lines(CorsGate):
-        def __init__(self, boom: bool) -> None:
-            self.granted, self.more, self.tail, self.boom = (), True, b"\r\nVary: Origin\r\n", boom
-
-        def allowed(self, origin: bytes) -> bool:
-            if self.boom:
-                raise RuntimeError("a bug in the policy")
-            return True
-
     gw = serve({"edit": [Lines(True)], "answer": [Lines(False)], "down": [Lines(False)]})
     for c in clients():
         with c:
@@ -325,6 +327,12 @@ def test_compiled_response_lines_on_every_answer_and_a_raising_policy_gives_none
             assert r.status_code == 502 and r.headers["access-control-allow-origin"] == "https://a.example"
             r = c.get(gw.base + "/edit/x", headers={"Origin": "https://a.example"})
             assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+            # Its request phase in C (head_request: a preflight) raising -- Lines has no `preflight` -- is
+            # reported and answered 500, as an on_request that raises; the lines are still on it.
+            r = c.options(gw.base + "/answer/x", headers={"Origin": "https://a.example",
+                                                          "Access-Control-Request-Method": "GET"})
+            assert r.status_code == 500 and r.json()["type"] == "urn:fastgw:problem:internal-error"
+            assert r.headers["access-control-allow-origin"] == "https://a.example"
 
 
 def test_on_upstream_request_adds_and_removes_request_headers(serve: Any) -> None:
@@ -358,13 +366,51 @@ def test_a_policy_raising_in_a_phase_is_a_500_problem(serve: Any) -> None:
         def on_upstream_request(self, ex: Any) -> None:
             raise RuntimeError("bug in on_upstream_request")
 
-    gw = serve({"edit": [Broken()], "limited": [BrokenUp()]})
+    # The 500 keeps the route's compiled response lines (CORS: a browser reads the 500 like any error),
+    # not what the policies added ([issue 14]: it had none of them).
+    gw = serve({"edit": [Lines(), Broken()], "limited": [Lines(), BrokenUp()]})
     for c in clients():
         with c:
             for path in ("/edit/x", "/limited/x"):
-                r = c.get(gw.base + path)
+                r = c.get(gw.base + path, headers={"Origin": "https://a.example"})
                 assert r.status_code == 500 and r.json()["type"] == "urn:fastgw:problem:internal-error"
+                assert r.headers["access-control-allow-origin"] == "https://a.example", r.headers
+                assert r.headers.get_list("vary") == ["Origin"]
             assert c.get(gw.base + "/open/x").status_code == 200
+
+
+def test_each_policy_keeps_its_own_state(serve: Any) -> None:
+    """Gate.state: two policies of one route each keep their own per-request state from on_request to
+    on_log (the cache and the Idempotency-Key share routes); a route whose policies keep none has no
+    list (ex.states stays None)."""
+    seen: list[tuple[str, Any, Any]] = []
+
+    class Keeper(Gate):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def on_request(self, ex: Any) -> None:
+            assert self.state(ex) is None
+            if ex.header(b"x-keep") is not None:
+                self.set_state(ex, (self.name, ex.path))
+
+        def on_response(self, ex: Any) -> None:
+            ex.add_response_header(b"X-" + self.name.encode(), repr(self.state(ex)).encode())
+
+        def on_log(self, ex: Any) -> None:
+            seen.append((self.name, self.state(ex), ex.states))
+
+    gw = serve({"edit": [Keeper("a"), Keeper("b")]})
+    for c in clients():
+        with c:
+            seen.clear()
+            r = c.get(gw.base + "/edit/1", headers={"X-Keep": "1"})
+            assert r.headers["x-a"] == "('a', b'/edit/1')" and r.headers["x-b"] == "('b', b'/edit/1')"
+            r = c.get(gw.base + "/edit/2")
+            assert r.headers["x-a"] == r.headers["x-b"] == "None"
+            assert seen == [("a", ("a", b"/edit/1"), [("a", b"/edit/1"), ("b", b"/edit/1")]),
+                            ("b", ("b", b"/edit/1"), [("a", b"/edit/1"), ("b", b"/edit/1")]),
+                            ("a", None, None), ("b", None, None)]
 
 
 def test_respond_checks_what_it_would_put_on_the_wire() -> None:

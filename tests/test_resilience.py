@@ -416,3 +416,54 @@ upstream = "u"
     with pytest.raises(ConfigError) as e:
         loads(text)
     assert message in str(e.value)
+
+
+class HoldingOrigin(EchoOrigin):
+    """While `hold`, keeps each request unanswered (its connection noted) until the test resets them."""
+
+    hold = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[int, asyncio.StreamWriter]] = []
+
+    async def respond(self, rec, writer):  # type: ignore[no-untyped-def]
+        if self.hold:
+            self.held.append((rec.head.conn, writer))
+            await asyncio.Event().wait()         # until the test resets the connection
+        return await super().respond(rec, writer)
+
+
+def test_re_sends_of_a_dead_target_s_pooled_connections_take_no_retry_budget(gateway) -> None:
+    """A target dies with requests in flight (bench/resilience.py's kill): those on pooled connections are
+    re-sent (reset-before-send: nothing of them can have been processed, no work added), and a GET on the
+    connection just opened to it (reset-before-response) must still find room in the budget (3 here): the
+    re-sends are no retry storm. Before, they filled the budget and that GET was a 502."""
+    from tests.upstreams import reset
+    dying, other = HoldingOrigin().start(), EchoOrigin().start()
+    try:
+        gw = gateway.start({"u": {"targets": [dying.addr, other.addr], "outlier": NO_OUTLIER}}, ROUTE)
+        assert in_threads(12, lambda i: httpx.get(f"{gw.url}/warm-{i}?delay=0.5", timeout=10).status_code) \
+            == [200] * 12
+        warm = {h.conn for h in dying.heads}
+        k = len(warm)                            # pooled connections to the dying target
+        assert k > 3, warm                       # more re-sends than budget_min
+        dying.hold = True
+        loads = threading.Thread(target=lambda: codes.extend(in_threads(2 * (k + 1), lambda i: httpx.get(
+            f"{gw.url}/kill-{i}?delay=1", timeout=10).status_code)))
+        codes: list[int] = []
+        loads.start()
+        assert dying.wait_for(lambda: len(dying.held) == k + 1)
+        pooled = [w for conn, w in dying.held if conn in warm]
+        fresh = [w for conn, w in dying.held if conn not in warm]
+        assert len(pooled) == k and len(fresh) == 1
+        for w in pooled:                         # the kill: the pooled connections first...
+            dying.loop.call_soon_threadsafe(reset, w)
+        time.sleep(0.2)                          # (their re-sends in flight at the other target)
+        dying.loop.call_soon_threadsafe(reset, fresh[0])      # ...then the one just opened
+        loads.join()
+        assert codes == [200] * (2 * (k + 1)), codes
+        assert settled(gw) == {**settled(gw), "requests": 0, "retrying": 0, "pending": 0}
+    finally:
+        dying.stop()
+        other.stop()

@@ -252,3 +252,39 @@ def test_bad_protocol_is_a_config_error_with_its_key_path(tmp_path):
     assert res.returncode == 2
     out = (res.stdout + res.stderr).decode()
     assert "upstreams.api.protocol" in out and '"h2"' in out, out
+
+
+# -- retries (the exchange's one decision, as for HTTP/1.1 upstreams) ------------------------------------
+def _closed_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_a_stream_reset_before_its_response_is_retried_for_an_idempotent_request(gateway, origin):
+    """RST_STREAM INTERNAL_ERROR before any response byte: a GET (HTTP/1.1 or HTTP/2 client) is sent again on a
+    new stream and answered; a POST, which the upstream may have acted on, is not (502)."""
+    from test_outlier import admin_get
+    gw = h2_gateway(gateway, origin)
+    r = httpx.get(f"http://127.0.0.1:{gw.port}/a-reset-once")
+    assert r.status_code == 200 and r.headers["x-seen-path"] == "/a-reset-once"
+    assert origin.seen.count(b"/a-reset-once") == 2 and origin.answered == [b"/a-reset-once"]
+    res = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{gw.port}/b-reset-once")
+    assert res.stdout == b"200" and origin.seen.count(b"/b-reset-once") == 2
+    r = httpx.post(f"http://127.0.0.1:{gw.port}/c-reset-once", content=b"pay once")
+    assert r.status_code == 502 and r.json()["upstream_error"] == "stream reset"
+    assert origin.seen.count(b"/c-reset-once") == 1
+    text = admin_get(gw, "/metrics")
+    assert 'fastgw_upstream_retries_total{upstream="h2",reason="reset-before-response"} 2' in text
+
+
+def test_a_refused_connection_is_retried_on_another_target(gateway, origin):
+    """connect-failure on an HTTP/2 upstream: nothing was sent, so any method goes to another target."""
+    gw = gateway.start({"h2": {"targets": [f"127.0.0.1:{_closed_port()}", origin.addr], "protocol": "h2"}},
+                       [{"name": "r", "path": "/*", "upstream": "h2"}])
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        codes = [c.get(f"/g{i}").status_code for i in range(10)] + [c.delete(f"/d{i}").status_code for i in range(4)]
+    assert codes == [200] * 14, codes

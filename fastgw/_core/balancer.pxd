@@ -26,7 +26,8 @@ cdef enum:                          # Record: one target's record in the TargetT
     R_REASON = 6                    # the last ejection's Reason
     R_LAST_UNTIL = 7                # when the last ejection ended (monotonic ms)
     R_EJECTED_BY = 8                # + Reason: ejections counted by reason (4 words, and health's)
-                                    # words 13-15 of a host-name target: its DNS state (upstream/discovery.py)
+                                    # words 13-15 of a host-name target: its DNS state (upstream/discovery.py);
+                                    # of an address it resolved to: the name's record key and the address
     REC_WORDS = 16                  # 128 bytes: two cache lines
 
 cdef enum:                          # GroupRecord: an upstream's own records in the TargetTable (words)
@@ -36,6 +37,8 @@ cdef enum:                          # GroupRecord: an upstream's own records in 
     G_RETRYING = 4                  # requests in flight that have been retried (the retry budget)
     G_BUDGET_OUT = 5                # retries the budget refused
     G_OVERFLOW = 6                  # + Overflow: requests answered 503 upstream-overloaded, by limit (3)
+    G_CHANGES = 9                   # returns to service of its targets (an ejection ended, a check passed):
+                                    #   a worker that has seen fewer re-reads its targets' slow starts
     # the second record (rrec): retries by RetryCond, words 1 + cond
 
 cdef enum Overflow:
@@ -74,6 +77,7 @@ cdef class UpstreamGroup:
     cdef readonly int64_t total            # sum of the weights
     cdef readonly double slow_start        # seconds (0: off)
     cdef bint ramping                      # some target is still slow-starting
+    cdef int64_t changes                   # G_CHANGES when this worker last read its targets' returns
     cdef uint64_t rng
     cdef int hash_kind                     # HashKind
     cdef bytes hash_name                   # header/cookie/query name (lowercase for header and cookie)
@@ -104,6 +108,7 @@ cdef class UpstreamGroup:
     cdef readonly double try_timeout       # retry.per_try_timeout, or the upstream's timeout
     cdef readonly long long replay_max     # retry.replay_buffer (bytes)
     cdef Target pick(self, object ex)
+    cdef void notice(self)
     cdef Target swrr(self, double now)
     cdef Target draw(self, double now, Target other)
     cdef Target p2c(self, double now)

@@ -17,8 +17,14 @@
                                   removing one of N targets moves about 1/N of the keys and a key's target
                                   depends on nothing per process (every worker and pod agrees). A request
                                   without the key goes to a random target (documented in docs/upstreams.md)
-                 slow_start: a target a reload adds starts at 10% of its weight and reaches it linearly over
-                 the window (round_robin and least_request; a hash table is not re-weighted per request).
+                 slow_start: a target a reload or DNS discovery adds, and a target back in service after an
+                 ejection or an active check's "down", starts at 10% of its weight and reaches it linearly over
+                 the window (round_robin and least_request; a hash table is not re-weighted per request). A
+                 return is seen by every worker from the shared record alone: whoever records it (the worker
+                 that finds the ejection over, the prober) counts it in the upstream's G_CHANGES, and a worker
+                 whose last read of that counter is older re-reads its targets' R_SINCE at its next pick, so
+                 every worker ramps from the same instant [the per-worker note of a recovery that only the
+                 recording worker would have; Envoy ramps a host only in the thread that sees it change].
                  Health is read at pick time from the targets' records (no event between workers to miss):
                  a pick that lands on an ejected target chooses again among the others (avoid), or, below
                  panic_threshold % in service, uses it anyway or none (on_panic).
@@ -139,6 +145,26 @@ cdef class TargetTable:
         off = (rec - self.base) * 8
         return memoryview(self.owner).cast("B")[off:off + REC_WORDS * 8].cast("q")
 
+    def having(self, int word, int64_t value):
+        """The records (as words) whose `word` holds `value`: the addresses DNS discovery found for a name
+        (upstream/state.py W_DNS_OWNER), which their keys alone do not tell."""
+        cdef Py_ssize_t i
+        out = []
+        if not 0 < word < REC_WORDS:
+            return out
+        for i in range(self.nslots):
+            if self.base[i * REC_WORDS + R_KEY] != 0 and fg_atomic_load(&self.base[i * REC_WORDS + word]) == value:
+                off = i * REC_WORDS * 8
+                out.append(memoryview(self.owner).cast("B")[off:off + REC_WORDS * 8].cast("q"))
+        return out
+
+    def add(self, uint64_t key, int word, int64_t delta):
+        """Add `delta` to a word of the record of `key`, atomically (the prober counts a target's return in
+        its upstream's G_CHANGES while workers may count one too)."""
+        cdef int64_t* rec = self.record(key)
+        if rec != NULL and 0 < word < REC_WORDS:
+            fg_atomic_add(&rec[word], delta)
+
     def slots_used(self):
         cdef Py_ssize_t i, n = 0
         for i in range(self.nslots):
@@ -224,11 +250,16 @@ cdef class UpstreamGroup:
         flight, or than budget_min [Envoy's retry budget: 20% of active, at least 3]. Counted when
         admitted (G_RETRYING, released by the exchange when it ends), else counted as refused. A retry
         after a failure that sent nothing to any upstream (`unsent`: connect-failure, refused-stream,
-        reset-before-send) is counted but always admitted: it adds no work to the upstreams (the first
-        try did none), and refusing it would turn a refused connection into a client error."""
+        reset-before-send) is always admitted and takes no room in the budget (True, not counted in
+        G_RETRYING): it adds no work to the upstreams (the first try did none), refusing it would turn a
+        refused connection into a client error, and counting it would let the re-sends of a dead
+        target's pooled connections refuse the retries the budget is there for (bench/resilience.py's
+        kill: a GET on the connection just opened to it was a 502)."""
         cdef int64_t active = fg_atomic_load(&self.grec[G_ACTIVE])
         cdef int64_t allowed = max(<int64_t>self.budget_min, active * self.budget_pct // 100)
-        if fg_atomic_add(&self.grec[G_RETRYING], 1) > allowed and not unsent:
+        if unsent:
+            return True
+        if fg_atomic_add(&self.grec[G_RETRYING], 1) > allowed:
             fg_atomic_add(&self.grec[G_RETRYING], -1)
             fg_atomic_add(&self.grec[G_BUDGET_OUT], 1)
             return False
@@ -310,6 +341,8 @@ cdef class UpstreamGroup:
             if t.weight != (<Target>self.targets[0]).weight:
                 self.uniform = False
         self.ramping = slow_start > 0 and any((<Target>x).since > 0 for x in self.targets)
+        self.changes = -1                       # the first pick reads the targets' returns (a reload's new
+                                                # group continues the ramps already under way)
         self.hash_kind = H_NONE
         self.hash_name = None
         if hash_key is not None:
@@ -344,21 +377,39 @@ cdef class UpstreamGroup:
             t.since = 0
         return t.weight * SCALE
 
+    cdef void notice(self):
+        """Some target of the upstream came back in service since this worker last looked (G_CHANGES moved):
+        each target in service whose return (R_SINCE) is within the slow_start window ramps from it."""
+        cdef int64_t now = monotonic_ms(), since
+        cdef double window_ms = self.slow_start * 1000
+        cdef Target t
+        self.changes = fg_atomic_load(&self.grec[G_CHANGES])
+        for x in self.targets:
+            t = <Target>x
+            since = fg_atomic_load(&t.rec[R_SINCE])
+            if (since > 0 and now - since < window_ms and fg_atomic_load(&t.rec[R_DOWN_UNTIL]) == 0
+                    and since / 1000.0 > t.since):
+                t.since = since / 1000.0
+                self.ramping = True
+
     cdef Target pick(self, object ex):
         cdef Py_ssize_t n = len(self.targets)
         cdef Target t
         if n == 1:
             t = <Target>self.targets[0]
-        elif self.balance == B_ROUND_ROBIN:
-            if self.uniform and not self.ramping:
-                self.rr += 1
-                t = <Target>self.targets[self.rr % n]
-            else:
-                t = self.swrr(monotonic() if self.ramping else 0.0)
-        elif self.balance == B_LEAST_REQUEST:
-            t = self.p2c(monotonic() if self.ramping else 0.0)
         else:
-            t = self.by_hash(ex)
+            if self.slow_start > 0 and fg_atomic_load(&self.grec[G_CHANGES]) != self.changes:
+                self.notice()
+            if self.balance == B_ROUND_ROBIN:
+                if self.uniform and not self.ramping:
+                    self.rr += 1
+                    t = <Target>self.targets[self.rr % n]
+                else:
+                    t = self.swrr(monotonic() if self.ramping else 0.0)
+            elif self.balance == B_LEAST_REQUEST:
+                t = self.p2c(monotonic() if self.ramping else 0.0)
+            else:
+                t = self.by_hash(ex)
         if self.panic_fail and self.in_panic():
             return None
         if t.rec[R_DOWN_UNTIL] != 0:             # ejected, or its ejection just ended
@@ -622,6 +673,8 @@ cdef class Target:
             self.rec[R_LAST_UNTIL] = until
             self.rec[R_SINCE] = now
             fg_atomic_store(&self.rec[R_FAILS], 0)
+            if self.group is not None:          # every worker's balancer ramps it up (notice)
+                fg_atomic_add(&self.group.grec[G_CHANGES], 1)
         return False
 
     cdef void failure(self, int reason):

@@ -64,6 +64,8 @@ cdef class Exchange(PolicyExchange):
     cdef list after                       # callables run once when the exchange completes
     cdef object gate_task
     cdef public object ctx                # per-request policy state: None unless a policy sets it
+    cdef public list states               # each policy's own state (gates.pyx Gate.state), by its slot in
+                                          #   the route's policies: None until one keeps some
     cdef list resp_blocks                 # while on_response runs: the header blocks the response came with
     cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef object body_waiter               # read_body's future while a policy waits for the whole body, or None

@@ -41,5 +41,10 @@ cdef class Chain:
 
 cdef class Gate:
     cdef public bint has_lines           # response_lines gives this request's lines for every answer
+    cdef public Py_ssize_t slot          # this policy's index in its route's policies (its state slot)
+    cdef public Py_ssize_t nslots        # how many policies the route has (the length of ex.states)
     cpdef object on_request(self, object ex)
+    cpdef object state(self, object ex)
+    cpdef set_state(self, object ex, object value)
     cdef bytes response_lines(self, RequestHead h)
+    cdef object head_request(self, RequestHead h)

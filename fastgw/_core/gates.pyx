@@ -170,13 +170,40 @@ cdef class Gate:
     (go on), a rejection tuple, a Respond (the policy answers), or an awaitable of one of those; a policy
     may also define on_upstream_request, on_response, on_response_body and on_log (plain methods: a
     route's phase tuples hold only the phases its policies define, fastgw/policies/chain.py)."""
+    def __cinit__(self):
+        self.nslots = 1                  # (a policy built outside a route: its own one slot)
+
     cpdef object on_request(self, object ex):
         return None
+
+    # Per-policy request state. Each policy of a route has its own slot in `ex.states`, a list made by the
+    # first policy that keeps state (None until then: a route whose policies keep none pays nothing); the
+    # slot is the policy's index in the route's policies, set at config load (chain.install_phases). Two
+    # policies on one route (the cache and the Idempotency-Key) never see each other's state.
+    cpdef object state(self, object ex):
+        """This policy's state for the request `ex` (set_state), or None."""
+        s = ex.states
+        return None if s is None else (<list>s)[self.slot]
+
+    cpdef set_state(self, object ex, object value):
+        """Keep `value` as this policy's state for the request `ex`, until the exchange ends."""
+        s = ex.states
+        if s is None:
+            s = [None] * self.nslots
+            ex.states = s
+        (<list>s)[self.slot] = value
 
     cdef bytes response_lines(self, RequestHead h):
         """The response lines this policy adds to every answer of the request (a problem, a Respond, the
         upstream's response), known from the request alone; called by the exchange in C when the route is
         chosen, before on_request, for the policies that set `has_lines` (CORS, the lifecycle)."""
+        return None
+
+    cdef object head_request(self, RequestHead h):
+        """The request phase of a policy that sets `has_lines`, when the request's head alone decides it
+        (a CORS preflight, the lifecycle's 410): None (go on) or an answer, as on_request returns. Called
+        in C with response_lines, before any on_request: the registry puts these policies first, so their
+        answers come before every other policy's (authentication included) as their on_request did."""
         return None
 
     def check(self, ex):
@@ -725,7 +752,8 @@ cdef class RateGate(Gate):
 
 from libc.stdio cimport snprintf
 
-# ex.ctx of a request answered by CacheGate's fast path: its on_response and on_log have nothing to decide.
+# The cache's state (Gate.state) of a request answered by CacheGate's fast path: its on_response and on_log
+# have nothing to decide.
 CACHE_HIT = object()
 
 
@@ -805,19 +833,19 @@ cdef class CacheGate(Gate):
         if ttl <= 0 or (e.etag is not None and _header(ex, b"if-none-match") is not None):
             return self.slow_request(ex)
         e.used = True
-        ex.ctx = CACHE_HIT
+        self.set_state(ex, CACHE_HIT)
         n = snprintf(buf, sizeof(buf), b"Age: %lld\r\nCache-Status: fastgw; hit; ttl=%lld\r\n",
                      <long long>(e.age + (now - e.stored)), <long long>ttl)
         _add_response_lines(ex, PyBytes_FromStringAndSize(buf, n))
         return e.respond
 
     def on_response(self, ex):
-        if ex.ctx is CACHE_HIT:
+        if self.state(ex) is CACHE_HIT:
             return None
         return self.slow_response(ex)
 
     def on_log(self, ex):
-        if ex.ctx is CACHE_HIT:
+        if self.state(ex) is CACHE_HIT:
             if self.hit_word >= 0:
                 self.words[self.hit_word] += 1
             return
@@ -869,19 +897,29 @@ def shm_store(unsigned long long[::1] words, Py_ssize_t i, unsigned long long va
 # lines cost ~930 more than this.
 
 cdef bytes VARY_ORIGIN = b"Vary: Origin\r\n"
+cdef tuple INTERNAL_ERROR = (500, "internal-error", None, None)
 
 
-cdef bytes _origin(RequestHead h):
-    """The request's Origin value (the first), or None: the head's fields scanned in C."""
+cdef void _report(str where, exc):
+    """A line-giving policy's Python half raised: reported on stderr (as the exchange reports a policy's
+    error); the compiled half answers as if it had said no (its callers run no try per request)."""
+    import sys
+    import traceback
+    sys.stderr.write(f"fastgw: policy error in {where}: {exc!r}\n")
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+cdef bytes _field(RequestHead h, const char* want, Py_ssize_t n):
+    """The value of the request's first field named `want` (n bytes, lowercase: letters and '-'), or
+    None: the head's fields scanned in C."""
     cdef list pieces = h.pieces
     cdef Py_ssize_t i, k
     cdef const char* p
-    cdef const char* want = b"origin"
     for i in range(0, len(pieces), 4):
-        if PyBytes_GET_SIZE(<bytes>pieces[i]) != 6:
+        if PyBytes_GET_SIZE(<bytes>pieces[i]) != n:
             continue
         p = PyBytes_AS_STRING(<bytes>pieces[i])
-        for k in range(6):
+        for k in range(n):
             if (p[k] | 0x20) != want[k]:
                 break
         else:
@@ -892,7 +930,8 @@ cdef bytes _origin(RequestHead h):
 cdef class CorsGate(Gate):
     """Fast path of fastgw.policies.cors.policy.Cors (set up by its __init__): no Origin, or an origin
     listed exactly, is answered here; host patterns and "*" ask the Python `allowed`, a preflight the
-    Python `preflight`."""
+    Python `preflight`. No on_request: the preflight test is in head_request (a Python request phase cost
+    the route ~450 instructions per request for its call and method comparison, callgrind)."""
     cdef public tuple granted            # (origin, its response lines) of each origin listed exactly
     cdef public bint more                # host patterns or "*": `allowed` decides what `granted` does not
     cdef public bytes tail               # the lines after the echoed origin (credentials, expose, Vary)
@@ -910,22 +949,34 @@ cdef class CorsGate(Gate):
             o = <bytes>(<tuple>pair)[0]
             if PyBytes_GET_SIZE(o) == n and memcmp(PyBytes_AS_STRING(o), PyBytes_AS_STRING(origin), n) == 0:
                 return <bytes>(<tuple>pair)[1]
-        if self.more and self.allowed(origin):
-            return b"Access-Control-Allow-Origin: " + origin + self.tail
+        if self.more:
+            try:
+                if self.allowed(origin):
+                    return b"Access-Control-Allow-Origin: " + origin + self.tail
+            except Exception as exc:
+                _report("cors", exc)                      # not granted
         return None
 
     cdef bytes response_lines(self, RequestHead h):
-        cdef bytes origin = _origin(h)
+        cdef bytes origin = _field(h, b"origin", 6)
         cdef bytes lines = self.grant(origin) if origin is not None else None
         return lines if lines is not None else VARY_ORIGIN
 
-    cpdef object on_request(self, object ex):
-        if ex.method != b"OPTIONS":
+    cdef object head_request(self, RequestHead h):
+        cdef bytes m = h.method
+        if PyBytes_GET_SIZE(m) != 7 or memcmp(PyBytes_AS_STRING(m), b"OPTIONS", 7) != 0:
             return None
-        origin = _header(ex, b"origin")
-        if origin is None or _header(ex, b"access-control-request-method") is None:
+        origin = _field(h, b"origin", 6)
+        if origin is None or _field(h, b"access-control-request-method", 29) is None:
             return None                                    # not a preflight: the upstream's OPTIONS
-        return self.preflight(self.grant(origin) is not None)
+        try:
+            res = self.preflight(self.grant(origin) is not None)
+            if type(res) is not Respond:
+                raise TypeError(f"preflight returned {type(res).__name__}, not a Respond")
+            return res
+        except Exception as exc:
+            _report("cors", exc)
+            return INTERNAL_ERROR
 
 
 cdef class LifecycleGate(Gate):
@@ -949,7 +1000,7 @@ cdef class LifecycleGate(Gate):
         self.words = words
         self.at = at
 
-    cpdef object on_request(self, object ex):
+    cdef object head_request(self, RequestHead h):
         cdef long long now = _now(CLOCK_REALTIME) // 1000000000
         if now >= self.counting_from and self.words is not None:
             self.words[self.at] += 1

@@ -20,6 +20,7 @@ cdef class H2Call(H2Sink):
     cdef long long up_owed         # response bytes received from upstream, not acknowledged yet
     cdef long long unsent          # an HTTP/1.1 client's body bytes not yet sent upstream
     cdef double deadline           # the upstream must have sent something by then (its `timeout`)
+    cdef list fields               # the request's fields, for a retry on another stream (retry.pyx)
     cdef void request_data(self, bytes data, long long n)
     cdef void too_large(self)
     cdef void request_end(self)

@@ -28,6 +28,9 @@
 # The failure kinds (fastgw/failures.py) of an upstream connection that was never made.
 cdef frozenset CONNECT_KINDS = frozenset((_failures.CONNECT_REFUSED, _failures.CONNECT_FAILED,
                                           _failures.CONNECT_TIMEOUT, _failures.TLS_FAILED))
+# The kinds of a stream lost before its response head: reset, or its connection closed or reset (the
+# request may have reached the upstream: reset-before-response, for a request that may be repeated).
+cdef frozenset LOST_KINDS = frozenset((_failures.STREAM_RESET, _failures.CLOSED, _failures.RESET))
 
 
 cdef class H2Upstream(Upstream):
@@ -41,7 +44,10 @@ cdef class H2Upstream(Upstream):
         ex.call.request_end()
 
     cdef void retry(self, Exchange ex):
-        pass                            # (never: a stream the upstream did not process is replayed there)
+        """The exchange's retry decided to try again (retry.pyx decide_retry; a stream the upstream did not process
+        was replayed by the pool before it came to that): the same request on a new stream, to the target
+        the retry chose."""
+        h2_open(ex, self.grpc, (<H2Call>ex.call).fields)
 
     cdef void cancel(self, Exchange ex):
         if ex.call is not None:
@@ -72,18 +78,25 @@ GRPC_UPSTREAM.needs = CAP_GRPC
 cdef bint h2_start(Exchange ex, bint grpc):
     """The request passed its route's policies: open its upstream stream and send what arrived so far.
     False when no target was usable (answered)."""
-    cdef Downstream cl = ex.client
     cdef RouteRT route = ex.route
-    cdef H2Stream st = None
-    cdef H2Call call
     cdef list fields = upstream_fields(ex, route, ex.head)
-    cdef Target t = ex.target
-    cdef long long owed = 0
-    cdef bint ended
     if fields is None:                                # every target ejected, on_panic "fail"
         ex.failed(gateway_error(503, "upstream-unavailable", SRC_UPSTREAM_CONNECT, False, b"",
                                 _failures.NO_TARGET))
         return False
+    h2_open(ex, grpc, fields)
+    return True
+
+
+cdef void h2_open(Exchange ex, bint grpc, list fields):
+    """The call on a stream to ex.target (the first try, or a retry's with the first try's fields)."""
+    cdef Downstream cl = ex.client
+    cdef RouteRT route = ex.route
+    cdef H2Stream st = None
+    cdef H2Call call
+    cdef Target t = ex.target
+    cdef long long owed = 0
+    cdef bint ended
     if ex.transcode is not None:
         call = transcode_call(ex, fields)             # HTTP/JSON -> gRPC (transcode.pyx)
     elif grpc:
@@ -94,7 +107,8 @@ cdef bint h2_start(Exchange ex, bint grpc):
         call = H2Call.__new__(H2Call)
     call.cl = cl
     call.ex = ex
-    call.deadline = cl.w.clock.now + route.group.timeout
+    call.fields = fields
+    call.deadline = cl.w.clock.now + ex.try_timeout   # the upstream's timeout, or retry.per_try_timeout
     if isinstance(cl, H2Stream):
         st = <H2Stream>cl
         call.st = st
@@ -125,7 +139,6 @@ cdef bint h2_start(Exchange ex, bint grpc):
         call.ack_request(owed)
     if ended:
         call.request_end()
-    return True
 
 
 cdef class H2Call(H2Sink):
@@ -182,12 +195,22 @@ cdef class H2Call(H2Sink):
     cdef void fail(self, int status, str slug, bytes detail, int code, str kind=None):
         """The upstream failed: the exchange's failure path answers (before the response head a problem,
         or on a grpc route the gRPC status `code`; after it the client's response is cut)."""
+        cdef bint connect = kind in CONNECT_KINDS
+        cdef bint refused = kind == _failures.STREAM_REFUSED
+        cdef GatewayError err
         if self.over:
             return
         self.over = True
         self.code = code
-        self.ex.failed(gateway_error(status, slug, SRC_UPSTREAM_CONNECT if kind in CONNECT_KINDS
-                                     else SRC_UPSTREAM_RESPONSE, False, detail, kind))
+        # Before the response head, the failure meets a retry condition as an HTTP/1.1 upstream's does
+        # (gateway_error.pyx; retry.pyx decide_retry decides): nothing sent (no connection, a stream the upstream
+        # did not process) is retryable whatever the method; a stream lost or reset may have been acted on.
+        err = gateway_error(status, slug, SRC_UPSTREAM_CONNECT if connect else SRC_UPSTREAM_RESPONSE,
+                            connect or refused, detail, kind)
+        if not self.head_sent:
+            err.cond = (RC_CONNECT if connect else RC_REFUSED if refused else RC_TIMEOUT if status == 504
+                        else RC_RESPONSE if kind in LOST_KINDS else RC_NONE)
+        self.ex.failed(err)
 
     cdef void note_status(self, bytes value):
         pass                                  # (gRPC: the grpc-status of the call, for the access log)

@@ -7,7 +7,10 @@ def _retry_now(Exchange ex, bint fresh):
     """A retry's backoff is over: the next try (a fresh connection when it goes to the same target)."""
     ex.retry_handle = None
     if not ex.done and not ex.client.closed:
-        ex.acquire(fresh)
+        if ex.route.h2up:
+            ex.drv.retry(ex)                    # a new stream (h2call.pyx)
+        else:
+            ex.acquire(fresh)
 
 
 cdef bint decide_retry(Exchange ex, GatewayError err):
@@ -19,17 +22,22 @@ cdef bint decide_retry(Exchange ex, GatewayError err):
         whole (replay_buffer);
       - the retry budget admits it (retried requests in flight within budget_percent of the requests
         in flight, or budget_min), so a failing upstream never meets a retry storm (a retry after a
-        failure that sent nothing anywhere adds no upstream work: counted, always admitted);
+        failure that sent nothing anywhere adds no upstream work: always admitted, no place taken);
       - after a full-jitter backoff, some of the route's deadline (timeout) is left: the try gets
         per_try_timeout or what remains.
-    HTTP/2 upstreams re-send refused streams themselves (upstream_h2.pyx) and retry nothing here."""
+    An HTTP/2 upstream's pool re-sends refused streams itself (upstream_h2.pyx) before it comes to this;
+    here its requests without a body are retried on a new stream by the same rules (its body went to the
+    stream as it came and is not kept here)."""
     cdef RouteRT route = ex.route
     cdef UpstreamGroup g = route.group
     cdef int cond = err.cond
     cdef double now, delay, remaining
+    cdef bint unsent
     cdef Target t, failed = ex.target
     cdef UpstreamConn c
-    if route.h2up or failed is None or not (g.retry_on >> cond) & 1:
+    if failed is None or not (g.retry_on >> cond) & 1:
+        return False
+    if route.h2up and (ex.has_body or route.grpc or ex.transcode is not None):
         return False
     if (ex.resent if cond == RC_SEND else ex.tries >= g.attempts):
         return False                        # (a stale pooled connection: once, not an attempt)
@@ -44,9 +52,10 @@ cdef bint decide_retry(Exchange ex, GatewayError err):
     if remaining <= 0:
         return False
     if not ex.retrying:
-        if not g.retry_admit(cond == RC_CONNECT or cond == RC_REFUSED or cond == RC_SEND):
+        unsent = cond == RC_CONNECT or cond == RC_REFUSED or cond == RC_SEND
+        if not g.retry_admit(unsent):
             return False
-        ex.retrying = True
+        ex.retrying = not unsent            # (a retry that sent nothing before holds no budget place)
     if ex.attempts is None:
         ex.attempts = []
     ex.attempts.append(f"{failed.hostport.decode()} {err.kind or err.status}")

@@ -111,7 +111,7 @@ class Upstream(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     idle_timeout: Duration = 60.0
     balance: Literal["round_robin", "least_request", "hash"] = "round_robin"
     hash_key: str | None = None              # balance = "hash" only; see HASH_KEY
-    slow_start: Duration = 0.0               # a target added by a reload ramps up to its share over this
+    slow_start: Duration = 0.0               # a new or returning target ramps up to its share over this
     resolve_every: Duration = 10.0           # host-name targets are resolved again this often (discovery.py)
     tls: UpstreamTLS | None = None
     outlier: Outlier = msgspec.field(default_factory=Outlier)

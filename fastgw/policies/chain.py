@@ -55,6 +55,8 @@ def install_phases(rt: Any, policies: Sequence[Policy]) -> None:
     on_log) from its
     policies, in their order. With an on_response phase, the route's response_headers.add lines move into
     it (phase_resp_add), so the policies see and may change them."""
+    for i, p in enumerate(policies):        # each policy's state slot (Gate.state): its index here
+        p.slot, p.nslots = i, len(policies)
     rt.gate = chain([p for p in policies if method(p, "on_request") is not None])
     rt.line_gates = tuple(p for p in policies if p.has_lines) or None
     rt.on_upstream_request, rt.on_response, rt.on_response_body, rt.on_log = (phase(policies, name)

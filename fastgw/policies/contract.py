@@ -5,8 +5,13 @@ A policy is an object deriving from fastgw._core.gates.Gate. It implements a pha
 of that name; the route runs each phase over the policies that define it, in the registry's order
 (fastgw/policies/__init__.py), and a phase none of them defines costs the route nothing (compiled per
 route at config load: fastgw/policies/chain.py). The exchange (`ex`) a phase receives is the policy
-interface of fastgw/_core/exchange.pyx ("policy interface"); `ex.ctx` is the request's slot for policy state
-(None unless a policy sets it), carried from on_request to on_log.
+interface of fastgw/_core/exchange.pyx ("policy interface").
+
+Request state, carried from on_request to on_log: `self.state(ex)` / `self.set_state(ex, value)` (Gate) keep
+this policy's own (None until set): each policy of a route has its slot, so two of them (the cache and the
+Idempotency-Key) never overwrite each other's; a route whose policies keep none pays nothing (the list is
+made on first use). `ex.ctx` is the older single slot per request, still there for a policy that is alone
+on its routes.
 
   on_request(ex)           before any upstream work. Returns None (go on), a `Rejection` (a problem+json
                            answer), a `Respond` (fastgw._core.phases.Respond(status, headers, body): the
@@ -50,8 +55,11 @@ A policy that raises is reported on stderr and the client gets a 500 problem (on
 
 Compiled response lines: a policy deriving from a compiled gate that sets `has_lines` (fastgw/_core/gates.pyx:
 CORS, the lifecycle) gives the response lines a request gets, known from its head alone, in C when the
-route is chosen; they go on every answer of the exchange (a 413 before on_request too; not the 500 after
-a policy raised), without any response phase.
+route is chosen; they go on every answer of the exchange (a 413 before on_request too, and the 500 after
+a policy raised: it drops what the policies added, not these), without any response phase. Its request
+phase, when the head alone decides it (a CORS preflight, the lifecycle's counter and 410), is its
+`head_request`, also in C and before every on_request (these policies come first in the registry); such a
+policy defines no on_request, so a route with only them runs no request phase call.
 
 A policy's runtime module (the registry names it) provides the hooks of `Runtime`; the gateway's processes
 call them through the registry, never by the policy's name.

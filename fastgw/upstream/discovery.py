@@ -12,7 +12,9 @@ resolution:
     never empties an upstream. Until the first success the name itself stays the target (connections
     resolve it when they open).
 The name's state (addresses, last success, failing since) is written in the name target's record in
-shared memory (fastgw/upstream/state.py W_DNS_*), which /status/upstreams shows. Every worker resolves on
+shared memory (fastgw/upstream/state.py W_DNS_*), and each address it resolved to is marked in its own record
+as the name's (W_DNS_OWNER; unmarked when it vanishes): the prober (health.py) checks those addresses, the
+ones the balancers use, and /status/upstreams lists them with their states. Every worker resolves on
 its own (a few queries per interval per worker; their answers agree unless the name changes between
 them, which the next round settles) [nginx's `resolve`: per worker too].
 """
@@ -92,7 +94,14 @@ class Discovery:
     def note(self, upstream: str, addr: str, found: list[str] | None) -> None:
         """The name target's record: how many addresses, when it last resolved, since when it fails."""
         from fastgw.compile import target_key
-        from fastgw.upstream.state import W_DNS_ADDRESSES, W_DNS_FAILING, W_DNS_OK
+        from fastgw.upstream.state import (
+            W_DNS_ADDRESSES,
+            W_DNS_FAILING,
+            W_DNS_OK,
+            mark_resolved,
+            owner_of,
+            resolved,
+        )
         words = self.table.words(target_key(upstream, addr)) if self.table is not None else None
         if words is None:
             return
@@ -101,6 +110,17 @@ class Discovery:
             words[W_DNS_ADDRESSES] = len(found)
             words[W_DNS_OK] = now
             words[W_DNS_FAILING] = 0
+            # The marks follow this worker's answer; another worker's differing answer (for at most one
+            # interval after the name changed) is settled by the next resolution of each.
+            owner = owner_of(target_key(upstream, addr))
+            port = parse_hostport(addr)[1]
+            for ip, aw in resolved(self.table, owner):
+                if ip not in found:
+                    mark_resolved(aw, 0, ip)
+            for ip in found:
+                aw = self.table.words(target_key(upstream, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"))
+                if aw is not None:
+                    mark_resolved(aw, owner, ip)
         elif words[W_DNS_FAILING] == 0:
             words[W_DNS_FAILING] = now
 

@@ -12,6 +12,7 @@ load for it).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import Iterator
@@ -44,10 +45,44 @@ W_FAILS, W_DOWN_UNTIL, W_SINCE, W_REASON, W_EJECTED_BY = 2, 3, 5, 6, 8
 # A host-name target's DNS state (fastgw/upstream/discovery.py): addresses it resolved to last, when it
 # last resolved, since when it fails to (monotonic ms; 0: it does not).
 W_DNS_ADDRESSES, W_DNS_OK, W_DNS_FAILING = 13, 14, 15
+# An address a host-name target resolved to: the name's record key (owner_of; 0: not among the name's last
+# addresses), the address in 2 words (16 bytes, IPv4 mapped into IPv6). The same words as the name's DNS
+# state, in another record. Read by the prober (health.py) and /status/upstreams, which cannot enumerate
+# addresses from keys (hashes).
+W_DNS_OWNER, W_DNS_IP = 13, 14
+
+
+def owner_of(key: int) -> int:
+    """A record key as the signed 64-bit word W_DNS_OWNER holds (never 0)."""
+    key |= 1
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+def mark_resolved(words: Any, owner: int, ip: str) -> None:
+    """The address `ip` (its record's words) is among the addresses of the name whose key is `owner`
+    (0: no longer). The address is written before the owner, so whoever sees the owner reads it whole."""
+    if owner:
+        packed = ipaddress.ip_address(ip)
+        raw = (packed.packed if packed.version == 6 else ipaddress.IPv6Address(f"::ffff:{ip}").packed)
+        words[W_DNS_IP] = int.from_bytes(raw[:8], "little", signed=True)
+        words[W_DNS_IP + 1] = int.from_bytes(raw[8:], "little", signed=True)
+    words[W_DNS_OWNER] = owner
+
+
+def resolved(table: Any, owner: int) -> list[tuple[str, Any]]:
+    """(address, record words) of each address the workers last resolved the name with key `owner` to,
+    sorted by address."""
+    out = []
+    for words in table.having(W_DNS_OWNER, owner):
+        raw = b"".join(w.to_bytes(8, "little", signed=True) for w in (words[W_DNS_IP], words[W_DNS_IP + 1]))
+        ip = ipaddress.IPv6Address(raw)
+        out.append((str(ip.ipv4_mapped or ip), words))
+    return sorted(out, key=lambda x: x[0])
 REASONS = ("connect", "reset", "timeout", "status", "health")   # balancer.pxd Reason, as labels; "health":
                                                                   # marked down by the prober (health.py)
 # An upstream's own records (balancer.pxd GroupRecord; keys: group_key): limits, then retries by condition.
 G_ACTIVE, G_PENDING, G_CONNS, G_RETRYING, G_BUDGET_OUT, G_OVERFLOW = 1, 2, 3, 4, 5, 6
+G_CHANGES = 9              # returns to service of its targets: each worker then re-reads their slow starts
 LIMITS = ("requests", "pending", "connections")                 # balancer.pxd Overflow, as labels
 
 
@@ -86,29 +121,42 @@ def status(shm: SharedMemory | None, cfg: Config) -> dict[str, Any]:
         return out
     now_ms = time.monotonic() * 1000
     wall = time.time()
+    from fastgw._core.balancer import TargetTable
+    from fastgw.compile import target_key
+    from fastgw.config.checks import parse_hostport
+    from fastgw.config.upstreams import is_ip
+    table = TargetTable(shm.section(SECTION))
     for name, addr, w in _records(shm, cfg):
-        ejected = w[W_DOWN_UNTIL] > now_ms
-        forever = w[W_DOWN_UNTIL] == (1 << 63) - 1       # health.py DOWN_FOREVER: until a check passes
-        ejections = sum(w[W_EJECTED_BY + i] for i in range(len(REASONS)))
-        out["upstreams"].setdefault(name, {"targets": []})["targets"].append({
-            "target": addr,
-            "state": "down" if forever else "ejected" if ejected else "up",
-            "reason": REASONS[w[W_REASON]] if ejections else None,
-            "since": round(wall - (now_ms - w[W_SINCE]) / 1000, 3) if w[W_SINCE] else None,
-            "until": round(wall + (w[W_DOWN_UNTIL] - now_ms) / 1000, 3) if ejected and not forever else None,
-            "ejections": ejections,
-            "consecutive_failures": w[W_FAILS],
-        })
-        if w[W_DNS_OK] or w[W_DNS_FAILING]:                  # a host name (discovery.py)
+        out["upstreams"].setdefault(name, {"targets": []})["targets"].append(_entry(addr, w, now_ms, wall))
+        host, port = parse_hostport(addr)
+        if not is_ip(host) and (w[W_DNS_OK] or w[W_DNS_FAILING]):      # a host name (discovery.py)
             out["upstreams"][name]["targets"][-1]["dns"] = {
                 "addresses": w[W_DNS_ADDRESSES],
                 "resolved": round(wall - (now_ms - w[W_DNS_OK]) / 1000, 3) if w[W_DNS_OK] else None,
-                "failing_since": round(wall - (now_ms - w[W_DNS_FAILING]) / 1000, 3) if w[W_DNS_FAILING] else None}
+                "failing_since": round(wall - (now_ms - w[W_DNS_FAILING]) / 1000, 3) if w[W_DNS_FAILING] else None,
+                "targets": [_entry(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", aw, now_ms, wall)
+                            for ip, aw in resolved(table, owner_of(target_key(name, addr)))]}
     for name, g, _ in _groups(shm, cfg):
         out["upstreams"].setdefault(name, {"targets": []})["limits"] = {
             "requests": g[G_ACTIVE], "pending": g[G_PENDING], "connections": g[G_CONNS],
             "retrying": g[G_RETRYING]}
     return out
+
+
+def _entry(addr: str, w: Any, now_ms: float, wall: float) -> dict[str, Any]:
+    """One target's state as /status/upstreams shows it."""
+    ejected = w[W_DOWN_UNTIL] > now_ms
+    forever = w[W_DOWN_UNTIL] == (1 << 63) - 1       # health.py DOWN_FOREVER: until a check passes
+    ejections = sum(w[W_EJECTED_BY + i] for i in range(len(REASONS)))
+    return {
+        "target": addr,
+        "state": "down" if forever else "ejected" if ejected else "up",
+        "reason": REASONS[w[W_REASON]] if ejections else None,
+        "since": round(wall - (now_ms - w[W_SINCE]) / 1000, 3) if w[W_SINCE] else None,
+        "until": round(wall + (w[W_DOWN_UNTIL] - now_ms) / 1000, 3) if ejected and not forever else None,
+        "ejections": ejections,
+        "consecutive_failures": w[W_FAILS],
+    }
 
 
 def metrics(shm: SharedMemory | None, cfg: Config) -> list[str]:

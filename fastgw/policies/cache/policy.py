@@ -68,7 +68,7 @@ class Flight:
 
 
 class State:
-    """The request's cache state (ex.ctx): what on_request decided, read by the later phases."""
+    """The request's cache state (Gate.state): what on_request decided, read by the later phases."""
 
     __slots__ = ("outcome", "status_line", "primary", "values", "entry", "fwd", "leader", "capture", "size",
                  "verdict", "conditional", "coalesced", "shared")
@@ -156,30 +156,31 @@ class CachePolicy(CacheGate):
             flight = self.store.flights.get(primary)
             if flight is not None:
                 return self.wait(ex, primary, flight)
-            ex.ctx.leader = self.store.flights[primary] = Flight()
+            self.state(ex).leader = self.store.flights[primary] = Flight()
             if self.flights is not None:                   # the pod's table (flights.py)
                 h = pod.key_hash(primary)
                 claim = self.flights.claim(h, self.lock_timeout)
                 if claim is not None and claim[0] == "wait":
                     return self.wait_shared(ex, primary, claim[1], h)
                 if claim is not None:
-                    ex.ctx.shared = (claim[1], h)
+                    self.state(ex).shared = (claim[1], h)
             if self.l2 is not None:                        # the fleet's second level, before the upstream
                 return self.from_l2(ex, primary)
             return None
         if m in UNSAFE:
-            ex.ctx = State(stats.BYPASS, self.primary(ex))
-            ex.ctx.status_line = METHOD
+            st = State(stats.BYPASS, self.primary(ex))
         else:
-            ex.ctx = State(stats.BYPASS)
-            ex.ctx.status_line = METHOD
+            st = State(stats.BYPASS)
+        st.status_line = METHOD
+        self.set_state(ex, st)
         return None
 
     def lookup(self, ex: Any, primary: Primary, now: float) -> Respond | None:
-        """The answer from the store, or None (ex.ctx then says why the request goes upstream)."""
+        """The answer from the store, or None (the state then says why the request goes upstream)."""
         store = self.store
         names = store.vary.get(primary)
-        st = ex.ctx = State(stats.MISS, primary)
+        st = State(stats.MISS, primary)
+        self.set_state(ex, st)
         if names is None:
             return None
         values = st.values = tuple(normal(ex.header(n)) for n in names)
@@ -210,7 +211,7 @@ class CachePolicy(CacheGate):
         """A miss while the key's GET is in flight: wait for it (bounded), then answer from what it
         stored; when it stored nothing the next waiter leads, unless its response could not be stored."""
         deadline = time.monotonic() + self.lock_timeout
-        ex.ctx.coalesced = True
+        self.state(ex).coalesced = True
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -220,24 +221,25 @@ class CachePolicy(CacheGate):
             except TimeoutError:
                 return None
             r = self.lookup(ex, primary, time.monotonic())
-            ex.ctx.coalesced = True
+            st = self.state(ex)
+            st.coalesced = True
             if r is not None:
-                e = self.store.get((primary, ex.ctx.values))
-                if e is not None and ex.ctx.outcome == stats.HIT:
-                    ex.ctx.status_line = _hit_lines(e, time.monotonic(), coalesced=True)
+                e = self.store.get((primary, st.values))
+                if e is not None and st.outcome == stats.HIT:
+                    st.status_line = _hit_lines(e, time.monotonic(), coalesced=True)
                 return r
             if flight.pass_through:
                 return None
             nxt = self.store.flights.get(primary)
             if nxt is None:
-                ex.ctx.leader = self.store.flights[primary] = Flight()
+                self.state(ex).leader = self.store.flights[primary] = Flight()
                 return None
             flight = nxt
 
     async def wait_shared(self, ex: Any, primary: Primary, i: int, h: int) -> Respond | None:
         """This worker's first miss of a key another worker is fetching: wait for the answer it publishes
         (bounded), store it here and answer from it; else go upstream (still this worker's leader)."""
-        leader = ex.ctx.leader
+        leader = self.state(ex).leader
         assert self.flights is not None                # a claim came from it
         answer = await self.flights.wait(i, h, self.lock_timeout)
         r = None
@@ -250,17 +252,19 @@ class CachePolicy(CacheGate):
             self.put(primary, tuple(values), status, v, body, time.monotonic())
             r = self.lookup(ex, primary, time.monotonic())
             if r is not None:
-                e = self.store.get((primary, ex.ctx.values))
-                if e is not None and ex.ctx.outcome == stats.HIT:
-                    ex.ctx.status_line = _hit_lines(e, time.monotonic(), coalesced=True)
-                ex.ctx.coalesced = True
-        ex.ctx.leader = leader
+                st = self.state(ex)
+                e = self.store.get((primary, st.values))
+                if e is not None and st.outcome == stats.HIT:
+                    st.status_line = _hit_lines(e, time.monotonic(), coalesced=True)
+                st.coalesced = True
+        self.state(ex).leader = leader
         return r
 
     async def from_l2(self, ex: Any, primary: Primary) -> Respond | None:
         """This pod's first miss of a key: the answer another instance kept in Redis, if any (then also
         handed to this pod's waiting workers); else None: the upstream (still the leader)."""
-        leader, slot = ex.ctx.leader, ex.ctx.shared
+        st = self.state(ex)
+        leader, slot = st.leader, st.shared
         assert self.l2 is not None
         got = await self.l2.read(primary)
         r = None
@@ -271,14 +275,16 @@ class CachePolicy(CacheGate):
             r = self.lookup(ex, primary, now)
             if r is not None:
                 e = self.store.get((primary, ()))
-                if e is not None and ex.ctx.outcome == stats.HIT:
-                    ex.ctx.status_line = _hit_lines(e, now, b"; detail=shared")
+                st = self.state(ex)
+                if e is not None and st.outcome == stats.HIT:
+                    st.status_line = _hit_lines(e, now, b"; detail=shared")
                 if slot is not None and self.flights is not None:
                     i, h = slot
                     self.flights.publish(i, h, [status, v.kept, body, v.lifetime, v.age, v.swr, v.sie, v.etag,
                                                 v.last_modified, [], []])
                     slot = None
-        ex.ctx.leader, ex.ctx.shared = leader, slot
+        st = self.state(ex)
+        st.leader, st.shared = leader, slot
         return r
 
     def revalidate(self, ex: Any, e: Entry) -> bool:
@@ -334,7 +340,7 @@ class CachePolicy(CacheGate):
 
     # -- on_response ------------------------------------------------------------------------------------
     def slow_response(self, ex: Any) -> Respond | None:
-        st = ex.ctx
+        st = self.state(ex)
         if type(st) is not State:
             ex.add_response_lines(GATEWAY_ANSWER)
             return None
@@ -379,7 +385,7 @@ class CachePolicy(CacheGate):
 
     # -- on_response_body -------------------------------------------------------------------------------
     def on_response_body(self, ex: Any, chunk: bytes, end: bool) -> None:
-        st = ex.ctx
+        st = self.state(ex)
         if type(st) is not State or st.capture is None:
             return
         if not end:
@@ -426,7 +432,7 @@ class CachePolicy(CacheGate):
 
     # -- on_log -----------------------------------------------------------------------------------------
     def slow_log(self, ex: Any) -> None:
-        st = ex.ctx
+        st = self.state(ex)
         if type(st) is not State:
             return
         if st.shared is not None and self.flights is not None:

@@ -45,13 +45,6 @@ def check(cfg: Config, errors: list[str]) -> None:
         if cfg.redis is None:
             errors.append(f"{p}: needs [redis]: the records must be seen by every worker and every pod, or a "
                           "retry that reaches another one runs twice")
-        if r.cache is not None:
-            # Both keep their per-request state in the one ex.ctx slot: the cache's would replace the
-            # held key's, the response would never be recorded and, once lock_ttl ran out, a retry would
-            # run the request again. Refused until each policy has its own slot.
-            errors.append(f"{p}: not together with routes[].cache on one route (both keep the request's state "
-                          "in one slot: the response would not be recorded); put the unsafe methods on their "
-                          "own route")
         if not idem.methods:
             errors.append(f"{p}.methods: give at least one method")
         for m in idem.methods:

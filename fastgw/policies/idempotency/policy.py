@@ -53,7 +53,7 @@ RETRY_AFTER = b"Retry-After: 1\r\n"
 
 
 class _Owned:
-    """ex.ctx of the request that holds a key's lock."""
+    """The state (Gate.state) of the request that holds a key's lock."""
 
     __slots__ = ("key", "lock", "fp", "status", "headers", "chunks", "size", "over", "ended")
 
@@ -134,7 +134,8 @@ class IdempotencyPolicy(Gate):
             return self.store_failed()
         if value is None:
             self.count(S.FIRST)
-            ex.ctx = _Owned(rkey, lock, fp)
+            self.set_state(ex, _Owned(rkey, lock, fp))
+            ex.retry_safe = True           # the key holds: a failed try may go to another target (retry.pyx)
             return None
         if value[1:1 + R.FP] != fp:
             self.count(S.MISMATCH)
@@ -151,14 +152,14 @@ class IdempotencyPolicy(Gate):
         return Respond(status, headers + [REPLAYED], stored_body)
 
     def on_response(self, ex: Any) -> None:
-        st = ex.ctx
+        st = self.state(ex)
         if type(st) is not _Owned:
             return
         st.status = ex.response_status
         st.headers = [(n, v) for n, v in ex.response_headers if n.lower() in ALLOWED]
 
     def on_response_body(self, ex: Any, chunk: bytes, end: bool) -> None:
-        st = ex.ctx
+        st = self.state(ex)
         if type(st) is not _Owned or st.ended:
             return
         if not end:
@@ -178,7 +179,7 @@ class IdempotencyPolicy(Gate):
         self.finish(st, R.done_value(st.fp, st.status, st.headers, None if st.over else b"".join(st.chunks)))
 
     def on_log(self, ex: Any) -> None:
-        st = ex.ctx
+        st = self.state(ex)
         if type(st) is not _Owned or st.ended:
             return
         st.ended = True
