@@ -17,6 +17,7 @@ adds coverage. Needs `pip install atheris`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import struct
 import sys
@@ -142,6 +143,13 @@ def main() -> int:
     scratch = f"/tmp/fuzz_h2_corpus.{os.getpid()}"
     os.makedirs(scratch, exist_ok=True)
     start = time.monotonic()
+    # Progress lines while libFuzzer runs (its heartbeat thread; libFuzzer's exit ends the process).
+    # Loaded by path: this script keeps bench/ off sys.path, where bench/h2.py would shadow the h2 library.
+    spec = importlib.util.spec_from_file_location("progress", os.path.join(HERE, "progress.py"))
+    progress_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(progress_mod)
+    progress = progress_mod.Progress("fuzz_h2", 1, per_step=None if args.runs else args.minutes * 60)
+    progress.step("H2Wire", None if args.runs else args.minutes * 60)
     atheris.instrument_all()
     atheris.Setup([sys.argv[0], "-max_len=4096", "-print_final_stats=1", *limit, scratch, CORPUS], one_input)
     atheris.Fuzz()

@@ -72,8 +72,11 @@ def main() -> int:
         child(args.child, max(1, int(args.minutes * 60)))
         return 0
     failed = []
-    for target in args.targets.split(","):
-        print(f"[fuzz] {target}: {args.minutes:g} min", flush=True)
+    targets = args.targets.split(",")
+    from progress import Progress  # bench/progress.py (this script's directory is on sys.path)
+    progress = Progress("fuzz_http1", len(targets), per_step=args.minutes * 60)
+    for target in targets:
+        progress.step(target, args.minutes * 60)
         p = subprocess.run([sys.executable, __file__, "--child", target, "--minutes", str(args.minutes)],
                            cwd=ROOT, capture_output=True, text=True)
         stats = [ln for ln in p.stderr.splitlines() if ln.startswith("stat::number_of_executed_units")
@@ -83,6 +86,7 @@ def main() -> int:
         if p.returncode != 0:
             failed.append(target)
             print(p.stderr[-4000:], file=sys.stderr)
+    progress.finish()
     print(f"[fuzz] {'crashes in ' + ', '.join(failed) if failed else '0 crashes'}")
     return 1 if failed else 0
 
