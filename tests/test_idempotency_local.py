@@ -210,3 +210,20 @@ def test_check_notes_the_per_host_mode(tmp_path: Path, db_path: str) -> None:
     assert out.returncode == 0, out.stderr
     assert f"idempotency: records in the per-host store {db_path} (no [redis])" in out.stdout
     assert "another pod runs again" in out.stdout
+
+
+def test_a_store_that_cannot_open_meets_on_store_error(tmp_path: Path, echo_origin: Any) -> None:
+    """The file cannot be created (its directory is missing): the gateway runs, and every keyed request
+    meets on_store_error: 503 store-unavailable ("closed"), never sent upstream unprotected."""
+    gw, _ = start(tmp_path, config(echo_origin.addr, str(tmp_path / "missing" / "idem.db")), workers=1)
+    try:
+        k = uuid.uuid4().hex
+        with httpx.Client(base_url=gw.base, timeout=5) as c:
+            r = post(c, f"/pay/{k}", k)
+            problem(r, 503, "store-unavailable")
+            assert r.headers["retry-after"] == "1"
+            assert c.get(f"/pay/{k}").status_code == 200          # GET: not an idempotency method
+        assert [r.head.method for r in echo_origin.requests_for(k)] == ["GET"]
+        assert outcomes(gw, "pay")["store_error"] == 1
+    finally:
+        gw.close()
