@@ -157,6 +157,28 @@ def test_cache_hit_is_the_same_identity_and_expires(tmp_path: Path, keys: dict) 
     assert pol.check(bearer(tok)) is None and iss.cache[tok.encode()][0] > time.time()
 
 
+def test_cached_token_lookup_is_exact(tmp_path: Path, keys: dict) -> None:
+    """The compiled cache lookup keeps the token seen last in a slot chosen by the token's tail and length
+    (gates.pyx AuthGate.cached_token): a token with the same length and signature but another payload
+    lands in that slot and must still be verified (refused), and either order leaves the real one
+    admitted. Blanks around the token and the scheme's case do not change what is looked up."""
+    pol = make_policy(tmp_path, keys)
+    tok = jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "rsa-1"})
+    h, p, sig = tok.split(".")
+    other = b64(json.dumps({**claims(), "sub": "client-8"}, separators=(",", ":")).encode())
+    assert len(other) == len(p)
+    twin = ".".join([h, other, sig])
+    assert_401(pol, bearer(twin))                      # nothing cached yet
+    first = bearer(tok)
+    assert pol.check(first) is None                    # verified, cached
+    assert pol.check(bearer(tok)) is None              # the slot is filled from the cache
+    assert pol.check(bearer(tok)) is None              # ...and answers from it
+    assert_401(pol, bearer(twin))                      # same slot, other bytes: verified, refused
+    ex = Ex({"Authorization": "bEaReR  " + tok + " "})
+    assert pol.check(ex) is None and ex.identity is first.identity
+    assert tok.encode() in pol.methods[0][1].cache and twin.encode() not in pol.methods[0][1].cache
+
+
 @pytest.mark.parametrize("with_kid", [True, False], ids=["same-kid", "same-position-no-kid"])
 def test_cached_token_dropped_when_its_key_material_changes(tmp_path: Path, keys: dict, with_kid: bool) -> None:
     """An IdP that reuses a kid (or, in a JWK Set without kids, a position) for a new key: tokens signed

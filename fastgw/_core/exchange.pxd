@@ -4,6 +4,7 @@ from fastgw._core.balancer cimport B_LEAST_REQUEST, OV_REQUESTS, REASON_STATUS, 
 from fastgw._core.gateway_error cimport (
     RC_502, RC_CONNECT, RC_NONE, RC_REFUSED, RC_RESPONSE, RC_SEND, RC_TIMEOUT, GatewayError,
 )
+from fastgw._core.gates cimport PolicyExchange
 from fastgw._core.http1 cimport RequestHead
 from fastgw._core.phases cimport Respond
 from fastgw._core.runtime cimport RouteRT, Runtime
@@ -14,10 +15,10 @@ cdef enum:
 
 
 @cython.final
-cdef class Exchange:
+cdef class Exchange(PolicyExchange):
+    # (from PolicyExchange, gates.pxd: head, up_extra, resp_extra, resp_view, viewed, identity)
     cdef Downstream client                # the client side (downstream.pxd): an HTTP/1.1 connection or an HTTP/2 stream
     cdef Runtime rt
-    cdef RequestHead head
     cdef RouteRT route
     cdef bytes rid
     cdef bytes up_head
@@ -61,17 +62,11 @@ cdef class Exchange:
     cdef GatewayError retried_err         # the failure the exchange was retried after, or None
     cdef bytes err_extra                  # header lines for the problem response (Allow, a policy's)
     cdef object params                    # the route's {param} captures (dict) or None
-    cdef bytes up_extra                   # header lines added by policies to the upstream request
-    cdef bytes resp_extra                 # header lines added by policies to the response (any status)
     cdef list after                       # callables run once when the exchange completes
     cdef object gate_task
-    cdef public object identity           # set by an auth policy (the verified consumer), read by later ones
     cdef public object ctx                # per-request policy state: None unless a policy sets it
     cdef public list states               # each policy's own state (gates.pyx Gate.state), by its slot in
                                           #   the route's policies: None until one keeps some
-    cdef list resp_view                   # while on_response runs: the response's header blocks (bytes), or
-                                          #   once a policy read or edited them (`viewed`), its (name, value) pairs
-    cdef bint viewed
     cdef list resp_blocks                 # while on_response runs: the header blocks the response came with
     cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef object body_waiter               # read_body's future while a policy waits for the whole body, or None

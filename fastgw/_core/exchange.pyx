@@ -418,7 +418,8 @@ cdef class Exchange:
         if route.gate is not None:
             self.params = m[2]
             try:
-                res = route.gate(self)
+                g = route.gate               # the compiled Chain called in C; one policy: its on_request
+                res = (<Chain>g).run(self) if type(g) is Chain else g(self)
             except Exception as exc:
                 _report_policy_error(route.name, exc)
                 res = (500, "internal-error", None, None)
@@ -551,16 +552,6 @@ cdef class Exchange:
         """The worker is draining (SIGTERM): a policy opens no new long-lived session."""
         return self.client.draining
 
-    def header(self, bytes lname):
-        """The value of the forwarded request header `lname` (lowercase), or None. Headers the gateway
-        owns (Host, framing, hop-by-hop, X-Forwarded-*, identity headers) are not visible here."""
-        cdef list pieces = self.head.pieces
-        cdef Py_ssize_t i
-        for i in range(0, len(pieces), 4):
-            if len(<bytes>pieces[i]) == len(lname) and (<bytes>pieces[i]).lower() == lname:
-                return pieces[i + 2]
-        return None
-
     def add_upstream_header(self, bytes name, bytes value):
         line = name + b": " + value + b"\r\n"
         self.up_extra = line if self.up_extra is None else self.up_extra + line
@@ -581,16 +572,7 @@ cdef class Exchange:
             raise ValueError("a query starts with '?'")
         self.head.query = query
 
-    def add_upstream_lines(self, bytes lines):
-        """Complete header lines (b"Name: value\\r\\n"...), prebuilt by a policy, for the upstream request."""
-        self.up_extra = lines if self.up_extra is None else self.up_extra + lines
-
-    def add_response_lines(self, bytes lines):
-        """Complete header lines for the response, whatever its status."""
-        if self.resp_view is not None and self.viewed:
-            _ph.parse_lines(lines, self.resp_view)
-            return
-        self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
+    # header(), add_upstream_lines() and add_response_lines(): PolicyExchange (gates.pyx), in C for the gates
 
     def on_complete(self, fn):
         """Run fn(exchange) once when the exchange ends, whatever the outcome."""

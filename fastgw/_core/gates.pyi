@@ -20,6 +20,13 @@ class Identity:
     def __init__(self, consumer: str, method: str, plan: str | None = ..., claims: dict[str, Any] | None = ...,
                  scopes: frozenset[str] = ..., roles: frozenset[str] = ...) -> None: ...
 
+class PolicyExchange:
+    """The exchange's part the compiled gates use in C (the worker's Exchange derives from it)."""
+    identity: Identity | None
+    def header(self, lname: bytes) -> bytes | None: ...
+    def add_upstream_lines(self, lines: bytes) -> None: ...
+    def add_response_lines(self, lines: bytes) -> None: ...
+
 class Gate:
     has_lines: bool
     slot: int

@@ -26,13 +26,15 @@ cannot tell.
 Measured with callgrind on the gateway scenario (bench/ratelimit.py): the Python policies cost ~33k
 instructions per request on top of the ~32k of plain proxying; see the README's benchmark section.
 """
+cimport cython
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from fastgw._core.buckets cimport Plan, Table, _hash
-from fastgw._core.phases cimport Respond
+from fastgw._core.phases cimport Respond, parse_lines
+from fastgw._core.wire cimport ieq
 
 # (The decision counters and key parts are declared in gates.pxd.)
 
@@ -104,6 +106,63 @@ cdef class Identity:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The exchange as the gates see it
+
+cdef class PolicyExchange:
+    """The request's fields and the lines policies add (declared in gates.pxd), with the methods a policy
+    calls: the worker's Exchange derives from it, so a gate reads and adds them with C calls (a Python
+    method call on the exchange cost ~200 instructions each, five per request on an API-key route).
+    Anything else that stands in for an exchange (tests drive policies with their own) is reached
+    through its Python methods: the _header, _add_* helpers below choose."""
+
+    cpdef object header(self, bytes lname):
+        """The value of the forwarded request header `lname` (lowercase), or None. Headers the gateway
+        owns (Host, framing, hop-by-hop, X-Forwarded-*, identity headers) are not visible here."""
+        cdef list pieces = self.head.pieces
+        cdef Py_ssize_t i, n
+        cdef const char* want
+        if lname is None:
+            raise TypeError("header name must be bytes, not None")
+        n = PyBytes_GET_SIZE(lname)
+        want = PyBytes_AS_STRING(lname)
+        # Compared in C, folding ASCII A-Z as bytes.lower() does: no lowercase copy per field.
+        for i in range(0, len(pieces), 4):
+            if ieq(PyBytes_AS_STRING(<bytes>pieces[i]), PyBytes_GET_SIZE(<bytes>pieces[i]), want, n):
+                return pieces[i + 2]
+        return None
+
+    cpdef object add_upstream_lines(self, bytes lines):
+        """Complete header lines (b"Name: value\r\n"...), prebuilt by a policy, for the upstream request."""
+        self.up_extra = lines if self.up_extra is None else self.up_extra + lines
+
+    cpdef object add_response_lines(self, bytes lines):
+        """Complete header lines for the response, whatever its status."""
+        if self.resp_view is not None and self.viewed:
+            parse_lines(lines, self.resp_view)
+            return
+        self.resp_extra = lines if self.resp_extra is None else self.resp_extra + lines
+
+
+cdef inline object _header(object ex, bytes lname):
+    if isinstance(ex, PolicyExchange):
+        return (<PolicyExchange>ex).header(lname)
+    return ex.header(lname)
+
+
+cdef inline void _add_response_lines(object ex, bytes lines) except *:
+    if isinstance(ex, PolicyExchange):
+        (<PolicyExchange>ex).add_response_lines(lines)
+    else:
+        ex.add_response_lines(lines)
+
+
+cdef inline object _identity(object ex):
+    if isinstance(ex, PolicyExchange):
+        return (<PolicyExchange>ex).identity
+    return ex.identity
+
+
+# ---------------------------------------------------------------------------------------------------
 # The chain
 
 cdef class Gate:
@@ -155,9 +214,7 @@ cdef class Gate:
 cdef class Chain:
     """A route's on_request phase over several policies. Synchronous until a policy returns an awaitable;
     `finish` (a coroutine function: exchange, awaitable, remaining policies) runs the rest from there. The
-    first answer (a rejection or a Respond) wins."""
-    cdef tuple pols
-    cdef object finish
+    first answer (a rejection or a Respond) wins. The exchange calls `run` in C."""
 
     def __init__(self, pols, finish):
         for p in pols:
@@ -167,6 +224,9 @@ cdef class Chain:
         self.finish = finish
 
     def __call__(self, ex):
+        return self.run(ex)
+
+    cdef object run(self, object ex):
         cdef Py_ssize_t i, n = len(self.pols)
         for i in range(n):
             r = (<Gate>self.pols[i]).on_request(ex)
@@ -185,23 +245,38 @@ cdef inline bint _space(char c) noexcept nogil:
     return c == b' ' or c == b'\t'
 
 
-cdef object _bearer(bytes v):
-    """The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, surrounding blanks
-    dropped, as Issuer.token does), or None; one copy of the token, no intermediate slices."""
+cdef Py_ssize_t _bearer(bytes v, Py_ssize_t* end) noexcept:
+    """Where the token of an `Authorization: Bearer <token>` value starts (its end in *end; scheme
+    case-insensitive, surrounding blanks dropped, as Issuer.token does), or -1: no copy, no slices."""
     cdef const char* p = PyBytes_AS_STRING(v)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(v), i, start, end
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(v), i, start
     cdef const char* scheme = b"bearer "
     if n <= 7:
-        return None
+        return -1
     for i in range(7):
         if (p[i] | 0x20 if b'A' <= p[i] <= b'Z' else p[i]) != scheme[i]:
-            return None
-    start, end = 7, n
-    while start < end and _space(p[start]):
+            return -1
+    start = 7
+    end[0] = n
+    while start < end[0] and _space(p[start]):
         start += 1
-    while end > start and _space(p[end - 1]):
-        end -= 1
-    return PyBytes_FromStringAndSize(p + start, end - start)
+    while end[0] > start and _space(p[end[0] - 1]):
+        end[0] -= 1
+    return start
+
+
+cdef enum:
+    TOKEN_SLOTS = 128       # AuthGate.tokens: the recently seen tokens of a bearer-JWT route (a power of 2)
+
+
+cdef inline Py_ssize_t _token_slot(const char* t, Py_ssize_t n) noexcept nogil:
+    """The slot of a token in AuthGate.tokens: its last 8 bytes (signature characters) and its length,
+    mixed. Only a hint: the slot's token is compared whole before it is used."""
+    cdef uint64_t x = <uint64_t>n
+    if n >= 8:
+        memcpy(&x, t + n - 8, 8)
+        x ^= <uint64_t>n
+    return <Py_ssize_t>((x * <uint64_t>0x9E3779B97F4A7C15) >> 57)
 
 
 cdef class FailGate:
@@ -258,9 +333,11 @@ cdef class AuthGate(Gate):
     cdef public FailGate failures        # the client address's failure budget, or None
     cdef unsigned long long[::1] mwords   # the worker's metrics region (fastgw.metrics), if counted
     cdef Py_ssize_t mbase                 # index of this route's first auth-failure word, or -1
+    cdef list tokens                      # TOKEN_SLOTS tokens (bytes) found in issuer.cache lately, or None
 
     def __cinit__(self):
         self.mbase = -1
+        self.tokens = [None] * TOKEN_SLOTS
 
     def count_failures(self, words, Py_ssize_t base):
         """Count refusals in words[base + reason] (fastgw.metrics.AUTH_REASONS order)."""
@@ -276,20 +353,47 @@ cdef class AuthGate(Gate):
         cdef bytes v
         if not self.ip_rules:
             if self.first == 1:
-                v = ex.header(self.key_header)
+                v = _header(ex, self.key_header)
                 if v is not None:
                     hit = self.key_cache.get(v)
                     if hit is not None:
                         return self.known(ex, <Identity>hit)
             elif self.first == 2:
-                v = ex.header(b"authorization")
+                v = _header(ex, b"authorization")
                 if v is not None:
-                    tok = _bearer(v)
-                    if tok is not None:
-                        hit = self.issuer.cache.get(tok)
-                        if hit is not None and _now(CLOCK_REALTIME) < <double>(<tuple>hit)[0] * 1e9:
-                            return self.known(ex, <Identity>(<tuple>hit)[2])
+                    hit = self.cached_token(v)
+                    if hit is not None:
+                        return self.known(ex, <Identity>hit)
         return self.slow(ex)
+
+    cdef object cached_token(self, bytes v):
+        """The Identity of the bearer token in the Authorization value `v` when its issuer's cache holds
+        it unexpired, else None. The cache is keyed by the token's bytes: a token copied out of each
+        request would be hashed whole each time (siphash, ~1,900 instructions for an RS256 token). The
+        token seen last in its slot is kept instead (its hash computed once), compared whole with the
+        request's, and looked up with; a slot that holds another token falls back to the copy."""
+        cdef Py_ssize_t end = 0
+        cdef Py_ssize_t start = _bearer(v, &end)
+        cdef const char* t
+        cdef Py_ssize_t n, k
+        cdef bytes seen
+        if start < 0:
+            return None
+        t = PyBytes_AS_STRING(v) + start
+        n = end - start
+        k = _token_slot(t, n)
+        cache = self.issuer.cache
+        seen = <bytes>self.tokens[k]
+        if seen is not None and PyBytes_GET_SIZE(seen) == n and memcmp(PyBytes_AS_STRING(seen), t, n) == 0:
+            hit = cache.get(seen)
+        else:
+            seen = PyBytes_FromStringAndSize(t, n)
+            hit = cache.get(seen)
+            if hit is not None:
+                self.tokens[k] = seen        # only tokens that verified: bounded by the slots, never a guess
+        if hit is not None and _now(CLOCK_REALTIME) < <double>(<tuple>hit)[0] * 1e9:
+            return (<tuple>hit)[2]
+        return None
 
     cdef object known(self, object ex, Identity ident):
         # A cached credential is still a credential check: an address over its failure budget is refused
@@ -320,10 +424,15 @@ cdef class AuthGate(Gate):
         if self.roles and not (self.roles & ident.roles):
             self.fail(3)
             return (403, "forbidden", b"missing required role", None)
-        ex.identity = ident
         lines = ident.header_lines()
-        if lines:
-            ex.add_upstream_lines(lines)
+        if isinstance(ex, PolicyExchange):
+            (<PolicyExchange>ex).identity = ident
+            if lines:
+                (<PolicyExchange>ex).add_upstream_lines(lines)
+        else:
+            ex.identity = ident
+            if lines:
+                ex.add_upstream_lines(lines)
         if self.strip_query is not None:
             q = ex.query
             if q and ((<bytes>q).find(self.strip_query) >= 0 or (<bytes>q).find(b"%") >= 0):
@@ -358,6 +467,8 @@ cdef class KeySpec:
     never as one bucket shared by everyone."""
     cdef tuple kinds
     cdef tuple names
+    cdef str consumer               # the consumer seen last (Identity objects are shared: the same str)
+    cdef bytes consumer_b           # ...and its bytes, not encoded again per request
 
     def __init__(self, parts):
         kinds, names = [], []
@@ -387,14 +498,20 @@ cdef class KeySpec:
         for i in range(len(self.kinds)):
             kind = <int>self.kinds[i]
             if kind == P_CONSUMER:
-                v = (<str>consumer).encode() if consumer is not None else b"ip:" + ex.peer
+                if consumer is None:
+                    v = b"ip:" + ex.peer
+                else:
+                    if consumer is not self.consumer:
+                        self.consumer_b = (<str>consumer).encode()
+                        self.consumer = <str>consumer
+                    v = self.consumer_b
             elif kind == P_IP:
                 v = ex.peer
             elif kind == P_ROUTE:
                 name = ex.route_name
                 v = (<str>name).encode() if name is not None else b""
             else:
-                v = ex.header(self.names[i])
+                v = _header(ex, self.names[i])
                 if v is None:
                     v = b"ip:" + ex.peer
             h = _hash(h, <const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
@@ -430,22 +547,24 @@ cdef class Headers:
         cdef char buf[512]
         cdef char* p = buf
         cdef bytes pre
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, m = PyBytes_GET_SIZE(self.policy)
         if tight < 0 or tight >= len(self.prefix):
             out = self.policy
         else:
             pre = <bytes>self.prefix[tight]
             n = PyBytes_GET_SIZE(pre)
-            if n > 400:
+            if n + m > 400:
                 out = self.policy + pre + b"%d;t=%d\r\n" % (remaining, reset_s)
             else:
-                memcpy(p, PyBytes_AS_STRING(pre), n)
-                p = _itoa(p + n, remaining)
+                # Both lines written into one buffer: one bytes object per request, no concatenation.
+                memcpy(p, PyBytes_AS_STRING(self.policy), m)
+                memcpy(p + m, PyBytes_AS_STRING(pre), n)
+                p = _itoa(p + m + n, remaining)
                 memcpy(p, b";t=", 3)
                 p = _itoa(p + 3, reset_s)
                 p[0] = b'\r'
                 p[1] = b'\n'
-                out = self.policy + PyBytes_FromStringAndSize(buf, p + 2 - buf)
+                out = PyBytes_FromStringAndSize(buf, p + 2 - buf)
         if degraded is not None:
             out = out + b"RateLimit-Degraded: " + degraded + b"\r\n"
         return out
@@ -508,21 +627,41 @@ cdef class PlanGate:
             self.conc[i] = 1 if lim.is_conc else 0
 
 
+@cython.final
+cdef class LastLookup:
+    """One dict lookup kept: d.get(key) again for the same dict and key object (compared by identity)
+    returns the value found then. For keys that recur as the same objects request after request (plan
+    names from the shared Identity and PlanGate objects) in dicts set up once (RateGate's)."""
+    cdef object d, key, value
+
+    cdef inline object get(self, dict d, object key):
+        if key is not self.key or d is not self.d:
+            self.value = d.get(key)
+            self.key = key
+            self.d = d
+        return self.value
+
+
 cdef class RateGate(Gate):
     """Fast path of fastgw.policies.ratelimit.RateLimitPolicy (set up by its __init__)."""
     cdef public PlanGate default             # the route's plan, or None
     cdef public dict by_name                 # plan name -> PlanGate (a consumer's or token's plan)
     cdef public dict counters                # plan name -> Counter (absent: not counted)
+    cdef LastLookup plan_seen, count_seen    # the last lookup in each
+
+    def __cinit__(self):
+        self.plan_seen = LastLookup()
+        self.count_seen = LastLookup()
 
     cpdef object on_request(self, object ex):
         cdef PlanGate pg = self.default
         consumer = None
-        ident = ex.identity
+        ident = _identity(ex)
         if ident is not None:
             consumer = (<Identity?>ident).consumer      # checked: only AuthGate sets it
             pname = (<Identity>ident).plan
             if pname is not None:
-                hit = self.by_name.get(pname)
+                hit = self.plan_seen.get(self.by_name, pname)
                 if hit is not None:
                     pg = <PlanGate>hit
         if pg is None:
@@ -561,7 +700,7 @@ cdef class RateGate(Gate):
         cdef int64_t until
         if tight >= 0:
             until = <int64_t>(<double>st[5]) - mono
-            ex.add_response_lines(pg.headers.lines(
+            _add_response_lines(ex, pg.headers.lines(
                 tight, <long long>(<double>st[4]), (until + 999999999) // 1000000000 if until > 0 else 0, None))
 
     def prefetch(self, rt, tag, keys, mono):
@@ -575,7 +714,7 @@ cdef class RateGate(Gate):
         """A shadow limit was over its budget (Python subclass: count and log)."""
 
     cpdef void count(self, object plan_name, int decision):
-        c = self.counters.get(plan_name)
+        c = self.count_seen.get(self.counters, plan_name)
         if c is not None:
             (<Counter>c).count(decision)
 
@@ -595,16 +734,16 @@ cdef class RateGate(Gate):
             (<Release>rel).keys = keys
             (<Release>rel).charged = bp.charged
             ex.on_complete(rel)
-        ex.add_response_lines(pg.headers.lines(bp.tight, bp.remaining, bp.reset_s, degraded))
+        _add_response_lines(ex, pg.headers.lines(bp.tight, bp.remaining, bp.reset_s, degraded))
         return None
 
     cpdef object reject(self, object ex, PlanGate pg, int idx, long long reset_s, long long retry_s,
                         bytes degraded):
         """The 429 for limit `idx` (with the RateLimit lines, except for a concurrency limit)."""
         if not pg.conc[idx]:
-            ex.add_response_lines(pg.headers.lines(idx, 0, reset_s, degraded))
+            _add_response_lines(ex, pg.headers.lines(idx, 0, reset_s, degraded))
         elif degraded is not None:
-            ex.add_response_lines(b"RateLimit-Degraded: " + degraded + b"\r\n")
+            _add_response_lines(ex, b"RateLimit-Degraded: " + degraded + b"\r\n")
         return (429, pg.slugs[idx], None, b"Retry-After: %d\r\n" % (retry_s if retry_s > 1 else 1))
 
 
@@ -671,7 +810,7 @@ cdef class CacheGate(Gate):
             return self.slow_request(ex)
         consumer = ""
         if self.per_consumer:
-            ident = ex.identity
+            ident = _identity(ex)
             if ident is not None:
                 consumer = (<Identity?>ident).consumer
         host = ex.host
@@ -682,7 +821,7 @@ cdef class CacheGate(Gate):
         if names is None:
             return self.slow_request(ex)
         if names:
-            values = tuple([self.normal(ex.header(name)) for name in <tuple>names])
+            values = tuple([self.normal(_header(ex, name)) for name in <tuple>names])
         else:
             values = ()
         hit = self.entries.get((primary, values))
@@ -691,13 +830,13 @@ cdef class CacheGate(Gate):
         e = <CacheEntry>hit
         now = _now(CLOCK_MONOTONIC) / 1e9
         ttl = e.lifetime - (e.age + (now - e.stored))
-        if ttl <= 0 or (e.etag is not None and ex.header(b"if-none-match") is not None):
+        if ttl <= 0 or (e.etag is not None and _header(ex, b"if-none-match") is not None):
             return self.slow_request(ex)
         e.used = True
         self.set_state(ex, CACHE_HIT)
         n = snprintf(buf, sizeof(buf), b"Age: %lld\r\nCache-Status: fastgw; hit; ttl=%lld\r\n",
                      <long long>(e.age + (now - e.stored)), <long long>ttl)
-        ex.add_response_lines(PyBytes_FromStringAndSize(buf, n))
+        _add_response_lines(ex, PyBytes_FromStringAndSize(buf, n))
         return e.respond
 
     def on_response(self, ex):

@@ -23,6 +23,8 @@ cdef class ClientConn(Downstream):
     cdef H2Conn h2                        # set when the connection speaks HTTP/2 (h2engine.pyx)
     cdef bint sniffed                     # the first bytes were checked for the h2c preface
     cdef bytes sbuf                       # a partial preface-looking start, until 24 bytes are in
+    cdef bytes first                      # the first read taken as HTTP/1.x, until the first request head:
+                                          #   a start that is no HTTP/1.x line is answered with GOAWAY
     cdef bint admitted                    # counted in Worker.nconns (until connection_lost or freed)
     cdef bint parked                      # accepted beyond max_connections: not read until room (Worker)
     cdef double closed_at                 # when close() was called (unsent output is dropped later)

@@ -199,6 +199,7 @@ cdef class ClientConn(Downstream):
             n = 24
         if (<const char*>data)[0] != b'P' or data[:n] != H2_PREFACE[:n]:
             self.sniffed = True
+            self.first = data
             return data
         if n < 24:
             self.sbuf = data
@@ -443,6 +444,8 @@ cdef class ClientConn(Downstream):
         if self.discard:
             self.rx = None
             return
+        if self.first is not None:
+            self.first = None                 # (held for request_error's check of the first request)
         ex = self.new_exchange(head)
         ex.has_body = head.chunked or head.content_length > 0
         ex.body_done = not ex.has_body
@@ -452,7 +455,7 @@ cdef class ClientConn(Downstream):
     cdef void request_error(self, int status, str slug, str detail):
         cdef Exchange ex = self.rx
         cdef GatewayError err = gateway_error(status, slug, SRC_DOWNSTREAM, False, detail.encode(), None)
-        if status == 400 and self.nreq == 0 and ex is None and self.active is None and not_http1_start(self.reader._line):
+        if status == 400 and self.nreq == 0 and ex is None and self.active is None and not_http1_start(self.first):
             self.send(H2_PREFACE_ERROR)       # neither HTTP/1.x nor the h2c preface (h2engine.pyx)
             self.close()
             return

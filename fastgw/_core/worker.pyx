@@ -61,7 +61,7 @@ from fastgw._core.gateway_error cimport (
 from fastgw._core.runtime cimport H2Limits, Problem, RouteRT, Runtime, json_bytes
 from fastgw._core cimport phases as _ph
 from fastgw._core.phases cimport Respond
-from fastgw._core.gates cimport Gate
+from fastgw._core.gates cimport Chain, Gate
 from fastgw._core.runtime import H2Limits, Problem, RouteRT, Runtime, json_bytes
 
 include "stats.pyx"
