@@ -77,7 +77,7 @@ POLICIES: tuple[Registration, ...] = (
     Registration("validate", validate.Sections, validate.RouteKeys, None, validate.check,
                  "fastgw.policies.validate.policy"),
     Registration("idempotency", idempotency.Sections, idempotency.RouteKeys, None, idempotency.check,
-                 "fastgw.policies.idempotency.policy"),
+                 "fastgw.policies.idempotency.policy", summary=idempotency.summary),
     Registration("transcode", transcode.Sections, transcode.RouteKeys, None, transcode.check,
                  "fastgw.policies.transcode.policy", summary=transcode.summary),
     Registration("cache", cache.Sections, cache.RouteKeys, None, cache.check, "fastgw.policies.cache.policy",

@@ -21,17 +21,21 @@ methods that carries a key runs upstream at most once per key; a retry gets the 
                as a success; when it was not (a connect failure, a later policy's answer) the key is freed.
 
 The store calls go through the worker's own store client (fastgw/store/redis.py), with the scripts of
-record.py loaded on every node.
+record.py loaded on every node; without [redis], through the worker's connection to the per-host store
+(hoststore.py: the same two operations, inline: one is tens of microseconds).
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from fastgw._core.gates import Gate
 from fastgw._core.phases import Respond
 from fastgw.policies.idempotency import record as R
 from fastgw.policies.idempotency import stats as S
+from fastgw.policies.idempotency.config import host_store
+from fastgw.policies.idempotency.hoststore import HostStore, StoreFull
 from fastgw.store.redis import StoreDown, connect
 
 if TYPE_CHECKING:
@@ -94,6 +98,10 @@ class IdempotencyPolicy(Gate):
     def client(self) -> Any:
         return self.services.get("idempotency_client")
 
+    @property
+    def host(self) -> HostStore | None:
+        return self.services.get("idempotency_host")
+
     def on_request(self, ex: Any) -> Any:
         if ex.method not in self.methods:
             return None
@@ -125,13 +133,20 @@ class IdempotencyPolicy(Gate):
         rkey = R.record_key(ident.consumer if ident is not None else "", self.route, ex.method, key)
         fp = R.fingerprint(ex.method, ex.path + ex.query, body)
         lock = b"L" + fp + os.urandom(16)
-        client = self.client
-        if client is None or not client.up:
-            return self.store_failed()
-        try:
-            value = R.decode_reply(await client.run(R.BEGIN, [rkey], [lock, self.lock_ms]))
-        except StoreDown:                 # (StoreError too)
-            return self.store_failed()
+        host = self.host
+        if host is not None:
+            try:
+                value = host.begin(rkey, lock, self.lock_ms)
+            except (sqlite3.Error, StoreFull):
+                return self.store_failed()
+        else:
+            client = self.client
+            if client is None or not client.up:
+                return self.store_failed()
+            try:
+                value = R.decode_reply(await client.run(R.BEGIN, [rkey], [lock, self.lock_ms]))
+            except StoreDown:                 # (StoreError too)
+                return self.store_failed()
         if value is None:
             self.count(S.FIRST)
             self.set_state(ex, _Owned(rkey, lock, fp))
@@ -176,7 +191,8 @@ class IdempotencyPolicy(Gate):
             self.finish(st, b"")
             return
         self.count(S.STORED)
-        self.finish(st, R.done_value(st.fp, st.status, st.headers, None if st.over else b"".join(st.chunks)))
+        self.finish(st, R.done_value(st.fp, st.status, st.headers, None if st.over else b"".join(st.chunks)),
+                    R.done_value(st.fp, st.status, st.headers, None))
 
     def on_log(self, ex: Any) -> None:
         st = self.state(ex)
@@ -189,8 +205,16 @@ class IdempotencyPolicy(Gate):
             self.count(S.RELEASED)
             self.finish(st, b"")
 
-    def finish(self, st: _Owned, value: bytes) -> None:
-        """Replace this request's lock with `value` (b"": delete it), if the lock is still ours."""
+    def finish(self, st: _Owned, value: bytes, smaller: bytes = b"") -> None:
+        """Replace this request's lock with `value` (b"": delete it), if the lock is still ours. (`smaller`:
+        the record without its body, for a per-host store with no room for the body.)"""
+        host = self.host
+        if host is not None:
+            try:
+                host.finish(st.key, st.lock, value, self.ttl_ms, smaller)
+            except sqlite3.Error:
+                self.count(S.STORE_ERROR)     # the lock expires after lock_ttl
+            return
         client = self.client
         if client is None:
             return
@@ -216,12 +240,36 @@ def _client(cfg: Config, services: dict[str, Any]) -> Any:
     return services["idempotency_client"]
 
 
+def _host(cfg: Config, services: dict[str, Any]) -> None:
+    """The worker's connection to the per-host store (no [redis]), opened on first use and reopened when
+    [idempotency] changes on a reload; the Redis client is closed when a reload removes [redis], and the
+    host store when one adds it. The file outlives the workers: a reload keeps the records."""
+    hs = host_store(cfg)
+    old = services.get("idempotency_host")
+    if old is not None and (hs is None or services.get("idempotency_host_settings") != hs):
+        services.pop("idempotency_host").close()
+    if hs is None:
+        return
+    rc = services.pop("idempotency_client", None)
+    if rc is not None:
+        rc.close()
+        services.pop("idempotency_redis", None)
+    if services.get("idempotency_host") is None:
+        services["idempotency_host_settings"] = hs
+        try:
+            services["idempotency_host"] = HostStore(hs.path, hs.max_records, hs.max_bytes)
+        except sqlite3.Error:             # counted as store_error by every request that needs it, which
+            pass                          # meets on_store_error (503 by default)
+
+
 def build(cfg: Config, route: Route, services: dict[str, Any], mslot: int = -1) -> IdempotencyPolicy | None:
     idem = route.idempotency
     if idem is None:
         return None
-    if cfg.redis is not None and services.get("loop") is not None:
-        _client(cfg, services)
+    if services.get("loop") is not None:
+        _host(cfg, services)
+        if cfg.redis is not None:
+            _client(cfg, services)
     return IdempotencyPolicy(route.name, idem, services, S.counter(services.get("idempotency_words"), route.name))
 
 
