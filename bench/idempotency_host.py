@@ -20,6 +20,8 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from progress import Progress  # noqa: E402  (bench/progress.py: this script's directory is on sys.path)
+
 from fastgw.policies.idempotency.hoststore import HostStore  # noqa: E402
 
 LOCK = b"L" + b"f" * 48
@@ -52,8 +54,10 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="processes at once (after one alone)")
     a = ap.parse_args()
     path = f"/dev/shm/fastgw-bench-idem-{uuid.uuid4().hex}.db"
+    progress = Progress("idempotency_host", 2)
     try:
         for procs in (1, a.procs):
+            progress.step(f"{procs} process(es) x {a.n} keys x 3 rounds")
             q: multiprocessing.Queue = multiprocessing.Queue()
             ps = [multiprocessing.Process(target=run, args=(path, f"p{procs}-{i}", a.n, q)) for i in range(procs)]
             for p in ps:
@@ -63,6 +67,7 @@ def main() -> None:
                 p.join()
             for tag, (b, f, r) in sorted(got):
                 print(f"{procs} process(es) {tag}: begin {b:.1f} µs  finish {f:.1f} µs  replay read {r:.1f} µs")
+        progress.finish()
     finally:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
