@@ -7,8 +7,8 @@ Replay (the upstream called once, Idempotent-Replayed), 12 concurrent duplicates
 upstream timeout, ttl expiry, a SIGHUP reload keeping the records, the max_records bound (a full store
 answers 503 and expired records make room, oldest first), the max_bytes bound, `fastgw check`'s note.
 Another process holding the file's write lock never stops a worker: its other requests are answered at
-once while the keyed one waits (then goes upstream, or 503 after BUSY_S), and a FINISH that meets the
-lock is written once it is free.
+once while the keyed one waits (then goes upstream, or 503 after BUSY_S), a FINISH that meets the lock
+is written once it is free, and a reload reopening the store applies at once.
 """
 from __future__ import annotations
 
@@ -242,11 +242,11 @@ def timed_get(c: httpx.Client, path: str) -> float:
 
 @contextlib.contextmanager
 def one_worker_and_a_holder(tmp_path: Path, origin: str, db_path: str) -> Iterator[tuple[Any, ...]]:
-    """A gateway of one worker, an SQLite connection of the test's own to its file (to hold the write
+    """A gateway of one worker (and its config file), an SQLite connection of the test's own to its file (to hold the write
     lock), two open client connections (`c` for plain requests, `kc` for the keyed one, run in `pool`)
     and `w`, a key already stored: the store is set up before the lock is taken (and a new httpx client
     takes tens of milliseconds to make, so none is made while it is held)."""
-    gw, _ = start(tmp_path, config(origin, db_path), workers=1)
+    gw, cfg = start(tmp_path, config(origin, db_path), workers=1)
     holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
     try:
         with httpx.Client(base_url=gw.base, timeout=5) as c, httpx.Client(base_url=gw.base, timeout=5) as kc, \
@@ -255,7 +255,7 @@ def one_worker_and_a_holder(tmp_path: Path, origin: str, db_path: str) -> Iterat
             assert post(c, f"/pay/{w}", w).status_code == 200
             timed_get(kc, f"/pay/{w}")
             pool.submit(time.sleep, 0).result()
-            yield gw, holder, c, kc, pool, w
+            yield gw, cfg, holder, c, kc, pool, w
     finally:
         holder.close()
         gw.close()
@@ -266,7 +266,7 @@ def test_a_held_write_lock_does_not_stop_the_worker(tmp_path: Path, echo_origin:
     worker (the only one) keeps answering its other requests at once while that one waits; the lock
     released within BUSY_S (200 ms), the keyed request goes upstream; held longer, 503 store-unavailable
     after BUSY_S, nothing sent upstream, and the key is not taken."""
-    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, holder, c, kc, pool, w):
+    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, _, holder, c, kc, pool, w):
 
         def keyed(k: str) -> tuple[httpx.Response, float]:
             t = time.monotonic()
@@ -300,7 +300,7 @@ def test_a_held_write_lock_at_the_response_end_stores_it_later(tmp_path: Path, e
                                                                   db_path: str) -> None:
     """The lock is held by another process when the response ends: the client gets its answer at once,
     and the record (FINISH) is written once the lock comes free, without stopping the worker meanwhile."""
-    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, holder, c, kc, pool, w):
+    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, _, holder, c, kc, pool, w):
         k = uuid.uuid4().hex
 
         def keyed() -> tuple[httpx.Response, float]:
@@ -322,6 +322,28 @@ def test_a_held_write_lock_at_the_response_end_stores_it_later(tmp_path: Path, e
         assert len(echo_origin.requests_for(k)) == 1
         o = outcomes(gw, "pay")
         assert o["stored"] == 2 and o["store_error"] == 0
+
+
+def test_a_reload_reopens_the_store_without_waiting_for_the_lock(tmp_path: Path, echo_origin: Any,
+                                                                 db_path: str) -> None:
+    """A reload that changes [idempotency] reopens the store while another process holds the file's
+    write lock: the worker applies it at once and keeps answering (before the fix it slept on its loop
+    for as long as the lock was held, up to 5 s); the lock released, the records are still there."""
+    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, cfg, holder, c, kc, pool, w):
+        holder.execute("BEGIN IMMEDIATE")
+        n = len(gw.events)
+        cfg.write_text(cfg.read_text().replace("max_records = 1000", "max_records = 999"))
+        t = time.monotonic()
+        gw.signal(signal.SIGHUP)
+        gw.wait_event("config_applied", after=n, timeout=3)
+        assert time.monotonic() - t < 1.0
+        assert max(timed_get(c, f"/pay/{w}") for _ in range(3)) < 0.05
+        r = post(c, f"/pay/{w}", w)                     # a live record: read without the write lock
+        assert r.status_code == 200 and r.headers["idempotent-replayed"] == "true"
+        holder.execute("COMMIT")
+        k = uuid.uuid4().hex
+        assert post(c, f"/pay/{k}", k).status_code == 200
+        assert outcomes(gw, "pay")["store_error"] == 0
 
 
 def test_host_store_never_waits_on_its_own(db_path: str) -> None:
