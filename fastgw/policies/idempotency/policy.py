@@ -238,7 +238,6 @@ class IdempotencyPolicy(Gate):
             return
         fut.add_done_callback(_ignore)
 
-
     def _finished(self, task: asyncio.Task[Any]) -> None:
         _WAITING.discard(task)
         if not task.cancelled() and task.exception() is not None:
