@@ -268,6 +268,23 @@ cdef Py_ssize_t _bearer(bytes v, Py_ssize_t* end) noexcept:
 
 cdef enum:
     TOKEN_SLOTS = 128       # AuthGate.tokens: the recently seen tokens of a bearer-JWT route (a power of 2)
+    KEY_SLOTS = 128         # AuthGate.keys_seen: the same for the API keys of a route (a power of 2)
+
+
+cdef inline bint _same_secret(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
+    """a[:n] == b[:n], in a time that depends on n only: every word is compared, no exit at the first
+    difference (as hmac.compare_digest), so a guess learns nothing of how much of a key it got right."""
+    cdef uint64_t x, y, acc = 0
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&x, a + i, 8)
+        memcpy(&y, b + i, 8)
+        acc |= x ^ y
+        i += 8
+    while i < n:
+        acc |= <unsigned char>a[i] ^ <unsigned char>b[i]
+        i += 1
+    return acc == 0
 
 
 cdef inline Py_ssize_t _token_slot(const char* t, Py_ssize_t n) noexcept nogil:
@@ -335,10 +352,12 @@ cdef class AuthGate(Gate):
     cdef unsigned long long[::1] mwords   # the worker's metrics region (fastgw.metrics), if counted
     cdef Py_ssize_t mbase                 # index of this route's first auth-failure word, or -1
     cdef list tokens                      # TOKEN_SLOTS tokens (bytes) found in issuer.cache lately, or None
+    cdef list keys_seen                   # KEY_SLOTS API-key header values found in key_cache lately
 
     def __cinit__(self):
         self.mbase = -1
         self.tokens = [None] * TOKEN_SLOTS
+        self.keys_seen = [None] * KEY_SLOTS
 
     def count_failures(self, words, Py_ssize_t base):
         """Count refusals in words[base + reason] (fastgw.metrics.AUTH_REASONS order)."""
@@ -356,7 +375,7 @@ cdef class AuthGate(Gate):
             if self.first == 1:
                 v = _header(ex, self.key_header)
                 if v is not None:
-                    hit = self.key_cache.get(v)
+                    hit = self.cached_key(v)
                     if hit is not None:
                         return self.known(ex, <Identity>hit)
             elif self.first == 2:
@@ -366,6 +385,24 @@ cdef class AuthGate(Gate):
                     if hit is not None:
                         return self.known(ex, <Identity>hit)
         return self.slow(ex)
+
+    cdef object cached_key(self, bytes v):
+        """key_cache.get(v), without hashing the request's copy of the key (a new bytes object per
+        request: siphash over it, ~150 instructions). As cached_token: the value found last in its slot
+        (only values found in key_cache, so bounded by the slots and never a guess) is kept, its hash
+        computed once; the request's value is compared with it whole, in constant time (a guess sent to
+        that slot must not learn how much of a valid key it matched), then looked up with. The lookup
+        is still the dict's: a key dropped from key_cache is not found through its slot either."""
+        cdef const char* t = PyBytes_AS_STRING(v)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(v)
+        cdef Py_ssize_t k = _token_slot(t, n)
+        cdef bytes seen = <bytes>self.keys_seen[k]
+        if seen is not None and PyBytes_GET_SIZE(seen) == n and _same_secret(PyBytes_AS_STRING(seen), t, n):
+            return self.key_cache.get(seen)
+        hit = self.key_cache.get(v)
+        if hit is not None:
+            self.keys_seen[k] = v
+        return hit
 
     cdef object cached_token(self, bytes v):
         """The Identity of the bearer token in the Authorization value `v` when its issuer's cache holds
@@ -520,17 +557,35 @@ cdef class KeySpec:
 
 
 cdef class Keys:
-    """A plan's distinct limit keys (a tuple of KeySpec); `of(ex, consumer)` -> tuple of 64-bit hashes."""
+    """A plan's distinct limit keys (a tuple of KeySpec, at most 16: one per limit); `of(ex, consumer)`
+    -> tuple of 64-bit hashes (Python callers), `into` -> the same in a C array (the rate gate's path:
+    no Python int or tuple per request)."""
     cdef tuple specs
 
     def __init__(self, specs):
         self.specs = tuple(KeySpec(s) for s in specs)
+        if len(self.specs) > 16:
+            raise ValueError("at most 16 limit keys per plan")
 
     cpdef tuple of(self, object ex, object consumer):
         cdef Py_ssize_t n = len(self.specs)
         if n == 1:
             return ((<KeySpec>self.specs[0]).hash(ex, consumer),)
         return tuple([(<KeySpec>s).hash(ex, consumer) for s in self.specs])
+
+    cdef int into(self, object ex, object consumer, uint64_t* out) except -1:
+        """The key hashes into out[:n] (n <= 16); returns n."""
+        cdef Py_ssize_t i, n = len(self.specs)
+        for i in range(n):
+            out[i] = (<KeySpec>self.specs[i]).hash(ex, consumer)
+        return <int>n
+
+
+cdef inline tuple _key_tuple(const uint64_t* kv, int n):
+    """The key hashes as the Python paths take them (Redis plans, concurrency releases)."""
+    if n == 1:
+        return (kv[0],)
+    return tuple([kv[i] for i in range(n)])
 
 
 cdef class Headers:
@@ -656,6 +711,8 @@ cdef class RateGate(Gate):
 
     cpdef object on_request(self, object ex):
         cdef PlanGate pg = self.default
+        cdef uint64_t kv[16]
+        cdef int n
         consumer = None
         ident = _identity(ex)
         if ident is not None:
@@ -667,9 +724,10 @@ cdef class RateGate(Gate):
                     pg = <PlanGate>hit
         if pg is None:
             return None
-        keys = pg.keys.of(ex, consumer)
+        n = pg.keys.into(ex, consumer, kv)
         if pg.bp is not None:
-            return self.local(ex, pg, pg.bp, keys, None)
+            return self.local_c(ex, pg, pg.bp, kv, n, None)
+        keys = _key_tuple(kv, n)
         if pg.lease_fast and len(keys) == 1 and pg.client.up:
             if self.spend_lease(ex, pg, keys[0], keys):
                 return None
@@ -721,7 +779,20 @@ cdef class RateGate(Gate):
 
     cpdef object local(self, object ex, PlanGate pg, Plan bp, tuple keys, bytes degraded):
         """Check `keys` against the host table with `bp` (the plan, or its share in a fallback)."""
-        cdef int r = bp.check(keys, _now(CLOCK_MONOTONIC), _now(CLOCK_REALTIME) if pg.has_quota else 0)
+        cdef uint64_t kv[16]
+        cdef int i, n = <int>len(keys)
+        if n > 16:
+            raise ValueError("at most 16 limit keys per plan")
+        for i in range(n):
+            kv[i] = <uint64_t>keys[i]
+        return self.local_c(ex, pg, bp, kv, n, degraded)
+
+    cdef object local_c(self, object ex, PlanGate pg, Plan bp, const uint64_t* kv, int n, bytes degraded):
+        """local() on the key hashes kv[:n] in C."""
+        cdef int r
+        if n < bp.nkeys:
+            raise ValueError(f"{bp.nkeys} key values expected, got {n}")
+        r = bp.check_c(kv, _now(CLOCK_MONOTONIC), _now(CLOCK_REALTIME) if pg.has_quota else 0)
         name = pg.name
         if bp.shadowed:
             self.shadow(ex, pg.rt)
@@ -732,7 +803,7 @@ cdef class RateGate(Gate):
         if pg.has_conc:
             rel = Release.__new__(Release)
             (<Release>rel).bp = bp
-            (<Release>rel).keys = keys
+            (<Release>rel).keys = _key_tuple(kv, n)
             (<Release>rel).charged = bp.charged
             ex.on_complete(rel)
         _add_response_lines(ex, pg.headers.lines(bp.tight, bp.remaining, bp.reset_s, degraded))
