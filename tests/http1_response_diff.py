@@ -147,7 +147,7 @@ def both(chunks, **kw) -> tuple[tuple, tuple]:
 
 def _under_100(data: bytes) -> bool:
     """A status line with a code under 100 (llhttp reads it; RFC 9110 15: invalid), after any interim."""
-    for line in data.split(b"\r\n"):
+    for line in data.replace(b"\r", b"").split(b"\n"):
         if line[:5] == b"HTTP/" and line[9:12].isdigit():
             if line[9:10] == b"0":
                 return True

@@ -137,7 +137,9 @@ def test_a_response_to_head_ends_with_its_head_and_keeps_the_connection():
 
 def test_refused_on_purpose():
     # not HTTP status lines (RTSP/ICE), a status under 100 (RFC 9110 15)
-    for data in (b"RTSP/1.0 200 OK\r\n\r\n", b"ICE/1.0 200 OK\r\n\r\n", b"HTTP/1.1 099 x\r\nContent-Length: 0\r\n\r\n"):
+    for data in (b"RTSP/1.0 200 OK\r\n\r\n", b"ICE/1.0 200 OK\r\n\r\n", b"HTTP/1.1 099 x\r\nContent-Length: 0\r\n\r\n",
+                 b"\nHTTP/1.1 050 Continue\r\n\r\n"):
+        assert agree(ours([data]), reference([data]), data)
         assert ours([data])[-1] == ("error",)
         assert reference([data])[-1] != ("error",)
     # chunk extensions are bounded per response, as on the request side

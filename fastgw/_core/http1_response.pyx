@@ -21,6 +21,10 @@
 # framing fields, hop-by-hop ones, the names the Connection field lists (RFC 9110 7.6.1) and the route's
 # `remove` names are dropped.
 
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
 from fastgw._core.wire cimport R_CONNECTION, R_CONTENT_LENGTH, R_HOP, R_KEEP, R_TRANSFER_ENCODING, ieq, response_kind
 
 cdef enum:
@@ -37,6 +41,24 @@ cdef inline bint _token_is(const char* s, Py_ssize_t a, Py_ssize_t b, const char
     while b > a and (s[b - 1] == b' ' or s[b - 1] == b'\t'):
         b -= 1
     return ieq(s + a, b - a, low, m)
+
+
+cdef inline bytes _slice(bytes data, Py_ssize_t a, Py_ssize_t b):
+    """data[a:b], 0 <= a <= b <= len(data) (a bytes copy without a slice object)."""
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + a, b - a)
+
+
+# Field-value bytes eight at a time (SWAR): a word with no byte under 0x20 and none 0x7f is all value bytes
+# (obs-text, 0x80 and up, is one); a word that has one is checked byte by byte (HTAB is one too).
+cdef uint64_t ONES = 0x0101010101010101ULL
+cdef uint64_t HIGHS = 0x8080808080808080ULL
+
+
+cdef inline bint _plain8(const char* s) noexcept:
+    cdef uint64_t w, y
+    memcpy(&w, s, 8)
+    y = w ^ (ONES * 0x7f)
+    return ((w - ONES * 0x20) & ~w & HIGHS) == 0 and ((y - ONES) & ~y & HIGHS) == 0
 
 
 cdef int _connection(bytes data, Py_ssize_t vs, Py_ssize_t ve, set drop) except -1:
@@ -111,6 +133,8 @@ cdef Py_ssize_t _field_syntax(const char* s, Py_ssize_t n, bint partial) noexcep
         return -1
     c = i
     i += 1
+    while i + 8 <= n and _plain8(s + i):
+        i += 8
     while i < n and P[<unsigned char>s[i]] & P_VALUE:
         i += 1
     if i != n:
@@ -180,7 +204,7 @@ cdef class ResponseReader:
                 return RE_END
             if self._state == RS_DONE or self._data is None:
                 return RE_NEED
-            n = len(self._data)
+            n = PyBytes_GET_SIZE(self._data)
             if self._pos >= n:
                 return RE_NEED
             if self._state == RS_HEAD:
@@ -192,13 +216,13 @@ cdef class ResponseReader:
                 if <unsigned long long>k > self._left:
                     k = <Py_ssize_t>self._left
                 self._left -= k
-                self.body = self._data if k == n else self._data[self._pos:self._pos + k]
+                self.body = self._data if k == n else _slice(self._data, self._pos, self._pos + k)
                 self._pos += k
                 if self._left == 0:
                     self._state = RS_ENDING
                 return RE_BODY
             elif self._state == RS_EOF:
-                self.body = self._data if self._pos == 0 else self._data[self._pos:]
+                self.body = self._data if self._pos == 0 else _slice(self._data, self._pos, n)
                 self._pos = n
                 return RE_BODY
             else:
@@ -291,7 +315,7 @@ cdef class ResponseReader:
                             return self._fail("Content-Length overflow")
                         cl = cl * 10 + (p[k] - 48)
                     cl_seen = True
-                    length = data[vs:ve]
+                    length = _slice(data, vs, ve)
                 elif kd == R_TRANSFER_ENCODING:
                     # chunked when it is the last coding (RFC 9112 6.1); the last field decides, as llhttp
                     if cl_seen:
@@ -311,7 +335,12 @@ cdef class ResponseReader:
                 elif kd == R_CONNECTION:
                     # close, keep-alive and upgrade are its options; every other token names a field
                     # that is hop-by-hop for this message (RFC 9110 7.6.1)
-                    kd = _connection(data, vs, ve, drop)
+                    if ieq(p + vs, ve - vs, b"keep-alive", 10):
+                        kd = CONN_KEEP_ALIVE
+                    elif ieq(p + vs, ve - vs, b"close", 5):
+                        kd = CONN_CLOSE
+                    else:
+                        kd = _connection(data, vs, ve, drop)
                     if kd & CONN_NAMES and drop is None:
                         drop = set()
                         kd = _connection(data, vs, ve, drop)
@@ -360,7 +389,7 @@ cdef class ResponseReader:
             run = k
             while k < nl and kind[k] == R_KEEP:
                 k += 1
-            pieces.append(data[ls[run]:le[k - 1]])
+            pieces.append(_slice(data, ls[run], le[k - 1]))
         self.pieces = pieces
         self.status = status
         if status == 101:
@@ -414,7 +443,7 @@ cdef class ResponseReader:
                     k = <Py_ssize_t>self._left
                 self._left -= k
                 self._chunk = CH_DATA_CR if self._left == 0 else CH_DATA
-                self.body = data if k == n else data[i:i + k]
+                self.body = data if k == n else _slice(data, i, i + k)
                 self._pos = i + k
                 return RE_BODY
             c = p[i]
