@@ -33,7 +33,7 @@ run: compile
 	$(PY) -m fastgw run -c config/fastgw.toml
 
 test: .stamp-install compile
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: .stamp-install
 	$(PY) -m ruff check fastgw tests bench

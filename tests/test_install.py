@@ -95,11 +95,14 @@ def test_pip_install_gives_a_wheel_with_the_compiled_core(tmp_path: Path) -> Non
     for name in MODULES:
         assert any(n.startswith(f"fastgw/_core/{name}.") and n.endswith(".so") for n in names), name
     assert not any(n.endswith((".pyx", ".c")) for n in names)
-    # A fresh venv; its dependencies come from this interpreter's site-packages (no index here).
+    # A fresh venv; its dependencies come from this interpreter's site-packages (no index here). It gets no
+    # pip of its own (ensurepip took most of this test's time): this interpreter's pip installs into it
+    # (`pip --python`, pip >= 22.3), as the venv's own pip would.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                         capture_output=True, text=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True,
+                   timeout=120)
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                          "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=120)
     assert pip.returncode == 0, pip.stderr
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import fastgw._core.worker as p; print(p.__file__)"],

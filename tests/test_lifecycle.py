@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -139,9 +140,15 @@ def test_headers_on_every_response_of_the_route(tmp_path: Path, echo_origin: Any
 
 
 def test_410_gone_after_the_sunset_instant(tmp_path: Path, echo_origin: Any) -> None:
-    sunset = int(time.time()) + 8          # the gateway's start (a few seconds on a busy machine) comes first
-    gw = start(tmp_path, config(echo_origin.addr, utc(sunset)))
+    # The gateway starts with the sunset an hour off and is reloaded with one 4 s away: a start takes a few
+    # seconds on a busy machine, a reload well under one, so the sunset need not leave room for a start.
+    gw = start(tmp_path, config(echo_origin.addr, utc(time.time() + 3600)))
     try:
+        mark = len(gw.events)
+        sunset = int(time.time()) + 4
+        gw.cfg_path.write_text(config(echo_origin.addr, utc(sunset)))
+        gw.signal(signal.SIGHUP)
+        gw.wait_event("config_applied", after=mark)
         with httpx.Client(base_url=gw.base, timeout=5) as c:
             assert time.time() < sunset - 1
             assert c.get("/v1/before", headers={"X-API-Key": KEY}).status_code == 200
