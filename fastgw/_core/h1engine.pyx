@@ -465,7 +465,7 @@ cdef class ClientConn(Downstream):
             # The request in progress turned bad (body framing, trailers, size): it must not complete
             # upstream. Answer if nothing was answered yet, else drop the connection.
             ex.body_done = False
-            ex.out = []
+            ex.out = None
             if ex.resp_started:
                 ex.done = True
                 self.abort()

@@ -21,22 +21,23 @@ cdef void write_parts(object transport, list parts):
 
 cdef bytes concat(list parts):
     """b"".join(parts) for a list of bytes, in C: one size pass, one allocation, one memcpy per part
-    (bytes.join costs ~150 instructions per part through the sequence and buffer protocols)."""
-    cdef Py_ssize_t total = 0, k, n = len(parts), size
+    (bytes.join costs ~150 instructions per part through the sequence and buffer protocols). The parts
+    are read as borrowed pointers: no reference counting and no index check per part."""
+    cdef Py_ssize_t total = 0, k, n = PyList_GET_SIZE(parts), size
     cdef bytes out
     cdef char* dst
-    cdef object part
+    cdef PyObject* part
     for k in range(n):
-        part = parts[k]
-        if type(part) is not bytes:
+        part = PyList_GET_ITEM(parts, k)
+        if part.ob_type is not &PyBytes_Type:
             return b"".join(parts)              # bytearray/memoryview parts: the general path
-        total += PyBytes_GET_SIZE(<bytes>part)
+        total += PTR_BYTES_SIZE(part)
     out = PyBytes_FromStringAndSize(NULL, total)
     dst = PyBytes_AS_STRING(out)
     for k in range(n):
-        part = parts[k]
-        size = PyBytes_GET_SIZE(<bytes>part)
-        memcpy(dst, PyBytes_AS_STRING(<bytes>part), size)
+        part = PyList_GET_ITEM(parts, k)
+        size = PTR_BYTES_SIZE(part)
+        memcpy(dst, PTR_BYTES_DATA(part), size)
         dst += size
     return out
 
