@@ -34,10 +34,9 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
     cdef bytes host, tail, fields = None
     cdef bytes req_add = route.req_add, extra = ex.up_extra, xff = h.xff, ts = h.tracestate
     cdef Downstream cl = ex.client
-    cdef Py_ssize_t total, k, n
+    cdef Py_ssize_t total, n
     cdef bytes out
     cdef char* d
-    cdef PyObject* piece
     if route.strip:
         path = stripped(route, path)
     if h.drop is not None or route._req_remove is not None:
@@ -51,18 +50,15 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
         tail = b"\r\nContent-Length: %d\r\n\r\n" % h.content_length
     else:
         tail = b"\r\n\r\n"
-    n = len(pieces)
     total = _blen(h.method) + _blen(path) + _blen(h.query) + _blen(host) + _blen(cl.peer) \
         + _blen(cl.proto) + _blen(ex.rid) + _blen(ex.traceparent_line()) + PyBytes_GET_SIZE(tail) \
         + PyBytes_GET_SIZE(UH_LINE) + PyBytes_GET_SIZE(UH_XFF) + PyBytes_GET_SIZE(UH_PROTO) \
         + PyBytes_GET_SIZE(UH_RID) + 3          # (the SP after the method, the CRLF after Host)
-    for k in range(n):
-        piece = PyList_GET_ITEM(pieces, k)
-        if piece.ob_type is not &PyBytes_Type:
-            fields = b"".join(pieces)          # (a policy put other buffers there: the general path)
-            total += PyBytes_GET_SIZE(fields)
-            break
-        total += PTR_BYTES_SIZE(piece)
+    n = parts_size(pieces)
+    if n < 0:
+        fields = b"".join(pieces)              # (a policy put other buffers there: the general path)
+        n = PyBytes_GET_SIZE(fields)
+    total += n
     if req_add:
         total += PyBytes_GET_SIZE(req_add)
     if extra is not None:
@@ -75,45 +71,39 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
         total += PyBytes_GET_SIZE(UH_TSTATE) + PyBytes_GET_SIZE(ts)
     out = PyBytes_FromStringAndSize(NULL, total)
     d = PyBytes_AS_STRING(out)
-    d = _put(d, h.method)
+    d = put_bytes(d, h.method)
     d[0] = 32                                   # ' '
-    d = _put(d + 1, path)
-    d = _put(d, h.query)
-    d = _put(d, UH_LINE)
-    d = _put(d, host)
+    d = put_bytes(d + 1, path)
+    d = put_bytes(d, h.query)
+    d = put_bytes(d, UH_LINE)
+    d = put_bytes(d, host)
     d[0] = 13
     d[1] = 10
     d += 2
-    if fields is not None:
-        d = _put(d, fields)
-    else:
-        for k in range(n):
-            piece = PyList_GET_ITEM(pieces, k)
-            memcpy(d, PTR_BYTES_DATA(piece), PTR_BYTES_SIZE(piece))
-            d += PTR_BYTES_SIZE(piece)
+    d = put_parts(d, pieces) if fields is None else put_bytes(d, fields)
     if req_add:
-        d = _put(d, req_add)
+        d = put_bytes(d, req_add)
     if extra is not None:
-        d = _put(d, extra)
-    d = _put(d, UH_XFF)
+        d = put_bytes(d, extra)
+    d = put_bytes(d, UH_XFF)
     if xff is not None:
-        d = _put(d, xff)
+        d = put_bytes(d, xff)
         d[0] = 44                               # ", "
         d[1] = 32
         d += 2
-    d = _put(d, cl.peer)
-    d = _put(d, UH_PROTO)
-    d = _put(d, cl.proto)
+    d = put_bytes(d, cl.peer)
+    d = put_bytes(d, UH_PROTO)
+    d = put_bytes(d, cl.proto)
     if h.host:
-        d = _put(d, UH_FHOST)
-        d = _put(d, h.host)
-    d = _put(d, UH_RID)
-    d = _put(d, ex.rid)
-    d = _put(d, ex.tp)                          # (traceparent_line made it above)
+        d = put_bytes(d, UH_FHOST)
+        d = put_bytes(d, h.host)
+    d = put_bytes(d, UH_RID)
+    d = put_bytes(d, ex.rid)
+    d = put_bytes(d, ex.tp)                          # (traceparent_line made it above)
     if ts is not None:                          # valid, within bounds, with a continued trace
-        d = _put(d, UH_TSTATE)
-        d = _put(d, ts)
-    _put(d, tail)
+        d = put_bytes(d, UH_TSTATE)
+        d = put_bytes(d, ts)
+    put_bytes(d, tail)
     return out
 
 
@@ -122,12 +112,6 @@ cdef inline Py_ssize_t _blen(bytes b) except -1:
     if b is None:
         raise TypeError("upstream request head: a part is None")
     return PyBytes_GET_SIZE(b)
-
-
-cdef inline char* _put(char* d, bytes b) noexcept:
-    cdef Py_ssize_t k = PyBytes_GET_SIZE(b)
-    memcpy(d, PyBytes_AS_STRING(b), k)
-    return d + k
 
 
 cdef list upstream_fields(Exchange ex, RouteRT route, RequestHead h):
