@@ -223,6 +223,43 @@ def test_malformed_requests_are_reset(gw, echo_origin, headers):
     c.close()
 
 
+@pytest.mark.parametrize("length, bodies", [
+    (1, [b"test"]),                  # h2spec http2/8.1.2.6/1: more than announced, in one DATA frame
+    (1, [b"test", b"test"]),         # h2spec http2/8.1.2.6/2: more than announced, over several
+    (10, [b"test"]),                 # less than announced
+    (0, [b"x"]),                     # a body after content-length: 0
+], ids=["longer", "longer-in-two-frames", "shorter", "zero"])
+def test_body_that_disagrees_with_content_length_is_reset(gw, echo_origin, length, bodies):
+    """RFC 9113 8.1.1: a request whose DATA adds up to more or less than its content-length is malformed,
+    a stream error PROTOCOL_ERROR, and is not forwarded (before, the origin answered 200 to the first
+    content-length bytes of it). The connection and the upstream pool stay usable."""
+    marker = f"/echo/cl-{length}-{len(bodies)}"
+    violations = len(echo_origin.violations)
+    c = Raw(gw.port)
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(sid, [*BASE[:3], (b":path", marker.encode()), (b"content-length", b"%d" % length)])
+    out = c.h2.data_to_send()                    # the head and the body in one write: no answer between
+    for i, body in enumerate(bodies):
+        f = DataFrame(sid, data=body)
+        if i == len(bodies) - 1:
+            f.flags.add("END_STREAM")
+        out += f.serialize()
+    c.raw(out)
+    assert c.pump(done(sid))
+    assert c.reset_code(sid) == PROTOCOL_ERROR
+    assert c.response(sid)[0] == {}
+    after = c.request("/echo/after-content-length")
+    assert c.pump(done(after))
+    assert c.response(after)[0][":status"] == "200"
+    # No byte of the malformed body reaches the origin as part of a request. (With content-length: 0 the
+    # head alone is a whole HTTP/1.1 request, which may be upstream before the DATA is read; its answer is
+    # not sent.)
+    assert [r.body_len for r in echo_origin.requests_for(marker)] in ([], [0] if length == 0 else [])
+    assert echo_origin.requests_for("/echo/after-content-length")[-1].body_len == 0
+    assert len(echo_origin.violations) == violations
+    c.close()
+
+
 def test_too_many_headers_is_431(gw):
     c = Raw(gw.port)
     sid = c.request("", headers=BASE + [(b"x-h%d" % i, b"v") for i in range(101)])

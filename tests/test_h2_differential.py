@@ -494,3 +494,23 @@ def test_closed_stream_frames_match_h2():
     same(pair, START + head(1) + head(5))
     (_e, out, code), (_e2, out_ref, code_ref) = pair.feed(head(3))
     assert code == code_ref == PROTOCOL
+
+
+@pytest.mark.parametrize("length, bodies", [
+    (1, [b"test"]),                  # h2spec http2/8.1.2.6/1: more than announced, in one DATA frame
+    (1, [b"test", b"test"]),         # h2spec http2/8.1.2.6/2: more than announced, over several
+    (10, [b"test"]),                 # less than announced
+], ids=["longer", "longer-in-two-frames", "shorter"])
+def test_body_against_content_length_is_the_engines_rule(length, bodies):
+    """A request body that disagrees with its content-length is malformed (RFC 9113 8.1.1): a stream error
+    PROTOCOL_ERROR. H2Wire only frames, so it hands the request, the DATA and the end up as they came, and
+    the engine, which reads content-length while validating the fields, resets the stream (h2engine.pyx;
+    tests/test_h2.py test_body_that_disagrees_with_content_length_is_reset); h2 makes it a connection
+    error (InvalidBodyLengthError): a difference, pinned here."""
+    raw = START + head(1, b"/up", b"POST", end=False, extra=[(b"content-length", b"%d" % length)])
+    raw += b"".join(data(1, b, end=i == len(bodies) - 1) for i, b in enumerate(bodies))
+    pair = Pair()
+    (evs, out, code), (_evs_ref, out_ref, code_ref) = pair.feed(raw)
+    assert code is None and answer(code, out) is None
+    assert [e[0] for e in evs if e[0] != "settings"] == ["request", *["data"] * len(bodies), "end"]
+    assert answer(code_ref, out_ref) == ("goaway", PROTOCOL)

@@ -6,10 +6,15 @@ Replay (the upstream called once, Idempotent-Replayed), 12 concurrent duplicates
 (exactly one reaches the upstream, 11 get 409), 422 on another body, the lock kept until lock_ttl after an
 upstream timeout, ttl expiry, a SIGHUP reload keeping the records, the max_records bound (a full store
 answers 503 and expired records make room, oldest first), the max_bytes bound, `fastgw check`'s note.
+Another process holding the file's write lock never stops a worker: its other requests are answered at
+once while the keyed one waits (then goes upstream, or 503 after BUSY_S), a FINISH that meets the lock
+is written once it is free, and a reload reopening the store applies at once.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sqlite3
@@ -24,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fastgw.policies.idempotency.hoststore import HostStore, StoreFull
+from fastgw.policies.idempotency.hoststore import BUSY_S, Busy, HostStore, StoreFull, wait
 from tests.procutil import Gateway
 from tests.test_idempotency import one_went_upstream, outcomes, problem
 
@@ -227,3 +232,148 @@ def test_a_store_that_cannot_open_meets_on_store_error(tmp_path: Path, echo_orig
         assert outcomes(gw, "pay")["store_error"] == 1
     finally:
         gw.close()
+
+
+def timed_get(c: httpx.Client, path: str) -> float:
+    t = time.monotonic()
+    assert c.get(path).status_code == 200
+    return time.monotonic() - t
+
+
+@contextlib.contextmanager
+def one_worker_and_a_holder(tmp_path: Path, origin: str, db_path: str) -> Iterator[tuple[Any, ...]]:
+    """A gateway of one worker (and its config file), an SQLite connection of the test's own to its file (to hold the write
+    lock), two open client connections (`c` for plain requests, `kc` for the keyed one, run in `pool`)
+    and `w`, a key already stored: the store is set up before the lock is taken (and a new httpx client
+    takes tens of milliseconds to make, so none is made while it is held)."""
+    gw, cfg = start(tmp_path, config(origin, db_path), workers=1)
+    holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    try:
+        with httpx.Client(base_url=gw.base, timeout=5) as c, httpx.Client(base_url=gw.base, timeout=5) as kc, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            w = uuid.uuid4().hex
+            assert post(c, f"/pay/{w}", w).status_code == 200
+            timed_get(kc, f"/pay/{w}")
+            pool.submit(time.sleep, 0).result()
+            yield gw, cfg, holder, c, kc, pool, w
+    finally:
+        holder.close()
+        gw.close()
+
+
+def test_a_held_write_lock_does_not_stop_the_worker(tmp_path: Path, echo_origin: Any, db_path: str) -> None:
+    """Another process holds the file's write lock (BEGIN IMMEDIATE) while a keyed request needs it: the
+    worker (the only one) keeps answering its other requests at once while that one waits; the lock
+    released within BUSY_S (200 ms), the keyed request goes upstream; held longer, 503 store-unavailable
+    after BUSY_S, nothing sent upstream, and the key is not taken."""
+    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, _, holder, c, kc, pool, w):
+
+        def keyed(k: str) -> tuple[httpx.Response, float]:
+            t = time.monotonic()
+            r = post(kc, f"/pay/{k}", k)
+            return r, time.monotonic() - t
+
+        for hold, k in ((0.1, uuid.uuid4().hex), (0.5, uuid.uuid4().hex)):
+            holder.execute("BEGIN IMMEDIATE")
+            t0 = time.monotonic()
+            fut = pool.submit(keyed, k)
+            time.sleep(0.04)
+            # Before the fix the worker slept on its loop until the lock came free (or BUSY_S).
+            slow = [timed_get(c, f"/pay/{w}") for _ in range(3)]
+            assert max(slow) < 0.05, slow
+            assert not fut.done()
+            time.sleep(max(0.0, t0 + hold - time.monotonic()))
+            holder.execute("COMMIT")
+            r, took = fut.result(timeout=5)
+            if hold < 0.2:
+                assert r.status_code == 200 and took >= hold * 0.9, (r.status_code, took)
+                assert echo_origin.wait_for(lambda k=k: len(echo_origin.requests_for(k)) == 1)
+            else:
+                problem(r, 503, "store-unavailable")
+                assert 0.2 <= took < 0.45, took
+                assert echo_origin.requests_for(k) == []
+                assert post(c, f"/pay/{k}", k).status_code == 200          # the key was never taken
+        assert outcomes(gw, "pay")["store_error"] == 1
+
+
+def test_a_held_write_lock_at_the_response_end_stores_it_later(tmp_path: Path, echo_origin: Any,
+                                                                  db_path: str) -> None:
+    """The lock is held by another process when the response ends: the client gets its answer at once,
+    and the record (FINISH) is written once the lock comes free, without stopping the worker meanwhile."""
+    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, _, holder, c, kc, pool, w):
+        k = uuid.uuid4().hex
+
+        def keyed() -> tuple[httpx.Response, float]:
+            r = post(kc, f"/pay/{k}?delay=0.2", k)
+            return r, time.monotonic()
+
+        fut = pool.submit(keyed)
+        assert echo_origin.wait_for(lambda: len(echo_origin.heads_for(k)) == 1)   # the key is taken
+        holder.execute("BEGIN IMMEDIATE")
+        r, done = fut.result(timeout=5)
+        assert r.status_code == 200
+        # Before the fix the worker slept on its loop in FINISH, and gave up after BUSY_S (409 below).
+        assert max(timed_get(c, f"/pay/{w}") for _ in range(3)) < 0.05
+        time.sleep(max(0.0, done + 0.1 - time.monotonic()))
+        holder.execute("COMMIT")
+        time.sleep(0.05)
+        r2 = post(c, f"/pay/{k}?delay=0.2", k)
+        assert r2.status_code == 200 and r2.headers["idempotent-replayed"] == "true"
+        assert len(echo_origin.requests_for(k)) == 1
+        o = outcomes(gw, "pay")
+        assert o["stored"] == 2 and o["store_error"] == 0
+
+
+def test_a_reload_reopens_the_store_without_waiting_for_the_lock(tmp_path: Path, echo_origin: Any,
+                                                                 db_path: str) -> None:
+    """A reload that changes [idempotency] reopens the store while another process holds the file's
+    write lock: the worker applies it at once and keeps answering (before the fix it slept on its loop
+    for as long as the lock was held, up to 5 s); the lock released, the records are still there."""
+    with one_worker_and_a_holder(tmp_path, echo_origin.addr, db_path) as (gw, cfg, holder, c, kc, pool, w):
+        holder.execute("BEGIN IMMEDIATE")
+        n = len(gw.events)
+        cfg.write_text(cfg.read_text().replace("max_records = 1000", "max_records = 999"))
+        t = time.monotonic()
+        gw.signal(signal.SIGHUP)
+        gw.wait_event("config_applied", after=n, timeout=3)
+        assert time.monotonic() - t < 1.0
+        assert max(timed_get(c, f"/pay/{w}") for _ in range(3)) < 0.05
+        r = post(c, f"/pay/{w}", w)                     # a live record: read without the write lock
+        assert r.status_code == 200 and r.headers["idempotent-replayed"] == "true"
+        holder.execute("COMMIT")
+        k = uuid.uuid4().hex
+        assert post(c, f"/pay/{k}", k).status_code == 200
+        assert outcomes(gw, "pay")["store_error"] == 0
+
+
+def test_host_store_never_waits_on_its_own(db_path: str) -> None:
+    """With the write lock held by another connection: opening a new file returns at once (the setup is
+    left to the first call), each operation raises Busy at once, wait() tries again for BUSY_S and then
+    raises Busy; the lock released, the same calls succeed."""
+    holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    t = time.monotonic()
+    a = HostStore(db_path, 10, 2**20)
+    try:
+        assert not a.ready
+        with pytest.raises(Busy):
+            a.begin(b"k1", b"L1", 60_000)
+        assert time.monotonic() - t < 0.05
+        t = time.monotonic()
+        with pytest.raises(Busy):
+            asyncio.run(wait(a.begin, b"k1", b"L1", 60_000))
+        assert BUSY_S <= time.monotonic() - t < BUSY_S + 0.15
+        holder.execute("COMMIT")
+        assert a.begin(b"k1", b"L1", 60_000) is None and a.ready
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(Busy):
+            a.finish(b"k1", b"L1", b"D1", 60_000)
+        b = HostStore(db_path, 10, 2**20)      # a file already set up: opened without the write lock
+        assert b.ready and b.begin(b"k1", b"L2", 60_000) == b"L1"        # a live record: read only
+        b.close()
+        holder.execute("COMMIT")
+        assert asyncio.run(wait(a.finish, b"k1", b"L1", b"D1", 60_000))
+    finally:
+        a.close()
+        holder.close()

@@ -49,6 +49,12 @@
 #   bytes the client has not taken (fastgw is not waiting for the upstream then, and has usually paused
 #   reading from it).
 # * HPACK decoding errors are connection errors of type COMPRESSION_ERROR [RFC 9113 4.3].
+# * A request whose DATA adds up to more or less than its content-length is malformed: stream error
+#   PROTOCOL_ERROR [RFC 9113 8.1.1; h2spec http2/8.1.2.6]. A DATA frame that would pass the announced length
+#   resets the stream before any of it is forwarded: the upstream request is framed with that
+#   Content-Length, and on HTTP/1.1 bytes past it belong to no request (a malformed request is never
+#   forwarded, 8.1.1). A body that ends short resets at END_STREAM; the upstream connection, mid-request,
+#   is closed with the dropped exchange, never pooled. (h2's H2Connection makes both a connection error.)
 
 from fastgw._core.h2frames import H2Error
 from fastgw._core.h2frames cimport (
@@ -262,6 +268,7 @@ cdef class H2Conn:
         self.streams[sid] = st
         h = RequestHead.__new__(RequestHead)
         code = self.build_head(h, ev.headers, ended)
+        st.body_left = h.content_length      # (-1 when absent or malformed)
         if code == 1:
             st.reset(E_PROTOCOL)
             return
@@ -408,6 +415,13 @@ cdef class H2Conn:
                 self.win_ctrl += 1
         else:
             self.empty_run = 0
+        if st is not None and st.body_left >= 0 and not st.ended:
+            if len(data) > st.body_left:
+                st.reset(E_PROTOCOL)         # more than content-length: not one byte of it goes upstream
+                if n:
+                    self.h2.acknowledge_received_data(n, sid)
+                return
+            st.body_left -= len(data)
         if st is not None and st.call is not None:
             st.last_rx = self.last_active
             st.call.request_data(data, n)     # acknowledged once the upstream stream took it
@@ -443,6 +457,9 @@ cdef class H2Conn:
         if st is None:
             return
         st.rx_done = True
+        if st.body_left > 0 and not st.ended:
+            st.reset(E_PROTOCOL)             # less than content-length
+            return
         if st.call is not None:
             st.call.request_end()
         elif st.rx is not None:

@@ -12,6 +12,7 @@ cdef class H2Stream(Downstream):
     cdef bint end_pending         # the response ended; END_STREAM goes with the last queued DATA
     cdef bint ended               # END_STREAM sent (or the stream reset)
     cdef bint rx_done             # the client's END_STREAM arrived
+    cdef long long body_left      # request body bytes its content-length still announces; -1: none given
     cdef bint counted             # still counts as "not yet answered" (for Rapid Reset accounting)
     cdef bint dirty
     cdef long long owed           # flow-controlled bytes received but not acknowledged yet

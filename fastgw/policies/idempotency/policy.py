@@ -22,10 +22,13 @@ methods that carries a key runs upstream at most once per key; a retry gets the 
 
 The store calls go through the worker's own store client (fastgw/store/redis.py), with the scripts of
 record.py loaded on every node; without [redis], through the worker's connection to the per-host store
-(hoststore.py: the same two operations, inline: one is tens of microseconds).
+(hoststore.py: the same two operations, inline: one is tens of microseconds). When another worker holds
+that file's lock, the call is tried again without blocking the loop (hoststore.wait: BEGIN awaits it,
+FINISH goes on in a task, like the Redis FINISH), for up to BUSY_S, then it is a store failure.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from typing import TYPE_CHECKING, Any
@@ -35,7 +38,7 @@ from fastgw._core.phases import Respond
 from fastgw.policies.idempotency import record as R
 from fastgw.policies.idempotency import stats as S
 from fastgw.policies.idempotency.config import host_store
-from fastgw.policies.idempotency.hoststore import HostStore, StoreFull
+from fastgw.policies.idempotency.hoststore import Busy, HostStore, StoreFull, wait
 from fastgw.store.redis import StoreDown, connect
 
 if TYPE_CHECKING:
@@ -54,6 +57,8 @@ ALLOWED = frozenset((b"content-type", b"content-encoding", b"content-language", 
 NOT_ACTED = (429, 503)
 REPLAYED = (b"Idempotent-Replayed", b"true")
 RETRY_AFTER = b"Retry-After: 1\r\n"
+# The per-host FINISH calls waiting for another worker's lock (the loop holds only weak references to tasks).
+_WAITING: set[asyncio.Task[Any]] = set()
 
 
 class _Owned:
@@ -136,8 +141,11 @@ class IdempotencyPolicy(Gate):
         host = self.host
         if host is not None:
             try:
-                value = host.begin(rkey, lock, self.lock_ms)
-            except (sqlite3.Error, StoreFull):
+                try:
+                    value = host.begin(rkey, lock, self.lock_ms)
+                except Busy:
+                    value = await wait(host.begin, rkey, lock, self.lock_ms)
+            except (sqlite3.Error, StoreFull):                 # (Busy too, after BUSY_S)
                 return self.store_failed()
         else:
             client = self.client
@@ -212,6 +220,11 @@ class IdempotencyPolicy(Gate):
         if host is not None:
             try:
                 host.finish(st.key, st.lock, value, self.ttl_ms, smaller)
+            except Busy:
+                task = asyncio.get_running_loop().create_task(
+                    wait(host.finish, st.key, st.lock, value, self.ttl_ms, smaller))
+                _WAITING.add(task)
+                task.add_done_callback(self._finished)
             except sqlite3.Error:
                 self.count(S.STORE_ERROR)     # the lock expires after lock_ttl
             return
@@ -224,6 +237,11 @@ class IdempotencyPolicy(Gate):
             self.count(S.STORE_ERROR)     # the lock expires after lock_ttl
             return
         fut.add_done_callback(_ignore)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        _WAITING.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.count(S.STORE_ERROR)         # the lock expires after lock_ttl
 
 
 def _client(cfg: Config, services: dict[str, Any]) -> Any:
@@ -243,7 +261,8 @@ def _client(cfg: Config, services: dict[str, Any]) -> Any:
 def _host(cfg: Config, services: dict[str, Any]) -> None:
     """The worker's connection to the per-host store (no [redis]), opened on first use and reopened when
     [idempotency] changes on a reload; the Redis client is closed when a reload removes [redis], and the
-    host store when one adds it. The file outlives the workers: a reload keeps the records."""
+    host store when one adds it. The file outlives the workers: a reload keeps the records. Opening never
+    waits for another worker (hoststore.HostStore: a busy setup is finished by the first call)."""
     hs = host_store(cfg)
     old = services.get("idempotency_host")
     if old is not None and (hs is None or services.get("idempotency_host_settings") != hs):
