@@ -7,16 +7,25 @@
 cdef void write_parts(object transport, list parts):
     """One write of the parts: small ones are copied together (one buffer, one syscall), large ones go to
     writelines, which uvloop hands to writev without copying (a 64 KiB body is not copied twice)."""
-    cdef Py_ssize_t total = 0, k, n = len(parts)
+    cdef Py_ssize_t total, k, n = len(parts)
+    cdef bytes out
     if n == 1:
         transport.write(parts[0])
         return
-    for k in range(n):
-        total += len(parts[k])
+    total = parts_size(parts)
+    if total < 0:                               # (not all bytes: measured through the buffer protocol)
+        total = 0
+        for k in range(n):
+            total += len(parts[k])
+        if total < GATHER_MIN:
+            transport.write(b"".join(parts))
+            return
     if total >= GATHER_MIN:
         transport.writelines(parts)
     else:
-        transport.write(concat(parts))
+        out = PyBytes_FromStringAndSize(NULL, total)
+        put_parts(PyBytes_AS_STRING(out), parts)
+        transport.write(out)
 
 
 cdef bytes concat(list parts):
