@@ -9,6 +9,7 @@ import resource
 from datetime import UTC, datetime
 
 from buckets_ref import NS, RefQuota, RefRate, window_end
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,6 +117,25 @@ def test_concurrency_acquire_release() -> None:
     plan.release((1,), 1)
     assert plan.check((1,), 0, 0) == -1
     assert plan.check((2,), 0, 0) == -1                  # another key has its own count
+
+
+def test_plan_takes_one_value_per_key_index() -> None:
+    """A plan reads keys[key index] of each limit: a tuple without one is refused, never read past its end;
+    two keys are two buckets."""
+    t = table()
+    plan = B.Plan(t, [(B.RATE, NS, 1, True, 11, 0), (B.RATE, NS, 1, True, 12, 1)])
+    for short in ((), (5,)):
+        with pytest.raises(ValueError):
+            plan.check(short, 0, 0)
+        with pytest.raises(ValueError):
+            plan.release(short, 3)
+    mono = 10**12
+    assert plan.check((5, 6), mono, 0) == -1
+    assert plan.check((5, 6), mono, 0) == 0              # the bucket of 1 is spent
+    assert plan.check((7, 6), mono, 0) == 1              # key 0 is another bucket, key 1 the same
+    assert plan.check((7, 8), mono, 0) == -1
+    with pytest.raises(ValueError):
+        B.Plan(t, [(B.RATE, NS, 1, True, 1, 16)])
 
 
 def _rss_kib() -> int:

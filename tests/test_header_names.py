@@ -199,6 +199,12 @@ def test_credential_headers_once_each_with_the_right_detail(gws: dict) -> None:
         r = c.read_response()
         body = assert_raw_problem(r, 400, "bad-request")
         assert body["detail"] == "duplicate X-API-Key header"
+    # The key header under two spellings is still one credential sent twice (the spelling the config gives,
+    # looked up as sent, and any other, folded).
+    with gw.raw() as c:
+        c.send(f"GET /keys/{mark()} HTTP/1.1\r\nHost: gw.test\r\nx-api-KEY: key-a\r\nX-API-Key: key-b\r\n\r\n".encode())
+        body = assert_raw_problem(c.read_response(), 400, "bad-request")
+        assert body["detail"].startswith("duplicate ")
     # One Authorization and one API key are two credentials, not a duplicate: the key authenticates.
     r = h1(gw, f"/keys/{mark()}", [("Authorization", "Bearer not.a.token"), ("X-API-Key", "key-a")])
     assert r.status == 200, r.body
@@ -212,3 +218,15 @@ def test_every_declared_name_is_managed_under_every_spelling() -> None:
             assert role(spelling) == REQUEST[name], spelling
     assert role("X-Forwarded-Whatever") == "forwarded" and role("X_Forwarded_Port") == "forwarded"
     assert role("X-Custom") is None
+
+
+def test_a_credential_name_is_found_as_configured_and_folded() -> None:
+    """The wire table holds a credential header under the spelling its config gives (no lower() per request
+    for the spelling clients are told to send), and still under every other; never over a managed name."""
+    from fastgw._core.wire import ACTIONS, HeaderTable
+    t = HeaderTable((), ["X-API-Key", "Host"])
+    cred = t.action(b"X-API-Key")
+    assert cred >= ACTIONS["credential"]
+    for spelling in (b"x-api-key", b"X-Api-Key", b"X-API-KEY", b"x-API-key"):
+        assert t.action(spelling) == cred, spelling
+    assert t.action(b"Host") == t.action(b"host") == ACTIONS["host"]

@@ -161,6 +161,27 @@ def test_api_keys_jwt_and_identity_headers_cannot_be_forged(gateway: GatewayLaun
         assert c.get("/local").status_code == 403
 
 
+def test_cached_api_key_is_compared_whole(gateway: GatewayLauncher, echo_origin: Any, jwks: Jwks) -> None:
+    """The compiled path keeps the API keys it verified in slots picked by their last bytes: a key that
+    shares a cached key's slot (same length, same last 8 bytes) but not its other bytes is refused, every
+    time, and the cached key keeps working in between; the key header, under any spelling, is not sent on."""
+    gw = start(gateway, echo_origin, jwks.url)
+    with gw.client() as c:
+        for _ in range(2):
+            r = c.get("/keys", headers={"X-API-Key": "secret-key-a"})
+            assert r.status_code == 200 and headers_of(r)["x-consumer"] == ["partner-a"], r.text
+        # (the first three share the cached key's slot, the last two do not)
+        for guess in ("Xecret-key-a", "zecret-key-a", "seXret-key-a", "secreT-key-a", "secret-key-b"):
+            for _ in range(2):
+                r = c.get("/keys", headers={"X-API-Key": guess})
+                assert r.status_code == 401, (guess, r.text)
+            assert c.get("/keys", headers={"X-API-Key": "secret-key-a"}).status_code == 200
+        for name in ("x-api-key", "X-API-KEY", "X-Api-Key", "x-API-key"):
+            r = c.get("/keys", headers={name: "secret-key-a"})
+            assert r.status_code == 200, (name, r.text)
+            assert "x-api-key" not in headers_of(r), name
+
+
 def test_query_api_key_is_never_forwarded(gateway: GatewayLauncher, echo_origin: Any, jwks: Jwks) -> None:
     """?api_key=... leaves the target sent upstream whichever credential authenticated the request: the
     header key (first request: the policy; then the compiled key cache) or a JWT on a JWT-or-key route."""

@@ -416,6 +416,21 @@ def test_head_response_has_no_body(gw, te):
         assert r2.status == 200 and seen(r2).target == "/echo/after-head"
 
 
+@pytest.mark.parametrize("te", ["cl", "chunked"])
+def test_head_response_keeps_the_upstream_connection(gw, origin, te):
+    """RFC 9112 6.3 rule 1: a response to HEAD ends with its head whatever its framing fields say. The
+    response reader knows the method, so the connection goes back to the pool (before, llhttp could not be
+    told, and fastgw closed it) and the next request on it gets its own answer."""
+    m = uuid.uuid4().hex[:12]
+    with gw.raw() as c:
+        c.send(request("HEAD", f"/echo/{m}-head?size=5000&te={te}"))
+        assert c.read_response("HEAD").status == 200
+        c.send(request("GET", f"/echo/{m}-get?size=7"))
+        r2 = c.read_response()
+        assert r2.status == 200 and r2.body == pattern(0, 7)
+    assert origin.heads_for(f"{m}-get")[0].conn == origin.heads_for(f"{m}-head")[0].conn
+
+
 @pytest.mark.parametrize("status", [204, 304])
 def test_bodiless_status(gw, status):
     with gw.raw() as c:

@@ -233,3 +233,20 @@ def test_consumer_plan_overrides_route_plan_and_consumers_are_isolated(tmp_path:
                       decision="rate_limited") == 2
     finally:
         gw.close()
+
+
+def test_ratelimit_lines_follow_every_outcome() -> None:
+    """The RateLimit lines of an outcome: the same outcome again gives the same lines (kept, not formatted
+    again), and a change of r=, t=, the tight limit or a degraded note gives that outcome's lines."""
+    from fastgw._core.gates import Headers
+    h = Headers(b'"a";q=10;w=1, "b";q=100;w=60', [b'"a";r=', b'"b";r='])
+    pol = b'RateLimit-Policy: "a";q=10;w=1, "b";q=100;w=60\r\n'
+    cases = [(0, 9, 1, None), (0, 9, 1, None), (0, 8, 1, None), (0, 8, 2, None), (1, 8, 2, None),
+             (1, 8, 2, b"redis"), (1, 8, 2, None), (-1, 0, 0, None), (1, 8, 2, None), (1, 1234567890123, 0, None)]
+    for tight, r, t, degraded in cases:
+        want = pol
+        if tight >= 0:
+            want += b'RateLimit: "%s";r=%d;t=%d\r\n' % (b"ab"[tight:tight + 1], r, t)
+        if degraded is not None:
+            want += b"RateLimit-Degraded: " + degraded + b"\r\n"
+        assert h.lines(tight, r, t, degraded) == want, (tight, r, t, degraded)

@@ -87,8 +87,12 @@ cdef class Plan:
     cdef public long long retry_s   # on rejection: seconds until a retry can succeed (Retry-After = t)
     cdef public unsigned long long charged    # bit i: limit i was charged by the last check that passed
     cdef public int shadowed        # limits over their budget but in shadow mode (enforce = false)
-    cdef uint64_t _key(self, tuple keys, int i) except? 0
-    cdef void _undo(self, tuple keys, uint64_t done, int64_t mono, int64_t wall) except *
-    cdef int64_t _wait(self, tuple keys, int i, int64_t mono, int64_t wall) except -1
+    cdef int nkeys                  # key values a check reads (1 + the largest key index)
+    cdef uint64_t _key(self, const uint64_t* keys, int i) noexcept nogil
+    cdef void _undo(self, const uint64_t* keys, uint64_t done, int64_t mono, int64_t wall) noexcept nogil
+    cdef int64_t _wait(self, const uint64_t* keys, int i, int64_t mono, int64_t wall) noexcept nogil
+    cdef int check_c(self, const uint64_t* keys, int64_t mono, int64_t wall) noexcept
+    cdef void release_c(self, const uint64_t* keys, uint64_t charged) noexcept nogil
+    cdef int _unpack(self, tuple keys, uint64_t* out) except -1
     cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2
     cpdef void release(self, tuple keys, uint64_t charged) except *

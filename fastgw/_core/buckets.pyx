@@ -428,15 +428,28 @@ cdef class Plan:
             self.enforce[i] = 1 if enforce else 0
             self.seed[i] = <int64_t>(<uint64_t>seed)
             self.keyidx[i] = keyidx
+            if keyidx < 0 or keyidx >= 16:
+                raise ValueError(f"key index {keyidx} out of range")
+            if keyidx >= self.nkeys:
+                self.nkeys = keyidx + 1
             i += 1
         self.n = i
         self.tight = -1
 
-    cdef uint64_t _key(self, tuple keys, int i) except? 0:
-        cdef uint64_t k = _mix(<uint64_t>(<object>keys[self.keyidx[i]]) ^ <uint64_t>self.seed[i])
+    cdef uint64_t _key(self, const uint64_t* keys, int i) noexcept nogil:
+        cdef uint64_t k = _mix(keys[self.keyidx[i]] ^ <uint64_t>self.seed[i])
         return k if k != 0 else 1
 
-    cdef void _undo(self, tuple keys, uint64_t done, int64_t mono, int64_t wall) except *:
+    cdef int _unpack(self, tuple keys, uint64_t* out) except -1:
+        """The key values of a tuple (Python callers) into out[:nkeys]."""
+        cdef int i
+        if len(keys) < self.nkeys:
+            raise ValueError(f"{self.nkeys} key values expected, got {len(keys)}")
+        for i in range(self.nkeys):
+            out[i] = <uint64_t>keys[i]
+        return 0
+
+    cdef void _undo(self, const uint64_t* keys, uint64_t done, int64_t mono, int64_t wall) noexcept nogil:
         cdef int j
         cdef uint64_t k
         cdef Slot* first
@@ -461,7 +474,7 @@ cdef class Plan:
                     s.b -= 1
             _unlock(first)
 
-    cdef int64_t _wait(self, tuple keys, int i, int64_t mono, int64_t wall) except -1:
+    cdef int64_t _wait(self, const uint64_t* keys, int i, int64_t mono, int64_t wall) noexcept nogil:
         """Until limit i would admit one more request (0: now); nothing is charged or created."""
         cdef uint64_t k = self._key(keys, i)
         cdef Slot* first = self.table._bucket(k)
@@ -482,6 +495,12 @@ cdef class Plan:
         return w
 
     cpdef int check(self, tuple keys, int64_t mono, int64_t wall) except -2:
+        cdef uint64_t kv[16]
+        self._unpack(keys, kv)
+        return self.check_c(kv, mono, wall)
+
+    cdef int check_c(self, const uint64_t* keys, int64_t mono, int64_t wall) noexcept:
+        """check() on key values in C (keys[:nkeys]): the rate gate's path, no Python int per key."""
         cdef int i, j, kind
         cdef int64_t wait, w
         cdef uint64_t k
@@ -543,6 +562,11 @@ cdef class Plan:
     cpdef void release(self, tuple keys, uint64_t charged) except *:
         """End of a request admitted by check(): give back its concurrency slots (`charged` is the
         value of .charged after that check)."""
+        cdef uint64_t kv[16]
+        self._unpack(keys, kv)
+        self.release_c(kv, charged)
+
+    cdef void release_c(self, const uint64_t* keys, uint64_t charged) noexcept nogil:
         cdef int i
         cdef uint64_t k
         cdef Slot* first

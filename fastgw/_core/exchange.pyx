@@ -278,12 +278,8 @@ cdef class Exchange:
         self.resp_started = True
         self.status = status
         self.resp_nobody = is_head or status == 204 or status == 304
-        self.client.write_head(self, status, c.rpieces, c.r_cl if c.r_has_cl and not c.r_chunked else None)
-        if is_head and (c.r_chunked or (c.r_has_cl and c.r_cl != b"0")):
-            # llhttp cannot be told that a HEAD response has no body: finish here and do not reuse
-            # the connection (it would wait for body bytes that never come).
-            self.release_upstream(False)
-            self.complete()
+        # (a response to HEAD ends with its head: the reader knows the method, the connection stays reusable)
+        self.client.write_head(self, status, c.rpieces, c.rd.length)
 
     cdef void switch(self, UpstreamConn c, bytes tail):
         """The origin answered 101 to a request a policy made a tunnel request (`tunnel`, its session):

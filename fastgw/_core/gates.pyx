@@ -22,7 +22,8 @@ cannot tell.
   CorsGate   CORS: the request's Origin granted or not, its response lines added in the request phase;
              host patterns and preflights in Python.
   LifecycleGate  the lifecycle's response lines, its counter and the 410 after the sunset.
-  (CorsGate and LifecycleGate are in gates_lines.pyx, included at the end.)
+  (RateGate and its parts are in gates_rate.pyx, CorsGate and LifecycleGate in gates_lines.pyx, both
+  included at the end.)
 
 Measured with callgrind on the gateway scenario (bench/ratelimit.py): the Python policies cost ~33k
 instructions per request on top of the ~32k of plain proxying; see the README's benchmark section.
@@ -268,6 +269,23 @@ cdef Py_ssize_t _bearer(bytes v, Py_ssize_t* end) noexcept:
 
 cdef enum:
     TOKEN_SLOTS = 128       # AuthGate.tokens: the recently seen tokens of a bearer-JWT route (a power of 2)
+    KEY_SLOTS = 128         # AuthGate.keys_seen: the same for the API keys of a route (a power of 2)
+
+
+cdef inline bint _same_secret(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
+    """a[:n] == b[:n], in a time that depends on n only: every word is compared, no exit at the first
+    difference (as hmac.compare_digest), so a guess learns nothing of how much of a key it got right."""
+    cdef uint64_t x, y, acc = 0
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&x, a + i, 8)
+        memcpy(&y, b + i, 8)
+        acc |= x ^ y
+        i += 8
+    while i < n:
+        acc |= <unsigned char>a[i] ^ <unsigned char>b[i]
+        i += 1
+    return acc == 0
 
 
 cdef inline Py_ssize_t _token_slot(const char* t, Py_ssize_t n) noexcept nogil:
@@ -335,10 +353,12 @@ cdef class AuthGate(Gate):
     cdef unsigned long long[::1] mwords   # the worker's metrics region (fastgw.metrics), if counted
     cdef Py_ssize_t mbase                 # index of this route's first auth-failure word, or -1
     cdef list tokens                      # TOKEN_SLOTS tokens (bytes) found in issuer.cache lately, or None
+    cdef list keys_seen                   # KEY_SLOTS API-key header values found in key_cache lately
 
     def __cinit__(self):
         self.mbase = -1
         self.tokens = [None] * TOKEN_SLOTS
+        self.keys_seen = [None] * KEY_SLOTS
 
     def count_failures(self, words, Py_ssize_t base):
         """Count refusals in words[base + reason] (fastgw.metrics.AUTH_REASONS order)."""
@@ -356,7 +376,7 @@ cdef class AuthGate(Gate):
             if self.first == 1:
                 v = _header(ex, self.key_header)
                 if v is not None:
-                    hit = self.key_cache.get(v)
+                    hit = self.cached_key(v)
                     if hit is not None:
                         return self.known(ex, <Identity>hit)
             elif self.first == 2:
@@ -366,6 +386,30 @@ cdef class AuthGate(Gate):
                     if hit is not None:
                         return self.known(ex, <Identity>hit)
         return self.slow(ex)
+
+    def key_verified(self, bytes raw):
+        """The Python path put `raw` (the exact header value of a key it verified) in key_cache: keep that
+        object in its slot, so that cached_key's lookups find the dict's own key (compared by identity,
+        no bytes comparison)."""
+        self.keys_seen[_token_slot(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))] = raw
+
+    cdef object cached_key(self, bytes v):
+        """key_cache.get(v), without hashing the request's copy of the key (a new bytes object per
+        request: siphash over it, ~150 instructions). As cached_token: the value found last in its slot
+        (only values found in key_cache, so bounded by the slots and never a guess) is kept, its hash
+        computed once; the request's value is compared with it whole, in constant time (a guess sent to
+        that slot must not learn how much of a valid key it matched), then looked up with. The lookup
+        is still the dict's: a key dropped from key_cache is not found through its slot either."""
+        cdef const char* t = PyBytes_AS_STRING(v)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(v)
+        cdef Py_ssize_t k = _token_slot(t, n)
+        cdef bytes seen = <bytes>self.keys_seen[k]
+        if seen is not None and PyBytes_GET_SIZE(seen) == n and _same_secret(PyBytes_AS_STRING(seen), t, n):
+            return self.key_cache.get(seen)
+        hit = self.key_cache.get(v)
+        if hit is not None:
+            self.keys_seen[k] = v
+        return hit
 
     cdef object cached_token(self, bytes v):
         """The Identity of the bearer token in the Authorization value `v` when its issuer's cache holds
@@ -403,7 +447,7 @@ cdef class AuthGate(Gate):
             r = self.throttled(ex)
             if r is not None:
                 return r
-        return self.admit(ex, ident)
+        return self._admit(ex, ident)
 
     def slow(self, ex):
         """The full check (Python subclass)."""
@@ -418,7 +462,12 @@ cdef class AuthGate(Gate):
             self.fail(self.failures.reason)
         return r
 
-    cpdef object admit(self, object ex, Identity ident):
+    def admit(self, ex, Identity ident):
+        """Let the request in as `ident` (None), or the 403 its scopes or roles call for."""
+        return self._admit(ex, ident)
+
+    cdef object _admit(self, object ex, Identity ident):
+        # (a cdef method: a cpdef one, called on the Python subclass, first looks for an override)
         if self.scopes and not self.scopes <= ident.scopes:
             self.fail(3)
             return (403, "forbidden", b"missing required scope", self.scope_challenge)
@@ -457,295 +506,6 @@ cdef bytes _without_param(bytes query, bytes name):
 
 INSUFFICIENT_SCOPE = b'WWW-Authenticate: Bearer realm="fastgw", error="insufficient_scope"\r\n'
 
-
-
-# ---------------------------------------------------------------------------------------------------
-# Rate limits
-
-cdef class KeySpec:
-    """How one limit key is made from a request: its parts, hashed in order (FNV-1a + splitmix64 of
-    each value, chained). A missing consumer or header counts as the client's address ("ip:" + peer),
-    never as one bucket shared by everyone."""
-    cdef tuple kinds
-    cdef tuple names
-    cdef str consumer               # the consumer seen last (Identity objects are shared: the same str)
-    cdef bytes consumer_b           # ...and its bytes, not encoded again per request
-
-    def __init__(self, parts):
-        kinds, names = [], []
-        for part in parts:
-            if part == "consumer":
-                kinds.append(P_CONSUMER)
-                names.append(None)
-            elif part == "ip":
-                kinds.append(P_IP)
-                names.append(None)
-            elif part == "route":
-                kinds.append(P_ROUTE)
-                names.append(None)
-            elif part.startswith("header:"):
-                kinds.append(P_HEADER)
-                names.append(part[7:].lower().encode())
-            else:
-                raise ValueError(f"unknown key part {part!r}")
-        self.kinds = tuple(kinds)
-        self.names = tuple(names)
-
-    cdef uint64_t hash(self, object ex, object consumer) except? 0:
-        cdef uint64_t h = 0
-        cdef Py_ssize_t i
-        cdef int kind
-        cdef bytes v
-        for i in range(len(self.kinds)):
-            kind = <int>self.kinds[i]
-            if kind == P_CONSUMER:
-                if consumer is None:
-                    v = b"ip:" + ex.peer
-                else:
-                    if consumer is not self.consumer:
-                        self.consumer_b = (<str>consumer).encode()
-                        self.consumer = <str>consumer
-                    v = self.consumer_b
-            elif kind == P_IP:
-                v = ex.peer
-            elif kind == P_ROUTE:
-                name = ex.route_name
-                v = (<str>name).encode() if name is not None else b""
-            else:
-                v = _header(ex, self.names[i])
-                if v is None:
-                    v = b"ip:" + ex.peer
-            h = _hash(h, <const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
-        return h
-
-
-cdef class Keys:
-    """A plan's distinct limit keys (a tuple of KeySpec); `of(ex, consumer)` -> tuple of 64-bit hashes."""
-    cdef tuple specs
-
-    def __init__(self, specs):
-        self.specs = tuple(KeySpec(s) for s in specs)
-
-    cpdef tuple of(self, object ex, object consumer):
-        cdef Py_ssize_t n = len(self.specs)
-        if n == 1:
-            return ((<KeySpec>self.specs[0]).hash(ex, consumer),)
-        return tuple([(<KeySpec>s).hash(ex, consumer) for s in self.specs])
-
-
-cdef class Headers:
-    """A plan's response header lines: RateLimit-Policy (every enforced limit) and RateLimit (the limit
-    with the fewest requests left), prebuilt up to the numbers."""
-    cdef bytes policy          # b"RateLimit-Policy: ...\r\n" or b""
-    cdef tuple prefix          # per limit: b'RateLimit: "name";r='
-
-    def __init__(self, policy, prefix):
-        self.policy = b"RateLimit-Policy: " + policy + b"\r\n" if policy is not None else b""
-        self.prefix = tuple(b"RateLimit: " + p for p in prefix)
-
-    cpdef bytes lines(self, int tight, long long remaining, long long reset_s, bytes degraded):
-        """The header lines for an outcome (tight < 0: no RateLimit line)."""
-        cdef char buf[512]
-        cdef char* p = buf
-        cdef bytes pre
-        cdef Py_ssize_t n, m = PyBytes_GET_SIZE(self.policy)
-        if tight < 0 or tight >= len(self.prefix):
-            out = self.policy
-        else:
-            pre = <bytes>self.prefix[tight]
-            n = PyBytes_GET_SIZE(pre)
-            if n + m > 400:
-                out = self.policy + pre + b"%d;t=%d\r\n" % (remaining, reset_s)
-            else:
-                # Both lines written into one buffer: one bytes object per request, no concatenation.
-                memcpy(p, PyBytes_AS_STRING(self.policy), m)
-                memcpy(p + m, PyBytes_AS_STRING(pre), n)
-                p = _itoa(p + m + n, remaining)
-                memcpy(p, b";t=", 3)
-                p = _itoa(p + 3, reset_s)
-                p[0] = b'\r'
-                p[1] = b'\n'
-                out = PyBytes_FromStringAndSize(buf, p + 2 - buf)
-        if degraded is not None:
-            out = out + b"RateLimit-Degraded: " + degraded + b"\r\n"
-        return out
-
-
-cdef class Release:
-    """on_complete callback: give back the concurrency slots a request took."""
-    cdef Plan bp
-    cdef tuple keys
-    cdef unsigned long long charged
-
-    def __call__(self, ex):
-        self.bp.release(self.keys, self.charged)
-
-
-cdef class Counter:
-    """Decision counters of one (route, plan) in the worker's stats region (words: a "Q" memoryview)."""
-    cdef unsigned long long[::1] words
-    cdef Py_ssize_t base          # -1: not counted (the region is full)
-
-    def __init__(self, words, Py_ssize_t base):
-        self.words = words
-        self.base = base
-
-    cpdef void count(self, int decision):
-        if self.base >= 0:
-            self.words[self.base + 1 + decision] += 1
-
-
-cdef class PlanGate:
-    """One plan as the rate gate sees it. `bp` is None when the plan is kept in Redis (Python path)."""
-    cdef public object rt             # the Python PlanRT
-    cdef public str name              # rt.name
-    cdef public Plan bp
-    cdef public Keys keys
-    cdef public Headers headers
-    cdef public bint has_quota, has_conc
-    cdef public Table lease           # sync = "lease": the worker's lease table (else None)
-    cdef public bint lease_fast       # lease plan without concurrency limits: RateGate.on_request spends leases
-    cdef public uint64_t lease_seed
-    cdef public dict lease_state      # key hash -> [last refill, batch, deny until, tight, remaining, reset]
-    cdef public dict inflight         # key hash -> the refill in flight
-    cdef public object client         # the plan's RedisClient (.up: the breaker)
-    cdef tuple slugs                  # per limit: problem slug of a rejection
-    cdef int[16] decision             # per limit: decision counted on rejection
-    cdef int[16] conc                 # per limit: 1 for a concurrency limit
-
-    def __init__(self, rt, Plan bp, Keys keys, Headers headers, bint has_quota, bint has_conc, limits):
-        cdef int i
-        self.rt = rt
-        self.name = rt.name
-        self.bp = bp
-        self.keys = keys
-        self.headers = headers
-        self.has_quota = has_quota
-        self.has_conc = has_conc
-        self.slugs = tuple(lim.slug for lim in limits)
-        for i, lim in enumerate(limits[:16]):
-            self.decision[i] = lim.decision
-            self.conc[i] = 1 if lim.is_conc else 0
-
-
-@cython.final
-cdef class LastLookup:
-    """One dict lookup kept: d.get(key) again for the same dict and key object (compared by identity)
-    returns the value found then. For keys that recur as the same objects request after request (plan
-    names from the shared Identity and PlanGate objects) in dicts set up once (RateGate's)."""
-    cdef object d, key, value
-
-    cdef inline object get(self, dict d, object key):
-        if key is not self.key or d is not self.d:
-            self.value = d.get(key)
-            self.key = key
-            self.d = d
-        return self.value
-
-
-cdef class RateGate(Gate):
-    """Fast path of fastgw.policies.ratelimit.RateLimitPolicy (set up by its __init__)."""
-    cdef public PlanGate default             # the route's plan, or None
-    cdef public dict by_name                 # plan name -> PlanGate (a consumer's or token's plan)
-    cdef public dict counters                # plan name -> Counter (absent: not counted)
-    cdef LastLookup plan_seen, count_seen    # the last lookup in each
-
-    def __cinit__(self):
-        self.plan_seen = LastLookup()
-        self.count_seen = LastLookup()
-
-    cpdef object on_request(self, object ex):
-        cdef PlanGate pg = self.default
-        consumer = None
-        ident = _identity(ex)
-        if ident is not None:
-            consumer = (<Identity?>ident).consumer      # checked: only AuthGate sets it
-            pname = (<Identity>ident).plan
-            if pname is not None:
-                hit = self.plan_seen.get(self.by_name, pname)
-                if hit is not None:
-                    pg = <PlanGate>hit
-        if pg is None:
-            return None
-        keys = pg.keys.of(ex, consumer)
-        if pg.bp is not None:
-            return self.local(ex, pg, pg.bp, keys, None)
-        if pg.lease_fast and len(keys) == 1 and pg.client.up:
-            if self.spend_lease(ex, pg, keys[0], keys):
-                return None
-        return self.shared(ex, pg.rt, keys)
-
-    cpdef bint spend_lease(self, object ex, PlanGate pg, object tag, tuple keys) except -1:
-        """Lease mode: spend a token of this worker's lease for the key `tag`, if one is left (False if
-        not). RateLimit comes from the store's reply at the last refill; when half of the last batch is
-        spent, the next refill starts (RateLimitPolicy.prefetch) without anyone waiting."""
-        cdef uint64_t lk = (<uint64_t>tag) ^ pg.lease_seed
-        cdef int64_t mono = _now(CLOCK_MONOTONIC)
-        cdef long long left
-        if lk == 0:
-            lk = 1
-        left = pg.lease.lease_take(lk, mono)
-        if left < 0:
-            return False
-        self.count(pg.name, D_ALLOWED)
-        st = pg.lease_state.get(tag)
-        if st is not None:
-            self.lease_headers(ex, pg, <list>st, mono)
-            if left * 2 <= <double>(<list>st)[1] and <double>(<list>st)[2] <= mono and tag not in pg.inflight:
-                self.prefetch(pg.rt, tag, keys, mono)
-        return True
-
-    cpdef void lease_headers(self, object ex, PlanGate pg, list st, int64_t mono):
-        """The RateLimit lines of a lease answer, from the lease state `st` of its key."""
-        cdef int tight = <int>(<double>st[3])
-        cdef int64_t until
-        if tight >= 0:
-            until = <int64_t>(<double>st[5]) - mono
-            _add_response_lines(ex, pg.headers.lines(
-                tight, <long long>(<double>st[4]), (until + 999999999) // 1000000000 if until > 0 else 0, None))
-
-    def prefetch(self, rt, tag, keys, mono):
-        """Start the next refill of a lease (Python subclass)."""
-
-    def shared(self, ex, rt, keys):
-        """Plans kept in Redis (Python subclass)."""
-        raise NotImplementedError
-
-    def shadow(self, ex, rt):
-        """A shadow limit was over its budget (Python subclass: count and log)."""
-
-    cpdef void count(self, object plan_name, int decision):
-        c = self.count_seen.get(self.counters, plan_name)
-        if c is not None:
-            (<Counter>c).count(decision)
-
-    cpdef object local(self, object ex, PlanGate pg, Plan bp, tuple keys, bytes degraded):
-        """Check `keys` against the host table with `bp` (the plan, or its share in a fallback)."""
-        cdef int r = bp.check(keys, _now(CLOCK_MONOTONIC), _now(CLOCK_REALTIME) if pg.has_quota else 0)
-        name = pg.name
-        if bp.shadowed:
-            self.shadow(ex, pg.rt)
-        if r >= 0:
-            self.count(name, pg.decision[r])
-            return self.reject(ex, pg, r, bp.reset_s, bp.retry_s, degraded)
-        self.count(name, 5 if degraded is not None else D_ALLOWED)    # 5: "degraded"
-        if pg.has_conc:
-            rel = Release.__new__(Release)
-            (<Release>rel).bp = bp
-            (<Release>rel).keys = keys
-            (<Release>rel).charged = bp.charged
-            ex.on_complete(rel)
-        _add_response_lines(ex, pg.headers.lines(bp.tight, bp.remaining, bp.reset_s, degraded))
-        return None
-
-    cpdef object reject(self, object ex, PlanGate pg, int idx, long long reset_s, long long retry_s,
-                        bytes degraded):
-        """The 429 for limit `idx` (with the RateLimit lines, except for a concurrency limit)."""
-        if not pg.conc[idx]:
-            _add_response_lines(ex, pg.headers.lines(idx, 0, reset_s, degraded))
-        elif degraded is not None:
-            _add_response_lines(ex, b"RateLimit-Degraded: " + degraded + b"\r\n")
-        return (429, pg.slugs[idx], None, b"Retry-After: %d\r\n" % (retry_s if retry_s > 1 else 1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -888,5 +648,6 @@ def shm_store(unsigned long long[::1] words, Py_ssize_t i, unsigned long long va
     fgw_store64(&words[i], value)
 
 
-# CorsGate and LifecycleGate: their own file, part of this extension.
+# RateGate and its parts, CorsGate and LifecycleGate: their own files, part of this extension.
+include "gates_rate.pyx"
 include "gates_lines.pyx"

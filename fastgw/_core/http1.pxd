@@ -36,6 +36,9 @@ cdef enum:
     CH_DATA_LF = 11
     CH_LAST_CR = 12     # after the last chunk's line: the empty line (a trailer field is refused)
     CH_LAST_LF = 13
+    CH_TR_NAME = 14     # a response's trailer section (http1_response.pyx): a field name
+    CH_TR_VALUE = 15
+    CH_TR_LF = 16
 
 # Connection semantics of one head (FieldState.conn): the Connection tokens close, keep-alive, upgrade,
 # and an Upgrade field present (both upgrade bits: the request switches protocols, as CONNECT does).
@@ -126,3 +129,6 @@ cdef class RequestReader:
     cpdef request_body(self, bytes data)
     cpdef request_end(self)
     cpdef request_error(self, int status, str slug, str detail)
+
+
+include "http1_response.pxd"

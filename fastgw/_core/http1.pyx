@@ -275,6 +275,102 @@ cdef str h1_head_done(RequestHead h, bytes url, int minor, FieldState* st):
     return None
 
 
+# What chunk_step refuses (its negative results, -1 - index).
+cdef tuple CHUNK_ERRORS = (
+    "chunk size overflow", "invalid chunk size", "chunk size line does not end with CRLF",
+    "chunk extensions too large", "chunk data does not end with CRLF", "invalid chunk extension",
+    "invalid chunk extension value",
+)
+
+
+cdef inline int chunk_step(int st, unsigned char c, unsigned long long* left, int* digits,
+                           long long* slack) noexcept:
+    """One byte `c` of a chunked body's framing (RFC 9112 7.1) in state `st` (CH_SIZE0 .. CH_DATA_LF: not
+    in chunk data, not after the last chunk), for both readers: chunk-size (hex) [extensions] CRLF, and
+    the CRLF after chunk data. Extensions are checked as llhttp does (";" name ["=" token / quoted-string],
+    no quoted-pair) and never forwarded; they and extra leading zeros count towards *slack, bounded by
+    MAX_CHUNK_SLACK. The new state (CH_DATA, or CH_LAST_CR after the last chunk's line), or -1 - the
+    index of the refusal in CHUNK_ERRORS."""
+    cdef int d
+    cdef unsigned long long size
+    if st == CH_SIZE or st == CH_SIZE0:
+        d = HEX[c]
+        if d >= 0:
+            if left[0] > (MAX_CHUNK_SIZE - <unsigned long long>d) >> 4:
+                return -1
+            left[0] = left[0] * 16 + d
+            digits[0] += 1
+            return CH_SIZE
+        if st == CH_SIZE0:
+            return -2
+        if c == 13:
+            return CH_SIZE_LF
+        if c != 59:                        # ';'
+            return -2
+        st = CH_EXT0
+    elif st == CH_SIZE_LF:
+        if c != 10:
+            return -3
+        size = left[0]
+        d = 1
+        while size > 15:
+            size >>= 4
+            d += 1
+        slack[0] += digits[0] - d
+        digits[0] = 0
+        if slack[0] > MAX_CHUNK_SLACK:
+            return -4
+        return CH_DATA if left[0] else CH_LAST_CR
+    elif st == CH_DATA_CR:
+        return CH_DATA_LF if c == 13 else -5
+    elif st == CH_DATA_LF:
+        return CH_SIZE0 if c == 10 else -5
+    # the extension states: every byte up to the CR counts towards the bound
+    elif st == CH_EXT0:                    # after ';'
+        if P[c] & P_TCHAR:
+            st = CH_EXT_NAME
+        elif c == 61:                      # '=' (an empty name: llhttp takes it)
+            st = CH_EXT_VAL0
+        elif c != 59:
+            return -6
+    elif st == CH_EXT_NAME:
+        if c == 61:
+            st = CH_EXT_VAL0
+        elif c == 59:
+            st = CH_EXT0
+        elif c == 13:
+            return CH_SIZE_LF
+        elif not P[c] & P_TCHAR:
+            return -6
+    elif st == CH_EXT_VAL0 or st == CH_EXT_VAL:
+        if c == 34 and st == CH_EXT_VAL0:  # '"'
+            st = CH_EXT_QUOTED
+        elif c == 59:
+            st = CH_EXT0
+        elif c == 13:
+            return CH_SIZE_LF
+        elif P[c] & P_TCHAR:
+            st = CH_EXT_VAL
+        else:
+            return -7
+    elif st == CH_EXT_QUOTED:
+        if c == 34:
+            st = CH_EXT_QEND
+        elif not P[c] & P_QDTEXT:
+            return -7
+    elif st == CH_EXT_QEND:
+        if c == 59:
+            st = CH_EXT0
+        elif c == 13:
+            return CH_SIZE_LF
+        else:
+            return -7
+    slack[0] += 1
+    if slack[0] > MAX_CHUNK_SLACK:
+        return -4
+    return st
+
+
 cdef class RequestReader:
     def __init__(self, Py_ssize_t max_request_line=8192, Py_ssize_t max_header_bytes=32768,
                  Py_ssize_t max_headers=100, HeaderTable table=None):
@@ -620,15 +716,12 @@ cdef class RequestReader:
         return self._chunked(data, i)
 
     cdef Py_ssize_t _chunked(self, bytes data, Py_ssize_t i) except -1:
-        """A chunked body (RFC 9112 7.1): chunk-size (hex) [extensions] CRLF data CRLF ..., then "0" [ext]
-        CRLF and the empty line; a trailer section is refused (its fields must never become headers).
-        Extensions are checked as llhttp does (";" name ["=" token / quoted-string], no quoted-pair) and
-        never forwarded; with extra leading zeros they are bounded per request (MAX_CHUNK_SLACK)."""
+        """A chunked body (RFC 9112 7.1, framing: chunk_step), then "0" [ext] CRLF and the empty line; a
+        trailer section is refused (its fields must never become headers)."""
         cdef Py_ssize_t n = len(data), k
         cdef const unsigned char* p = data
         cdef unsigned char c
-        cdef int st = self._chunk, d
-        cdef unsigned long long size
+        cdef int st = self._chunk
         while i < n:
             if st == CH_DATA:
                 k = n - i
@@ -644,107 +737,26 @@ cdef class RequestReader:
                 continue
             c = p[i]
             i += 1
-            if st == CH_SIZE or st == CH_SIZE0:
-                d = HEX[c]
-                if d >= 0:
-                    if self._left > (MAX_CHUNK_SIZE - <unsigned long long>d) >> 4:
-                        return self._bad_body("chunk size overflow")
-                    self._left = self._left * 16 + d
-                    self._digits += 1
-                    st = CH_SIZE
-                    continue
-                if st == CH_SIZE0:
-                    return self._bad_body("invalid chunk size")
-                if c == 13:
-                    st = CH_SIZE_LF
-                    continue
-                if c != 59:                        # ';'
-                    return self._bad_body("invalid chunk size")
-                st = CH_EXT0
-            elif st == CH_SIZE_LF:
-                if c != 10:
-                    return self._bad_body("chunk size line does not end with CRLF")
-                size = self._left
-                d = 1
-                while size > 15:
-                    size >>= 4
-                    d += 1
-                self._slack += self._digits - d
-                self._digits = 0
-                if self._slack > MAX_CHUNK_SLACK:
-                    return self._bad_body("chunk extensions too large")
-                st = CH_DATA if self._left else CH_LAST_CR
-                continue
-            elif st == CH_DATA_CR:
-                if c != 13:
-                    return self._bad_body("chunk data does not end with CRLF")
-                st = CH_DATA_LF
-                continue
-            elif st == CH_DATA_LF:
-                if c != 10:
-                    return self._bad_body("chunk data does not end with CRLF")
-                st = CH_SIZE0
-                continue
-            elif st == CH_LAST_CR:
+            if st == CH_LAST_CR:
                 if c != 13:
                     return self._bad_body("trailers are not accepted")
                 st = CH_LAST_LF
-                continue
             elif st == CH_LAST_LF:
                 if c != 10:
                     return self._bad_body("chunked body does not end with CRLF")
                 self._chunk = CH_SIZE0
                 self._complete()
                 return i
-            # the extension states: every byte up to the CR counts towards the bound
-            elif st == CH_EXT0:                    # after ';'
-                if P[c] & P_TCHAR:
-                    st = CH_EXT_NAME
-                elif c == 61:                      # '=' (an empty name: llhttp takes it)
-                    st = CH_EXT_VAL0
-                elif c != 59:
-                    return self._bad_body("invalid chunk extension")
-            elif st == CH_EXT_NAME:
-                if c == 61:
-                    st = CH_EXT_VAL0
-                elif c == 59:
-                    st = CH_EXT0
-                elif c == 13:
-                    st = CH_SIZE_LF
-                    continue
-                elif not P[c] & P_TCHAR:
-                    return self._bad_body("invalid chunk extension")
-            elif st == CH_EXT_VAL0 or st == CH_EXT_VAL:
-                if c == 34 and st == CH_EXT_VAL0:  # '"'
-                    st = CH_EXT_QUOTED
-                elif c == 59:
-                    st = CH_EXT0
-                elif c == 13:
-                    st = CH_SIZE_LF
-                    continue
-                elif P[c] & P_TCHAR:
-                    st = CH_EXT_VAL
-                else:
-                    return self._bad_body("invalid chunk extension value")
-            elif st == CH_EXT_QUOTED:
-                if c == 34:
-                    st = CH_EXT_QEND
-                elif not P[c] & P_QDTEXT:
-                    return self._bad_body("invalid chunk extension value")
-            elif st == CH_EXT_QEND:
-                if c == 59:
-                    st = CH_EXT0
-                elif c == 13:
-                    st = CH_SIZE_LF
-                    continue
-                else:
-                    return self._bad_body("invalid chunk extension value")
-            self._slack += 1
-            if self._slack > MAX_CHUNK_SLACK:
-                return self._bad_body("chunk extensions too large")
+            else:
+                st = chunk_step(st, c, &self._left, &self._digits, &self._slack)
+                if st < 0:
+                    return self._bad_body(CHUNK_ERRORS[-1 - st])
         self._chunk = st
         return n
 
     cdef Py_ssize_t _bad_body(self, str detail) except -1:
         self._fail(400, "bad-request", "malformed chunked body: " + detail)
         return 1 << 62
+
+
+include "http1_response.pyx"

@@ -29,6 +29,7 @@ cdef class RouteRT:
     cdef public bytes req_add             # b"Name: value\r\n..." added to the upstream request
     cdef object _req_remove               # frozenset of lowercase names, or None (set as req_remove)
     cdef uint64_t req_remove_lengths      # name_lengths(_req_remove)
+    cdef tuple req_remove_names           # _req_remove as a tuple (filter_headers compares in C), or None
     cdef public bytes resp_add
     cdef public bytes err_add             # the resp_add lines that also go on the gateway's errors (fastgw/headers.py)
     cdef public object resp_remove

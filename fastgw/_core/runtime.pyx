@@ -44,6 +44,7 @@ cdef class RouteRT:
     def req_remove(self, value):
         self._req_remove = value
         self.req_remove_lengths = name_lengths(value)
+        self.req_remove_names = tuple(value) if value is not None else None
 
 
 cdef class Runtime:

@@ -3,6 +3,8 @@
 # picked here). HTTP/1.1 upstreams take it as a head (upstream_head), HTTP/2 upstreams as a field list
 # (upstream_fields); both carry the same fields, in the same order.
 
+from fastgw._core.wire cimport feq
+
 
 cdef inline bint pick_target(Exchange ex, RouteRT route):
     """The target is picked here, once per request (both forms): a request without Host carries the
@@ -40,7 +42,7 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
     if route.strip:
         path = stripped(route, path)
     if h.drop is not None or route._req_remove is not None:
-        pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
+        pieces = filter_headers(pieces, h.drop, route.req_remove_names, route.req_remove_lengths)
     if not pick_target(ex, route):
         return None
     host = h.host if h.host else ex.target.hostport
@@ -126,7 +128,7 @@ cdef list upstream_fields(Exchange ex, RouteRT route, RequestHead h):
     if route.strip:
         path = stripped(route, path)
     if h.drop is not None or route._req_remove is not None:
-        pieces = filter_headers(pieces, h.drop, route._req_remove, route.req_remove_lengths)
+        pieces = filter_headers(pieces, h.drop, route.req_remove_names, route.req_remove_lengths)
     if not pick_target(ex, route):
         return None
     fields = [(b":method", h.method), (b":scheme", b"http" if route.group.ssl is None else b"https"),
@@ -158,24 +160,35 @@ cdef bytes stripped(RouteRT route, bytes path):
     return path
 
 
-cdef list filter_headers(list pieces, object drop, object remove, uint64_t remove_lengths):
+cdef list filter_headers(list pieces, object drop, tuple remove, uint64_t remove_lengths):
     """Pieces without the headers named in `drop` or `remove` (folded: lowercase, "_" read as "-", as
     upstreams that fold names read them; fastgw/headers.py): `pieces` itself when none is (the common
-    case: nothing allocated). A name is folded and looked up only when its length is the length of a name
-    in the sets (`remove_lengths`: name_lengths(remove), computed at config load)."""
+    case: nothing allocated). A name is compared only when its length is the length of a name in the
+    sets (`remove_lengths`: name_lengths(remove), computed at config load); with the route's `remove`
+    names (a tuple, a few) folded while compared, in C, and the per-request `drop` set (Connection's
+    tokens, rare) by a folded copy."""
     cdef list out = None
     cdef Py_ssize_t i, k, n = len(pieces)
     cdef uint64_t lengths = remove_lengths | name_lengths(drop)
     cdef bint hit
     cdef bytes name
+    cdef const char* p
     for i in range(0, n, 4):
-        k = len(<bytes>pieces[i])
+        name = <bytes>pieces[i]
+        k = PyBytes_GET_SIZE(name)
         hit = False
         if (lengths >> (k if k < 63 else 63)) & 1:
-            name = (<bytes>pieces[i]).lower()
-            if memchr(<const char*>name, 95, k) != NULL:       # '_'
-                name = name.replace(b"_", b"-")
-            hit = (drop is not None and name in drop) or (remove is not None and name in remove)
+            if remove is not None:
+                p = PyBytes_AS_STRING(name)
+                for nm in remove:
+                    if PyBytes_GET_SIZE(<bytes>nm) == k and feq(p, k, PyBytes_AS_STRING(<bytes>nm)):
+                        hit = True
+                        break
+            if not hit and drop is not None:
+                name = name.lower()
+                if memchr(<const char*>name, 95, k) != NULL:       # '_'
+                    name = name.replace(b"_", b"-")
+                hit = name in drop
         if hit:
             if out is None:
                 out = pieces[:i]

@@ -77,6 +77,22 @@ cdef inline bint ieq(const char* s, Py_ssize_t n, const char* low, Py_ssize_t m)
     return True
 
 
+cdef inline bint feq(const char* s, Py_ssize_t n, const char* folded) noexcept:
+    """s[:n] folded as upstreams that fold names read it (ASCII lowercase, "_" read as "-"; fastgw/headers.py
+    fold) equals folded[:n]: no folded copy per field."""
+    cdef Py_ssize_t i
+    cdef char ch
+    for i in range(n):
+        ch = s[i]
+        if b'A' <= ch <= b'Z':
+            ch = ch + 32
+        elif ch == b'_':
+            ch = b'-'
+        if ch != folded[i]:
+            return False
+    return True
+
+
 cdef class HeaderTable:
     cdef dict actions                 # name (lowercase, and the usual spellings) -> Action
     cdef unsigned long long lengths   # bit min(len, 63) set for the length of every name in `actions`

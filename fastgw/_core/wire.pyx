@@ -126,19 +126,23 @@ cdef class HeaderTable:
     def __init__(self, identity=(), credentials=(), bint allow_underscores=False):
         cdef dict actions = {}
         cdef int ncred = 0
-        creds = [n for n, r in _h.REQUEST.items() if r == _h.CREDENTIAL] + [n.lower() for n in credentials]
+        # (each credential name with the spelling its config gives, e.g. "X-API-Key": the spelling clients
+        # are told to send, found without a lower() per request)
+        creds = [(n, n) for n, r in _h.REQUEST.items() if r == _h.CREDENTIAL] + [(n.lower(), n) for n in credentials]
         for name, role in _h.REQUEST.items():
             if role != _h.CREDENTIAL:
                 self._add(actions, name, _action(name, role))
         for name in identity:               # and as a folding upstream would read it
             self._add(actions, name.lower(), A_DROP)
             self._add(actions, _h.fold(name), A_DROP)
-        for name in creds:                  # each its own number: two different ones are not a duplicate
+        for name, as_configured in creds:   # each its own number: two different ones are not a duplicate
             if name.encode("latin-1") not in actions:
                 if ncred == 64:
                     raise ValueError("more than 64 credential headers")
                 self._add(actions, name, A_CREDENTIALS + ncred)
                 ncred += 1
+            # (a spelling only: never overrides a name the table owns)
+            actions.setdefault(as_configured.encode("latin-1"), actions[name.encode("latin-1")])
         self.actions = actions
         self.allow_underscores = allow_underscores
 

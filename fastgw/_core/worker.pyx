@@ -5,7 +5,7 @@ counting, request ids), with the modules whose types refer to one another includ
   stats.pyx         the per-worker counters (layout of observe/metrics.py)
   protocol.pyx      write batching, the TLS handshake protocol
   upstream.pyx      Upstream: how an exchange drives its route's upstream, whatever it speaks (upstream.pxd)
-  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections, the response-head scan; H1Upstream
+  upstream_h1.pyx   UpstreamConn: pooled HTTP/1.1 upstream connections reading responses; H1Upstream
   exchange.pyx      Exchange: one request and its response, the failure path, the policy API
   upstream_request.pyx  the request an upstream receives: upstream_head (HTTP/1.1), upstream_fields (HTTP/2)
   retry.pyx         the one retry decision (decide_retry) and the access log's attempts
@@ -35,8 +35,6 @@ import ssl
 
 from fastgw import failures as _failures
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
-
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
@@ -51,7 +49,8 @@ from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastgw._core.http1 cimport (
-    FIELD_DUPLICATE, ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead, RequestReader, take_field,
+    FIELD_DUPLICATE, RE_BODY, RE_END, RE_HEAD, RE_NEED, RE_SWITCH, ST_BODY, ST_DEAD, ST_HEAD, ST_IDLE, RequestHead,
+    RequestReader, ResponseReader, take_field,
 )
 from fastgw._core.router cimport Router
 from fastgw._core.wire cimport (

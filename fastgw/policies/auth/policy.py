@@ -112,6 +112,7 @@ class AuthPolicy(AuthGate):
                         if len(self.key_cache) >= KEY_CACHE:
                             del self.key_cache[next(iter(self.key_cache))]
                         self.key_cache[raw] = ident
+                        self.key_verified(raw)
                 else:  # mtls
                     cert = ex.peercert
                     if not cert:
