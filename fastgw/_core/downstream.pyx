@@ -84,8 +84,6 @@ cdef class Downstream:
         ex.head = head
         ex.rt = self.w.rt
         ex.t0 = mono_ns()
-        ex.pending = []
-        ex.out = []
         if head is not None and head.request_id is not None:
             ex.rid = head.request_id
         else:

@@ -22,9 +22,9 @@ cdef class Exchange(PolicyExchange):
     cdef RouteRT route
     cdef bytes rid
     cdef bytes up_head
-    cdef list pending
+    cdef list pending                     # body bytes held (hold), None until some are
     cdef Py_ssize_t pending_bytes
-    cdef list out
+    cdef list out                         # request bytes batched for the upstream (to_upstream), or None
     cdef UpstreamConn up
     cdef Upstream drv                     # the route's upstream driver (upstream.pxd), once routed
     cdef H2Call call                      # the HTTP/2 upstream stream's call (h2call.pyx), or None

@@ -48,7 +48,10 @@ cdef class Exchange:
 
     cdef void hold(self, bytes data):
         """Body bytes the upstream cannot take yet (the route unknown, its policies running, the
-        connection being made), unframed; past PENDING_LIMIT the client's reading pauses."""
+        connection being made), unframed; past PENDING_LIMIT the client's reading pauses. (The list is
+        made on first use: most requests hold nothing.)"""
+        if self.pending is None:
+            self.pending = []
         self.pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes > PENDING_LIMIT and self.body_waiter is None:   # (read_body: body_limit)
@@ -59,6 +62,8 @@ cdef class Exchange:
         if self.up is None or not self.sent:
             self.hold(data)
         elif self.client.batching:
+            if self.out is None:                  # (made on first use: a request without a body has none)
+                self.out = []
             self.out.append(data)
         else:
             self.up.transport.write(data)
@@ -67,7 +72,7 @@ cdef class Exchange:
         """Write the request bytes batched during one client read (see to_upstream) in one go."""
         if self.out and self.up is not None and self.up.transport is not None:
             write_parts(self.up.transport, self.out)
-            self.out = []
+            self.out = None
 
     cdef void acquire(self, bint fresh):
         """A connection to the target the upstream head was built for (upstream_head picked it):
@@ -159,17 +164,18 @@ cdef class Exchange:
             # The body held so far, framed (H1Upstream.send frames what comes later), and its end if it
             # ended already.
             parts = [self.up_head]
-            for piece in self.pending:
-                parts += (b"%x\r\n" % len(piece), piece, b"\r\n")
+            if self.pending is not None:
+                for piece in self.pending:
+                    parts += (b"%x\r\n" % len(piece), piece, b"\r\n")
             if self.body_done:
                 parts.append(b"0\r\n\r\n")
-            self.pending = []
+            self.pending = None
             self.pending_bytes = 0
             write_parts(c.transport, parts)
             self.client.resume_reading(P_PENDING)
         elif parts:
             parts.insert(0, self.up_head)
-            self.pending = []
+            self.pending = None
             self.pending_bytes = 0
             write_parts(c.transport, parts)
             self.client.resume_reading(P_PENDING)
@@ -601,7 +607,7 @@ cdef class Exchange:
         return fut
 
     cdef bytes held_body(self):
-        return b"".join(self.pending)           # (held unframed: hold)
+        return b"".join(self.pending) if self.pending is not None else b""     # (held unframed: hold)
 
     cdef void body_ready(self):
         """The body read_body waits for is whole (body_done), or over its limit: wake the policy."""

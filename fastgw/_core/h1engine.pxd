@@ -3,6 +3,11 @@
 from fastgw._core.http1 cimport RequestHead, RequestReader
 from fastgw._core.runtime cimport Runtime
 
+# A response head's framing (ClientConn.framing).
+cdef enum:
+    FR_NONE = 0            # none: no body, or (HTTP/1.0 client) the body ends with the connection
+    FR_LENGTH = 1          # the upstream's Content-Length
+    FR_CHUNKED = 2         # Transfer-Encoding: chunked
 
 @cython.final
 cdef class H1Reader(RequestReader):
@@ -40,6 +45,8 @@ cdef class ClientConn(Downstream):
     cdef void frame_head(self, Exchange ex, int status, bytes length, list parts)
     cdef void write_switch(self, Exchange ex, UpstreamConn c)
     cdef void end_head(self, Exchange ex, RequestHead h, list parts)
+    cdef int framing(self, Exchange ex, int status, bytes length)
+    cdef bytes head_end(self, Exchange ex, RequestHead h)
     cdef bytes render_problem(self, Runtime rt, str slug, RequestHead h, bytes rid, bytes detail, bytes extra, bint close, bytes members=*)
     cdef void enqueue(self, Exchange ex)
     cdef void request_head(self, RequestHead head)

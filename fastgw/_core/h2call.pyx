@@ -130,7 +130,7 @@ cdef void h2_open(Exchange ex, bint grpc, list fields):
         ended = ex.body_done
     if ex.pending:
         data = concat(ex.pending)
-        ex.pending = []
+        ex.pending = None
         ex.pending_bytes = 0
         call.request_data(data, owed if st is not None else len(data))
         if st is None:

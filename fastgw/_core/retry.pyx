@@ -73,9 +73,9 @@ cdef bint decide_retry(Exchange ex, GatewayError err):
         c.ex = None
         c.abort()
     ex.sent = False
-    ex.out = []
+    ex.out = None
     if ex.replay is not None:
-        ex.pending = ex.replay + ex.pending
+        ex.pending = ex.replay if ex.pending is None else ex.replay + ex.pending
         ex.pending_bytes = sum(len(<bytes>x) for x in ex.pending)
         ex.replay = None
     t = failed

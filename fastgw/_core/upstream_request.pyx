@@ -16,13 +16,29 @@ cdef inline bint pick_target(Exchange ex, RouteRT route):
     return True
 
 
+# The fixed text of upstream_head's lines.
+cdef bytes UH_LINE = b" HTTP/1.1\r\nHost: "
+cdef bytes UH_XFF = b"X-Forwarded-For: "
+cdef bytes UH_PROTO = b"\r\nX-Forwarded-Proto: "
+cdef bytes UH_FHOST = b"\r\nX-Forwarded-Host: "
+cdef bytes UH_RID = b"\r\nX-Request-ID: "
+cdef bytes UH_TSTATE = b"\r\ntracestate: "
+
+
 cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
     """The HTTP/1.1 request head sent upstream: the path without the stripped prefix, the forwarded
     fields less those the route removes, the route's and the policies' additions, then the fields the
-    gateway owns (X-Forwarded-*, X-Request-ID, trace context) and framing rebuilt by fastgw."""
+    gateway owns (X-Forwarded-*, X-Request-ID, trace context) and framing rebuilt by fastgw.
+    Written straight into one bytes object sized first (a list of ~20 parts joined cost ~1,600
+    instructions per request: appends, list growth, the join's per-part loop)."""
     cdef bytes path = h.path
-    cdef list parts
     cdef list pieces = h.pieces
+    cdef bytes host, tail, fields = None
+    cdef bytes req_add = route.req_add, extra = ex.up_extra, xff = h.xff, ts = h.tracestate
+    cdef Downstream cl = ex.client
+    cdef Py_ssize_t total, n
+    cdef bytes out
+    cdef char* d
     if route.strip:
         path = stripped(route, path)
     if h.drop is not None or route._req_remove is not None:
@@ -30,36 +46,74 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
     if not pick_target(ex, route):
         return None
     host = h.host if h.host else ex.target.hostport
-    parts = [h.method, b" ", path, h.query, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-    if pieces:
-        parts.extend(pieces)
-    if route.req_add:
-        parts.append(route.req_add)
-    if ex.up_extra is not None:
-        parts.append(ex.up_extra)
-    parts.append(b"X-Forwarded-For: ")
-    if h.xff is not None:
-        parts.append(h.xff)
-        parts.append(b", ")
-    parts.append(ex.client.peer)
-    parts.append(b"\r\nX-Forwarded-Proto: ")
-    parts.append(ex.client.proto)
-    if h.host:
-        parts.append(b"\r\nX-Forwarded-Host: ")
-        parts.append(h.host)
-    parts.append(b"\r\nX-Request-ID: ")
-    parts.append(ex.rid)
-    parts.append(ex.traceparent_line())        # always: the trace continued or started here
-    if h.tracestate is not None:                  # valid, within bounds, with a continued trace
-        parts.append(b"\r\ntracestate: ")
-        parts.append(h.tracestate)
     if h.chunked:
-        parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        tail = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
     elif h.content_length >= 0:
-        parts.append(b"\r\nContent-Length: %d\r\n\r\n" % h.content_length)
+        tail = b"\r\nContent-Length: %d\r\n\r\n" % h.content_length
     else:
-        parts.append(b"\r\n\r\n")
-    return concat(parts)
+        tail = b"\r\n\r\n"
+    total = _blen(h.method) + _blen(path) + _blen(h.query) + _blen(host) + _blen(cl.peer) \
+        + _blen(cl.proto) + _blen(ex.rid) + _blen(ex.traceparent_line()) + PyBytes_GET_SIZE(tail) \
+        + PyBytes_GET_SIZE(UH_LINE) + PyBytes_GET_SIZE(UH_XFF) + PyBytes_GET_SIZE(UH_PROTO) \
+        + PyBytes_GET_SIZE(UH_RID) + 3          # (the SP after the method, the CRLF after Host)
+    n = parts_size(pieces)
+    if n < 0:
+        fields = b"".join(pieces)              # (a policy put other buffers there: the general path)
+        n = PyBytes_GET_SIZE(fields)
+    total += n
+    if req_add:
+        total += PyBytes_GET_SIZE(req_add)
+    if extra is not None:
+        total += PyBytes_GET_SIZE(extra)
+    if xff is not None:
+        total += PyBytes_GET_SIZE(xff) + 2
+    if h.host:
+        total += PyBytes_GET_SIZE(UH_FHOST) + PyBytes_GET_SIZE(h.host)
+    if ts is not None:
+        total += PyBytes_GET_SIZE(UH_TSTATE) + PyBytes_GET_SIZE(ts)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    d = PyBytes_AS_STRING(out)
+    d = put_bytes(d, h.method)
+    d[0] = 32                                   # ' '
+    d = put_bytes(d + 1, path)
+    d = put_bytes(d, h.query)
+    d = put_bytes(d, UH_LINE)
+    d = put_bytes(d, host)
+    d[0] = 13
+    d[1] = 10
+    d += 2
+    d = put_parts(d, pieces) if fields is None else put_bytes(d, fields)
+    if req_add:
+        d = put_bytes(d, req_add)
+    if extra is not None:
+        d = put_bytes(d, extra)
+    d = put_bytes(d, UH_XFF)
+    if xff is not None:
+        d = put_bytes(d, xff)
+        d[0] = 44                               # ", "
+        d[1] = 32
+        d += 2
+    d = put_bytes(d, cl.peer)
+    d = put_bytes(d, UH_PROTO)
+    d = put_bytes(d, cl.proto)
+    if h.host:
+        d = put_bytes(d, UH_FHOST)
+        d = put_bytes(d, h.host)
+    d = put_bytes(d, UH_RID)
+    d = put_bytes(d, ex.rid)
+    d = put_bytes(d, ex.tp)                          # (traceparent_line made it above)
+    if ts is not None:                          # valid, within bounds, with a continued trace
+        d = put_bytes(d, UH_TSTATE)
+        d = put_bytes(d, ts)
+    put_bytes(d, tail)
+    return out
+
+
+cdef inline Py_ssize_t _blen(bytes b) except -1:
+    """The length of a part that must be bytes (None raises, as the join it replaces did)."""
+    if b is None:
+        raise TypeError("upstream request head: a part is None")
+    return PyBytes_GET_SIZE(b)
 
 
 cdef list upstream_fields(Exchange ex, RouteRT route, RequestHead h):

@@ -36,6 +36,14 @@ import ssl
 from fastgw import failures as _failures
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.object cimport PyObject, PyTypeObject
+
+cdef extern from "Python.h":
+    # The bytes macros on a borrowed pointer (a list's item): no reference counting around them.
+    PyTypeObject PyBytes_Type
+    Py_ssize_t PTR_BYTES_SIZE "PyBytes_GET_SIZE" (PyObject* o) noexcept
+    char* PTR_BYTES_DATA "PyBytes_AS_STRING" (PyObject* o) noexcept
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
