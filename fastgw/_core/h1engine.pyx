@@ -324,7 +324,7 @@ cdef class ClientConn(Downstream):
             d = put_bytes(d, length)
         elif fr == FR_CHUNKED:
             d = put_bytes(d, TE_LINE)
-        put_bytes(d, end)
+        filled(put_bytes(d, end), out)
         self.send(out)
 
     cdef void write_fields(self, Exchange ex, int status, list fields, bint end):

@@ -71,6 +71,15 @@ cdef inline char* put_bytes(char* d, bytes b) noexcept:
     return d + k
 
 
+cdef inline void filled(const char* d, bytes out) noexcept:
+    """A head written with put_bytes/put_parts into a bytes object sized first must end exactly at its
+    end. A miscount (a line added to the copy but not to the size sum) writes past the buffer: the heap
+    is no longer trustworthy, so the worker stops at once (the supervisor starts another) rather than run
+    on with it. One comparison per head; the proxy suites run every branch of both writers."""
+    if d != PyBytes_AS_STRING(out) + PyBytes_GET_SIZE(out):
+        abort()
+
+
 cdef class Handshake:
     """The protocol of an admitted TLS connection until its handshake completes. A failed handshake never
     reaches the protocol (no connection_made, no connection_lost), and a ClientConn is only freed by the

@@ -105,7 +105,7 @@ cdef bytes upstream_head(Exchange ex, RouteRT route, RequestHead h):
     if ts is not None:                          # valid, within bounds, with a continued trace
         d = put_bytes(d, UH_TSTATE)
         d = put_bytes(d, ts)
-    put_bytes(d, tail)
+    filled(put_bytes(d, tail), out)
     return out
 
 

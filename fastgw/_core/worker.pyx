@@ -45,6 +45,7 @@ cdef extern from "Python.h":
     Py_ssize_t PTR_BYTES_SIZE "PyBytes_GET_SIZE" (PyObject* o) noexcept
     char* PTR_BYTES_DATA "PyBytes_AS_STRING" (PyObject* o) noexcept
 from libc.stdint cimport uint64_t
+from libc.stdlib cimport abort
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
