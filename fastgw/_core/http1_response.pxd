@@ -49,6 +49,7 @@ cdef class ResponseReader:
     cpdef feed(self, bytes data)
     cpdef int next(self) except -1
     cpdef bint eof(self)
+    cpdef release(self)
     cpdef Py_ssize_t left(self)
     cpdef bytes rest(self)
     cdef int _fail(self, str detail)

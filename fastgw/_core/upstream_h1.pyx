@@ -73,6 +73,7 @@ cdef class UpstreamConn:
                 break
             if self.ex is not ex:
                 break           # the exchange let the connection go (a retry on its status, an answer, a failure)
+        rd.release()
         cl.batching = False
         cl.flush()
 
