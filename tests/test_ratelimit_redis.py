@@ -20,7 +20,7 @@ RATE, BURST = 200, 20
 # 5 s of overload per mode: 1,020 admissions expected, a 2% bound of 20 requests. A limit each instance
 # (or worker) enforced alone admits 2x (4x) that; what lease mode holds unspent at the end is a few tokens
 # whatever the window (-0.29% of 2,020 in 10 s, -0.68% of 1,020 in 5 s). 10 s proved the same in twice the
-# time; the cluster test (test_redis_modes.py) holds the same bound in 6 s.
+# time; the cluster test (test_redis_modes.py) holds the same bound in 5 s.
 LOAD_S = 5.0
 ROUTES = '''
 [[routes]]
