@@ -379,18 +379,19 @@ def test_idle_timeout_and_pings(origin: WsOrigin, tmp_path: Path) -> None:
             rcvd = wait_closed(ws, 5)
             assert rcvd is not None and rcvd.code == 1001 and rcvd.reason == "idle timeout"
             assert 0.9 < time.monotonic() - t0 < 3
-        with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:   # traffic keeps it open
-            for _ in range(8):
+        with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:   # traffic keeps it open (1.5 s > 1 s)
+            for _ in range(5):
                 ws.send("tick")
                 assert ws.recv(5) == "tick"
                 time.sleep(0.3)
     finally:
         gw.close()
-    gw = start(tmp_path, config(origin, 'idle_timeout = "3s"\nping_every = "0.5s"'))
+    gw = start(tmp_path, config(origin, 'idle_timeout = "1s"\nping_every = "0.25s"'))
     try:
-        # The gateway's pings are answered by the client library: the pongs keep the tunnel in use.
+        # The gateway's pings are answered by the client library: the pongs keep the tunnel in use past
+        # 1.5 idle timeouts (an idle tunnel is closed at 1 s, as above).
         with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:
-            time.sleep(4)
+            time.sleep(1.5)
             ws.send("after the idle timeout")
             assert ws.recv(5) == "after the idle timeout"
     finally:
