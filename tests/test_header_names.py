@@ -230,3 +230,40 @@ def test_a_credential_name_is_found_as_configured_and_folded() -> None:
     for spelling in (b"x-api-key", b"X-Api-Key", b"X-API-KEY", b"x-API-key"):
         assert t.action(spelling) == cred, spelling
     assert t.action(b"Host") == t.action(b"host") == ACTIONS["host"]
+
+
+def test_the_compiled_lookup_answers_as_the_name_dict() -> None:
+    """classify reads a C table of the lowercase names (no dict lookup, no hash of each request's name
+    object); it must answer what a lookup of the name, lowercased, in the table's dict answers, then the
+    underscore and X-Forwarded-* rules: for every known name in random case, near misses (one byte changed,
+    added or removed) and random tokens."""
+    import random
+
+    from fastgw._core.wire import ACTIONS, HeaderTable
+    t = HeaderTable(["X-Consumer", "X-User-Id"], ["X-API-Key", "X-Partner-Token"])
+    names = {k.lower(): v for k, v in t.names().items()}
+    tchar = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
+
+    def reference(name: bytes) -> int:
+        low = name.lower()
+        if low in names:
+            return names[low]
+        if b"_" in name:
+            folded = low.replace(b"_", b"-")
+            if folded in names or folded.startswith(b"x-forwarded-"):
+                return ACTIONS["alias"]
+            return ACTIONS["underscore"]
+        return ACTIONS["drop"] if len(name) > 12 and low.startswith(b"x-forwarded-") else ACTIONS["forward"]
+
+    rnd = random.Random(20261205)
+    cases = []
+    for name in names:
+        for _ in range(4):
+            cases.append(bytes(c ^ 32 if 97 <= c <= 122 and rnd.random() < 0.5 else c for c in name))
+        i = rnd.randrange(len(name))
+        cases += [name[:i] + bytes([rnd.choice(tchar)]) + name[i + 1:], name[:i] + name[i + 1:],
+                  name[:i] + bytes([rnd.choice(tchar)]) + name[i:]]
+    cases += [bytes(rnd.choice(tchar) for _ in range(rnd.randrange(1, 70))) for _ in range(3000)]
+    assert len(names) > 20
+    for name in cases:
+        assert t.action(name) == reference(name), name

@@ -93,11 +93,31 @@ cdef inline bint feq(const char* s, Py_ssize_t n, const char* folded) noexcept:
     return True
 
 
+# HeaderTable's compiled names: an open-addressed table of the lowercase names (name_slot hashes them).
+cdef enum:
+    NAME_SLOTS = 512                  # a power of two, at least four times the names (HeaderTable checks)
+
+cdef struct NameSlot:
+    const char* name                  # lowercase, inside HeaderTable.blob
+    Py_ssize_t n                      # 0: an empty slot
+    int action
+
+
+cdef inline unsigned int name_slot(const char* p, Py_ssize_t n) noexcept:
+    """The first slot of the name p[:n] (n > 0), the same in any ASCII case: its length and its first, middle
+    and last bytes (| 0x20 folds the letters; the table compares whole names, so other folds only collide)."""
+    return <unsigned int>(n * 37 + (p[0] | 32) * 7 + (p[n >> 1] | 32) * 131 + (p[n - 1] | 32) * 1031) \
+        & (NAME_SLOTS - 1)
+
+
 cdef class HeaderTable:
-    cdef dict actions                 # name (lowercase, and the usual spellings) -> Action
+    cdef dict actions                 # name (lowercase, and the usual spellings) -> Action (Python callers)
+    cdef NameSlot slots[NAME_SLOTS]   # the same names, lowercase, for classify
+    cdef bytes blob                   # the lowercase names the slots point into
     cdef unsigned long long lengths   # bit min(len, 63) set for the length of every name in `actions`
     cdef readonly bint allow_underscores
     cdef int _add(self, dict actions, str name, int action) except -1
+    cdef int _compile(self) except -1
     cdef int classify(self, bytes name, bint lowercase) except -1
     cdef int underscore(self, bytes name) except -1
 
