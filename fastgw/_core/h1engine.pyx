@@ -226,7 +226,7 @@ cdef class ClientConn(Downstream):
         reallocates its item array (~250 instructions per response)."""
         if self.batching:
             if self.nw < PyList_GET_SIZE(self.wbuf):
-                self.wbuf[self.nw] = data
+                slot_put(self.wbuf, self.nw, data)
             else:
                 self.wbuf.append(data)
             self.nw += 1
@@ -246,7 +246,7 @@ cdef class ClientConn(Downstream):
         self.nw = 0
         write_parts(self.transport, self.wbuf, n)
         for k in range(n):
-            self.wbuf[k] = None
+            slot_put(self.wbuf, k, None)
 
     cdef void close(self):
         if not self.closed:

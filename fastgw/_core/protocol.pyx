@@ -92,6 +92,15 @@ cdef char* put_parts(char* dst, list parts, Py_ssize_t n=-1) noexcept:
     return dst
 
 
+cdef inline void slot_put(list slots, Py_ssize_t i, object value) noexcept:
+    """slots[i] = value for a list slot that exists (0 <= i < len): no index check, no generic item
+    assignment (~25 instructions instead of ~70; the send batch and the idle pool write slots per request)."""
+    cdef PyObject* old = PyList_GET_ITEM(slots, i)
+    Py_INCREF(value)
+    PyList_SET_ITEM(slots, i, value)
+    Py_DECREF(<object>old)
+
+
 cdef inline char* put_bytes(char* d, bytes b) noexcept:
     cdef Py_ssize_t k = PyBytes_GET_SIZE(b)
     memcpy(d, PyBytes_AS_STRING(b), k)

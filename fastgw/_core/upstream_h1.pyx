@@ -232,7 +232,7 @@ cdef UpstreamConn pool_take(Target t, double now):
     while t.nidle:
         t.nidle -= 1
         c = <UpstreamConn>t.idle[t.nidle]
-        t.idle[t.nidle] = None
+        slot_put(t.idle, t.nidle, None)
         if c.closed or now - c.idle_since > t.group.idle_timeout:
             c.close()
             continue
@@ -254,7 +254,7 @@ cdef void pool_give(Target t, UpstreamConn c, double now):
         c.rpaused = False
         c.transport.resume_reading()
     if t.nidle < len(t.idle):
-        t.idle[t.nidle] = c
+        slot_put(t.idle, t.nidle, c)
     else:
         t.idle.append(c)
     t.nidle += 1
