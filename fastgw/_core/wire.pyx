@@ -8,7 +8,7 @@ and the response-head walk (exchange.pyx, upstream_h1.pyx, upstream_grpc.pyx) re
   CHARS         character classes (bits of wire.pxd CharClass), shared by both readers
   response_kind the upstream response-head walk's classification of a header name (inline, wire.pxd)
 """
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
 from fastgw import headers as _h
@@ -193,11 +193,14 @@ cdef class HeaderTable:
         return dict(self.actions)
 
     cdef int classify(self, bytes name, bint lowercase) except -1:
-        """The Action of field name `name`, in any case (`lowercase`: the name is known to be lowercase,
-        HTTP/2's; the lookup is the same). A C table, not the dict: a dict lookup hashes each request's new
-        name object (siphash) and costs ~400 instructions a field; this ~60."""
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
-        cdef const char* p = PyBytes_AS_STRING(name)
+        """The Action of field name `name` (`lowercase`: known to be lowercase, HTTP/2's; the lookup is the
+        same: classify_c)."""
+        return self.classify_c(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+    cdef int classify_c(self, const char* p, Py_ssize_t n) except -1:
+        """The Action of the field name p[:n], in any case. A C table, not the dict: a dict lookup hashes
+        each request's new name object (siphash) and cost ~400 instructions a field; this ~60, and the
+        HTTP/1.1 reader makes no name object for a field it does not forward (Host, framing)."""
         cdef unsigned int h
         cdef NameSlot* slot
         if n and (self.lengths >> (n if n < 63 else 63)) & 1:
@@ -210,7 +213,7 @@ cdef class HeaderTable:
                     return slot.action
                 h = (h + 1) & (NAME_SLOTS - 1)
         if memchr(p, 95, n) != NULL:                # '_'
-            return self.underscore(name)
+            return self.underscore(PyBytes_FromStringAndSize(p, n))
         if n > 12 and (p[0] | 32) == 120 and ieq(p, 12, FORWARDED_PREFIX, 12):   # 'x'
             return A_DROP
         return A_FORWARD
@@ -232,3 +235,8 @@ ACTIONS = {
     "connection-specific": A_CONN_SPECIFIC, "te": A_TE, "traceparent": A_TRACEPARENT,
     "tracestate": A_TRACESTATE, "underscore": A_UNDERSCORE, "alias": A_ALIAS,
 }
+
+
+def case_equal(bytes name, bytes low):
+    """ieq() for tests: `name` equals the lowercase `low` in ASCII case-insensitive comparison."""
+    return ieq(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), PyBytes_AS_STRING(low), PyBytes_GET_SIZE(low))
