@@ -230,3 +230,64 @@ def test_a_credential_name_is_found_as_configured_and_folded() -> None:
     for spelling in (b"x-api-key", b"X-Api-Key", b"X-API-KEY", b"x-API-key"):
         assert t.action(spelling) == cred, spelling
     assert t.action(b"Host") == t.action(b"host") == ACTIONS["host"]
+
+
+def test_the_compiled_lookup_answers_as_the_name_dict() -> None:
+    """classify reads a C table of the lowercase names (no dict lookup, no hash of each request's name
+    object); it must answer what a lookup of the name, lowercased, in the table's dict answers, then the
+    underscore and X-Forwarded-* rules: for every known name in random case, near misses (one byte changed,
+    added or removed) and random tokens."""
+    import random
+
+    from fastgw._core.wire import ACTIONS, HeaderTable
+    t = HeaderTable(["X-Consumer", "X-User-Id"], ["X-API-Key", "X-Partner-Token"])
+    names = {k.lower(): v for k, v in t.names().items()}
+    tchar = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
+
+    def reference(name: bytes) -> int:
+        low = name.lower()
+        if low in names:
+            return names[low]
+        if b"_" in name:
+            folded = low.replace(b"_", b"-")
+            if folded in names or folded.startswith(b"x-forwarded-"):
+                return ACTIONS["alias"]
+            return ACTIONS["underscore"]
+        return ACTIONS["drop"] if len(name) > 12 and low.startswith(b"x-forwarded-") else ACTIONS["forward"]
+
+    rnd = random.Random(20261205)
+    cases = []
+    for name in names:
+        for _ in range(4):
+            cases.append(bytes(c ^ 32 if 97 <= c <= 122 and rnd.random() < 0.5 else c for c in name))
+        i = rnd.randrange(len(name))
+        cases += [name[:i] + bytes([rnd.choice(tchar)]) + name[i + 1:], name[:i] + name[i + 1:],
+                  name[:i] + bytes([rnd.choice(tchar)]) + name[i:]]
+    cases += [bytes(rnd.choice(tchar) for _ in range(rnd.randrange(1, 70))) for _ in range(3000)]
+    assert len(names) > 20
+    for name in cases:
+        assert t.action(name) == reference(name), name
+
+
+def test_case_insensitive_compare_is_bytes_lower() -> None:
+    """The wire table's name compare (eight or four bytes at a time, overlapping words at the end) answers
+    name.lower() == low for every length up to 40, with all 256 byte values, near misses at every position
+    and the bytes around the capitals ('@', '[', '`', '{', and 0xC1..0xDA, capitals with bit 7 set)."""
+    import random
+
+    from fastgw._core.wire import case_equal
+    rnd = random.Random(5)
+    edge = b"@AZ[`az{\xc1\xda\xe1\xfa\x00\x7f\x80\xff-_^~"
+    checked = 0
+    for n in range(41):
+        for _ in range(60):
+            low = bytes(rnd.choice(edge) if rnd.random() < 0.3 else rnd.randrange(256) for _ in range(n)).lower()
+            name = bytes(c - 32 if 97 <= c <= 122 and rnd.random() < 0.5 else c for c in low)
+            variants = [name]
+            for i in range(n):
+                variants.append(name[:i] + bytes([rnd.choice(edge)]) + name[i + 1:])
+                variants.append(name[:i] + bytes([name[i] ^ 0x20]) + name[i + 1:])
+            for v in variants:
+                assert case_equal(v, low) == (v.lower() == low), (v, low)
+                checked += 1
+    assert checked > 40000

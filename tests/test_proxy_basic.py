@@ -581,3 +581,20 @@ def test_hostless_request_carries_its_own_targets_address(gateway):
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize("filler", [0, 61, 62, 63, 64, 90])
+def test_route_removes_fields_at_any_position(gw, filler):
+    """The route's removed names and the Connection tokens leave the head wherever they stand (first, among
+    many fields, last), in any case; every other field reaches the origin once, in order."""
+    fill = [(f"X-Fill-{i}", str(i)) for i in range(filler)]
+    sent = [("X-Drop-Me", "first"), *fill[:60], ("Cookie", "a=1"), *fill[60:], ("X-Conn-Token", "dropped"),
+            ("X-Keep", "kept"), ("x-drop-me", "last")]
+    with gw.raw() as c:
+        c.send(request("GET", "/headers", headers=[*sent, ("Connection", "X-Conn-Token")]))
+        r = c.read_response()
+    assert r.status == 200, r.body
+    want = [(n.lower(), v) for n, v in sent if n.lower() not in ("x-drop-me", "cookie", "x-conn-token")]
+    got = [(n.lower(), v) for n, v in seen(r).headers if n.lower().startswith(("x-fill-", "x-keep", "x-drop",
+                                                                           "cookie", "x-conn"))]
+    assert got == want

@@ -135,7 +135,8 @@ cdef class Target:
     cdef public str host
     cdef public int port
     cdef public int keepalive
-    cdef public list idle
+    cdef public list idle                  # idle keep-alive connections: a stack in idle[:nidle] (upstream_h1.pyx)
+    cdef public int nidle
     cdef public UpstreamGroup group
     cdef public bytes hostport
     cdef public object h2pool              # upstream_h2.pyx H2Pool of an HTTP/2 upstream (protocol "h2" or "grpc")

@@ -721,9 +721,11 @@ cdef class Target:
 
     def close_idle(self):
         """Close every idle pooled connection (a reload that drops this target)."""
-        for c in self.idle:
+        idle, n = self.idle, self.nidle
+        self.idle = []
+        self.nidle = 0
+        for c in idle[:n]:
             c.discard()
-        self.idle.clear()
 
 
 def pick_target(UpstreamGroup g, object ex=None):

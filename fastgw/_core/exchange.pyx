@@ -66,7 +66,7 @@ cdef class Exchange:
                 self.out = []
             self.out.append(data)
         else:
-            self.up.transport.write(data)
+            twrite(self.up.transport, data)
 
     cdef void flush_upstream(self):
         """Write the request bytes batched during one client read (see to_upstream) in one go."""
@@ -180,7 +180,7 @@ cdef class Exchange:
             write_parts(c.transport, parts)
             self.client.resume_reading(P_PENDING)
         else:
-            c.transport.write(self.up_head)
+            twrite(c.transport, self.up_head)
 
     cdef void release_upstream(self, bint reusable):
         cdef UpstreamConn c = self.up

@@ -416,7 +416,8 @@ cdef class AuthGate(Gate):
         it unexpired, else None. The cache is keyed by the token's bytes: a token copied out of each
         request would be hashed whole each time (siphash, ~1,900 instructions for an RS256 token). The
         token seen last in its slot is kept instead (its hash computed once), compared whole with the
-        request's, and looked up with; a slot that holds another token falls back to the copy."""
+        request's in constant time, and looked up with; a slot that holds another token falls back to the
+        copy."""
         cdef Py_ssize_t end = 0
         cdef Py_ssize_t start = _bearer(v, &end)
         cdef const char* t
@@ -429,7 +430,9 @@ cdef class AuthGate(Gate):
         k = _token_slot(t, n)
         cache = self.issuer.cache
         seen = <bytes>self.tokens[k]
-        if seen is not None and PyBytes_GET_SIZE(seen) == n and memcmp(PyBytes_AS_STRING(seen), t, n) == 0:
+        # (in constant time, as cached_key: a token sent to this slot must not learn, by timing, how much of
+        # the valid token kept there it matched)
+        if seen is not None and PyBytes_GET_SIZE(seen) == n and _same_secret(PyBytes_AS_STRING(seen), t, n):
             hit = cache.get(seen)
         else:
             seen = PyBytes_FromStringAndSize(t, n)

@@ -21,7 +21,8 @@ cdef class ClientConn(Downstream):
     cdef H1Reader reader                  # the HTTP/1.1 request reader (http1.pyx) of this connection
     cdef list queue
     cdef bint eof
-    cdef list wbuf
+    cdef list wbuf                        # the output batch: wbuf[:nw] (send, flush)
+    cdef Py_ssize_t nw
     cdef public bint want_proxy           # server.proxy_protocol: a PROXY v1/v2 header comes first
     cdef public bytes proxied_peer        # the client address from a PROXY header read before TLS (worker.py)
     cdef bytes pre                        # input held until the PROXY header is complete
@@ -42,6 +43,7 @@ cdef class ClientConn(Downstream):
     cdef void send(self, bytes data)
     cdef void close(self)
     cdef void flush_now(self)
+    cdef void write_batch(self)
     cdef void frame_head(self, Exchange ex, int status, bytes length, list parts)
     cdef void write_switch(self, Exchange ex, UpstreamConn c)
     cdef void end_head(self, Exchange ex, RequestHead h, list parts)

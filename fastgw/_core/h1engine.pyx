@@ -221,18 +221,32 @@ cdef class ClientConn(Downstream):
 
     # -- output ----------------------------------------------------------------------------------------
     cdef void send(self, bytes data):
+        """Write `data`, or add it to the output batch while one read is handled (flush writes it). The
+        batch is wbuf[:nw], slots kept from batch to batch: a list emptied and appended to again frees and
+        reallocates its item array (~250 instructions per response)."""
         if self.batching:
-            self.wbuf.append(data)
+            if self.nw < PyList_GET_SIZE(self.wbuf):
+                slot_put(self.wbuf, self.nw, data)
+            else:
+                self.wbuf.append(data)
+            self.nw += 1
         elif not self.closed:
-            self.transport.write(data)
+            twrite(self.transport, data)
 
     cdef void flush(self):
         cdef Exchange ex = self.active
-        if self.wbuf and not self.closed:
-            write_parts(self.transport, self.wbuf)
-            self.wbuf = []
+        if self.nw and not self.closed:
+            self.write_batch()
         if ex is not None:
             ex.flush_upstream()
+
+    cdef void write_batch(self):
+        """Write the output batch, wbuf[:nw], in one go and empty its slots."""
+        cdef Py_ssize_t k, n = self.nw
+        self.nw = 0
+        write_parts(self.transport, self.wbuf, n)
+        for k in range(n):
+            slot_put(self.wbuf, k, None)
 
     cdef void close(self):
         if not self.closed:
@@ -245,12 +259,12 @@ cdef class ClientConn(Downstream):
         if not self.closed:
             self.closed = True
             self.wbuf = []
+            self.nw = 0
             self.transport.abort()
 
     cdef void flush_now(self):
-        if self.wbuf:
-            write_parts(self.transport, self.wbuf)
-            self.wbuf = []
+        if self.nw:
+            self.write_batch()
 
     cdef void pause_reading(self, int why):
         if self.rpause == 0 and not self.closed:
@@ -335,8 +349,7 @@ cdef class ClientConn(Downstream):
         line = STATUS_LINES.get(status)
         if line is None:
             line = b"HTTP/1.1 %d Unknown\r\n" % status
-        parts = self.wbuf if self.batching else []
-        parts.append(line)
+        parts = [line]
         for name, value in fields:              # (never empty: x-request-id is the last)
             if name == b"content-length":
                 length = value
@@ -390,8 +403,7 @@ cdef class ClientConn(Downstream):
         """End a response head whose last line has no CRLF yet (head_end), then write it (unless it went
         into the output batch)."""
         parts.append(self.head_end(ex, h))
-        if not self.batching and not self.closed:
-            self.transport.write(concat(parts))
+        self.send(concat(parts))
 
     cdef bytes head_end(self, Exchange ex, RequestHead h):
         """The end of a response head whose last line has no CRLF yet: Connection as the exchange goes on
@@ -605,6 +617,7 @@ cdef class ClientConn(Downstream):
                 pass
         self.closed = True
         self.wbuf = []
+        self.nw = 0
         self.transport.abort()
 
     cdef void timeout_response(self, int status, str slug, bytes detail):

@@ -169,7 +169,8 @@ cdef str h1_field(RequestHead h, int code, bytes name, bytes value, FieldState* 
     """What both HTTP/1.1 readers (this one and the reference, http1_llhttp.pyx) do with a header field by
     its wire-table action, once its syntax was checked (Content-Length is each parser's own): Host checked
     and kept, Transfer-Encoding noted, the Connection tokens (the names to drop; close, keep-alive and
-    upgrade in st.conn), Expect, TE, Upgrade, then take_field. None, or the detail of a 400."""
+    upgrade in st.conn), Expect, TE, Upgrade, then take_field. None, or the detail of a 400. `name` may be
+    None for the actions that never forward or name the field (RequestReader makes no object for those)."""
     if code == A_FORWARD:
         pieces = h.pieces
         pieces.append(name)
@@ -617,6 +618,8 @@ cdef class RequestReader:
             v += 1
         size = nl + n - v + 4
         i = v
+        while i + 8 <= n and _plain8(s + i):          # (eight value bytes at a time: http1_response.pyx)
+            i += 8
         while i < n and P[<unsigned char>s[i]] & P_VALUE:
             i += 1
         if i != n:
@@ -629,9 +632,7 @@ cdef class RequestReader:
         if self._hbytes > self._max_hbytes:
             self._fail(431, "header-too-large", "request header fields too large")
             return -1
-        name = PyBytes_FromStringAndSize(s, nl)
-        value = PyBytes_FromStringAndSize(s + v, n - v)
-        code = self._table.classify(name, False)
+        code = self._table.classify_c(s, nl)
         if code == A_CONTENT_LENGTH:
             # 1*DIGIT then optional whitespace; one field; never with Transfer-Encoding (RFC 9112 6.3).
             if self._cl_seen:
@@ -655,6 +656,10 @@ cdef class RequestReader:
             return 0
         if code == A_TRANSFER_ENCODING and self._cl_seen:
             return self._bad("Transfer-Encoding with Content-Length")
+        # (a name object only for a field that is forwarded or named later: not Host, framing, ...)
+        name = PyBytes_FromStringAndSize(s, nl) if code == A_FORWARD or code >= A_CREDENTIALS or \
+            code == A_UNDERSCORE or code == A_ALIAS or code == A_CONN_SPECIFIC else None
+        value = PyBytes_FromStringAndSize(s + v, n - v)
         detail = h1_field(h, code, name, value, &self._fs)
         if detail is not None:
             self._fail(400, "bad-request", detail)

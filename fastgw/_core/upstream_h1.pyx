@@ -225,10 +225,14 @@ async def _open(Exchange ex, Target target, loop):
 
 
 cdef UpstreamConn pool_take(Target t, double now):
-    """An idle kept-alive connection of `t` (the most recently used), or None; stale ones are closed."""
+    """An idle kept-alive connection of `t` (the most recently used), or None; stale ones are closed.
+    The pool is a stack in t.idle[:t.nidle] whose slots stay allocated (a list popped to empty and appended
+    to again frees and reallocates its item array: ~300 instructions per request)."""
     cdef UpstreamConn c
-    while t.idle:
-        c = <UpstreamConn>t.idle.pop()
+    while t.nidle:
+        t.nidle -= 1
+        c = <UpstreamConn>t.idle[t.nidle]
+        slot_put(t.idle, t.nidle, None)
         if c.closed or now - c.idle_since > t.group.idle_timeout:
             c.close()
             continue
@@ -240,7 +244,7 @@ cdef void pool_give(Target t, UpstreamConn c, double now):
     """Keep `c` for reuse, up to the target's `keepalive` idle connections; beyond that it is closed."""
     if c.closed:
         return
-    if len(t.idle) >= t.keepalive:
+    if t.nidle >= t.keepalive:
         c.close()
         return
     c.ex = None
@@ -249,4 +253,8 @@ cdef void pool_give(Target t, UpstreamConn c, double now):
     if c.rpaused:
         c.rpaused = False
         c.transport.resume_reading()
-    t.idle.append(c)
+    if t.nidle < len(t.idle):
+        slot_put(t.idle, t.nidle, c)
+    else:
+        t.idle.append(c)
+    t.nidle += 1

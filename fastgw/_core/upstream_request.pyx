@@ -3,6 +3,8 @@
 # picked here). HTTP/1.1 upstreams take it as a head (upstream_head), HTTP/2 upstreams as a field list
 # (upstream_fields); both carry the same fields, in the same order.
 
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+
 from fastgw._core.wire cimport feq
 
 
@@ -161,37 +163,39 @@ cdef bytes stripped(RouteRT route, bytes path):
 
 
 cdef list filter_headers(list pieces, object drop, tuple remove, uint64_t remove_lengths):
-    """Pieces without the headers named in `drop` or `remove` (folded: lowercase, "_" read as "-", as
-    upstreams that fold names read them; fastgw/headers.py): `pieces` itself when none is (the common
-    case: nothing allocated). A name is compared only when its length is the length of a name in the
-    sets (`remove_lengths`: name_lengths(remove), computed at config load); with the route's `remove`
-    names (a tuple, a few) folded while compared, in C, and the per-request `drop` set (Connection's
-    tokens, rare) by a folded copy."""
+    """Pieces without the headers named in `drop` or `remove` (see _removed): `pieces` itself when none
+    is (the common case: nothing allocated)."""
     cdef list out = None
-    cdef Py_ssize_t i, k, n = len(pieces)
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(pieces)
     cdef uint64_t lengths = remove_lengths | name_lengths(drop)
-    cdef bint hit
-    cdef bytes name
-    cdef const char* p
     for i in range(0, n, 4):
-        name = <bytes>pieces[i]
-        k = PyBytes_GET_SIZE(name)
-        hit = False
-        if (lengths >> (k if k < 63 else 63)) & 1:
-            if remove is not None:
-                p = PyBytes_AS_STRING(name)
-                for nm in remove:
-                    if PyBytes_GET_SIZE(<bytes>nm) == k and feq(p, k, PyBytes_AS_STRING(<bytes>nm)):
-                        hit = True
-                        break
-            if not hit and drop is not None:
-                name = name.lower()
-                if memchr(<const char*>name, 95, k) != NULL:       # '_'
-                    name = name.replace(b"_", b"-")
-                hit = name in drop
-        if hit:
+        if _removed(<bytes>PyList_GET_ITEM(pieces, i), drop, remove, lengths):
             if out is None:
                 out = pieces[:i]
         elif out is not None:
             out += pieces[i:i + 4]
     return pieces if out is None else out
+
+
+cdef inline bint _removed(bytes name, object drop, tuple remove, uint64_t lengths) except -1:
+    """Whether a header named `name` is removed: named in `drop` or `remove` (folded: lowercase, "_" read
+    as "-", as upstreams that fold names read them; fastgw/headers.py). A name is compared only when its
+    length is the length of a name in the sets (`lengths`; the route's part, name_lengths(remove), is
+    computed at config load); with the route's `remove` names (a tuple, a few) folded while compared, in
+    C, and the per-request `drop` set (Connection's tokens, rare) by a folded copy."""
+    cdef Py_ssize_t j, k = PyBytes_GET_SIZE(name)
+    cdef const char* p = PyBytes_AS_STRING(name)
+    cdef PyObject* nm
+    if not (lengths >> (k if k < 63 else 63)) & 1:
+        return False
+    if remove is not None:
+        for j in range(PyTuple_GET_SIZE(remove)):
+            nm = PyTuple_GET_ITEM(remove, j)
+            if PTR_BYTES_SIZE(nm) == k and feq(p, k, PTR_BYTES_DATA(nm)):
+                return True
+    if drop is not None:
+        name = name.lower()
+        if memchr(<const char*>name, 95, k) != NULL:       # '_'
+            name = name.replace(b"_", b"-")
+        return name in drop
+    return False

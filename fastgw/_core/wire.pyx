@@ -8,6 +8,7 @@ and the response-head walk (exchange.pyx, upstream_h1.pyx, upstream_grpc.pyx) re
   CHARS         character classes (bits of wire.pxd CharClass), shared by both readers
   response_kind the upstream response-head walk's classification of a header name (inline, wire.pxd)
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
 from fastgw import headers as _h
@@ -145,6 +146,35 @@ cdef class HeaderTable:
             actions.setdefault(as_configured.encode("latin-1"), actions[name.encode("latin-1")])
         self.actions = actions
         self.allow_underscores = allow_underscores
+        self._compile()
+
+    cdef int _compile(self) except -1:
+        """Fill the slots from `actions`: each name once, lowercase (every spelling in `actions` is a case
+        variant of a lowercase name with the same action)."""
+        cdef dict low = {}
+        cdef Py_ssize_t off = 0, n
+        cdef unsigned int h
+        cdef const char* base
+        for name, action in self.actions.items():
+            key = name.lower()
+            if low.setdefault(key, action) != action:
+                raise AssertionError(f"header table: {name!r} and {key!r} differ")
+        if len(low) * 4 > NAME_SLOTS:
+            raise ValueError(f"header table: {len(low)} names, room for {NAME_SLOTS // 4}")
+        self.blob = b"".join(low)
+        base = self.blob
+        self.lengths = 0
+        for key, action in low.items():
+            n = len(key)
+            h = name_slot(base + off, n)
+            while self.slots[h].n:
+                h = (h + 1) & (NAME_SLOTS - 1)
+            self.slots[h].name = base + off
+            self.slots[h].n = n
+            self.slots[h].action = action
+            self.lengths |= 1ULL << (n if n < 63 else 63)
+            off += n
+        return 0
 
     cdef int _add(self, dict actions, str name, int action) except -1:
         cdef bytes low = name.encode("latin-1")
@@ -152,28 +182,38 @@ cdef class HeaderTable:
             return 0            # never override what the table says of a name it owns
         for spelling in _spellings(low):
             actions[spelling] = action
-        self.lengths |= 1ULL << (len(low) if len(low) < 63 else 63)
         return 0
 
     def action(self, bytes name):
         """classify() for Python callers (tests, tooling)."""
         return self.classify(name, False)
 
+    def names(self):
+        """{name: Action} of every spelling the table was built with (tests: the reference of classify)."""
+        return dict(self.actions)
+
     cdef int classify(self, bytes name, bint lowercase) except -1:
-        """The Action of field name `name`; `lowercase`: the name is known to be lowercase (HTTP/2)."""
-        cdef object a = self.actions.get(name)
-        cdef Py_ssize_t n
-        cdef const char* p
-        if a is not None:
-            return <int>a
-        n = len(name)
-        if not lowercase and (self.lengths >> (n if n < 63 else 63)) & 1:
-            a = self.actions.get(name.lower())
-            if a is not None:
-                return <int>a
-        p = name
+        """The Action of field name `name` (`lowercase`: known to be lowercase, HTTP/2's; the lookup is the
+        same: classify_c)."""
+        return self.classify_c(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+    cdef int classify_c(self, const char* p, Py_ssize_t n) except -1:
+        """The Action of the field name p[:n], in any case. A C table, not the dict: a dict lookup hashes
+        each request's new name object (siphash) and cost ~400 instructions a field; this ~60, and the
+        HTTP/1.1 reader makes no name object for a field it does not forward (Host, framing)."""
+        cdef unsigned int h
+        cdef NameSlot* slot
+        if n and (self.lengths >> (n if n < 63 else 63)) & 1:
+            h = name_slot(p, n)
+            while True:
+                slot = &self.slots[h]
+                if slot.n == 0:
+                    break
+                if slot.n == n and ieq(p, n, slot.name, n):
+                    return slot.action
+                h = (h + 1) & (NAME_SLOTS - 1)
         if memchr(p, 95, n) != NULL:                # '_'
-            return self.underscore(name)
+            return self.underscore(PyBytes_FromStringAndSize(p, n))
         if n > 12 and (p[0] | 32) == 120 and ieq(p, 12, FORWARDED_PREFIX, 12):   # 'x'
             return A_DROP
         return A_FORWARD
@@ -195,3 +235,8 @@ ACTIONS = {
     "connection-specific": A_CONN_SPECIFIC, "te": A_TE, "traceparent": A_TRACEPARENT,
     "tracestate": A_TRACESTATE, "underscore": A_UNDERSCORE, "alias": A_ALIAS,
 }
+
+
+def case_equal(bytes name, bytes low):
+    """ieq() for tests: `name` equals the lowercase `low` in ASCII case-insensitive comparison."""
+    return ieq(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), PyBytes_AS_STRING(low), PyBytes_GET_SIZE(low))
