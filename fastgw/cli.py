@@ -281,6 +281,6 @@ def _dist_version(name: str) -> str:
 def cmd_version() -> int:
     print(f"fastgw {__version__}")
     print(f"python {platform.python_version()} ({platform.python_implementation()})")
-    for dep in ("uvloop", "httptools"):
+    for dep in ("uvloop", "h2"):
         print(f"{dep} {_dist_version(dep)}")
     return EXIT_OK

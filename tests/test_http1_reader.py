@@ -251,3 +251,21 @@ def test_upgrade_request_is_served_and_the_rest_ignored():
     assert [e[0] for e in r.events] == ["head", "end"]
     assert r.upgraded
     assert all(n.lower() != b"upgrade" for n, _ in r.events[0][8])
+
+
+def test_every_byte_at_every_name_position() -> None:
+    """Each of the 256 byte values, at each position of a 19-byte field name, is taken exactly when it is a
+    token character (RFC 9110 5.6.2), and the name reaches the head as sent."""
+    tchar = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    base = b"X-Custom-Field-Name"
+    for pos in range(len(base)):
+        for b in range(256):
+            name = base[:pos] + bytes([b]) + base[pos + 1:]
+            events = feed_all(b"GET / HTTP/1.1\r\nHost: h\r\n" + name + b": v\r\n\r\n",
+                              table=HeaderTable(allow_underscores=True))
+            if b in tchar:
+                assert events[0][0] == "head" and events[0][8] == ((name, b"v"),), (pos, b, events)
+            elif b == 58 and pos:                 # ":" ends the name there
+                assert events[0][8] == ((base[:pos], base[pos + 1:] + b": v"),), (pos, events)
+            else:
+                assert events[0][0] == "error" and events[0][1] == 400, (pos, b, events)

@@ -101,6 +101,10 @@ TEMPLATES = {
     "trailer-value": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1", b"\r\n\r\n"),
     "last-line": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", b"\n"),
     "101-upgrade": (b"HTTP/1.1 101 S\r\nUpgrade: w\r\nConnection: upgrade", b"\r\n\r\nxy"),
+    # (a long name: its first, second and third eight bytes)
+    "name-word-1": (b"HTTP/1.1 200 OK\r\nX-Lon", b"g-Header-Name: v\r\nContent-Length: 1\r\n\r\nx"),
+    "name-word-2": (b"HTTP/1.1 200 OK\r\nX-Long-Head", b"r-Name: v\r\nContent-Length: 1\r\n\r\nx"),
+    "name-tail": (b"HTTP/1.1 200 OK\r\nX-Long-Header-Na", b"e: v\r\nContent-Length: 1\r\n\r\nx"),
 }
 
 

@@ -598,3 +598,14 @@ def test_route_removes_fields_at_any_position(gw, filler):
     got = [(n.lower(), v) for n, v in seen(r).headers if n.lower().startswith(("x-fill-", "x-keep", "x-drop",
                                                                            "cookie", "x-conn"))]
     assert got == want
+
+
+@pytest.mark.parametrize(("status", "reason"), [(200, "OK"), (418, "I'm a Teapot"), (299, "Unknown"),
+                                                (599, "Unknown"), (999, "Unknown")])
+def test_status_line_is_the_gateways(gw, status, reason):
+    """Any three-digit status reaches the client with the gateway's own reason phrase: the standard one of
+    a named code, "Unknown" for any other (the origin's phrase is never relayed)."""
+    with gw.raw() as c:
+        c.send(request("GET", f"/echo/status?status={status}"))
+        raw = c.sock.recv(65536)
+    assert raw.startswith(f"HTTP/1.1 {status} {reason}\r\n".encode()), raw[:60]

@@ -37,27 +37,11 @@ cdef class Exchange(PolicyExchange):
     cdef long long body_seen              # body_bytes at the last minimum-rate check (Downstream.body_slow)
     cdef double body_allow                # seconds the body may still take at the minimum rate
     cdef double body_tick                 # when body_allow was last updated (0: not yet)
-    cdef bint body_done
-    cdef bint has_body
-    cdef bint sent
-    cdef bint resp_started
-    cdef bint resp_chunked
     cdef bytes resp_trailers              # an HTTP/1.1 client's trailer section (lines), or None
-    cdef bint resp_nobody
-    cdef bint done
-    cdef bint retried
-    cdef bint counted                     # the target counts this request in flight (least_request)
-    cdef bint close_after
-    cdef bint admitted                    # counted in its upstream's requests in flight (limits.max_requests)
-    cdef bint retrying                    # holds one of its upstream's retry-budget slots
-    cdef int tries                        # retries made (retry.attempts bounds them)
-    cdef bint resent                      # retried once after a stale pooled connection (reset-before-send)
     cdef double try_timeout               # this try's response timeout (RouteRT.try_timeout, less on a retry)
     cdef list replay                      # the body bytes sent on this try, kept to send again (or None)
     cdef list attempts                    # "target outcome" of each try that failed and was retried, or None
     cdef object retry_handle              # the backoff's timer, or None
-    cdef public bint retry_safe           # a policy validated the request's Idempotency-Key: a non-idempotent
-                                          #   request may be retried like an idempotent one
     cdef GatewayError err                 # the failure that ended this exchange (or, queued, will), or None
     cdef GatewayError retried_err         # the failure the exchange was retried after, or None
     cdef bytes err_extra                  # header lines for the problem response (Allow, a policy's)
@@ -68,19 +52,36 @@ cdef class Exchange(PolicyExchange):
     cdef public list states               # each policy's own state (gates.pyx Gate.state), by its slot in
                                           #   the route's policies: None until one keeps some
     cdef list resp_blocks                 # while on_response runs: the header blocks the response came with
-    cdef bint phased                      # on_response ran: an answer made from here on skips it
     cdef object body_waiter               # read_body's future while a policy waits for the whole body, or None
     cdef long long body_limit             # ...and the most it may hold (more: the future gives None)
     cdef long long t0                    # monotonic ns at the request head (metrics)
     cdef long long tu0                   # monotonic ns when the upstream's part began (0: never): proceed
-    cdef TraceCtx tc                     # the request's trace (tracecontext.pyx), started in new_exchange
     cdef bytes tp                        # tc as the HTTP/1.1 traceparent line, made on first use (traceparent_line)
-    cdef int status                      # response status sent to the client (metrics)
-    cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
     cdef public object tunnel            # a policy's tunnel session (WebSocket): the origin's 101 opens a
                                          #   Tunnel (tunnel.pyx); None on every other request
     cdef public object transcode         # a policy's transcoding call (HTTP/JSON -> gRPC): h2_start opens a
                                          #   TranscodeCall (transcode.pyx); None on every other request
+    cdef TraceCtx tc                     # the request's trace (tracecontext.pyx), started in new_exchange
+    # (4-byte fields last, together: no padding between them and the 8-byte ones)
+    cdef bint body_done
+    cdef bint has_body
+    cdef bint sent
+    cdef bint resp_started
+    cdef bint resp_chunked
+    cdef bint resp_nobody
+    cdef bint done
+    cdef bint retried
+    cdef bint counted                     # the target counts this request in flight (least_request)
+    cdef bint close_after
+    cdef bint admitted                    # counted in its upstream's requests in flight (limits.max_requests)
+    cdef bint retrying                    # holds one of its upstream's retry-budget slots
+    cdef int tries                        # retries made (retry.attempts bounds them)
+    cdef bint resent                      # retried once after a stale pooled connection (reset-before-send)
+    cdef public bint retry_safe           # a policy validated the request's Idempotency-Key: a non-idempotent
+                                          #   request may be retried like an idempotent one
+    cdef bint phased                      # on_response ran: an answer made from here on skips it
+    cdef int status                      # response status sent to the client (metrics)
+    cdef int grpc_code                   # grpc-status + 1 of a call on a grpc route (0: none); access log
     cdef void request_data(self, bytes data)
     cdef void request_end(self)
     cdef void hold(self, bytes data)

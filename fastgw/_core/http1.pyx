@@ -4,9 +4,9 @@
 fastgw's own RFC 9112 parser, in C through Cython: a request head costs no Python-level call per parser
 event (the whole head is read in one pass when it arrives in one read; a head split over reads is kept in
 a buffer that exists only while it is incomplete). Its strictness is llhttp's in strict mode (no leniency
-flag), the parser fastgw used before (httptools), plus the checks a gateway needs (DESIGN.md §5);
-tests/test_http1_differential.py holds the two to the same answers (http1_llhttp.pyx is the reference).
-Events are delivered to four overridable methods: ``request_head(head)``, ``request_body(data)``,
+flag), the parser fastgw used before (httptools), plus the checks a gateway needs (docs/http1.md, "What is
+refused"); tests/test_http1_differential.py holds the two to the same answers (http1_llhttp.pyx is the
+reference). Events are delivered to four overridable methods: ``request_head(head)``, ``request_body(data)``,
 ``request_end()`` and ``request_error(status, slug, detail)``. After an error the reader is dead: the
 connection must answer and close (never forward an ambiguity).
 
