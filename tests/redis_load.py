@@ -4,6 +4,8 @@ time; it records the slowest answer and when answers said RateLimit-Degraded (mo
 in every process of the machine).
 
 usage: python redis_load.py DURATION PATH ADDR[,ADDR...] CONNS_PER_ADDR KEYS
+SIGINT ends the load before DURATION (each connection stops after its answer in flight), for a test that
+stops when what it waits for has happened rather than after a fixed time.
 Prints one JSON line: ok, limited, other {status: n}, degraded, first_degraded, last_degraded, max_latency,
 max_at (when the slowest request was sent), slow [[sent, seconds] of answers slower than SLOW], t0, t1,
 latency_p50.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 
@@ -21,12 +24,12 @@ from rl_load import read_response, tally
 SLOW = 0.02          # seconds: answers slower than this are listed with their send time
 
 
-async def conn(addr: str, path: str, keys: int, start: int, end: float, out: dict, lat: list[float]) -> None:
+async def conn(addr: str, path: str, keys: int, start: int, end: list[float], out: dict, lat: list[float]) -> None:
     host, port = addr.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     i = start
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end[0]:
             i += 1
             req = f"GET {path} HTTP/1.1\r\nHost: test\r\nX-Key: k{i % keys}\r\n\r\n".encode()
             t = time.monotonic()
@@ -64,7 +67,8 @@ async def main() -> None:
     out: dict = {"ok": 0, "limited": 0, "other": {}, "degraded": 0, "first_degraded": None, "last_degraded": None,
                  "max_latency": 0.0, "max_at": None, "t0": time.monotonic(), "slow": [], "resets": []}
     lat: list[float] = []
-    end = time.monotonic() + duration
+    end = [time.monotonic() + duration]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, end.__setitem__, 0, 0.0)
     await asyncio.gather(*(conn(a, path, keys, j * 7919, end, out, lat) for a in addrs for j in range(n)))
     out["t1"] = time.monotonic()
     lat.sort()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,21 @@ async def burst(base: str, path: str, params: list[tuple[str, str]]) -> list[htt
         return await asyncio.gather(*(c.get(path, params=params) for _ in range(N)))
 
 
-def run(tmp_path: Path, workers: int, path: str, params: list[tuple[str, str]]) -> tuple[Any, CacheOrigin, list[httpx.Response]]:
+def run(tmp_path: Path, workers: int, path: str, params: list[tuple[str, str]],
+        leader_only: bool = False) -> tuple[Any, CacheOrigin, list[httpx.Response]]:
+    """`leader_only`: only the first request upstream is held; the waiters that go upstream after it are
+    answered at once (they are sent once the leader's answer is in: the hold has gathered them)."""
     o = CacheOrigin().start()
     # The leader's response takes a while: the others pile up. Long enough for all 200 to arrive during
     # the flight on a loaded machine (0.5 s let a third of them arrive after the entry was stored).
     o.delay = 2.0
     gw = start(tmp_path, config(o.addr, f"127.0.0.1:{free_port()}"), workers=workers)
     try:
+        if leader_only:
+            def release() -> None:
+                if o.wait_for(lambda: o.n(path) >= 1, 20):
+                    o.delay = 0.0
+            threading.Thread(target=release, daemon=True).start()
         rs = asyncio.run(burst(gw.base, path, params))
         return gw, o, rs
     except BaseException:
@@ -81,7 +90,8 @@ def test_200_cold_requests_across_two_workers_one_origin_request(tmp_path: Path)
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_waiters_never_get_the_leaders_set_cookie(tmp_path: Path, workers: int) -> None:
-    gw, o, rs = run(tmp_path, workers, "/c/cookie", [("hdr", "Cache-Control: max-age=60"), ("hdr", "Set-Cookie: sid=1")])
+    gw, o, rs = run(tmp_path, workers, "/c/cookie", [("hdr", "Cache-Control: max-age=60"), ("hdr", "Set-Cookie: sid=1")],
+                    leader_only=True)
     try:
         assert all(r.status_code == 200 for r in rs)
         assert o.n("/c/cookie") == N                     # each went upstream and got its own answer

@@ -65,22 +65,22 @@ def test_addresses_join_and_leave_under_load_and_a_failing_name_keeps_its_last_s
         for t in threads:
             t.start()
         try:
-            time.sleep(1.0)
-            before = served(origins)
-            assert before["127.0.0.2"] > 0 and before["127.0.0.3"] > 0 and before["127.0.0.4"] == 0, before
+            # Joins are waited for (a join never seen fails at the deadline); a leave and a failing name get
+            # 1 s (3 resolve_every) to be seen, then 0.5 s of the 4 clients' traffic (hundreds of requests)
+            # shows where it goes.
+            assert first.wait_for(lambda: all(served(origins)[ip] > 0 for ip in ("127.0.0.2", "127.0.0.3")))
+            assert served(origins)["127.0.0.4"] == 0
             write_hosts(hosts, "127.0.0.2", "127.0.0.3", "127.0.0.4")          # one joins
-            time.sleep(1.5)
-            joined = served(origins)
-            assert joined["127.0.0.4"] > 0, joined
+            assert first.wait_for(lambda: served(origins)["127.0.0.4"] > 0), served(origins)
             write_hosts(hosts, "127.0.0.3", "127.0.0.4")                       # one leaves
             time.sleep(1.0)
             left = served(origins)
-            time.sleep(1.0)
+            time.sleep(0.5)
             assert served(origins)["127.0.0.2"] == left["127.0.0.2"], "a vanished address still gets traffic"
             write_hosts(hosts)                                                 # the name no longer resolves
             time.sleep(1.0)
             failing = served(origins)
-            time.sleep(1.0)
+            time.sleep(0.5)
             now = served(origins)
             assert now["127.0.0.3"] > failing["127.0.0.3"] and now["127.0.0.4"] > failing["127.0.0.4"]
             target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
@@ -115,26 +115,29 @@ def test_the_prober_checks_each_resolved_address_and_the_status_lists_them(gatew
                                              "unhealthy": 2}}},
                            [{"name": "r", "path": "/*", "upstream": "u"}], server={"workers": 2}, prefix=prefix)
         origins["127.0.0.3"].sick = True
-        time.sleep(1.5)
-        assert all(o.probes >= 5 for o in origins.values()), {ip: o.probes for ip, o in origins.items()}
+
+        def name_target() -> dict:
+            return json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
+
+        def states() -> dict:
+            return {t["target"]: (t["state"], t["reason"]) for t in name_target()["dns"]["targets"]}
+
+        # Waited for, each with a deadline (5 s), instead of fixed sleeps of 1.5, 0.6 and 1 s.
+        want = {f"127.0.0.2:{port}": ("up", None), f"127.0.0.3:{port}": ("down", "health")}
+        assert first.wait_for(lambda: all(o.probes >= 5 for o in origins.values()) and states() == want), \
+            ({ip: o.probes for ip, o in origins.items()}, name_target())
         assert all(r.head.values("host") == [f"{NAME}:{port}"] for o in origins.values()
                    for r in o.requests if r.head.target == "/healthz")
-        target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
-        states = {t["target"]: (t["state"], t["reason"]) for t in target["dns"]["targets"]}
-        assert states == {f"127.0.0.2:{port}": ("up", None), f"127.0.0.3:{port}": ("down", "health")}, target
+        target = name_target()
         assert target["state"] == "up"                 # the name's own record: not judged once it resolved
         with httpx.Client(base_url=gw.url, timeout=10) as c:
             assert Counter(c.get("/x").status_code for _ in range(40)) == {200: 40}
         traffic = {ip: sum(1 for r in o.requests if r.head.target == "/x") for ip, o in origins.items()}
         assert traffic == {"127.0.0.2": 40, "127.0.0.3": 0}, traffic        # the down address gets none
         origins["127.0.0.3"].sick = False
-        time.sleep(0.6)
-        target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
-        assert {t["state"] for t in target["dns"]["targets"]} == {"up"}, target
+        assert first.wait_for(lambda: {st for st, _ in states().values()} == {"up"}), name_target()
         write_hosts(hosts, "127.0.0.2")                # a vanished address leaves the list
-        time.sleep(1.0)
-        target = json.loads(admin_get(gw, "/status/upstreams"))["upstreams"]["u"]["targets"][0]
-        assert [t["target"] for t in target["dns"]["targets"]] == [f"127.0.0.2:{port}"], target
+        assert first.wait_for(lambda: list(states()) == [f"127.0.0.2:{port}"]), name_target()
     finally:
         for o in origins.values():
             o.stop()

@@ -1,6 +1,6 @@
 """Redis-shared limits with a real redis-server (tests/conftest.py: redis_server) and real gateways.
 
-Accuracy: 2 gateway instances x 2 workers against one Redis, strict and lease, 10 s each: admitted
+Accuracy: 2 gateway instances x 2 workers against one Redis, strict and lease, 5 s each: admitted
 requests within 2% of rate x time + burst. Outage: Redis killed mid-test, the fallback engages at once
 (local, open, closed), and Redis back is used again within 1 s.
 """
@@ -17,6 +17,11 @@ from conftest import free_port
 from procutil import metric
 
 RATE, BURST = 200, 20
+# 5 s of overload per mode: 1,020 admissions expected, a 2% bound of 20 requests. A limit each instance
+# (or worker) enforced alone admits 2x (4x) that; what lease mode holds unspent at the end is a few tokens
+# whatever the window (-0.29% of 2,020 in 10 s, -0.68% of 1,020 in 5 s). 10 s proved the same in twice the
+# time; the cluster test (test_redis_modes.py) holds the same bound in 5 s.
+LOAD_S = 5.0
 ROUTES = '''
 [[routes]]
 name = "strict"
@@ -62,7 +67,7 @@ def test_accuracy_two_instances_strict_and_lease(tmp_path: Path, echo_origin, re
         for mode in ("strict", "lease"):
             marker = uuid.uuid4().hex
             before = _commands(redis_server, "evalsha", "eval")
-            res = rlutil.result(rlutil.load(10.0, f"/{mode}/{marker}", f"X-Key: {marker}", addrs, 2))
+            res = rlutil.result(rlutil.load(LOAD_S, f"/{mode}/{marker}", f"X-Key: {marker}", addrs, 2))
             scripts = _commands(redis_server, "evalsha", "eval") - before
             elapsed = res["t1"] - res["t0"]
             expected = RATE * elapsed + BURST

@@ -93,7 +93,9 @@ def test_overflow_answers_503_at_once_while_the_upstream_is_saturated(gateway) -
     try:
         gw = gateway.start({"u": {"targets": [origin.addr], "limits": {"max_requests": 4}}}, ROUTE,
                            server={"workers": 2})
-        slow = saturate(gw, origin, 4, 6.0)
+        # The origin holds the 4 for 3.5 s: the 20 overflows below take about 1 s (each a new client), and one
+        # that queued instead of overflowing would wait until then (took < 0.5 and 503 fail).
+        slow = saturate(gw, origin, 4, 3.5)
         answers = []
         for i in range(20):                    # each on a new connection: whichever worker takes it
             t0 = time.monotonic()
@@ -120,7 +122,7 @@ def test_max_connections_overflows_instead_of_opening_more(gateway) -> None:
     try:
         gw = gateway.start({"u": {"targets": [origin.addr], "limits": {"max_connections": 2}}}, ROUTE,
                            server={"workers": 2})
-        slow = saturate(gw, origin, 2, 3.0)
+        slow = saturate(gw, origin, 2, 1.5)     # the third request is answered long before they end
         r = httpx.get(f"{gw.url}/third", timeout=5)
         assert r.status_code == 503 and r.json()["upstream_error"] == "overloaded: max_connections", r.text
         assert origin.connections == 2
@@ -134,10 +136,17 @@ def test_clients_that_go_away_give_their_places_back(gateway) -> None:
     try:
         gw = gateway.start({"u": {"targets": [origin.addr], "limits": {"max_requests": 3}}}, ROUTE,
                            server={"workers": 2})
-        for _ in range(3):                     # each time the limit fills with clients that then leave
-            for i in range(3):
-                with pytest.raises(httpx.TimeoutException):
-                    httpx.get(f"{gw.url}/gone-{i}?delay=3", timeout=0.3)
+        def leave(i: int) -> str:
+            try:
+                httpx.get(f"{gw.url}/gone-{i}?delay=1", timeout=0.3)
+            except httpx.TimeoutException:
+                return "left"
+            return "answered"
+
+        # Each time the limit fills at once with clients that leave 0.7 s before the origin answers; a place
+        # kept would fill the limit by the next round (503 instead of a timeout) and fail settled().
+        for _ in range(3):
+            assert in_threads(3, leave) == ["left"] * 3
             assert settled(gw)["requests"] == 0
         assert httpx.get(f"{gw.url}/after", timeout=5).status_code == 200
     finally:

@@ -379,18 +379,19 @@ def test_idle_timeout_and_pings(origin: WsOrigin, tmp_path: Path) -> None:
             rcvd = wait_closed(ws, 5)
             assert rcvd is not None and rcvd.code == 1001 and rcvd.reason == "idle timeout"
             assert 0.9 < time.monotonic() - t0 < 3
-        with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:   # traffic keeps it open
-            for _ in range(8):
+        with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:   # traffic keeps it open (1.5 s > 1 s)
+            for _ in range(5):
                 ws.send("tick")
                 assert ws.recv(5) == "tick"
                 time.sleep(0.3)
     finally:
         gw.close()
-    gw = start(tmp_path, config(origin, 'idle_timeout = "3s"\nping_every = "0.5s"'))
+    gw = start(tmp_path, config(origin, 'idle_timeout = "1s"\nping_every = "0.25s"'))
     try:
-        # The gateway's pings are answered by the client library: the pongs keep the tunnel in use.
+        # The gateway's pings are answered by the client library: the pongs keep the tunnel in use past
+        # 1.5 idle timeouts (an idle tunnel is closed at 1 s, as above).
         with connect(url(gw, "/ws/echo"), ping_interval=None) as ws:
-            time.sleep(4)
+            time.sleep(1.5)
             ws.send("after the idle timeout")
             assert ws.recv(5) == "after the idle timeout"
     finally:
@@ -444,11 +445,23 @@ def test_sigterm_sends_1012_spread_over_the_drain(origin: WsOrigin, tmp_path: Pa
         socks = [connect(url(gw, "/ws/echo"), ping_interval=None).__enter__() for _ in range(6)]
         gw.signal(signal.SIGTERM)
         t0 = time.monotonic()
-        at = []
-        for ws in socks:
-            rcvd = wait_closed(ws, 6)
-            assert rcvd is not None and rcvd.code == 1012
-            at.append(time.monotonic() - t0)
+        # Each tunnel waited for in its own thread: the worker plans the closes in its set's order, not in
+        # the order of `socks`; waited for one after another, a first socket closed last would read as all
+        # of them closing at once.
+        closed: dict[int, tuple[Frame | None, float]] = {}
+
+        def wait_one(i: int) -> None:
+            rcvd = wait_closed(socks[i], 6)
+            closed[i] = (rcvd, time.monotonic() - t0)
+
+        threads = [threading.Thread(target=wait_one, args=(i,)) for i in range(len(socks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(closed) == list(range(len(socks)))
+        assert all(rcvd is not None and rcvd.code == 1012 for rcvd, _ in closed.values()), closed
+        at = [took for _, took in closed.values()]
         assert max(at) < 3.5
         assert max(at) - min(at) > 0.5                                 # spread, not all at once
         assert gw.wait(10) == 0

@@ -32,6 +32,9 @@ class Tracing(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     service_name: str = "fastgw"
     queue: int = 2048                   # finished spans a worker holds for export; beyond, the oldest go
     timeout: Duration = 5.0             # one export request to the collector, connecting included
+    # The longest a finished span waits for a full batch [OpenTelemetry SDK BatchSpanProcessor
+    # schedule_delay, OTEL_BSP_SCHEDULE_DELAY: 5 s]. Shorter: traces show sooner, more export requests.
+    export_delay: Duration = 5.0
 
 
 def check(cfg: Config, errors: list[str]) -> None:
@@ -50,6 +53,8 @@ def check(cfg: Config, errors: list[str]) -> None:
         errors.append("tracing.slow: must be positive")
     if t.timeout <= 0:
         errors.append("tracing.timeout: must be positive")
+    if t.export_delay <= 0:
+        errors.append("tracing.export_delay: must be positive")
 
 
 def endpoint_error(url: str) -> str | None:

@@ -4,8 +4,8 @@ The request path only appends a tuple of the span's fields to the worker's buffe
 fastgw/_core/worker.pyx), a deque with a bound (`tracing.queue`): when it is full the oldest span goes
 and is counted (`fastgw_tracing_spans_total{outcome="dropped"}`). This thread, started in the worker
 process (never before a fork: the OpenTelemetry SDK's batch processor breaks across fork for that
-reason), takes up to 512 spans at a time, at the latest every 5 s (the SDK's BatchSpanProcessor
-defaults), encodes them with the official OTLP protobuf messages (`opentelemetry-proto`, imported here
+reason), takes up to 512 spans at a time, at the latest every `tracing.export_delay` (5 s: the SDK's
+BatchSpanProcessor defaults), encodes them with the official OTLP protobuf messages (`opentelemetry-proto`, imported here
 only when an endpoint is configured) and POSTs them. A batch the collector refuses, or does not answer
 within `tracing.timeout`, is dropped and counted (`outcome="failed"`): never retried, never waited for
 by a request. A collector that is down costs the event loop nothing; one that hangs holds this thread
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from fastgw.config.tracing import Tracing
 
 BATCH = 512              # spans per export request [OpenTelemetry SDK BatchSpanProcessor max_export_batch_size]
-DELAY = 5.0              # seconds a span may wait for a full batch [its schedule_delay]
 POLL = 0.25              # how often the thread looks at the buffer
 SHAPES = 4096            # encoded span shapes kept for reuse (SpanExporter.shared); then the cache starts over
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
@@ -50,6 +49,7 @@ class SpanExporter:
         self.spans: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=2048)
         self.endpoint = ""
         self.timeout = 5.0
+        self.delay = float("inf")          # tracing.export_delay, from configure() (which starts the thread)
         self.service = "fastgw"
         self.paths: dict[str, str] = {}
         self.stop = threading.Event()
@@ -65,6 +65,7 @@ class SpanExporter:
             old = self.spans
             self.spans = collections.deque(old, maxlen=t.queue)
         self.endpoint, self.timeout, self.service = t.otlp_endpoint, t.timeout, t.service_name
+        self.delay = t.export_delay
         self.paths = route_paths
         if self.thread is None:
             # The OTLP messages are imported here, while the worker applies its config, not by the
@@ -87,7 +88,7 @@ class SpanExporter:
         while True:
             stopping = self.stop.wait(POLL)
             now = time.monotonic()
-            while self.spans and (len(self.spans) >= BATCH or now - last >= DELAY or stopping):
+            while self.spans and (len(self.spans) >= BATCH or now - last >= self.delay or stopping):
                 batch: list[tuple[Any, ...]] = []
                 while self.spans and len(batch) < BATCH:
                     try:
