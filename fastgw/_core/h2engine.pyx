@@ -334,7 +334,7 @@ cdef class H2Conn:
             n += 1
             if n > rt.max_headers:
                 return 431
-            code = table.classify(name, True)
+            code = table.classify(name)
             if (code == A_FORWARD or code >= A_CREDENTIALS) and name == b"cookie":
                 # Split cookie fields (RFC 9113 8.2.3) become one field for HTTP/1.1 (a cookie that
                 # carries a credential too: its crumbs are joined, then read once).

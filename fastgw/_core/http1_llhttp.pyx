@@ -159,7 +159,7 @@ cdef class LlhttpRequestReader(RequestReader):
             self._reject(431, "header-too-large", "too many header fields")
         if self._hbytes > self._max_hbytes:
             self._reject(431, "header-too-large", "request header fields too large")
-        code = self._table.classify(name, False)
+        code = self._table.classify(name)
         if code == A_CONTENT_LENGTH:
             h.content_length = int(value)         # llhttp validated the digits and uniqueness
             return

@@ -147,14 +147,14 @@ cdef inline unsigned int name_slot(const char* p, Py_ssize_t n) noexcept:
 
 
 cdef class HeaderTable:
-    cdef dict actions                 # name (lowercase, and the usual spellings) -> Action (Python callers)
+    cdef dict actions                 # lowercase name -> Action (built first; underscore(), tests)
     cdef NameSlot slots[NAME_SLOTS]   # the same names, lowercase, for classify
     cdef bytes blob                   # the lowercase names the slots point into
     cdef unsigned long long lengths   # bit min(len, 63) set for the length of every name in `actions`
     cdef readonly bint allow_underscores
     cdef int _add(self, dict actions, str name, int action) except -1
     cdef int _compile(self) except -1
-    cdef int classify(self, bytes name, bint lowercase) except -1
+    cdef int classify(self, bytes name) except -1
     cdef int classify_c(self, const char* p, Py_ssize_t n) except -1
     cdef int underscore(self, bytes name) except -1
 

@@ -109,12 +109,6 @@ def _action(str name, str role):
     return _ROLE_ACTION[role]
 
 
-def _spellings(bytes low):
-    """The name as sent by most clients: lowercase, Capitalized-Words and UPPERCASE (a lookup by the
-    name as sent then hits without a lower() per header)."""
-    return (low, b"-".join(part.capitalize() for part in low.split(b"-")), low.upper())
-
-
 cdef bytes FORWARDED_PREFIX = _h.FORWARDED_PREFIX.encode()
 
 
@@ -127,44 +121,34 @@ cdef class HeaderTable:
     def __init__(self, identity=(), credentials=(), bint allow_underscores=False):
         cdef dict actions = {}
         cdef int ncred = 0
-        # (each credential name with the spelling its config gives, e.g. "X-API-Key": the spelling clients
-        # are told to send, found without a lower() per request)
-        creds = [(n, n) for n, r in _h.REQUEST.items() if r == _h.CREDENTIAL] + [(n.lower(), n) for n in credentials]
+        creds = [n for n, r in _h.REQUEST.items() if r == _h.CREDENTIAL] + [n.lower() for n in credentials]
         for name, role in _h.REQUEST.items():
             if role != _h.CREDENTIAL:
                 self._add(actions, name, _action(name, role))
         for name in identity:               # and as a folding upstream would read it
             self._add(actions, name.lower(), A_DROP)
             self._add(actions, _h.fold(name), A_DROP)
-        for name, as_configured in creds:   # each its own number: two different ones are not a duplicate
+        for name in creds:                  # each its own number: two different ones are not a duplicate
             if name.encode("latin-1") not in actions:
                 if ncred == 64:
                     raise ValueError("more than 64 credential headers")
                 self._add(actions, name, A_CREDENTIALS + ncred)
                 ncred += 1
-            # (a spelling only: never overrides a name the table owns)
-            actions.setdefault(as_configured.encode("latin-1"), actions[name.encode("latin-1")])
         self.actions = actions
         self.allow_underscores = allow_underscores
         self._compile()
 
     cdef int _compile(self) except -1:
-        """Fill the slots from `actions`: each name once, lowercase (every spelling in `actions` is a case
-        variant of a lowercase name with the same action)."""
-        cdef dict low = {}
+        """Fill the slots from `actions` (lowercase names): classify finds a name in any case."""
         cdef Py_ssize_t off = 0, n
         cdef unsigned int h
         cdef const char* base
-        for name, action in self.actions.items():
-            key = name.lower()
-            if low.setdefault(key, action) != action:
-                raise AssertionError(f"header table: {name!r} and {key!r} differ")
-        if len(low) * 4 > NAME_SLOTS:
-            raise ValueError(f"header table: {len(low)} names, room for {NAME_SLOTS // 4}")
-        self.blob = b"".join(low)
+        if len(self.actions) * 4 > NAME_SLOTS:
+            raise ValueError(f"header table: {len(self.actions)} names, room for {NAME_SLOTS // 4}")
+        self.blob = b"".join(self.actions)
         base = self.blob
         self.lengths = 0
-        for key, action in low.items():
+        for key, action in self.actions.items():
             n = len(key)
             h = name_slot(base + off, n)
             while self.slots[h].n:
@@ -177,24 +161,21 @@ cdef class HeaderTable:
         return 0
 
     cdef int _add(self, dict actions, str name, int action) except -1:
-        cdef bytes low = name.encode("latin-1")
-        if low in actions:
-            return 0            # never override what the table says of a name it owns
-        for spelling in _spellings(low):
-            actions[spelling] = action
+        """`name` (lowercase) -> `action`, unless the table holds the name already: never override what
+        the table says of a name it owns."""
+        actions.setdefault(name.encode("latin-1"), action)
         return 0
 
     def action(self, bytes name):
         """classify() for Python callers (tests, tooling)."""
-        return self.classify(name, False)
+        return self.classify(name)
 
     def names(self):
-        """{name: Action} of every spelling the table was built with (tests: the reference of classify)."""
+        """{lowercase name: Action} of the table (tests: the reference of classify)."""
         return dict(self.actions)
 
-    cdef int classify(self, bytes name, bint lowercase) except -1:
-        """The Action of field name `name` (`lowercase`: known to be lowercase, HTTP/2's; the lookup is the
-        same: classify_c)."""
+    cdef int classify(self, bytes name) except -1:
+        """The Action of field name `name`, in any case (classify_c)."""
         return self.classify_c(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
 
     cdef int classify_c(self, const char* p, Py_ssize_t n) except -1:
