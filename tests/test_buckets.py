@@ -8,8 +8,8 @@ import os
 import resource
 from datetime import UTC, datetime
 
-from buckets_ref import NS, RefQuota, RefRate, window_end
 import pytest
+from buckets_ref import NS, RefQuota, RefRate, window_end
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -13,7 +13,17 @@ import random
 import pytest
 from http1_diff import splits
 from http1_response_diff import (
-    RE_BODY, RE_END, RE_ERROR, RE_HEAD, RE_NEED, RE_SWITCH, agree, both, generate, ours, reference,
+    RE_BODY,
+    RE_END,
+    RE_ERROR,
+    RE_HEAD,
+    RE_NEED,
+    RE_SWITCH,
+    agree,
+    both,
+    generate,
+    ours,
+    reference,
 )
 
 from fastgw._core.http1 import ResponseReader

@@ -102,8 +102,9 @@ class Discovery:
             owner_of,
             resolved,
         )
-        words = self.table.words(target_key(upstream, addr)) if self.table is not None else None
-        if words is None:
+        table = self.table
+        words = table.words(target_key(upstream, addr)) if table is not None else None
+        if table is None or words is None:
             return
         now = int(time.monotonic() * 1000)
         if found:
@@ -114,11 +115,11 @@ class Discovery:
             # interval after the name changed) is settled by the next resolution of each.
             owner = owner_of(target_key(upstream, addr))
             port = parse_hostport(addr)[1]
-            for ip, aw in resolved(self.table, owner):
+            for ip, aw in resolved(table, owner):
                 if ip not in found:
                     mark_resolved(aw, 0, ip)
             for ip in found:
-                aw = self.table.words(target_key(upstream, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"))
+                aw = table.words(target_key(upstream, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"))
                 if aw is not None:
                     mark_resolved(aw, owner, ip)
         elif words[W_DNS_FAILING] == 0:
