@@ -236,10 +236,7 @@ cdef class ClientConn(Downstream):
         batch is wbuf[:nw], slots kept from batch to batch: a list emptied and appended to again frees and
         reallocates its item array (~250 instructions per response)."""
         if self.batching:
-            if self.nw < PyList_GET_SIZE(self.wbuf):
-                slot_put(self.wbuf, self.nw, data)
-            else:
-                self.wbuf.append(data)
+            slot_put(self.wbuf, self.nw, data)
             self.nw += 1
         elif not self.closed:
             twrite(self.transport, data)
@@ -407,8 +404,8 @@ cdef class ClientConn(Downstream):
         self.send(concat(parts))
 
     cdef void end_head(self, Exchange ex, RequestHead h, list parts):
-        """End a response head whose last line has no CRLF yet (head_end), then write it (unless it went
-        into the output batch)."""
+        """End a response head whose last line has no CRLF yet (head_end), then send it (into the output
+        batch while a read is handled)."""
         parts.append(self.head_end(ex, h))
         self.send(concat(parts))
 

@@ -92,13 +92,19 @@ cdef char* put_parts(char* dst, list parts, Py_ssize_t n=-1) noexcept:
     return dst
 
 
-cdef inline void slot_put(list slots, Py_ssize_t i, object value) noexcept:
-    """slots[i] = value for a list slot that exists (0 <= i < len): no index check, no generic item
-    assignment (~25 instructions instead of ~70; the send batch and the idle pool write slots per request)."""
-    cdef PyObject* old = PyList_GET_ITEM(slots, i)
+cdef inline int slot_put(list slots, Py_ssize_t i, object value) except -1:
+    """slots[i] = value for 0 <= i <= len (i == len: appended), without the generic item assignment
+    (~25 instructions instead of ~70): the send batch and the idle pool are stacks whose list keeps its
+    slots (a list emptied and refilled frees and reallocates its item array)."""
+    cdef PyObject* old
+    if i == PyList_GET_SIZE(slots):
+        slots.append(value)
+        return 0
+    old = PyList_GET_ITEM(slots, i)
     Py_INCREF(value)
     PyList_SET_ITEM(slots, i, value)
     Py_DECREF(<object>old)
+    return 0
 
 
 cdef inline char* put_bytes(char* d, bytes b) noexcept:

@@ -253,8 +253,5 @@ cdef void pool_give(Target t, UpstreamConn c, double now):
     if c.rpaused:
         c.rpaused = False
         c.transport.resume_reading()
-    if t.nidle < len(t.idle):
-        slot_put(t.idle, t.nidle, c)
-    else:
-        t.idle.append(c)
+    slot_put(t.idle, t.nidle, c)
     t.nidle += 1

@@ -5,8 +5,8 @@ fastgw/_core/worker.pyx), a deque with a bound (`tracing.queue`): when it is ful
 and is counted (`fastgw_tracing_spans_total{outcome="dropped"}`). This thread, started in the worker
 process (never before a fork: the OpenTelemetry SDK's batch processor breaks across fork for that
 reason), takes up to 512 spans at a time, at the latest every `tracing.export_delay` (5 s: the SDK's
-BatchSpanProcessor defaults), encodes them with the official OTLP protobuf messages (`opentelemetry-proto`, imported here
-only when an endpoint is configured) and POSTs them. A batch the collector refuses, or does not answer
+BatchSpanProcessor defaults), encodes them with the official OTLP protobuf messages
+(`opentelemetry-proto`, imported here only when an endpoint is configured) and POSTs them. A batch the collector refuses, or does not answer
 within `tracing.timeout`, is dropped and counted (`outcome="failed"`): never retried, never waited for
 by a request. A collector that is down costs the event loop nothing; one that hangs holds this thread
 for `timeout` per batch while the buffer drops its oldest spans.
